@@ -1,0 +1,142 @@
+// Package netns creates network namespaces and veth pairs for the lab and the
+// kernel tests, and runs code inside a namespace.
+//
+// Namespaces are named (they appear in `ip netns list`) so that operators and
+// tests can reach them with `ip netns exec`. Everything here drives iproute2
+// for set-up, because that is what an operator would type and its errors read
+// well, and uses setns(2) on a locked OS thread to run Go code inside.
+package netns
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrExists is returned by New when a namespace of that name exists already.
+// New never adopts a namespace it did not create.
+var ErrExists = errors.New("network namespace exists already")
+
+// NS is a named network namespace created by New.
+type NS struct {
+	// Name is the namespace's name, as `ip netns exec NAME` takes it.
+	Name string
+	fd   int
+}
+
+const runDir = "/run/netns"
+
+// New creates the network namespace name with its loopback interface up.
+func New(name string) (*NS, error) {
+	if name == "" || strings.ContainsAny(name, "/ \t\n") {
+		return nil, fmt.Errorf("netns: invalid name %q", name)
+	}
+	if _, err := os.Stat(filepath.Join(runDir, name)); err == nil {
+		return nil, fmt.Errorf("netns %s: %w", name, ErrExists)
+	}
+	if err := ip("netns", "add", name); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(filepath.Join(runDir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		_ = ip("netns", "del", name)
+		return nil, fmt.Errorf("netns %s: open: %w", name, err)
+	}
+	ns := &NS{Name: name, fd: fd}
+	if err := ns.IP("link", "set", "lo", "up"); err != nil {
+		_ = ns.Close()
+		return nil, err
+	}
+	return ns, nil
+}
+
+// Do runs fn on an OS thread that has entered the namespace. Sockets opened and
+// interface indexes resolved inside fn belong to the namespace; sockets stay in
+// it after Do returns.
+func (ns *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	// A fresh goroutine keeps the caller's thread out of it: if switching back
+	// fails, the goroutine exits still locked and the runtime discards the
+	// thread instead of reusing one stuck in the wrong namespace.
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("netns %s: open current namespace: %w", ns.Name, err)
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Setns(ns.fd, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("netns %s: enter: %w", ns.Name, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("netns %s: leave: %w", ns.Name, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Command returns a command that runs name with args inside the namespace,
+// as `ip netns exec` does (which also remounts /sys for it).
+func (ns *NS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
+}
+
+// IP runs `ip ARGS...` inside the namespace.
+func (ns *NS) IP(args ...string) error {
+	return ip(append([]string{"-n", ns.Name}, args...)...)
+}
+
+// Close deletes the namespace. Interfaces inside it go with it; a veth whose
+// peer lives elsewhere disappears on both ends.
+func (ns *NS) Close() error {
+	if ns.fd >= 0 {
+		unix.Close(ns.fd)
+		ns.fd = -1
+	}
+	return ip("netns", "del", ns.Name)
+}
+
+// NewVeth creates a veth pair with aName in a and bName in b, both up.
+func NewVeth(a *NS, aName string, b *NS, bName string) error {
+	// Created inside a so that nothing ever appears in the caller's namespace.
+	if err := a.IP("link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name); err != nil {
+		return err
+	}
+	if err := a.IP("link", "set", aName, "up"); err != nil {
+		return err
+	}
+	return b.IP("link", "set", bName, "up")
+}
+
+// Exists reports whether a namespace called name exists.
+func Exists(name string) bool {
+	_, err := os.Stat(filepath.Join(runDir, name))
+	return err == nil
+}
+
+func ip(args ...string) error {
+	var stderr bytes.Buffer
+	cmd := exec.Command("ip", args...)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = err.Error()
+		}
+		return fmt.Errorf("ip %s: %s", strings.Join(args, " "), msg)
+	}
+	return nil
+}
