@@ -1,0 +1,120 @@
+package cbpfc
+
+import (
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/net/bpf"
+)
+
+// MaxInstructions is the longest filter accepted, in cBPF instructions, as
+// in the kernel (BPF_MAXINSNS).
+const MaxInstructions = 4096
+
+// MaxBackwardJumps bounds loops: a filter that takes more backward jumps than
+// this ends with 0 (no match). libpcap's protochain takes one per IPv6
+// extension header or IPv4 AH header it skips.
+const MaxBackwardJumps = 16
+
+// StackSize is the number of bytes of stack below EBPFOpts.StackOffset (rounded up
+// to a multiple of 8) that compiled filters may use: scratch memory M[],
+// the loop counter, and registers saved around helper calls.
+const StackSize = 128
+
+// EBPFOpts says how a compiled filter fits into the caller's eBPF program.
+//
+// The filter reads PacketStart, PacketEnd and Context and never changes
+// them; it writes Result and the Working registers. It ends by jumping to
+// ResultLabel with its result in Result (non-zero: match); every path does.
+//
+// A filter that uses the cpu or rand extension calls a BPF helper, which
+// clobbers R0 to R5. Around each call the filter saves every register named
+// in EBPFOpts that lies in R0 to R5 on the stack (below StackOffset) and
+// restores it after, so all of them keep their meaning. Registers the
+// caller keeps in R0 to R5 without naming them here are lost in such
+// filters; use R6 to R9 for anything else that must survive the filter, or
+// check [UsesHelpers] first.
+type EBPFOpts struct {
+	// PacketStart holds a packet pointer to the first byte the filter
+	// sees (offset 0 of its loads): xdp_md->data, or data plus the IP
+	// header offset for filters on IP packets.
+	PacketStart asm.Register
+	// PacketEnd holds xdp_md->data_end.
+	PacketEnd asm.Register
+	// Checked is the number of bytes from PacketStart that the caller has
+	// already checked lie within the packet, in a way the verifier knows
+	// (PacketStart+Checked compared with PacketEnd). Loads within them
+	// need no check of their own. 0 is always safe.
+	Checked int
+	// Result receives the filter's result. The filter also keeps its
+	// accumulator A there.
+	Result asm.Register
+	// Working are scratch registers the filter may overwrite.
+	Working [3]asm.Register
+	// Context holds the xdp_md pointer, for the ifidx and type extensions.
+	// R0 (the zero value) means the caller has none: filters using those
+	// extensions are then refused with ErrOptions.
+	Context asm.Register
+	// ResultLabel is the symbol the filter jumps to when done.
+	ResultLabel string
+	// StackOffset is the number of bytes at the top of the stack (below
+	// R10) that the caller uses for itself; the filter uses at most
+	// StackSize bytes below it, rounded up to a multiple of 8.
+	StackOffset int
+	// LabelPrefix is put before every label the filter defines, so that
+	// several filters can live in one program.
+	LabelPrefix string
+}
+
+// ToEBPF compiles a cBPF filter to eBPF instructions that fit into a larger
+// program as opts says. Errors are [*Error]s naming the cBPF instruction.
+func ToEBPF(filter []bpf.Instruction, opts EBPFOpts) (asm.Instructions, error) {
+	prog, err := parse(filter)
+	if err != nil {
+		return nil, err
+	}
+	return compileEBPF(prog, opts)
+}
+
+// COpts says how a filter compiled to C is named.
+type COpts struct {
+	// FunctionName is the name of the C function; "filter" if empty.
+	FunctionName string
+}
+
+// ToC compiles a cBPF filter to a C function
+//
+//	static __always_inline uint32_t NAME(const uint8_t *const data, const uint8_t *const data_end)
+//
+// returning the filter's result (non-zero: match). data is the first byte
+// the filter sees, data_end the end of the packet. When the filter uses the
+// ifidx or type extension ([UsesContext]), the function takes a third
+// parameter, "const struct xdp_md *const ctx".
+//
+// The code needs no header beyond what an XDP program has anyway: the types
+// uint8_t, uint16_t, uint32_t and uint64_t, __always_inline, struct xdp_md
+// (linux/bpf.h) when it takes ctx, and the helper declarations
+// bpf_get_smp_processor_id and bpf_get_prandom_u32 (bpf/bpf_helpers.h) when
+// the filter uses cpu or rand ([UsesHelpers]). Built with clang -O2 -target
+// bpf it passes the verifier. Errors are [*Error]s naming the cBPF
+// instruction.
+func ToC(filter []bpf.Instruction, opts COpts) (string, error) {
+	prog, err := parse(filter)
+	if err != nil {
+		return "", err
+	}
+	return compileC(prog, opts)
+}
+
+// UsesContext reports whether the filter uses an extension that needs the
+// XDP context (ifidx, type): ToC then adds a ctx parameter and ToEBPF needs
+// EBPFOpts.Context.
+func UsesContext(filter []bpf.Instruction) bool {
+	prog, err := parse(filter)
+	return err == nil && prog.usesContext
+}
+
+// UsesHelpers reports whether the filter calls BPF helpers (the cpu and rand
+// extensions), which clobber R0 to R5.
+func UsesHelpers(filter []bpf.Instruction) bool {
+	prog, err := parse(filter)
+	return err == nil && prog.usesHelpers
+}

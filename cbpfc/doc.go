@@ -1,0 +1,41 @@
+// Package cbpfc compiles classic BPF (cBPF), the bytecode of tcpdump, libpcap
+// and iptables xt_bpf, to eBPF instructions or to a C function, for use in XDP
+// programs.
+//
+// The compiled filter behaves like the kernel's and libpcap's cBPF
+// interpreters on the same bytes:
+//
+//   - a load past the end of the packet ends the filter with 0 (no match);
+//   - A, X and the scratch memory M[0..15] start at 0;
+//   - division or modulo by zero ends the filter with 0;
+//   - "ret A" and "ret #k" end the filter with that value; non-zero is a match;
+//   - the len extension is the packet length, PacketEnd - PacketStart;
+//   - "ldx 4*([k]&0xf)" (msh) and "ld [x+k]" work as in libpcap; an indirect
+//     load whose offset X+k does not fit in 32 bits returns 0, as in libpcap.
+//
+// Backward jumps, which libpcap emits for "protochain" (a "ja" whose offset
+// wraps around 2^32), are compiled as bounded loops: a filter that takes
+// backward jumps more than [MaxBackwardJumps] times ends with 0. Kernels since
+// 5.3 accept such loops.
+//
+// The extensions XDP can answer are supported:
+//
+//   - len: the packet length;
+//   - ifidx: the ingress interface index (xdp_md->ingress_ifindex, needs the context);
+//   - cpu: bpf_get_smp_processor_id();
+//   - rand: bpf_get_prandom_u32();
+//   - type: the kernel's skb->pkt_type as the stack would set it for a frame
+//     received on the interface, from the Ethernet destination address at
+//     the start of the frame (xdp_md->data, needs the context): 1 broadcast
+//     (PACKET_BROADCAST), 2 multicast (PACKET_MULTICAST), 0 any other
+//     (PACKET_HOST: XDP sees only received frames, and a NIC not in
+//     promiscuous mode delivers only its own unicast address). It never
+//     returns 3 (PACKET_OTHERHOST) nor 4 (PACKET_OUTGOING). A frame shorter
+//     than 6 bytes ends the filter with 0.
+//
+// Other extensions and negative offsets (SKF_NET_OFF, SKF_LL_OFF) are refused
+// with an [*Error] naming the instruction and wrapping [ErrUnsupported].
+//
+// Packet bounds are checked as seldom as possible: one check covers every
+// load that it dominates on all paths, so a typical filter checks once.
+package cbpfc
