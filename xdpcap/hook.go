@@ -1,0 +1,183 @@
+package xdpcap
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+)
+
+// Action is an XDP action, the value an XDP program returns. It is also the
+// index of the hook slot that sees packets ending with that action.
+type Action uint32
+
+// The XDP actions, as in linux/bpf.h.
+const (
+	Aborted  Action = 0
+	Drop     Action = 1
+	Pass     Action = 2
+	TX       Action = 3
+	Redirect Action = 4
+)
+
+// NumActions is the number of XDP actions, and so of hook slots.
+const NumActions = 5
+
+// Actions lists every XDP action in slot order.
+var Actions = []Action{Aborted, Drop, Pass, TX, Redirect}
+
+var actionNames = [NumActions]string{"XDPAborted", "XDPDrop", "XDPPass", "XDPTx", "XDPRedirect"}
+
+// String returns the name xdpcap prints for the action, such as "XDPPass".
+func (a Action) String() string {
+	if a < NumActions {
+		return actionNames[a]
+	}
+	return fmt.Sprintf("XDPAction(%d)", uint32(a))
+}
+
+// KernelName returns the name linux/bpf.h gives the action, such as "XDP_PASS".
+func (a Action) KernelName() string {
+	switch a {
+	case Aborted:
+		return "XDP_ABORTED"
+	case Drop:
+		return "XDP_DROP"
+	case Pass:
+		return "XDP_PASS"
+	case TX:
+		return "XDP_TX"
+	case Redirect:
+		return "XDP_REDIRECT"
+	}
+	return fmt.Sprintf("XDP_%d", uint32(a))
+}
+
+// ParseAction parses an action name: "pass", "XDP_PASS", "XDPPass" and "2"
+// all name XDP_PASS; case does not matter.
+func ParseAction(s string) (Action, error) {
+	for _, a := range Actions {
+		short := a.KernelName()[len("XDP_"):]
+		for _, name := range []string{short, a.KernelName(), a.String(), fmt.Sprint(uint32(a))} {
+			if strings.EqualFold(s, name) {
+				return a, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("unknown XDP action %q (want aborted, drop, pass, tx or redirect)", s)
+}
+
+// ErrNotHook is returned when a map, or a pinned object, is not an xdpcap
+// hook: not a program array, or of the wrong key or value size, or with too
+// few slots.
+var ErrNotHook = errors.New("not an xdpcap hook")
+
+// HookMapSpec returns the spec of a hook named name: a program array with
+// 4-byte keys and values and one slot per XDP action.
+func HookMapSpec(name string) *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name:       name,
+		Type:       ebpf.ProgramArray,
+		KeySize:    4,
+		ValueSize:  4,
+		MaxEntries: NumActions,
+	}
+}
+
+// NewHook creates a hook that is not pinned. It lives as long as a file
+// descriptor or a program that uses it holds it.
+func NewHook() (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(HookMapSpec("xdpcap_hook"))
+	if err != nil {
+		return nil, fmt.Errorf("create xdpcap hook: %w", err)
+	}
+	return m, nil
+}
+
+// CreateHook creates a hook and pins it at path, on a BPF file system. It
+// fails if something is pinned there already.
+func CreateHook(path string) (*ebpf.Map, error) {
+	m, err := NewHook()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Pin(path); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("pin xdpcap hook: %w", err)
+	}
+	return m, nil
+}
+
+// OpenHook opens the hook pinned at path and checks that it is one.
+func OpenHook(path string) (*ebpf.Map, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("hook %s: %w", path, err)
+	}
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("hook %s: %w (is it a pinned BPF map?)", path, err)
+	}
+	if err := CheckHook(m); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("hook %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// OpenOrCreateHook opens the hook pinned at path, or creates and pins one
+// if nothing is pinned there. Programs that expose a hook use it at load so
+// that a hook outlives their restarts and a running capture keeps working.
+func OpenOrCreateHook(path string) (*ebpf.Map, error) {
+	m, err := OpenHook(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return CreateHook(path)
+	}
+	return m, err
+}
+
+// CheckHook returns an error wrapping ErrNotHook unless m is a program
+// array with 4-byte keys and values and at least a slot per XDP action.
+func CheckHook(m *ebpf.Map) error {
+	return checkHookShape(m.Type(), m.KeySize(), m.ValueSize(), m.MaxEntries())
+}
+
+func checkHookShape(typ ebpf.MapType, key, value, entries uint32) error {
+	switch {
+	case typ != ebpf.ProgramArray:
+		return fmt.Errorf("%w: map type is %s, want %s", ErrNotHook, typ, ebpf.ProgramArray)
+	case key != 4 || value != 4:
+		return fmt.Errorf("%w: key and value sizes are %d and %d bytes, want 4 and 4", ErrNotHook, key, value)
+	case entries < NumActions:
+		return fmt.Errorf("%w: %d slots, want at least %d (one per XDP action)", ErrNotHook, entries, NumActions)
+	}
+	return nil
+}
+
+// HookReplacements returns the map replacements that make the programs of
+// spec use the given hooks: hooks maps the name of a map in spec (say
+// "xdpcap_hook", as xdpcap.h's XDPCAP_HOOK defines it) to a hook, usually
+// one from OpenOrCreateHook. Pass the result as
+// ebpf.CollectionOptions.MapReplacements. It checks that every named map is
+// in spec and declared as a hook.
+func HookReplacements(spec *ebpf.CollectionSpec, hooks map[string]*ebpf.Map) (map[string]*ebpf.Map, error) {
+	repl := make(map[string]*ebpf.Map, len(hooks))
+	for name, hook := range hooks {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			return nil, fmt.Errorf("hook map %q: not in the collection", name)
+		}
+		if err := checkHookShape(ms.Type, ms.KeySize, ms.ValueSize, ms.MaxEntries); err != nil {
+			return nil, fmt.Errorf("map %q of the collection: %w", name, err)
+		}
+		if err := CheckHook(hook); err != nil {
+			return nil, fmt.Errorf("hook for map %q: %w", name, err)
+		}
+		if ms.MaxEntries != hook.MaxEntries() {
+			return nil, fmt.Errorf("hook for map %q has %d slots, the collection declares %d", name, hook.MaxEntries(), ms.MaxEntries)
+		}
+		repl[name] = hook
+	}
+	return repl, nil
+}

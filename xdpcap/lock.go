@@ -1,0 +1,128 @@
+package xdpcap
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// LockDir holds one lock file per hook in use, named after the hook's map
+// ID. A capture holds the lock (flock) of every hook it fills; the kernel
+// drops it when the process dies, however it dies. A filter found in a hook
+// whose lock nobody holds is therefore a leftover, and is removed.
+var LockDir = "/run/xdpcap"
+
+// ErrHookBusy is returned when another running xdpcap captures on the hook.
+var ErrHookBusy = errors.New("hook in use by another xdpcap")
+
+// hookLock is a held lock on a hook.
+type hookLock struct {
+	f *os.File
+}
+
+func lockHook(hook *ebpf.Map) (*hookLock, error) {
+	info, err := hook.Info()
+	if err != nil {
+		return nil, fmt.Errorf("hook info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return nil, errors.New("hook info: kernel gives no map ID")
+	}
+	if err := os.MkdirAll(LockDir, 0o755); err != nil {
+		return nil, fmt.Errorf("lock directory: %w", err)
+	}
+	path := filepath.Join(LockDir, fmt.Sprintf("hook-%d.lock", id))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock hook: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		owner, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			if pid := strings.TrimSpace(string(owner)); pid != "" {
+				return nil, fmt.Errorf("%w (pid %s)", ErrHookBusy, pid)
+			}
+			return nil, ErrHookBusy
+		}
+		return nil, fmt.Errorf("lock hook: %w", err)
+	}
+	// Who holds it, for the message above; the lock itself is the flock.
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
+	return &hookLock{f: f}, nil
+}
+
+func (l *hookLock) unlock() {
+	if l == nil || l.f == nil {
+		return
+	}
+	// Leave the file: removing it would race with a process that opened it
+	// and is about to lock it.
+	_ = l.f.Truncate(0)
+	l.f.Close()
+	l.f = nil
+}
+
+// slotProgram returns the ID and name of the program in hook[slot]; id 0
+// means the slot is empty.
+func slotProgram(hook *ebpf.Map, slot uint32) (id ebpf.ProgramID, name string, err error) {
+	var v uint32
+	if err := hook.Lookup(slot, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, "", nil
+		}
+		return 0, "", fmt.Errorf("look up slot %d: %w", slot, err)
+	}
+	id = ebpf.ProgramID(v)
+	prog, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		// Gone between the lookup and now.
+		return id, "", nil
+	}
+	defer prog.Close()
+	info, err := prog.Info()
+	if err != nil {
+		return id, "", fmt.Errorf("program %d in slot %d: %w", id, slot, err)
+	}
+	return id, info.Name, nil
+}
+
+// clearStale removes every xdpcap filter from hook, whose lock the caller
+// holds, and returns how many it removed. Other programs are left alone.
+func clearStale(hook *ebpf.Map) (int, error) {
+	n := 0
+	for slot := uint32(0); slot < hook.MaxEntries(); slot++ {
+		id, name, err := slotProgram(hook, slot)
+		if err != nil {
+			return n, err
+		}
+		if id == 0 || !strings.HasPrefix(name, progNamePrefix) {
+			continue
+		}
+		if err := hook.Delete(slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("remove stale filter from slot %d: %w", slot, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Clear removes the filters that captures killed without cleaning up (kill
+// -9, a crash) left in hook, and returns how many it removed. It fails with
+// ErrHookBusy while a capture runs on the hook. Starting a capture clears
+// the hook the same way.
+func Clear(hook *ebpf.Map) (int, error) {
+	l, err := lockHook(hook)
+	if err != nil {
+		return 0, err
+	}
+	defer l.unlock()
+	return clearStale(hook)
+}

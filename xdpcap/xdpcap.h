@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * xdpcap.h - expose an xdpcap hook from an XDP program.
+ *
+ * A hook is a BPF program array with one slot per XDP action (ABORTED 0,
+ * DROP 1, PASS 2, TX 3, REDIRECT 4). Instead of `return action;` the
+ * program ends with `return xdpcap_exit(ctx, &hook, action);`: a tail call
+ * into hook[action]. When nobody captures, the slot is empty, the tail call
+ * falls through (about 2 ns) and the program returns the action. While
+ * `xdpcap HOOK ...` runs, the slot holds a filter program that copies
+ * matching packets to user space and returns the same action.
+ *
+ * It includes linux/bpf.h and libbpf's bpf/bpf_helpers.h (Debian:
+ * libbpf-dev) for SEC, __uint and bpf_tail_call.
+ *
+ *	#include <linux/bpf.h>
+ *	#include <bpf/bpf_helpers.h>
+ *	#include "xdpcap.h"
+ *
+ *	XDPCAP_HOOK(xdpcap_hook);
+ *
+ *	SEC("xdp")
+ *	int prog(struct xdp_md *ctx)
+ *	{
+ *		if (something)
+ *			return xdpcap_exit(ctx, &xdpcap_hook, XDP_DROP);
+ *		return xdpcap_exit(ctx, &xdpcap_hook, XDP_PASS);
+ *	}
+ *
+ * Pin the hook when loading (with libbpf: `__uint(pinning,
+ * LIBBPF_PIN_BY_NAME)` via XDPCAP_HOOK_PINNED; with Go:
+ * xdpcap.OpenOrCreateHook and xdpcap.HookReplacements), then capture with
+ * `xdpcap /sys/fs/bpf/HOOK out.pcap 'tcp port 80'`.
+ *
+ * A program may have several hooks (one per stage, say), and programs may
+ * share one. testdata/example.c in the xdpcap package is a complete example.
+ */
+#ifndef XDPCAP_H
+#define XDPCAP_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+/* XDPCAP_NUM_ACTIONS is the number of hook slots: one per XDP action. */
+#define XDPCAP_NUM_ACTIONS 5
+
+/* XDPCAP_HOOK(name) defines a hook map called name. */
+#define XDPCAP_HOOK(name)                                        \
+	struct {                                                 \
+		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);           \
+		__uint(max_entries, XDPCAP_NUM_ACTIONS);         \
+		__uint(key_size, sizeof(__u32));                 \
+		__uint(value_size, sizeof(__u32));               \
+	} name SEC(".maps")
+
+/*
+ * XDPCAP_HOOK_PINNED(name) defines a hook that libbpf pins by name (in
+ * /sys/fs/bpf by default, or the loader's pin root) and reuses when it is
+ * pinned already.
+ */
+#define XDPCAP_HOOK_PINNED(name)                                 \
+	struct {                                                 \
+		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);           \
+		__uint(max_entries, XDPCAP_NUM_ACTIONS);         \
+		__uint(key_size, sizeof(__u32));                 \
+		__uint(value_size, sizeof(__u32));               \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);             \
+	} name SEC(".maps")
+
+/*
+ * xdpcap_exit hands the packet to the capture filter in hook[action], if
+ * there is one, and otherwise returns action. Return its result from the
+ * XDP program: `return xdpcap_exit(ctx, &hook, XDP_PASS);`. A filter
+ * always returns the action it was called for, so the packet's fate does
+ * not change.
+ */
+static __always_inline int xdpcap_exit(struct xdp_md *ctx, void *hook, enum xdp_action action)
+{
+	bpf_tail_call(ctx, hook, action);
+	return action;
+}
+
+#endif /* XDPCAP_H */
