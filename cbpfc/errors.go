@@ -44,3 +44,7 @@ func (e *Error) Unwrap() error { return e.Err }
 func errorf(index int, sentinel error, format string, args ...any) *Error {
 	return &Error{Index: index, Err: fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...))}
 }
+
+func fmtErr(sentinel error, format string, args ...any) error {
+	return fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,591 @@
+package cbpfc
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+
+	"github.com/cilium/ebpf/asm"
+)
+
+// Stack layout below the rounded StackOffset: M[] (64 bytes), the loop
+// counter (8), then saved registers (8 each).
+const (
+	stackMem     = 0
+	stackLoop    = 64
+	stackSpill   = 72
+	maxStackUsed = stackSpill + 4*8
+)
+
+// flowState is what the code emitted so far guarantees at an instruction,
+// on every path to it.
+type flowState struct {
+	valid     bool   // some path reaches it (false: not yet seen)
+	checkedA  int    // bytes from PacketStart known to be in the packet
+	pxValid   bool   // the ind base register holds PacketStart+X
+	checkedX  int    // bytes from PacketStart+X known to be in the packet
+	xMax      uint32 // X is at most this
+}
+
+func join(a, b flowState) flowState {
+	if !a.valid {
+		return b
+	}
+	if !b.valid {
+		return a
+	}
+	out := flowState{valid: true, checkedA: min(a.checkedA, b.checkedA), xMax: max(a.xMax, b.xMax)}
+	if a.pxValid && b.pxValid {
+		out.pxValid, out.checkedX = true, min(a.checkedX, b.checkedX)
+	}
+	return out
+}
+
+// xBound is the largest X the code allows for ld [x+k]: PacketStart+X plus
+// the largest extent must stay within the offsets the verifier tracks.
+func (f *facts) xBound() uint32 { return uint32(maxPacketOffset - f.maxIndExtent) }
+
+// step applies instruction i to the state, as the emitted code does.
+func (f *facts) step(i int, s flowState) flowState {
+	in := f.p.insns[i]
+	switch in.kind {
+	case kLdAbs, kLdMsh:
+		if s.checkedA < extent(in) {
+			s.checkedA = f.needAbs[i]
+		}
+	case kLdInd:
+		if !s.pxValid {
+			s.pxValid, s.checkedX = true, 0
+			s.xMax = min(s.xMax, f.xBound())
+		}
+		if s.checkedX < extent(in) {
+			s.checkedX = f.needInd[i]
+		}
+	case kLdExt:
+		// Helper calls and the type computation use the working registers.
+		s.pxValid = false
+	}
+	_, def := useDef(in)
+	if def&liveX != 0 {
+		s.pxValid = false
+		switch {
+		case in.kind == kLdImm:
+			s.xMax = in.k
+		case in.kind == kLdMsh:
+			s.xMax = 60
+		default:
+			s.xMax = math.MaxUint32
+		}
+	}
+	return s
+}
+
+// flow computes the state at the start of every instruction.
+func (f *facts) flow(checked int) []flowState {
+	n := len(f.p.insns)
+	states := make([]flowState, n)
+	states[0] = flowState{valid: true, checkedA: checked}
+	for changed := true; changed; {
+		changed = false
+		for i := range n {
+			if !states[i].valid || f.fails[i] {
+				continue
+			}
+			out := f.step(i, states[i])
+			for _, s := range f.succs[i] {
+				j := join(states[s], out)
+				if s == 0 {
+					// The entry also has the initial state.
+					j = join(j, flowState{valid: true, checkedA: checked})
+				}
+				if j != states[s] {
+					states[s] = j
+					changed = true
+				}
+			}
+		}
+	}
+	return states
+}
+
+type ebpfGen struct {
+	f      *facts
+	opts   EBPFOpts
+	out    asm.Instructions
+	labels map[string]int // label -> position in out
+	base   int            // stack offset of our area
+	fail   string
+	a, x   asm.Register
+	tmp    asm.Register
+	px     asm.Register
+	aRaw   int // A holds a big-endian load of this many bytes, not yet swapped (0: none)
+}
+
+func checkOpts(p *program, o EBPFOpts) error {
+	regs := map[asm.Register]string{}
+	add := func(r asm.Register, name string) error {
+		if r > asm.R9 {
+			return &Error{Index: -1, Err: fmtErr(ErrOptions, "%s: %v is not a general-purpose register (R0 to R9)", name, r)}
+		}
+		if other, ok := regs[r]; ok {
+			return &Error{Index: -1, Err: fmtErr(ErrOptions, "%s and %s are both %v", other, name, r)}
+		}
+		regs[r] = name
+		return nil
+	}
+	for i, r := range []asm.Register{o.PacketStart, o.PacketEnd, o.Result, o.Working[0], o.Working[1], o.Working[2]} {
+		name := []string{"PacketStart", "PacketEnd", "Result", "Working[0]", "Working[1]", "Working[2]"}[i]
+		if err := add(r, name); err != nil {
+			return err
+		}
+	}
+	if o.Context != asm.R0 {
+		if err := add(o.Context, "Context"); err != nil {
+			return err
+		}
+	} else if p.usesContext {
+		for i, in := range p.insns {
+			if in.kind == kLdExt && (in.k == extIfIndex || in.k == extPktType) {
+				return errorf(i, ErrOptions, "extension %s needs the XDP context, but EBPFOpts.Context is not set", extName(in.k))
+			}
+		}
+	}
+	if o.ResultLabel == "" {
+		return &Error{Index: -1, Err: fmtErr(ErrOptions, "ResultLabel is empty")}
+	}
+	if o.StackOffset < 0 || roundUp8(o.StackOffset)+StackSize > 512 {
+		return &Error{Index: -1, Err: fmtErr(ErrOptions, "StackOffset %d leaves no room for %d bytes in the 512-byte stack", o.StackOffset, StackSize)}
+	}
+	if o.Checked < 0 {
+		return &Error{Index: -1, Err: fmtErr(ErrOptions, "Checked %d is negative", o.Checked)}
+	}
+	return nil
+}
+
+func roundUp8(n int) int { return (n + 7) &^ 7 }
+
+func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
+	if err := checkOpts(p, opts); err != nil {
+		return nil, err
+	}
+	f := analyze(p)
+	g := &ebpfGen{
+		f:      f,
+		opts:   opts,
+		labels: map[string]int{},
+		base:   roundUp8(opts.StackOffset),
+		a:      opts.Result,
+		x:      opts.Working[0],
+		tmp:    opts.Working[1],
+		px:     opts.Working[2],
+	}
+	return g.compile()
+}
+
+func (g *ebpfGen) label(i int) string { return g.opts.LabelPrefix + "L" + strconv.Itoa(i) }
+
+func (g *ebpfGen) emit(ins ...asm.Instruction) { g.out = append(g.out, ins...) }
+
+func (g *ebpfGen) mark(label string) { g.labels[label] = len(g.out) }
+
+func (g *ebpfGen) memOff(n uint32) int16 { return int16(-(g.base + stackMem + 4*int(n) + 4)) }
+func (g *ebpfGen) loopOff() int16      { return int16(-(g.base + stackLoop + 8)) }
+func (g *ebpfGen) spillOff(j int) int16 { return int16(-(g.base + stackSpill + 8*j + 8)) }
+
+// target follows chains of forward jumps, so a jump lands where the work is.
+func (g *ebpfGen) target(t int) int {
+	for n := 0; n < 64; n++ {
+		in := g.f.p.insns[t]
+		if in.kind != kJa || in.jback {
+			break
+		}
+		t = in.jt
+	}
+	return t
+}
+
+func (g *ebpfGen) compile() (asm.Instructions, error) {
+	f, p := g.f, g.f.p
+	states := f.flow(g.opts.Checked)
+	g.fail = g.opts.LabelPrefix + "fail"
+	for i, in := range p.insns {
+		if f.reachable[i] && in.kind == kRetK && in.k == 0 {
+			g.fail = g.label(i)
+			break
+		}
+	}
+
+	// Entry: zero what is read before written, start the loop counter.
+	live := f.liveIn[0]
+	if live&liveA != 0 {
+		g.emit(asm.Mov.Imm32(g.a, 0))
+	}
+	if live&liveX != 0 {
+		g.emit(asm.Mov.Imm32(g.x, 0))
+	}
+	for n := uint32(0); n < 16; n++ {
+		if live&liveM(n) != 0 {
+			g.emit(asm.StoreImm(asm.RFP, g.memOff(n), 0, asm.Word))
+		}
+	}
+	if p.hasLoops {
+		g.emit(asm.StoreImm(asm.RFP, g.loopOff(), 0, asm.Word))
+	}
+
+	for i, in := range p.insns {
+		if !f.reachable[i] {
+			continue
+		}
+		if f.leader[i] {
+			g.aRaw = 0
+			g.mark(g.label(i))
+		}
+		if err := g.insn(i, in, states[i]); err != nil {
+			return nil, err
+		}
+		// Falling through into the next block: A must be in host order
+		// if that block reads it.
+		if len(f.succs[i]) == 1 && f.succs[i][0] == i+1 && in.kind != kJa && in.kind != kJcond && i+1 < len(p.insns) && f.leader[i+1] {
+			if f.liveIn[i+1]&liveA != 0 {
+				g.swapA()
+			}
+		}
+	}
+	if _, ok := g.labels[g.fail]; !ok && g.referenced(g.fail) {
+		g.mark(g.fail)
+		g.emit(asm.Mov.Imm32(g.a, 0), asm.Ja.Label(g.opts.ResultLabel))
+	}
+	return g.link()
+}
+
+// link puts the labels on the instructions, merging labels that share
+// one position.
+func (g *ebpfGen) link() (asm.Instructions, error) {
+	byPos := map[int]string{}
+	rename := map[string]string{}
+	for name, pos := range g.labels {
+		if pos >= len(g.out) {
+			return nil, &Error{Index: -1, Err: fmt.Errorf("internal error: label %s past the end", name)}
+		}
+		if first, ok := byPos[pos]; ok {
+			if name < first {
+				rename[first] = name
+				byPos[pos] = name
+			} else {
+				rename[name] = first
+			}
+			continue
+		}
+		byPos[pos] = name
+	}
+	for pos, name := range byPos {
+		g.out[pos] = g.out[pos].WithSymbol(name)
+	}
+	for i, ins := range g.out {
+		ref := ins.Reference()
+		if ref == "" {
+			continue
+		}
+		for {
+			r, ok := rename[ref]
+			if !ok {
+				break
+			}
+			ref = r
+		}
+		if _, ok := byPos[g.labels[ref]]; !ok && ref != g.opts.ResultLabel {
+			return nil, &Error{Index: -1, Err: fmt.Errorf("internal error: jump to unknown label %s", ref)}
+		}
+		g.out[i] = ins.WithReference(ref)
+	}
+	return g.out, nil
+}
+
+func (g *ebpfGen) referenced(label string) bool {
+	for _, ins := range g.out {
+		if ins.Reference() == label {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *ebpfGen) swapA() {
+	if g.aRaw != 0 {
+		g.emit(asm.HostTo(asm.BE, g.a, sizes[g.aRaw]))
+		g.aRaw = 0
+	}
+}
+
+func (g *ebpfGen) dst(r reg) asm.Register {
+	if r == regA {
+		return g.a
+	}
+	return g.x
+}
+
+var sizes = map[int]asm.Size{1: asm.Byte, 2: asm.Half, 4: asm.Word}
+
+func (g *ebpfGen) guard(base asm.Register, n int) {
+	g.emit(
+		asm.Mov.Reg(g.tmp, base),
+		asm.Add.Imm(g.tmp, int32(n)),
+		asm.JGT.Reg(g.tmp, g.opts.PacketEnd, g.fail),
+	)
+}
+
+// load emits dst = *(size *)(base + off), for any off the verifier allows.
+func (g *ebpfGen) load(dst, base asm.Register, off uint32, size int) {
+	if off > math.MaxInt16 {
+		g.emit(asm.Mov.Reg(g.tmp, base), asm.Add.Imm(g.tmp, int32(off)))
+		base, off = g.tmp, 0
+	}
+	g.emit(asm.LoadMem(dst, base, int16(off), sizes[size]))
+}
+
+func (g *ebpfGen) insn(i int, in insn, s flowState) error {
+	f := g.f
+	if f.fails[i] {
+		g.emit(asm.Ja.Label(g.fail))
+		return nil
+	}
+	switch in.kind {
+	case kLdImm:
+		if in.dst == regA {
+			g.aRaw = 0
+		}
+		g.emit(asm.Mov.Imm32(g.dst(in.dst), int32(in.k)))
+	case kLdMem:
+		if in.dst == regA {
+			g.aRaw = 0
+		}
+		g.emit(asm.LoadMem(g.dst(in.dst), asm.RFP, g.memOff(in.k), asm.Word))
+	case kLdLen:
+		if in.dst == regA {
+			g.aRaw = 0
+		}
+		d := g.dst(in.dst)
+		g.emit(asm.Mov.Reg(d, g.opts.PacketEnd), asm.Sub.Reg(d, g.opts.PacketStart))
+	case kLdAbs:
+		if s.checkedA < extent(in) {
+			g.guard(g.opts.PacketStart, f.needAbs[i])
+		}
+		g.load(g.a, g.opts.PacketStart, in.k, in.size)
+		g.aRaw = 0
+		if in.size > 1 {
+			g.aRaw = in.size
+		}
+	case kLdMsh:
+		if s.checkedA < extent(in) {
+			g.guard(g.opts.PacketStart, f.needAbs[i])
+		}
+		g.load(g.x, g.opts.PacketStart, in.k, 1)
+		g.emit(asm.And.Imm32(g.x, 0xf), asm.LSh.Imm32(g.x, 2))
+	case kLdInd:
+		if !s.pxValid {
+			if s.xMax > f.xBound() {
+				g.emit(asm.JGT.Imm32(g.x, int32(f.xBound()), g.fail))
+			}
+			g.emit(asm.Mov.Reg(g.px, g.opts.PacketStart), asm.Add.Reg(g.px, g.x))
+		}
+		if s.checkedX < extent(in) {
+			g.guard(g.px, f.needInd[i])
+		}
+		g.load(g.a, g.px, in.k, in.size)
+		g.aRaw = 0
+		if in.size > 1 {
+			g.aRaw = in.size
+		}
+	case kLdExt:
+		g.aRaw = 0
+		g.ext(i, in)
+	case kSt:
+		if in.dst == regA {
+			g.swapA()
+		}
+		g.emit(asm.StoreMem(asm.RFP, g.memOff(in.k), g.dst(in.dst), asm.Word))
+	case kAlu:
+		g.swapA()
+		g.alu(in)
+	case kNeg:
+		g.swapA()
+		g.emit(asm.Neg.Imm32(g.a, 0))
+	case kTax:
+		g.swapA()
+		g.emit(asm.Mov.Reg32(g.x, g.a))
+	case kTxa:
+		g.aRaw = 0
+		g.emit(asm.Mov.Reg32(g.a, g.x))
+	case kRetA:
+		g.swapA()
+		g.emit(asm.Ja.Label(g.opts.ResultLabel))
+	case kRetK:
+		g.emit(asm.Mov.Imm32(g.a, int32(in.k)), asm.Ja.Label(g.opts.ResultLabel))
+	case kJa:
+		t := g.target(in.jt)
+		if g.aRaw != 0 && f.liveIn[t]&liveA != 0 {
+			g.swapA()
+		}
+		if in.jback {
+			g.emit(
+				asm.LoadMem(g.tmp, asm.RFP, g.loopOff(), asm.Word),
+				asm.Add.Imm32(g.tmp, 1),
+				asm.JGT.Imm32(g.tmp, MaxBackwardJumps, g.fail),
+				asm.StoreMem(asm.RFP, g.loopOff(), g.tmp, asm.Word),
+				asm.Ja.Label(g.label(in.jt)),
+			)
+			return nil
+		}
+		if t != i+1 || !f.reachable[i+1] {
+			g.emit(asm.Ja.Label(g.label(t)))
+		}
+	case kJcond:
+		g.jcond(i, in)
+	default:
+		return errorf(i, ErrInvalid, "internal error: unhandled instruction kind %d", in.kind)
+	}
+	return nil
+}
+
+func (g *ebpfGen) alu(in insn) {
+	var op asm.ALUOp
+	switch in.op {
+	case aluADD:
+		op = asm.Add
+	case aluSUB:
+		op = asm.Sub
+	case aluMUL:
+		op = asm.Mul
+	case aluDIV:
+		op = asm.Div
+	case aluMOD:
+		op = asm.Mod
+	case aluOR:
+		op = asm.Or
+	case aluAND:
+		op = asm.And
+	case aluXOR:
+		op = asm.Xor
+	case aluLSH:
+		op = asm.LSh
+	case aluRSH:
+		op = asm.RSh
+	}
+	if in.useX {
+		if in.op == aluDIV || in.op == aluMOD {
+			g.emit(asm.JEq.Imm32(g.x, 0, g.fail))
+		}
+		g.emit(op.Reg32(g.a, g.x))
+		return
+	}
+	k := in.k
+	if in.op == aluLSH || in.op == aluRSH {
+		// Shifts by 32 or more: the kernel refuses them, libpcap's
+		// interpreter on x86 shifts by k mod 32.
+		k &= 31
+	}
+	g.emit(op.Imm32(g.a, int32(k)))
+}
+
+func (g *ebpfGen) jcond(i int, in insn) {
+	f := g.f
+	jt, jf := g.target(in.jt), g.target(in.jf)
+	k := in.k
+	if g.aRaw != 0 {
+		liveAfter := f.liveIn[jt]&liveA != 0 || f.liveIn[jf]&liveA != 0
+		fits := g.aRaw == 4 || k <= 0xffff
+		if !liveAfter && !in.useX && fits && (in.op == jmpJEQ || in.op == jmpJSET) {
+			if g.aRaw == 2 {
+				k = uint32(k>>8&0xff | k&0xff<<8)
+			} else {
+				k = k>>24 | k>>8&0xff00 | k<<8&0xff0000 | k<<24
+			}
+		} else {
+			g.swapA()
+		}
+	}
+	if jt == jf {
+		if jt != i+1 {
+			g.emit(asm.Ja.Label(g.label(jt)))
+		}
+		return
+	}
+	ops := map[uint16][2]asm.JumpOp{
+		jmpJEQ:  {asm.JEq, asm.JNE},
+		jmpJGT:  {asm.JGT, asm.JLE},
+		jmpJGE:  {asm.JGE, asm.JLT},
+		jmpJSET: {asm.JSet, asm.InvalidJumpOp},
+	}[in.op]
+	cond := func(op asm.JumpOp, label string) asm.Instruction {
+		if in.useX {
+			return op.Reg32(g.a, g.x, label)
+		}
+		return op.Imm32(g.a, int32(k), label)
+	}
+	next := i + 1
+	switch {
+	case jf == next:
+		g.emit(cond(ops[0], g.label(jt)))
+	case jt == next && ops[1] != asm.InvalidJumpOp:
+		g.emit(cond(ops[1], g.label(jf)))
+	default:
+		g.emit(cond(ops[0], g.label(jt)), asm.Ja.Label(g.label(jf)))
+	}
+}
+
+// ext emits A = extension.
+func (g *ebpfGen) ext(i int, in insn) {
+	switch in.k {
+	case extIfIndex:
+		g.emit(asm.LoadMem(g.a, g.opts.Context, 12, asm.Word))
+	case extPktType:
+		notBcast := g.opts.LabelPrefix + "T" + strconv.Itoa(i) + "m"
+		done := g.opts.LabelPrefix + "T" + strconv.Itoa(i) + "d"
+		g.emit(
+			asm.LoadMem(g.tmp, g.opts.Context, 0, asm.Word),
+			asm.Mov.Reg(g.a, g.tmp),
+			asm.Add.Imm(g.a, 6),
+			asm.JGT.Reg(g.a, g.opts.PacketEnd, g.fail),
+			asm.LoadMem(g.a, g.tmp, 4, asm.Half),
+			asm.LoadMem(g.tmp, g.tmp, 0, asm.Word),
+			asm.JNE.Imm32(g.a, 0xffff, notBcast),
+			asm.JNE.Imm32(g.tmp, -1, notBcast),
+			asm.Mov.Imm32(g.a, 1),
+			asm.Ja.Label(done),
+		)
+		g.mark(notBcast)
+		g.emit(asm.Mov.Reg32(g.a, g.tmp), asm.And.Imm32(g.a, 1), asm.LSh.Imm32(g.a, 1))
+		g.labels[done] = len(g.out) // the next instruction
+		g.pendingDone(done)
+	case extCPU, extRandom:
+		xLive := g.f.liveOut[i]&liveX != 0
+		fn := asm.FnGetSmpProcessorId
+		if in.k == extRandom {
+			fn = asm.FnGetPrandomU32
+		}
+		var saved []asm.Register
+		for _, r := range []asm.Register{g.opts.PacketStart, g.opts.PacketEnd, g.opts.Context, g.x} {
+			if r == g.x && !xLive || r == asm.R0 && r == g.opts.Context {
+				continue
+			}
+			if r <= asm.R5 {
+				saved = append(saved, r)
+			}
+		}
+		for j, r := range saved {
+			g.emit(asm.StoreMem(asm.RFP, g.spillOff(j), r, asm.DWord))
+		}
+		g.emit(fn.Call())
+		if g.a != asm.R0 {
+			g.emit(asm.Mov.Reg(g.a, asm.R0))
+		}
+		for j, r := range saved {
+			g.emit(asm.LoadMem(r, asm.RFP, g.spillOff(j), asm.DWord))
+		}
+	}
+}
+
+// pendingDone makes sure a label placed at the current end gets an
+// instruction: the next cBPF instruction always emits one, except a jump
+// to its successor, so emit nothing here and let link check.
+func (g *ebpfGen) pendingDone(string) {}
