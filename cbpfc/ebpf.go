@@ -20,11 +20,11 @@ const (
 // flowState is what the code emitted so far guarantees at an instruction,
 // on every path to it.
 type flowState struct {
-	valid     bool   // some path reaches it (false: not yet seen)
-	checkedA  int    // bytes from PacketStart known to be in the packet
-	pxValid   bool   // the ind base register holds PacketStart+X
-	checkedX  int    // bytes from PacketStart+X known to be in the packet
-	xMax      uint32 // X is at most this
+	valid    bool   // some path reaches it (false: not yet seen)
+	checkedA int    // bytes from PacketStart known to be in the packet
+	pxValid  bool   // the ind base register holds PacketStart+X
+	checkedX int    // bytes from PacketStart+X known to be in the packet
+	xMax     uint32 // X is at most this
 }
 
 func join(a, b flowState) flowState {
@@ -189,8 +189,8 @@ func (g *ebpfGen) emit(ins ...asm.Instruction) { g.out = append(g.out, ins...) }
 func (g *ebpfGen) mark(label string) { g.labels[label] = len(g.out) }
 
 func (g *ebpfGen) memOff(n uint32) int16 { return int16(-(g.base + stackMem + 4*int(n) + 4)) }
-func (g *ebpfGen) loopOff() int16      { return int16(-(g.base + stackLoop + 8)) }
-func (g *ebpfGen) spillOff(j int) int16 { return int16(-(g.base + stackSpill + 8*j + 8)) }
+func (g *ebpfGen) loopOff() int16        { return int16(-(g.base + stackLoop + 8)) }
+func (g *ebpfGen) spillOff(j int) int16  { return int16(-(g.base + stackSpill + 8*j + 8)) }
 
 // target follows chains of forward jumps, so a jump lands where the work is.
 func (g *ebpfGen) target(t int) int {

@@ -70,18 +70,18 @@ const (
 type kind uint8
 
 const (
-	kLdImm  kind = iota // dst = k
-	kLdMem              // dst = M[k]
-	kLdLen              // dst = len
-	kLdAbs              // A = P[k:size]
-	kLdInd              // A = P[X+k:size]
-	kLdMsh              // X = 4*(P[k:1]&0xf)
-	kLdExt              // A = extension k
-	kSt                 // M[k] = src
-	kAlu                // A = A op (k or X)
-	kNeg                // A = -A
-	kJa                 // goto
-	kJcond              // if A op (k or X)
+	kLdImm kind = iota // dst = k
+	kLdMem             // dst = M[k]
+	kLdLen             // dst = len
+	kLdAbs             // A = P[k:size]
+	kLdInd             // A = P[X+k:size]
+	kLdMsh             // X = 4*(P[k:1]&0xf)
+	kLdExt             // A = extension k
+	kSt                // M[k] = src
+	kAlu               // A = A op (k or X)
+	kNeg               // A = -A
+	kJa                // goto
+	kJcond             // if A op (k or X)
 	kRetA
 	kRetK
 	kTax
