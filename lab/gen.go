@@ -1,0 +1,505 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/l4drop/l4drop/internal/netns"
+)
+
+// Generator sends templated traffic out of one interface as fast as the
+// kernel allows, with BPF_PROG_TEST_RUN in live-frames mode: the kernel runs
+// an XDP program over a frame many times, and every run's bpf_redirect puts a
+// real frame on the interface. The program rewrites each frame's random
+// fields and checksums first, and counts what it sent.
+type Generator struct {
+	ns        *netns.NS
+	ifname    string
+	templates []Template
+	seed      uint64
+
+	prog       *ebpf.Program
+	state, cur *ebpf.Map
+	anchor     link.Link
+	anchorIf   string
+}
+
+// genState is the value of the generator's per-template state map.
+type genState struct {
+	Sent, Limit, Seed uint64
+}
+
+// DefaultBatchSize is the live-frames batch size: how many frames the kernel
+// prepares and flushes at once.
+const DefaultBatchSize = 256
+
+var anchorCounter atomic.Uint32
+
+// NewGenerator prepares to send templates out of ifname in ns. Packet
+// contents follow from seed alone. A veth pair, down, is created in ns to keep
+// the program attached while the generator lives (a test run of a program
+// attached nowhere re-patches the kernel's XDP dispatcher, ~50 ms a call);
+// Close removes it.
+func NewGenerator(ns *netns.NS, ifname string, templates []Template, seed uint64) (g *Generator, err error) {
+	if len(templates) == 0 {
+		return nil, errors.New("generator: no templates")
+	}
+	g = &Generator{ns: ns, ifname: ifname, templates: templates, seed: seed}
+	defer func() {
+		if err != nil {
+			g.Close()
+			g = nil
+		}
+	}()
+	var ifindex int
+	err = ns.Do(func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		ifindex = ifi.Index
+		return nil
+	})
+	if err != nil {
+		return g, fmt.Errorf("generator: %w", err)
+	}
+	g.cur, err = ebpf.NewMap(&ebpf.MapSpec{Name: "l4lab_cur", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		return g, fmt.Errorf("generator: map: %w", err)
+	}
+	g.state, err = ebpf.NewMap(&ebpf.MapSpec{Name: "l4lab_state", Type: ebpf.Array, KeySize: 4, ValueSize: 24, MaxEntries: uint32(len(templates))})
+	if err != nil {
+		return g, fmt.Errorf("generator: map: %w", err)
+	}
+	insns, err := genProgram(templates, ifindex, g.cur.FD(), g.state.FD())
+	if err != nil {
+		return g, err
+	}
+	g.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "l4lab_gen", Type: ebpf.XDP, License: "GPL", Instructions: insns})
+	if err != nil {
+		return g, fmt.Errorf("generator: load program: %w", err)
+	}
+	name := fmt.Sprintf("l4g%d-%d", os.Getpid()%100000, anchorCounter.Add(1)%1000)
+	g.anchorIf = name
+	if err := ns.IP("link", "add", name, "type", "veth", "peer", "name", name+"p"); err != nil {
+		g.anchorIf = ""
+		return g, fmt.Errorf("generator: %w", err)
+	}
+	err = ns.Do(func() error {
+		ifi, err := net.InterfaceByName(name)
+		if err != nil {
+			return err
+		}
+		g.anchor, err = link.AttachXDP(link.XDPOptions{Program: g.prog, Interface: ifi.Index, Flags: link.XDPGenericMode})
+		return err
+	})
+	if err != nil {
+		return g, fmt.Errorf("generator: attach to %s: %w", name, err)
+	}
+	return g, nil
+}
+
+// Close releases the program and removes the anchor interfaces.
+func (g *Generator) Close() error {
+	var errs []error
+	if g.anchor != nil {
+		errs = append(errs, g.anchor.Close())
+		g.anchor = nil
+	}
+	if g.anchorIf != "" {
+		errs = append(errs, g.ns.IP("link", "del", g.anchorIf))
+		g.anchorIf = ""
+	}
+	for _, c := range []interface{ Close() error }{g.prog, g.state, g.cur} {
+		if c != nil && !isNilCloser(c) {
+			errs = append(errs, c.Close())
+		}
+	}
+	g.prog, g.state, g.cur = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+func isNilCloser(c interface{ Close() error }) bool {
+	switch v := c.(type) {
+	case *ebpf.Program:
+		return v == nil
+	case *ebpf.Map:
+		return v == nil
+	}
+	return false
+}
+
+// RunOptions tell Run how much to send and how fast.
+type RunOptions struct {
+	// Count is the number of packets to send, shared among the templates by
+	// weight; 0 sends until Duration passes or the context ends.
+	Count uint64
+	// Duration bounds the run; 0 means no bound.
+	Duration time.Duration
+	// Rate is the target in packets per second; 0 is full speed.
+	Rate float64
+	// BatchSize is the live-frames batch size; 0 means DefaultBatchSize.
+	BatchSize uint32
+	// Progress, if set, is called about once a second during the run.
+	Progress func(Result)
+}
+
+// Result tells what a run sent.
+type Result struct {
+	// Sent counts the frames handed to the interface.
+	Sent uint64
+	// PerTemplate counts them per template, in the generator's order.
+	PerTemplate []uint64
+	Elapsed     time.Duration
+	// PPS is the rate since the previous progress report (or the whole run's,
+	// in the final result).
+	PPS float64
+}
+
+// Run sends traffic until opts.Count packets are sent, opts.Duration passes
+// or ctx ends, and returns what was sent. The counts are exact: the program
+// counts each frame it redirects and refuses to go past the limit.
+func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
+	n := len(g.templates)
+	res := Result{PerTemplate: make([]uint64, n)}
+	targets := make([]uint64, n)
+	var wsum uint64
+	for _, t := range g.templates {
+		wsum += uint64(t.Weight)
+	}
+	if opts.Count > 0 {
+		targets = shares(opts.Count, g.templates)
+	} else {
+		for i := range targets {
+			targets[i] = math.MaxUint64
+		}
+	}
+	for i := range g.templates {
+		s := genState{Limit: targets[i], Seed: splitmix(g.seed + uint64(i)*0x9e3779b97f4a7c15)}
+		if err := g.state.Update(uint32(i), s, ebpf.UpdateAny); err != nil {
+			return res, fmt.Errorf("generator: %w", err)
+		}
+	}
+	batch := opts.BatchSize
+	if batch == 0 {
+		batch = DefaultBatchSize
+	}
+	// A round sends every template its share; at full speed a round is a few
+	// milliseconds, short enough to mix templates finely and to stop soon. At
+	// a set rate a round is a millisecond's worth: short bursts are what a
+	// slow receiver (a packet socket, the stack) can take without the veth's
+	// 256-frame ring overflowing.
+	round := uint64(65536)
+	if opts.Rate > 0 {
+		round = max(uint64(opts.Rate/1000), uint64(n))
+	}
+	quanta := make([]uint64, n)
+	for i, t := range g.templates {
+		quanta[i] = max(1, round*uint64(t.Weight)/wsum)
+	}
+	var runErr error
+	err := g.ns.Do(func() error {
+		start := time.Now()
+		lastT, lastSent := start, uint64(0)
+		for {
+			if ctx.Err() != nil || (opts.Duration > 0 && time.Since(start) >= opts.Duration) {
+				break
+			}
+			busy := false
+			for i := range g.templates {
+				left := targets[i] - res.PerTemplate[i]
+				if left == 0 {
+					continue
+				}
+				busy = true
+				if err := g.cur.Update(uint32(0), uint32(i), ebpf.UpdateAny); err != nil {
+					return err
+				}
+				_, err := g.prog.Run(&ebpf.RunOptions{
+					Data:      g.templates[i].Frame,
+					Repeat:    uint32(min(quanta[i], left)),
+					Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+					BatchSize: batch,
+				})
+				if err != nil {
+					return fmt.Errorf("test run (live frames) of template %q: %w", g.templates[i].Spec, err)
+				}
+				var s genState
+				if err := g.state.Lookup(uint32(i), &s); err != nil {
+					return err
+				}
+				res.PerTemplate[i] = min(s.Sent, s.Limit)
+			}
+			res.Sent = 0
+			for _, c := range res.PerTemplate {
+				res.Sent += c
+			}
+			if !busy {
+				break
+			}
+			now := time.Now()
+			if opts.Progress != nil && now.Sub(lastT) >= time.Second {
+				res.Elapsed = now.Sub(start)
+				res.PPS = float64(res.Sent-lastSent) / now.Sub(lastT).Seconds()
+				opts.Progress(res)
+				lastT, lastSent = now, res.Sent
+			}
+			if opts.Rate > 0 {
+				due := start.Add(time.Duration(float64(res.Sent) / opts.Rate * float64(time.Second)))
+				if d := time.Until(due); d > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(d):
+					}
+				}
+			}
+		}
+		res.Elapsed = time.Since(start)
+		if s := res.Elapsed.Seconds(); s > 0 {
+			res.PPS = float64(res.Sent) / s
+		}
+		return nil
+	})
+	if err != nil {
+		runErr = fmt.Errorf("generator: %w", err)
+	}
+	return res, runErr
+}
+
+// shares splits count among templates by weight; the remainder goes to the
+// first templates so that the total is exact.
+func shares(count uint64, ts []Template) []uint64 {
+	var wsum uint64
+	for _, t := range ts {
+		wsum += uint64(t.Weight)
+	}
+	out := make([]uint64, len(ts))
+	var given uint64
+	for i, t := range ts {
+		out[i] = count / wsum * uint64(t.Weight)
+		given += out[i]
+	}
+	rem := count - given
+	for i, t := range ts {
+		// count%wsum < wsum, so the remainder fits in the weights.
+		add := min(rem, (count%wsum)*uint64(t.Weight)/wsum+1)
+		out[i] += add
+		rem -= add
+		if rem == 0 {
+			break
+		}
+	}
+	return out
+}
+
+func splitmix(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// The per-byte generator is a 64-bit linear congruential step; its top bits
+// are good enough to make names and ports look random.
+const (
+	lcgMul = 6364136223846793005
+	lcgAdd = 1442695040888963407
+)
+
+// genProgram builds the generator's XDP program: pick the current template,
+// count the packet (or drop it past the limit), rewrite the random fields,
+// recompute checksums, redirect to ifindex.
+func genProgram(ts []Template, ifindex, curFD, stateFD int) (asm.Instructions, error) {
+	const (
+		rCtx   = asm.R6
+		rState = asm.R7
+		rHash  = asm.R8
+		rData  = asm.R9
+	)
+	p := asm.Instructions{
+		asm.Mov.Reg(rCtx, asm.R1),
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, curFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "abort"),
+		asm.LoadMem(rData, asm.R0, 0, asm.Word), // template index, for now
+		asm.StoreMem(asm.RFP, -8, rData, asm.Word),
+		asm.LoadMapPtr(asm.R1, stateFD),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -8),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "abort"),
+		asm.Mov.Reg(rState, asm.R0),
+		asm.Mov.Imm(asm.R1, 1),
+		fetchAdd(rState, asm.R1), // R1 = sequence number
+		asm.LoadMem(asm.R2, rState, 8, asm.DWord),
+		asm.JGE.Reg(asm.R1, asm.R2, "drop"),
+		asm.LoadMem(rHash, rState, 16, asm.DWord),
+		asm.Add.Reg(rHash, asm.R1),
+		asm.LoadImm(asm.R2, int64(-7046029254386353131), asm.DWord), // 0x9e3779b97f4a7c15
+		asm.Mul.Reg(rHash, asm.R2),
+		asm.Mov.Reg(asm.R2, rHash),
+		asm.RSh.Imm(asm.R2, 31),
+		asm.Xor.Reg(rHash, asm.R2),
+		asm.LoadImm(asm.R4, lcgMul, asm.DWord),
+		asm.LoadImm(asm.R5, lcgAdd, asm.DWord),
+		asm.LoadMem(asm.R1, rCtx, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, rCtx, 4, asm.Word), // data_end
+	}
+	for i := range ts {
+		p = append(p, asm.JEq.Imm(rData, int32(i), fmt.Sprintf("t%d", i)))
+	}
+	p = append(p, asm.Ja.Label("abort"))
+	for i, t := range ts {
+		if len(t.Frame) < 14 || len(t.Frame) > 3000 {
+			return nil, fmt.Errorf("generator: template %q: frame of %d bytes (want 14 to 3000)", t.Spec, len(t.Frame))
+		}
+		p = append(p,
+			asm.Mov.Reg(rData, asm.R1).WithSymbol(fmt.Sprintf("t%d", i)),
+			asm.Mov.Reg(asm.R2, rData),
+			asm.Add.Imm(asm.R2, int32(len(t.Frame))),
+			asm.JGT.Reg(asm.R2, asm.R3, "drop"),
+		)
+		for _, f := range t.Fields {
+			if f.Off < 0 || f.Len < 1 || f.Off+f.Len > len(t.Frame) {
+				return nil, fmt.Errorf("generator: template %q: field at %d+%d outside the %d-byte frame", t.Spec, f.Off, f.Len, len(t.Frame))
+			}
+			for b := f.Off; b < f.Off+f.Len; b++ {
+				p = append(p,
+					asm.Mul.Reg(rHash, asm.R4),
+					asm.Add.Reg(rHash, asm.R5),
+					asm.Mov.Reg(asm.R2, rHash),
+					asm.RSh.Imm(asm.R2, 33),
+				)
+				if f.Kind == Letters {
+					p = append(p, asm.Mod.Imm(asm.R2, 26), asm.Add.Imm(asm.R2, 'a'))
+				}
+				p = append(p, asm.StoreMem(rData, int16(b), asm.R2, asm.Byte))
+			}
+		}
+		for j, c := range checksumPlans(t) {
+			p = append(p, asm.LoadImm(asm.R2, int64(c.konst), asm.DWord))
+			for _, w := range c.words {
+				size := asm.Half
+				if w+1 >= c.end {
+					size = asm.Byte
+				}
+				p = append(p, asm.LoadMem(asm.R3, rData, int16(w), size), asm.Add.Reg(asm.R2, asm.R3))
+			}
+			for range 3 {
+				p = append(p,
+					asm.Mov.Reg(asm.R3, asm.R2),
+					asm.RSh.Imm(asm.R3, 16),
+					asm.And.Imm(asm.R2, 0xffff),
+					asm.Add.Reg(asm.R2, asm.R3),
+				)
+			}
+			p = append(p, asm.Xor.Imm(asm.R2, 0xffff))
+			if c.udp {
+				skip := fmt.Sprintf("t%d_c%d", i, j)
+				p = append(p,
+					asm.JNE.Imm(asm.R2, 0, skip),
+					asm.Mov.Imm(asm.R2, 0xffff),
+					asm.StoreMem(rData, int16(c.field), asm.R2, asm.Half).WithSymbol(skip),
+				)
+			} else {
+				p = append(p, asm.StoreMem(rData, int16(c.field), asm.R2, asm.Half))
+			}
+		}
+		p = append(p, asm.Ja.Label("redirect"))
+	}
+	p = append(p,
+		asm.Mov.Imm(asm.R1, int32(ifindex)).WithSymbol("redirect"),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirect.Call(),
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("drop"), // XDP_DROP
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("abort"), // XDP_ABORTED
+		asm.Return(),
+	)
+	return p, nil
+}
+
+// fetchAdd is `src = atomic_fetch_add((u64 *)dst, src)`. cilium/ebpf v0.22
+// encodes asm.FetchAdd without BPF_FETCH in the immediate (the kernel then
+// runs a plain atomic add and src keeps its value), so the immediate is set
+// here by hand.
+func fetchAdd(dst, src asm.Register) asm.Instruction {
+	ins := asm.FetchAdd.Mem(dst, src, asm.DWord, 0)
+	ins.Constant = int64(unix.BPF_ADD | unix.BPF_FETCH)
+	return ins
+}
+
+// checksumPlan recomputes one checksum in the program: konst holds the sum of
+// everything fixed, words are the offsets of the 16-bit words that vary.
+type checksumPlan struct {
+	field int
+	konst uint64
+	words []int
+	end   int // a word starting at end-1 is a single byte
+	udp   bool
+}
+
+// checksumPlans returns the checksums that a template's random fields touch.
+func checksumPlans(t Template) []checksumPlan {
+	lo, ok := parseLayout(t.Frame)
+	if !ok || len(t.Fields) == 0 {
+		return nil
+	}
+	varByte := make([]bool, len(t.Frame))
+	for _, f := range t.Fields {
+		for b := f.Off; b < f.Off+f.Len; b++ {
+			varByte[b] = true
+		}
+	}
+	// plan sums ranges (even-aligned starts) of a copy of the frame with the
+	// checksum field and the varying words zeroed.
+	plan := func(field int, konst uint64, ranges [][2]int) (checksumPlan, bool) {
+		c := checksumPlan{field: field, konst: konst}
+		f := append([]byte(nil), t.Frame...)
+		f[field], f[field+1] = 0, 0
+		for _, r := range ranges {
+			for w := r[0]; w < r[1]; w += 2 {
+				if varByte[w] || (w+1 < r[1] && varByte[w+1]) {
+					c.words = append(c.words, w)
+					f[w] = 0
+					if w+1 < r[1] {
+						f[w+1] = 0
+					}
+				}
+			}
+		}
+		for _, r := range ranges {
+			c.konst += sumLE(f[r[0]:r[1]])
+			c.end = r[1]
+		}
+		return c, len(c.words) > 0
+	}
+	var out []checksumPlan
+	if lo.ipCsum >= 0 {
+		if c, ok := plan(lo.ipCsum, 0, [][2]int{{lo.l3, lo.l4}}); ok {
+			out = append(out, c)
+		}
+	}
+	if lo.l4Csum >= 0 {
+		if c, ok := plan(lo.l4Csum, lo.pseudoConst(), [][2]int{lo.addrs, {lo.l4, lo.end}}); ok {
+			c.udp = lo.proto == 17
+			out = append(out, c)
+		}
+	}
+	return out
+}
