@@ -70,13 +70,7 @@ func loadEBPF(tb testing.TB, filter []bpf.Instruction) (*ebpf.Program, error) {
 	return loadAsm(tb, "cbpfc_test", valueProgram(insns))
 }
 
-const cPrelude = `typedef unsigned char uint8_t;
-typedef unsigned short uint16_t;
-typedef unsigned int uint32_t;
-typedef unsigned long long uint64_t;
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-`
+const cPrelude = CPrelude
 
 // cPrograms builds one XDP program per filter in one clang run; program i
 // is named "f<i>" and writes the filter's result as valueProgram does.
