@@ -73,6 +73,13 @@ type progSpec struct {
 	frags  bool
 }
 
+// maxLoad is the most bytes bpf_xdp_load_bytes copies in one call.
+const maxLoad = 0xffff
+
+// maxPerfCapture is the most packet bytes a perf record holds: a perf
+// sample's size is 16 bits, headers included.
+const maxPerfCapture = 65000
+
 // ringClasses returns the record sizes the ring buffer program reserves:
 // bpf_ringbuf_reserve takes a constant size, so the program picks the
 // smallest class that holds the packet rather than snapLen every time.
@@ -85,6 +92,14 @@ func ringClasses(snapLen int) []int {
 		cs = append(cs, c)
 	}
 	return append(cs, snapLen)
+}
+
+// maxCapture is the most bytes of a packet the program captures.
+func (p *progSpec) maxCapture() int {
+	if p.perf {
+		return min(p.snapLen, maxPerfCapture)
+	}
+	return p.snapLen
 }
 
 func (p *progSpec) name() string {
@@ -146,8 +161,8 @@ func (p *progSpec) instructions() (asm.Instructions, error) {
 		asm.FnXdpGetBuffLen.Call(),
 		asm.Mov.Reg(asm.R8, asm.R0),
 		asm.Mov.Reg(asm.R9, asm.R0),
-		asm.JLE.Imm(asm.R9, int32(p.snapLen), labelRecord+"_len"),
-		asm.Mov.Imm(asm.R9, int32(p.snapLen)),
+		asm.JLE.Imm(asm.R9, int32(p.maxCapture()), labelRecord+"_len"),
+		asm.Mov.Imm(asm.R9, int32(p.maxCapture())),
 		// Tells the verifier the copy is at least a byte long.
 		asm.JLT.Imm(asm.R9, 1, labelDone).WithSymbol(labelRecord+"_len"),
 	)
@@ -213,16 +228,40 @@ func (p *progSpec) ringOutput(done, lost, record string) asm.Instructions {
 		asm.StoreMem(asm.R8, recTime, asm.R0, asm.DWord),
 		asm.FnGetSmpProcessorId.Call(),
 		asm.StoreMem(asm.R8, recCPU, asm.R0, asm.Word),
-		// bpf_xdp_load_bytes reads across fragments, so multi-buffer
-		// packets are captured whole.
-		asm.Mov.Reg(asm.R1, asm.R6),
+	)
+	// bpf_xdp_load_bytes reads across fragments, so multi-buffer packets
+	// are captured whole; it copies at most 0xffff bytes a call.
+	insns = append(insns, asm.Mov.Reg(asm.R4, asm.R9))
+	if p.snapLen > maxLoad {
+		insns = append(insns,
+			asm.JLE.Imm(asm.R4, maxLoad, record+"_load1"),
+			asm.Mov.Imm(asm.R4, maxLoad),
+		)
+	}
+	insns = append(insns,
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol(record+"_load1"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Reg(asm.R3, asm.R8),
 		asm.Add.Imm(asm.R3, recHdrSize),
-		asm.Mov.Reg(asm.R4, asm.R9),
 		asm.FnXdpLoadBytes.Call(),
-		asm.JEq.Imm(asm.R0, 0, record+"_submit"),
-		asm.Mov.Reg(asm.R1, asm.R8),
+		asm.JNE.Imm(asm.R0, 0, record+"_discard"),
+	)
+	if p.snapLen > maxLoad {
+		insns = append(insns,
+			asm.JLE.Imm(asm.R9, maxLoad, record+"_submit"),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.Mov.Imm(asm.R2, maxLoad),
+			asm.Mov.Reg(asm.R3, asm.R8),
+			asm.Add.Imm(asm.R3, recHdrSize+maxLoad),
+			asm.Mov.Reg(asm.R4, asm.R9),
+			asm.Add.Imm(asm.R4, -maxLoad),
+			asm.FnXdpLoadBytes.Call(),
+			asm.JNE.Imm(asm.R0, 0, record+"_discard"),
+		)
+	}
+	insns = append(insns,
+		asm.Ja.Label(record+"_submit"),
+		asm.Mov.Reg(asm.R1, asm.R8).WithSymbol(record+"_discard"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRingbufDiscard.Call(),
 		asm.Ja.Label(lost),
