@@ -1,12 +1,16 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math"
 	"net"
 	"os"
+	"os/exec"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -46,7 +50,8 @@ const DefaultBatchSize = 256
 
 var anchorCounter atomic.Uint32
 
-// NewGenerator prepares to send templates out of ifname in ns. Packet
+// NewGenerator prepares to send templates out of ifname in ns (nil: the
+// calling process's namespace). Packet
 // contents follow from seed alone. A veth pair, down, is created in ns to keep
 // the program attached while the generator lives (a test run of a program
 // attached nowhere re-patches the kernel's XDP dispatcher, ~50 ms a call);
@@ -63,7 +68,7 @@ func NewGenerator(ns *netns.NS, ifname string, templates []Template, seed uint64
 		}
 	}()
 	var ifindex int
-	err = ns.Do(func() error {
+	err = inNS(ns, func() error {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return err
@@ -92,11 +97,11 @@ func NewGenerator(ns *netns.NS, ifname string, templates []Template, seed uint64
 	}
 	name := fmt.Sprintf("l4g%d-%d", os.Getpid()%100000, anchorCounter.Add(1)%1000)
 	g.anchorIf = name
-	if err := ns.IP("link", "add", name, "type", "veth", "peer", "name", name+"p"); err != nil {
+	if err := ipIn(ns, "link", "add", name, "type", "veth", "peer", "name", name+"p"); err != nil {
 		g.anchorIf = ""
 		return g, fmt.Errorf("generator: %w", err)
 	}
-	err = ns.Do(func() error {
+	err = inNS(ns, func() error {
 		ifi, err := net.InterfaceByName(name)
 		if err != nil {
 			return err
@@ -118,7 +123,7 @@ func (g *Generator) Close() error {
 		g.anchor = nil
 	}
 	if g.anchorIf != "" {
-		errs = append(errs, g.ns.IP("link", "del", g.anchorIf))
+		errs = append(errs, ipIn(g.ns, "link", "del", g.anchorIf))
 		g.anchorIf = ""
 	}
 	for _, c := range []interface{ Close() error }{g.prog, g.state, g.cur} {
@@ -151,6 +156,8 @@ type RunOptions struct {
 	Rate float64
 	// BatchSize is the live-frames batch size; 0 means DefaultBatchSize.
 	BatchSize uint32
+	// CPU, if not 0, pins the sending thread to CPU-1.
+	CPU int
 	// Progress, if set, is called about once a second during the run.
 	Progress func(Result)
 }
@@ -209,7 +216,21 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 		quanta[i] = max(1, round*uint64(t.Weight)/wsum)
 	}
 	var runErr error
-	err := g.ns.Do(func() error {
+	err := inNS(g.ns, func() error {
+		if opts.CPU > 0 {
+			// The kernel runs the program, and the receiving veth's NAPI,
+			// on the calling thread's CPU.
+			var old, set unix.CPUSet
+			if err := unix.SchedGetaffinity(0, &old); err != nil {
+				return err
+			}
+			set.Set(opts.CPU - 1)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				return fmt.Errorf("pin to CPU %d: %w", opts.CPU-1, err)
+			}
+			// The thread goes back to the runtime's pool afterwards.
+			defer unix.SchedSetaffinity(0, &old)
+		}
 		start := time.Now()
 		lastT, lastSent := start, uint64(0)
 		for {
@@ -275,6 +296,33 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 		runErr = fmt.Errorf("generator: %w", err)
 	}
 	return res, runErr
+}
+
+// inNS runs fn on a locked OS thread in ns, or in the current namespace if
+// ns is nil.
+func inNS(ns *netns.NS, fn func() error) error {
+	if ns != nil {
+		return ns.Do(fn)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: a thread whose affinity fn changed is discarded.
+		runtime.LockOSThread()
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// ipIn runs `ip ARGS` in ns, or in the current namespace if ns is nil.
+func ipIn(ns *netns.NS, args ...string) error {
+	if ns != nil {
+		return ns.IP(args...)
+	}
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %s", strings.Join(args, " "), bytes.TrimSpace(out))
+	}
+	return nil
 }
 
 // shares splits count among templates by weight; the remainder goes to the

@@ -1,0 +1,250 @@
+// Package bench measures L4Drop, xdpcap and cbpfc against their peers in
+// one run, side by side, and renders the result as one table and a plot.
+//
+// Every drop-rate row gets a fresh lab: the generator floods the server side
+// at full speed from one pinned CPU for a fixed time while the filter under
+// test runs on the server's veth. The receiving veth's NAPI runs on the
+// sender's CPU, so the rate the server side takes in is what the filter
+// leaves of that CPU: a cheaper filter takes in more.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/l4drop/l4drop/lab"
+)
+
+// Config says what to measure and for how long.
+type Config struct {
+	// Duration of each drop-rate measurement.
+	Duration time.Duration
+	// CPU the generator is pinned to (the receiver follows it).
+	CPU int
+	// Traffic is the flood, as lab template specifications.
+	Traffic []string
+	// Rules lists the rule counts L4Drop is measured with.
+	Rules []int
+	// Log, if set, receives a line per measurement as it finishes.
+	Log io.Writer
+	// Extra rows from parts measured elsewhere (cbpfc, xdpcap, build times),
+	// appended to the table as they are.
+	Extra []Row
+}
+
+// DefaultConfig is what `l4lab bench` runs.
+func DefaultConfig() Config {
+	return Config{
+		Duration: 3 * time.Second,
+		CPU:      runtime.NumCPU() - 1,
+		Traffic:  []string{"dns,name=*.attack.example,weight=95", "dns,name=www.example.org,weight=5"},
+		Rules:    []int{1, 10, 100, 1000},
+	}
+}
+
+// Row is one line of the table.
+type Row struct {
+	Group string // "L4Drop drop rate", "cbpfc", ...
+	Name  string
+	// Value is the absolute figure in Unit; Ratio is relative to the group's
+	// baseline (0: none).
+	Value float64
+	Unit  string
+	Ratio float64
+	Note  string
+}
+
+// DropRate is one drop-rate measurement.
+type DropRate struct {
+	Name     string
+	Rules    int // for L4Drop rows; 0 otherwise
+	Sent     uint64
+	Received uint64 // frames the server's veth took in
+	Elapsed  time.Duration
+}
+
+// Mpps is the rate the server side took in.
+func (d DropRate) Mpps() float64 { return float64(d.Received) / d.Elapsed.Seconds() / 1e6 }
+
+// Filter sets a filter up on the server side of a lab and returns how to
+// take it down (the lab's removal takes everything anyway).
+type Filter struct {
+	Name  string
+	Rules int
+	Setup func(l *lab.Lab) (cleanup func(), err error)
+}
+
+// MeasureDrop floods a fresh lab with f on the server side.
+func MeasureDrop(ctx context.Context, cfg Config, f Filter) (DropRate, error) {
+	res := DropRate{Name: f.Name, Rules: f.Rules}
+	var ts []lab.Template
+	for _, s := range cfg.Traffic {
+		t, err := lab.ParseTemplate(s)
+		if err != nil {
+			return res, err
+		}
+		ts = append(ts, t)
+	}
+	l, err := lab.New()
+	if err != nil {
+		return res, err
+	}
+	defer l.Close()
+	if f.Setup != nil {
+		cleanup, err := f.Setup(l)
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", f.Name, err)
+		}
+		if cleanup != nil {
+			defer cleanup()
+		}
+	}
+	g, err := lab.NewGenerator(l.Inet, l.InetIf, ts, 1)
+	if err != nil {
+		return res, err
+	}
+	defer g.Close()
+	// A short warm-up: caches, page pools, the JIT'd program's first misses.
+	if _, err := g.Run(ctx, lab.RunOptions{Duration: 200 * time.Millisecond, CPU: cfg.CPU + 1}); err != nil {
+		return res, err
+	}
+	before, err := l.ServerCounters()
+	if err != nil {
+		return res, err
+	}
+	r, err := g.Run(ctx, lab.RunOptions{Duration: cfg.Duration, CPU: cfg.CPU + 1})
+	if err != nil {
+		return res, err
+	}
+	after, err := l.ServerCounters()
+	if err != nil {
+		return res, err
+	}
+	res.Sent, res.Elapsed = r.Sent, r.Elapsed
+	res.Received = after.Sub(before).RxPackets
+	return res, ctx.Err()
+}
+
+// DropAll is the baseline: an XDP program that drops everything.
+func DropAll() Filter {
+	return Filter{Name: "XDP drop-all (baseline)", Setup: func(l *lab.Lab) (func(), error) {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "drop_all", Type: ebpf.XDP, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}})
+		if err != nil {
+			return nil, err
+		}
+		var lk link.Link
+		err = l.Server.Do(func() error {
+			var err error
+			lk, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: l.ServerIndex})
+			return err
+		})
+		if err != nil {
+			prog.Close()
+			return nil, err
+		}
+		return func() { lk.Close(); prog.Close() }, nil
+	}}
+}
+
+// NoFilter lets the stack drop the flood (no listener on the port).
+func NoFilter() Filter {
+	return Filter{Name: "no filter (the stack drops it)"}
+}
+
+// IPTables drops with iptables' raw table and the bpf match on bytecode
+// (`N,op jt jf k,...`, packet from the IP header on).
+func IPTables(bytecode string) Filter {
+	return Filter{Name: "iptables raw -m bpf, same rule", Setup: func(l *lab.Lab) (func(), error) {
+		return nil, runIn(l, "iptables", "-t", "raw", "-A", "PREROUTING", "-i", l.ServerIf,
+			"-m", "bpf", "--bytecode", bytecode, "-j", "DROP")
+	}}
+}
+
+// XDPFilter drops with xdp-filter's port rule.
+func XDPFilter(port int, proto string) Filter {
+	return Filter{Name: fmt.Sprintf("xdp-filter, %s port %d", proto, port), Setup: func(l *lab.Lab) (func(), error) {
+		// `ip netns exec` gives the command a fresh /sys without bpffs;
+		// xdp-filter pins its maps, so mount one for the two commands.
+		script := fmt.Sprintf("mount -t bpf bpf /sys/fs/bpf && xdp-filter load -m native %s && xdp-filter port %d -p %s -m dst",
+			l.ServerIf, port, proto)
+		return nil, runIn(l, "sh", "-c", script)
+	}}
+}
+
+func runIn(l *lab.Lab, name string, args ...string) error {
+	out, err := l.Server.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Have reports whether a command is installed.
+func Have(name string) bool {
+	_, err := exec.LookPath(name)
+	return err == nil
+}
+
+// ErrSkipped marks a row that could not be measured on this machine.
+var ErrSkipped = errors.New("skipped")
+
+// Machine describes where the run happened.
+func Machine() string {
+	var b strings.Builder
+	if buf, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(buf), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				b.WriteString(strings.TrimSpace(v))
+				break
+			}
+		}
+	}
+	fmt.Fprintf(&b, ", %d CPUs", runtime.NumCPU())
+	if out, err := exec.Command("uname", "-srm").Output(); err == nil {
+		fmt.Fprintf(&b, ", %s", strings.TrimSpace(string(out)))
+	}
+	return b.String()
+}
+
+// RawBytecode compiles a pcap-filter expression for packets that start at
+// the IP header (as iptables' bpf match and L4Drop rules see them) with
+// tcpdump, reading an empty capture of link type RAW, and returns it in the
+// `N,op jt jf k,...` form.
+func RawBytecode(expr string) (string, error) {
+	f, err := os.CreateTemp("", "l4lab-raw-*.pcap")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	// pcap file header: magic, version 2.4, zone, sigfigs, snaplen, LINKTYPE_RAW (101).
+	hdr := []byte{0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 101, 0, 0, 0}
+	_, werr := f.Write(hdr)
+	if err := errors.Join(werr, f.Close()); err != nil {
+		return "", err
+	}
+	out, err := exec.Command("tcpdump", "-ddd", "-r", f.Name(), expr).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("tcpdump -ddd %q: %s", expr, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return "", err
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, ","), nil
+}
