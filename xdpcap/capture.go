@@ -134,6 +134,13 @@ type Capture struct {
 	detachMu   sync.Mutex
 }
 
+// progKind is what a hook's owner requires of the programs in it.
+type progKind struct{ frags, attachXDP bool }
+
+// errIncompatible is the kernel refusing a program in a program array
+// because it differs from the array's owner.
+var errIncompatible = errors.New("filter program incompatible with the hook's owner")
+
 // install is a filter program in a hook slot.
 type install struct {
 	hook int
@@ -229,24 +236,34 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 	c.monoToWall = time.Now().UnixNano() - mono.Nano()
 
 	for i, h := range hooks {
-		// Whether programs in this hook must handle multi-buffer packets
-		// is the hook owner's business; we find out by trying.
-		frags := false
+		// A program array takes only programs that agree with its owner,
+		// the first program that used it, on BPF_F_XDP_HAS_FRAGS and the
+		// expected attach type. The kernel does not tell what the owner
+		// has, so we try each kind, starting from the one that worked.
+		kinds := []progKind{{false, false}, {false, true}, {true, false}, {true, true}}
 		for _, a := range o.Actions {
-			spec := progSpec{filter: o.Filter, action: a, hook: i, snapLen: o.SnapLen, perf: o.Perf, wakeup: wakeup, frags: frags}
-			prog, id, err := c.installOne(h, &spec)
-			if err != nil && errors.Is(err, unix.EINVAL) {
-				spec.frags = !spec.frags
-				var err2 error
-				prog, id, err2 = c.installOne(h, &spec)
-				if err2 == nil {
-					err = nil
+			var prog *ebpf.Program
+			var id ebpf.ProgramID
+			var errs []error
+			for k, kind := range kinds {
+				spec := progSpec{filter: o.Filter, action: a, hook: i, snapLen: o.SnapLen, perf: o.Perf,
+					wakeup: wakeup, frags: kind.frags, attachXDP: kind.attachXDP}
+				prog, id, err = c.installOne(h, &spec)
+				if err == nil {
+					kinds = kinds[k:]
+					break
+				}
+				errs = append(errs, err)
+				if !errors.Is(err, errIncompatible) {
+					break
 				}
 			}
 			if err != nil {
+				if errors.Is(err, errIncompatible) {
+					return nil, fmt.Errorf("hook %d: %w: the hook's XDP program takes no filter program of any kind xdpcap tried (%v)", i, errIncompatible, errors.Join(errs...))
+				}
 				return nil, fmt.Errorf("hook %d: %w", i, err)
 			}
-			frags = spec.frags
 			c.progs = append(c.progs, prog)
 			c.installs = append(c.installs, install{hook: i, slot: uint32(a), prog: prog, id: id})
 		}
@@ -267,6 +284,9 @@ func (c *Capture) installOne(hook *ebpf.Map, spec *progSpec) (*ebpf.Program, ebp
 	id, _ := info.ID()
 	if err := hook.Update(uint32(spec.action), prog, ebpf.UpdateAny); err != nil {
 		prog.Close()
+		if errors.Is(err, unix.EINVAL) {
+			err = fmt.Errorf("%w: %w", errIncompatible, err)
+		}
 		return nil, 0, fmt.Errorf("put %s filter in the hook: %w", spec.action, err)
 	}
 	return prog, id, nil

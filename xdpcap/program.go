@@ -71,6 +71,9 @@ type progSpec struct {
 	// wakeup, and the reader finds them when it polls.
 	wakeup int
 	frags  bool
+	// attachXDP sets the expected attach type BPF_XDP, as ELF loaders do
+	// for SEC("xdp") programs. Tail calls need it to match the caller's.
+	attachXDP bool
 }
 
 // maxLoad is the most bytes bpf_xdp_load_bytes copies in one call.
@@ -329,6 +332,9 @@ func (p *progSpec) load(counters, output *ebpf.Map) (*ebpf.Program, error) {
 	if p.frags {
 		spec.Flags = bpfFXDPHasFrags
 	}
+	if p.attachXDP {
+		spec.AttachType = ebpf.AttachXDP
+	}
 	prog, err := ebpf.NewProgram(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load %s filter: %w", p.action, err)
@@ -338,5 +344,5 @@ func (p *progSpec) load(counters, output *ebpf.Map) (*ebpf.Program, error) {
 
 // bpfFXDPHasFrags is BPF_F_XDP_HAS_FRAGS: the program copes with
 // multi-buffer packets. A program may only tail call programs that agree
-// with it on this flag.
+// with it on this flag (and on the expected attach type).
 const bpfFXDPHasFrags = 1 << 5
