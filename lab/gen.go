@@ -298,6 +298,21 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 	return res, runErr
 }
 
+// Sent returns how many packets the generator has sent since its last Run
+// began, read live from the program's counters: another goroutine may call
+// it while Run runs.
+func (g *Generator) Sent() (uint64, error) {
+	var total uint64
+	for i := range g.templates {
+		var s genState
+		if err := g.state.Lookup(uint32(i), &s); err != nil {
+			return total, fmt.Errorf("generator: %w", err)
+		}
+		total += min(s.Sent, s.Limit)
+	}
+	return total, nil
+}
+
 // inNS runs fn on a locked OS thread in ns, or in the current namespace if
 // ns is nil.
 func inNS(ns *netns.NS, fn func() error) error {

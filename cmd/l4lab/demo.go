@@ -1,5 +1,506 @@
 package main
 
-import "io"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
-func demoCmd(args []string, stdout, stderr io.Writer) error { return nil }
+	"github.com/l4drop/l4drop/lab"
+)
+
+const demoUsage = `Usage: l4lab demo [-short]
+
+Builds a lab (an "internet" and a "server" network namespace joined by a
+veth pair), sends legitimate DNS queries to the server, floods it with DNS
+queries for random names under attack.example and TCP SYNs to port 80,
+shows the server suffering, builds rules with bpfgen and a tcpdump
+expression, loads them with l4drop, shows the rules' counters climbing while
+every legitimate query still arrives, captures dropped packets with xdpcap,
+shows a few samples, and removes everything. Needs root and the l4drop,
+xdpcap and bpfgen commands (next to l4lab, as 'make build' puts them, or on
+PATH).
+
+-short runs a quick version for CI and checks its claims: attack dropped,
+legitimate traffic delivered, xdpcap captured drops. It exits 1 if one fails.
+
+Examples:
+  make demo
+  l4lab demo -short
+
+Flags:
+`
+
+// demoTimes are the demo's phase lengths and rates.
+type demoTimes struct {
+	legitOnly, flood, mitigated time.Duration
+	legitRate, floodRate        float64
+}
+
+const (
+	legitName  = "www.example.org"
+	attackZone = "attack.example"
+	synExpr    = "tcp[tcpflags] & tcp-syn != 0 and dst port 80"
+)
+
+type demo struct {
+	w     io.Writer
+	short bool
+	times demoTimes
+	bins  map[string]string
+	dir   string
+	l     *lab.Lab
+	sink  *lab.DNSSink
+	legit  *lab.Generator
+	failed []string
+}
+
+func demoCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, demoUsage); fs.PrintDefaults() }
+	short := fs.Bool("short", false, "quick run for CI; assert the key claims")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	d := &demo{w: stdout, short: *short, bins: map[string]string{}}
+	d.times = demoTimes{legitOnly: 3 * time.Second, flood: 5 * time.Second, mitigated: 8 * time.Second,
+		legitRate: 10000, floodRate: 1e6}
+	if d.short {
+		d.times = demoTimes{legitOnly: time.Second, flood: 2 * time.Second, mitigated: 3 * time.Second,
+			legitRate: 5000, floodRate: 300000}
+	}
+	for _, name := range []string{"l4drop", "xdpcap", "bpfgen", "tcpdump"} {
+		p, err := findBinary(name)
+		if err != nil {
+			return err
+		}
+		d.bins[name] = p
+	}
+	dir, err := os.MkdirTemp("", "l4lab-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	d.dir = dir
+	err = lab.Run(context.Background(), d.run)
+	if err != nil {
+		return err
+	}
+	if len(d.failed) > 0 {
+		return fmt.Errorf("%d claim(s) failed: %s", len(d.failed), strings.Join(d.failed, "; "))
+	}
+	return nil
+}
+
+// findBinary looks next to this executable first (make build puts all
+// commands in bin/), then on PATH.
+func findBinary(name string) (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found next to l4lab or on PATH (run 'make build')", name)
+	}
+	return p, nil
+}
+
+func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.w, format+"\n", args...) }
+
+func (d *demo) step(n int, title string) {
+	d.say("\n\033[1m[%d/7] %s\033[0m", n, title)
+}
+
+// claim records a checked statement; in -short mode a false one fails the run.
+func (d *demo) claim(ok bool, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if ok {
+		d.say("  ✔ %s", msg)
+		return
+	}
+	d.say("  ✘ %s", msg)
+	if d.short {
+		d.failed = append(d.failed, msg)
+	}
+}
+
+// cmd runs a command as an operator would type it, showing it and its output.
+func (d *demo) cmd(name string, args ...string) (string, error) {
+	shown := append([]string{name}, args...)
+	for i, a := range shown {
+		if strings.ContainsAny(a, " *&[]'\"") {
+			shown[i] = "'" + a + "'"
+		}
+		shown[i] = strings.ReplaceAll(shown[i], d.dir+"/", "")
+	}
+	d.say("  $ %s", strings.Join(shown, " "))
+	c := exec.Command(d.bins[name], args...)
+	c.Dir = d.dir
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	err := c.Run()
+	for _, out := range []string{stdout.String(), stderr.String()} {
+		for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+			if line != "" {
+				if len(line) > 150 {
+					line = line[:147] + "..."
+				}
+				d.say("    %s", line)
+			}
+		}
+	}
+	if err != nil {
+		return stdout.String(), fmt.Errorf("%s: %w: %s", strings.Join(shown, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+func (d *demo) nsFlags() []string {
+	return []string{"--iface", d.l.ServerIf, "--netns", d.l.Server.Name}
+}
+
+func (d *demo) run(ctx context.Context, l *lab.Lab) (err error) {
+	d.l = l
+	d.step(1, "The lab")
+	d.say("  namespaces %s (the internet) and %s (the server),", l.Inet.Name, l.Server.Name)
+	d.say("  joined by a veth pair: %s %s  <->  %s %s", l.InetIf, lab.InetIPv4, l.ServerIf, lab.ServerIPv4)
+	d.say("  The server runs a DNS service on port 53 and a web service on port 80.")
+	if d.sink, err = l.ListenDNS(53, legitName); err != nil {
+		return err
+	}
+	defer d.sink.Close()
+	web, err := d.listenTCP(80)
+	if err != nil {
+		return err
+	}
+	defer web.Close()
+
+	// Legitimate traffic runs in the background for the whole demo.
+	legitT, err := lab.ParseTemplate("dns,name=" + legitName)
+	if err != nil {
+		return err
+	}
+	legit, err := lab.NewGenerator(l.Inet, l.InetIf, []lab.Template{legitT}, 2)
+	if err != nil {
+		return err
+	}
+	defer legit.Close()
+	d.legit = legit
+	lctx, stopLegit := context.WithCancel(ctx)
+	var lwg sync.WaitGroup
+	lwg.Add(1)
+	var legitErr error
+	go func() {
+		defer lwg.Done()
+		_, legitErr = legit.Run(lctx, lab.RunOptions{Rate: d.times.legitRate, CPU: 1})
+		if errors.Is(legitErr, context.Canceled) {
+			legitErr = nil
+		}
+	}()
+	defer func() {
+		stopLegit()
+		lwg.Wait()
+		err = errors.Join(err, legitErr)
+	}()
+
+	d.step(2, "Legitimate traffic only")
+	d.say("  %s sends %.0f DNS queries a second for %s.", lab.InetIPv4, d.times.legitRate, legitName)
+	base := d.watch(ctx, d.times.legitOnly, nil, nil)
+	d.claim(base.legitGot >= base.legitSent*99/100, "the server answered %d of %d legitimate queries", base.legitGot, base.legitSent)
+
+	attack := []string{"dns,name=*." + attackZone + ",weight=70", "syn,port=80,randsrc,weight=30"}
+	var ts []lab.Template
+	for _, s := range attack {
+		t, err := lab.ParseTemplate(s)
+		if err != nil {
+			return err
+		}
+		ts = append(ts, t)
+	}
+	flood, err := lab.NewGenerator(l.Inet, l.InetIf, ts, 3)
+	if err != nil {
+		return err
+	}
+	defer flood.Close()
+
+	d.step(3, "The attack")
+	d.say("  Now also %.0f packets a second: 70%% DNS queries for random names under %s", d.times.floodRate, attackZone)
+	d.say("  (a random-subdomain flood), 30%% TCP SYNs to port 80 from random sources.")
+	hurt := d.watch(ctx, d.times.flood, flood, nil)
+	d.say("  The server's stack handled %.0f kpps of attack, and legitimate queries got lost:", hurt.stackPPS/1e3)
+	d.say("  %d of %d answered (%.0f%%).", hurt.legitGot, hurt.legitSent, pct(hurt.legitGot, hurt.legitSent))
+	if ctx.Err() != nil {
+		return nil
+	}
+
+	d.step(4, "Rules")
+	d.say("  bpfgen turns the attacked names into cBPF; a tcpdump expression catches the SYNs.")
+	out, err := d.cmd("bpfgen", "dns", "--", "*."+attackZone)
+	if err != nil {
+		return err
+	}
+	bytecode := strings.TrimSpace(out)
+	rules := fmt.Sprintf(`sample_rate: 100
+rules:
+  - name: dns-random-%s
+    bpf: %q
+  - name: syn-flood-80
+    expr: %q
+`, strings.ReplaceAll(attackZone, ".", "-"), bytecode, synExpr)
+	if err := os.WriteFile(filepath.Join(d.dir, "rules.yaml"), []byte(rules), 0o644); err != nil {
+		return err
+	}
+	d.say("  rules.yaml:")
+	for _, line := range strings.Split(strings.TrimSpace(rules), "\n") {
+		if len(line) > 100 {
+			line = line[:97] + "..."
+		}
+		d.say("    %s", line)
+	}
+	if _, err := d.cmd("l4drop", "build", "rules.yaml", "-o", "rules.o"); err != nil {
+		return err
+	}
+
+	d.step(5, "Mitigation")
+	loadArgs := append([]string{"load", "rules.o"}, d.nsFlags()...)
+	if _, err := d.cmd("l4drop", loadArgs...); err != nil {
+		return err
+	}
+	defer func() {
+		uerr := exec.Command(d.bins["l4drop"], append([]string{"unload"}, d.nsFlags()...)...).Run()
+		if uerr != nil {
+			err = errors.Join(err, fmt.Errorf("l4drop unload: %w", uerr))
+		}
+	}()
+	hook := filepath.Join("/sys/fs/bpf/l4drop", l.ServerIf+"@"+l.Server.Name, "xdpcap_hook")
+	capFile := filepath.Join(d.dir, "drops.pcapng")
+	sampleFile := filepath.Join(d.dir, "samples.pcapng")
+	bg := []*exec.Cmd{
+		exec.Command(d.bins["xdpcap"], "-q", "-c", "10", "-actions", "drop", "-format", "pcapng", hook, capFile),
+		exec.Command(d.bins["l4drop"], append([]string{"samples", "-w", sampleFile, "--count", "5"}, d.nsFlags()...)...),
+	}
+	var bgOut [2]bytes.Buffer
+	for i, c := range bg {
+		c.Stdout, c.Stderr = &bgOut[i], &bgOut[i]
+		if err := c.Start(); err != nil {
+			return err
+		}
+	}
+	defer func() {
+		for _, c := range bg {
+			if c.ProcessState == nil {
+				c.Process.Signal(os.Interrupt)
+				c.Wait()
+			}
+		}
+	}()
+	d.say("  The same flood again, with L4Drop on %s; per-rule counters from 'l4drop status':", l.ServerIf)
+	saved := d.watch(ctx, d.times.mitigated, flood, d.status)
+	if ctx.Err() != nil {
+		return nil
+	}
+	st, err := d.status()
+	if err != nil {
+		return err
+	}
+	var dropped uint64
+	for _, r := range st.Rules {
+		dropped += r.Packets
+	}
+	d.claim(dropped >= saved.floodSent*99/100 && saved.floodSent > 0,
+		"L4Drop dropped %d of the %d attack packets sent", dropped, saved.floodSent)
+	d.claim(saved.stackPkts <= saved.legitSent+saved.legitSent/10+100,
+		"the server's stack saw %d packets, about the %d legitimate ones: no attack", saved.stackPkts, saved.legitSent)
+	d.claim(saved.legitGot >= saved.legitSent*99/100 && saved.legitSent > 0,
+		"the server answered %d of %d legitimate queries (%.1f%%)", saved.legitGot, saved.legitSent, pct(saved.legitGot, saved.legitSent))
+
+	d.step(6, "xdpcap: what L4Drop dropped")
+	d.say("  xdpcap ran on L4Drop's hook during the flood:")
+	d.say("  $ xdpcap -c 10 -actions drop -format pcapng %s drops.pcapng", hook)
+	waitBG(bg[0], 5*time.Second)
+	out, _ = d.cmd("tcpdump", "-nr", "drops.pcapng")
+	n := countLines(out, " IP ")
+	d.claim(n >= 10, "xdpcap captured %d dropped packets", n)
+
+	d.step(7, "Samples")
+	d.say("  L4Drop samples 1 packet in 100, dropped or not, for analysis:")
+	d.say("  $ l4drop samples --iface %s --netns %s -w samples.pcapng --count 5", l.ServerIf, l.Server.Name)
+	waitBG(bg[1], 5*time.Second)
+	d.cmd("tcpdump", "-nr", "samples.pcapng")
+
+	d.say("\n\033[1mDone.\033[0m Removing L4Drop, the namespaces and the veth pair.")
+	return nil
+}
+
+func waitBG(c *exec.Cmd, timeout time.Duration) {
+	done := make(chan struct{})
+	go func() { c.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		c.Process.Signal(os.Interrupt)
+		<-done
+	}
+}
+
+func countLines(s, sub string) int {
+	n := 0
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+func pct(a, b uint64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return 100 * float64(a) / float64(b)
+}
+
+// listenTCP opens a TCP listener on the server that accepts and closes.
+func (d *demo) listenTCP(port int) (net.Listener, error) {
+	var ln net.Listener
+	err := d.l.Server.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln, nil
+}
+
+type statusJSON struct {
+	Rules []struct {
+		Name    string `json:"name"`
+		Enabled bool   `json:"enabled"`
+		Packets uint64 `json:"packets"`
+		Bytes   uint64 `json:"bytes"`
+	} `json:"rules"`
+	Samples uint64 `json:"samples"`
+	Lost    uint64 `json:"lost"`
+}
+
+func (d *demo) status() (statusJSON, error) {
+	var st statusJSON
+	out, err := exec.Command(d.bins["l4drop"], append([]string{"status", "--json"}, d.nsFlags()...)...).Output()
+	if err != nil {
+		return st, fmt.Errorf("l4drop status: %w", err)
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return st, fmt.Errorf("l4drop status --json: %w", err)
+	}
+	return st, nil
+}
+
+// phase is what one watched phase saw.
+type phase struct {
+	floodSent, legitSent, legitGot, stackPkts uint64
+	stackPPS                                  float64
+}
+
+// watch runs flood (if any) for dur and prints a line a second: attack
+// sent, what reached the server's stack, legitimate queries answered, and
+// the rules' counters if status is given.
+func (d *demo) watch(ctx context.Context, dur time.Duration, flood *lab.Generator, status func() (statusJSON, error)) phase {
+	var p phase
+	c0, _ := d.l.ServerCounters()
+	lg0, _ := d.sink.Counts()
+	ls0, _ := d.legit.Sent()
+	var floodSent atomic.Uint64
+	var floodDone atomic.Bool
+	var wg sync.WaitGroup
+	fctx, cancel := context.WithTimeout(ctx, dur)
+	defer cancel()
+	if flood != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := flood.Run(fctx, lab.RunOptions{Duration: dur, Rate: d.times.floodRate, CPU: min(2, runtime.NumCPU())})
+			if err != nil {
+				d.say("  generator: %v", err)
+			}
+			floodSent.Store(r.Sent)
+			floodDone.Store(true)
+		}()
+	}
+	start := time.Now()
+	lastLine := start
+	prevC, prevLg, prevLs, prevF := c0, lg0, ls0, uint64(0)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-fctx.Done():
+			done = true
+		case <-tick.C:
+		}
+		c, _ := d.l.ServerCounters()
+		lg, _ := d.sink.Counts()
+		ls, _ := d.legit.Sent()
+		f := floodSent.Load()
+		if flood != nil && !floodDone.Load() {
+			f, _ = flood.Sent()
+		}
+		line := fmt.Sprintf("  %4.1fs", time.Since(start).Seconds())
+		if flood != nil {
+			line += fmt.Sprintf("  attack sent %7d", f-prevF)
+		}
+		line += fmt.Sprintf("  reached the stack %7d", c.Sub(prevC).IPIn)
+		line += fmt.Sprintf("  legitimate answered %5d/%-5d", lg-prevLg, ls-prevLs)
+		if status != nil {
+			if st, err := status(); err == nil {
+				for _, r := range st.Rules {
+					line += fmt.Sprintf("  %s %d", r.Name, r.Packets)
+				}
+			}
+		}
+		if time.Since(lastLine) > 500*time.Millisecond {
+			d.say("%s", line)
+			lastLine = time.Now()
+		}
+		prevC, prevLg, prevLs, prevF = c, lg, ls, f
+	}
+	wg.Wait()
+	// Let the last packets through the stack, and the legitimate generator
+	// report what it sent up to now.
+	time.Sleep(200 * time.Millisecond)
+	c, _ := d.l.ServerCounters()
+	lg, _ := d.sink.Counts()
+	p.floodSent = floodSent.Load()
+	p.legitGot = lg - lg0
+	ls, _ := d.legit.Sent()
+	p.legitSent = ls - ls0
+	p.stackPkts = c.Sub(c0).IPIn
+	p.stackPPS = float64(p.stackPkts) / dur.Seconds()
+	return p
+}
