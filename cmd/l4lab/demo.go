@@ -56,13 +56,13 @@ const (
 )
 
 type demo struct {
-	w     io.Writer
-	short bool
-	times demoTimes
-	bins  map[string]string
-	dir   string
-	l     *lab.Lab
-	sink  *lab.DNSSink
+	w      io.Writer
+	short  bool
+	times  demoTimes
+	bins   map[string]string
+	dir    string
+	l      *lab.Lab
+	sink   *lab.DNSSink
 	legit  *lab.Generator
 	failed []string
 }
