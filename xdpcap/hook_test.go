@@ -3,7 +3,6 @@ package xdpcap
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/xdpcap/xdpcaptest"
 )
 
 func TestParseAction(t *testing.T) {
@@ -116,31 +116,9 @@ func TestOpenHook(t *testing.T) {
 	}
 }
 
-// buildExample builds testdata/example.c with clang.
-func buildExample(t testing.TB) *ebpf.CollectionSpec {
-	t.Helper()
-	if _, err := exec.LookPath("clang"); err != nil {
-		if fixture.InCI() {
-			t.Fatal("clang missing")
-		}
-		t.Skip("clang missing")
-	}
-	out := filepath.Join(t.TempDir(), "example.o")
-	cmd := exec.Command("clang", "-O2", "-g", "-target", "bpf", "-I.", "-I/usr/include/x86_64-linux-gnu",
-		"-Wall", "-Werror", "-c", "testdata/example.c", "-o", out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("clang: %v\n%s", err, b)
-	}
-	spec, err := ebpf.LoadCollectionSpec(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return spec
-}
-
 func TestHookReplacements(t *testing.T) {
 	fixture.RequireRoot(t)
-	spec := buildExample(t)
+	spec := xdpcaptest.BuildExample(t)
 	hook, err := CreateHook(filepath.Join(fixture.BPFFS(t), "hook"))
 	if err != nil {
 		t.Fatal(err)
