@@ -233,6 +233,7 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 		}
 		start := time.Now()
 		lastT, lastSent := start, uint64(0)
+		base, baseSent := start, uint64(0)
 		for {
 			if ctx.Err() != nil || (opts.Duration > 0 && time.Since(start) >= opts.Duration) {
 				break
@@ -277,7 +278,12 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 				lastT, lastSent = now, res.Sent
 			}
 			if opts.Rate > 0 {
-				due := start.Add(time.Duration(float64(res.Sent) / opts.Rate * float64(time.Second)))
+				due := base.Add(time.Duration(float64(res.Sent-baseSent) / opts.Rate * float64(time.Second)))
+				if time.Since(due) > 100*time.Millisecond {
+					// Fell behind (the CPU was busy elsewhere): carry on at
+					// the rate from now rather than send a catch-up burst.
+					base, baseSent = time.Now(), res.Sent
+				}
 				if d := time.Until(due); d > 0 {
 					select {
 					case <-ctx.Done():
