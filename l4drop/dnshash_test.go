@@ -1,0 +1,155 @@
+package l4drop
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/l4drop/l4drop/internal/fixture"
+)
+
+var (
+	label63   = strings.Repeat("a", 63)
+	longName  = label63 + "." + label63 + "." + label63 + "." + strings.Repeat("b", 61) // 255 bytes on the wire
+	dnsTables = `
+rules:
+  - name: allow-good
+    dns: ["good.example.com"]
+    action: pass
+  - name: bad-v4
+    family: ipv4
+    dns: ["bad.example.com", "worse.example.com."]
+  - name: bad-ci
+    dns: ["MiXeD.Example.NET"]
+    dns_case_insensitive: true
+  - name: syn
+    expr: "tcp dst port 80"
+  - name: bad-any
+    dns: ["bad.example.com", "x.example.org"]
+  - name: ams-only
+    dns: ["ams.example.com"]
+    locations: [ams]
+  - name: long
+    dns: ["` + longName + `"]
+`
+)
+
+func TestExactName(t *testing.T) {
+	tests := []struct {
+		pattern string
+		wire    string
+		ok      bool
+	}{
+		{"example.com", "\x07example\x03com\x00", true},
+		{".example.com.", "\x07example\x03com\x00", true},
+		{"*.example.com", "", false},
+		{"ex?mple.com", "", false},
+		{"example.**", "", false},
+		{"ex%41mple.com", "", false},
+		{"a..b", "", false},
+		{longName, "", true},
+		{longName + "b", "", false},
+		{strings.Repeat("a", 64) + ".com", "", false},
+	}
+	for _, tt := range tests {
+		wire, ok := exactName(tt.pattern)
+		if ok != tt.ok || (tt.wire != "" && string(wire) != tt.wire) {
+			t.Errorf("exactName(%q) = %q, %v", tt.pattern, wire, ok)
+		}
+	}
+	if w, _ := exactName(longName); len(w) != 255 {
+		t.Errorf("long name: %d bytes on the wire", len(w))
+	}
+}
+
+func dnsPacket(v6 bool, dport uint16, payload []byte) []byte {
+	if v6 {
+		return fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 40000, dport, payload)
+	}
+	return fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, dport, payload)
+}
+
+// TestDNSTable checks the exact-name table: order with other rules,
+// families, case, switches, and names that must not match.
+func TestDNSTable(t *testing.T) {
+	fixture.RequireRoot(t)
+	rs, err := ParseRuleSet("dns.yaml", []byte(dnsTables))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, gen, err := Build(rs, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range gen.Meta.Rules {
+		if hashed := r.Symbol == ""; hashed != (r.Name != "syn") {
+			t.Errorf("rule %s: in the table: %v", r.Name, hashed)
+		}
+	}
+	q := func(name string) []byte { return fixture.DNSQuery(name, 1) }
+	compressed := append(append([]byte(nil), q("")[:12]...), 0xc0, 0x0c, 0, 1, 0, 1)
+	truncated := q("bad.example.com")
+	truncated = truncated[:len(truncated)-8]
+	tests := []struct {
+		name string
+		pkt  []byte
+		loc  string
+		want string // rule, "" = passes with no rule
+	}{
+		{"v4 bad", dnsPacket(false, 53, q("bad.example.com")), "", "bad-v4"},
+		{"v4 worse", dnsPacket(false, 53, q("worse.example.com")), "", "bad-v4"},
+		{"v6 bad", dnsPacket(true, 53, q("bad.example.com")), "", "bad-any"},
+		{"v6 x", dnsPacket(true, 53, q("x.example.org")), "", "bad-any"},
+		{"case differs", dnsPacket(false, 53, q("BAD.example.com")), "", ""},
+		{"ci lower", dnsPacket(false, 53, q("mixed.example.net")), "", "bad-ci"},
+		{"ci upper v6", dnsPacket(true, 53, q("MIXED.EXAMPLE.NET")), "", "bad-ci"},
+		{"ci near", dnsPacket(false, 53, q("mixed.example.ne")), "", ""},
+		{"allowed", dnsPacket(false, 53, q("good.example.com")), "", "allow-good"},
+		{"longer", dnsPacket(false, 53, q("bad.example.com.evil")), "", ""},
+		{"shorter", dnsPacket(false, 53, q("bad.example.co")), "", ""},
+		{"subdomain", dnsPacket(false, 53, q("sub.bad.example.com")), "", ""},
+		{"other port", dnsPacket(false, 5353, q("bad.example.com")), "", ""},
+		{"truncated", dnsPacket(false, 53, truncated), "", ""},
+		{"compressed", dnsPacket(false, 53, compressed), "", ""},
+		{"empty payload", dnsPacket(false, 53, nil), "", ""},
+		{"vlan bad", fixture.VLAN(dnsPacket(false, 53, q("bad.example.com")), 7), "", "bad-v4"},
+		{"ams elsewhere", dnsPacket(false, 53, q("ams.example.com")), "", ""},
+		{"ams at ams", dnsPacket(false, 53, q("ams.example.com")), "ams", "ams-only"},
+		{"long", dnsPacket(false, 53, q(longName)), "", "long"},
+		{"long v6", dnsPacket(true, 53, q(longName)), "", "long"},
+		{"syn", fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 1, 80), "", "syn"},
+	}
+	runs := map[string]*DryRun{}
+	for _, loc := range []string{"", "ams"} {
+		d, err := NewDryRun(obj, LoadOptions{Location: loc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		runs[loc] = d
+	}
+	for _, tt := range tests {
+		v, err := runs[tt.loc].Run(tt.pkt)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		want := "drop"
+		if tt.want == "" || tt.want == "allow-good" {
+			want = "pass"
+		}
+		if v.Name != tt.want || v.Action != want {
+			t.Errorf("%s: %s by %q, want %s by %q", tt.name, v.Action, v.Name, want, tt.want)
+		}
+	}
+	// Disabling the first rule with a name hands it to the next one.
+	d, err := NewDryRun(obj, LoadOptions{Disable: []string{"bad-v4"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if v, err := d.Run(dnsPacket(false, 53, q("bad.example.com"))); err != nil || v.Name != "bad-any" {
+		t.Errorf("bad-v4 disabled: %+v, %v; want bad-any", v, err)
+	}
+	if v, err := d.Run(dnsPacket(false, 53, q("worse.example.com"))); err != nil || v.Name != "" {
+		t.Errorf("bad-v4 disabled: %+v, %v; want no rule", v, err)
+	}
+}

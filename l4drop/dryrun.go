@@ -1,0 +1,137 @@
+package l4drop
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/perf"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/l4drop/l4drop/internal/netns"
+)
+
+// Verdict is what a rule set does with one packet.
+type Verdict struct {
+	Action string // drop or pass
+	Rule   uint32 // index of the matching rule, or NoRule
+	Name   string // its name, or ""
+}
+
+// DryRun runs a built rule set over packets with BPF_PROG_TEST_RUN,
+// attached to nothing that carries traffic.
+//
+// A test run of an XDP program attached nowhere costs a synchronize_rcu
+// (about 50 ms); DryRun keeps the program attached in generic mode to the
+// loopback of a private network namespace, so a run costs microseconds.
+type DryRun struct {
+	Meta    *Meta
+	Enabled []bool
+	ns      *netns.NS
+	link    link.Link
+	coll    *ebpf.Collection
+	prog    *ebpf.Program
+	rd      *perf.Reader
+}
+
+var dryRunSeq atomic.Uint32
+
+// NewDryRun loads obj with the switches opts selects (Location, Enable,
+// Disable; the interface options are ignored).
+func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
+	_ = rlimit.RemoveMemlock()
+	meta, on, spec, err := prepare(obj, opts)
+	if err != nil {
+		return nil, err
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, verifierError(err, meta)
+	}
+	d := &DryRun{Meta: meta, Enabled: on, coll: coll}
+	progs, err := chainPrograms(coll, meta)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.prog = progs[0]
+	// Every packet sampled, with no packet bytes: the sample says which
+	// rule decided.
+	if err := coll.Maps[mapConfig].Put(uint32(0), config{Threshold: SampleThreshold(1)}); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("dry run config: %w", err)
+	}
+	if d.rd, err = perf.NewReader(coll.Maps[mapSamples], 1<<16); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("dry run samples: %w", err)
+	}
+	name := fmt.Sprintf("l4drop-dry%d-%d", os.Getpid(), dryRunSeq.Add(1))
+	if d.ns, err = netns.New(name); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("dry run: %w", err)
+	}
+	err = d.ns.Do(func() error {
+		// lo is ifindex 1 in every namespace.
+		var err error
+		d.link, err = link.AttachXDP(link.XDPOptions{Program: d.prog, Interface: 1, Flags: link.XDPGenericMode})
+		return err
+	})
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("dry run: attach to lo: %w", err)
+	}
+	return d, nil
+}
+
+// Run runs one Ethernet frame through the rule set.
+func (d *DryRun) Run(frame []byte) (Verdict, error) {
+	ret, err := d.prog.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		return Verdict{}, fmt.Errorf("test run: %w", err)
+	}
+	v := Verdict{Action: ActionName(ret), Rule: NoRule}
+	// The sample was written during the run; it is in the ring now.
+	d.rd.SetDeadline(time.Now().Add(time.Second))
+	for {
+		rec, err := d.rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return v, errors.New("dry run: no sample for the packet")
+		}
+		if err != nil {
+			return v, fmt.Errorf("dry run: %w", err)
+		}
+		if len(rec.RawSample) < sampleHeader {
+			continue
+		}
+		s, err := (&SampleReader{}).decode(rec.CPU, rec.RawSample)
+		if err != nil {
+			return v, err
+		}
+		v.Rule = s.Rule
+		if int(s.Rule) < len(d.Meta.Rules) {
+			v.Name = d.Meta.Rules[s.Rule].Name
+		}
+		return v, nil
+	}
+}
+
+// Close detaches and unloads.
+func (d *DryRun) Close() error {
+	if d.link != nil {
+		d.link.Close()
+	}
+	if d.rd != nil {
+		d.rd.Close()
+	}
+	if d.coll != nil {
+		d.coll.Close()
+	}
+	if d.ns != nil {
+		return d.ns.Close()
+	}
+	return nil
+}

@@ -1,0 +1,539 @@
+package l4drop
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/l4drop/l4drop/cbpfc"
+	"github.com/l4drop/l4drop/xdpcap"
+)
+
+// Names of the objects in a built ELF. The loader and the commands find
+// them by these names.
+const (
+	mapCounters = "l4drop_counters"
+	mapStats    = "l4drop_stats"
+	mapConfig   = "l4drop_config"
+	mapSamples  = "l4drop_samples"
+	mapChain    = "l4drop_chain"
+	mapHook     = "xdpcap_hook"
+	progPrefix  = "l4drop_"
+	metaSection = ".l4drop.rules"
+	// NoRule is the rule index of packets no rule matched, in samples.
+	NoRule = ^uint32(0)
+)
+
+// BuildOptions tune Generate and Build.
+type BuildOptions struct {
+	// Frontend compiles the matchers; nil uses the defaults.
+	Frontend *Frontend
+	// MaxProgramInsns is the budget of cBPF instructions per XDP program;
+	// rule sets above it are split into programs chained by tail calls.
+	// 0 means DefaultMaxProgramInsns.
+	MaxProgramInsns int
+	// Clang is the clang binary; "" finds clang on PATH.
+	Clang string
+	// NoDNSTable makes exact-name DNS rules run one by one through the DNS
+	// generator, like the others, instead of sharing one table lookup.
+	NoDNSTable bool
+}
+
+// DefaultMaxProgramInsns keeps each generated program's jumps within eBPF's
+// 16-bit offsets (clang -mcpu=v3 has no long jumps): a cBPF instruction
+// becomes about four eBPF instructions.
+const DefaultMaxProgramInsns = 6000
+
+// MaxPrograms bounds the chain: the kernel allows 33 tail calls per packet,
+// and the --next program and the xdpcap hook take one each.
+const MaxPrograms = 30
+
+// ErrTooManyRules is returned when a rule set needs more than MaxPrograms
+// programs.
+var ErrTooManyRules = errors.New("rule set too large")
+
+// Generated is a rule set turned into C.
+type Generated struct {
+	// C is the program source, self-contained: clang alone builds it.
+	C string
+	// Meta travels in the ELF's .l4drop.rules section.
+	Meta Meta
+}
+
+// cWriter writes C while tracking line numbers, so that verifier messages,
+// which name source lines, can be traced back to rules.
+type cWriter struct {
+	buf  bytes.Buffer
+	line int // lines written so far
+}
+
+func (w *cWriter) printf(format string, args ...any) {
+	s := fmt.Sprintf(format, args...)
+	w.buf.WriteString(s)
+	w.line += strings.Count(s, "\n")
+}
+
+// next is the number of the line the next write starts on.
+func (w *cWriter) next() int { return w.line + 1 }
+
+type compiledRule struct {
+	rule     *Rule
+	matchers []matcher
+	insns    int
+	hashed   bool // in the exact-name DNS table
+}
+
+// Generate turns the rule set into one C program.
+func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
+	budget := opts.MaxProgramInsns
+	if budget <= 0 {
+		budget = DefaultMaxProgramInsns
+	}
+	rules := make([]compiledRule, len(rs.Rules))
+	var dns []DNSKey
+	for i := range rs.Rules {
+		r := &rs.Rules[i]
+		if !opts.NoDNSTable && hashable(r) {
+			rules[i] = compiledRule{rule: r, hashed: true}
+			dns = append(dns, dnsKeys(i, r)...)
+			continue
+		}
+		ms, err := opts.Frontend.matchers(rs, r)
+		if err != nil {
+			return nil, err
+		}
+		n := 0
+		for _, m := range ms {
+			n += len(m.prog)
+		}
+		rules[i] = compiledRule{rule: r, matchers: ms, insns: n}
+	}
+	// Split into programs by instruction budget, in order.
+	var progs [][]int
+	cur, used := []int(nil), 0
+	for i, cr := range rules {
+		if len(cur) > 0 && used+cr.insns > budget {
+			progs = append(progs, cur)
+			cur, used = nil, 0
+		}
+		cur = append(cur, i)
+		used += cr.insns
+	}
+	progs = append(progs, cur)
+	if len(progs) > MaxPrograms {
+		return nil, fmt.Errorf("%s: %w: %d rules need %d programs of %d cBPF instructions, at most %d can be chained",
+			rs.File, ErrTooManyRules, len(rules), len(progs), budget, MaxPrograms)
+	}
+
+	meta := Meta{
+		Version:    metaVersion,
+		Source:     rs.File,
+		SampleRate: rs.SampleRate,
+		Snaplen:    rs.Snaplen,
+		Rules:      make([]MetaRule, len(rules)),
+		DNS:        dns,
+	}
+	if meta.Snaplen == 0 {
+		meta.Snaplen = DefaultSnaplen
+	}
+
+	w := &cWriter{}
+	w.printf("%s", prelude)
+	w.printf("\n/* xdpcap.h, embedded */\n")
+	w.printf("%s\n", embeddedXdpcapHeader())
+	w.printf(mapsTemplate, len(rules)+1, len(progs)+1)
+	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n", len(rules), len(progs))
+	w.printf("%s", finishTemplate)
+	if len(dns) > 0 {
+		cs, ci := 0, 0
+		for _, k := range dns {
+			if k.CI {
+				ci++
+			} else {
+				cs++
+			}
+		}
+		w.printf(dnsMapsTemplate, dnsKeyLen(dns), min(cs, 1), min(ci, 1), max(cs, 1), max(ci, 1))
+	}
+
+	funcs := make(map[string]string) // matcher program -> C function
+	for i, cr := range rules {
+		r := cr.rule
+		mr := MetaRule{
+			Index: i, Name: r.Name, Family: string(r.Family), Action: string(r.Action),
+			Locations: r.Locations, Line: r.Line, Symbol: enableSymbol(i),
+		}
+		if cr.hashed {
+			mr.Symbol, mr.Matchers = "", []string{"dns-table"}
+			meta.Rules[i] = mr
+			continue
+		}
+		for _, m := range cr.matchers {
+			mr.Matchers = append(mr.Matchers, m.kind)
+		}
+		start := w.next()
+		for j := range cr.matchers {
+			m := &cr.matchers[j]
+			key := fmt.Sprint(m.prog)
+			if fn, ok := funcs[key]; ok {
+				// Rules with the same matcher share its function.
+				m.fn = fn
+				continue
+			}
+			m.fn = fmt.Sprintf("r%d_%d", i, j)
+			src, err := cbpfc.ToC(m.prog, cbpfc.COpts{FunctionName: m.fn})
+			if err != nil {
+				return nil, rs.errorf(r, "%s matcher: %v", m.kind, err)
+			}
+			funcs[key] = m.fn
+			w.printf("%s\n", src)
+		}
+		mr.CLines = append(mr.CLines, [2]int{start, w.line})
+		meta.Rules[i] = mr
+	}
+
+	for p, idx := range progs {
+		name := fmt.Sprintf("%s%d", progPrefix, p)
+		meta.Programs = append(meta.Programs, name)
+		w.printf("\nSEC(\"xdp\")\nint %s(struct xdp_md *ctx)\n{\n", name)
+		w.printf("\tconst uint8_t *data = (const uint8_t *)(long)ctx->data;\n")
+		w.printf("\tconst uint8_t *end = (const uint8_t *)(long)ctx->data_end;\n")
+		w.printf("\tconst uint8_t *ip = data;\n")
+		w.printf("\tuint32_t rule = L4_NRULES, action = XDP_PASS;\n")
+		w.printf("\tint fam = l4_parse(data, end, &ip);\n")
+		w.printf("\tif (!fam)\n\t\tgoto out;\n")
+		dnsDone := false
+		for k := 0; k < len(idx); k++ {
+			i := idx[k]
+			cr := rules[i]
+			meta.Rules[i].Program = p
+			if cr.hashed {
+				// A run of table rules with one action: one range check.
+				hi := k
+				for hi+1 < len(idx) && rules[idx[hi+1]].hashed && rules[idx[hi+1]].rule.Action == cr.rule.Action {
+					hi++
+					meta.Rules[idx[hi]].Program = p
+				}
+				if !dnsDone {
+					w.printf("\t__u32 name_off = l4_dns_name_off(data, ip, end, fam);\n")
+					w.printf("\t__u32 dns_rule = name_off ? l4_dns(ctx, name_off, fam) : L4_NRULES;\n")
+					dnsDone = true
+				}
+				w.printf("\tif (dns_rule >= %d && dns_rule <= %d) {\n", i, idx[hi])
+				w.printf("\t\trule = dns_rule;\n\t\taction = %s;\n\t\tgoto out;\n\t}\n", xdpAction(cr.rule.Action))
+				k = hi
+				continue
+			}
+			start := w.next()
+			w.printf("\tif (L4_ENABLED(%s) && %s) {\n", enableSymbol(i), ruleCondition(i, cr))
+			w.printf("\t\trule = %d;\n\t\taction = %s;\n\t\tgoto out;\n\t}\n", i, xdpAction(cr.rule.Action))
+			meta.Rules[i].CLines = append(meta.Rules[i].CLines, [2]int{start, w.line})
+		}
+		if p+1 < len(progs) {
+			w.printf("\tbpf_tail_call(ctx, &%s, %d);\n", mapChain, p+1)
+		}
+		w.printf("out:\n\treturn l4_finish(ctx, data, end, rule, action);\n}\n")
+	}
+
+	js, err := meta.marshal()
+	if err != nil {
+		return nil, err
+	}
+	w.printf("\n/* Rule names, order, families and locations, for the loader. */\n")
+	w.printf("static const char l4drop_rules[] SEC(\"%s\") = %s;\n", metaSection, cString(js))
+	return &Generated{C: w.buf.String(), Meta: meta}, nil
+}
+
+func enableSymbol(i int) string { return fmt.Sprintf("RULE_%d_ENABLED", i) }
+
+func xdpAction(a Action) string {
+	if a == ActionPass {
+		return "XDP_PASS"
+	}
+	return "XDP_DROP"
+}
+
+// ruleCondition is the C condition under which rule i matches: its family,
+// then every matcher; per-family matchers are chosen by the packet's family.
+func ruleCondition(i int, cr compiledRule) string {
+	var parts []string
+	if n := famNumber(cr.rule.Family); n != 0 {
+		parts = append(parts, fmt.Sprintf("fam == %d", n))
+	}
+	call := func(j int, m matcher) string {
+		if cbpfc.UsesContext(m.prog) {
+			return m.fn + "(ip, end, ctx)"
+		}
+		return m.fn + "(ip, end)"
+	}
+	var v4, v6 []string
+	for j, m := range cr.matchers {
+		switch m.family {
+		case FamilyAny:
+			parts = append(parts, call(j, m))
+		case FamilyIPv4:
+			v4 = append(v4, call(j, m))
+		case FamilyIPv6:
+			v6 = append(v6, call(j, m))
+		}
+	}
+	switch {
+	case len(v4) > 0 && len(v6) > 0:
+		parts = append(parts, fmt.Sprintf("(fam == 4 ? (%s) : (%s))", strings.Join(v4, " && "), strings.Join(v6, " && ")))
+	case len(v4) > 0:
+		parts = append(parts, "fam == 4", strings.Join(v4, " && "))
+	case len(v6) > 0:
+		parts = append(parts, "fam == 6", strings.Join(v6, " && "))
+	}
+	return strings.Join(parts, " && ")
+}
+
+// cString quotes s as a C string literal, escaping everything that is not
+// printable ASCII.
+func cString(s []byte) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for i, c := range s {
+		switch {
+		case c == '"' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c >= 0x20 && c < 0x7f && c != '?':
+			b.WriteByte(c)
+		default:
+			// Octal escapes take at most three digits, so they never
+			// swallow a following digit.
+			fmt.Fprintf(&b, "\\%03o", c)
+		}
+		// Split long literals; clang concatenates them.
+		if i%4096 == 4095 {
+			b.WriteString("\"\n\t\"")
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// embeddedXdpcapHeader is xdpcap.h without its system includes: the prelude
+// defines what they would provide, so the program needs no headers.
+func embeddedXdpcapHeader() string {
+	var out []string
+	for _, l := range strings.Split(string(xdpcap.Header), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "#include") {
+			continue
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
+}
+
+// prelude defines the types, helpers and macros the program needs, so that
+// it builds with clang alone, without kernel or libbpf headers.
+const prelude = `/* Generated by l4drop build. Do not edit. */
+typedef unsigned char uint8_t;
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+
+#define __always_inline inline __attribute__((always_inline))
+#define SEC(name) __attribute__((section(name), used))
+#define __uint(name, val) int (*name)[val]
+#define __type(name, val) typeof(val) *name
+#define LIBBPF_PIN_BY_NAME 1
+
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PROG_ARRAY = 3,
+	BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+};
+
+enum xdp_action {
+	XDP_ABORTED = 0,
+	XDP_DROP = 1,
+	XDP_PASS = 2,
+	XDP_TX = 3,
+	XDP_REDIRECT = 4,
+};
+
+struct xdp_md {
+	__u32 data;
+	__u32 data_end;
+	__u32 data_meta;
+	__u32 ingress_ifindex;
+	__u32 rx_queue_index;
+	__u32 egress_ifindex;
+};
+
+/* BPF helpers, by number (include/uapi/linux/bpf.h). */
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+static __u32 (*bpf_get_prandom_u32)(void) = (void *)7;
+static __u32 (*bpf_get_smp_processor_id)(void) = (void *)8;
+static long (*bpf_tail_call)(void *ctx, void *map, __u32 index) = (void *)12;
+static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) = (void *)25;
+
+#define BPF_F_CURRENT_CPU 0xffffffffULL
+
+/*
+ * L4_ENABLED loads the rule's switch: a 64-bit immediate whose value the
+ * loader writes through the symbol's relocation (0 off, 1 on), so one ELF
+ * serves every location.
+ */
+#define L4_ENABLED(sym) ({ uint64_t e_; asm volatile("%0 = " #sym " ll" : "=r"(e_)); e_; })
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/*
+ * l4_parse finds the IP header after Ethernet and up to two VLAN tags
+ * (802.1Q, 802.1ad). It returns 4 or 6, or 0 for anything else or a
+ * packet too short for its IP header.
+ */
+static __always_inline int l4_parse(const uint8_t *data, const uint8_t *end, const uint8_t **ip)
+{
+	const uint8_t *p = data + 14;
+	if (p > end)
+		return 0;
+	uint16_t proto = (uint16_t)(data[12] << 8 | data[13]);
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != 0x8100 && proto != 0x88a8)
+			break;
+		if (p + 4 > end)
+			return 0;
+		proto = (uint16_t)(p[2] << 8 | p[3]);
+		p += 4;
+	}
+	if (proto == 0x0800) {
+		if (p + 20 > end || (p[0] >> 4) != 4 || (p[0] & 15) < 5)
+			return 0;
+		*ip = p;
+		return 4;
+	}
+	if (proto == 0x86dd) {
+		if (p + 40 > end || (p[0] >> 4) != 6)
+			return 0;
+		*ip = p;
+		return 6;
+	}
+	return 0;
+}
+`
+
+// mapsTemplate takes the counter entries (rules + 1) and chain slots
+// (programs + 1: the last one is for --next).
+const mapsTemplate = `
+XDPCAP_HOOK(xdpcap_hook);
+
+struct l4_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct l4_stats {
+	__u64 samples;
+	__u64 lost;
+};
+
+struct l4_config {
+	/* A packet is sampled when bpf_get_prandom_u32() < sample_threshold:
+	 * 0 never, 1<<32 always. */
+	__u64 sample_threshold;
+	__u32 snaplen;
+	__u32 pad;
+};
+
+/* What precedes the packet bytes in a sample. */
+struct l4_sample {
+	__u64 time;
+	__u32 rule;
+	__u32 action;
+	__u32 len;
+	__u32 cap;
+};
+
+/* Per rule, and one more for packets no rule matched. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, %d);
+	__type(key, __u32);
+	__type(value, struct l4_counter);
+} l4drop_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct l4_stats);
+} l4drop_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct l4_config);
+} l4drop_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} l4drop_samples SEC(".maps");
+
+/* The programs of a split rule set, in order, then --next's program. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, %d);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} l4drop_chain SEC(".maps");
+
+`
+
+const finishTemplate = `
+/*
+ * l4_finish ends every path: it counts the packet for its rule, samples it,
+ * hands passed packets to the --next program if there is one, and leaves
+ * through the xdpcap hook.
+ */
+static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, const uint8_t *end,
+				     __u32 rule, __u32 action)
+{
+	__u32 key = rule, zero = 0;
+	__u64 len = end - data;
+	struct l4_counter *c = bpf_map_lookup_elem(&l4drop_counters, &key);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+	struct l4_config *cfg = bpf_map_lookup_elem(&l4drop_config, &zero);
+	if (cfg && cfg->sample_threshold && bpf_get_prandom_u32() < cfg->sample_threshold) {
+		__u64 cap = len;
+		if (cap > cfg->snaplen)
+			cap = cfg->snaplen;
+		cap &= 0xffff;
+		struct l4_sample s = {
+			.time = bpf_ktime_get_ns(),
+			.rule = rule == L4_NRULES ? 0xffffffffu : rule,
+			.action = action,
+			.len = len,
+			.cap = cap,
+		};
+		long err = bpf_perf_event_output(ctx, &l4drop_samples, BPF_F_CURRENT_CPU | cap << 32, &s, sizeof(s));
+		struct l4_stats *st = bpf_map_lookup_elem(&l4drop_stats, &zero);
+		if (st) {
+			if (err)
+				st->lost++;
+			else
+				st->samples++;
+		}
+	}
+	if (action == XDP_PASS)
+		bpf_tail_call(ctx, &l4drop_chain, L4_NEXT_SLOT);
+	return xdpcap_exit(ctx, &xdpcap_hook, action);
+}
+`

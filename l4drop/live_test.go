@@ -1,0 +1,269 @@
+package l4drop
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/xdpcap"
+)
+
+func openLoaded(tb testing.TB, l *Loaded) *Handle {
+	tb.Helper()
+	h, err := Open(l.Dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { h.Close() })
+	return h
+}
+
+// TestSamplingAll: at rate 1 every packet arrives in user space, with its
+// rule, action, length and bytes.
+func TestSamplingAll(t *testing.T) {
+	fixture.RequireRoot(t)
+	obj := buildYAML(t, testRules(t))
+	lab := fixture.Lab(t)
+	one := uint32(1)
+	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, LoadOptions{SampleRate: &one})
+	defer Unload(l.Dir)
+	h := openLoaded(t, l)
+	rd, err := h.NewSampleReader(1<<20, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	d, err := NewDryRun(obj, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+
+	want := map[string]int{} // rule/action/frame -> count
+	var frames [][]byte
+	for _, p := range testPackets() {
+		v, err := d.Run(p.frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[fmt.Sprintf("%s/%s/%x", v.Name, v.Action, p.frame)]++
+		frames = append(frames, p.frame)
+	}
+	sendFrames(t, lab.Client, lab.ClientIf, frames)
+	rd.SetDeadline(time.Now().Add(5 * time.Second))
+	got := 0
+	for got < len(frames) {
+		s, err := rd.Read()
+		if err != nil {
+			t.Fatalf("after %d of %d samples: %v", got, len(frames), err)
+		}
+		if s.Len != len(s.Data) {
+			t.Errorf("sample of %d bytes holds %d", s.Len, len(s.Data))
+		}
+		key := fmt.Sprintf("%s/%s/%x", s.Name, s.Action, s.Data)
+		if want[key] == 0 {
+			// The kernel's own packets (IPv6 MLD and the like) pass too.
+			if s.Name == "" && s.Action == "pass" && !bytes.Contains(s.Data, []byte("legitimate")) {
+				continue
+			}
+			t.Errorf("unexpected sample %s", key)
+			continue
+		}
+		want[key]--
+		got++
+	}
+	samples, lost, err := h.SampleStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost != 0 || samples < uint64(len(frames)) {
+		t.Errorf("stats: %d samples, %d lost; sent %d", samples, lost, len(frames))
+	}
+}
+
+// TestSamplingRate: at rate N about one packet in N is sampled, and a
+// reader that does not keep up makes the program count lost samples; every
+// sampled packet is either written or lost.
+func TestSamplingRate(t *testing.T) {
+	fixture.RequireRoot(t)
+	obj := buildYAML(t, testRules(t))
+	lab := fixture.Lab(t)
+	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, LoadOptions{})
+	defer Unload(l.Dir)
+	h := openLoaded(t, l)
+	frame := fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 1, 80)
+
+	// A reader of one page per CPU that reads nothing: it fills up.
+	rd, err := h.NewSampleReader(os.Getpagesize(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	stats := func() (uint64, uint64) {
+		t.Helper()
+		s, l, err := h.SampleStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, l
+	}
+	for _, tt := range []struct{ rate, runs int }{{16, 32000}, {1000, 400000}, {1, 5000}} {
+		if err := h.SetSampleRate(uint32(tt.rate)); err != nil {
+			t.Fatal(err)
+		}
+		s0, l0 := stats()
+		// Runs on the program attached to the server: fast test runs.
+		if _, _, err := l.Programs[0].Benchmark(frame, tt.runs, nil); err != nil {
+			t.Fatal(err)
+		}
+		s1, l1 := stats()
+		n := float64((s1 - s0) + (l1 - l0))
+		// Binomial: mean runs/rate; allow six standard deviations.
+		p := 1 / float64(tt.rate)
+		mean, sd := float64(tt.runs)*p, math.Sqrt(float64(tt.runs)*p*(1-p))
+		if math.Abs(n-mean) > 6*sd+0.5 {
+			t.Errorf("rate %d: %v of %d packets sampled, want %.0f ± %.0f", tt.rate, n, tt.runs, mean, 6*sd)
+		}
+		if tt.rate == 1 && l1-l0 == 0 {
+			t.Errorf("rate 1, %d packets, a one-page reader that never reads: no sample lost", tt.runs)
+		}
+	}
+}
+
+// TestReloadUnderFlood: replacing the rule set while attack and legitimate
+// traffic flow lets no attack packet through and loses no legitimate one.
+func TestReloadUnderFlood(t *testing.T) {
+	fixture.RequireRoot(t)
+	rulesA := `
+rules:
+  - name: attack
+    expr: "udp dst port 7777"
+  - name: other-a
+    expr: "udp dst port 6000"
+`
+	rulesB := `
+rules:
+  - name: other-b
+    expr: "tcp dst port 6001"
+  - name: attack
+    family: ipv4
+    bpf: "` + bytecode(t, "udp dst port 7777") + `"
+`
+	objs := [][]byte{buildYAML(t, rulesA), buildYAML(t, rulesB)}
+	lab := fixture.Lab(t)
+	root := fixture.BPFFS(t)
+	l := loadOnServer(t, lab, root, objs[0], LoadOptions{})
+	defer Unload(l.Dir)
+	legit := listenUDP(t, lab.Server, 9999)
+	attack := listenUDP(t, lab.Server, 7777)
+
+	attackFrame := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 7777, []byte("attack"))
+	legitFrame := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 9999, []byte("legitimate"))
+	var (
+		stop       atomic.Bool
+		sentLegit  int
+		wg         sync.WaitGroup
+		reloads    int
+		reloadErrs []error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; !stop.Load() && i < 200; i++ {
+			l, err := Load(objs[i%2], LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root})
+			if err != nil {
+				reloadErrs = append(reloadErrs, err)
+				return
+			}
+			if !l.Replaced {
+				reloadErrs = append(reloadErrs, errors.New("load did not replace"))
+			}
+			l.Close()
+			reloads++
+		}
+	}()
+	// Bursts of 20 attack and 1 legitimate frame, paced so the server's
+	// socket keeps up: a loss must be L4Drop's.
+	for round := 0; round < 100; round++ {
+		frames := make([][]byte, 0, 21)
+		for i := 0; i < 20; i++ {
+			frames = append(frames, attackFrame)
+		}
+		frames = append(frames, legitFrame)
+		sendFrames(t, lab.Client, lab.ClientIf, frames)
+		sentLegit++
+		time.Sleep(2 * time.Millisecond)
+	}
+	stop.Store(true)
+	wg.Wait()
+	for _, err := range reloadErrs {
+		t.Error(err)
+	}
+	if reloads < 5 {
+		t.Errorf("only %d reloads during the flood", reloads)
+	}
+	if got := legit.wait(); got != sentLegit {
+		t.Errorf("%d of %d legitimate datagrams arrived", got, sentLegit)
+	}
+	if got := attack.wait(); got != 0 {
+		t.Errorf("%d attack datagrams passed", got)
+	}
+	t.Logf("%d reloads during %d attack and %d legitimate frames", reloads, 2000, sentLegit)
+}
+
+// TestXdpcapSeesDrops: a capture on the pinned xdpcap hook sees the
+// dropped packets with action DROP.
+func TestXdpcapSeesDrops(t *testing.T) {
+	fixture.RequireRoot(t)
+	obj := buildYAML(t, testRules(t))
+	lab := fixture.Lab(t)
+	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, LoadOptions{})
+	defer Unload(l.Dir)
+	hook, err := xdpcap.OpenHook(l.Dir + "/" + PinHook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hook.Close()
+	c, err := xdpcap.Start([]*ebpf.Map{hook}, xdpcap.Options{Actions: []xdpcap.Action{xdpcap.Drop}, PollInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	syn := fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 80)
+	legit := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 9999, []byte("legitimate"))
+	sendFrames(t, lab.Client, lab.ClientIf, [][]byte{syn, legit, syn, legit, syn})
+	got := 0
+	deadline := time.After(5 * time.Second)
+	for got < 3 {
+		pc := make(chan xdpcap.Packet, 1)
+		ec := make(chan error, 1)
+		go func() {
+			p, err := c.Read()
+			if err != nil {
+				ec <- err
+				return
+			}
+			pc <- p
+		}()
+		select {
+		case p := <-pc:
+			if p.Action != xdpcap.Drop || !bytes.Equal(p.Data, syn) {
+				t.Errorf("captured %v %x, want the SYN dropped", p.Action, p.Data)
+			}
+			got++
+		case err := <-ec:
+			t.Fatal(err)
+		case <-deadline:
+			t.Fatalf("captured %d of 3 drops", got)
+		}
+	}
+}

@@ -1,0 +1,538 @@
+package l4drop
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/l4drop/l4drop/internal/bpffs"
+	"github.com/l4drop/l4drop/xdpcap"
+)
+
+// Pin names under the interface's directory (DefaultRoot/l4drop/IF/).
+const (
+	PinProg     = "prog"
+	PinLink     = "link"
+	PinCounters = "counters"
+	PinStats    = "stats"
+	PinConfig   = "config"
+	PinSamples  = "samples"
+	PinHook     = "xdpcap_hook"
+	PinChain    = "chain"
+	PinState    = "state"
+)
+
+// Errors callers branch on.
+var (
+	// ErrNotLoaded means no rule set is loaded on the interface.
+	ErrNotLoaded = errors.New("no L4Drop rule set loaded")
+	// ErrUnknownRule means --enable or --disable named a rule the ELF lacks.
+	ErrUnknownRule = errors.New("no such rule")
+	// ErrVerifier means the kernel refused a program.
+	ErrVerifier = errors.New("the verifier refused the program")
+)
+
+// LoadOptions say where and how to load a built rule set.
+type LoadOptions struct {
+	// Iface is the interface to attach to.
+	Iface string
+	// Netns, if set, names the network namespace (as in `ip netns`) the
+	// interface is in. Pins stay on this mount namespace's bpffs.
+	Netns string
+	// Location selects the rules whose locations include it; rules
+	// without locations are on everywhere.
+	Location string
+	// Enable and Disable switch rules by name, after Location.
+	Enable, Disable []string
+	// Mode is "native", "generic", or "" to let the kernel choose.
+	Mode string
+	// Root is the bpffs directory pins go under (l4drop/IF/ below it);
+	// "" means /sys/fs/bpf.
+	Root string
+	// Next is a pinned XDP program passed packets are handed to.
+	Next string
+	// SampleRate overrides the rule set's sample rate when non-nil.
+	SampleRate *uint32
+}
+
+// State is what a loaded rule set keeps pinned about itself, so that the
+// other commands need no file.
+type State struct {
+	Meta     Meta      `json:"meta"`
+	Enabled  []bool    `json:"enabled"`
+	Location string    `json:"location,omitempty"`
+	Iface    string    `json:"iface"`
+	Netns    string    `json:"netns,omitempty"`
+	LoadedAt time.Time `json:"loaded_at"`
+}
+
+// Dir returns the pin directory for an interface (and namespace).
+func Dir(root, iface, ns string) string {
+	if root == "" {
+		root = bpffs.DefaultRoot
+	}
+	name := iface
+	if ns != "" {
+		name = iface + "@" + ns
+	}
+	return filepath.Join(root, "l4drop", name)
+}
+
+// PrepareRoot makes sure root is on a bpffs that outlives this process.
+// `ip netns exec` gives its command a private /sys without the host's
+// bpffs; pins on a bpffs mounted there would vanish, and with them the
+// attachment, when the command exits. So a missing bpffs is mounted only
+// in the host's mount namespace.
+func PrepareRoot(root string) error {
+	if root == "" {
+		root = bpffs.DefaultRoot
+	}
+	ok, err := bpffs.IsMounted(root)
+	if err == nil && ok {
+		return nil
+	}
+	self, err1 := os.Readlink("/proc/self/ns/mnt")
+	init, err2 := os.Readlink("/proc/1/ns/mnt")
+	if err1 == nil && err2 == nil && self != init {
+		return fmt.Errorf("%s is not a BPF file system in this mount namespace (inside `ip netns exec`?): "+
+			"run l4drop from the host with --netns NAME, or pass --bpffs DIR naming a bpffs mount shared with the host", root)
+	}
+	return bpffs.Ensure(root)
+}
+
+// switches returns which rules are on for the options.
+func switches(m *Meta, opts LoadOptions) ([]bool, error) {
+	on := make([]bool, len(m.Rules))
+	byName := make(map[string]int, len(m.Rules))
+	for i, r := range m.Rules {
+		byName[r.Name] = i
+		rule := Rule{Locations: r.Locations}
+		on[i] = rule.EnabledAt(opts.Location)
+	}
+	for _, set := range []struct {
+		names []string
+		val   bool
+	}{{opts.Enable, true}, {opts.Disable, false}} {
+		for _, n := range set.names {
+			i, ok := byName[n]
+			if !ok {
+				return nil, fmt.Errorf("%w: %q", ErrUnknownRule, n)
+			}
+			on[i] = set.val
+		}
+	}
+	return on, nil
+}
+
+// patchSwitches writes each rule's switch into the 64-bit immediate loads
+// that reference its symbol, and drops the reference so nothing else tries
+// to resolve it.
+func patchSwitches(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
+	val := make(map[string]int64, len(m.Rules))
+	for i, r := range m.Rules {
+		if r.Symbol == "" {
+			continue
+		}
+		v := int64(0)
+		if on[i] {
+			v = 1
+		}
+		val[r.Symbol] = v
+	}
+	found := make(map[string]bool, len(val))
+	for _, ps := range spec.Programs {
+		for i := range ps.Instructions {
+			ins := &ps.Instructions[i]
+			ref := ins.Reference()
+			v, ok := val[ref]
+			if !ok || !ins.IsLoadFromMap() && !ins.OpCode.IsDWordLoad() {
+				continue
+			}
+			ins.Constant = v
+			*ins = ins.WithReference("")
+			found[ref] = true
+		}
+	}
+	for _, r := range m.Rules {
+		if r.Symbol != "" && !found[r.Symbol] {
+			return fmt.Errorf("rule %q: switch %s not found in the programs", r.Name, r.Symbol)
+		}
+	}
+	return nil
+}
+
+// SampleThreshold converts a sample rate (one in rate; 0 off) to the
+// program's threshold for bpf_get_prandom_u32().
+func SampleThreshold(rate uint32) uint64 {
+	if rate == 0 {
+		return 0
+	}
+	return (uint64(1) << 32) / uint64(rate)
+}
+
+type config struct {
+	Threshold uint64
+	Snaplen   uint32
+	Pad       uint32
+}
+
+// Loaded is a rule set loaded by Load.
+type Loaded struct {
+	Dir      string
+	State    State
+	Programs []*ebpf.Program
+	Replaced bool // an earlier rule set was replaced atomically
+}
+
+// prepare reads a built rule set and sets its switches for opts.
+func prepare(obj []byte, opts LoadOptions) (*Meta, []bool, *ebpf.CollectionSpec, error) {
+	meta, err := ReadMeta(obj)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	on, err := switches(meta, opts)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read ELF: %w", err)
+	}
+	if err := patchSwitches(spec, meta, on); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := fillDNS(spec, meta, on); err != nil {
+		return nil, nil, nil, err
+	}
+	if ms := spec.Maps[mapSamples]; ms != nil && ms.MaxEntries == 0 {
+		n, err := ebpf.PossibleCPU()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ms.MaxEntries = uint32(n)
+	}
+	return meta, on, spec, nil
+}
+
+// chainPrograms fills the chain map with the programs after the first.
+func chainPrograms(coll *ebpf.Collection, meta *Meta) ([]*ebpf.Program, error) {
+	progs := make([]*ebpf.Program, len(meta.Programs))
+	for i, name := range meta.Programs {
+		progs[i] = coll.Programs[name]
+		if progs[i] == nil {
+			return nil, fmt.Errorf("program %s missing from the ELF", name)
+		}
+	}
+	chain := coll.Maps[mapChain]
+	for i := 1; i < len(progs); i++ {
+		if err := chain.Put(uint32(i), progs[i]); err != nil {
+			return nil, fmt.Errorf("chain program %d: %w", i, err)
+		}
+	}
+	return progs, nil
+}
+
+// Load loads the built rule set obj on an interface and pins it under
+// Dir(root, iface, netns). A rule set already there is replaced atomically
+// (bpf_link update). On any error, what was loaded before stays untouched.
+func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
+	_ = rlimit.RemoveMemlock()
+	meta, on, spec, err := prepare(obj, opts)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Iface == "" {
+		return nil, errors.New("no interface given")
+	}
+	flags, err := modeFlags(opts.Mode)
+	if err != nil {
+		return nil, err
+	}
+	ifindex, err := ifaceIndex(opts.Iface, opts.Netns)
+	if err != nil {
+		return nil, err
+	}
+	if err := PrepareRoot(opts.Root); err != nil {
+		return nil, err
+	}
+	dir := Dir(opts.Root, opts.Iface, opts.Netns)
+
+	// Maps that outlive a reload, so readers and captures keep working:
+	// the xdpcap hook, the sample output and the sample config.
+	repl := map[string]*ebpf.Map{}
+	var newPins []string // reused maps need no new pin
+	defer func() {
+		for _, m := range repl {
+			m.Close()
+		}
+	}()
+	if hook, err := xdpcap.OpenHook(filepath.Join(dir, PinHook)); err == nil {
+		repl[mapHook] = hook
+	} else {
+		newPins = append(newPins, PinHook)
+	}
+	for _, reuse := range []struct{ name, pin string }{{mapSamples, PinSamples}, {mapConfig, PinConfig}} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, reuse.pin), nil)
+		if err == nil && spec.Maps[reuse.name].Compatible(m) == nil {
+			repl[reuse.name] = m
+			continue
+		}
+		if err == nil {
+			m.Close()
+		}
+		newPins = append(newPins, reuse.pin)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		return nil, verifierError(err, meta)
+	}
+	defer coll.Close()
+
+	progs, err := chainPrograms(coll, meta)
+	if err != nil {
+		return nil, err
+	}
+	chain := coll.Maps[mapChain]
+	if opts.Next != "" {
+		next, err := ebpf.LoadPinnedProgram(opts.Next, nil)
+		if err != nil {
+			return nil, fmt.Errorf("--next %s: %w", opts.Next, err)
+		}
+		err = chain.Put(uint32(len(progs)), next)
+		next.Close()
+		if err != nil {
+			return nil, fmt.Errorf("--next %s: %w (an XDP program?)", opts.Next, err)
+		}
+	}
+	rate := meta.SampleRate
+	if opts.SampleRate != nil {
+		rate = *opts.SampleRate
+	}
+	cfgMap := coll.Maps[mapConfig]
+	var cfg config
+	if _, reused := repl[mapConfig]; reused && opts.SampleRate == nil {
+		// Keep a rate set at run time, and take the new snaplen.
+		if err := cfgMap.Lookup(uint32(0), &cfg); err != nil {
+			return nil, fmt.Errorf("read sample config: %w", err)
+		}
+	} else {
+		cfg.Threshold = SampleThreshold(rate)
+	}
+	cfg.Snaplen = meta.Snaplen
+	if err := cfgMap.Put(uint32(0), cfg); err != nil {
+		return nil, fmt.Errorf("set sample config: %w", err)
+	}
+
+	state := State{Meta: *meta, Enabled: on, Location: opts.Location, Iface: opts.Iface, Netns: opts.Netns, LoadedAt: time.Now().UTC()}
+	stateMap, err := newStateMap(&state)
+	if err != nil {
+		return nil, err
+	}
+	defer stateMap.Close()
+
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pin directory: %w", err)
+	}
+	// Attach or swap: the only step that changes what packets meet.
+	replaced := false
+	linkPath := filepath.Join(dir, PinLink)
+	var l link.Link
+	if old, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+		if err := old.Update(progs[0]); err != nil {
+			old.Close()
+			return nil, fmt.Errorf("replace the loaded rule set: %w", err)
+		}
+		l, replaced = old, true
+	} else {
+		err := onNetns(opts.Netns, func() error {
+			var err error
+			l, err = link.AttachXDP(link.XDPOptions{Program: progs[0], Interface: ifindex, Flags: flags})
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("attach to %s: %w", opts.Iface, err)
+		}
+		if err := l.Pin(linkPath); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("pin link: %w", err)
+		}
+	}
+	defer l.Close()
+
+	pins := []struct {
+		name string
+		obj  interface{ Pin(string) error }
+	}{
+		{PinProg, progs[0]},
+		{PinCounters, coll.Maps[mapCounters]},
+		{PinStats, coll.Maps[mapStats]},
+		{PinChain, chain},
+		{PinState, stateMap},
+	}
+	for _, n := range newPins {
+		switch n {
+		case PinHook:
+			pins = append(pins, struct {
+				name string
+				obj  interface{ Pin(string) error }
+			}{n, coll.Maps[mapHook]})
+		case PinSamples:
+			pins = append(pins, struct {
+				name string
+				obj  interface{ Pin(string) error }
+			}{n, coll.Maps[mapSamples]})
+		case PinConfig:
+			pins = append(pins, struct {
+				name string
+				obj  interface{ Pin(string) error }
+			}{n, coll.Maps[mapConfig]})
+		}
+	}
+	for _, p := range pins {
+		path := filepath.Join(dir, p.name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("unpin old %s: %w", p.name, err)
+		}
+		if err := p.obj.Pin(path); err != nil {
+			return nil, fmt.Errorf("pin %s: %w", p.name, err)
+		}
+	}
+	// The pins hold the objects now; the Collection's Close only drops
+	// our descriptors. Programs stay usable for the caller.
+	out := &Loaded{Dir: dir, State: state, Replaced: replaced}
+	for _, p := range progs {
+		c, err := p.Clone()
+		if err != nil {
+			return nil, err
+		}
+		out.Programs = append(out.Programs, c)
+	}
+	return out, nil
+}
+
+// Close releases the caller's handles; the rule set stays loaded.
+func (l *Loaded) Close() error {
+	for _, p := range l.Programs {
+		p.Close()
+	}
+	return nil
+}
+
+func modeFlags(mode string) (link.XDPAttachFlags, error) {
+	switch mode {
+	case "":
+		return 0, nil
+	case "native", "driver":
+		return link.XDPDriverMode, nil
+	case "generic", "skb":
+		return link.XDPGenericMode, nil
+	}
+	return 0, fmt.Errorf("mode %q: want native or generic", mode)
+}
+
+func ifaceIndex(iface, ns string) (int, error) {
+	var idx int
+	err := onNetns(ns, func() error {
+		ifi, err := net.InterfaceByName(iface)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", iface, err)
+		}
+		idx = ifi.Index
+		return nil
+	})
+	return idx, err
+}
+
+var verifierLine = regexp.MustCompile(`@ [^:\s]+:(\d+)`)
+
+// verifierError names the rule a verifier message is about: the log names
+// lines of the generated C, and the metadata maps lines to rules.
+func verifierError(err error, m *Meta) error {
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) {
+		return fmt.Errorf("load: %w", err)
+	}
+	log := strings.Join(ve.Log, "\n")
+	var rule *MetaRule
+	for _, match := range verifierLine.FindAllStringSubmatch(log, -1) {
+		if n, err := strconv.Atoi(match[1]); err == nil {
+			if r := m.RuleAt(n); r != nil {
+				rule = r
+			}
+		}
+	}
+	// The end of the log says why; keep it readable.
+	tail := ve.Log
+	if len(tail) > 30 {
+		tail = tail[len(tail)-30:]
+	}
+	where := "outside any rule"
+	if rule != nil {
+		where = fmt.Sprintf("rule %q (line %d of %s)", rule.Name, rule.Line, m.Source)
+	}
+	return fmt.Errorf("%w: %s: %v\n%s", ErrVerifier, where, ve.Cause, strings.Join(tail, "\n"))
+}
+
+const stateChunk = 65536
+
+// newStateMap stores the state as JSON in an array map: the length in the
+// first 8 bytes, then the text, in chunks of stateChunk bytes.
+func newStateMap(s *State) (*ebpf.Map, error) {
+	js, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 8+len(js))
+	binary.LittleEndian.PutUint64(buf, uint64(len(js)))
+	copy(buf[8:], js)
+	n := (len(buf) + stateChunk - 1) / stateChunk
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "l4drop_state", Type: ebpf.Array, KeySize: 4, ValueSize: stateChunk, MaxEntries: uint32(n)})
+	if err != nil {
+		return nil, fmt.Errorf("state map: %w", err)
+	}
+	for i := 0; i < n; i++ {
+		chunk := make([]byte, stateChunk)
+		copy(chunk, buf[i*stateChunk:])
+		if err := m.Put(uint32(i), chunk); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("state map: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func readStateMap(m *ebpf.Map) (*State, error) {
+	var all []byte
+	for i := uint32(0); i < m.MaxEntries(); i++ {
+		chunk := make([]byte, m.ValueSize())
+		if err := m.Lookup(i, &chunk); err != nil {
+			return nil, fmt.Errorf("read state: %w", err)
+		}
+		all = append(all, chunk...)
+	}
+	if len(all) < 8 {
+		return nil, errors.New("read state: too short")
+	}
+	n := binary.LittleEndian.Uint64(all)
+	if n > uint64(len(all)-8) {
+		return nil, errors.New("read state: bad length")
+	}
+	var s State
+	if err := json.Unmarshal(all[8:8+n], &s); err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	return &s, nil
+}

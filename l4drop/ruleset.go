@@ -1,0 +1,189 @@
+package l4drop
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Family says which IP version a rule applies to.
+type Family string
+
+// Families a rule may declare. FamilyAny applies the rule to both; it suits
+// tcpdump expressions (compiled for raw IP, they check the version
+// themselves) and DNS rules (built once per version).
+const (
+	FamilyAny  Family = ""
+	FamilyIPv4 Family = "ipv4"
+	FamilyIPv6 Family = "ipv6"
+)
+
+// Action is what happens to a packet a rule matches.
+type Action string
+
+// Actions a rule may take. The first matching rule decides.
+const (
+	ActionDrop Action = "drop"
+	ActionPass Action = "pass"
+)
+
+// ErrRuleSet is wrapped by every error about the content of a rule set.
+var ErrRuleSet = errors.New("invalid rule set")
+
+// RuleSet is a parsed rules file.
+type RuleSet struct {
+	// File the rule set was read from, for messages.
+	File string `yaml:"-"`
+	// SampleRate sends one packet in SampleRate to user space; 0 is off,
+	// 1 is every packet.
+	SampleRate uint32 `yaml:"sample_rate"`
+	// Snaplen is the most bytes of a packet a sample carries; 0 means
+	// DefaultSnaplen.
+	Snaplen uint32 `yaml:"snaplen"`
+	Rules   []Rule `yaml:"rules"`
+}
+
+// DefaultSnaplen is the sample length when a rule set sets none.
+const DefaultSnaplen = 256
+
+// Rule is one rule of a rule set. Its matchers (Bytecode, Expr, DNS) must
+// all match for the rule to apply.
+type Rule struct {
+	Name   string `yaml:"name"`
+	Family Family `yaml:"family"`
+	// Bytecode is cBPF in the `N,op jt jf k,...` form, seeing the packet
+	// from the IP header on.
+	Bytecode string `yaml:"bpf"`
+	// Expr is a pcap-filter expression, compiled for raw IP.
+	Expr string `yaml:"expr"`
+	// DNS patterns, OR-ed, matched against the first question name of
+	// DNS queries to UDP port 53 (bpfgen's dns generator).
+	DNS []string `yaml:"dns"`
+	// DNSCaseInsensitive compares the DNS patterns ignoring ASCII case.
+	DNSCaseInsensitive bool `yaml:"dns_case_insensitive"`
+	// Locations where the rule is on; empty means everywhere.
+	Locations []string `yaml:"locations"`
+	Action    Action   `yaml:"action"`
+	// Line in the file where the rule starts.
+	Line int `yaml:"-"`
+}
+
+// LoadRuleSet reads and checks the rule set in file.
+func LoadRuleSet(file string) (*RuleSet, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read rule set: %w", err)
+	}
+	return ParseRuleSet(file, data)
+}
+
+// ParseRuleSet parses and checks a rule set; file names it in errors.
+// Unknown fields are errors, so a typo cannot silently disable a rule.
+func ParseRuleSet(file string, data []byte) (*RuleSet, error) {
+	rs := &RuleSet{File: file}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(rs); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: %w: empty file", file, ErrRuleSet)
+		}
+		return nil, fmt.Errorf("%s: %w: %s", file, ErrRuleSet, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	rs.File = file
+	// The struct decode has no positions; the node tree has them.
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err == nil {
+		setLines(rs, &root)
+	}
+	if err := rs.check(); err != nil {
+		return nil, err
+	}
+	return rs, nil
+}
+
+func setLines(rs *RuleSet, root *yaml.Node) {
+	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
+		return
+	}
+	top := root.Content[0]
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value != "rules" || top.Content[i+1].Kind != yaml.SequenceNode {
+			continue
+		}
+		for j, n := range top.Content[i+1].Content {
+			if j < len(rs.Rules) {
+				rs.Rules[j].Line = n.Line
+			}
+		}
+	}
+}
+
+// Errorf returns an error about rule r of the set, naming file, line and rule.
+func (rs *RuleSet) errorf(r *Rule, format string, args ...any) error {
+	return fmt.Errorf("%s:%d: rule %q: %w: %s", rs.File, r.Line, r.Name, ErrRuleSet, fmt.Sprintf(format, args...))
+}
+
+func (rs *RuleSet) check() error {
+	if len(rs.Rules) == 0 {
+		return fmt.Errorf("%s: %w: no rules", rs.File, ErrRuleSet)
+	}
+	seen := make(map[string]int)
+	for i := range rs.Rules {
+		r := &rs.Rules[i]
+		if r.Name == "" {
+			return fmt.Errorf("%s:%d: rule %d: %w: missing name", rs.File, r.Line, i, ErrRuleSet)
+		}
+		if strings.ContainsAny(r.Name, " \t\n\"\\,") {
+			return rs.errorf(r, "name may not contain blanks, quotes, backslashes or commas")
+		}
+		if prev, ok := seen[r.Name]; ok {
+			return rs.errorf(r, "name used before, by the rule on line %d", prev)
+		}
+		seen[r.Name] = r.Line
+		switch r.Family {
+		case FamilyAny, FamilyIPv4, FamilyIPv6:
+		default:
+			return rs.errorf(r, "family %q: want ipv4 or ipv6 (or none for both)", r.Family)
+		}
+		switch r.Action {
+		case "":
+			r.Action = ActionDrop
+		case ActionDrop, ActionPass:
+		default:
+			return rs.errorf(r, "action %q: want drop or pass", r.Action)
+		}
+		if r.Bytecode == "" && r.Expr == "" && len(r.DNS) == 0 {
+			return rs.errorf(r, "no matcher: give bpf, expr or dns")
+		}
+		for _, p := range r.DNS {
+			if strings.TrimSpace(p) == "" {
+				return rs.errorf(r, "empty dns pattern")
+			}
+		}
+		for _, l := range r.Locations {
+			if l == "" || strings.ContainsAny(l, " \t\n,") {
+				return rs.errorf(r, "location %q: want a word", l)
+			}
+		}
+	}
+	return nil
+}
+
+// EnabledAt reports whether the rule is on at location loc ("" = no
+// location: only rules without locations are on).
+func (r *Rule) EnabledAt(loc string) bool {
+	if len(r.Locations) == 0 {
+		return true
+	}
+	for _, l := range r.Locations {
+		if l == loc {
+			return true
+		}
+	}
+	return false
+}

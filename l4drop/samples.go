@@ -1,0 +1,164 @@
+package l4drop
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf/perf"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+	"golang.org/x/sys/unix"
+)
+
+// sampleHeader is the size of struct l4_sample, before the packet bytes.
+const sampleHeader = 24
+
+// Sample is a packet the program sent to user space.
+type Sample struct {
+	Time   time.Time
+	CPU    int
+	Rule   uint32 // index, or NoRule
+	Name   string // rule name, or "" for NoRule
+	Action string // drop, pass, ...
+	Len    int    // length on the wire
+	Data   []byte // first bytes, up to the snap length
+}
+
+// SampleReader reads samples of a loaded rule set.
+type SampleReader struct {
+	rd     *perf.Reader
+	names  []string
+	offset time.Duration // wall clock minus monotonic clock
+}
+
+// NewSampleReader reads samples from the rule set in h, with a ring of
+// perCPU bytes on each CPU (0: 1 MiB). Read wakes up once a ring holds
+// watermark bytes (0: every sample); a wake-up per sample costs an
+// interrupt per packet, so high rates want a watermark and a periodic
+// Flush. While the reader is slow, the program counts the samples it cannot
+// write as lost.
+func (h *Handle) NewSampleReader(perCPU, watermark int) (*SampleReader, error) {
+	if perCPU <= 0 {
+		perCPU = 1 << 20
+	}
+	rd, err := perf.NewReaderWithOptions(h.Samples, perCPU, perf.ReaderOptions{Watermark: watermark})
+	if err != nil {
+		return nil, fmt.Errorf("sample reader: %w", err)
+	}
+	r := &SampleReader{rd: rd}
+	for _, mr := range h.State.Meta.Rules {
+		r.names = append(r.names, mr.Name)
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err == nil {
+		r.offset = time.Since(time.Unix(0, 0)) - time.Duration(ts.Nano())
+	}
+	return r, nil
+}
+
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t.
+func (r *SampleReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+
+// Flush makes samples buffered below the wake-up watermark readable.
+func (r *SampleReader) Flush() error { return r.rd.Flush() }
+
+// Read returns the next sample, io.EOF once the reader is closed, or
+// os.ErrDeadlineExceeded.
+func (r *SampleReader) Read() (Sample, error) {
+	for {
+		rec, err := r.rd.Read()
+		if err != nil {
+			if errors.Is(err, perf.ErrClosed) {
+				return Sample{}, io.EOF
+			}
+			if errors.Is(err, perf.ErrFlushed) {
+				continue
+			}
+			return Sample{}, err
+		}
+		if rec.LostSamples > 0 || len(rec.RawSample) < sampleHeader {
+			continue
+		}
+		return r.decode(rec.CPU, rec.RawSample)
+	}
+}
+
+func (r *SampleReader) decode(cpu int, raw []byte) (Sample, error) {
+	ktime := binary.NativeEndian.Uint64(raw[0:])
+	rule := binary.NativeEndian.Uint32(raw[8:])
+	action := binary.NativeEndian.Uint32(raw[12:])
+	length := binary.NativeEndian.Uint32(raw[16:])
+	capLen := binary.NativeEndian.Uint32(raw[20:])
+	data := raw[sampleHeader:]
+	if int(capLen) > len(data) {
+		return Sample{}, fmt.Errorf("sample: %d bytes captured, record holds %d", capLen, len(data))
+	}
+	s := Sample{
+		Time: time.Unix(0, 0).Add(r.offset + time.Duration(ktime)), CPU: cpu,
+		Rule: rule, Action: ActionName(action), Len: int(length),
+		Data: append([]byte(nil), data[:capLen]...),
+	}
+	if int(rule) < len(r.names) {
+		s.Name = r.names[rule]
+	}
+	return s, nil
+}
+
+// Close stops reading.
+func (r *SampleReader) Close() error { return r.rd.Close() }
+
+// ActionName names an XDP action as rules do.
+func ActionName(a uint32) string {
+	switch a {
+	case 0:
+		return "aborted"
+	case 1:
+		return "drop"
+	case 2:
+		return "pass"
+	case 3:
+		return "tx"
+	case 4:
+		return "redirect"
+	}
+	return fmt.Sprintf("action%d", a)
+}
+
+// SampleWriter writes samples as pcapng, each packet with a comment naming
+// its rule and action ("rule=NAME action=drop", rule=- when none matched).
+type SampleWriter struct {
+	w *pcapgo.NgWriter
+}
+
+// NewSampleWriter starts a pcapng stream on w.
+func NewSampleWriter(w io.Writer, iface string, snaplen uint32) (*SampleWriter, error) {
+	host, _ := os.Hostname()
+	ng, err := pcapgo.NewNgWriterInterface(w, pcapgo.NgInterface{
+		Name: iface, Description: "l4drop samples", LinkType: layers.LinkTypeEthernet,
+		SnapLength: snaplen, TimestampResolution: 9,
+	}, pcapgo.NgWriterOptions{SectionInfo: pcapgo.NgSectionInfo{Application: "l4drop", OS: "Linux", Comment: host}})
+	if err != nil {
+		return nil, fmt.Errorf("pcapng: %w", err)
+	}
+	return &SampleWriter{w: ng}, nil
+}
+
+// Write writes one sample.
+func (sw *SampleWriter) Write(s Sample) error {
+	name := s.Name
+	if name == "" {
+		name = "-"
+	}
+	ci := gopacket.CaptureInfo{Timestamp: s.Time, CaptureLength: len(s.Data), Length: s.Len}
+	return sw.w.WritePacketWithOptions(ci, s.Data, pcapgo.NgPacketOptions{
+		Comments: []string{fmt.Sprintf("rule=%s action=%s", name, s.Action)},
+	})
+}
+
+// Flush writes buffered output.
+func (sw *SampleWriter) Flush() error { return sw.w.Flush() }

@@ -1,0 +1,216 @@
+package l4drop
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// RuleStatus is one rule's line in Status.
+type RuleStatus struct {
+	Name    string  `json:"name"`
+	Action  string  `json:"action"`
+	Enabled bool    `json:"enabled"`
+	Packets uint64  `json:"packets"`
+	Bytes   uint64  `json:"bytes"`
+	PPS     float64 `json:"pps"`
+	BPS     float64 `json:"bps"`
+}
+
+// Status is the state of a loaded rule set: per-rule counters (summed over
+// CPUs), samples written and lost.
+type Status struct {
+	Iface      string       `json:"iface"`
+	Location   string       `json:"location,omitempty"`
+	LoadedAt   time.Time    `json:"loaded_at"`
+	Programs   int          `json:"programs"`
+	SampleRate float64      `json:"sample_rate"`
+	Rules      []RuleStatus `json:"rules"`
+	// Unmatched counts packets no enabled rule matched (passed).
+	Unmatched RuleStatus `json:"unmatched"`
+	Samples   uint64     `json:"samples"`
+	Lost      uint64     `json:"lost"`
+}
+
+// Handle is an open loaded rule set: its pinned maps and state.
+type Handle struct {
+	Dir      string
+	State    *State
+	Counters *ebpf.Map
+	Stats    *ebpf.Map
+	Config   *ebpf.Map
+	Samples  *ebpf.Map
+}
+
+// Open opens the rule set pinned in dir (see Dir).
+func Open(dir string) (*Handle, error) {
+	if _, err := os.Stat(filepath.Join(dir, PinState)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w (nothing at %s)", ErrNotLoaded, dir)
+		}
+		return nil, err
+	}
+	h := &Handle{Dir: dir}
+	for _, m := range []struct {
+		pin string
+		dst **ebpf.Map
+	}{{PinCounters, &h.Counters}, {PinStats, &h.Stats}, {PinConfig, &h.Config}, {PinSamples, &h.Samples}} {
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, m.pin), nil)
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("open %s: %w", m.pin, err)
+		}
+		*m.dst = mp
+	}
+	sm, err := ebpf.LoadPinnedMap(filepath.Join(dir, PinState), nil)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open state: %w", err)
+	}
+	defer sm.Close()
+	if h.State, err = readStateMap(sm); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// Close closes the maps.
+func (h *Handle) Close() error {
+	for _, m := range []*ebpf.Map{h.Counters, h.Stats, h.Config, h.Samples} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	return nil
+}
+
+// Counter is a packet and byte count.
+type Counter struct{ Packets, Bytes uint64 }
+
+// ReadCounters returns packets and bytes per rule, summed over CPUs; the last
+// entry counts packets no rule matched.
+func (h *Handle) ReadCounters() ([]Counter, error) { return readCounters(h.Counters) }
+
+func readCounters(m *ebpf.Map) ([]Counter, error) {
+	out := make([]Counter, m.MaxEntries())
+	var per []Counter
+	for i := range out {
+		if err := m.Lookup(uint32(i), &per); err != nil {
+			return nil, fmt.Errorf("read counters: %w", err)
+		}
+		for _, c := range per {
+			out[i].Packets += c.Packets
+			out[i].Bytes += c.Bytes
+		}
+	}
+	return out, nil
+}
+
+// SampleStats returns samples written and lost, summed over CPUs.
+func (h *Handle) SampleStats() (samples, lost uint64, err error) {
+	var per []struct{ Samples, Lost uint64 }
+	if err := h.Stats.Lookup(uint32(0), &per); err != nil {
+		return 0, 0, fmt.Errorf("read sample stats: %w", err)
+	}
+	for _, s := range per {
+		samples += s.Samples
+		lost += s.Lost
+	}
+	return samples, lost, nil
+}
+
+// SetSampleRate changes the sample rate (one in rate; 0 off) at once,
+// without reloading.
+func (h *Handle) SetSampleRate(rate uint32) error {
+	var cfg config
+	if err := h.Config.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("read sample config: %w", err)
+	}
+	cfg.Threshold = SampleThreshold(rate)
+	if err := h.Config.Put(uint32(0), cfg); err != nil {
+		return fmt.Errorf("set sample rate: %w", err)
+	}
+	return nil
+}
+
+// Status reads the counters; with interval > 0 it reads them twice,
+// interval apart, for rates.
+func (h *Handle) Status(interval time.Duration) (*Status, error) {
+	c1, err := h.ReadCounters()
+	if err != nil {
+		return nil, err
+	}
+	c2 := c1
+	if interval > 0 {
+		time.Sleep(interval)
+		if c2, err = h.ReadCounters(); err != nil {
+			return nil, err
+		}
+	}
+	samples, lost, err := h.SampleStats()
+	if err != nil {
+		return nil, err
+	}
+	var cfg config
+	if err := h.Config.Lookup(uint32(0), &cfg); err != nil {
+		return nil, fmt.Errorf("read sample config: %w", err)
+	}
+	st := &Status{
+		Iface: h.State.Iface, Location: h.State.Location, LoadedAt: h.State.LoadedAt,
+		Programs: len(h.State.Meta.Programs), Samples: samples, Lost: lost,
+	}
+	if cfg.Threshold > 0 {
+		st.SampleRate = float64(uint64(1)<<32) / float64(cfg.Threshold)
+	}
+	rs := func(i int) RuleStatus {
+		r := RuleStatus{Packets: c2[i].Packets, Bytes: c2[i].Bytes}
+		if interval > 0 {
+			r.PPS = float64(c2[i].Packets-c1[i].Packets) / interval.Seconds()
+			r.BPS = float64(c2[i].Bytes-c1[i].Bytes) / interval.Seconds()
+		}
+		return r
+	}
+	for i, mr := range h.State.Meta.Rules {
+		r := rs(i)
+		r.Name, r.Action, r.Enabled = mr.Name, mr.Action, h.State.Enabled[i]
+		st.Rules = append(st.Rules, r)
+	}
+	st.Unmatched = rs(len(h.State.Meta.Rules))
+	st.Unmatched.Name, st.Unmatched.Action, st.Unmatched.Enabled = "(no rule)", "pass", true
+	return st, nil
+}
+
+// Unload detaches the rule set pinned in dir and removes its pins. The
+// xdpcap hook goes too: a capture running on it keeps its own reference.
+func Unload(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, PinLink)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%w (nothing at %s)", ErrNotLoaded, dir)
+		}
+		return err
+	}
+	l, err := link.LoadPinnedLink(filepath.Join(dir, PinLink), nil)
+	if err != nil {
+		return fmt.Errorf("open link: %w", err)
+	}
+	// Detach explicitly: the program stays attached while any reference
+	// to the link lives, and a running reader may hold one.
+	if err := l.Unpin(); err != nil {
+		l.Close()
+		return fmt.Errorf("unpin link: %w", err)
+	}
+	if d, ok := l.(interface{ Detach() error }); ok {
+		_ = d.Detach()
+	}
+	l.Close()
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove pins: %w", err)
+	}
+	return nil
+}
