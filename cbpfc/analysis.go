@@ -34,6 +34,182 @@ type facts struct {
 	needInd []int
 	// maxIndExtent over the program, for bounding X.
 	maxIndExtent int
+	// rawA: for a 2- or 4-byte load of A, that every use of the value
+	// can take it in network byte order, so no byte swap is needed;
+	// for a use of A, the size of the unswapped loads that reach it
+	// (0: A is in host order there).
+	rawA []int
+}
+
+// zeroAnyway stands for "every path from here ends with 0": a guard that
+// returns 0 early changes nothing there, whatever it checks.
+const zeroAnyway = math.MaxInt
+
+// guards computes needAbs and needInd. A guard for N bytes at an
+// instruction is correct when every path from it either loads at least N
+// bytes (and would fail on a shorter packet) or ends with 0 anyway.
+func (f *facts) guards() {
+	p := f.p
+	n := len(p.insns)
+	reachA, reachI := make([]int, n), make([]int, n)
+	for i := n - 1; i >= 0; i-- {
+		in := p.insns[i]
+		if f.fails[i] {
+			f.needAbs[i], f.needInd[i] = zeroAnyway, zeroAnyway
+			continue
+		}
+		if in.kind == kRetK && in.k == 0 {
+			f.needAbs[i], f.needInd[i] = zeroAnyway, zeroAnyway
+			continue
+		}
+		needA, needI := zeroAnyway, zeroAnyway
+		var rA, rI int
+		for _, s := range f.succs[i] {
+			if s <= i {
+				// Backward: the loop may go on; count on nothing.
+				needA, needI = 0, 0
+				continue
+			}
+			needA, needI = min(needA, f.needAbs[s]), min(needI, f.needInd[s])
+			rA, rI = max(rA, reachA[s]), max(rI, reachI[s])
+		}
+		if len(f.succs[i]) == 0 {
+			needA, needI = 0, 0 // a return of a value that may be non-zero
+		}
+		switch in.kind {
+		case kLdAbs, kLdMsh:
+			needA = max(needA, extent(in))
+			rA = max(rA, extent(in))
+		}
+		_, def := useDef(in)
+		switch {
+		case def&liveX != 0:
+			needI, rI = 0, 0
+		case in.kind == kLdInd:
+			needI = max(needI, extent(in))
+			rI = max(rI, extent(in))
+		}
+		// Never check more than some path loads: past that, a check
+		// only costs.
+		f.needAbs[i], f.needInd[i] = min(needA, rA), min(needI, rI)
+		reachA[i], reachI[i] = rA, rI
+	}
+}
+
+// rawLoads decides which big-endian loads can stay unswapped: those all of
+// whose uses compare A for equality or test bits against a constant, which
+// can be swapped at compile time instead.
+func (f *facts) rawLoads() {
+	p := f.p
+	n := len(p.insns)
+	f.rawA = make([]int, n)
+	// Reaching definitions of A: candidate loads, plus one bit for any
+	// other definition (including the initial A = 0).
+	cand := map[int]int{}
+	var cands []int
+	for i, in := range p.insns {
+		if (in.kind == kLdAbs || in.kind == kLdInd) && in.size > 1 && f.reachable[i] && !f.fails[i] {
+			cand[i] = len(cands)
+			cands = append(cands, i)
+		}
+	}
+	other := len(cands)
+	words := (other + 64) / 64
+	in := make([][]uint64, n)
+	for i := range in {
+		in[i] = make([]uint64, words)
+	}
+	in[0][other/64] |= 1 << (other % 64)
+	out := make([]uint64, words)
+	for changed := true; changed; {
+		changed = false
+		for i := range n {
+			if !f.reachable[i] {
+				continue
+			}
+			_, def := useDef(p.insns[i])
+			if def&liveA != 0 {
+				clear(out)
+				b := other
+				if c, ok := cand[i]; ok {
+					b = c
+				}
+				out[b/64] |= 1 << (b % 64)
+			} else {
+				copy(out, in[i])
+			}
+			for _, s := range f.succs[i] {
+				for w := range out {
+					if in[s][w]|out[w] != in[s][w] {
+						in[s][w] |= out[w]
+						changed = true
+					}
+				}
+			}
+		}
+	}
+	raw := make([]bool, len(cands))
+	for c := range raw {
+		raw[c] = true
+	}
+	defs := func(i int) []int {
+		var d []int
+		for b := 0; b <= other; b++ {
+			if in[i][b/64]&(1<<(b%64)) != 0 {
+				d = append(d, b)
+			}
+		}
+		return d
+	}
+	for changed := true; changed; {
+		changed = false
+		for i, ins := range p.insns {
+			use, _ := useDef(ins)
+			if !f.reachable[i] || f.fails[i] || use&liveA == 0 {
+				continue
+			}
+			ok := ins.kind == kJcond && !ins.useX && (ins.op == jmpJEQ || ins.op == jmpJSET)
+			size := 0
+			ds := defs(i)
+			for _, d := range ds {
+				if d == other || !raw[d] {
+					ok = false
+					break
+				}
+				sz := p.insns[cands[d]].size
+				if size != 0 && sz != size {
+					ok = false
+				}
+				size = sz
+			}
+			if ok && ins.op == jmpJEQ && size == 2 && ins.k > 0xffff {
+				ok = false
+			}
+			if !ok {
+				for _, d := range ds {
+					if d != other && raw[d] {
+						raw[d] = false
+						changed = true
+					}
+				}
+			}
+		}
+	}
+	for c, i := range cands {
+		if raw[c] {
+			f.rawA[i] = p.insns[i].size
+		}
+	}
+	for i, ins := range p.insns {
+		use, _ := useDef(ins)
+		if !f.reachable[i] || use&liveA == 0 {
+			continue
+		}
+		ds := defs(i)
+		if len(ds) > 0 && ds[0] != other && raw[ds[0]] {
+			f.rawA[i] = p.insns[cands[ds[0]]].size
+		}
+	}
 }
 
 func extent(in insn) int {
@@ -181,39 +357,8 @@ func analyze(p *program) *facts {
 		}
 	}
 
-	// Guard requirements. Backward edges count as needing nothing.
-	for i := n - 1; i >= 0; i-- {
-		in := p.insns[i]
-		if f.fails[i] {
-			continue
-		}
-		minA, minI := math.MaxInt, math.MaxInt
-		for _, s := range f.succs[i] {
-			if s <= i {
-				minA, minI = 0, 0
-				continue
-			}
-			minA, minI = min(minA, f.needAbs[s]), min(minI, f.needInd[s])
-		}
-		if len(f.succs[i]) == 0 {
-			minA, minI = 0, 0
-		}
-		switch in.kind {
-		case kLdAbs, kLdMsh:
-			f.needAbs[i] = max(minA, extent(in))
-		default:
-			f.needAbs[i] = minA
-		}
-		_, def := useDef(in)
-		switch {
-		case def&liveX != 0:
-			f.needInd[i] = 0
-		case in.kind == kLdInd:
-			f.needInd[i] = max(minI, extent(in))
-		default:
-			f.needInd[i] = minI
-		}
-	}
+	f.guards()
+	f.rawLoads()
 	return f
 }
 

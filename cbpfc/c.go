@@ -86,7 +86,13 @@ func (g *cGen) target(t int) int {
 	return t
 }
 
-func cLoad(size int, ptr string) string {
+func cLoad(size int, ptr string, raw bool) string {
+	switch {
+	case size == 2 && raw:
+		return fmt.Sprintf("*(const uint16_t *)(%s)", ptr)
+	case size == 4 && raw:
+		return fmt.Sprintf("*(const uint32_t *)(%s)", ptr)
+	}
 	switch size {
 	case 1:
 		return fmt.Sprintf("*(const uint8_t *)(%s)", ptr)
@@ -123,7 +129,7 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 		if s.checkedA < extent(in) {
 			w("if (data + %d > data_end) return 0;", f.needAbs[i])
 		}
-		w("A = %s;", cLoad(in.size, fmt.Sprintf("data + %d", in.k)))
+		w("A = %s;", cLoad(in.size, fmt.Sprintf("data + %d", in.k), f.rawA[i] != 0))
 	case kLdMsh:
 		if s.checkedA < extent(in) {
 			w("if (data + %d > data_end) return 0;", f.needAbs[i])
@@ -139,7 +145,7 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 		if s.checkedX < extent(in) {
 			w("if (px + %d > data_end) return 0;", f.needInd[i])
 		}
-		w("A = %s;", cLoad(in.size, fmt.Sprintf("px + %d", in.k)))
+		w("A = %s;", cLoad(in.size, fmt.Sprintf("px + %d", in.k), f.rawA[i] != 0))
 	case kLdExt:
 		switch in.k {
 		case extIfIndex:
@@ -220,7 +226,7 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 		jt, jf := g.target(in.jt), g.target(in.jf)
 		src := "X"
 		if !in.useX {
-			src = fmt.Sprintf("%#xu", in.k)
+			src = fmt.Sprintf("%#xu", swapConst(in.k, f.rawA[i]))
 		}
 		var cond string
 		switch in.op {

@@ -55,6 +55,12 @@ type EBPFOpts struct {
 	Context asm.Register
 	// ResultLabel is the symbol the filter jumps to when done.
 	ResultLabel string
+	// MatchLabel and NoMatchLabel, when both set, replace ResultLabel for
+	// callers that only want to know whether the filter matched: the
+	// filter jumps to MatchLabel for a non-zero result and to NoMatchLabel
+	// for 0, and Result is then just a scratch register. This saves the
+	// instructions that set and test the result.
+	MatchLabel, NoMatchLabel string
 	// StackOffset is the number of bytes at the top of the stack (below
 	// R10) that the caller uses for itself; the filter uses at most
 	// StackSize bytes below it, rounded up to a multiple of 8.

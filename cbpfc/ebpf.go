@@ -20,9 +20,10 @@ const (
 // flowState is what the code emitted so far guarantees at an instruction,
 // on every path to it.
 type flowState struct {
-	valid    bool   // some path reaches it (false: not yet seen)
-	checkedA int    // bytes from PacketStart known to be in the packet
-	pxValid  bool   // the ind base register holds PacketStart+X
+	valid    bool // some path reaches it (false: not yet seen)
+	checkedA int  // bytes from PacketStart known to be in the packet
+	pxValid  bool // the ind base register holds PacketStart+X+pxOff
+	pxOff    int
 	checkedX int    // bytes from PacketStart+X known to be in the packet
 	xMax     uint32 // X is at most this
 }
@@ -35,7 +36,8 @@ func join(a, b flowState) flowState {
 		return a
 	}
 	out := flowState{valid: true, checkedA: min(a.checkedA, b.checkedA), xMax: max(a.xMax, b.xMax)}
-	if a.pxValid && b.pxValid {
+	if a.pxValid && b.pxValid && a.pxOff == b.pxOff {
+		out.pxOff = a.pxOff
 		out.pxValid, out.checkedX = true, min(a.checkedX, b.checkedX)
 	}
 	return out
@@ -55,7 +57,7 @@ func (f *facts) step(i int, s flowState) flowState {
 		}
 	case kLdInd:
 		if !s.pxValid {
-			s.pxValid, s.checkedX = true, 0
+			s.pxValid, s.checkedX, s.pxOff = true, f.needInd[i], f.needInd[i]
 			s.xMax = min(s.xMax, f.xBound())
 		}
 		if s.checkedX < extent(in) {
@@ -150,7 +152,10 @@ func checkOpts(p *program, o EBPFOpts) error {
 			}
 		}
 	}
-	if o.ResultLabel == "" {
+	if (o.MatchLabel == "") != (o.NoMatchLabel == "") {
+		return &Error{Index: -1, Err: fmtErr(ErrOptions, "MatchLabel and NoMatchLabel go together")}
+	}
+	if o.ResultLabel == "" && o.MatchLabel == "" {
 		return &Error{Index: -1, Err: fmtErr(ErrOptions, "ResultLabel is empty")}
 	}
 	if o.StackOffset < 0 || roundUp8(o.StackOffset)+StackSize > 512 {
@@ -192,6 +197,24 @@ func (g *ebpfGen) memOff(n uint32) int16 { return int16(-(g.base + stackMem + 4*
 func (g *ebpfGen) loopOff() int16        { return int16(-(g.base + stackLoop + 8)) }
 func (g *ebpfGen) spillOff(j int) int16  { return int16(-(g.base + stackSpill + 8*j + 8)) }
 
+func (g *ebpfGen) matchMode() bool { return g.opts.MatchLabel != "" }
+
+func (g *ebpfGen) retLabel(k uint32) string {
+	if k == 0 {
+		return g.opts.NoMatchLabel
+	}
+	return g.opts.MatchLabel
+}
+
+// labelFor is the label to jump to for instruction t: straight to the
+// match or no-match label when t returns a constant.
+func (g *ebpfGen) labelFor(t int) string {
+	if in := g.f.p.insns[t]; g.matchMode() && in.kind == kRetK {
+		return g.retLabel(in.k)
+	}
+	return g.label(t)
+}
+
 // target follows chains of forward jumps, so a jump lands where the work is.
 func (g *ebpfGen) target(t int) int {
 	for n := 0; n < 64; n++ {
@@ -208,10 +231,14 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 	f, p := g.f, g.f.p
 	states := f.flow(g.opts.Checked)
 	g.fail = g.opts.LabelPrefix + "fail"
-	for i, in := range p.insns {
-		if f.reachable[i] && in.kind == kRetK && in.k == 0 {
-			g.fail = g.label(i)
-			break
+	if g.opts.NoMatchLabel != "" {
+		g.fail = g.opts.NoMatchLabel
+	} else {
+		for i, in := range p.insns {
+			if f.reachable[i] && in.kind == kRetK && in.k == 0 {
+				g.fail = g.label(i)
+				break
+			}
 		}
 	}
 
@@ -251,19 +278,85 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 			}
 		}
 	}
-	if _, ok := g.labels[g.fail]; !ok && g.referenced(g.fail) {
+	if _, ok := g.labels[g.fail]; !ok && g.referenced(g.fail) && g.fail != g.opts.NoMatchLabel {
 		g.mark(g.fail)
 		g.emit(asm.Mov.Imm32(g.a, 0), asm.Ja.Label(g.opts.ResultLabel))
 	}
+	g.dropUnreachable()
 	return g.link()
+}
+
+// dropUnreachable removes instructions no path reaches, which jumps
+// straight to the match labels can leave behind; the verifier refuses
+// unreachable code.
+func (g *ebpfGen) dropUnreachable() {
+	n := len(g.out)
+	at := map[string]int{}
+	for name, pos := range g.labels {
+		at[name] = pos
+	}
+	reach := make([]bool, n)
+	stack := []int{0}
+	for len(stack) > 0 {
+		i := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if i >= n || reach[i] {
+			continue
+		}
+		reach[i] = true
+		ins := g.out[i]
+		op := ins.OpCode.JumpOp()
+		if ins.OpCode.Class().IsJump() && op != asm.Call && op != asm.Exit {
+			if t, ok := at[ins.Reference()]; ok {
+				stack = append(stack, t)
+			}
+			if op == asm.Ja {
+				continue
+			}
+		}
+		stack = append(stack, i+1)
+	}
+	var out asm.Instructions
+	newPos := make([]int, n+1)
+	for i, ins := range g.out {
+		newPos[i] = len(out)
+		if reach[i] {
+			out = append(out, ins)
+		}
+	}
+	newPos[n] = len(out)
+	for name, pos := range g.labels {
+		if pos < n && !reach[pos] {
+			// Unreachable: nobody jumps there, but the label may sit on
+			// code that follows it.
+			j := pos
+			for j < n && !reach[j] {
+				j++
+			}
+			g.labels[name] = newPos[j]
+			continue
+		}
+		g.labels[name] = newPos[pos]
+	}
+	g.out = out
 }
 
 // link puts the labels on the instructions, merging labels that share
 // one position.
 func (g *ebpfGen) link() (asm.Instructions, error) {
+	external := map[string]bool{g.opts.ResultLabel: true, g.opts.MatchLabel: true, g.opts.NoMatchLabel: true}
+	refs := map[string]bool{}
+	for _, ins := range g.out {
+		if r := ins.Reference(); r != "" {
+			refs[r] = true
+		}
+	}
 	byPos := map[int]string{}
 	rename := map[string]string{}
 	for name, pos := range g.labels {
+		if !refs[name] {
+			continue
+		}
 		if pos >= len(g.out) {
 			return nil, &Error{Index: -1, Err: fmt.Errorf("internal error: label %s past the end", name)}
 		}
@@ -286,14 +379,10 @@ func (g *ebpfGen) link() (asm.Instructions, error) {
 		if ref == "" {
 			continue
 		}
-		for {
-			r, ok := rename[ref]
-			if !ok {
-				break
-			}
+		if r, ok := rename[ref]; ok {
 			ref = r
 		}
-		if _, ok := byPos[g.labels[ref]]; !ok && ref != g.opts.ResultLabel {
+		if _, ok := g.labels[ref]; !ok && !external[ref] {
 			return nil, &Error{Index: -1, Err: fmt.Errorf("internal error: jump to unknown label %s", ref)}
 		}
 		g.out[i] = ins.WithReference(ref)
@@ -308,6 +397,26 @@ func (g *ebpfGen) referenced(label string) bool {
 		}
 	}
 	return false
+}
+
+// swapLoad puts a loaded value into host order, unless all its uses can
+// take it as loaded.
+func (g *ebpfGen) swapLoad(i int, in insn) {
+	if in.size > 1 && g.f.rawA[i] == 0 {
+		g.emit(asm.HostTo(asm.BE, g.a, sizes[in.size]))
+	}
+}
+
+// swapConst swaps the bytes of a constant compared with an unswapped load
+// of size bytes.
+func swapConst(k uint32, size int) uint32 {
+	switch size {
+	case 2:
+		return k>>8&0xff | k&0xff<<8
+	case 4:
+		return k>>24 | k>>8&0xff00 | k<<8&0xff0000 | k<<24
+	}
+	return k
 }
 
 func (g *ebpfGen) swapA() {
@@ -343,6 +452,16 @@ func (g *ebpfGen) load(dst, base asm.Register, off uint32, size int) {
 	g.emit(asm.LoadMem(dst, base, int16(off), sizes[size]))
 }
 
+// loadRel emits dst = *(size *)(base + off) for an offset that may be
+// negative.
+func (g *ebpfGen) loadRel(dst, base asm.Register, off int, size int) {
+	if off > math.MaxInt16 || off < math.MinInt16 {
+		g.emit(asm.Mov.Reg(g.tmp, base), asm.Add.Imm(g.tmp, int32(off)))
+		base, off = g.tmp, 0
+	}
+	g.emit(asm.LoadMem(dst, base, int16(off), sizes[size]))
+}
+
 func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	f := g.f
 	if f.fails[i] {
@@ -371,10 +490,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			g.guard(g.opts.PacketStart, f.needAbs[i])
 		}
 		g.load(g.a, g.opts.PacketStart, in.k, in.size)
-		g.aRaw = 0
-		if in.size > 1 {
-			g.aRaw = in.size
-		}
+		g.swapLoad(i, in)
 	case kLdMsh:
 		if s.checkedA < extent(in) {
 			g.guard(g.opts.PacketStart, f.needAbs[i])
@@ -382,20 +498,29 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		g.load(g.x, g.opts.PacketStart, in.k, 1)
 		g.emit(asm.And.Imm32(g.x, 0xf), asm.LSh.Imm32(g.x, 2))
 	case kLdInd:
+		// px = PacketStart + X + off, checked right away: the first
+		// load needs it anyway.
+		off := s.pxOff
 		if !s.pxValid {
 			if s.xMax > f.xBound() {
 				g.emit(asm.JGT.Imm32(g.x, int32(f.xBound()), g.fail))
 			}
-			g.emit(asm.Mov.Reg(g.px, g.opts.PacketStart), asm.Add.Reg(g.px, g.x))
+			off = f.needInd[i]
+			g.emit(
+				asm.Mov.Reg(g.px, g.opts.PacketStart),
+				asm.Add.Reg(g.px, g.x),
+				asm.Add.Imm(g.px, int32(off)),
+				asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail),
+			)
+		} else if s.checkedX < extent(in) {
+			g.emit(
+				asm.Mov.Reg(g.tmp, g.px),
+				asm.Add.Imm(g.tmp, int32(f.needInd[i]-off)),
+				asm.JGT.Reg(g.tmp, g.opts.PacketEnd, g.fail),
+			)
 		}
-		if s.checkedX < extent(in) {
-			g.guard(g.px, f.needInd[i])
-		}
-		g.load(g.a, g.px, in.k, in.size)
-		g.aRaw = 0
-		if in.size > 1 {
-			g.aRaw = in.size
-		}
+		g.loadRel(g.a, g.px, int(in.k)-off, in.size)
+		g.swapLoad(i, in)
 	case kLdExt:
 		g.aRaw = 0
 		g.ext(i, in)
@@ -417,9 +542,16 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		g.aRaw = 0
 		g.emit(asm.Mov.Reg32(g.a, g.x))
 	case kRetA:
-		g.swapA()
+		if g.matchMode() {
+			g.emit(asm.JNE.Imm32(g.a, 0, g.opts.MatchLabel), asm.Ja.Label(g.opts.NoMatchLabel))
+			return nil
+		}
 		g.emit(asm.Ja.Label(g.opts.ResultLabel))
 	case kRetK:
+		if g.matchMode() {
+			g.emit(asm.Ja.Label(g.retLabel(in.k)))
+			return nil
+		}
 		g.emit(asm.Mov.Imm32(g.a, int32(in.k)), asm.Ja.Label(g.opts.ResultLabel))
 	case kJa:
 		t := g.target(in.jt)
@@ -436,8 +568,8 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			)
 			return nil
 		}
-		if t != i+1 || !f.reachable[i+1] {
-			g.emit(asm.Ja.Label(g.label(t)))
+		if t != i+1 {
+			g.emit(asm.Ja.Label(g.labelFor(t)))
 		}
 	case kJcond:
 		g.jcond(i, in)
@@ -491,22 +623,10 @@ func (g *ebpfGen) jcond(i int, in insn) {
 	f := g.f
 	jt, jf := g.target(in.jt), g.target(in.jf)
 	k := in.k
-	if g.aRaw != 0 {
-		liveAfter := f.liveIn[jt]&liveA != 0 || f.liveIn[jf]&liveA != 0
-		fits := g.aRaw == 4 || k <= 0xffff
-		if !liveAfter && !in.useX && fits && (in.op == jmpJEQ || in.op == jmpJSET) {
-			if g.aRaw == 2 {
-				k = uint32(k>>8&0xff | k&0xff<<8)
-			} else {
-				k = k>>24 | k>>8&0xff00 | k<<8&0xff0000 | k<<24
-			}
-		} else {
-			g.swapA()
-		}
-	}
+	k = swapConst(k, f.rawA[i])
 	if jt == jf {
 		if jt != i+1 {
-			g.emit(asm.Ja.Label(g.label(jt)))
+			g.emit(asm.Ja.Label(g.labelFor(jt)))
 		}
 		return
 	}
@@ -525,11 +645,11 @@ func (g *ebpfGen) jcond(i int, in insn) {
 	next := i + 1
 	switch {
 	case jf == next:
-		g.emit(cond(ops[0], g.label(jt)))
+		g.emit(cond(ops[0], g.labelFor(jt)))
 	case jt == next && ops[1] != asm.InvalidJumpOp:
-		g.emit(cond(ops[1], g.label(jf)))
+		g.emit(cond(ops[1], g.labelFor(jf)))
 	default:
-		g.emit(cond(ops[0], g.label(jt)), asm.Ja.Label(g.label(jf)))
+		g.emit(cond(ops[0], g.labelFor(jt)), asm.Ja.Label(g.labelFor(jf)))
 	}
 }
 

@@ -19,33 +19,45 @@ const (
 // instruction counts, and a quick way to try a filter.
 func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 	insns, err := ToEBPF(filter, EBPFOpts{
-		PacketStart: asm.R2,
-		PacketEnd:   asm.R3,
-		Result:      asm.R0,
-		Working:     [3]asm.Register{asm.R4, asm.R5, asm.R6},
-		Context:     asm.R1,
-		ResultLabel: "result",
+		PacketStart:  asm.R2,
+		PacketEnd:    asm.R3,
+		Result:       asm.R0,
+		Working:      [3]asm.Register{asm.R4, asm.R5, asm.R6},
+		Context:      asm.R1,
+		MatchLabel:   "match",
+		NoMatchLabel: "nomatch",
 	})
 	if err != nil {
 		return nil, err
 	}
-	// A jump to the result as the very last instruction is not needed:
-	// the result code follows.
-	if last := len(insns) - 1; insns[last].OpCode.JumpOp() == asm.Ja && insns[last].Reference() == "result" && insns[last].Symbol() == "" {
-		insns = insns[:last]
+	match := asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("match"), asm.Return()}
+	nomatch := asm.Instructions{asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("nomatch"), asm.Return()}
+	first, second := nomatch, match
+	// A jump to the code that follows is not needed: put the label it
+	// jumps to first.
+	if last := len(insns) - 1; insns[last].OpCode.JumpOp() == asm.Ja && insns[last].Symbol() == "" {
+		switch insns[last].Reference() {
+		case "match":
+			first, second = match, nomatch
+			fallthrough
+		case "nomatch":
+			insns = insns[:last]
+		}
+	}
+	// Whatever no jump reaches must go: the verifier refuses dead code.
+	tail := first
+	for _, ins := range insns {
+		if ins.Reference() == second[0].Symbol() {
+			tail = append(tail, second...)
+			break
+		}
 	}
 	prog := asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
 		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
 	}
 	prog = append(prog, insns...)
-	return append(prog,
-		asm.JEq.Imm(asm.R0, 0, "drop").WithSymbol("result"),
-		asm.Mov.Imm(asm.R0, xdpPass),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("drop"),
-		asm.Return(),
-	), nil
+	return append(prog, tail...), nil
 }
 
 // XDPProgramC is XDPProgram through the C backend: the source of an XDP
