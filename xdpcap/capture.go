@@ -206,7 +206,6 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		return nil, fmt.Errorf("create counters: %w", err)
 	}
 
-	wakeup := 0
 	if o.Perf {
 		c.output, err = ebpf.NewMap(&ebpf.MapSpec{Name: "xdpcap_perf", Type: ebpf.PerfEventArray})
 		if err != nil {
@@ -226,7 +225,6 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("ring buffer reader: %w", err)
 		}
-		wakeup = o.BufferSize / 8
 	}
 
 	var mono unix.Timespec
@@ -247,7 +245,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 			var errs []error
 			for k, kind := range kinds {
 				spec := progSpec{filter: o.Filter, action: a, hook: i, snapLen: o.SnapLen, perf: o.Perf,
-					wakeup: wakeup, frags: kind.frags, attachXDP: kind.attachXDP}
+					frags: kind.frags, attachXDP: kind.attachXDP}
 				prog, id, err = c.installOne(h, &spec)
 				if err == nil {
 					kinds = kinds[k:]

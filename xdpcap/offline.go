@@ -67,7 +67,7 @@ func NewTestFilter(filter []bpf.Instruction, snapLen int) (_ *TestFilter, err er
 	if err != nil {
 		return nil, fmt.Errorf("ring buffer reader: %w", err)
 	}
-	spec := progSpec{filter: o.Filter, action: Pass, snapLen: o.SnapLen, wakeup: o.BufferSize, frags: true}
+	spec := progSpec{filter: o.Filter, action: Pass, snapLen: o.SnapLen, frags: true}
 	f.prog, err = spec.load(f.counters, f.output)
 	if err != nil {
 		return nil, err

@@ -66,15 +66,15 @@ type progSpec struct {
 	hook    int // index of the hook in the capture
 	snapLen int
 	perf    bool
-	// wakeup is the number of bytes in the ring buffer from which each
-	// record wakes the reader; below it records are written without a
-	// wakeup, and the reader finds them when it polls.
-	wakeup int
-	frags  bool
+	frags   bool
 	// attachXDP sets the expected attach type BPF_XDP, as ELF loaders do
 	// for SEC("xdp") programs. Tail calls need it to match the caller's.
 	attachXDP bool
 }
+
+// wakeupEvery is how many records a CPU writes to the ring buffer per
+// wakeup of the reader, a power of two.
+const wakeupEvery = 256
 
 // maxLoad is the most bytes bpf_xdp_load_bytes copies in one call.
 const maxLoad = 0xffff
@@ -268,13 +268,14 @@ func (p *progSpec) ringOutput(done, lost, record string) asm.Instructions {
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRingbufDiscard.Call(),
 		asm.Ja.Label(lost),
-		// Wake the reader only once the buffer fills up; below that it
-		// polls. A wakeup per record costs microseconds.
-		asm.LoadMapPtr(asm.R1, 0).WithReference(outputMap).WithSymbol(record+"_submit"),
-		asm.Mov.Imm(asm.R2, rbAvailData),
-		asm.FnRingbufQuery.Call(),
-		asm.Mov.Imm(asm.R2, rbNoWakeup),
-		asm.JLT.Imm(asm.R0, int32(p.wakeup), record+"_nowake"),
+		// Wake the reader once every wakeupEvery records a CPU writes;
+		// it finds the others when it polls. A wakeup per record costs
+		// microseconds, and one per record while the buffer is full
+		// (say, when woken above a fill level) as much.
+		asm.Mov.Imm(asm.R2, rbNoWakeup).WithSymbol(record+"_submit"),
+		asm.LoadMem(asm.R1, asm.R7, cntMatched, asm.DWord),
+		asm.And.Imm(asm.R1, wakeupEvery-1),
+		asm.JNE.Imm(asm.R1, 0, record+"_nowake"),
 		asm.Mov.Imm(asm.R2, rbForceWakeup),
 		asm.Mov.Reg(asm.R1, asm.R8).WithSymbol(record+"_nowake"),
 		asm.FnRingbufSubmit.Call(),

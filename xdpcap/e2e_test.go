@@ -1,0 +1,229 @@
+package xdpcap
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/l4drop/l4drop/cbpf"
+	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/xdpcap/xdpcaptest"
+)
+
+// goProgram returns an XDP program built in Go with Exit: it drops IPv4
+// UDP to port 9, bounces IPv4 UDP to port 7 back out (XDP_TX, MACs
+// swapped) and passes everything else, every exit through hook.
+func goProgram(t testing.TB, hook *ebpf.Map) *ebpf.Program {
+	return goProgramHooked(t, hook, true)
+}
+
+// goProgramHooked is goProgram, with plain returns instead of the hook's
+// exit sequence unless hooked.
+func goProgramHooked(t testing.TB, hook *ebpf.Map, hooked bool) *ebpf.Program {
+	t.Helper()
+	const (
+		ctx  = asm.R6
+		data = asm.R7
+		end  = asm.R8
+	)
+	insns := asm.Instructions{
+		asm.Mov.Reg(ctx, asm.R1),
+		asm.LoadMem(data, ctx, 0, asm.Word),
+		asm.LoadMem(end, ctx, 4, asm.Word),
+		asm.Mov.Reg(asm.R1, data),
+		asm.Add.Imm(asm.R1, 14+20+8),
+		asm.JGT.Reg(asm.R1, end, "pass"),
+		asm.LoadMem(asm.R1, data, 12, asm.Half),
+		asm.JNE.Imm(asm.R1, 0x0008, "pass"), // ETH_P_IP, network order
+		asm.LoadMem(asm.R1, data, 14, asm.Byte),
+		asm.JNE.Imm(asm.R1, 0x45, "pass"), // IPv4 without options
+		asm.LoadMem(asm.R1, data, 14+9, asm.Byte),
+		asm.JNE.Imm(asm.R1, 17, "pass"),
+		asm.LoadMem(asm.R1, data, 14+20+2, asm.Half),
+		asm.JEq.Imm(asm.R1, 0x0900, "drop"), // port 9, network order
+		asm.JEq.Imm(asm.R1, 0x0700, "tx"),
+	}
+	exitSeq := func(a Action) asm.Instructions {
+		if !hooked {
+			return asm.Instructions{asm.Mov.Imm(asm.R0, int32(a)), asm.Return()}
+		}
+		return Exit(ctx, "hook", a)
+	}
+	exit := func(label string, a Action) asm.Instructions {
+		e := exitSeq(a)
+		e[0] = e[0].WithSymbol(label)
+		return e
+	}
+	insns = append(insns, exit("pass", Pass)...)
+	insns = append(insns, exit("drop", Drop)...)
+	// Swap the MAC addresses: 6 bytes as a word and a half each.
+	insns = append(insns,
+		asm.LoadMem(asm.R1, data, 0, asm.Word).WithSymbol("tx"),
+		asm.LoadMem(asm.R2, data, 4, asm.Half),
+		asm.LoadMem(asm.R3, data, 6, asm.Word),
+		asm.LoadMem(asm.R4, data, 10, asm.Half),
+		asm.StoreMem(data, 0, asm.R3, asm.Word),
+		asm.StoreMem(data, 4, asm.R4, asm.Half),
+		asm.StoreMem(data, 6, asm.R1, asm.Word),
+		asm.StoreMem(data, 10, asm.R2, asm.Half),
+	)
+	insns = append(insns, exitSeq(TX)...)
+	if hooked {
+		if err := insns.AssociateMap("hook", hook); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "test_go_prog", Type: ebpf.XDP, Instructions: insns, License: "GPL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// describe summarizes a captured packet as "hook action proto detail".
+func describe(p Packet) string {
+	pkt := gopacket.NewPacket(p.Data, layers.LayerTypeEthernet, gopacket.NoCopy)
+	what := "other"
+	if u, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok {
+		what = fmt.Sprintf("udp:%d", u.DstPort)
+	} else if ic, ok := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4); ok {
+		what = fmt.Sprintf("icmp:%d", ic.TypeCode.Type())
+	}
+	return fmt.Sprintf("%d %v %s", p.Hook, p.Action, what)
+}
+
+// TestLive captures, through one capture on two hooks, the traffic of a C
+// program (server side, xdpcap.h) and a Go program (client side, Exit) on
+// a veth pair that real packets cross.
+func TestLive(t *testing.T) {
+	fixture.RequireRoot(t)
+	lab := fixture.Lab(t)
+	dir := fixture.BPFFS(t)
+
+	serverHook, err := CreateHook(filepath.Join(dir, "server"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer serverHook.Close()
+	clientHook, err := CreateHook(filepath.Join(dir, "client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clientHook.Close()
+	xdpcaptest.Attach(t, lab.Server, lab.ServerIndex, cProgram(t, serverHook))
+	xdpcaptest.Attach(t, lab.Client, lab.ClientIndex, goProgram(t, clientHook))
+
+	// A listener, so that UDP to 5000 draws no ICMP errors.
+	xdpcaptest.ListenUDP(t, lab.Server, fixture.ServerIPv4, 5000)
+
+	filter, err := cbpf.Compile("udp or icmp", cbpf.LinkTypeEthernet, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Start([]*ebpf.Map{serverHook, clientHook}, Options{Filter: filter, PollInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	xdpcaptest.SendUDP(t, lab.Client, fixture.ServerIPv4, 9, 3)    // server: drop
+	xdpcaptest.SendUDP(t, lab.Client, fixture.ServerIPv4, 5000, 2) // server: pass
+	if n := xdpcaptest.Ping(t, lab.Client, fixture.ServerIPv4, 2); n != 2 {
+		// The C program answers them with XDP_TX.
+		t.Errorf("%d echo replies, want 2", n)
+	}
+	xdpcaptest.SendUDP(t, lab.Server, fixture.ClientIPv4, 9, 3) // client: drop
+	xdpcaptest.SendUDP(t, lab.Server, fixture.ClientIPv4, 7, 2) // client: tx, then server: pass
+	// A TCP SYN the filter does not match: seen, not captured.
+	lab.Client.Do(func() error {
+		c, err := net.DialTimeout("tcp4", fixture.ServerIPv4+":80", 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return nil
+	})
+	time.Sleep(100 * time.Millisecond)
+
+	stats, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	hookEmpty(t, serverHook)
+	hookEmpty(t, clientHook)
+	pkts := readAll(t, c)
+
+	count := map[string]int{}
+	for _, p := range pkts {
+		count[describe(p)]++
+		if p.Length != len(p.Data) || p.CPU < 0 || p.Time.IsZero() {
+			t.Errorf("packet %s: length %d, captured %d, CPU %d, time %v", describe(p), p.Length, len(p.Data), p.CPU, p.Time)
+		}
+	}
+	want := map[string]int{
+		"0 XDPDrop udp:9":    3,
+		"0 XDPPass udp:5000": 2,
+		"0 XDPTx icmp:0":     2, // captured as the program left it: an echo reply
+		"1 XDPPass icmp:0":   2,
+		"1 XDPDrop udp:9":    3,
+		"1 XDPTx udp:7":      2,
+		"0 XDPPass udp:7":    2,
+	}
+	if fmt.Sprint(sorted(count)) != fmt.Sprint(sorted(want)) {
+		t.Errorf("captured\n%s\nwant\n%s", sorted(count), sorted(want))
+	}
+	// Seen counts every packet of the action, matched only udp or icmp.
+	for _, tc := range []struct {
+		hook          int
+		a             Action
+		seen, matched uint64
+	}{
+		{0, Drop, 3, 3}, {0, TX, 2, 2}, {1, Drop, 3, 3}, {1, TX, 2, 2},
+		{0, Aborted, 0, 0}, {0, Redirect, 0, 0},
+	} {
+		got := stats.Hooks[tc.hook][tc.a]
+		if got.Seen != tc.seen || got.Matched != tc.matched || got.Lost != 0 {
+			t.Errorf("hook %d %v: %+v, want seen %d matched %d lost 0", tc.hook, tc.a, got, tc.seen, tc.matched)
+		}
+	}
+	if p := stats.Hooks[0][Pass]; p.Matched != 4 || p.Seen <= p.Matched {
+		t.Errorf("server pass counters %+v: want 4 matched and the TCP SYN seen too", p)
+	}
+}
+
+func sorted(m map[string]int) string {
+	var lines []string
+	for k, v := range m {
+		lines = append(lines, fmt.Sprintf("%s ×%d", k, v))
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// cProgram loads testdata/example.c with hook as its xdpcap_hook.
+func cProgram(t testing.TB, hook *ebpf.Map) *ebpf.Program {
+	t.Helper()
+	spec := xdpcaptest.BuildExample(t)
+	repl, err := HookReplacements(spec, map[string]*ebpf.Map{"xdpcap_hook": hook})
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { coll.Close() })
+	return coll.Programs["xdp_example"]
+}
