@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/xdpcap"
@@ -264,6 +265,73 @@ func TestXdpcapSeesDrops(t *testing.T) {
 			t.Fatal(err)
 		case <-deadline:
 			t.Fatalf("captured %d of 3 drops", got)
+		}
+	}
+}
+
+// TestSplitAndNext: a rule set split over chained programs matches rules in
+// every program, and --next gets the packets the rule set passes.
+func TestSplitAndNext(t *testing.T) {
+	fixture.RequireRoot(t)
+	var b bytes.Buffer
+	b.WriteString("rules:\n")
+	const n = 40
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "  - name: port-%d\n    expr: \"udp dst port %d\"\n", 2000+i, 2000+i)
+	}
+	b.WriteString("  - name: allow-3000\n    expr: \"udp dst port 3000\"\n    action: pass\n")
+	rs, err := ParseRuleSet("split.yaml", b.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, gen, err := Build(rs, BuildOptions{MaxProgramInsns: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gen.Meta.Programs) < 5 {
+		t.Fatalf("%d programs; want the rules split", len(gen.Meta.Programs))
+	}
+	if last := gen.Meta.Rules[n-1].Program; last != len(gen.Meta.Programs)-1 {
+		t.Errorf("last rule in program %d of %d", last, len(gen.Meta.Programs))
+	}
+
+	// The next program answers XDP_TX, which nothing else here does.
+	next, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.XDP, AttachType: ebpf.AttachXDP, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 3), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	root := fixture.BPFFS(t)
+	if err := next.Pin(root + "/next"); err != nil {
+		t.Fatal(err)
+	}
+	lab := fixture.Lab(t)
+	l := loadOnServer(t, lab, root, obj, LoadOptions{Next: root + "/next"})
+	defer Unload(l.Dir)
+	for _, tt := range []struct {
+		port uint16
+		want uint32
+	}{{2000, 1}, {2000 + n/2, 1}, {2000 + n - 1, 1}, {3000, 3}, {4000, 3}} {
+		frame := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, tt.port, nil)
+		ret, _, err := l.Programs[0].Test(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ret != tt.want {
+			t.Errorf("port %d: action %d, want %d", tt.port, ret, tt.want)
+		}
+	}
+	h := openLoaded(t, l)
+	st, err := h.Status(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range map[int]uint64{0: 1, n / 2: 1, n - 1: 1, n: 1, 1: 0} {
+		if got := st.Rules[i].Packets; got != want {
+			t.Errorf("rule %s: %d packets, want %d", st.Rules[i].Name, got, want)
 		}
 	}
 }

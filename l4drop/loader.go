@@ -314,7 +314,7 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		err = chain.Put(uint32(len(progs)), next)
 		next.Close()
 		if err != nil {
-			return nil, fmt.Errorf("--next %s: %w (an XDP program?)", opts.Next, err)
+			return nil, fmt.Errorf("--next %s: %w (tail calls need an XDP program loaded for attach type xdp, without frags)", opts.Next, err)
 		}
 	}
 	rate := meta.SampleRate

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/l4drop/l4drop/internal/fixture"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "l4drop-cmd-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "l4drop")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// run runs the command and returns its combined output and exit code.
+func run(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, err := exec.Command(binary, args...).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+const rules = `
+sample_rate: 0
+rules:
+  - name: allow-client
+    expr: "src host 198.18.0.1 and udp dst port 5353"
+    action: pass
+  - name: udp-5353
+    expr: "udp dst port 5353"
+  - name: bad-name
+    dns: ["bad.example.com"]
+`
+
+func writeFile(t *testing.T, name, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestHelp(t *testing.T) {
+	out, code := run(t, "-h")
+	if code != 0 || !strings.Contains(out, "l4drop build") || !strings.Contains(out, "Examples:") {
+		t.Errorf("help: exit %d\n%s", code, out)
+	}
+	out, code = run(t, "load", "-h")
+	if code != 0 || !strings.Contains(out, "Example:") {
+		t.Errorf("load -h: exit %d\n%s", code, out)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	good := writeFile(t, "good.yaml", rules)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"missing file", []string{"build", "/nonexistent.yaml", "-o", "x.o"}, "nonexistent.yaml"},
+		{"broken yaml", []string{"build", writeFile(t, "b.yaml", "rules: [\n"), "-o", "x.o"}, "b.yaml"},
+		{"unknown field", []string{"build", writeFile(t, "u.yaml", "rules:\n  - name: x\n    exprr: udp\n"), "-o", "x.o"}, "line 3"},
+		{"bad expr", []string{"build", writeFile(t, "e.yaml", "rules:\n  - name: x\n    expr: \"udp port fish\"\n"), "-o", "x.o"}, `e.yaml:2: rule "x"`},
+		{"bad bytecode", []string{"build", writeFile(t, "c.yaml", "rules:\n  - name: y\n    bpf: \"1,6 0 0\"\n"), "-o", "x.o"}, `c.yaml:2: rule "y"`},
+		{"no output", []string{"build", good}, "-o"},
+		{"clang missing", []string{"build", good, "-o", filepath.Join(t.TempDir(), "x.o"), "--clang", "/nonexistent/clang"}, "clang"},
+		{"not an object", []string{"load", good, "--iface", "lo"}, "ELF"},
+		{"no iface", []string{"status"}, "--iface"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := run(t, tt.args...)
+			if code == 0 {
+				t.Fatalf("exit 0\n%s", out)
+			}
+			if !strings.Contains(out, tt.want) {
+				t.Errorf("output lacks %q:\n%s", tt.want, out)
+			}
+		})
+	}
+}
+
+func writePcap(t *testing.T, frames [][]byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "in.pcap")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	for _, fr := range frames {
+		ci := gopacket.CaptureInfo{Timestamp: time.Unix(1, 0), CaptureLength: len(fr), Length: len(fr)}
+		if err := w.WritePacket(ci, fr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// TestBuildLoadStatusTest drives the commands the way an operator would.
+func TestBuildLoadStatusTest(t *testing.T) {
+	fixture.RequireRoot(t)
+	rulesFile := writeFile(t, "rules.yaml", rules)
+	obj := filepath.Join(t.TempDir(), "rules.o")
+	if out, code := run(t, "build", rulesFile, "-o", obj); code != 0 || !strings.Contains(out, "3 rules in 1 program") {
+		t.Fatalf("build: exit %d\n%s", code, out)
+	}
+	if out, code := run(t, "build", rulesFile, "--emit-c"); code != 0 || !strings.Contains(out, "RULE_0_ENABLED") {
+		t.Fatalf("build --emit-c: exit %d", code)
+	}
+	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
+	frames := [][]byte{
+		fixture.UDP4(c4, s4, 1, 5353, nil),
+		fixture.UDP4("198.18.0.7", s4, 1, 5353, nil),
+		fixture.UDP4(c4, s4, 1, 53, fixture.DNSQuery("bad.example.com", 1)),
+		fixture.UDP4(c4, s4, 1, 53, fixture.DNSQuery("good.example.com", 1)),
+		fixture.UDP4("198.18.0.7", s4, 1, 5353, nil),
+	}
+	pcap := writePcap(t, frames)
+	out, code := run(t, "test", rulesFile, "-r", pcap, "-v")
+	if code != 0 {
+		t.Fatalf("test: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"1\tpass\tallow-client", "2\tdrop\tudp-5353", "3\tdrop\tbad-name", "4\tpass\t(no rule)", "udp-5353      drop    2        2,5"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("test output lacks %q:\n%s", want, out)
+		}
+	}
+
+	lab := fixture.Lab(t)
+	root := fixture.BPFFS(t)
+	where := []string{"--iface", lab.ServerIf, "--netns", lab.Server.Name, "--bpffs", root}
+	if out, code := run(t, append([]string{"load", obj}, where...)...); code != 0 || !strings.Contains(out, "3 of 3 rules on") {
+		t.Fatalf("load: exit %d\n%s", code, out)
+	}
+	if out, code := run(t, append([]string{"load", obj, "--disable", "udp-5353"}, where...)...); code != 0 || !strings.Contains(out, "replaced") {
+		t.Fatalf("reload: exit %d\n%s", code, out)
+	}
+	out, code = run(t, append([]string{"status", "--json", "--interval", "0"}, where...)...)
+	if code != 0 {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	var st struct {
+		Rules []struct {
+			Name    string
+			Enabled bool
+			Packets uint64
+		}
+		Samples, Lost uint64
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if len(st.Rules) != 3 || st.Rules[1].Name != "udp-5353" || st.Rules[1].Enabled || !st.Rules[2].Enabled {
+		t.Errorf("status: %+v", st)
+	}
+	if out, code := run(t, append([]string{"load", obj, "--enable", "nope"}, where...)...); code != 1 || !strings.Contains(out, "nope") {
+		t.Errorf("load --enable nope: exit %d\n%s", code, out)
+	}
+	if out, code := run(t, append([]string{"unload"}, where...)...); code != 0 {
+		t.Fatalf("unload: exit %d\n%s", code, out)
+	}
+	if out, code := run(t, append([]string{"status"}, where...)...); code != 1 || !strings.Contains(out, "no L4Drop rule set loaded") {
+		t.Errorf("status after unload: exit %d\n%s", code, out)
+	}
+}
