@@ -7,31 +7,205 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/l4drop/l4drop/lab/bench"
 )
+
+const benchUsage = `Usage: l4lab bench [flags]
+
+Measures, side by side in one run, the drop rate of L4Drop with 1, 10, 100
+and 1,000 rules against an XDP program that drops everything, iptables'
+raw table with the bpf match on the same rule, xdp-filter's port rule and
+no filter at all; xdpcap's capture rate against tcpdump and the cost of an
+idle capture; l4drop's build and load time. Prints a table and writes it,
+with the machine, kernel, date and command, to -o, and a plot of drop rate
+against rule count to -plot. Needs root, and l4drop and xdpcap next to
+l4lab or on PATH ('make build'); xdp-filter, iptables, tcpdump and gnuplot
+for their rows.
+
+Examples:
+  make bench
+  l4lab bench -o docs/benchmarks.md
+  l4lab bench -d 1s -rules 1,100 -build-rules 1,100 -o /tmp/bench.md
+
+Flags:
+`
 
 func benchCmd(args []string, stdout, stderr io.Writer) error {
 	cfg := bench.DefaultConfig()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
 	fs.DurationVar(&cfg.Duration, "d", cfg.Duration, "duration of each drop-rate measurement")
+	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "measure each drop-rate row this often, in turns; the median counts")
+	fs.IntVar(&cfg.CPU, "cpu", cfg.CPU, "CPU the generator (and the receiving NAPI) runs on")
+	rules := fs.String("rules", "1,10,100,1000", "rule counts for L4Drop's drop rate")
+	buildRules := fs.String("build-rules", "1,100,1000,10000", "rule counts for build and load times")
+	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
+	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	bc, err := bench.RawBytecode("udp dst port 53")
+	var err error
+	if cfg.Rules, err = intList(*rules); err != nil {
+		return err
+	}
+	buildCounts, err := intList(*buildRules)
 	if err != nil {
 		return err
 	}
-	for _, f := range []bench.Filter{bench.DropAll(), bench.NoFilter(), bench.IPTables(bc), bench.XDPFilter(53, "udp")} {
-		r, err := bench.MeasureDrop(ctx, cfg, f)
+	if *plot == "" && *out != "" {
+		*plot = filepath.Join(filepath.Dir(*out), "benchmarks.png")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logf := func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }
+
+	var t bench.Tools
+	if t.L4Drop, err = findBinary("l4drop"); err != nil {
+		return err
+	}
+	if t.XDPcap, err = findBinary("xdpcap"); err != nil {
+		return err
+	}
+	t.BPFgen, _ = findBinary("bpfgen")
+	dir, err := os.MkdirTemp("", "l4lab-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	loadBefore := bench.LoadAverage()
+	rep := &bench.Report{Date: time.Now(), Machine: bench.Machine(), Config: cfg,
+		Command: "l4lab bench " + strings.Join(args, " ")}
+	if len(args) == 0 {
+		rep.Command = "make bench"
+	}
+	t.DNSRules = t.HasDNSRules(dir)
+	if !t.DNSRules {
+		rep.Notes = append(rep.Notes, "l4drop could not build `dns:` rules here; the rules are equivalent tcpdump expressions on the query name's labels.")
+	}
+
+	// Build every rule set first; the build times are a row of their own.
+	objs := map[int]string{}
+	for _, n := range append(append([]int(nil), cfg.Rules...), buildCounts...) {
+		if _, ok := objs[n]; ok {
+			continue
+		}
+		obj, d, err := t.Build(dir, n)
+		if err != nil {
+			if contains(cfg.Rules, n) {
+				return err
+			}
+			rep.BuildLoads = append(rep.BuildLoads, bench.BuildLoad{Rules: n, Err: err})
+			continue
+		}
+		objs[n] = obj
+		if contains(buildCounts, n) {
+			logf("build %6d rules: %.2fs", n, d.Seconds())
+			rep.BuildLoads = append(rep.BuildLoads, bench.BuildLoad{Rules: n, Build: d})
+		}
+	}
+	for i, bl := range rep.BuildLoads {
+		if bl.Err != nil {
+			continue
+		}
+		d, err := bench.MeasureLoad(t, objs[bl.Rules])
+		rep.BuildLoads[i].Load, rep.BuildLoads[i].Err = d, err
+		logf("load  %6d rules: %.2fs %v", bl.Rules, d.Seconds(), errOrEmpty(err))
+	}
+
+	filters := []bench.Filter{bench.DropAll()}
+	for _, n := range cfg.Rules {
+		filters = append(filters, t.DropFilter(n, objs[n]))
+	}
+	if obj, ok := objs[1]; ok {
+		filters = append(filters, t.DropFilterWithCapture(obj, dir))
+	}
+	if bench.Have("xdp-filter") {
+		filters = append(filters, bench.XDPFilter(53, "udp"))
+	} else {
+		rep.Notes = append(rep.Notes, "xdp-filter (xdp-tools) not installed: its row is missing.")
+	}
+	if bc, err := t.AttackBytecode(); err == nil && bench.Have("iptables") {
+		filters = append(filters, bench.IPTables(bc))
+	} else {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("iptables row missing: %v", errOrEmpty(err)))
+	}
+	filters = append(filters, bench.NoFilter())
+	if rep.Drops, err = bench.MeasureDrops(ctx, cfg, filters, logf); err != nil {
+		return err
+	}
+
+	if obj, ok := objs[1]; ok {
+		c, err := t.XDPcapRate(ctx, cfg, obj, dir)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%-40s sent %10d  received %10d  %.3f Mpps\n", r.Name, r.Sent, r.Received, r.Mpps())
+		logf("%-60s %8.3f Mpps captured, %d lost", c.Name, c.Mpps(), c.Lost)
+		rep.Captures = append(rep.Captures, c)
+	}
+	if bench.Have("tcpdump") {
+		c, err := bench.TcpdumpRate(ctx, cfg, dir)
+		if err != nil {
+			return err
+		}
+		logf("%-60s %8.3f Mpps captured, %d lost", c.Name, c.Mpps(), c.Lost)
+		rep.Captures = append(rep.Captures, c)
+	}
+
+	rep.Load = loadBefore + " / " + bench.LoadAverage()
+	plotRef := ""
+	if *plot != "" {
+		if err := rep.Plot(*plot); err != nil {
+			rep.Notes = append(rep.Notes, "no plot: "+err.Error())
+			logf("no plot: %v", err)
+		} else if *out != "" {
+			plotRef, _ = filepath.Rel(filepath.Dir(*out), *plot)
+		}
+	}
+	md := rep.Markdown(plotRef)
+	fmt.Fprint(stdout, md)
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
+			return err
+		}
+		logf("wrote %s", *out)
 	}
 	return nil
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("bad rule count %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func contains(v []int, n int) bool {
+	for _, x := range v {
+		if x == n {
+			return true
+		}
+	}
+	return false
+}
+
+func errOrEmpty(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }

@@ -9,6 +9,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,6 +32,9 @@ import (
 type Config struct {
 	// Duration of each drop-rate measurement.
 	Duration time.Duration
+	// Rounds is how often each drop-rate row is measured (in turns); the
+	// median counts.
+	Rounds int
 	// CPU the generator is pinned to (the receiver follows it).
 	CPU int
 	// Traffic is the flood, as lab template specifications.
@@ -47,6 +52,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Duration: 3 * time.Second,
+		Rounds:   3,
 		CPU:      runtime.NumCPU() - 1,
 		Traffic:  []string{"dns,name=*.attack.example,weight=95", "dns,name=www.example.org,weight=5"},
 		Rules:    []int{1, 10, 100, 1000},
@@ -134,6 +140,41 @@ func MeasureDrop(ctx context.Context, cfg Config, f Filter) (DropRate, error) {
 	res.Sent, res.Elapsed = r.Sent, r.Elapsed
 	res.Received = after.Sub(before).RxPackets
 	return res, ctx.Err()
+}
+
+// MeasureDrops measures every filter cfg.Rounds times, in turns, and
+// returns each one's median run.
+func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(string, ...any)) ([]DropRate, error) {
+	runs := make([][]DropRate, len(filters))
+	for round := range max(cfg.Rounds, 1) {
+		for i, f := range filters {
+			r, err := MeasureDrop(ctx, cfg, f)
+			if err != nil {
+				return nil, err
+			}
+			logf("round %d  %-60s %8.3f Mpps", round+1, r.Name, r.Mpps())
+			runs[i] = append(runs[i], r)
+		}
+	}
+	out := make([]DropRate, len(filters))
+	for i, rs := range runs {
+		slices.SortFunc(rs, func(a, b DropRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
+		out[i] = rs[len(rs)/2]
+	}
+	return out, nil
+}
+
+// LoadAverage is the first three fields of /proc/loadavg.
+func LoadAverage() string {
+	buf, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(buf))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // DropAll is the baseline: an XDP program that drops everything.

@@ -1,0 +1,136 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/l4drop/l4drop/lab"
+)
+
+// Tools are the project's commands the benchmark drives, as an operator
+// would.
+type Tools struct {
+	L4Drop, XDPcap, BPFgen string
+	// DNSRules says l4drop builds `dns:` rules (it has bpfgen's generator);
+	// otherwise rules are written as equivalent tcpdump expressions.
+	DNSRules bool
+}
+
+// attackRule is the pattern the flood matches; the other rules are for
+// zones the flood never touches.
+const attackPattern = "*.attack.example"
+
+// RuleSet returns an l4drop rule set of n rules whose last one matches the
+// flood (DNS queries for random names under attack.example) and the others
+// DNS queries under other zones.
+func (t Tools) RuleSet(n int) string {
+	var b strings.Builder
+	b.WriteString("sample_rate: 0\nrules:\n")
+	for i := 1; i <= n; i++ {
+		if i == n {
+			if t.DNSRules {
+				fmt.Fprintf(&b, "  - name: attack\n    dns: [%q]\n", attackPattern)
+			} else {
+				// The label after the random one: 6 "attack".
+				fmt.Fprintf(&b, "  - name: attack\n    expr: \"udp dst port 53 and udp[20] = 12 and udp[33:4] = 0x06617474 and udp[37:4] = 0x61636b07\"\n")
+			}
+			continue
+		}
+		zone := fmt.Sprintf("zone%04d", i)
+		if t.DNSRules {
+			fmt.Fprintf(&b, "  - name: %s\n    dns: [\"*.%s.example\"]\n", zone, zone)
+		} else {
+			fmt.Fprintf(&b, "  - name: %s\n    expr: \"udp dst port 53 and udp[20] = 12 and udp[33:4] = 0x087a6f6e and udp[37:4] = 0x65%02x%02x%02x and udp[41] = 0x%02x\"\n",
+				zone, zone[4], zone[5], zone[6], zone[7])
+		}
+	}
+	return b.String()
+}
+
+// AttackBytecode is the flood's rule as cBPF bytecode, for iptables.
+func (t Tools) AttackBytecode() (string, error) {
+	if t.DNSRules && t.BPFgen != "" {
+		out, err := exec.Command(t.BPFgen, "dns", "--", attackPattern).Output()
+		if err != nil {
+			return "", fmt.Errorf("bpfgen dns: %w", err)
+		}
+		return strings.TrimSpace(string(out)), nil
+	}
+	return RawBytecode("udp dst port 53 and udp[20] = 12 and udp[33:4] = 0x06617474 and udp[37:4] = 0x61636b07")
+}
+
+// Build builds an n-rule set into dir and returns the object's path and the
+// time l4drop build took.
+func (t Tools) Build(dir string, n int) (string, time.Duration, error) {
+	yml := filepath.Join(dir, fmt.Sprintf("rules-%d.yaml", n))
+	obj := filepath.Join(dir, fmt.Sprintf("rules-%d.o", n))
+	if err := os.WriteFile(yml, []byte(t.RuleSet(n)), 0o644); err != nil {
+		return "", 0, err
+	}
+	start := time.Now()
+	if err := runCmd(t.L4Drop, "build", yml, "-o", obj); err != nil {
+		return "", 0, err
+	}
+	return obj, time.Since(start), nil
+}
+
+// Load loads obj on the lab's server interface and returns how long
+// l4drop load took and how to unload it.
+func (t Tools) Load(l *lab.Lab, obj string) (time.Duration, func(), error) {
+	flags := []string{"--iface", l.ServerIf, "--netns", l.Server.Name}
+	start := time.Now()
+	if err := runCmd(t.L4Drop, append([]string{"load", obj}, flags...)...); err != nil {
+		return 0, nil, err
+	}
+	d := time.Since(start)
+	return d, func() { runCmd(t.L4Drop, append([]string{"unload"}, flags...)...) }, nil
+}
+
+// DropFilter is a drop-rate row: an n-rule set built beforehand into obj.
+func (t Tools) DropFilter(n int, obj string) Filter {
+	name := fmt.Sprintf("L4Drop, %d rules", n)
+	if n == 1 {
+		name = "L4Drop, 1 rule"
+	}
+	return Filter{Name: name, Rules: n, Setup: func(l *lab.Lab) (func(), error) {
+		_, unload, err := t.Load(l, obj)
+		return unload, err
+	}}
+}
+
+// HasDNSRules reports whether l4drop builds `dns:` rules.
+func (t Tools) HasDNSRules(dir string) bool {
+	probe := Tools{L4Drop: t.L4Drop, DNSRules: true}
+	_, _, err := probe.Build(dir, 1)
+	return err == nil
+}
+
+func runCmd(name string, args ...string) error {
+	var stderr bytes.Buffer
+	c := exec.Command(name, args...)
+	c.Stderr = &stderr
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("%s %s: %v: %s", filepath.Base(name), strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// MeasureLoad loads obj in a fresh lab and returns how long l4drop load took.
+func MeasureLoad(t Tools, obj string) (time.Duration, error) {
+	l, err := lab.New()
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	d, unload, err := t.Load(l, obj)
+	if err != nil {
+		return 0, err
+	}
+	unload()
+	return d, nil
+}
