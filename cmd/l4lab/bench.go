@@ -46,6 +46,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.CPU, "cpu", cfg.CPU, "CPU the generator (and the receiving NAPI) runs on")
 	rules := fs.String("rules", "1,10,100,1000", "rule counts for L4Drop's drop rate")
 	buildRules := fs.String("build-rules", "1,100,1000,10000", "rule counts for build and load times")
+	cbpfcRepeat := fs.Int("cbpfc-repeat", 20000, "test runs per cbpfc timing (0: skip the cbpfc rows)")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
@@ -117,6 +118,16 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		d, err := bench.MeasureLoad(t, objs[bl.Rules])
 		rep.BuildLoads[i].Load, rep.BuildLoads[i].Err = d, err
 		logf("load  %6d rules: %.2fs %v", bl.Rules, d.Seconds(), errOrEmpty(err))
+	}
+
+	if *cbpfcRepeat > 0 {
+		logf("cbpfc over the corpus filters...")
+		table, err := bench.CBPFC(*cbpfcRepeat, func(string, ...any) {})
+		if err != nil {
+			rep.Notes = append(rep.Notes, "cbpfc rows missing: "+err.Error())
+			logf("cbpfc: %v", err)
+		}
+		rep.CBPFC = table
 	}
 
 	filters := []bench.Filter{bench.DropAll()}
