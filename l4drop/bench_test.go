@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
 	"github.com/l4drop/l4drop/internal/fixture"
 )
 
@@ -73,6 +76,22 @@ func BenchmarkBuildLoad(b *testing.B) {
 func BenchmarkPacket(b *testing.B) {
 	fixture.RequireRoot(b)
 	runner := fixture.NewXDPRunner(b)
+	b.Run("drop-all", func(b *testing.B) {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Type: ebpf.XDP, License: "MIT",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer prog.Close()
+		_, pkt := benchRules("port", 1)
+		ns, err := runner.Repeat(prog, pkt, uint32(max(b.N, 1)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(ns, "ns/packet")
+	})
 	for _, kind := range []string{"dns", "port"} {
 		for _, n := range []int{1, 10, 100, 1000} {
 			b.Run(fmt.Sprintf("%s/%d", kind, n), func(b *testing.B) {

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -91,26 +92,76 @@ func Dir(root, iface, ns string) string {
 	return filepath.Join(root, "l4drop", name)
 }
 
-// PrepareRoot makes sure root is on a bpffs that outlives this process.
-// `ip netns exec` gives its command a private /sys without the host's
-// bpffs; pins on a bpffs mounted there would vanish, and with them the
-// attachment, when the command exits. So a missing bpffs is mounted only
-// in the host's mount namespace.
-func PrepareRoot(root string) error {
+// Locate returns the bpffs root and namespace name that pins of this
+// process's interfaces go under, mounting bpffs at root if it is missing.
+//
+// `ip netns exec NAME` runs its command in a private mount namespace with
+// a fresh /sys: a bpffs mounted there would vanish, and the attachment
+// with it, when the command exits. So inside a named network namespace
+// Locate pins on the host's bpffs through /proc/1/root when it can reach
+// it, refuses to mount a private one otherwise, and names the namespace, so
+// that `ip netns exec NAME l4drop ... --iface IF` and
+// `l4drop ... --netns NAME --iface IF` mean the same.
+func Locate(root, ns string) (string, string, error) {
 	if root == "" {
 		root = bpffs.DefaultRoot
 	}
+	inNamed := ""
+	if ns == "" {
+		inNamed = currentNetns()
+		ns = inNamed
+	}
+	if !sameNS("mnt") {
+		host := filepath.Join("/proc/1/root", root)
+		if ok, err := bpffs.IsMounted(host); err == nil && ok && !sameFS(root, host) {
+			root = host
+		}
+	}
 	ok, err := bpffs.IsMounted(root)
 	if err == nil && ok {
-		return nil
+		return root, ns, nil
 	}
-	self, err1 := os.Readlink("/proc/self/ns/mnt")
-	init, err2 := os.Readlink("/proc/1/ns/mnt")
-	if err1 == nil && err2 == nil && self != init {
-		return fmt.Errorf("%s is not a BPF file system in this mount namespace (inside `ip netns exec`?): "+
-			"run l4drop from the host with --netns NAME, or pass --bpffs DIR naming a bpffs mount shared with the host", root)
+	if inNamed != "" || !sameNS("mnt") {
+		return "", "", fmt.Errorf("%s is not a BPF file system here (inside `ip netns exec`?), and one mounted now would vanish "+
+			"with this process: run l4drop from the host with --netns NAME, or pass --bpffs DIR naming a bpffs mount "+
+			"shared with the host (mount -t bpf bpf DIR)", root)
 	}
-	return bpffs.Ensure(root)
+	return root, ns, bpffs.Ensure(root)
+}
+
+// sameNS reports whether this process shares namespace kind with pid 1,
+// true when it cannot tell.
+func sameNS(kind string) bool {
+	self, err1 := os.Readlink("/proc/self/ns/" + kind)
+	init, err2 := os.Readlink("/proc/1/ns/" + kind)
+	return err1 != nil || err2 != nil || self == init
+}
+
+func sameFS(a, b string) bool {
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return sa.Sys().(*syscall.Stat_t).Dev == sb.Sys().(*syscall.Stat_t).Dev
+}
+
+// currentNetns returns the `ip netns` name of this process's network
+// namespace, or "" if it has none.
+func currentNetns() string {
+	self, err := os.Stat("/proc/self/ns/net")
+	if err != nil {
+		return ""
+	}
+	// ip netns exec keeps the host's /run, where the names are.
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		st, err := os.Stat(filepath.Join("/run/netns", e.Name()))
+		if err == nil && os.SameFile(self, st) {
+			return e.Name()
+		}
+	}
+	return ""
 }
 
 // switches returns which rules are on for the options.
@@ -265,7 +316,7 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := PrepareRoot(opts.Root); err != nil {
+	if opts.Root, opts.Netns, err = Locate(opts.Root, opts.Netns); err != nil {
 		return nil, err
 	}
 	dir := Dir(opts.Root, opts.Iface, opts.Netns)

@@ -30,10 +30,14 @@ Usage:
   l4drop run RULES.yaml --iface IF [--location L] [--netns NS] [--dir DIR] [--metrics ADDR]
   l4drop test RULES.yaml -r IN.pcap [--location L] [-v]
 
-Every command takes --bpffs DIR, the BPF file system pins go under
-(DIR/l4drop/IF/; default /sys/fs/bpf). Under "ip netns exec", /sys is
-remounted without the host's bpffs: use --netns NS from the host instead,
-or --bpffs on a bpffs mount shared with the host.
+Pins go under DIR/l4drop/IF/ (IF@NS/ with --netns NS), DIR being
+--bpffs DIR or /sys/fs/bpf. Prefer "l4drop ... --netns NS" to
+"ip netns exec NS l4drop ...": ip netns exec gives its command a private
+/sys, and a bpffs mounted there vanishes, with the pins and the attachment,
+when the command exits. Inside ip netns exec, l4drop names the namespace
+itself (pins in IF@NS/, as with --netns) and pins on the host's bpffs
+through /proc/1/root when it can; otherwise it refuses unless --bpffs names
+a bpffs mount shared with the host (mount -t bpf bpf /run/l4drop-bpf).
 
 Examples:
   l4drop build l4drop/examples/rules.yaml -o rules.o
@@ -164,10 +168,11 @@ func (f ifaceFlags) dir() (string, error) {
 	if *f.iface == "" {
 		return "", errors.New("--iface is required")
 	}
-	if err := l4drop.PrepareRoot(*f.root); err != nil {
+	root, ns, err := l4drop.Locate(*f.root, *f.netns)
+	if err != nil {
 		return "", err
 	}
-	return l4drop.Dir(*f.root, *f.iface, *f.netns), nil
+	return l4drop.Dir(root, *f.iface, ns), nil
 }
 
 func cmdLoad(args []string) error {
