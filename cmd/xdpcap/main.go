@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/xdpcap"
@@ -27,19 +28,31 @@ import (
 const usage = `xdpcap: tcpdump for XDP programs.
 
 Usage:
-  xdpcap [flags] HOOK[,HOOK...] OUTPUT|- [EXPR...]   capture from running XDP programs
+  xdpcap [flags] HOOK [HOOK...] OUTPUT|- [EXPR...]   capture from running XDP programs
   xdpcap -r IN [-w OUT] [flags] [EXPR...]            run the filter over a capture file
-  xdpcap -clear HOOK[,HOOK...]                        remove filters a killed xdpcap left
+  xdpcap -clear HOOK [HOOK...]                        remove filters a killed xdpcap left
   xdpcap -header                                      print xdpcap.h, for C programs
 
 HOOK is an xdpcap hook pinned on bpffs: the program array an XDP program
 tail calls with xdpcap_exit(ctx, &hook, action) (xdpcap.h) or xdpcap.Exit
-(Go). OUTPUT is a pcap or pcapng file, or - for stdout (implies -q and
+(Go). Several hooks, as arguments or comma-separated, are captured at
+once. OUTPUT is a pcap or pcapng file, or - for stdout (implies -q and
 -flush). EXPR is a pcap-filter expression (see pcap-filter(7)) or cBPF
 bytecode "N,op jt jf k,..." as tcpdump -ddd prints it; without EXPR every
-packet is captured. Each packet is recorded with the XDP action its
-program took; pcapng output shows it (interface HOOK:XDPPass, and the
-packet's verdict and comment), pcap output cannot.
+packet is captured. The filter sees the packet as the XDP program leaves
+it (the first buffer of a multi-buffer packet); the whole packet is
+captured, up to the snap length.
+
+Each packet is recorded with the action its XDP program took. pcapng
+output shows it and the hook: one interface per hook and action, named
+HOOK:XDPDrop and so on, and the packet's verdict option and comment.
+pcap output cannot.
+
+-r runs the very filter program a live capture would attach over each
+packet of a capture file, in the kernel (BPF_PROG_TEST_RUN), writes the
+matches with -w and prints "N packets matched of M": test a filter on a
+capture before attaching it. As in XDP, the cBPF len is the captured
+length, not the length on the wire.
 
 Every second xdpcap prints, per action, packets received/matched by the
 filter, and lost records (buffer full); a summary at exit. It stops on
@@ -51,7 +64,7 @@ Examples:
   xdpcap /sys/fs/bpf/xdpcap_hook dump.pcap 'udp port 53'
   xdpcap -actions drop,tx -format pcapng /sys/fs/bpf/xdpcap_hook drops.pcapng
   xdpcap /sys/fs/bpf/xdpcap_hook - 'tcp[tcpflags] & tcp-syn != 0' | tcpdump -n -r -
-  xdpcap -c 100 -s 128 /sys/fs/bpf/stage1,/sys/fs/bpf/stage2 both.pcapng icmp
+  xdpcap -c 100 -s 128 /sys/fs/bpf/stage1 /sys/fs/bpf/stage2 both.pcapng icmp
   xdpcap -r trace.pcap -w matched.pcap 'ip6 and udp'
   xdpcap -clear /sys/fs/bpf/xdpcap_hook
 
@@ -150,15 +163,22 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: -w goes with -r; a live capture takes OUTPUT as argument", errUsage)
 	}
 	if *clear {
-		if fs.NArg() != 1 {
-			return fmt.Errorf("%w: -clear takes HOOK[,HOOK...] only", errUsage)
+		if fs.NArg() == 0 {
+			return fmt.Errorf("%w: -clear takes HOOK arguments", errUsage)
 		}
-		return clearHooks(fs.Arg(0), stderr)
+		return clearHooks(strings.Join(fs.Args(), ","), stderr)
 	}
 	if fs.NArg() < 2 {
 		return fmt.Errorf("%w: want HOOK and OUTPUT", errUsage)
 	}
-	return live(fs.Arg(0), fs.Arg(1), fs.Args()[2:], cfg, stdout, stderr)
+	// HOOK may be followed by more hooks: arguments that are pinned on a
+	// BPF file system, where OUTPUT never is.
+	pos := fs.Args()
+	n := 1
+	for n < len(pos)-1 && onBPFFS(pos[n]) {
+		n++
+	}
+	return live(strings.Join(pos[:n], ","), pos[n], pos[n+1:], cfg, stdout, stderr)
 }
 
 // compile turns the EXPR arguments into a filter: nil for none, bytecode
@@ -180,6 +200,12 @@ func compile(args []string, lt cbpf.LinkType, snapLen int) ([]bpf.Instruction, e
 		return nil, err
 	}
 	return prog, nil
+}
+
+// onBPFFS reports whether path exists on a BPF file system.
+func onBPFFS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && uint32(st.Type) == unix.BPF_FS_MAGIC
 }
 
 func needRoot() error {

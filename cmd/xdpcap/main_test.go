@@ -237,6 +237,42 @@ func TestLiveCommand(t *testing.T) {
 	}
 }
 
+// TestTwoHooks captures from two hooks given as two arguments.
+func TestTwoHooks(t *testing.T) {
+	l := newLab(t)
+	otherPath := filepath.Join(filepath.Dir(l.hookPath), "other")
+	other, err := xdpcap.CreateHook(otherPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	filled := func() int {
+		n := 0
+		for slot := uint32(0); slot < xdpcap.NumActions; slot++ {
+			var id uint32
+			if other.Lookup(slot, &id) == nil && id != 0 {
+				n++
+			}
+		}
+		return n
+	}
+	out := filepath.Join(t.TempDir(), "two.pcapng")
+	p := start(t, "-actions", "drop", l.hookPath, otherPath, out, "udp")
+	l.waitFilled(t, 1)
+	if n := filled(); n != 1 {
+		t.Errorf("second hook has %d filters, want 1", n)
+	}
+	xdpcaptest.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
+	time.Sleep(100 * time.Millisecond)
+	if err := p.stop(t, os.Interrupt); err != nil {
+		t.Fatalf("xdpcap: %v\n%s", err, &p.stderr)
+	}
+	if l.filled(t) != 0 || filled() != 0 {
+		t.Errorf("filters left: %d and %d", l.filled(t), filled())
+	}
+	checkPcapngActions(t, out, map[string]int{"hook:XDPDrop": 3})
+}
+
 // checkPcapngActions counts the packets of a pcapng file per interface
 // name and checks each packet's verdict option matches its interface.
 func checkPcapngActions(t *testing.T, path string, want map[string]int) {
@@ -283,8 +319,17 @@ func checkPcapngActions(t *testing.T, path string, want map[string]int) {
 			verdicts[raw[i+5]]++
 		}
 	}
-	if verdicts[byte(xdpcap.Drop)] != 3 || verdicts[byte(xdpcap.Pass)] != 2 || verdicts[byte(xdpcap.TX)] != 2 {
-		t.Errorf("epb_verdict options per action %v, want drop 3, pass 2, tx 2", verdicts)
+	wantVerdicts := map[byte]int{}
+	for name, n := range want {
+		_, action, _ := strings.Cut(name, ":")
+		a, err := xdpcap.ParseAction(action)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantVerdicts[byte(a)] += n
+	}
+	if fmt.Sprint(verdicts) != fmt.Sprint(wantVerdicts) {
+		t.Errorf("epb_verdict options per action %v, want %v", verdicts, wantVerdicts)
 	}
 }
 

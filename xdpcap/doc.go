@@ -1,0 +1,34 @@
+// Package xdpcap makes the packets of XDP programs visible: what they pass,
+// drop, bounce (XDP_TX) or redirect, with the action, filtered with a
+// tcpdump expression.
+//
+// # Hooks
+//
+// An XDP program exposes a hook: a program array with one slot per XDP
+// action ([HookMapSpec]), usually pinned on bpffs ([OpenOrCreateHook]).
+// Every exit of the program is a tail call into hook[action] that falls
+// back to returning the action: xdpcap_exit in C ([Header], xdpcap.h), or
+// the instructions of [Exit] in programs generated in Go. While nobody
+// captures, the slots are empty and a tail call into one costs about 2 ns.
+// Programs built from an ELF file get a pinned hook through
+// [HookReplacements]. A program may have several hooks, and programs may
+// share one.
+//
+// # Capturing
+//
+// [Start] compiles a cBPF filter (from libpcap, see package cbpf) with
+// cbpfc into one filter program per action and puts them in the hooks'
+// slots. Each counts the packets it sees and matches, copies matching ones
+// (up to the snap length, every fragment of a multi-buffer packet) with the
+// action, CPU, length and a kernel timestamp into a BPF ring buffer (or a
+// perf event array), and returns its own action, so the packet's fate is
+// unchanged. [Capture.Read] returns the packets, [PcapWriter] and
+// [PcapngWriter] write them; pcapng records each packet's hook and action.
+//
+// A capture holds a lock per hook (a flock in [LockDir]); a process killed
+// with SIGKILL loses it, and the next capture on the hook, or [Clear],
+// removes the filters it left.
+//
+// [TestFilter] runs the same filter program over packets with
+// BPF_PROG_TEST_RUN, for testing a filter on a capture file offline.
+package xdpcap
