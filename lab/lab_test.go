@@ -16,6 +16,9 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/fixture"
@@ -535,4 +538,49 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+func TestReplayFromCapture(t *testing.T) {
+	l := newLab(t)
+	var frames [][]byte
+	for _, tmpl := range mustTemplates(t, "dns,name=www.example.org", "syn,port=80,v6", "udp,port=9,vlan=7") {
+		frames = append(frames, tmpl.Frame)
+	}
+	path := filepath.Join(t.TempDir(), "in.pcap")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	for _, fr := range frames {
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Now(), CaptureLength: len(fr), Length: len(fr)}, fr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	read, err := ReadFrames(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startCapture(t, l.Server, l.ServerIf)
+	const count = 300
+	res, err := Replay(context.Background(), l.Inet, l.InetIf, read, RunOptions{Count: count, Rate: 50000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != count {
+		t.Fatalf("sent %d, want %d", res.Sent, count)
+	}
+	got := c.read(t, count)
+	if len(got) != count {
+		t.Fatalf("server received %d frames, want %d", len(got), count)
+	}
+	for i, g := range got {
+		if !bytes.Equal(g, frames[i%len(frames)]) {
+			t.Fatalf("frame %d:\n% x\nwant\n% x", i, g, frames[i%len(frames)])
+		}
+	}
 }

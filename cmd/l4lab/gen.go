@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l4drop/l4drop/internal/netns"
 	"github.com/l4drop/l4drop/lab"
 )
 
@@ -29,6 +30,7 @@ Examples:
   l4lab gen -d 5s 'dns,name=*.attack.example,weight=95' 'dns,name=www.example.org,weight=5'
   l4lab gen -n 1000000 -rate 200000 'syn,port=80,randsrc' 'udp,port=53,v6,vlan=100'
   ip netns exec NS l4lab gen -iface veth0 -n 10000 'dns,name=*.example.com'
+  l4lab gen -r attack.pcap -rate 10000 -d 10s
 
 Flags:
 `
@@ -45,10 +47,15 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 	cpu := fs.Int("cpu", -1, "pin the sender to this CPU (-1: any)")
 	iface := fs.String("iface", "", "send out of this interface of the current namespace instead of a lab")
 	quiet := fs.Bool("q", false, "no progress lines")
+	replay := fs.String("r", "", "replay the Ethernet frames of this pcap or pcapng file (AF_PACKET) instead of templates")
+	afpacket := fs.Bool("afpacket", false, "send the templates' frames with AF_PACKET (no random fields; the fallback when live frames are not available)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	specs := fs.Args()
+	if *replay != "" && len(specs) > 0 {
+		return fmt.Errorf("-r and templates exclude each other")
+	}
 	if len(specs) == 0 {
 		specs = []string{"udp,port=9"}
 	}
@@ -72,21 +79,43 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	report := func(r lab.Result) {
 		fmt.Fprintf(stdout, "sent %d packets in %.2fs (%.3f Mpps)\n", r.Sent, r.Elapsed.Seconds(), r.PPS/1e6)
-		if len(ts) > 1 {
+		if len(ts) > 1 && len(r.PerTemplate) == len(ts) {
 			for i, t := range ts {
 				fmt.Fprintf(stdout, "  %12d  %s\n", r.PerTemplate[i], t.Spec)
 			}
 		}
 	}
+	var frames [][]byte
+	if *replay != "" {
+		var err error
+		if frames, err = lab.ReadFrames(*replay); err != nil {
+			return err
+		}
+		ts = nil
+	} else if *afpacket {
+		for _, t := range ts {
+			for range t.Weight {
+				frames = append(frames, t.Frame)
+			}
+		}
+		ts = nil
+	}
+	// send sends from ns (nil: the current namespace) out of ifname.
+	send := func(ctx context.Context, ns *netns.NS, ifname string) (lab.Result, error) {
+		if frames != nil {
+			return lab.Replay(ctx, ns, ifname, frames, opts)
+		}
+		g, err := lab.NewGenerator(ns, ifname, ts, *seed)
+		if err != nil {
+			return lab.Result{}, fmt.Errorf("%w (try -afpacket)", err)
+		}
+		defer g.Close()
+		return g.Run(ctx, opts)
+	}
 	if *iface != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		g, err := lab.NewGenerator(nil, *iface, ts, *seed)
-		if err != nil {
-			return err
-		}
-		defer g.Close()
-		r, err := g.Run(ctx, opts)
+		r, err := send(ctx, nil, *iface)
 		if err != nil {
 			return err
 		}
@@ -98,16 +127,11 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 		opts.Duration = *dur
 	}
 	return lab.Run(context.Background(), func(ctx context.Context, l *lab.Lab) error {
-		g, err := lab.NewGenerator(l.Inet, l.InetIf, ts, *seed)
-		if err != nil {
-			return err
-		}
-		defer g.Close()
 		before, err := l.ServerCounters()
 		if err != nil {
 			return err
 		}
-		r, err := g.Run(ctx, opts)
+		r, err := send(ctx, l.Inet, l.InetIf)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,178 @@
+package lab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+	"unsafe"
+
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+	"golang.org/x/sys/unix"
+
+	"github.com/l4drop/l4drop/internal/netns"
+)
+
+// replayBatch is how many frames one sendmmsg call hands the kernel.
+const replayBatch = 256
+
+// Replay sends frames, in order and over again, out of ifname in ns (nil:
+// the current namespace) with an AF_PACKET socket that bypasses the qdisc,
+// many frames per sendmmsg call. It is slower than a Generator (about
+// 0.85 Mpps against 10 here) but sends any frames as they are: a capture
+// being replayed, or traffic where live frames are not available. Count,
+// Duration, Rate and Progress of opts apply; Count 0 sends each frame once
+// unless Duration is set.
+func Replay(ctx context.Context, ns *netns.NS, ifname string, frames [][]byte, opts RunOptions) (Result, error) {
+	var res Result
+	if len(frames) == 0 {
+		return res, errors.New("replay: no frames")
+	}
+	count := opts.Count
+	if count == 0 && opts.Duration == 0 {
+		count = uint64(len(frames))
+	}
+	err := inNS(ns, func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		defer unix.Close(fd)
+		// Straight to the driver: no qdisc, no queueing discipline's lock.
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
+			return fmt.Errorf("PACKET_QDISC_BYPASS: %w", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: ifi.Index}); err != nil {
+			return fmt.Errorf("bind to %s: %w", ifname, err)
+		}
+		iovs := make([]unix.Iovec, replayBatch)
+		msgs := make([]unix.Mmsghdr, replayBatch)
+		start := time.Now()
+		lastT, lastSent := start, uint64(0)
+		base, baseSent := start, uint64(0)
+		next := 0 // index of the next frame to send
+		for {
+			if ctx.Err() != nil || (opts.Duration > 0 && time.Since(start) >= opts.Duration) {
+				break
+			}
+			n := uint64(replayBatch)
+			if count > 0 {
+				if res.Sent >= count {
+					break
+				}
+				n = min(n, count-res.Sent)
+			}
+			if opts.Rate > 0 {
+				n = min(n, max(1, uint64(opts.Rate/1000)))
+			}
+			for i := range n {
+				f := frames[(next+int(i))%len(frames)]
+				iovs[i].Base = &f[0]
+				iovs[i].SetLen(len(f))
+				msgs[i].Hdr = unix.Msghdr{Iov: &iovs[i], Iovlen: 1}
+			}
+			r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(n), 0, 0, 0)
+			if errno != 0 {
+				if errno == unix.ENOBUFS || errno == unix.EAGAIN || errno == unix.EINTR {
+					continue
+				}
+				return fmt.Errorf("sendmmsg: %w", errno)
+			}
+			next = (next + int(r)) % len(frames)
+			res.Sent += uint64(r)
+			now := time.Now()
+			if opts.Progress != nil && now.Sub(lastT) >= time.Second {
+				res.Elapsed = now.Sub(start)
+				res.PPS = float64(res.Sent-lastSent) / now.Sub(lastT).Seconds()
+				opts.Progress(res)
+				lastT, lastSent = now, res.Sent
+			}
+			if opts.Rate > 0 {
+				due := base.Add(time.Duration(float64(res.Sent-baseSent) / opts.Rate * float64(time.Second)))
+				if time.Since(due) > 100*time.Millisecond {
+					base, baseSent = time.Now(), res.Sent
+				}
+				if d := time.Until(due); d > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(d):
+					}
+				}
+			}
+		}
+		res.Elapsed = time.Since(start)
+		if s := res.Elapsed.Seconds(); s > 0 {
+			res.PPS = float64(res.Sent) / s
+		}
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("replay: %w", err)
+	}
+	return res, nil
+}
+
+// ReadFrames reads the frames of a pcap or pcapng capture of Ethernet
+// frames, for Replay.
+func ReadFrames(path string) ([][]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	br := bufio.NewReader(f)
+	magic, err := br.Peek(4)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var (
+		frames [][]byte
+		lt     layers.LinkType
+		next   func() ([]byte, error)
+	)
+	if bytes.Equal(magic, []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
+		r, err := pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		lt = r.LinkType()
+		next = func() ([]byte, error) { d, _, err := r.ReadPacketData(); return d, err }
+	} else {
+		r, err := pcapgo.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		lt = r.LinkType()
+		next = func() ([]byte, error) { d, _, err := r.ReadPacketData(); return d, err }
+	}
+	if lt != layers.LinkTypeEthernet {
+		return nil, fmt.Errorf("%s: link type %s, want Ethernet frames", path, lt)
+	}
+	for {
+		d, err := next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: packet %d: %w", path, len(frames)+1, err)
+		}
+		if len(d) < 14 {
+			continue
+		}
+		frames = append(frames, append([]byte(nil), d...))
+	}
+	if len(frames) == 0 {
+		return nil, fmt.Errorf("%s: no frames", path)
+	}
+	return frames, nil
+}
