@@ -1,6 +1,7 @@
 package xdpcap
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -23,6 +24,24 @@ const DefaultSnapLen = 262144
 
 // DefaultBufferSize is the ring buffer size when Options.BufferSize is 0.
 const DefaultBufferSize = 8 << 20
+
+// ErrNoProgram is returned by Start for a hook that no program has used
+// yet. The first program to use a program array fixes what kind of
+// programs it takes (multi-buffer support, attach type); a capture that
+// came first would fix it for the XDP program, which might then fail to
+// load.
+var ErrNoProgram = errors.New("no XDP program uses the hook yet: load the program first")
+
+// hasOwner reports whether a program array has an owner: a program that
+// uses it, or used it, fixing the kind of programs it takes. The kernel
+// tells only in the map's fdinfo.
+func hasOwner(m *ebpf.Map) (bool, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", m.FD()))
+	if err != nil {
+		return false, fmt.Errorf("read map fdinfo: %w", err)
+	}
+	return bytes.Contains(b, []byte("\nowner_prog_type:")), nil
+}
 
 // ErrClosed is returned by Capture.Read after Close.
 var ErrClosed = errors.New("capture closed")
@@ -175,6 +194,11 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 	for i, h := range hooks {
 		if err := CheckHook(h); err != nil {
 			return nil, fmt.Errorf("hook %d: %w", i, err)
+		}
+		if owned, err := hasOwner(h); err != nil {
+			return nil, fmt.Errorf("hook %d: %w", i, err)
+		} else if !owned {
+			return nil, fmt.Errorf("hook %d: %w", i, ErrNoProgram)
 		}
 		l, err := lockHook(h)
 		if err != nil {

@@ -195,6 +195,10 @@ func TestCaptureLocks(t *testing.T) {
 	}
 	defer hook.Close()
 
+	if _, err := Start([]*ebpf.Map{hook}, Options{}); !errors.Is(err, ErrNoProgram) {
+		t.Errorf("capture on a hook no program uses: err = %v, want ErrNoProgram", err)
+	}
+	actionProgram(t, hook, false)
 	c, err := Start([]*ebpf.Map{hook}, Options{})
 	if err != nil {
 		t.Fatal(err)

@@ -383,6 +383,10 @@ loop:
 			break loop
 		}
 	}
+	if errors.Is(res.err, syscall.EPIPE) {
+		// The reader of stdout went away (tcpdump -c, head): done.
+		res.err = nil
+	}
 	stats, serr := capture.Stats()
 	if cerr := capture.Close(); cerr != nil && res.err == nil {
 		res.err = cerr

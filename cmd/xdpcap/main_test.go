@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
@@ -237,6 +238,31 @@ func TestLiveCommand(t *testing.T) {
 	}
 }
 
+// TestCount stops after -c packets by itself.
+func TestCount(t *testing.T) {
+	l := newLab(t)
+	out := filepath.Join(t.TempDir(), "count.pcap")
+	p := start(t, "-c", "2", l.hookPath, out, "udp")
+	l.waitFilled(t, xdpcap.NumActions)
+	xdpcaptest.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("xdpcap: %v\n%s", err, &p.stderr)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("xdpcap -c 2 did not stop after 3 packets")
+	}
+	if n := len(tcpdumpRead(t, out)); n != 2 {
+		t.Errorf("%d packets written, want 2", n)
+	}
+	if n := l.filled(t); n != 0 {
+		t.Errorf("%d filters left in the hook", n)
+	}
+}
+
 // TestTwoHooks captures from two hooks given as two arguments.
 func TestTwoHooks(t *testing.T) {
 	l := newLab(t)
@@ -246,6 +272,16 @@ func TestTwoHooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
+	// A program that uses the second hook (attached nowhere).
+	insns := append(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}, xdpcap.Exit(asm.R6, "other", xdpcap.Pass)...)
+	if err := insns.AssociateMap("other", other); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, Instructions: insns, License: "GPL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
 	filled := func() int {
 		n := 0
 		for slot := uint32(0); slot < xdpcap.NumActions; slot++ {
@@ -450,6 +486,7 @@ func TestBadInput(t *testing.T) {
 	}
 	array := pin("array", &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 5})
 	small := pin("small", &ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 3})
+	unused := pin("unused", xdpcap.HookMapSpec("unused"))
 	out := filepath.Join(t.TempDir(), "out.pcap")
 
 	for _, tc := range []struct {
@@ -461,6 +498,7 @@ func TestBadInput(t *testing.T) {
 		{"missing hook", []string{filepath.Join(dir, "nothing"), out}, false, "no such file"},
 		{"not a prog array", []string{array, out}, false, "not an xdpcap hook: map type is Array"},
 		{"few slots", []string{small, out}, false, "3 slots, want at least 5"},
+		{"hook no program uses", []string{unused, out}, false, "no XDP program uses the hook yet"},
 		{"bad expression", []string{l.hookPath, out, "tcp", "and"}, false, "syntax error"},
 		{"bad bytecode", []string{l.hookPath, out, "2,6 0 0 1,6 0 0"}, false, "bytecode"},
 		{"unwritable output", []string{l.hookPath, "/nonexistent/dir/out.pcap"}, false, "no such file or directory"},
