@@ -32,6 +32,9 @@ type facts struct {
 	// needInd: the same for ld [x+k] on the value X has at the
 	// instruction (0 if the instruction sets X).
 	needInd []int
+	// dead marks instructions whose only effect is on values nothing
+	// reads: they emit no code.
+	dead []bool
 	// maxIndExtent over the program, for bounding X.
 	maxIndExtent int
 	// rawA: for a 2- or 4-byte load of A, that every use of the value
@@ -272,6 +275,21 @@ func useDef(in insn) (use, def uint32) {
 	return use, def
 }
 
+// pure reports whether an instruction only sets A, X or M[] and cannot end
+// the filter. Loads from the packet can fail, so they are not, but their
+// guards are emitted apart from them.
+func pure(in insn) bool {
+	switch in.kind {
+	case kLdImm, kLdMem, kLdLen, kSt, kNeg, kTax, kTxa, kNop:
+		return true
+	case kLdExt:
+		return in.k != extPktType
+	case kAlu:
+		return !in.alwaysFails() && !(in.useX && (in.op == aluDIV || in.op == aluMOD))
+	}
+	return false
+}
+
 func analyze(p *program) *facts {
 	n := len(p.insns)
 	f := &facts{
@@ -284,6 +302,7 @@ func analyze(p *program) *facts {
 		liveOut:   make([]uint32, n),
 		needAbs:   make([]int, n),
 		needInd:   make([]int, n),
+		dead:      make([]bool, n),
 	}
 	f.leader[0] = true
 	for i, in := range p.insns {
@@ -349,6 +368,11 @@ func analyze(p *program) *facts {
 			if f.fails[i] {
 				use, def, out = 0, 0, 0
 			}
+			dead := pure(p.insns[i]) && def&out == 0
+			if dead {
+				use = 0
+			}
+			f.dead[i] = dead
 			in := use | (out &^ def)
 			if in != f.liveIn[i] || out != f.liveOut[i] {
 				f.liveIn[i], f.liveOut[i] = in, out

@@ -112,6 +112,9 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 		w("return 0;")
 		return
 	}
+	if f.dead[i] {
+		return
+	}
 	reg := func(r reg) string {
 		if r == regA {
 			return "A"
@@ -207,6 +210,7 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 		w("X = A;")
 	case kTxa:
 		w("A = X;")
+	case kNop:
 	case kRetA:
 		w("return A;")
 	case kRetK:

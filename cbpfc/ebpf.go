@@ -468,6 +468,9 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		g.emit(asm.Ja.Label(g.fail))
 		return nil
 	}
+	if f.dead[i] {
+		return nil
+	}
 	switch in.kind {
 	case kLdImm:
 		if in.dst == regA {
@@ -489,14 +492,18 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		if s.checkedA < extent(in) {
 			g.guard(g.opts.PacketStart, f.needAbs[i])
 		}
-		g.load(g.a, g.opts.PacketStart, in.k, in.size)
-		g.swapLoad(i, in)
+		if f.liveOut[i]&liveA != 0 {
+			g.load(g.a, g.opts.PacketStart, in.k, in.size)
+			g.swapLoad(i, in)
+		}
 	case kLdMsh:
 		if s.checkedA < extent(in) {
 			g.guard(g.opts.PacketStart, f.needAbs[i])
 		}
-		g.load(g.x, g.opts.PacketStart, in.k, 1)
-		g.emit(asm.And.Imm32(g.x, 0xf), asm.LSh.Imm32(g.x, 2))
+		if f.liveOut[i]&liveX != 0 {
+			g.load(g.x, g.opts.PacketStart, in.k, 1)
+			g.emit(asm.And.Imm32(g.x, 0xf), asm.LSh.Imm32(g.x, 2))
+		}
 	case kLdInd:
 		// px = PacketStart + X + off, checked right away: the first
 		// load needs it anyway.
@@ -519,8 +526,10 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 				asm.JGT.Reg(g.tmp, g.opts.PacketEnd, g.fail),
 			)
 		}
-		g.loadRel(g.a, g.px, int(in.k)-off, in.size)
-		g.swapLoad(i, in)
+		if f.liveOut[i]&liveA != 0 {
+			g.loadRel(g.a, g.px, int(in.k)-off, in.size)
+			g.swapLoad(i, in)
+		}
 	case kLdExt:
 		g.aRaw = 0
 		g.ext(i, in)
@@ -541,6 +550,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	case kTxa:
 		g.aRaw = 0
 		g.emit(asm.Mov.Reg32(g.a, g.x))
+	case kNop:
 	case kRetA:
 		if g.matchMode() {
 			g.emit(asm.JNE.Imm32(g.a, 0, g.opts.MatchLabel), asm.Ja.Label(g.opts.NoMatchLabel))

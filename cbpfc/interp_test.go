@@ -16,7 +16,7 @@ type extValues struct {
 // MaxBackwardJumps, loads beyond maxPacketOffset fail, shifts take k mod
 // 32, and the XDP extensions.
 func interpret(filter []bpf.Instruction, pkt []byte, ext extValues) uint32 {
-	p, err := parse(filter)
+	p, err := decodeAll(filter)
 	if err != nil {
 		panic(err)
 	}

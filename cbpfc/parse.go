@@ -86,6 +86,7 @@ const (
 	kRetK
 	kTax
 	kTxa
+	kNop // removed by optimize: does nothing
 )
 
 type reg uint8
@@ -117,6 +118,16 @@ type program struct {
 }
 
 func parse(filter []bpf.Instruction) (*program, error) {
+	p, err := decodeAll(filter)
+	if err != nil {
+		return nil, err
+	}
+	optimize(p)
+	return p, nil
+}
+
+// decodeAll decodes and checks a filter, without rewriting it.
+func decodeAll(filter []bpf.Instruction) (*program, error) {
 	if len(filter) == 0 {
 		return nil, &Error{Index: -1, Err: ErrEmpty}
 	}

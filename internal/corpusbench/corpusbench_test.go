@@ -5,7 +5,7 @@ import "testing"
 func BenchmarkCorpus(b *testing.B) {
 	filters := CorpusFilters(b)
 	for b.Loop() {
-		res, err := Measure(b, filters, Options{Packets: DefaultPackets(), Repeat: 20000})
+		res, err := Measure(b, filters, Options{Packets: DefaultPackets(), Repeat: 50000})
 		if err != nil {
 			b.Fatal(err)
 		}
