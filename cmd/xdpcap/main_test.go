@@ -181,10 +181,19 @@ var statsRE = regexp.MustCompile(`^XDPAborted: (\d+)/(\d+)   XDPDrop: (\d+)/(\d+
 
 func TestLiveCommand(t *testing.T) {
 	l := newLab(t)
-	for _, format := range []string{"pcap", "pcapng"} {
-		t.Run(format, func(t *testing.T) {
+	for _, tc := range []struct {
+		name, format string
+		flags        []string
+	}{
+		{"pcap", "pcap", nil},
+		{"pcapng", "pcapng", nil},
+		{"perf", "pcapng", []string{"-perf"}},
+	} {
+		format := tc.format
+		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out."+format)
-			p := start(t, "-interval", "100ms", l.hookPath, out, "udp", "or", "icmp")
+			args := append(append([]string{"-interval", "100ms"}, tc.flags...), l.hookPath, out, "udp", "or", "icmp")
+			p := start(t, args...)
 			l.waitFilled(t, xdpcap.NumActions)
 			l.traffic(t)
 			time.Sleep(300 * time.Millisecond) // a stats line or two
