@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/cbpf"
 )
 
 // asm builds a cBPF program with symbolic jump targets. cBPF jumps only
@@ -103,6 +105,9 @@ func (a *asm) resolve() (*Program, error) {
 	}
 	ops := a.ops
 	for {
+		if len(ops) > 4*cbpf.MaxInstructions {
+			return nil, fmt.Errorf("%w: the rule needs more than %d instructions", ErrPattern, cbpf.MaxInstructions)
+		}
 		pos := map[string]int{}
 		for i, o := range ops {
 			for _, l := range o.labels {
@@ -141,23 +146,74 @@ func (a *asm) resolve() (*Program, error) {
 			if dt <= 255 && df <= 255 {
 				continue
 			}
-			// Send the far branches through "ja" right behind the jump.
+			// Send the far branches through a "ja" within reach, one
+			// already there or a new one right behind the jump.
 			var tramps []op
 			for _, far := range []*string{&ops[i].jt, &ops[i].jf} {
-				if d, _ := target(i, *far); d > 255 {
-					l := a.newLabel()
-					tramps = append(tramps, op{labels: []string{l}, ja: *far})
-					*far = l
+				if d, _ := target(i, *far); d <= 255 {
+					continue
 				}
+				if l := a.trampoline(ops, i, *far); l != "" {
+					*far = l
+					continue
+				}
+				l := a.newLabel()
+				// Best behind an instruction that does not fall
+				// through, where later jumps can share it.
+				if k := noFallThrough(ops, i); k > 0 {
+					ops = append(ops[:k], append([]op{{labels: []string{l}, ja: *far}}, ops[k:]...)...)
+					*far = l
+					changed = true
+					break
+				}
+				tramps = append(tramps, op{labels: []string{l}, ja: *far})
+				*far = l
 			}
-			ops = append(ops[:i+1], append(tramps, ops[i+1:]...)...)
-			changed = true
+			if changed {
+				continue
+			}
+			if len(tramps) > 0 {
+				ops = append(ops[:i+1], append(tramps, ops[i+1:]...)...)
+				changed = true
+			}
 		}
 		if !changed {
+			if len(ops) > cbpf.MaxInstructions {
+				return nil, fmt.Errorf("%w: the rule needs %d instructions, more than the %d the kernel takes", ErrPattern, len(ops), cbpf.MaxInstructions)
+			}
 			a.ops = ops
 			return a.finish(pos)
 		}
 	}
+}
+
+// noFallThrough returns the farthest place k that a conditional jump at i
+// reaches (k - i - 1 <= 255) and that follows a return or a "ja", or 0.
+func noFallThrough(ops []op, i int) int {
+	for k := min(i+256, len(ops)); k > i+1; k-- {
+		prev := ops[k-1]
+		if prev.ja != "" {
+			return k
+		}
+		if _, ok := prev.insn.(bpf.RetConstant); ok {
+			return k
+		}
+		if _, ok := prev.insn.(bpf.RetA); ok {
+			return k
+		}
+	}
+	return 0
+}
+
+// trampoline returns the label of a "ja target" that the conditional jump
+// at i reaches, or "".
+func (a *asm) trampoline(ops []op, i int, target string) string {
+	for j := i + 1; j < len(ops) && j <= i+256; j++ {
+		if ops[j].ja == target && len(ops[j].labels) > 0 {
+			return ops[j].labels[0]
+		}
+	}
+	return ""
 }
 
 func (a *asm) finish(pos map[string]int) (*Program, error) {

@@ -48,9 +48,10 @@ Examples:
   bpfgen p0f -- '*:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0'
   bpfgen tcpdump -- 'udp and dst port 53'
 
-Use with iptables:
+Use with iptables (its bpf match takes at most 64 instructions; where
+iptables checks UDP and the port, dns --no-l4-check saves 12):
   iptables -t raw -A PREROUTING -p udp --dport 53 -m bpf \
-      --bytecode "$(bpfgen dns -- '*.example.com')" -j DROP
+      --bytecode "$(bpfgen dns -- --no-l4-check '*.example.com')" -j DROP
 `
 
 var genHelp = map[string]string{
