@@ -34,7 +34,7 @@ func Build(rs *RuleSet, opts BuildOptions) ([]byte, *Generated, error) {
 		if err != nil {
 			return nil, gen, err
 		}
-		// eBPF jumps reach 32767 instructions: a longer program may have
+		// eBPF jumps reach 32767 instructions: a longer function may have
 		// jumps the kernel refuses. Split finer and build again.
 		if longest <= maxProgramLen || opts.MaxProgramInsns < 64 {
 			return obj, gen, nil
@@ -45,18 +45,25 @@ func Build(rs *RuleSet, opts BuildOptions) ([]byte, *Generated, error) {
 
 const maxProgramLen = 32000
 
-// longestProgram returns the size of the longest program in obj, in
-// instruction slots.
+// longestProgram returns the size of the longest function in obj, in
+// instruction slots: jumps stay within functions.
 func longestProgram(obj []byte) (int, error) {
 	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
 	if err != nil {
 		return 0, fmt.Errorf("read the built ELF: %w", err)
 	}
-	n := 0
+	longest := 0
 	for _, p := range spec.Programs {
-		n = max(n, int(p.Instructions.Size()/asm.InstructionSize))
+		n := 0
+		for _, ins := range p.Instructions {
+			if ins.Symbol() != "" {
+				n = 0
+			}
+			n += int(ins.Size() / asm.InstructionSize)
+			longest = max(longest, n)
+		}
 	}
-	return n, nil
+	return longest, nil
 }
 
 // compileC runs clang -O2 -g -target bpf over src and returns the object.

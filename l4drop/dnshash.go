@@ -260,7 +260,8 @@ static __always_inline __u32 l4_dns_name_off(const uint8_t *data, const uint8_t 
 {
 	const uint8_t *udp;
 	if (fam == 4) {
-		if (ip[9] != 17)
+		/* UDP, and the first fragment: later ones have no UDP header. */
+		if (ip[9] != 17 || ((ip[6] << 8 | ip[7]) & 0x1fff))
 			return 0;
 		udp = ip + (ip[0] & 15) * 4;
 	} else {

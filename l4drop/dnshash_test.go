@@ -118,6 +118,22 @@ func TestDNSTable(t *testing.T) {
 		{"long v6", dnsPacket(true, 53, q(longName)), "", "long"},
 		{"syn", fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 1, 80), "", "syn"},
 	}
+	frag := dnsPacket(false, 53, q("bad.example.com"))
+	frag[14+6] |= 0x01 // fragment offset 256 bytes
+	tests = append(tests,
+		struct {
+			name string
+			pkt  []byte
+			loc  string
+			want string
+		}{"later fragment", frag, "", ""},
+		struct {
+			name string
+			pkt  []byte
+			loc  string
+			want string
+		}{"ipv4 options", withIPv4Options(dnsPacket(false, 53, q("bad.example.com"))), "", "bad-v4"},
+	)
 	runs := map[string]*DryRun{}
 	for _, loc := range []string{"", "ams"} {
 		d, err := NewDryRun(obj, LoadOptions{Location: loc})
@@ -127,10 +143,31 @@ func TestDNSTable(t *testing.T) {
 		defer d.Close()
 		runs[loc] = d
 	}
+	// The same rules through bpfgen, one by one: the reference.
+	ref, _, err := Build(rs, BuildOptions{NoDNSTable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refRuns := map[string]*DryRun{}
+	for _, loc := range []string{"", "ams"} {
+		d, err := NewDryRun(ref, LoadOptions{Location: loc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		refRuns[loc] = d
+	}
 	for _, tt := range tests {
 		v, err := runs[tt.loc].Run(tt.pkt)
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
+		}
+		rv, err := refRuns[tt.loc].Run(tt.pkt)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if rv != v {
+			t.Errorf("%s: table says %+v, bpfgen one by one %+v", tt.name, v, rv)
 		}
 		want := "drop"
 		if tt.want == "" || tt.want == "allow-good" {
@@ -152,4 +189,16 @@ func TestDNSTable(t *testing.T) {
 	if v, err := d.Run(dnsPacket(false, 53, q("worse.example.com"))); err != nil || v.Name != "" {
 		t.Errorf("bad-v4 disabled: %+v, %v; want no rule", v, err)
 	}
+}
+
+// withIPv4Options inserts 4 bytes of IPv4 options (NOPs) into an Ethernet
+// frame carrying IPv4.
+func withIPv4Options(frame []byte) []byte {
+	out := append([]byte(nil), frame[:14+20]...)
+	out = append(out, 1, 1, 1, 1)
+	out = append(out, frame[14+20:]...)
+	out[14] = 0x46
+	total := int(out[16])<<8 | int(out[17]) + 4
+	out[16], out[17] = byte(total>>8), byte(total)
+	return out
 }

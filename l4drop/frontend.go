@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/net/bpf"
 
+	"github.com/l4drop/l4drop/bpfgen"
 	"github.com/l4drop/l4drop/cbpf"
 )
 
@@ -25,9 +26,9 @@ type Frontend struct {
 // IP header at offset 0. It checks IP version, UDP and destination port 53.
 type DNSGenerator func(patterns []string, ipv6, caseInsensitive bool) ([]bpf.Instruction, error)
 
-// DefaultDNS is the DNS generator a zero Frontend uses; bpfgen's dns
-// generator sets it.
-var DefaultDNS DNSGenerator
+// DefaultDNS is the DNS generator a zero Frontend uses: bpfgen's dns
+// generator with its layer-4 checks.
+var DefaultDNS DNSGenerator = bpfgen.DNSRule
 
 // ErrNoDNS is returned for DNS rules when no DNS generator is available.
 var ErrNoDNS = errors.New("no DNS generator available")

@@ -40,10 +40,14 @@ type BuildOptions struct {
 	NoDNSTable bool
 }
 
-// DefaultMaxProgramInsns keeps each generated program's jumps within eBPF's
-// 16-bit offsets (clang -mcpu=v3 has no long jumps): a cBPF instruction
-// becomes about four eBPF instructions.
-const DefaultMaxProgramInsns = 6000
+// DefaultMaxProgramInsns keeps each generated program well within what the
+// verifier accepts (a million instructions processed): a cBPF instruction
+// becomes about four eBPF instructions, and the verifier walks each
+// rule's paths about twice.
+const DefaultMaxProgramInsns = 40000
+
+// blockInsns is the budget of cBPF instructions of one block function.
+const blockInsns = 1500
 
 // MaxPrograms bounds the chain: the kernel allows 33 tail calls per packet,
 // and the --next program and the xdpcap hook take one each.
@@ -143,7 +147,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	w.printf("\n/* xdpcap.h, embedded */\n")
 	w.printf("%s\n", embeddedXdpcapHeader())
 	w.printf(mapsTemplate, len(rules)+1, len(progs)+1)
-	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n", len(rules), len(progs))
+	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n#define L4_NONE 0xffffffffu\n", len(rules), len(progs))
 	w.printf("%s", finishTemplate)
 	if len(dns) > 0 {
 		cs, ci := 0, 0
@@ -196,43 +200,87 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	for p, idx := range progs {
 		name := fmt.Sprintf("%s%d", progPrefix, p)
 		meta.Programs = append(meta.Programs, name)
+		// Items in order: blocks of ordinary rules, each a function of
+		// its own (clang's time grows faster than linearly with function
+		// size, and eBPF jumps reach only 32767 instructions), and runs of
+		// DNS table rules, each one range check.
+		type item struct {
+			rules  []int
+			hashed bool
+		}
+		var items []item
+		used := 0
+		for _, i := range idx {
+			cr := rules[i]
+			meta.Rules[i].Program = p
+			last := len(items) - 1
+			switch {
+			case cr.hashed && last >= 0 && items[last].hashed &&
+				rules[items[last].rules[0]].rule.Action == cr.rule.Action:
+				items[last].rules = append(items[last].rules, i)
+			case !cr.hashed && last >= 0 && !items[last].hashed && used+cr.insns <= blockInsns:
+				items[last].rules = append(items[last].rules, i)
+				used += cr.insns
+			default:
+				items = append(items, item{rules: []int{i}, hashed: cr.hashed})
+				used = cr.insns
+			}
+		}
+		blocks := 0
+		for _, it := range items {
+			if !it.hashed {
+				blocks++
+			}
+		}
+		inline := "__always_inline"
+		if blocks > 1 {
+			inline = "__attribute__((noinline))"
+		}
+		for b, it := range items {
+			if it.hashed {
+				continue
+			}
+			w.printf("\n/* Returns rule << 1 | pass for the first matching rule, or L4_NONE. */\n")
+			w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
+			for _, i := range it.rules {
+				cr := rules[i]
+				start := w.next()
+				pass := 0
+				if cr.rule.Action == ActionPass {
+					pass = 1
+				}
+				w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\treturn %d;\n", enableSymbol(i), ruleCondition(i, cr), i<<1|pass)
+				meta.Rules[i].CLines = append(meta.Rules[i].CLines, [2]int{start, w.line})
+			}
+			w.printf("\treturn L4_NONE;\n}\n")
+		}
+
 		w.printf("\nSEC(\"xdp\")\nint %s(struct xdp_md *ctx)\n{\n", name)
 		w.printf("\tconst uint8_t *data = (const uint8_t *)(long)ctx->data;\n")
 		w.printf("\tconst uint8_t *end = (const uint8_t *)(long)ctx->data_end;\n")
 		w.printf("\tconst uint8_t *ip = data;\n")
-		w.printf("\tuint32_t rule = L4_NRULES, action = XDP_PASS;\n")
+		w.printf("\t__u32 rule = L4_NRULES, action = XDP_PASS, r;\n")
 		w.printf("\tint fam = l4_parse(data, end, &ip);\n")
 		w.printf("\tif (!fam)\n\t\tgoto out;\n")
 		dnsDone := false
-		for k := 0; k < len(idx); k++ {
-			i := idx[k]
-			cr := rules[i]
-			meta.Rules[i].Program = p
-			if cr.hashed {
-				// A run of table rules with one action: one range check.
-				hi := k
-				for hi+1 < len(idx) && rules[idx[hi+1]].hashed && rules[idx[hi+1]].rule.Action == cr.rule.Action {
-					hi++
-					meta.Rules[idx[hi]].Program = p
-				}
-				if !dnsDone {
-					w.printf("\t__u32 name_off = l4_dns_name_off(data, ip, end, fam);\n")
-					w.printf("\t__u32 dns_rule = name_off ? l4_dns(ctx, name_off, fam) : L4_NRULES;\n")
-					dnsDone = true
-				}
-				w.printf("\tif (dns_rule >= %d && dns_rule <= %d) {\n", i, idx[hi])
-				w.printf("\t\trule = dns_rule;\n\t\taction = %s;\n\t\tgoto out;\n\t}\n", xdpAction(cr.rule.Action))
-				k = hi
+		for b, it := range items {
+			if !it.hashed {
+				w.printf("\tr = l4_p%d_b%d(ctx, ip, end, fam);\n\tif (r != L4_NONE)\n\t\tgoto matched;\n", p, b)
 				continue
 			}
-			start := w.next()
-			w.printf("\tif (L4_ENABLED(%s) && %s) {\n", enableSymbol(i), ruleCondition(i, cr))
-			w.printf("\t\trule = %d;\n\t\taction = %s;\n\t\tgoto out;\n\t}\n", i, xdpAction(cr.rule.Action))
-			meta.Rules[i].CLines = append(meta.Rules[i].CLines, [2]int{start, w.line})
+			if !dnsDone {
+				w.printf("\t__u32 name_off = l4_dns_name_off(data, ip, end, fam);\n")
+				w.printf("\t__u32 dns_rule = name_off ? l4_dns(ctx, name_off, fam) : L4_NRULES;\n")
+				dnsDone = true
+			}
+			lo, hi := it.rules[0], it.rules[len(it.rules)-1]
+			w.printf("\tif (dns_rule >= %d && dns_rule <= %d) {\n", lo, hi)
+			w.printf("\t\trule = dns_rule;\n\t\taction = %s;\n\t\tgoto out;\n\t}\n", xdpAction(rules[lo].rule.Action))
 		}
 		if p+1 < len(progs) {
 			w.printf("\tbpf_tail_call(ctx, &%s, %d);\n", mapChain, p+1)
 		}
+		w.printf("\tgoto out;\nmatched:\n\trule = r >> 1;\n\taction = r & 1 ? XDP_PASS : XDP_DROP;\n")
 		w.printf("out:\n\treturn l4_finish(ctx, data, end, rule, action);\n}\n")
 	}
 

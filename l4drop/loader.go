@@ -335,7 +335,9 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	} else {
 		newPins = append(newPins, PinHook)
 	}
-	for _, reuse := range []struct{ name, pin string }{{mapSamples, PinSamples}, {mapConfig, PinConfig}} {
+	// The sample counters too, so that they only ever grow, as
+	// Prometheus counters should.
+	for _, reuse := range []struct{ name, pin string }{{mapSamples, PinSamples}, {mapConfig, PinConfig}, {mapStats, PinStats}} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, reuse.pin), nil)
 		if err == nil && spec.Maps[reuse.name].Compatible(m) == nil {
 			repl[reuse.name] = m
@@ -423,34 +425,14 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	}
 	defer l.Close()
 
-	pins := []struct {
+	type pin struct {
 		name string
 		obj  interface{ Pin(string) error }
-	}{
-		{PinProg, progs[0]},
-		{PinCounters, coll.Maps[mapCounters]},
-		{PinStats, coll.Maps[mapStats]},
-		{PinChain, chain},
-		{PinState, stateMap},
 	}
+	pins := []pin{{PinProg, progs[0]}, {PinCounters, coll.Maps[mapCounters]}, {PinChain, chain}, {PinState, stateMap}}
+	mapOf := map[string]string{PinHook: mapHook, PinSamples: mapSamples, PinConfig: mapConfig, PinStats: mapStats}
 	for _, n := range newPins {
-		switch n {
-		case PinHook:
-			pins = append(pins, struct {
-				name string
-				obj  interface{ Pin(string) error }
-			}{n, coll.Maps[mapHook]})
-		case PinSamples:
-			pins = append(pins, struct {
-				name string
-				obj  interface{ Pin(string) error }
-			}{n, coll.Maps[mapSamples]})
-		case PinConfig:
-			pins = append(pins, struct {
-				name string
-				obj  interface{ Pin(string) error }
-			}{n, coll.Maps[mapConfig]})
-		}
+		pins = append(pins, pin{n, coll.Maps[mapOf[n]]})
 	}
 	for _, p := range pins {
 		path := filepath.Join(dir, p.name)

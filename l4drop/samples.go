@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf/perf"
@@ -32,6 +33,7 @@ type Sample struct {
 // SampleReader reads samples of a loaded rule set.
 type SampleReader struct {
 	rd     *perf.Reader
+	mu     sync.Mutex
 	names  []string
 	offset time.Duration // wall clock minus monotonic clock
 }
@@ -61,14 +63,31 @@ func (h *Handle) NewSampleReader(perCPU, watermark int) (*SampleReader, error) {
 	return r, nil
 }
 
+// SetRules makes the reader name rules after the state of a reloaded rule
+// set that kept the same sample map.
+func (r *SampleReader) SetRules(st *State) {
+	names := make([]string, len(st.Meta.Rules))
+	for i, mr := range st.Meta.Rules {
+		names[i] = mr.Name
+	}
+	r.mu.Lock()
+	r.names = names
+	r.mu.Unlock()
+}
+
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t.
 func (r *SampleReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
 
-// Flush makes samples buffered below the wake-up watermark readable.
+// Flush makes samples buffered below the wake-up watermark readable: Read
+// returns them, then ErrFlushed.
 func (r *SampleReader) Flush() error { return r.rd.Flush() }
 
-// Read returns the next sample, io.EOF once the reader is closed, or
-// os.ErrDeadlineExceeded.
+// ErrFlushed is returned by Read once it has returned the samples pending
+// when Flush was called.
+var ErrFlushed = perf.ErrFlushed
+
+// Read returns the next sample; io.EOF once the reader is closed,
+// os.ErrDeadlineExceeded, or ErrFlushed after a Flush.
 func (r *SampleReader) Read() (Sample, error) {
 	for {
 		rec, err := r.rd.Read()
@@ -77,7 +96,7 @@ func (r *SampleReader) Read() (Sample, error) {
 				return Sample{}, io.EOF
 			}
 			if errors.Is(err, perf.ErrFlushed) {
-				continue
+				return Sample{}, ErrFlushed
 			}
 			return Sample{}, err
 		}
@@ -103,9 +122,11 @@ func (r *SampleReader) decode(cpu int, raw []byte) (Sample, error) {
 		Rule: rule, Action: ActionName(action), Len: int(length),
 		Data: append([]byte(nil), data[:capLen]...),
 	}
+	r.mu.Lock()
 	if int(rule) < len(r.names) {
 		s.Name = r.names[rule]
 	}
+	r.mu.Unlock()
 	return s, nil
 }
 

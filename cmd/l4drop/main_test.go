@@ -2,12 +2,18 @@ package main
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -196,4 +202,141 @@ func TestBuildLoadStatusTest(t *testing.T) {
 	if out, code := run(t, append([]string{"status"}, where...)...); code != 1 || !strings.Contains(out, "no L4Drop rule set loaded") {
 		t.Errorf("status after unload: exit %d\n%s", code, out)
 	}
+}
+
+// TestRun starts the daemon: it loads, serves metrics, reloads when the file
+// changes (and keeps the loaded set when the new file is broken), writes
+// samples to pcapng files, and leaves on SIGINT.
+func TestRun(t *testing.T) {
+	fixture.RequireRoot(t)
+	lab := fixture.Lab(t)
+	root := fixture.BPFFS(t)
+	rulesFile := writeFile(t, "rules.yaml", strings.Replace(rules, "sample_rate: 0", "sample_rate: 1", 1))
+	dir := t.TempDir()
+	cmd := exec.Command(binary, "run", rulesFile, "--iface", lab.ServerIf, "--netns", lab.Server.Name, "--bpffs", root,
+		"--dir", dir, "--metrics", "127.0.0.1:0", "--poll", "100ms")
+	var log strings.Builder
+	var logMu sync.Mutex
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := pr.Read(buf)
+			logMu.Lock()
+			log.Write(buf[:n])
+			logMu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		run(t, "unload", "--iface", lab.ServerIf, "--netns", lab.Server.Name, "--bpffs", root)
+	}()
+	waitLog := func(re string) []string {
+		t.Helper()
+		rx := regexp.MustCompile(re)
+		for i := 0; i < 300; i++ {
+			logMu.Lock()
+			m := rx.FindStringSubmatch(log.String())
+			logMu.Unlock()
+			if m != nil {
+				return m
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		logMu.Lock()
+		defer logMu.Unlock()
+		t.Fatalf("log lacks %q:\n%s", re, log.String())
+		return nil
+	}
+	addr := waitLog(`addr=(http://\S+/metrics)`)[1]
+
+	frames := [][]byte{
+		fixture.UDP4("198.18.0.7", fixture.ServerIPv4, 1, 5353, nil),
+		fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 53, fixture.DNSQuery("bad.example.com", 1)),
+	}
+	sendFrames(t, lab, frames)
+	metrics := func() string {
+		t.Helper()
+		resp, err := http.Get(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	m := metrics()
+	for _, want := range []string{`rule="udp-5353",action="drop",enabled="true"} 1`, `rule="bad-name",action="drop",enabled="true"} 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q:\n%s", want, m)
+		}
+	}
+	// A broken file: logged, the loaded set stays.
+	os.WriteFile(rulesFile, []byte("rules: [\n"), 0o644)
+	waitLog(`reload failed`)
+	sendFrames(t, lab, frames[:1])
+	if m := metrics(); !strings.Contains(m, `rule="udp-5353",action="drop",enabled="true"} 2`) {
+		t.Errorf("after a failed reload:\n%s", m)
+	}
+	os.WriteFile(rulesFile, []byte(strings.Replace(rules, "udp-5353", "udp-5353-new", 1)), 0o644)
+	waitLog(`replaced=true`)
+	if m := metrics(); !strings.Contains(m, `rule="udp-5353-new"`) {
+		t.Errorf("after reload:\n%s", m)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	waitLog(`stopping`)
+	cmd.Wait()
+	files, _ := filepath.Glob(filepath.Join(dir, "samples-*.pcapng"))
+	n := 0
+	for _, f := range files {
+		r, err := os.Open(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ng, err := pcapgo.NewNgReader(r, pcapgo.DefaultNgReaderOptions)
+		if err == nil {
+			for {
+				if _, _, err := ng.ReadPacketData(); err != nil {
+					break
+				}
+				n++
+			}
+		}
+		r.Close()
+	}
+	if n < len(frames)+1 {
+		t.Errorf("%d samples in %d files, want at least %d", n, len(files), len(frames)+1)
+	}
+}
+
+// sendFrames sends Ethernet frames from the lab's client with an AF_PACKET
+// socket.
+func sendFrames(t *testing.T, lab *fixture.LabPair, frames [][]byte) {
+	t.Helper()
+	err := lab.Client.Do(func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		sa := &unix.SockaddrLinklayer{Ifindex: lab.ClientIndex, Halen: 6}
+		for _, f := range frames {
+			if err := unix.Sendto(fd, f, 0, sa); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
 }

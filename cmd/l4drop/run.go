@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/l4drop/l4drop/l4drop"
 )
 
@@ -46,13 +48,15 @@ func streamSamples(h *l4drop.Handle, out string, count int, iface string) error 
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGPIPE)
 	defer stop()
+	defer rd.Close()
 	go func() {
 		t := time.NewTicker(500 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
-				rd.Close()
+				// Read returns what is pending, then ErrFlushed.
+				rd.Flush()
 				return
 			case <-t.C:
 				rd.Flush()
@@ -63,8 +67,11 @@ func streamSamples(h *l4drop.Handle, out string, count int, iface string) error 
 	var lastFlush time.Time
 	for count == 0 || n < count {
 		s, err := rd.Read()
-		if errors.Is(err, io.EOF) {
-			break
+		if errors.Is(err, l4drop.ErrFlushed) {
+			if ctx.Err() != nil {
+				break
+			}
+			continue
 		}
 		if err != nil {
 			return err
@@ -106,11 +113,12 @@ type daemon struct {
 	rotate time.Duration
 	keep   int
 
-	mu      sync.Mutex
-	handle  *l4drop.Handle
-	reader  *l4drop.SampleReader
-	reloads int
-	fails   int
+	mu       sync.Mutex
+	handle   *l4drop.Handle
+	reader   *l4drop.SampleReader
+	reloads  int
+	fails    int
+	stopping bool
 }
 
 func cmdRun(args []string) error {
@@ -152,7 +160,11 @@ func cmdRun(args []string) error {
 	go srv.Serve(ln)
 	d.log.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
 
-	go d.sampleLoop()
+	loopDone := make(chan struct{})
+	go func() {
+		d.sampleLoop()
+		close(loopDone)
+	}()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, os.Interrupt, syscall.SIGTERM)
@@ -171,10 +183,20 @@ func cmdRun(args []string) error {
 			d.log.Info("stopping; the rule set stays loaded", "signal", s.String(), "unload", "l4drop unload --iface "+d.opts.Iface)
 			srv.Close()
 			d.mu.Lock()
-			if d.reader != nil {
-				d.reader.Close()
-			}
+			d.stopping = true
+			rd := d.reader
 			d.mu.Unlock()
+			if rd != nil {
+				// The sample loop writes what is pending, then stops.
+				rd.Flush()
+			}
+			select {
+			case <-loopDone:
+			case <-time.After(5 * time.Second):
+			}
+			if rd != nil {
+				rd.Close()
+			}
 			return nil
 		case <-tick.C:
 			st, err := os.Stat(d.rules)
@@ -218,8 +240,16 @@ func (d *daemon) reload() (time.Time, error) {
 	}
 	d.mu.Lock()
 	old, oldReader := d.handle, d.reader
-	d.handle, d.reader = h, nil
+	d.handle = h
 	d.reloads++
+	if oldReader != nil && sameMap(old.Samples, h.Samples) {
+		// The sample map outlived the reload: keep reading it, or the
+		// samples in its rings would be lost.
+		oldReader.SetRules(h.State)
+		oldReader = nil
+	} else {
+		d.reader = nil
+	}
 	d.mu.Unlock()
 	if oldReader != nil {
 		oldReader.Close() // the sample loop reopens on the new handle
@@ -246,6 +276,10 @@ func (d *daemon) sampleLoop() {
 	}
 	for {
 		d.mu.Lock()
+		if d.stopping {
+			d.mu.Unlock()
+			return
+		}
 		h := d.handle
 		rd := d.reader
 		if rd == nil {
@@ -260,7 +294,14 @@ func (d *daemon) sampleLoop() {
 			d.reader = rd
 		}
 		d.mu.Unlock()
-		if err := d.writeFiles(h, rd); err != nil {
+		err := d.writeFiles(h, rd)
+		d.mu.Lock()
+		stopping := d.stopping
+		d.mu.Unlock()
+		if stopping {
+			return
+		}
+		if err != nil {
 			d.log.Error("samples", "err", err)
 			time.Sleep(time.Second)
 		}
@@ -310,7 +351,7 @@ func (d *daemon) writeFiles(h *l4drop.Handle, rd *l4drop.SampleReader) error {
 	if err != nil {
 		return err
 	}
-	defer sf.close()
+	defer func() { sf.close() }()
 	started := time.Now()
 	done := make(chan struct{})
 	defer close(done)
@@ -333,6 +374,13 @@ func (d *daemon) writeFiles(h *l4drop.Handle, rd *l4drop.SampleReader) error {
 		switch {
 		case errors.Is(err, io.EOF):
 			return nil
+		case errors.Is(err, l4drop.ErrFlushed):
+			d.mu.Lock()
+			stopping := d.stopping
+			d.mu.Unlock()
+			if stopping {
+				return nil
+			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case err != nil:
 			return err
@@ -393,4 +441,15 @@ func (d *daemon) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(&b, "l4drop_reload_failures_total{iface=%q} %d\n", st.Iface, fails)
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	io.WriteString(w, b.String())
+}
+
+func sameMap(a, b *ebpf.Map) bool {
+	ia, err1 := a.Info()
+	ib, err2 := b.Info()
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	idA, okA := ia.ID()
+	idB, okB := ib.ID()
+	return okA && okB && idA == idB
 }

@@ -1,0 +1,42 @@
+package l4drop_test
+
+import (
+	"fmt"
+	"log"
+
+	"github.com/l4drop/l4drop/l4drop"
+)
+
+func ExampleGenerate() {
+	rs, err := l4drop.ParseRuleSet("rules.yaml", []byte(`
+sample_rate: 1000
+rules:
+  - name: syn-flood-80
+    expr: "tcp[tcpflags] & tcp-syn != 0 and dst port 80"
+  - name: bad-names
+    dns: ["a.attack.example", "b.attack.example"]
+    locations: [ams]
+`))
+	if err != nil {
+		log.Fatal(err)
+	}
+	gen, err := l4drop.Generate(rs, l4drop.BuildOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// gen.C is the program; l4drop.Build also runs clang over it.
+	for _, r := range gen.Meta.Rules {
+		fmt.Printf("%s %v switch=%q\n", r.Name, r.Matchers, r.Symbol)
+	}
+	fmt.Println(len(gen.Meta.Programs), "program")
+	// Output:
+	// syn-flood-80 [expr] switch="RULE_0_ENABLED"
+	// bad-names [dns-table] switch=""
+	// 1 program
+}
+
+func ExampleRule_EnabledAt() {
+	r := l4drop.Rule{Name: "only-in-ams", Locations: []string{"ams"}}
+	fmt.Println(r.EnabledAt("ams"), r.EnabledAt("sjc"))
+	// Output: true false
+}
