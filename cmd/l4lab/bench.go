@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/lab/bench"
 )
 
@@ -38,6 +39,7 @@ Flags:
 
 func benchCmd(args []string, stdout, stderr io.Writer) error {
 	cfg := bench.DefaultConfig()
+	var t bench.Tools
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
@@ -46,6 +48,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.CPU, "cpu", cfg.CPU, "CPU the generator (and the receiving NAPI) runs on")
 	rules := fs.String("rules", "1,10,100,1000", "rule counts for L4Drop's drop rate")
 	buildRules := fs.String("build-rules", "1,100,1000,10000", "rule counts for build and load times")
+	fs.DurationVar(&t.BuildTimeout, "build-timeout", 5*time.Minute, "give up on an l4drop build after this long")
 	cbpfcRepeat := fs.Int("cbpfc-repeat", 20000, "test runs per cbpfc timing (0: skip the cbpfc rows)")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
@@ -67,7 +70,6 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	logf := func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }
 
-	var t bench.Tools
 	if t.L4Drop, err = findBinary("l4drop"); err != nil {
 		return err
 	}
@@ -93,16 +95,21 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 
 	// Build every rule set first; the build times are a row of their own.
 	objs := map[int]string{}
+	buildErrs := map[int]error{}
 	for _, n := range append(append([]int(nil), cfg.Rules...), buildCounts...) {
 		if _, ok := objs[n]; ok {
 			continue
 		}
-		obj, d, err := t.Build(dir, n)
+		if ctx.Err() != nil {
+			return lab.ErrInterrupted
+		}
+		obj, d, err := t.Build(ctx, dir, n)
 		if err != nil {
-			if contains(cfg.Rules, n) {
-				return err
+			logf("build %6d rules: %v", n, err)
+			buildErrs[n] = err
+			if contains(buildCounts, n) {
+				rep.BuildLoads = append(rep.BuildLoads, bench.BuildLoad{Rules: n, Err: err})
 			}
-			rep.BuildLoads = append(rep.BuildLoads, bench.BuildLoad{Rules: n, Err: err})
 			continue
 		}
 		objs[n] = obj
@@ -112,6 +119,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	for i, bl := range rep.BuildLoads {
+		if ctx.Err() != nil {
+			return lab.ErrInterrupted
+		}
 		if bl.Err != nil {
 			continue
 		}
@@ -120,6 +130,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		logf("load  %6d rules: %.2fs %v", bl.Rules, d.Seconds(), errOrEmpty(err))
 	}
 
+	if ctx.Err() != nil {
+		return lab.ErrInterrupted
+	}
 	if *cbpfcRepeat > 0 {
 		logf("cbpfc over the corpus filters...")
 		table, err := bench.CBPFC(*cbpfcRepeat, func(string, ...any) {})
@@ -132,7 +145,11 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 
 	filters := []bench.Filter{bench.DropAll()}
 	for _, n := range cfg.Rules {
-		filters = append(filters, t.DropFilter(n, objs[n]))
+		f := t.DropFilter(n, objs[n])
+		if err := buildErrs[n]; err != nil {
+			f.Setup = func(*lab.Lab) (func(), error) { return nil, err }
+		}
+		filters = append(filters, f)
 	}
 	if obj, ok := objs[1]; ok {
 		filters = append(filters, t.DropFilterWithCapture(obj, dir))
@@ -149,6 +166,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	filters = append(filters, bench.NoFilter())
 	if rep.Drops, err = bench.MeasureDrops(ctx, cfg, filters, logf); err != nil {
+		if ctx.Err() != nil {
+			return lab.ErrInterrupted
+		}
 		return err
 	}
 

@@ -78,10 +78,17 @@ type DropRate struct {
 	Sent     uint64
 	Received uint64 // frames the server's veth took in
 	Elapsed  time.Duration
+	// Err is why the row could not be measured (its filter did not load).
+	Err error
 }
 
 // Mpps is the rate the server side took in.
-func (d DropRate) Mpps() float64 { return float64(d.Received) / d.Elapsed.Seconds() / 1e6 }
+func (d DropRate) Mpps() float64 {
+	if d.Elapsed <= 0 {
+		return 0
+	}
+	return float64(d.Received) / d.Elapsed.Seconds() / 1e6
+}
 
 // Filter sets a filter up on the server side of a lab and returns how to
 // take it down (the lab's removal takes everything anyway).
@@ -148,11 +155,19 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 	runs := make([][]DropRate, len(filters))
 	for round := range max(cfg.Rounds, 1) {
 		for i, f := range filters {
-			r, err := MeasureDrop(ctx, cfg, f)
-			if err != nil {
-				return nil, err
+			if len(runs[i]) > 0 && runs[i][0].Err != nil {
+				continue // failed once: it will fail again
 			}
-			logf("round %d  %-60s %8.3f Mpps", round+1, r.Name, r.Mpps())
+			r, err := MeasureDrop(ctx, cfg, f)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if err != nil {
+				r.Err = err
+				logf("round %d  %-60s failed: %v", round+1, f.Name, err)
+			} else {
+				logf("round %d  %-60s %8.3f Mpps", round+1, r.Name, r.Mpps())
+			}
 			runs[i] = append(runs[i], r)
 		}
 	}

@@ -2,6 +2,8 @@ package bench
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,6 +18,8 @@ import (
 // would.
 type Tools struct {
 	L4Drop, XDPcap, BPFgen string
+	// BuildTimeout bounds each l4drop build (0: none).
+	BuildTimeout time.Duration
 	// DNSRules says l4drop builds `dns:` rules (it has bpfgen's generator);
 	// otherwise rules are written as equivalent tcpdump expressions.
 	DNSRules bool
@@ -64,16 +68,28 @@ func (t Tools) AttackBytecode() (string, error) {
 	return RawBytecode("udp dst port 53 and udp[20] = 12 and udp[33:4] = 0x06617474 and udp[37:4] = 0x61636b07")
 }
 
+// ErrTimeout is returned by Build when l4drop build took longer than the
+// tools' BuildTimeout.
+var ErrTimeout = errors.New("timed out")
+
 // Build builds an n-rule set into dir and returns the object's path and the
 // time l4drop build took.
-func (t Tools) Build(dir string, n int) (string, time.Duration, error) {
+func (t Tools) Build(ctx context.Context, dir string, n int) (string, time.Duration, error) {
 	yml := filepath.Join(dir, fmt.Sprintf("rules-%d.yaml", n))
 	obj := filepath.Join(dir, fmt.Sprintf("rules-%d.o", n))
 	if err := os.WriteFile(yml, []byte(t.RuleSet(n)), 0o644); err != nil {
 		return "", 0, err
 	}
+	if t.BuildTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t.BuildTimeout)
+		defer cancel()
+	}
 	start := time.Now()
-	if err := runCmd(t.L4Drop, "build", yml, "-o", obj); err != nil {
+	if err := runCmdContext(ctx, t.L4Drop, "build", yml, "-o", obj); err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return "", 0, fmt.Errorf("l4drop build of %d rules: %w after %s", n, ErrTimeout, t.BuildTimeout)
+		}
 		return "", 0, err
 	}
 	return obj, time.Since(start), nil
@@ -106,13 +122,17 @@ func (t Tools) DropFilter(n int, obj string) Filter {
 // HasDNSRules reports whether l4drop builds `dns:` rules.
 func (t Tools) HasDNSRules(dir string) bool {
 	probe := Tools{L4Drop: t.L4Drop, DNSRules: true}
-	_, _, err := probe.Build(dir, 1)
+	_, _, err := probe.Build(context.Background(), dir, 1)
 	return err == nil
 }
 
 func runCmd(name string, args ...string) error {
+	return runCmdContext(context.Background(), name, args...)
+}
+
+func runCmdContext(ctx context.Context, name string, args ...string) error {
 	var stderr bytes.Buffer
-	c := exec.Command(name, args...)
+	c := exec.CommandContext(ctx, name, args...)
 	c.Stderr = &stderr
 	if err := c.Run(); err != nil {
 		return fmt.Errorf("%s %s: %v: %s", filepath.Base(name), strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))

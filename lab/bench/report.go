@@ -56,6 +56,10 @@ func (r *Report) Markdown(plot string) string {
 	fmt.Fprintf(&b, "## Drop rate\n\n| filter on the server's veth | Mpps taken in | vs XDP drop-all | packets sent |\n|---|---:|---:|---:|\n")
 	base := r.baseline()
 	for _, d := range r.Drops {
+		if d.Err != nil {
+			fmt.Fprintf(&b, "| %s | failed: %s | | |\n", d.Name, oneLine(d.Err.Error()))
+			continue
+		}
 		ratio := ""
 		if base > 0 {
 			ratio = fmt.Sprintf("%.2f", d.Mpps()/base)
@@ -143,6 +147,10 @@ func (r *Report) Text() string {
 	base := r.baseline()
 	fmt.Fprintf(&b, "%-60s %10s %8s\n", "filter", "Mpps", "ratio")
 	for _, d := range r.Drops {
+		if d.Err != nil {
+			fmt.Fprintf(&b, "%-60s failed: %v\n", d.Name, d.Err)
+			continue
+		}
 		fmt.Fprintf(&b, "%-60s %10.3f %8.2f\n", d.Name, d.Mpps(), d.Mpps()/base)
 	}
 	return b.String()
@@ -162,7 +170,7 @@ func (r *Report) Plot(png string) error {
 	var data strings.Builder
 	maxRules := 1
 	for _, d := range r.Drops {
-		if d.Rules > 0 && !strings.Contains(d.Name, "xdpcap") {
+		if d.Rules > 0 && d.Err == nil && !strings.Contains(d.Name, "xdpcap") {
 			fmt.Fprintf(&data, "%d %.4f\n", d.Rules, d.Mpps())
 			maxRules = max(maxRules, d.Rules)
 		}
@@ -178,7 +186,7 @@ func (r *Report) Plot(png string) error {
 	fmt.Fprintf(&s, "set key below\nset grid\n")
 	plots := []string{fmt.Sprintf("%q using 1:2 with linespoints lw 2 pt 7 title 'L4Drop'", dataFile)}
 	for _, d := range r.Drops {
-		if d.Rules > 0 {
+		if d.Rules > 0 || d.Err != nil {
 			continue
 		}
 		plots = append(plots, fmt.Sprintf("%.4f with lines dt 2 lw 2 title %q", d.Mpps(), d.Name))
