@@ -22,7 +22,10 @@ allows (BPF_PROG_TEST_RUN in live-frames mode redirecting into a veth) or at
 removed at the end or on Ctrl-C), sends into it, and reports what reached the
 server side. With -iface it sends out of that interface of the current
 namespace (use 'ip netns exec' to pick one); the frames carry the lab's
-addresses (198.18.0.1 -> 198.18.0.2, fd00:198:18::1 -> ::2).
+addresses (198.18.0.1 -> 198.18.0.2, fd00:198:18::1 -> ::2). A veth drops
+redirected frames, uncounted, unless its peer runs NAPI: attach an XDP
+program to the peer or switch GRO on there (ethtool -K PEER gro on); the lab
+does the latter.
 
 A TEMPLATE is ` + lab.TemplateHelp + `
 
