@@ -2,19 +2,20 @@ package l4drop
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
+	"io/fs"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/l4drop/l4drop/internal/clang"
 )
 
-// ErrNoClang is returned when clang cannot be found.
-var ErrNoClang = errors.New("clang not found (install Debian's clang, or pass its path)")
+// ErrNoClang is returned when clang cannot be found. Build runs $CLANG, or
+// clang, or the newest clang-N on $PATH.
+var ErrNoClang = errors.New("clang not found (install Debian's clang, or set $CLANG)")
 
 // Build compiles the rule set into an eBPF ELF object: Generate, then clang.
 func Build(rs *RuleSet, opts BuildOptions) ([]byte, *Generated, error) {
@@ -26,7 +27,7 @@ func Build(rs *RuleSet, opts BuildOptions) ([]byte, *Generated, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		obj, err := compileC(gen.C, opts.Clang)
+		obj, err := compileC(gen.C)
 		if err != nil {
 			return nil, gen, err
 		}
@@ -67,33 +68,11 @@ func longestProgram(obj []byte) (int, error) {
 }
 
 // compileC runs clang -O2 -g -target bpf over src and returns the object.
-func compileC(src, clang string) ([]byte, error) {
-	if clang == "" {
-		clang = os.Getenv("CLANG")
-	}
-	if clang == "" {
-		clang = "clang"
-	}
-	path, err := exec.LookPath(clang)
-	if err != nil {
+func compileC(src string) ([]byte, error) {
+	// -mcpu=v3: 32-bit jumps and compares, shorter code.
+	obj, err := clang.Compile(context.Background(), src, "-mcpu=v3", "-Wno-unused-label")
+	if errors.Is(err, clang.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %v", ErrNoClang, err)
 	}
-	dir, err := os.MkdirTemp("", "l4drop-build-")
-	if err != nil {
-		return nil, fmt.Errorf("build: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	in := filepath.Join(dir, "l4drop.c")
-	out := filepath.Join(dir, "l4drop.o")
-	if err := os.WriteFile(in, []byte(src), 0o600); err != nil {
-		return nil, fmt.Errorf("build: %w", err)
-	}
-	cmd := exec.Command(path, "-O2", "-g", "-target", "bpf", "-mcpu=v3",
-		"-Wall", "-Wno-unused-function", "-Wno-unused-label", "-c", in, "-o", out)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("clang: %w\n%s", err, strings.TrimSpace(stderr.String()))
-	}
-	return os.ReadFile(out)
+	return obj, err
 }

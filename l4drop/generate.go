@@ -33,8 +33,6 @@ type BuildOptions struct {
 	// rule sets above it are split into programs chained by tail calls.
 	// 0 means DefaultMaxProgramInsns.
 	MaxProgramInsns int
-	// Clang is the clang binary; "" finds clang on PATH.
-	Clang string
 	// NoDNSTable makes exact-name DNS rules run one by one through the DNS
 	// generator, like the others, instead of sharing one table lookup.
 	NoDNSTable bool

@@ -376,7 +376,7 @@ func refusedRule(tb testing.TB) []byte {
 		tb.Fatalf("no function r2_0 in the generated C")
 	}
 	src := strings.Replace(gen.C, fn, fn+"\tif (data_end > data) return *(const uint8_t *)(data + 100);\n", 1)
-	obj, err := compileC(src, "")
+	obj, err := compileC(src)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -388,7 +388,8 @@ func TestBuildNoClang(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = Build(rs, BuildOptions{Clang: "/nonexistent/clang"})
+	t.Setenv("CLANG", "/nonexistent/clang")
+	_, _, err = Build(rs, BuildOptions{})
 	if !errors.Is(err, ErrNoClang) {
 		t.Errorf("got %v, want ErrNoClang", err)
 	}

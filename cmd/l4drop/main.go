@@ -21,7 +21,7 @@ import (
 const usage = `l4drop compiles rule sets into one XDP program and runs it.
 
 Usage:
-  l4drop build RULES.yaml -o rules.o [--emit-c]
+  l4drop build RULES.yaml -o rules.o [--emit-c]      (clang: $CLANG, clang or clang-N)
   l4drop load rules.o --iface IF [--location L] [--enable NAME]... [--disable NAME]...
                       [--mode native|generic] [--netns NS] [--next PINNED_PROG] [--sample-rate N]
   l4drop unload --iface IF [--netns NS]
@@ -116,7 +116,6 @@ func cmdBuild(args []string) error {
 	fs := flag.NewFlagSet("build RULES.yaml -o rules.o [--emit-c]", flag.ContinueOnError)
 	out := fs.String("o", "", "write the ELF object here")
 	emit := fs.Bool("emit-c", false, "print the generated C on stdout")
-	clang := fs.String("clang", "", "clang binary (default: $CLANG or clang on PATH)")
 	budget := fs.Int("max-program-insns", 0, "cBPF instructions per XDP program before splitting (0: default)")
 	pos, err := parse(fs, args, 1, "l4drop build rules.yaml -o rules.o")
 	if err != nil {
@@ -129,7 +128,7 @@ func cmdBuild(args []string) error {
 	if err != nil {
 		return err
 	}
-	opts := l4drop.BuildOptions{Clang: *clang, MaxProgramInsns: *budget}
+	opts := l4drop.BuildOptions{MaxProgramInsns: *budget}
 	if !*emit || *out != "" {
 		obj, gen, err := l4drop.Build(rs, opts)
 		if err != nil {

@@ -98,7 +98,6 @@ func TestBadInput(t *testing.T) {
 		{"bad expr", []string{"build", writeFile(t, "e.yaml", "rules:\n  - name: x\n    expr: \"udp port fish\"\n"), "-o", "x.o"}, `e.yaml:2: rule "x"`},
 		{"bad bytecode", []string{"build", writeFile(t, "c.yaml", "rules:\n  - name: y\n    bpf: \"1,6 0 0\"\n"), "-o", "x.o"}, `c.yaml:2: rule "y"`},
 		{"no output", []string{"build", good}, "-o"},
-		{"clang missing", []string{"build", good, "-o", filepath.Join(t.TempDir(), "x.o"), "--clang", "/nonexistent/clang"}, "clang"},
 		{"not an object", []string{"load", good, "--iface", "lo"}, "ELF"},
 		{"no iface", []string{"status"}, "--iface"},
 	}
@@ -112,6 +111,16 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("output lacks %q:\n%s", tt.want, out)
 			}
 		})
+	}
+}
+
+func TestNoClang(t *testing.T) {
+	good := writeFile(t, "good.yaml", rules)
+	cmd := exec.Command(binary, "build", good, "-o", filepath.Join(t.TempDir(), "x.o"))
+	cmd.Env = append(os.Environ(), "CLANG=/nonexistent/clang")
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "clang not found") {
+		t.Errorf("build without clang: %v\n%s", err, out)
 	}
 }
 
