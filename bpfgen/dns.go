@@ -65,10 +65,7 @@ func DNS(opts Options, dns DNSOptions, patterns ...string) (*Program, error) {
 	if !dns.NoL4Check {
 		udpPortCheck(a, opts, 53, "nomatch")
 	}
-	nameStart(a, opts, dns.NoL4Check)
-	if len(patterns) > 1 {
-		a.emit(bpf.StoreScratch{Src: bpf.RegX, N: 0}, "M[0] = X, kept for each pattern")
-	}
+	base := nameStart(a, opts, dns.NoL4Check)
 	for i, segs := range parsed {
 		fail := "nomatch"
 		if i+1 < len(parsed) {
@@ -76,9 +73,12 @@ func DNS(opts Options, dns DNSOptions, patterns ...string) (*Program, error) {
 		}
 		if i > 0 {
 			a.label(fmt.Sprintf("pattern%d", i))
-			a.emit(bpf.LoadScratch{Dst: bpf.RegX, N: 0}, "X = start of the name")
+			if hasStar(parsed[i-1]) {
+				// The pattern before moved X past a label.
+				resetX(a, opts)
+			}
 		}
-		matchName(a, segs, fail)
+		matchName(a, segs, base, fail)
 		a.ret(match, "matches", strconv.Quote(patterns[i]))
 	}
 	a.label("nomatch")
@@ -111,14 +111,15 @@ func ipVersion(opts Options) int {
 	return 4
 }
 
-// udpPortCheck checks IP version, protocol UDP, for IPv4 a first fragment
-// and a header length of at least 20, and the UDP destination port; a
-// packet failing any goes to fail. For IPv4 it leaves X = IP header length.
+// udpPortCheck checks IP version, protocol UDP, for IPv4 a header length
+// of at least 20 and a first fragment, and the UDP destination port; a
+// packet failing any goes to fail. For IPv4 it leaves X = IP header length,
+// for IPv6 X = 0.
 func udpPortCheck(a *asm, opts Options, port uint32, fail string) {
 	l3 := opts.L3Offset
 	a.emit(bpf.LoadAbsolute{Off: l3, Size: 1}, "IP version")
-	a.emit(bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xf0})
 	if opts.IPv6 {
+		a.emit(bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xf0})
 		a.jne(0x60, fail, "IPv6?")
 		a.emit(bpf.LoadAbsolute{Off: l3 + 6, Size: 1}, "next header")
 		a.jne(17, fail, "UDP?")
@@ -126,31 +127,47 @@ func udpPortCheck(a *asm, opts Options, port uint32, fail string) {
 		a.jne(port, fail)
 		return
 	}
-	a.jne(0x40, fail, "IPv4?")
+	// Version 4 and a header length of 5 to 15 words: 0x45 to 0x4f.
+	a.jlt(0x45, fail, "IPv4 with a header of 20 bytes or more?")
+	a.jgt(0x4f, fail)
 	a.emit(bpf.LoadAbsolute{Off: l3 + 9, Size: 1}, "protocol")
 	a.jne(17, fail, "UDP?")
 	a.emit(bpf.LoadAbsolute{Off: l3 + 6, Size: 2}, "fragment offset")
 	a.jset(0x1fff, fail, "not the first fragment: no UDP header")
 	a.emit(bpf.LoadMemShift{Off: l3}, "X = IPv4 header length")
-	a.emit(bpf.TXA{})
-	a.jlt(20, fail, "header length below 20")
 	a.emit(bpf.LoadIndirect{Off: l3 + 2, Size: 2}, "UDP destination port")
 	a.jne(port, fail)
 }
 
-// nameStart sets X to the offset of the first question name.
-func nameStart(a *asm, opts Options, needX bool) {
+// nameStart makes sure X is the IP header length (0 for IPv6) and returns
+// the offset of the first question name from X.
+func nameStart(a *asm, opts Options, needX bool) uint32 {
 	off := opts.L3Offset + udpHeaderLen + dnsHeaderLen
 	if opts.IPv6 {
-		a.emit(bpf.LoadConstant{Dst: bpf.RegX, Val: off + ipv6HeaderLen}, "X = start of the name")
-		return
+		return off + ipv6HeaderLen // X is still 0
 	}
 	if needX {
 		a.emit(bpf.LoadMemShift{Off: opts.L3Offset}, "X = IPv4 header length")
 	}
-	a.emit(bpf.TXA{})
-	a.emit(bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: off})
-	a.emit(bpf.TAX{}, "X = start of the name")
+	return off
+}
+
+// resetX sets X back to what nameStart left there.
+func resetX(a *asm, opts Options) {
+	if opts.IPv6 {
+		a.emit(bpf.LoadConstant{Dst: bpf.RegX, Val: 0})
+		return
+	}
+	a.emit(bpf.LoadMemShift{Off: opts.L3Offset}, "X = IPv4 header length")
+}
+
+func hasStar(segs []segment) bool {
+	for _, s := range segs {
+		if s.kind == segStar {
+			return true
+		}
+	}
+	return false
 }
 
 // segment is a piece of a name pattern.
@@ -291,10 +308,10 @@ func decodeLabel(label string, ci bool) ([]pbyte, error) {
 
 func isLetter(c byte) bool { return c|0x20 >= 'a' && c|0x20 <= 'z' }
 
-// matchName compares the name at X with a pattern, going to fail on a
-// difference.
-func matchName(a *asm, segs []segment, fail string) {
-	off := uint32(0) // from X
+// matchName compares the name at X+base with a pattern, going to fail on
+// a difference.
+func matchName(a *asm, segs []segment, base uint32, fail string) {
+	off := base // from X
 	for _, s := range segs {
 		switch s.kind {
 		case segBytes:

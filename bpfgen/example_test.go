@@ -19,29 +19,24 @@ func ExampleDNS() {
 	fmt.Println(text)
 	fmt.Print(p.Listing)
 	// Output:
-	// 34,48 0 0 0,84 0 0 240,21 0 30 64,48 0 0 9,21 0 28 17,40 0 0 6,69 26 0 8191,177 0 0 0,135 0 0 0,53 0 23 20,72 0 0 2,21 0 21 53,135 0 0 0,4 0 0 20,7 0 0 0,80 0 0 0,53 0 16 1,37 15 0 63,12 0 0 0,4 0 0 1,7 0 0 0,64 0 0 0,68 0 0 2105376,21 0 9 124090465,64 0 0 4,68 0 0 538976288,21 0 6 1836084325,64 0 0 8,68 0 0 2105376,21 0 3 56848237,80 0 0 12,21 0 1 0,6 0 0 65535,6 0 0 0
+	// 29,48 0 0 0,53 0 26 69,37 25 0 79,48 0 0 9,21 0 23 17,40 0 0 6,69 21 0 8191,177 0 0 0,72 0 0 2,21 0 18 53,80 0 0 20,53 0 16 1,37 15 0 63,12 0 0 0,4 0 0 21,7 0 0 0,64 0 0 0,68 0 0 2105376,21 0 9 124090465,64 0 0 4,68 0 0 538976288,21 0 6 1836084325,64 0 0 8,68 0 0 2105376,21 0 3 56848237,80 0 0 12,21 0 1 0,6 0 0 65535,6 0 0 0
 	// ; dns -i ["*.example.com"], IPv4, IP header at 0
 	// ; match: ret #65535, no match: ret #0
 	//     ldb [0]                      ; IP version
-	//     and #0xf0
-	//     jne #0x40, nomatch           ; IPv4?
+	//     jlt #0x45, nomatch           ; IPv4 with a header of 20 bytes or more?
+	//     jgt #0x4f, nomatch
 	//     ldb [9]                      ; protocol
 	//     jne #0x11, nomatch           ; UDP?
 	//     ldh [6]                      ; fragment offset
 	//     jset #0x1fff, nomatch        ; not the first fragment: no UDP header
 	//     ldx 4*([0]&0xf)              ; X = IPv4 header length
-	//     txa
-	//     jlt #0x14, nomatch           ; header length below 20
 	//     ldh [x + 2]                  ; UDP destination port
 	//     jne #0x35, nomatch
-	//     txa
-	//     add #20
-	//     tax                          ; X = start of the name
-	//     ldb [x + 0]                  ; label length, for *
+	//     ldb [x + 20]                 ; label length, for *
 	//     jlt #0x1, nomatch
 	//     jgt #0x3f, nomatch           ; longer labels do not exist: a compression pointer
 	//     add x
-	//     add #1
+	//     add #21
 	//     tax                          ; X = after the label
 	//     ld [x + 0]                   ; "\aexa"
 	//     or #0x202020                 ; fold case
