@@ -34,8 +34,7 @@ func TestSamplingAll(t *testing.T) {
 	fixture.RequireRoot(t)
 	obj := buildYAML(t, testRules(t))
 	lab := fixture.Lab(t)
-	one := uint32(1)
-	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, LoadOptions{SampleRate: &one})
+	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, LoadOptions{})
 	defer Unload(l.Dir)
 	h := openLoaded(t, l)
 	rd, err := h.NewSampleReader(1<<20, 0)
@@ -43,6 +42,10 @@ func TestSamplingAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rd.Close()
+	// Only now: a sample with no reader yet counts as lost.
+	if err := h.SetSampleRate(1); err != nil {
+		t.Fatal(err)
+	}
 	d, err := NewDryRun(obj, LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
