@@ -7,7 +7,7 @@
 // packets, in the same "N,op jt jf k,..." bytecode that iptables xt_bpf,
 // L4Drop and xdpcap take. A match returns [Match] (65535) and no match 0,
 // swapped by [Options.Negate]. Like every cBPF program, a rule that loads
-// past the end of a packet ends with 0, which under Negate is a match.
+// past the end of a packet ends with 0: no match, even negated.
 //
 // Rules see the packet from [Options.L3Offset] on: 0 when the packet starts
 // at the IP header, as in xt_bpf and L4Drop rules; 14 for Ethernet frames.
@@ -36,6 +36,9 @@ type Options struct {
 	// (extension headers are not skipped, as in the original).
 	IPv6 bool
 	// Negate swaps the results: a match returns 0 and anything else Match.
+	// The dns and dns_validate rules negate their verdict on DNS queries
+	// only: with their layer-4 checks on, packets that are not UDP to port
+	// 53 never match, as when iptables checks "-p udp --dport 53" first.
 	Negate bool
 	// L3Offset is where the IP header starts in the packet.
 	L3Offset uint32

@@ -63,7 +63,7 @@ func DNS(opts Options, dns DNSOptions, patterns ...string) (*Program, error) {
 	a.comment("dns %s%s%q, IPv%d, IP header at %d", flagText(dns.CaseInsensitive, "-i "), flagText(dns.NoL4Check, "--no-l4-check "), patterns, ipVersion(opts), opts.L3Offset)
 	a.comment("match: ret #%d, no match: ret #%d", match, noMatch)
 	if !dns.NoL4Check {
-		udpPortCheck(a, opts, 53, "nomatch")
+		udpPortCheck(a, opts, 53, "notdns")
 	}
 	base := nameStart(a, opts, dns.NoL4Check)
 	for i, segs := range parsed {
@@ -82,7 +82,7 @@ func DNS(opts Options, dns DNSOptions, patterns ...string) (*Program, error) {
 		a.ret(match, "matches", strconv.Quote(patterns[i]))
 	}
 	a.label("nomatch")
-	a.ret(noMatch)
+	endNotDNS(a, noMatch, !dns.NoL4Check)
 	return a.resolve()
 }
 
@@ -150,6 +150,23 @@ func nameStart(a *asm, opts Options, needX bool) uint32 {
 		a.emit(bpf.LoadMemShift{Off: opts.L3Offset}, "X = IPv4 header length")
 	}
 	return off
+}
+
+// endNotDNS ends the rule for packets that do not match (nomatch, which the
+// caller has put as the label of the next instruction) and for packets that
+// are not DNS queries (notdns): those never match, even negated, as when
+// iptables checks "-p udp --dport 53" in front of the rule.
+func endNotDNS(a *asm, noMatch uint32, checked bool) {
+	if noMatch == NoMatch || !checked {
+		if checked {
+			a.label("notdns")
+		}
+		a.ret(noMatch)
+		return
+	}
+	a.ret(noMatch)
+	a.label("notdns")
+	a.ret(NoMatch, "not a DNS query: never a match")
 }
 
 // resetX sets X back to what nameStart left there.

@@ -152,9 +152,15 @@ func TestDNS(t *testing.T) {
 			{"255 bytes behind a star", udp4(query("zz." + name255[64:])), true},
 			{"last byte differs", udp4(query(name255x)), false},
 		}},
+		{[]string{"example.com"}, Options{L3Offset: eth, Negate: true}, DNSOptions{NoL4Check: true}, []pkt{
+			{"negated bare match", udp4(query("example.com")), false},
+			{"negated bare other", udp4(query("example.org")), true},
+		}},
 		{[]string{"example.com"}, Options{L3Offset: eth, Negate: true}, DNSOptions{}, []pkt{
 			{"negated match", udp4(query("example.com")), false},
 			{"negated other", udp4(query("example.org")), true},
+			{"negated: not DNS never matches", tcp4(t, 53, query("example.org")[12:]), false},
+			{"negated: truncated never matches", udp4(query("example.org"))[:eth+20+8+12+3], false},
 		}},
 	}
 	for _, tt := range tests {

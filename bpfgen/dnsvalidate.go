@@ -51,7 +51,7 @@ func DNSValidate(opts Options, v DNSValidateOptions) (*Program, error) {
 	a.comment("dns_validate%s%s, IPv%d, IP header at %d", flagText(v.Strict, " --strict"), flagText(v.NoL4Check, " --no-l4-check"), ipVersion(opts), opts.L3Offset)
 	a.comment("match (malformed): ret #%d, no match: ret #%d", match, noMatch)
 	if !v.NoL4Check {
-		udpPortCheck(a, opts, 53, "nomatch")
+		udpPortCheck(a, opts, 53, "notdns")
 	}
 	// X + udp is the UDP header.
 	udp := opts.L3Offset
@@ -72,7 +72,7 @@ func DNSValidate(opts Options, v DNSValidateOptions) (*Program, error) {
 	a.emit(bpf.LoadIndirect{Off: dns + 10, Size: 2}, "ARCOUNT")
 	a.jgt(1, "match")
 	a.label("nomatch")
-	a.ret(noMatch)
+	endNotDNS(a, noMatch, !v.NoL4Check)
 	a.label("match")
 	a.ret(match, "malformed")
 	return a.resolve()

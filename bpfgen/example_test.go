@@ -23,15 +23,15 @@ func ExampleDNS() {
 	// ; dns -i ["*.example.com"], IPv4, IP header at 0
 	// ; match: ret #65535, no match: ret #0
 	//     ldb [0]                      ; IP version
-	//     jlt #0x45, nomatch           ; IPv4 with a header of 20 bytes or more?
-	//     jgt #0x4f, nomatch
+	//     jlt #0x45, notdns            ; IPv4 with a header of 20 bytes or more?
+	//     jgt #0x4f, notdns
 	//     ldb [9]                      ; protocol
-	//     jne #0x11, nomatch           ; UDP?
+	//     jne #0x11, notdns            ; UDP?
 	//     ldh [6]                      ; fragment offset
-	//     jset #0x1fff, nomatch        ; not the first fragment: no UDP header
+	//     jset #0x1fff, notdns         ; not the first fragment: no UDP header
 	//     ldx 4*([0]&0xf)              ; X = IPv4 header length
 	//     ldh [x + 2]                  ; UDP destination port
-	//     jne #0x35, nomatch
+	//     jne #0x35, notdns
 	//     ldb [x + 20]                 ; label length, for *
 	//     jlt #0x1, nomatch
 	//     jgt #0x3f, nomatch           ; longer labels do not exist: a compression pointer
@@ -51,6 +51,7 @@ func ExampleDNS() {
 	//     jne #0x0, nomatch
 	//     ret #65535                   ; matches "*.example.com"
 	// nomatch:
+	// notdns:
 	//     ret #0
 }
 

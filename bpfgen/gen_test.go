@@ -68,6 +68,7 @@ func TestDNSValidate(t *testing.T) {
 	neg := gen(DNSValidate(Options{L3Offset: eth, Negate: true}, DNSValidateOptions{}))
 	r.check("negated: good", neg, udp4(good), true)
 	r.check("negated: TC", neg, udp4(q(0x0200, 1, 0, 0, 0)), false)
+	r.check("negated: not DNS never matches", neg, tcp4(t, 53, good), false)
 }
 
 func TestSuffix(t *testing.T) {

@@ -24,6 +24,8 @@ A matching packet gets 65535, any other 0.
 Options (before --):
   -6, --inet6     the packets are IPv6 (fixed 40-byte header); default IPv4
   -n, --negate    swap the results: a match gives 0, anything else 65535
+                  (dns and dns_validate: only for DNS queries to port 53;
+                  other packets, and packets too short, never match)
   -o, --offset N  the IP header starts at byte N (default 0: the packet
                   starts at the IP header, as in xt_bpf and L4Drop; 14 for
                   Ethernet frames)
