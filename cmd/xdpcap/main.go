@@ -283,6 +283,7 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 	// The output is opened before the filters go in, so that a bad path
 	// leaves the hooks untouched.
 	var out io.Writer
+	markStarted := func() {}
 	if output == "-" {
 		out = stdout
 		cfg.quiet, cfg.flush = true, true
@@ -291,11 +292,17 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 		if err != nil {
 			return err
 		}
+		started := false
 		defer func() {
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
+			if !started {
+				// Nothing was captured: leave no empty file behind.
+				os.Remove(output)
+			}
 		}()
+		markStarted = func() { started = true }
 		out = f
 	}
 	format := cfg.format
@@ -320,6 +327,7 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 	if err != nil {
 		return err
 	}
+	markStarted()
 	defer capture.Close()
 
 	sigs := make(chan os.Signal, 1)

@@ -533,6 +533,10 @@ func TestBadInput(t *testing.T) {
 			if n := l.filled(t); n != 0 {
 				t.Errorf("%d filters left in the hook", n)
 			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("failed run left %s behind", out)
+				os.Remove(out)
+			}
 		})
 	}
 }
