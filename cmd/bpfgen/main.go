@@ -51,7 +51,7 @@ Examples:
   bpfgen tcpdump -- 'udp and dst port 53'
 
 Use with iptables (its bpf match takes at most 64 instructions; where
-iptables checks UDP and the port, dns --no-l4-check saves 12):
+iptables checks UDP and the port, dns --no-l4-check saves 9):
   iptables -t raw -A PREROUTING -p udp --dport 53 -m bpf \
       --bytecode "$(bpfgen dns -- --no-l4-check '*.example.com')" -j DROP
 `
