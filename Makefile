@@ -53,8 +53,10 @@ test: deps vet
 	@$(MAKE) --no-print-directory fuzz
 
 # Short fuzz runs; the seeds that once found bugs run in every `go test`.
+# One package per `go test -fuzz` run, one target each.
 fuzz:
-	@true
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cbpf
+	$(GO) test -run '^$$' -fuzz '^FuzzInterpret$$' -fuzztime $(FUZZTIME) ./cbpf
 
 demo: build
 	./bin/l4lab demo
