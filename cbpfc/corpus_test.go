@@ -107,10 +107,32 @@ func TestCorpus(t *testing.T) {
 			t.Errorf("%s: C: %v\n%s", name, err, src)
 			continue
 		}
+		mp, err := loadMatch(t, f.prog)
+		if err != nil {
+			ep.Close()
+			cp.Close()
+			t.Errorf("%s: eBPF with match labels: %v", name, err)
+			continue
+		}
 		pkts := eth
 		if f.LinkType == "RAW" {
 			pkts = raw
 		}
+		bad := 0
+		for j, pkt := range pkts {
+			want := ref.Run(pkt, len(pkt)) != 0
+			ret, err := r.Run(mp, pkt)
+			if err != nil {
+				t.Fatalf("%s: match: %v", name, err)
+			}
+			comparisons["match"]++
+			if got := ret == 2; got != want {
+				if bad++; bad <= 3 {
+					t.Errorf("%s: match labels: packet %d (%d bytes): matched %v, libpcap %v", name, j, len(pkt), got, want)
+				}
+			}
+		}
+		mp.Close()
 		for _, b := range []struct {
 			name string
 			prog *ebpf.Program
@@ -133,6 +155,6 @@ func TestCorpus(t *testing.T) {
 		ep.Close()
 		cp.Close()
 	}
-	t.Logf("corpus: %d filters, %d Ethernet and %d IP packets (%d skipped: shorter than %d or longer than %d bytes), %d eBPF and %d C comparisons with libpcap",
-		len(filters), len(eth), len(raw), skipped, minRunLen, maxRunLen, comparisons["ebpf"], comparisons["c"])
+	t.Logf("corpus: %d filters, %d Ethernet and %d IP packets (%d skipped: shorter than %d or longer than %d bytes); comparisons with libpcap: %d eBPF, %d eBPF with match labels, %d C",
+		len(filters), len(eth), len(raw), skipped, minRunLen, maxRunLen, comparisons["ebpf"], comparisons["match"], comparisons["c"])
 }

@@ -70,6 +70,16 @@ func loadEBPF(tb testing.TB, filter []bpf.Instruction) (*ebpf.Program, error) {
 	return loadAsm(tb, "cbpfc_test", valueProgram(insns))
 }
 
+// loadMatch loads XDPProgram: XDP_PASS for a match, XDP_DROP otherwise.
+func loadMatch(tb testing.TB, filter []bpf.Instruction) (*ebpf.Program, error) {
+	tb.Helper()
+	insns, err := XDPProgram(filter)
+	if err != nil {
+		return nil, err
+	}
+	return loadAsm(tb, "cbpfc_match", insns)
+}
+
 const cPrelude = CPrelude
 
 // cPrograms builds one XDP program per filter in one clang run; program i

@@ -1,0 +1,280 @@
+package cbpfc
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/cbpf"
+	"github.com/l4drop/l4drop/internal/clang"
+	"github.com/l4drop/l4drop/internal/fixture"
+)
+
+// byteReader hands out fuzz input, then zeros.
+type byteReader struct {
+	b []byte
+}
+
+func (r *byteReader) next() byte {
+	if len(r.b) == 0 {
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *byteReader) u32() uint32 {
+	return uint32(r.next()) | uint32(r.next())<<8 | uint32(r.next())<<16 | uint32(r.next())<<24
+}
+
+// genProgram makes a valid cBPF program from fuzz input: loads of every
+// kind (some past any packet), ALU operations including division and
+// modulo by zero, scratch memory, forward jumps, backward jumps (loops),
+// extensions, and returns.
+func genProgram(r *byteReader, extensions bool) []bpf.Instruction {
+	n := 1 + int(r.next()%28)
+	prog := make([]bpf.Instruction, 0, n+1)
+	offset := func(limit uint32) uint32 {
+		switch c := r.next(); {
+		case c < 8:
+			return 40000 + uint32(c)
+		case c < 12:
+			return 70000
+		default:
+			return uint32(c) % limit
+		}
+	}
+	aluOps := []bpf.ALUOp{bpf.ALUOpAdd, bpf.ALUOpSub, bpf.ALUOpMul, bpf.ALUOpDiv, bpf.ALUOpOr, bpf.ALUOpAnd,
+		bpf.ALUOpShiftLeft, bpf.ALUOpShiftRight, bpf.ALUOpMod, bpf.ALUOpXor}
+	conds := []bpf.JumpTest{bpf.JumpEqual, bpf.JumpNotEqual, bpf.JumpGreaterThan, bpf.JumpLessThan,
+		bpf.JumpGreaterOrEqual, bpf.JumpLessOrEqual, bpf.JumpBitsSet, bpf.JumpBitsNotSet}
+	sizes := []int{1, 2, 4}
+	for i := 0; i < n; i++ {
+		after := n - i - 1 // instructions between this one and the final return
+		var in bpf.Instruction
+		switch op := r.next() % 22; op {
+		case 0, 1:
+			in = bpf.LoadAbsolute{Off: offset(80), Size: sizes[r.next()%3]}
+		case 2:
+			in = bpf.LoadIndirect{Off: offset(48), Size: sizes[r.next()%3]}
+		case 3:
+			in = bpf.LoadMemShift{Off: offset(64)}
+		case 4:
+			in = bpf.LoadConstant{Dst: bpf.Register(r.next() % 2), Val: uint32(r.next() % 64)}
+		case 5:
+			in = bpf.LoadConstant{Dst: bpf.Register(r.next() % 2), Val: r.u32()}
+		case 6:
+			in = bpf.LoadScratch{Dst: bpf.Register(r.next() % 2), N: int(r.next() % 16)}
+		case 7:
+			in = bpf.StoreScratch{Src: bpf.Register(r.next() % 2), N: int(r.next() % 16)}
+		case 8, 9:
+			v := uint32(r.next())
+			if r.next()%4 == 0 {
+				v = r.u32()
+			}
+			in = bpf.ALUOpConstant{Op: aluOps[r.next()%uint8(len(aluOps))], Val: v}
+		case 10:
+			in = bpf.ALUOpX{Op: aluOps[r.next()%uint8(len(aluOps))]}
+		case 11:
+			in = bpf.NegateA{}
+		case 12:
+			in = bpf.TAX{}
+		case 13:
+			in = bpf.TXA{}
+		case 14, 15, 16:
+			v := uint32(r.next())
+			if r.next()%4 == 0 {
+				v = r.u32()
+			}
+			jt, jf := r.next()%uint8(after+1), r.next()%uint8(after+1)
+			if after > 255 {
+				jt, jf = 0, 0
+			}
+			c := conds[r.next()%uint8(len(conds))]
+			if r.next()%4 == 0 {
+				in = bpf.JumpIfX{Cond: c, SkipTrue: jt, SkipFalse: jf}
+			} else {
+				in = bpf.JumpIf{Cond: c, Val: v, SkipTrue: jt, SkipFalse: jf}
+			}
+		case 17:
+			// Backward or forward, as libpcap's protochain does.
+			t := int(r.next()) % n
+			in = bpf.RawInstruction{Op: 0x05, K: uint32(int32(t - i - 1))}
+		case 18:
+			in = bpf.RetA{}
+		case 19:
+			in = bpf.RetConstant{Val: uint32(r.next())}
+		case 20:
+			in = bpf.LoadExtension{Num: bpf.ExtLen}
+		case 21:
+			if !extensions {
+				in = bpf.LoadExtension{Num: bpf.ExtLen}
+				break
+			}
+			exts := []bpf.Extension{bpf.ExtInterfaceIndex, bpf.ExtType, bpf.ExtCPUID, bpf.ExtRand}
+			in = bpf.LoadExtension{Num: exts[r.next()%4]}
+		}
+		prog = append(prog, in)
+	}
+	if r.next()%2 == 0 {
+		prog = append(prog, bpf.RetA{})
+	} else {
+		prog = append(prog, bpf.RetConstant{Val: uint32(r.next()) + 1})
+	}
+	return prog
+}
+
+// genPacket makes a packet of at least 14 bytes from fuzz input.
+func genPacket(r *byteReader) []byte {
+	n := 14 + int(r.next())%100
+	pkt := make([]byte, n)
+	for i := range pkt {
+		pkt[i] = r.next()
+	}
+	return pkt
+}
+
+func fuzzSeeds(f *testing.F) {
+	f.Add([]byte{3, 0, 10, 1, 14, 12, 1, 0, 200, 8, 18})
+	f.Add([]byte{5, 17, 0, 2, 40, 1, 10, 3, 3, 0, 16, 1, 4, 0, 20})
+	f.Add([]byte("\x10\x03\x0e\x02\x05\x01\x0a\x09\x05\x0e\x06\x07\x11\x02\x12"))
+	f.Add([]byte("\x18\x15\x01\x15\x02\x15\x03\x15\x00\x08\x03\x00\x0c\x11\x00\x12"))
+}
+
+// onlyReference says whether only cbpfc's reference interpreter can
+// judge a program: libpcap's cannot run loops (its validator refuses
+// backward jumps) nor the XDP extensions.
+// Nor programs that may read M[] before writing it: libpcap leaves M[]
+// uninitialized (the kernel refuses such programs; cbpfc zeroes M[]).
+func onlyReference(prog []bpf.Instruction) bool {
+	p, err := decodeAll(prog)
+	if err != nil {
+		return true
+	}
+	return p.hasLoops || p.usesContext || p.usesHelpers || analyze(p).liveIn[0]&^(liveA|liveX) != 0
+}
+
+// FuzzEBPF runs random cBPF programs compiled to eBPF in the kernel on
+// random packets, against libpcap's interpreter (and cbpfc's reference
+// interpreter for loops and extensions).
+func FuzzEBPF(f *testing.F) {
+	fuzzSeeds(f)
+	fixture.RequireRoot(f)
+	r := fixture.NewXDPRunner(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := &byteReader{b: data}
+		prog := genProgram(br, true)
+		pkt := genPacket(br)
+		ep, err := loadEBPF(t, prog)
+		if err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				t.Fatalf("compile: %v\n%s", err, listing(prog))
+			}
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer ep.Close()
+		checkRuns(t, r, ep, prog, pkt)
+	})
+}
+
+func listing(prog []bpf.Instruction) string { return cbpf.Listing(prog) }
+
+// checkRuns runs the program over pkt and its prefixes.
+func checkRuns(t *testing.T, r *fixture.XDPRunner, prog *ebpf.Program, filter []bpf.Instruction, pkt []byte) {
+	t.Helper()
+	deterministic := !UsesHelpers(filter)
+	ref := onlyReference(filter)
+	var lp *cbpf.Filter
+	if !ref {
+		var err error
+		if lp, err = cbpf.NewFilter(filter); err != nil {
+			ref = true // libpcap refuses it (say, division by a constant 0)
+		}
+	}
+	for _, n := range []int{len(pkt), 14, 20, 34, 54} {
+		if n > len(pkt) {
+			continue
+		}
+		p := pkt[:n]
+		want := interpret(filter, p, extValues{ifindex: 1})
+		if lp != nil {
+			if lw := lp.Run(p, len(p)); lw != want {
+				t.Fatalf("reference interpreter %#x, libpcap %#x on %d bytes\n%s", want, lw, n, listing(filter))
+			}
+		}
+		got, err := runValue(r, prog, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if deterministic && got != want {
+			t.Fatalf("kernel %#x, want %#x on %d bytes %x\n%s", got, want, n, p, listing(filter))
+		}
+	}
+}
+
+// FuzzC is FuzzEBPF through the C backend and clang: slower, one clang run
+// per input.
+func FuzzC(f *testing.F) {
+	fuzzSeeds(f)
+	fixture.RequireRoot(f)
+	if _, err := clang.Binary(); err != nil {
+		f.Skip(err)
+	}
+	r := fixture.NewXDPRunner(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := &byteReader{b: data}
+		prog := genProgram(br, true)
+		pkt := genPacket(br)
+		spec, err := cPrograms(t, [][]bpf.Instruction{prog})
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		cp, err := ebpf.NewProgram(spec.Programs["f0"])
+		if err != nil {
+			src, _ := ToC(prog, COpts{})
+			t.Fatalf("load: %v\n%s\n%s", err, listing(prog), src)
+		}
+		defer cp.Close()
+		checkRuns(t, r, cp, prog, pkt)
+	})
+}
+
+// FuzzCompile feeds arbitrary instructions to both backends: they must
+// compile or return an *Error, never panic.
+func FuzzCompile(f *testing.F) {
+	f.Add([]byte{0x28, 0, 0, 0, 0, 0, 0, 12, 0x15, 0, 0, 1, 0, 0, 8, 0, 0x06, 0, 0, 0, 0, 0, 0, 1})
+	f.Add([]byte{0x05, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x06, 0, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var prog []bpf.Instruction
+		for len(data) >= 8 {
+			prog = append(prog, bpf.RawInstruction{
+				Op: uint16(data[0]) | uint16(data[1])<<8, Jt: data[2], Jf: data[3],
+				K: uint32(data[4]) | uint32(data[5])<<8 | uint32(data[6])<<16 | uint32(data[7])<<24,
+			})
+			data = data[8:]
+		}
+		check := func(err error) {
+			var e *Error
+			if err != nil && !errors.As(err, &e) {
+				t.Fatalf("error %v is not an *Error", err)
+			}
+		}
+		_, err := ToEBPF(prog, testOpts)
+		check(err)
+		_, err = ToEBPF(prog, EBPFOpts{PacketStart: asm.R6, PacketEnd: asm.R7, Result: asm.R8, Working: [3]asm.Register{asm.R9, asm.R1, asm.R2},
+			MatchLabel: "m", NoMatchLabel: "n", StackOffset: 13})
+		check(err)
+		src, err := ToC(prog, COpts{FunctionName: "f"})
+		check(err)
+		if err == nil && !strings.Contains(src, "uint32_t f(") {
+			t.Fatalf("C source without the function:\n%s", src)
+		}
+	})
+}
+
