@@ -277,4 +277,3 @@ func FuzzCompile(f *testing.F) {
 		}
 	})
 }
-
