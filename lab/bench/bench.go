@@ -78,6 +78,9 @@ type DropRate struct {
 	Sent     uint64
 	Received uint64 // frames the server's veth took in
 	Elapsed  time.Duration
+	// Ratio is the median, over the rounds, of this row's rate divided by
+	// the baseline's in the same round (MeasureDrops; 0 if not measured).
+	Ratio float64
 	// Err is why the row could not be measured (its filter did not load).
 	Err error
 }
@@ -171,10 +174,23 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 			runs[i] = append(runs[i], r)
 		}
 	}
+	// The machine's other work drifts over a run; a ratio to the baseline
+	// measured in the same round cancels most of it.
 	out := make([]DropRate, len(filters))
 	for i, rs := range runs {
-		slices.SortFunc(rs, func(a, b DropRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
-		out[i] = rs[len(rs)/2]
+		var ratios []float64
+		for round, r := range rs {
+			if r.Err == nil && round < len(runs[0]) && runs[0][round].Err == nil && runs[0][round].Mpps() > 0 {
+				ratios = append(ratios, r.Mpps()/runs[0][round].Mpps())
+			}
+		}
+		sorted := slices.Clone(rs)
+		slices.SortFunc(sorted, func(a, b DropRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
+		out[i] = sorted[len(sorted)/2]
+		if len(ratios) > 0 {
+			slices.Sort(ratios)
+			out[i].Ratio = ratios[len(ratios)/2]
+		}
 	}
 	return out, nil
 }

@@ -45,14 +45,13 @@ func (r *Report) Markdown(plot string) string {
 	fmt.Fprintf(&b, "# Benchmarks\n\n")
 	fmt.Fprintf(&b, "Measured by `%s` on %s.\n\n", r.Command, r.Date.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "Machine: %s. Load average before and after: %s.\n\n", r.Machine, r.Load)
-	fmt.Fprintf(&b, "Every row below was measured in the same run, one after the other. Each drop-rate row gets a\n"+
-		"fresh lab (two network namespaces joined by a veth pair); every row is measured %d times, in turns, and\n"+
-		"the median is shown. The generator (`l4lab gen`: BPF_PROG_TEST_RUN\n"+
-		"in live-frames mode) floods the server side for %s from CPU %d with %s. The filter under\n"+
-		"test runs on the server's veth. The receiving veth's NAPI runs on the sender's CPU, so the rate the server\n"+
-		"takes in is whatever CPU the filter leaves: a cheaper filter takes in more. The ratio compares each row\n"+
-		"with an XDP program that drops everything.\n\n",
-		r.Config.Rounds, r.Config.Duration, r.Config.CPU, strings.Join(quote(r.Config.Traffic), " + "))
+	fmt.Fprintf(&b, "Every row below was measured in the same run. Each drop-rate row gets a fresh lab (two network "+
+		"namespaces joined by a veth pair). The generator (`l4lab gen`: BPF_PROG_TEST_RUN in live-frames mode, redirecting "+
+		"into the veth) floods the server side for %s from CPU %d with %s; the filter under test runs on the server's veth. "+
+		"The receiving veth's NAPI runs on the sender's CPU, so the rate the server takes in is what the filter leaves of "+
+		"that CPU: a cheaper filter takes in more. Rows are measured %d times, in turns; the table shows the median rate "+
+		"and the median of the ratios to the XDP drop-all program measured in the same round.\n\n",
+		r.Config.Duration, r.Config.CPU, strings.Join(quote(r.Config.Traffic), " + "), r.Config.Rounds)
 	fmt.Fprintf(&b, "## Drop rate\n\n| filter on the server's veth | Mpps taken in | vs XDP drop-all | packets sent |\n|---|---:|---:|---:|\n")
 	base := r.baseline()
 	for _, d := range r.Drops {
@@ -60,11 +59,7 @@ func (r *Report) Markdown(plot string) string {
 			fmt.Fprintf(&b, "| %s | failed: %s | | |\n", d.Name, oneLine(d.Err.Error()))
 			continue
 		}
-		ratio := ""
-		if base > 0 {
-			ratio = fmt.Sprintf("%.2f", d.Mpps()/base)
-		}
-		fmt.Fprintf(&b, "| %s | %.3f | %s | %d |\n", d.Name, d.Mpps(), ratio, d.Sent)
+		fmt.Fprintf(&b, "| %s | %.3f | %.2f | %d |\n", d.Name, d.Mpps(), d.ratio(base), d.Sent)
 	}
 	if plot != "" {
 		fmt.Fprintf(&b, "\n![drop rate against rule count](%s)\n", plot)
@@ -125,6 +120,16 @@ func (r *Report) idleCapture() (idle, plain float64, ok bool) {
 	return idle, plain, idle > 0 && plain > 0
 }
 
+func (d DropRate) ratio(base float64) float64 {
+	if d.Ratio > 0 {
+		return d.Ratio
+	}
+	if base > 0 {
+		return d.Mpps() / base
+	}
+	return 0
+}
+
 func quote(v []string) []string {
 	out := make([]string, len(v))
 	for i, s := range v {
@@ -139,21 +144,6 @@ func oneLine(s string) string {
 		s = s[:197] + "..."
 	}
 	return s
-}
-
-// Text renders the drop-rate table for a terminal.
-func (r *Report) Text() string {
-	var b strings.Builder
-	base := r.baseline()
-	fmt.Fprintf(&b, "%-60s %10s %8s\n", "filter", "Mpps", "ratio")
-	for _, d := range r.Drops {
-		if d.Err != nil {
-			fmt.Fprintf(&b, "%-60s failed: %v\n", d.Name, d.Err)
-			continue
-		}
-		fmt.Fprintf(&b, "%-60s %10.3f %8.2f\n", d.Name, d.Mpps(), d.Mpps()/base)
-	}
-	return b.String()
 }
 
 // Plot draws the drop rate against the rule count with gnuplot: L4Drop's
