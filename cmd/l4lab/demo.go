@@ -124,7 +124,15 @@ func findBinary(name string) (string, error) {
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.w, format+"\n", args...) }
 
 func (d *demo) step(n int, title string) {
-	d.say("\n\033[1m[%d/7] %s\033[0m", n, title)
+	d.say("\n%s", d.bold(fmt.Sprintf("[%d/7] %s", n, title)))
+}
+
+// bold marks s bold on a terminal.
+func (d *demo) bold(s string) string {
+	if f, ok := d.w.(*os.File); ok && isTerminal(f) {
+		return "\033[1m" + s + "\033[0m"
+	}
+	return s
 }
 
 // claim records a checked statement; in -short mode a false one fails the run.
@@ -327,7 +335,7 @@ rules:
 	}
 	// Frames the veth could not queue (a receive ring overflowing, as on a
 	// real NIC) never reach L4Drop; count what reached the interface.
-	arrived := saved.rx - min(saved.rx, saved.legitSent)
+	arrived := saved.rx - min(saved.rx, saved.udpIn)
 	d.claim(dropped >= arrived*99/100 && arrived > 0,
 		"L4Drop dropped %d of the %d attack packets that reached %s (%d sent)", dropped, arrived, l.ServerIf, saved.floodSent)
 	d.claim(saved.udpIn >= saved.legitSent*98/100 && saved.legitSent > 0,
@@ -351,7 +359,7 @@ rules:
 	waitBG(bg[1], 5*time.Second)
 	d.cmd("tcpdump", "-nr", "samples.pcapng")
 
-	d.say("\n\033[1mDone.\033[0m Removing L4Drop, the namespaces and the veth pair.")
+	d.say("\n%s Removing L4Drop, the namespaces and the veth pair.", d.bold("Done."))
 	return nil
 }
 
