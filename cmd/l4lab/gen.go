@@ -43,7 +43,7 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, genUsage); fs.PrintDefaults() }
 	count := fs.Uint64("n", 0, "packets to send (0: until -d or Ctrl-C)")
-	dur := fs.Duration("d", 0, "how long to send (0: until -n or Ctrl-C)")
+	dur := fs.Duration("d", 0, "how long to send (0: until -n, or Ctrl-C; in a lab without -n: 5s)")
 	rate := fs.Float64("rate", 0, "packets per second (0: full speed)")
 	seed := fs.Uint64("seed", 1, "seed for the random fields; the same seed sends the same packets")
 	batch := fs.Uint("batch", lab.DefaultBatchSize, "live-frames batch size")
