@@ -12,7 +12,7 @@ const MaxInstructions = 4096
 // MaxBackwardJumps bounds loops: a filter that takes more backward jumps than
 // this ends with 0 (no match). libpcap's protochain takes one per IPv6
 // extension header or IPv4 AH header it skips.
-const MaxBackwardJumps = 16
+const MaxBackwardJumps = 8
 
 // StackSize is the number of bytes of stack below EBPFOpts.StackOffset (rounded up
 // to a multiple of 8) that compiled filters may use: scratch memory M[],

@@ -24,6 +24,9 @@ type flowState struct {
 	checkedA int  // bytes from PacketStart known to be in the packet
 	pxValid  bool // the ind base register holds PacketStart+X+pxOff
 	pxOff    int
+	// cur is c when the guard register holds PacketStart+c on every
+	// path, -1 when unknown: a guard can then just add to it.
+	cur int
 	checkedX int    // bytes from PacketStart+X known to be in the packet
 	xMax     uint32 // X is at most this
 }
@@ -35,7 +38,10 @@ func join(a, b flowState) flowState {
 	if !b.valid {
 		return a
 	}
-	out := flowState{valid: true, checkedA: min(a.checkedA, b.checkedA), xMax: max(a.xMax, b.xMax)}
+	out := flowState{valid: true, checkedA: min(a.checkedA, b.checkedA), xMax: max(a.xMax, b.xMax), cur: -1}
+	if a.cur == b.cur {
+		out.cur = a.cur
+	}
 	if a.pxValid && b.pxValid && a.pxOff == b.pxOff {
 		out.pxOff = a.pxOff
 		out.pxValid, out.checkedX = true, min(a.checkedX, b.checkedX)
@@ -54,6 +60,10 @@ func (f *facts) step(i int, s flowState) flowState {
 	case kLdAbs, kLdMsh:
 		if s.checkedA < extent(in) {
 			s.checkedA = f.needAbs[i]
+			s.cur = s.checkedA
+		}
+		if f.loadsFar(i) {
+			s.cur = -1
 		}
 	case kLdInd:
 		if !s.pxValid {
@@ -61,11 +71,18 @@ func (f *facts) step(i int, s flowState) flowState {
 			s.xMax = min(s.xMax, f.xBound())
 		}
 		if s.checkedX < extent(in) {
-			s.checkedX = f.needInd[i]
+			s.checkedX, s.pxOff = f.needInd[i], f.needInd[i]
+		}
+		if f.liveOut[i]&liveA != 0 && farOffset(int(in.k)-s.pxOff) {
+			s.cur = -1
 		}
 	case kLdExt:
 		// Helper calls and the type computation use the working registers.
-		s.pxValid = false
+		s.pxValid, s.cur = false, -1
+	case kJa:
+		if in.jback {
+			s.cur = -1 // the loop counter goes through the guard register
+		}
 	}
 	_, def := useDef(in)
 	if def&liveX != 0 {
@@ -82,11 +99,26 @@ func (f *facts) step(i int, s flowState) flowState {
 	return s
 }
 
+// farOffset says whether a load offset does not fit the instruction, so
+// the load goes through the guard register.
+func farOffset(off int) bool { return off > math.MaxInt16 || off < math.MinInt16 }
+
+// loadsFar says whether absolute load i is emitted through the guard
+// register.
+func (f *facts) loadsFar(i int) bool {
+	in := f.p.insns[i]
+	live := liveA
+	if in.kind == kLdMsh {
+		live = liveX
+	}
+	return f.liveOut[i]&uint32(live) != 0 && farOffset(int(in.k))
+}
+
 // flow computes the state at the start of every instruction.
 func (f *facts) flow(checked int) []flowState {
 	n := len(f.p.insns)
 	states := make([]flowState, n)
-	states[0] = flowState{valid: true, checkedA: checked}
+	states[0] = flowState{valid: true, checkedA: checked, cur: -1}
 	for changed := true; changed; {
 		changed = false
 		for i := range n {
@@ -98,7 +130,7 @@ func (f *facts) flow(checked int) []flowState {
 				j := join(states[s], out)
 				if s == 0 {
 					// The entry also has the initial state.
-					j = join(j, flowState{valid: true, checkedA: checked})
+					j = join(j, flowState{valid: true, checkedA: checked, cur: -1})
 				}
 				if j != states[s] {
 					states[s] = j
@@ -435,10 +467,15 @@ func (g *ebpfGen) dst(r reg) asm.Register {
 
 var sizes = map[int]asm.Size{1: asm.Byte, 2: asm.Half, 4: asm.Word}
 
-func (g *ebpfGen) guard(base asm.Register, n int) {
+// guard returns 0 unless PacketStart+n is within the packet. When the
+// guard register already holds PacketStart+cur, adding to it is enough.
+func (g *ebpfGen) guard(cur, n int) {
+	if cur < 0 {
+		g.emit(asm.Mov.Reg(g.tmp, g.opts.PacketStart))
+		cur = 0
+	}
 	g.emit(
-		asm.Mov.Reg(g.tmp, base),
-		asm.Add.Imm(g.tmp, int32(n)),
+		asm.Add.Imm(g.tmp, int32(n-cur)),
 		asm.JGT.Reg(g.tmp, g.opts.PacketEnd, g.fail),
 	)
 }
@@ -490,7 +527,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		g.emit(asm.Mov.Reg(d, g.opts.PacketEnd), asm.Sub.Reg(d, g.opts.PacketStart))
 	case kLdAbs:
 		if s.checkedA < extent(in) {
-			g.guard(g.opts.PacketStart, f.needAbs[i])
+			g.guard(s.cur, f.needAbs[i])
 		}
 		if f.liveOut[i]&liveA != 0 {
 			g.load(g.a, g.opts.PacketStart, in.k, in.size)
@@ -498,7 +535,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		}
 	case kLdMsh:
 		if s.checkedA < extent(in) {
-			g.guard(g.opts.PacketStart, f.needAbs[i])
+			g.guard(s.cur, f.needAbs[i])
 		}
 		if f.liveOut[i]&liveX != 0 {
 			g.load(g.x, g.opts.PacketStart, in.k, 1)
@@ -520,11 +557,12 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 				asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail),
 			)
 		} else if s.checkedX < extent(in) {
+			// Move px on: loads then use offsets from the new place.
 			g.emit(
-				asm.Mov.Reg(g.tmp, g.px),
-				asm.Add.Imm(g.tmp, int32(f.needInd[i]-off)),
-				asm.JGT.Reg(g.tmp, g.opts.PacketEnd, g.fail),
+				asm.Add.Imm(g.px, int32(f.needInd[i]-off)),
+				asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail),
 			)
+			off = f.needInd[i]
 		}
 		if f.liveOut[i]&liveA != 0 {
 			g.loadRel(g.a, g.px, int(in.k)-off, in.size)

@@ -18,11 +18,14 @@ const (
 // filter matches, XDP_DROP when it does not. It is the yardstick for
 // instruction counts, and a quick way to try a filter.
 func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
+	// R0 is preset to XDP_DROP, so "no match" is just an exit, unless a
+	// helper call clobbers R0.
+	helpers := UsesHelpers(filter)
 	insns, err := ToEBPF(filter, EBPFOpts{
 		PacketStart:  asm.R2,
 		PacketEnd:    asm.R3,
-		Result:       asm.R0,
-		Working:      [3]asm.Register{asm.R4, asm.R5, asm.R6},
+		Result:       asm.R4,
+		Working:      [3]asm.Register{asm.R5, asm.R6, asm.R7},
 		Context:      asm.R1,
 		MatchLabel:   "match",
 		NoMatchLabel: "nomatch",
@@ -30,34 +33,61 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 	if err != nil {
 		return nil, err
 	}
-	match := asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("match"), asm.Return()}
-	nomatch := asm.Instructions{asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("nomatch"), asm.Return()}
-	first, second := nomatch, match
-	// A jump to the code that follows is not needed: put the label it
-	// jumps to first.
+	type block struct {
+		label string
+		code  asm.Instructions
+	}
+	match := block{"match", asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()}}
+	nomatch := block{"nomatch", asm.Instructions{asm.Return()}}
+	if helpers {
+		nomatch.code = asm.Instructions{asm.Mov.Imm(asm.R0, xdpDrop), asm.Return()}
+	}
+	tail := []block{match, nomatch}
+	// The filter ends with a jump; when it goes to the code that follows,
+	// it is not needed.
+	fallsThrough := false
 	if last := len(insns) - 1; insns[last].OpCode.JumpOp() == asm.Ja && insns[last].Symbol() == "" {
 		switch insns[last].Reference() {
 		case "match":
-			first, second = match, nomatch
-			fallthrough
+			if !helpers {
+				// match: r0 = XDP_PASS, then the exit of nomatch.
+				match.code = match.code[:1]
+				tail = []block{match, nomatch}
+			}
+			insns, fallsThrough = insns[:last], true
 		case "nomatch":
-			insns = insns[:last]
+			tail = []block{nomatch, match}
+			insns, fallsThrough = insns[:last], true
 		}
 	}
-	// Whatever no jump reaches must go: the verifier refuses dead code.
-	tail := first
+	refs := map[string]bool{}
 	for _, ins := range insns {
-		if ins.Reference() == second[0].Symbol() {
-			tail = append(tail, second...)
-			break
+		refs[ins.Reference()] = true
+	}
+	// Whatever nothing reaches must go: the verifier refuses dead code.
+	var code asm.Instructions
+	reached := fallsThrough
+	for i, b := range tail {
+		if i > 0 {
+			prev := tail[i-1].code
+			reached = reached && prev[len(prev)-1].OpCode.JumpOp() != asm.Exit
 		}
+		reached = reached || refs[b.label]
+		if !reached {
+			continue
+		}
+		b.code[0] = b.code[0].WithSymbol(b.label)
+		code = append(code, b.code...)
 	}
 	prog := asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
 		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
 	}
+	if !helpers {
+		prog = append(prog, asm.Mov.Imm(asm.R0, xdpDrop))
+	}
 	prog = append(prog, insns...)
-	return append(prog, tail...), nil
+	return append(prog, code...), nil
 }
 
 // XDPProgramC is XDPProgram through the C backend: the source of an XDP
