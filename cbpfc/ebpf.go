@@ -26,7 +26,7 @@ type flowState struct {
 	pxOff    int
 	// cur is c when the guard register holds PacketStart+c on every
 	// path, -1 when unknown: a guard can then just add to it.
-	cur int
+	cur      int
 	checkedX int    // bytes from PacketStart+X known to be in the packet
 	xMax     uint32 // X is at most this
 }
