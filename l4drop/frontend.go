@@ -63,7 +63,8 @@ type matcher struct {
 	kind   string // bpf, expr, dns
 	family Family // FamilyAny when it applies to both
 	prog   []bpf.Instruction
-	fn     string // C function, set by Generate
+	fn     string   // C function, set by Generate
+	args   []string // its constant arguments, for shared templates
 }
 
 // matchers compiles the matchers of rule r. A DNS matcher of a rule for

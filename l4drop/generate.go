@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 
+	"golang.org/x/net/bpf"
+
 	"github.com/l4drop/l4drop/cbpfc"
 	"github.com/l4drop/l4drop/xdpcap"
 )
@@ -43,6 +45,10 @@ type BuildOptions struct {
 // becomes about four eBPF instructions, and the verifier walks each
 // rule's paths about twice.
 const DefaultMaxProgramInsns = 40000
+
+// maxProgramJumps bounds the conditional cBPF jumps per program, below the
+// verifier's limit of 8192 pending branches.
+const maxProgramJumps = 6000
 
 // blockInsns is the budget of cBPF instructions of one block function.
 const blockInsns = 1500
@@ -83,6 +89,7 @@ type compiledRule struct {
 	rule     *Rule
 	matchers []matcher
 	insns    int
+	jumps    int  // conditional jumps, the verifier's pending branches
 	hashed   bool // in the exact-name DNS table
 }
 
@@ -105,27 +112,36 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		if err != nil {
 			return nil, err
 		}
-		n := 0
+		n, jumps := 0, 2 // the rule's own test
 		for _, m := range ms {
 			n += len(m.prog)
+			for _, ins := range m.prog {
+				switch ins.(type) {
+				case bpf.JumpIf, bpf.JumpIfX:
+					jumps++
+				}
+			}
 		}
-		rules[i] = compiledRule{rule: r, matchers: ms, insns: n}
+		rules[i] = compiledRule{rule: r, matchers: ms, insns: n, jumps: jumps}
 	}
-	// Split into programs by instruction budget, in order.
+	// Split into programs by instruction budget and by branches, in order:
+	// the verifier walks one path to its end and keeps the branches it
+	// passed for later, at most 8192 of them.
 	var progs [][]int
-	cur, used := []int(nil), 0
+	cur, used, jumps := []int(nil), 0, 0
 	for i, cr := range rules {
-		if len(cur) > 0 && used+cr.insns > budget {
+		if len(cur) > 0 && (used+cr.insns > budget || jumps+cr.jumps > maxProgramJumps) {
 			progs = append(progs, cur)
-			cur, used = nil, 0
+			cur, used, jumps = nil, 0, 0
 		}
 		cur = append(cur, i)
 		used += cr.insns
+		jumps += cr.jumps
 	}
 	progs = append(progs, cur)
 	if len(progs) > MaxPrograms {
-		return nil, fmt.Errorf("%s: %w: %d rules need %d programs of %d cBPF instructions, at most %d can be chained",
-			rs.File, ErrTooManyRules, len(rules), len(progs), budget, MaxPrograms)
+		return nil, fmt.Errorf("%s: %w: %d rules need %d programs (of %d cBPF instructions and %d branches at most), at most %d can be chained",
+			rs.File, ErrTooManyRules, len(rules), len(progs), budget, maxProgramJumps, MaxPrograms)
 	}
 
 	meta := Meta{
@@ -159,6 +175,13 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		w.printf(dnsMapsTemplate, dnsKeyLen(dns), min(cs, 1), min(ci, 1), max(cs, 1), max(ci, 1))
 	}
 
+	tsrc, err := templates(rules)
+	if err != nil {
+		return nil, err
+	}
+	if tsrc != "" {
+		w.printf("\n/* Matchers shared by rules that differ only in constants. */\n%s", tsrc)
+	}
 	funcs := make(map[string]string) // matcher program -> C function
 	for i, cr := range rules {
 		r := cr.rule
@@ -177,6 +200,9 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		start := w.next()
 		for j := range cr.matchers {
 			m := &cr.matchers[j]
+			if m.fn != "" {
+				continue // a shared template
+			}
 			key := fmt.Sprint(m.prog)
 			if fn, ok := funcs[key]; ok {
 				// Rules with the same matcher share its function.
@@ -308,7 +334,10 @@ func ruleCondition(i int, cr compiledRule) string {
 		parts = append(parts, fmt.Sprintf("fam == %d", n))
 	}
 	call := func(j int, m matcher) string {
-		if cbpfc.UsesContext(m.prog) {
+		switch {
+		case len(m.args) > 0:
+			return m.fn + "(ip, end, " + strings.Join(m.args, ", ") + ")"
+		case cbpfc.UsesContext(m.prog):
 			return m.fn + "(ip, end, ctx)"
 		}
 		return m.fn + "(ip, end)"

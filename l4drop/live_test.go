@@ -338,3 +338,40 @@ func TestSplitAndNext(t *testing.T) {
 		}
 	}
 }
+
+// TestManyRules: 2,000 rules, more than the verifier takes in one program,
+// are split, load, and the first and the last rule match.
+func TestManyRules(t *testing.T) {
+	fixture.RequireRoot(t)
+	text, last := benchRules("port", 2000)
+	rs, err := ParseRuleSet("many.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, gen, err := Build(rs, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gen.Meta.Programs) < 2 {
+		t.Errorf("%d rules in %d program", len(rs.Rules), len(gen.Meta.Programs))
+	}
+	d, err := NewDryRun(obj, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	first := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 1000, nil)
+	other := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 999, nil)
+	for _, tt := range []struct {
+		pkt  []byte
+		want uint32
+	}{{first, 0}, {last, 1999}, {other, NoRule}} {
+		v, err := d.Run(tt.pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Rule != tt.want {
+			t.Errorf("rule %d (%s), want %d", v.Rule, v.Action, tt.want)
+		}
+	}
+}
