@@ -188,24 +188,31 @@ static __always_inline __u64 l4_lower(__u64 w)
  * whole, in wire format, up to and with its terminating zero; a
  * compression pointer or a name running past the packet matches nothing.
  */
-static __always_inline __u32 l4_dns(struct xdp_md *ctx, __u32 name_off, int fam)
+static __always_inline __u32 l4_dns(struct xdp_md *ctx, const uint8_t *data, const uint8_t *end,
+				    const uint8_t *name, int fam)
 {
-	const uint8_t *data = (const uint8_t *)(long)ctx->data;
-	const uint8_t *end = (const uint8_t *)(long)ctx->data_end;
-	__u64 pkt_len = end - data;
-	if (name_off >= pkt_len)
-		return L4_NRULES;
-	__u32 avail = pkt_len - name_off;
-	if (avail > L4_DNS_KEYLEN)
-		avail = L4_DNS_KEYLEN;
-	/* Hide what clang knows, so that it keeps the checks the verifier
-	 * needs to see on the register it passes. */
-	asm volatile("" : "+r"(avail));
-	if (avail == 0 || avail > L4_DNS_KEYLEN)
-		return L4_NRULES;
 	struct l4_dns_key k = {};
-	if (bpf_xdp_load_bytes(ctx, name_off, &k, avail))
-		return L4_NRULES;
+	__u32 avail = L4_DNS_KEYLEN;
+	if (name + L4_DNS_KEYLEN <= end) {
+		/* The usual case: read the name straight from the packet. */
+#pragma unroll
+		for (int i = 0; i < L4_DNS_KEYLEN / 8; i++)
+			k.w[i] = *(const __u64 *)(name + 8 * i);
+	} else {
+		/* Near the packet's end: copy what there is. */
+		if (name >= end)
+			return L4_NRULES;
+		avail = end - name;
+		/* Hide what clang knows, so that it keeps the checks the
+		 * verifier needs to see on the register it passes; fewer than
+		 * L4_DNS_KEYLEN bytes are left, so the mask changes nothing. */
+		asm volatile("" : "+r"(avail));
+		avail &= 0x1ff;
+		if (avail == 0 || avail > L4_DNS_KEYLEN)
+			return L4_NRULES;
+		if (bpf_xdp_load_bytes(ctx, name - data, &k, avail))
+			return L4_NRULES;
+	}
 	const uint8_t *b = (const uint8_t *)&k;
 	__u32 p = 0;
 	int ended = 0;
@@ -254,9 +261,9 @@ static __always_inline __u32 l4_dns(struct xdp_md *ctx, __u32 name_off, int fam)
 	return r;
 }
 
-/* l4_dns_name_off returns the offset from the packet start of the first
- * question name of a DNS query to UDP port 53, or 0. */
-static __always_inline __u32 l4_dns_name_off(const uint8_t *data, const uint8_t *ip, const uint8_t *end, int fam)
+/* l4_dns_name returns where the first question name of a DNS query to UDP
+ * port 53 starts, or 0. */
+static __always_inline const uint8_t *l4_dns_name(const uint8_t *ip, const uint8_t *end, int fam)
 {
 	const uint8_t *udp;
 	if (fam == 4) {
@@ -271,6 +278,6 @@ static __always_inline __u32 l4_dns_name_off(const uint8_t *data, const uint8_t 
 	}
 	if (udp + 8 > end || udp[2] != 0 || udp[3] != 53)
 		return 0;
-	return (udp - data) + 8 + 12;
+	return udp + 8 + 12;
 }
 `

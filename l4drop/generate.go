@@ -293,8 +293,8 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 				continue
 			}
 			if !dnsDone {
-				w.printf("\t__u32 name_off = l4_dns_name_off(data, ip, end, fam);\n")
-				w.printf("\t__u32 dns_rule = name_off ? l4_dns(ctx, name_off, fam) : L4_NRULES;\n")
+				w.printf("\tconst uint8_t *dns_name = l4_dns_name(ip, end, fam);\n")
+				w.printf("\t__u32 dns_rule = dns_name ? l4_dns(ctx, data, end, dns_name, fam) : L4_NRULES;\n")
 				dnsDone = true
 			}
 			lo, hi := it.rules[0], it.rules[len(it.rules)-1]
