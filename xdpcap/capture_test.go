@@ -3,7 +3,9 @@ package xdpcap
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -239,6 +241,11 @@ func TestCaptureLocks(t *testing.T) {
 		t.Fatalf("capture of another slot: %v", err)
 	}
 	c2.Close()
+	info, _ := hook.Info()
+	mapID, _ := info.ID()
+	if _, err := os.Stat(filepath.Join(LockDir, fmt.Sprintf("hook-%d.lock", mapID))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file left after Close: %v", err)
+	}
 	if id, _, _ := slotProgram(hook, uint32(Drop)); id == 0 {
 		t.Error("the foreign program was removed")
 	}

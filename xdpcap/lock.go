@@ -22,7 +22,8 @@ var ErrHookBusy = errors.New("hook in use by another xdpcap")
 
 // hookLock is a held lock on a hook.
 type hookLock struct {
-	f *os.File
+	f    *os.File
+	path string
 }
 
 func lockHook(hook *ebpf.Map) (*hookLock, error) {
@@ -38,34 +39,44 @@ func lockHook(hook *ebpf.Map) (*hookLock, error) {
 		return nil, fmt.Errorf("lock directory: %w", err)
 	}
 	path := filepath.Join(LockDir, fmt.Sprintf("hook-%d.lock", id))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock hook: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		owner, _ := os.ReadFile(path)
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			if pid := strings.TrimSpace(string(owner)); pid != "" {
-				return nil, fmt.Errorf("%w (pid %s)", ErrHookBusy, pid)
-			}
-			return nil, ErrHookBusy
+	// The holder removes the file when it lets go, so a locker may end up
+	// holding a file no longer at path; it then tries again.
+	for range 10 {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("lock hook: %w", err)
 		}
-		return nil, fmt.Errorf("lock hook: %w", err)
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			owner, _ := os.ReadFile(path)
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				if pid := strings.TrimSpace(string(owner)); pid != "" {
+					return nil, fmt.Errorf("%w (pid %s)", ErrHookBusy, pid)
+				}
+				return nil, ErrHookBusy
+			}
+			return nil, fmt.Errorf("lock hook: %w", err)
+		}
+		var held, atPath unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(path, &atPath) != nil || held.Ino != atPath.Ino || held.Dev != atPath.Dev {
+			f.Close()
+			continue
+		}
+		// Who holds it, for the message above; the lock itself is the flock.
+		_ = f.Truncate(0)
+		_, _ = f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
+		return &hookLock{f: f, path: path}, nil
 	}
-	// Who holds it, for the message above; the lock itself is the flock.
-	_ = f.Truncate(0)
-	_, _ = f.WriteAt([]byte(fmt.Sprintf("%d\n", os.Getpid())), 0)
-	return &hookLock{f: f}, nil
+	return nil, fmt.Errorf("lock hook: %s keeps changing", path)
 }
 
 func (l *hookLock) unlock() {
 	if l == nil || l.f == nil {
 		return
 	}
-	// Leave the file: removing it would race with a process that opened it
-	// and is about to lock it.
-	_ = l.f.Truncate(0)
+	// Removed while still locked: whoever opened it meanwhile notices and
+	// tries again with a new file.
+	_ = os.Remove(l.path)
 	l.f.Close()
 	l.f = nil
 }
