@@ -408,6 +408,11 @@ loop:
 	}
 	if serr == nil {
 		fmt.Fprintln(stderr, statsLine(stats))
+		if len(hooks) > 1 {
+			for i, name := range names {
+				fmt.Fprintf(stderr, "  %s: %s\n", name, statsLine(xdpcap.Stats{Hooks: stats.Hooks[i : i+1]}))
+			}
+		}
 		t := stats.Total()
 		fmt.Fprintf(stderr, "%d packets captured, %d received by filter, %d matched, %d lost\n", res.n, t.Seen, t.Matched, t.Lost)
 	}

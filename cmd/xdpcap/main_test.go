@@ -316,6 +316,11 @@ func TestTwoHooks(t *testing.T) {
 		t.Errorf("filters left: %d and %d", l.filled(t), filled())
 	}
 	checkPcapngActions(t, out, map[string]int{"hook:XDPDrop": 3})
+	for _, want := range []string{"  hook: XDPAborted: 0/0   XDPDrop: 3/3", "  other: XDPAborted: 0/0   XDPDrop: 0/0"} {
+		if !strings.Contains(p.stderr.String(), want) {
+			t.Errorf("per-hook summary %q missing:\n%s", want, &p.stderr)
+		}
+	}
 }
 
 // checkPcapngActions counts the packets of a pcapng file per interface
