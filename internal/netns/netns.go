@@ -27,8 +27,9 @@ var ErrExists = errors.New("network namespace exists already")
 // NS is a named network namespace created by New.
 type NS struct {
 	// Name is the namespace's name, as `ip netns exec NAME` takes it.
-	Name string
-	fd   int
+	Name  string
+	fd    int
+	owned bool // made by New, so Close deletes it
 }
 
 const runDir = "/run/netns"
@@ -49,12 +50,25 @@ func New(name string) (*NS, error) {
 		_ = ip("netns", "del", name)
 		return nil, fmt.Errorf("netns %s: open: %w", name, err)
 	}
-	ns := &NS{Name: name, fd: fd}
+	ns := &NS{Name: name, fd: fd, owned: true}
 	if err := ns.IP("link", "set", "lo", "up"); err != nil {
 		_ = ns.Close()
 		return nil, err
 	}
 	return ns, nil
+}
+
+// Open returns the existing namespace name (as `ip netns add` made it), to
+// run code inside it. Closing it releases the handle and never deletes it.
+func Open(name string) (*NS, error) {
+	if name == "" || strings.ContainsAny(name, "/ \t\n") {
+		return nil, fmt.Errorf("netns: invalid name %q", name)
+	}
+	fd, err := unix.Open(filepath.Join(runDir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace %s: %w", name, err)
+	}
+	return &NS{Name: name, fd: fd}, nil
 }
 
 // Do runs fn on an OS thread that has entered the namespace. Sockets opened and
@@ -99,12 +113,16 @@ func (ns *NS) IP(args ...string) error {
 	return ip(append([]string{"-n", ns.Name}, args...)...)
 }
 
-// Close deletes the namespace. Interfaces inside it go with it; a veth whose
-// peer lives elsewhere disappears on both ends.
+// Close deletes a namespace made by New: interfaces inside it go with it,
+// and a veth whose peer lives elsewhere disappears on both ends. For one from
+// Open it only releases the handle.
 func (ns *NS) Close() error {
 	if ns.fd >= 0 {
 		unix.Close(ns.fd)
 		ns.fd = -1
+	}
+	if !ns.owned {
+		return nil
 	}
 	return ip("netns", "del", ns.Name)
 }

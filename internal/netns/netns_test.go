@@ -1,0 +1,52 @@
+package netns_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"testing"
+
+	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/internal/netns"
+)
+
+func TestNewOpenClose(t *testing.T) {
+	fixture.RequireRoot(t)
+	name := fmt.Sprintf("l4dt-nstest-%d", os.Getpid())
+	ns, err := netns.New(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if _, err := netns.New(name); !errors.Is(err, netns.ErrExists) {
+		t.Fatalf("second New = %v, want ErrExists", err)
+	}
+	other, err := netns.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Inside the namespace there is only lo, and it is up.
+	err = other.Do(func() error {
+		ifs, err := net.Interfaces()
+		if err != nil {
+			return err
+		}
+		if len(ifs) != 1 || ifs[0].Name != "lo" || ifs[0].Flags&net.FlagUp == 0 {
+			return fmt.Errorf("interfaces %v, want lo up only", ifs)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Close(); err != nil || !netns.Exists(name) {
+		t.Fatalf("closing an opened namespace: %v, exists %v; want it kept", err, netns.Exists(name))
+	}
+	if err := ns.Close(); err != nil || netns.Exists(name) {
+		t.Fatalf("closing a new namespace: %v, exists %v; want it gone", err, netns.Exists(name))
+	}
+	if _, err := netns.Open(name); err == nil {
+		t.Fatal("Open of a deleted namespace succeeded")
+	}
+}
