@@ -11,7 +11,10 @@ const MaxInstructions = 4096
 
 // MaxBackwardJumps bounds loops: a filter that takes more backward jumps than
 // this ends with 0 (no match). libpcap's protochain takes one per IPv6
-// extension header or IPv4 AH header it skips.
+// extension header or IPv4 AH header it skips, so "protochain" sees at most
+// this many of them. The bound keeps the verifier's work small: it checks
+// every iteration (about 8,000 processed instructions for the largest
+// protochain filter at 8, 50,000 at 16).
 const MaxBackwardJumps = 8
 
 // StackSize is the number of bytes of stack below EBPFOpts.StackOffset (rounded up
@@ -22,16 +25,22 @@ const StackSize = 128
 // EBPFOpts says how a compiled filter fits into the caller's eBPF program.
 //
 // The filter reads PacketStart, PacketEnd and Context and never changes
-// them; it writes Result and the Working registers. It ends by jumping to
-// ResultLabel with its result in Result (non-zero: match); every path does.
+// them; it writes Result and the Working registers, and the stack below
+// StackOffset. It ends by jumping to ResultLabel with its result in Result
+// (non-zero: match), or to MatchLabel or NoMatchLabel; every path does.
+// Labels the filter defines all start with LabelPrefix.
 //
 // A filter that uses the cpu or rand extension calls a BPF helper, which
-// clobbers R0 to R5. Around each call the filter saves every register named
-// in EBPFOpts that lies in R0 to R5 on the stack (below StackOffset) and
-// restores it after, so all of them keep their meaning. Registers the
-// caller keeps in R0 to R5 without naming them here are lost in such
-// filters; use R6 to R9 for anything else that must survive the filter, or
-// check [UsesHelpers] first.
+// clobbers R0 to R5. Around each call the filter saves PacketStart,
+// PacketEnd, Context and its own X register, where they lie in R0 to R5, on
+// the stack below StackOffset, and restores them after: the registers named
+// here keep their meaning, and Result and Working are the filter's anyway.
+// Such a filter needs R0 named in EBPFOpts (as Result, say), since the
+// helper returns its value there; ToEBPF refuses it otherwise. Other
+// registers in R1 to R5 lose their values in such filters, and the verifier
+// refuses a program that reads them after, so a mistake fails at load time
+// rather than silently. Keep what must survive the filter in R6 to R9, or
+// check [UsesHelpers].
 type EBPFOpts struct {
 	// PacketStart holds a packet pointer to the first byte the filter
 	// sees (offset 0 of its loads): xdp_md->data, or data plus the IP

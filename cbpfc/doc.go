@@ -11,7 +11,11 @@
 //   - "ret A" and "ret #k" end the filter with that value; non-zero is a match;
 //   - the len extension is the packet length, PacketEnd - PacketStart;
 //   - "ldx 4*([k]&0xf)" (msh) and "ld [x+k]" work as in libpcap; an indirect
-//     load whose offset X+k does not fit in 32 bits returns 0, as in libpcap.
+//     load whose offset X+k does not fit in 32 bits returns 0, as in libpcap;
+//   - loads reaching past offset 65535 always fail: XDP packets are shorter,
+//     and the verifier tracks no packet offset beyond it;
+//   - shifts by 32 or more shift by the amount modulo 32, as libpcap's
+//     interpreter does on x86 (the kernel refuses constant ones).
 //
 // Backward jumps, which libpcap emits for "protochain" (a "ja" whose offset
 // wraps around 2^32), are compiled as bounded loops: a filter that takes
@@ -36,6 +40,14 @@
 // Other extensions and negative offsets (SKF_NET_OFF, SKF_LL_OFF) are refused
 // with an [*Error] naming the instruction and wrapping [ErrUnsupported].
 //
-// Packet bounds are checked as seldom as possible: one check covers every
-// load that it dominates on all paths, so a typical filter checks once.
+// Packet bounds are checked as seldom as possible: a check at a load covers
+// the largest extent that every path from there loads (or that ends with 0
+// anyway), so a typical filter checks once or twice. Before code generation
+// the filter is simplified: constants are propagated, jumps whose outcome is
+// known are taken, reloads and dead stores go, and 16- and 32-bit loads that
+// are only compared for equality or tested bitwise stay in network byte
+// order (the constant is swapped instead).
+//
+// The C backend emits the same checks as plain C; clang -O2 -target bpf
+// builds it into code the verifier accepts.
 package cbpfc

@@ -187,6 +187,13 @@ func checkOpts(p *program, o EBPFOpts) error {
 	if (o.MatchLabel == "") != (o.NoMatchLabel == "") {
 		return &Error{Index: -1, Err: fmtErr(ErrOptions, "MatchLabel and NoMatchLabel go together")}
 	}
+	if _, named := regs[asm.R0]; p.usesHelpers && !named {
+		for i, in := range p.insns {
+			if in.kind == kLdExt && (in.k == extCPU || in.k == extRandom) {
+				return errorf(i, ErrOptions, "extension %s calls a helper, which returns in R0: R0 must be one of the registers EBPFOpts names (say, Result)", extName(in.k))
+			}
+		}
+	}
 	if o.ResultLabel == "" && o.MatchLabel == "" {
 		return &Error{Index: -1, Err: fmtErr(ErrOptions, "ResultLabel is empty")}
 	}

@@ -81,6 +81,8 @@ func TestBadOptions(t *testing.T) {
 		{"half the match labels", ip, with(func(o *EBPFOpts) { o.MatchLabel = "m" }), "go together"},
 		{"stack too deep", ip, with(func(o *EBPFOpts) { o.StackOffset = 400 }), "512-byte stack"},
 		{"no context for ifidx", ifidx, with(func(o *EBPFOpts) { o.Context = asm.R0 }), "instruction 0: invalid options: extension ifidx needs the XDP context"},
+		{"helper without R0", []bpf.Instruction{bpf.LoadConstant{Val: 1}, bpf.LoadExtension{Num: bpf.ExtRand}, bpf.RetA{}},
+			with(func(o *EBPFOpts) { o.Result = asm.R7 }), "instruction 1: invalid options: extension rand calls a helper"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

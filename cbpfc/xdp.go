@@ -18,18 +18,44 @@ const (
 // filter matches, XDP_DROP when it does not. It is the yardstick for
 // instruction counts, and a quick way to try a filter.
 func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
-	// R0 is preset to XDP_DROP, so "no match" is just an exit, unless a
-	// helper call clobbers R0.
-	helpers := UsesHelpers(filter)
-	insns, err := ToEBPF(filter, EBPFOpts{
+	p, err := parse(filter)
+	if err != nil {
+		return nil, err
+	}
+	helpers := p.usesHelpers
+	indirect := false
+	for _, in := range p.insns {
+		indirect = indirect || in.kind == kLdInd
+	}
+	// Registers: the x86 JIT saves R6 to R9 on entry when a program uses
+	// them, which costs as much as a small filter, so stay in R0 to R5
+	// where possible. R0 is preset to XDP_DROP, so "no match" is just an
+	// exit, unless R0 is needed: a helper call returns in it, and ld
+	// [x+k] needs a register more.
+	opts := EBPFOpts{
 		PacketStart:  asm.R2,
 		PacketEnd:    asm.R3,
 		Result:       asm.R4,
-		Working:      [3]asm.Register{asm.R5, asm.R6, asm.R7},
-		Context:      asm.R1,
+		Working:      [3]asm.Register{asm.R1, asm.R5, asm.R6},
 		MatchLabel:   "match",
 		NoMatchLabel: "nomatch",
-	})
+	}
+	presetDrop := !helpers && !indirect
+	if !presetDrop {
+		opts.Result, opts.Working[2] = asm.R0, asm.R6
+		if !p.usesContext {
+			opts.Working[2] = asm.R4
+		}
+	}
+	if p.usesContext {
+		opts.Context = asm.R1
+		if presetDrop {
+			opts.Working[0] = asm.R7
+		} else {
+			opts.Working = [3]asm.Register{asm.R4, asm.R5, asm.R6}
+		}
+	}
+	insns, err := compileEBPF(p, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -39,7 +65,7 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 	}
 	match := block{"match", asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()}}
 	nomatch := block{"nomatch", asm.Instructions{asm.Return()}}
-	if helpers {
+	if !presetDrop {
 		nomatch.code = asm.Instructions{asm.Mov.Imm(asm.R0, xdpDrop), asm.Return()}
 	}
 	tail := []block{match, nomatch}
@@ -49,7 +75,7 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 	if last := len(insns) - 1; insns[last].OpCode.JumpOp() == asm.Ja && insns[last].Symbol() == "" {
 		switch insns[last].Reference() {
 		case "match":
-			if !helpers {
+			if presetDrop {
 				// match: r0 = XDP_PASS, then the exit of nomatch.
 				match.code = match.code[:1]
 				tail = []block{match, nomatch}
@@ -83,7 +109,7 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
 		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
 	}
-	if !helpers {
+	if presetDrop {
 		prog = append(prog, asm.Mov.Imm(asm.R0, xdpDrop))
 	}
 	prog = append(prog, insns...)

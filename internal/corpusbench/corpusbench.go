@@ -85,6 +85,9 @@ type Backend struct {
 	// PerFilter holds each filter's instruction count (-1: failed), and
 	// PerFilterProcessed the verifier's processed instructions.
 	PerFilter, PerFilterProcessed []int
+	// PerFilterNs holds each filter's time above the empty program,
+	// per packet.
+	PerFilterNs [][]float64
 }
 
 // Result of a measurement.
@@ -194,6 +197,8 @@ func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 	res.EBPF.PerFilter = make([]int, len(filters))
 	res.C.PerFilter = make([]int, len(filters))
 	res.EBPF.PerFilterProcessed = make([]int, len(filters))
+	res.EBPF.PerFilterNs = make([][]float64, len(filters))
+	res.C.PerFilterNs = make([][]float64, len(filters))
 	res.C.PerFilterProcessed = make([]int, len(filters))
 	for i, f := range filters {
 		res.EBPF.PerFilter[i], res.C.PerFilter[i] = -1, -1
@@ -254,6 +259,7 @@ func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 						return nil, fmt.Errorf("%s: %w", f.Name, err)
 					}
 					a.above[j] = append(a.above[j], ns-emptyNs[j])
+					b.PerFilterNs[i] = append(b.PerFilterNs[i], ns-emptyNs[j])
 				}
 			}
 			prog.Close()

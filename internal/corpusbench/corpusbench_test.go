@@ -2,19 +2,6 @@ package corpusbench
 
 import "testing"
 
-func BenchmarkCorpus(b *testing.B) {
-	filters := CorpusFilters(b)
-	for b.Loop() {
-		res, err := Measure(b, filters, Options{Packets: DefaultPackets(), Repeat: 50000})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Log("\n" + res.Table())
-		b.ReportMetric(float64(res.EBPF.Insns.Median), "ebpf-insns-median")
-		b.ReportMetric(float64(res.C.Insns.Median), "c-insns-median")
-	}
-}
-
 func TestMeasureCounts(t *testing.T) {
 	filters := CorpusFilters(t)
 	res, err := Measure(t, filters, Options{})
