@@ -21,7 +21,7 @@ allows (BPF_PROG_TEST_RUN in live-frames mode redirecting into a veth) or at
 -rate. Without -iface it builds a lab (two namespaces joined by a veth pair,
 removed at the end or on Ctrl-C), sends into it, and reports what reached the
 server side. With -iface it sends out of that interface of the current
-namespace (use 'ip netns exec' to pick one); the frames carry the lab's
+namespace or of -netns NS; the frames carry the lab's
 addresses (198.18.0.1 -> 198.18.0.2, fd00:198:18::1 -> ::2). A veth drops
 redirected frames, uncounted, unless its peer runs NAPI: attach an XDP
 program to the peer or switch GRO on there (ethtool -K PEER gro on); the lab
@@ -32,7 +32,7 @@ A TEMPLATE is ` + lab.TemplateHelp + `
 Examples:
   l4lab gen -d 5s 'dns,name=*.attack.example,weight=95' 'dns,name=www.example.org,weight=5'
   l4lab gen -n 1000000 -rate 200000 'syn,port=80,randsrc' 'udp,port=53,v6,vlan=100'
-  ip netns exec NS l4lab gen -iface veth0 -n 10000 'dns,name=*.example.com'
+  l4lab gen -netns NS -iface veth0 -n 10000 'dns,name=*.example.com'
   l4lab gen -r attack.pcap -rate 10000 -d 10s
 
 Flags:
@@ -48,7 +48,8 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 	seed := fs.Uint64("seed", 1, "seed for the random fields; the same seed sends the same packets")
 	batch := fs.Uint("batch", lab.DefaultBatchSize, "live-frames batch size")
 	cpu := fs.Int("cpu", -1, "pin the sender to this CPU (-1: any)")
-	iface := fs.String("iface", "", "send out of this interface of the current namespace instead of a lab")
+	iface := fs.String("iface", "", "send out of this interface of the current namespace (or -netns) instead of a lab")
+	nsName := fs.String("netns", "", "with -iface: the interface's network namespace (as 'ip netns' names it)")
 	quiet := fs.Bool("q", false, "no progress lines")
 	replay := fs.String("r", "", "replay the Ethernet frames of this pcap or pcapng file (AF_PACKET) instead of templates")
 	afpacket := fs.Bool("afpacket", false, "send the templates' frames with AF_PACKET (no random fields; the fallback when live frames are not available)")
@@ -56,6 +57,9 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	specs := fs.Args()
+	if *nsName != "" && *iface == "" {
+		return fmt.Errorf("-netns needs -iface")
+	}
 	if *replay != "" && len(specs) > 0 {
 		return fmt.Errorf("-r and templates exclude each other")
 	}
@@ -118,7 +122,15 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 	if *iface != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		r, err := send(ctx, nil, *iface)
+		var ns *netns.NS
+		if *nsName != "" {
+			var err error
+			if ns, err = netns.Open(*nsName); err != nil {
+				return err
+			}
+			defer ns.Close()
+		}
+		r, err := send(ctx, ns, *iface)
 		if err != nil {
 			return err
 		}

@@ -27,7 +27,7 @@ Usage:
 
 Examples:
   l4lab gen -d 5s 'dns,name=*.attack.example,weight=95' 'dns,name=www.example.org,weight=5'
-  ip netns exec NS l4lab gen -iface veth0 -n 1000000 -rate 100000 'syn,port=80,v6'
+  l4lab gen -netns NS -iface veth0 -n 1000000 -rate 100000 'syn,port=80,v6'
   l4lab demo
   l4lab bench -o docs/benchmarks.md
 

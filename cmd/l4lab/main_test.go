@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/internal/netns"
+	"github.com/l4drop/l4drop/lab"
 )
 
 func TestGenCommand(t *testing.T) {
@@ -101,5 +103,31 @@ func TestDemoShort(t *testing.T) {
 		if strings.Contains(p.Name(), prefix) {
 			t.Errorf("pins left behind: /sys/fs/bpf/l4drop/%s", p.Name())
 		}
+	}
+}
+
+func TestGenIntoNamespace(t *testing.T) {
+	fixture.RequireRoot(t)
+	l, err := lab.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	before, err := l.ServerCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"gen", "-q", "-netns", l.Inet.Name, "-iface", l.InetIf, "-n", "2000", "-rate", "100000", "udp,port=9,v6"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	time.Sleep(100 * time.Millisecond)
+	after, err := l.ServerCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := after.Sub(before).UDPNoPorts; got != 2000 {
+		t.Errorf("server: %d datagrams to a closed port, want 2000 (output %q)", got, stdout.String())
 	}
 }
