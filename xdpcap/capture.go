@@ -107,8 +107,9 @@ func (c *Counts) add(o Counts) {
 type Stats struct {
 	// Hooks holds the counters of each hook, per action.
 	Hooks [][NumActions]Counts
-	// ReaderLost counts records the perf reader reported lost, in
-	// addition to Counts.Lost (always 0 with a ring buffer).
+	// ReaderLost counts the records the perf buffers report lost (always
+	// 0 with a ring buffer). These are the same losses Counts.Lost
+	// counts, as the kernel saw them; Total does not add them again.
 	ReaderLost uint64
 }
 
@@ -121,14 +122,12 @@ func (s Stats) Action(a Action) Counts {
 	return c
 }
 
-// Total returns the counters summed over hooks and actions, ReaderLost
-// included in Lost.
+// Total returns the counters summed over hooks and actions.
 func (s Stats) Total() Counts {
 	var c Counts
 	for _, a := range Actions {
 		c.add(s.Action(a))
 	}
-	c.Lost += s.ReaderLost
 	return c
 }
 
@@ -148,9 +147,13 @@ type Capture struct {
 	monoToWall int64
 
 	readerLost atomic.Uint64
-	detached   atomic.Bool
-	closeOnce  sync.Once
-	detachMu   sync.Mutex
+	// Reader state, used by ReadInto only.
+	rbRec     ringbuf.Record
+	prRec     perf.Record
+	rearm     bool
+	detached  atomic.Bool
+	closeOnce sync.Once
+	detachMu  sync.Mutex
 }
 
 // progKind is what a hook's owner requires of the programs in it.
@@ -184,7 +187,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Capture{hooks: hooks, poll: o.PollInterval}
+	c := &Capture{hooks: hooks, poll: o.PollInterval, rearm: true}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -362,57 +365,78 @@ func (o Options) normalize() (Options, error) {
 
 // Read returns the next captured packet, waiting for one. After Detach it
 // returns the packets still buffered, then io.EOF; after Close, ErrClosed.
+// Read and ReadInto must not be called concurrently.
 func (c *Capture) Read() (Packet, error) {
+	var p Packet
+	if err := c.ReadInto(&p); err != nil {
+		return Packet{}, err
+	}
+	p.Data = bytes.Clone(p.Data)
+	return p, nil
+}
+
+// ReadInto is Read without an allocation per packet: p.Data points into a
+// buffer of the capture that the next ReadInto overwrites.
+func (c *Capture) ReadInto(p *Packet) error {
 	for {
+		// A deadline is armed only when the last read waited it out:
+		// setting one per record costs more than the record.
+		if c.rearm {
+			c.rearm = false
+			deadline := time.Now().Add(c.poll)
+			if c.rb != nil {
+				c.rb.SetDeadline(deadline)
+			} else {
+				c.pr.SetDeadline(deadline)
+			}
+		}
 		var raw []byte
 		var err error
 		if c.rb != nil {
-			c.rb.SetDeadline(time.Now().Add(c.poll))
-			var rec ringbuf.Record
-			rec, err = c.rb.Read()
-			raw = rec.RawSample
+			err = c.rb.ReadInto(&c.rbRec)
+			raw = c.rbRec.RawSample
 		} else {
-			c.pr.SetDeadline(time.Now().Add(c.poll))
-			var rec perf.Record
-			rec, err = c.pr.Read()
-			if err == nil && rec.LostSamples > 0 {
-				c.readerLost.Add(rec.LostSamples)
+			err = c.pr.ReadInto(&c.prRec)
+			if err == nil && c.prRec.LostSamples > 0 {
+				c.readerLost.Add(c.prRec.LostSamples)
 				continue
 			}
-			raw = rec.RawSample
+			raw = c.prRec.RawSample
 		}
 		switch {
 		case err == nil:
-			return c.parse(raw)
+			return c.parse(raw, p)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			if c.detached.Load() {
-				return Packet{}, io.EOF
+				return io.EOF
 			}
+			c.rearm = true
 		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, perf.ErrClosed), errors.Is(err, os.ErrClosed):
-			return Packet{}, ErrClosed
+			return ErrClosed
 		default:
-			return Packet{}, fmt.Errorf("read capture buffer: %w", err)
+			return fmt.Errorf("read capture buffer: %w", err)
 		}
 	}
 }
 
-func (c *Capture) parse(raw []byte) (Packet, error) {
+func (c *Capture) parse(raw []byte, p *Packet) error {
 	if len(raw) < recHdrSize {
-		return Packet{}, fmt.Errorf("capture record of %d bytes, shorter than its header", len(raw))
+		return fmt.Errorf("capture record of %d bytes, shorter than its header", len(raw))
 	}
 	le := binary.NativeEndian
 	capLen := int(le.Uint32(raw[recCapLen:]))
 	if recHdrSize+capLen > len(raw) {
-		return Packet{}, fmt.Errorf("capture record of %d bytes holds %d captured bytes", len(raw), capLen)
+		return fmt.Errorf("capture record of %d bytes holds %d captured bytes", len(raw), capLen)
 	}
-	return Packet{
+	*p = Packet{
 		Hook:   int(le.Uint16(raw[recHook:])),
 		Action: Action(le.Uint16(raw[recAction:])),
 		CPU:    int(le.Uint32(raw[recCPU:])),
 		Time:   time.Unix(0, int64(le.Uint64(raw[recTime:]))+c.monoToWall),
 		Length: int(le.Uint32(raw[recLen:])),
 		Data:   raw[recHdrSize : recHdrSize+capLen : recHdrSize+capLen],
-	}, nil
+	}
+	return nil
 }
 
 // Stats returns the capture's counters.

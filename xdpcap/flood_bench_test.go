@@ -54,8 +54,9 @@ func BenchmarkCaptureFlood(b *testing.B) {
 			written := 0
 			done := make(chan error, 1)
 			go func() {
+				var p Packet
 				for {
-					p, err := c.Read()
+					err := c.ReadInto(&p)
 					if errors.Is(err, io.EOF) || errors.Is(err, ErrClosed) {
 						done <- w.Flush()
 						return

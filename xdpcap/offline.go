@@ -126,8 +126,9 @@ func (f *TestFilter) Match(pkt []byte) (bool, Packet, error) {
 		if err != nil {
 			return false, Packet{}, fmt.Errorf("read ring buffer: %w", err)
 		}
-		c := Capture{}
-		p, err := c.parse(rec.RawSample)
+		var c Capture
+		var p Packet
+		err = c.parse(rec.RawSample, &p)
 		p.Time = time.Time{}
 		return err == nil, p, err
 	}

@@ -341,8 +341,9 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 	done := make(chan result, 1)
 	go func() {
 		n := 0
+		var p xdpcap.Packet
 		for cfg.count == 0 || n < cfg.count {
-			p, err := capture.Read()
+			err := capture.ReadInto(&p)
 			if errors.Is(err, io.EOF) || errors.Is(err, xdpcap.ErrClosed) {
 				break
 			}
