@@ -1,11 +1,16 @@
 package xdpcap
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,7 +34,7 @@ func BenchmarkCaptureFlood(b *testing.B) {
 		name string
 		perf bool
 	}{{"ringbuf", false}, {"perf", true}} {
-		b.Run(bc.name, func(b *testing.B) {
+		b.Run("xdpcap-"+bc.name, func(b *testing.B) {
 			l := fixture.Lab(b)
 			hook, err := NewHook()
 			if err != nil {
@@ -108,4 +113,64 @@ func BenchmarkCaptureFlood(b *testing.B) {
 			}
 		})
 	}
+}
+
+var tcpdumpStats = regexp.MustCompile(`(\d+) packets? captured\n(\d+) packets? received by filter\n(\d+) packets? dropped by kernel`)
+
+// BenchmarkCaptureFloodTcpdump is the same flood captured by tcpdump on
+// the receiving veth, whose XDP program passes everything (tcpdump needs
+// the stack's path).
+func BenchmarkCaptureFloodTcpdump(b *testing.B) {
+	fixture.RequireRoot(b)
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		b.Skip("tcpdump missing")
+	}
+	l := fixture.Lab(b)
+	xdpcaptest.Attach(b, l.Server, l.ServerIndex, xdpcaptest.PassProgram(b))
+	out := filepath.Join(b.TempDir(), "tcpdump.pcap")
+	var stderr bytes.Buffer
+	cmd := l.Server.Command("tcpdump", "-n", "-i", l.ServerIf, "-w", out, "udp port 9")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	for range 100 {
+		if strings.Contains(stderr.String(), "listening on") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tpl, err := lab.ParseTemplate("udp,port=9")
+	if err != nil {
+		b.Fatal(err)
+	}
+	g, err := lab.NewGenerator(l.Client, l.ClientIf, []lab.Template{tpl}, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer g.Close()
+	b.ResetTimer()
+	r, err := g.Run(context.Background(), lab.RunOptions{Duration: 2 * time.Second, CPU: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	m := tcpdumpStats.FindStringSubmatch(stderr.String())
+	if m == nil {
+		b.Fatalf("tcpdump printed no statistics:\n%s", &stderr)
+	}
+	captured, _ := strconv.ParseUint(m[1], 10, 64)
+	dropped, _ := strconv.ParseUint(m[3], 10, 64)
+	secs := r.Elapsed.Seconds()
+	b.ReportMetric(float64(r.Sent)/secs/1e6, "sent-Mpps")
+	b.ReportMetric(float64(captured)/secs/1e6, "captured-Mpps")
+	b.ReportMetric(float64(dropped), "lost")
 }
