@@ -194,9 +194,18 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		}
 	}()
 
+	seen := map[ebpf.MapID]int{}
 	for i, h := range hooks {
 		if err := CheckHook(h); err != nil {
 			return nil, fmt.Errorf("hook %d: %w", i, err)
+		}
+		if info, err := h.Info(); err == nil {
+			if id, ok := info.ID(); ok {
+				if j, dup := seen[id]; dup {
+					return nil, fmt.Errorf("hook %d is hook %d again", i, j)
+				}
+				seen[id] = i
+			}
 		}
 		if owned, err := hasOwner(h); err != nil {
 			return nil, fmt.Errorf("hook %d: %w", i, err)

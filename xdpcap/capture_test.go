@@ -201,6 +201,9 @@ func TestCaptureLocks(t *testing.T) {
 		t.Errorf("capture on a hook no program uses: err = %v, want ErrNoProgram", err)
 	}
 	actionProgram(t, hook, false)
+	if _, err := Start([]*ebpf.Map{hook, hook}, Options{}); err == nil || errors.Is(err, ErrHookBusy) {
+		t.Errorf("the same hook twice: err = %v, want a complaint about the duplicate", err)
+	}
 	c, err := Start([]*ebpf.Map{hook}, Options{})
 	if err != nil {
 		t.Fatal(err)
