@@ -13,8 +13,8 @@ import (
 )
 
 // benchRules returns n rules of a kind: "port" (tcpdump expressions, each
-// its own compiled matcher) or "dns" (exact names, the table), and a packet
-// that matches the last rule.
+// its own compiled matcher), "dns" (exact names) or "dnswild" ("*.zone"
+// names; both in the name tables), and a packet that matches the last rule.
 func benchRules(kind string, n int) (string, []byte) {
 	var b strings.Builder
 	b.WriteString("rules:\n")
@@ -24,10 +24,16 @@ func benchRules(kind string, n int) (string, []byte) {
 			fmt.Fprintf(&b, "  - name: port-%d\n    expr: \"udp dst port %d\"\n", i, 1000+i)
 		case "dns":
 			fmt.Fprintf(&b, "  - name: dns-%d\n    dns: [\"host%d.attack.example.com\"]\n", i, i)
+		case "dnswild":
+			fmt.Fprintf(&b, "  - name: zone-%d\n    dns: [\"*.zone%04d.example\"]\n", i, i)
 		}
 	}
 	if kind == "port" {
 		return b.String(), fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, uint16(1000+n-1), make([]byte, 18))
+	}
+	if kind == "dnswild" {
+		q := fixture.DNSQuery(fmt.Sprintf("x7f3k2.zone%04d.example", n-1), 1)
+		return b.String(), fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 53, q)
 	}
 	q := fixture.DNSQuery(fmt.Sprintf("host%d.attack.example.com", n-1), 1)
 	return b.String(), fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 53, q)
@@ -37,7 +43,7 @@ func benchRules(kind string, n int) (string, []byte) {
 // of rule sets of growing size.
 func BenchmarkBuildLoad(b *testing.B) {
 	fixture.RequireRoot(b)
-	for _, kind := range []string{"dns", "port"} {
+	for _, kind := range []string{"dns", "dnswild", "port"} {
 		for _, n := range []int{1, 100, 1000, 10000} {
 			b.Run(fmt.Sprintf("%s/%d", kind, n), func(b *testing.B) {
 				text, _ := benchRules(kind, n)
@@ -92,7 +98,7 @@ func BenchmarkPacket(b *testing.B) {
 		}
 		b.ReportMetric(ns, "ns/packet")
 	})
-	for _, kind := range []string{"dns", "port"} {
+	for _, kind := range []string{"dns", "dnswild", "port"} {
 		for _, n := range []int{1, 10, 100, 1000} {
 			b.Run(fmt.Sprintf("%s/%d", kind, n), func(b *testing.B) {
 				text, pkt := benchRules(kind, n)

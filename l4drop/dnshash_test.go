@@ -8,9 +8,9 @@ import (
 )
 
 var (
-	label63   = strings.Repeat("a", 63)
-	longName  = label63 + "." + label63 + "." + label63 + "." + strings.Repeat("b", 61) // 255 bytes on the wire
-	dnsTables = `
+	label63       = strings.Repeat("a", 63)
+	longName      = label63 + "." + label63 + "." + label63 + "." + strings.Repeat("b", 61) // 255 bytes on the wire
+	dnsTableRules = `
 rules:
   - name: allow-good
     dns: ["good.example.com"]
@@ -30,6 +30,14 @@ rules:
     locations: [ams]
   - name: long
     dns: ["` + longName + `"]
+  - name: wild-com
+    dns: ["*.example.com"]
+  - name: wild
+    dns: ["*.zone1.example", "*.zone3.example."]
+  - name: wild-ci-v6
+    family: ipv6
+    dns: ["*.Zone2.Example"]
+    dns_case_insensitive: true
 `
 )
 
@@ -72,7 +80,7 @@ func dnsPacket(v6 bool, dport uint16, payload []byte) []byte {
 // families, case, switches, and names that must not match.
 func TestDNSTable(t *testing.T) {
 	fixture.RequireRoot(t)
-	rs, err := ParseRuleSet("dns.yaml", []byte(dnsTables))
+	rs, err := ParseRuleSet("dns.yaml", []byte(dnsTableRules))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +107,7 @@ func TestDNSTable(t *testing.T) {
 		{"v4 worse", dnsPacket(false, 53, q("worse.example.com")), "", "bad-v4"},
 		{"v6 bad", dnsPacket(true, 53, q("bad.example.com")), "", "bad-any"},
 		{"v6 x", dnsPacket(true, 53, q("x.example.org")), "", "bad-any"},
-		{"case differs", dnsPacket(false, 53, q("BAD.example.com")), "", ""},
+		{"case differs", dnsPacket(false, 53, q("BAD.example.com")), "", "wild-com"},
 		{"ci lower", dnsPacket(false, 53, q("mixed.example.net")), "", "bad-ci"},
 		{"ci upper v6", dnsPacket(true, 53, q("MIXED.EXAMPLE.NET")), "", "bad-ci"},
 		{"ci near", dnsPacket(false, 53, q("mixed.example.ne")), "", ""},
@@ -112,11 +120,23 @@ func TestDNSTable(t *testing.T) {
 		{"compressed", dnsPacket(false, 53, compressed), "", ""},
 		{"empty payload", dnsPacket(false, 53, nil), "", ""},
 		{"vlan bad", fixture.VLAN(dnsPacket(false, 53, q("bad.example.com")), 7), "", "bad-v4"},
-		{"ams elsewhere", dnsPacket(false, 53, q("ams.example.com")), "", ""},
+		{"ams elsewhere", dnsPacket(false, 53, q("ams.example.com")), "", "wild-com"},
 		{"ams at ams", dnsPacket(false, 53, q("ams.example.com")), "ams", "ams-only"},
 		{"long", dnsPacket(false, 53, q(longName)), "", "long"},
 		{"long v6", dnsPacket(true, 53, q(longName)), "", "long"},
 		{"syn", fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 1, 80), "", "syn"},
+		{"wild", dnsPacket(false, 53, q("a.zone1.example")), "", "wild"},
+		{"wild second pattern", dnsPacket(true, 53, q("abc.zone3.example")), "", "wild"},
+		{"wild long label", dnsPacket(false, 53, q(label63+".zone1.example")), "", "wild"},
+		{"wild star label", dnsPacket(false, 53, q("*.zone1.example")), "", "wild"},
+		{"wild no label", dnsPacket(false, 53, q("zone1.example")), "", ""},
+		{"wild two labels", dnsPacket(false, 53, q("a.b.zone1.example")), "", ""},
+		{"wild case", dnsPacket(false, 53, q("a.ZONE1.example")), "", ""},
+		{"wild ci v6", dnsPacket(true, 53, q("X.zOnE2.EXAMPLE")), "", "wild-ci-v6"},
+		{"wild ci v4", dnsPacket(false, 53, q("x.zone2.example")), "", ""},
+		{"exact before wild", dnsPacket(true, 53, q("bad.example.com")), "", "bad-any"},
+		{"wild after exact", dnsPacket(false, 53, q("other.example.com")), "", "wild-com"},
+		{"wild truncated", dnsPacket(false, 53, q("a.zone1.example")[:12+10]), "", ""},
 	}
 	frag := dnsPacket(false, 53, q("bad.example.com"))
 	frag[14+6] |= 0x01 // fragment offset 256 bytes
@@ -186,8 +206,8 @@ func TestDNSTable(t *testing.T) {
 	if v, err := d.Run(dnsPacket(false, 53, q("bad.example.com"))); err != nil || v.Name != "bad-any" {
 		t.Errorf("bad-v4 disabled: %+v, %v; want bad-any", v, err)
 	}
-	if v, err := d.Run(dnsPacket(false, 53, q("worse.example.com"))); err != nil || v.Name != "" {
-		t.Errorf("bad-v4 disabled: %+v, %v; want no rule", v, err)
+	if v, err := d.Run(dnsPacket(false, 53, q("worse.example.com"))); err != nil || v.Name != "wild-com" {
+		t.Errorf("bad-v4 disabled: %+v, %v; want wild-com", v, err)
 	}
 }
 

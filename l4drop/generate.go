@@ -164,15 +164,20 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n#define L4_NONE 0xffffffffu\n", len(rules), len(progs))
 	w.printf("%s", finishTemplate)
 	if len(dns) > 0 {
-		cs, ci := 0, 0
+		var n [4]int
 		for _, k := range dns {
-			if k.CI {
-				ci++
-			} else {
-				cs++
+			for t, tab := range dnsTables {
+				if k.CI == tab.ci && k.Wild == tab.wild {
+					n[t]++
+				}
 			}
 		}
-		w.printf(dnsMapsTemplate, dnsKeyLen(dns), min(cs, 1), min(ci, 1), max(cs, 1), max(ci, 1))
+		// One key size for all tables: the buffer's. Smaller keys for
+		// the tables with shorter names hash faster, but made the
+		// verifier's path count explode.
+		_, _, buf := dnsKeyLens(dns)
+		w.printf(dnsMapsTemplate, buf, buf, buf, min(n[0], 1), min(n[1], 1), min(n[2], 1), min(n[3], 1),
+			max(n[0], 1), max(n[1], 1), max(n[2], 1), max(n[3], 1))
 	}
 
 	tsrc, err := templates(rules)
