@@ -16,6 +16,7 @@ import (
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/internal/netns"
 	"github.com/l4drop/l4drop/xdpcap/xdpcaptest"
 )
 
@@ -29,6 +30,11 @@ func goProgram(t testing.TB, hook *ebpf.Map) *ebpf.Program {
 // goProgramHooked is goProgram, with plain returns instead of the hook's
 // exit sequence unless hooked.
 func goProgramHooked(t testing.TB, hook *ebpf.Map, hooked bool) *ebpf.Program {
+	return goProgramFlags(t, hook, hooked, 0)
+}
+
+// goProgramFlags is goProgramHooked loaded with the given program flags.
+func goProgramFlags(t testing.TB, hook *ebpf.Map, hooked bool, flags uint32) *ebpf.Program {
 	t.Helper()
 	const (
 		ctx  = asm.R6
@@ -82,7 +88,7 @@ func goProgramHooked(t testing.TB, hook *ebpf.Map, hooked bool) *ebpf.Program {
 			t.Fatal(err)
 		}
 	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "test_go_prog", Type: ebpf.XDP, Instructions: insns, License: "GPL"})
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "test_go_prog", Type: ebpf.XDP, Instructions: insns, License: "GPL", Flags: flags})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,4 +232,70 @@ func cProgram(t testing.TB, hook *ebpf.Map) *ebpf.Program {
 	}
 	t.Cleanup(func() { coll.Close() })
 	return coll.Programs["xdp_example"]
+}
+
+// TestLiveMultiBuffer sends jumbo frames over a veth with a 9000-byte MTU
+// to a multi-buffer (BPF_F_XDP_HAS_FRAGS) program: the capture gets every
+// packet whole, fragments included, or the first snap length bytes.
+func TestLiveMultiBuffer(t *testing.T) {
+	fixture.RequireRoot(t)
+	lab := fixture.Lab(t)
+	for _, ns := range []*netns.NS{lab.Client, lab.Server} {
+		if err := ns.IP("link", "set", "veth0", "mtu", "9000"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hook, err := NewHook()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hook.Close()
+	xdpcaptest.Attach(t, lab.Server, lab.ServerIndex, goProgramFlags(t, hook, true, bpfFXDPHasFrags))
+
+	for _, snap := range []int{0, 5000} {
+		c, err := Start([]*ebpf.Map{hook}, Options{Actions: []Action{Drop}, SnapLen: snap, PollInterval: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const payload = 8000
+		err = lab.Client.Do(func() error {
+			conn, err := net.Dial("udp4", net.JoinHostPort(fixture.ServerIPv4, "9"))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			b := make([]byte, payload)
+			for i := range b {
+				b[i] = byte(i * 7)
+			}
+			_, err = conn.Write(b)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if err := c.Detach(); err != nil {
+			t.Fatal(err)
+		}
+		pkts := readAll(t, c)
+		c.Close()
+		if len(pkts) != 1 {
+			t.Fatalf("snap %d: captured %d packets, want 1", snap, len(pkts))
+		}
+		p := pkts[0]
+		const frame = 14 + 20 + 8 + payload
+		wantCap := frame
+		if snap != 0 {
+			wantCap = snap
+		}
+		if p.Length != frame || len(p.Data) != wantCap {
+			t.Fatalf("snap %d: length %d, captured %d; want %d, %d", snap, p.Length, len(p.Data), frame, wantCap)
+		}
+		for i := 42; i < len(p.Data); i++ {
+			if p.Data[i] != byte((i-42)*7) {
+				t.Fatalf("snap %d: captured byte %d is %#x, want %#x", snap, i, p.Data[i], byte((i-42)*7))
+			}
+		}
+	}
 }
