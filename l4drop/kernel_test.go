@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/cbpf"
@@ -444,5 +445,46 @@ func TestLoadErrors(t *testing.T) {
 	}
 	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
 		t.Errorf("pins left after unload: %v", err)
+	}
+}
+
+// TestReloadAfterInterfaceGone: pins left by an interface that went away do
+// not swallow the next load; it attaches to the new interface.
+func TestReloadAfterInterfaceGone(t *testing.T) {
+	fixture.RequireRoot(t)
+	obj := buildYAML(t, testRules(t))
+	lab := fixture.Lab(t)
+	root := fixture.BPFFS(t)
+	l := loadOnServer(t, lab, root, obj, LoadOptions{})
+	defer Unload(l.Dir)
+	if err := lab.Server.IP("link", "del", lab.ServerIf); err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.NewVeth(lab.Client, lab.ClientIf, lab.Server, lab.ServerIf); err != nil {
+		t.Fatal(err)
+	}
+	l2 := loadOnServer(t, lab, root, obj, LoadOptions{})
+	if l2.Replaced {
+		t.Error("load updated the dead link instead of attaching")
+	}
+	var attached bool
+	err := lab.Server.Do(func() error {
+		ifi, err := net.InterfaceByName(lab.ServerIf)
+		if err != nil {
+			return err
+		}
+		lk, err := link.LoadPinnedLink(filepath.Join(l2.Dir, PinLink), nil)
+		if err != nil {
+			return err
+		}
+		defer lk.Close()
+		attached = attachedTo(lk, ifi.Index)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !attached {
+		t.Error("the new link is not attached to the new interface")
 	}
 }

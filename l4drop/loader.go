@@ -403,7 +403,15 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	replaced := false
 	linkPath := filepath.Join(dir, PinLink)
 	var l link.Link
-	if old, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+	old, err := link.LoadPinnedLink(linkPath, nil)
+	if err == nil && !attachedTo(old, ifindex) {
+		// The interface went away (its namespace was deleted, say):
+		// the pinned link attaches nothing. Start afresh.
+		old.Unpin()
+		old.Close()
+		err = os.ErrNotExist
+	}
+	if err == nil {
 		if err := old.Update(progs[0]); err != nil {
 			old.Close()
 			return nil, fmt.Errorf("replace the loaded rule set: %w", err)
@@ -462,6 +470,16 @@ func (l *Loaded) Close() error {
 		p.Close()
 	}
 	return nil
+}
+
+// attachedTo reports whether an XDP link is attached to ifindex.
+func attachedTo(l link.Link, ifindex int) bool {
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	xdp := info.XDP()
+	return xdp != nil && int(xdp.Ifindex) == ifindex
 }
 
 func modeFlags(mode string) (link.XDPAttachFlags, error) {
