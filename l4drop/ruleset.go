@@ -123,7 +123,7 @@ func setLines(rs *RuleSet, root *yaml.Node) {
 	}
 }
 
-// Errorf returns an error about rule r of the set, naming file, line and rule.
+// errorf returns an error about rule r of the set, naming file, line and rule.
 func (rs *RuleSet) errorf(r *Rule, format string, args ...any) error {
 	return fmt.Errorf("%s:%d: rule %q: %w: %s", rs.File, r.Line, r.Name, ErrRuleSet, fmt.Sprintf(format, args...))
 }
