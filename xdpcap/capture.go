@@ -23,7 +23,9 @@ import (
 const DefaultSnapLen = 262144
 
 // DefaultBufferSize is the ring buffer size when Options.BufferSize is 0.
-const DefaultBufferSize = 8 << 20
+// At 2 Mpps of small packets it holds about 150 ms of traffic, enough for
+// the reader to get through a busy machine's scheduling delays.
+const DefaultBufferSize = 32 << 20
 
 // ErrNoProgram is returned by Start for a hook that no program has used
 // yet. The first program to use a program array fixes what kind of
