@@ -152,7 +152,6 @@ type ebpfGen struct {
 	a, x   asm.Register
 	tmp    asm.Register
 	px     asm.Register
-	aRaw   int // A holds a big-endian load of this many bytes, not yet swapped (0: none)
 }
 
 func checkOpts(p *program, o EBPFOpts) error {
@@ -303,18 +302,10 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 			continue
 		}
 		if f.leader[i] {
-			g.aRaw = 0
 			g.mark(g.label(i))
 		}
 		if err := g.insn(i, in, states[i]); err != nil {
 			return nil, err
-		}
-		// Falling through into the next block: A must be in host order
-		// if that block reads it.
-		if len(f.succs[i]) == 1 && f.succs[i][0] == i+1 && in.kind != kJa && in.kind != kJcond && i+1 < len(p.insns) && f.leader[i+1] {
-			if f.liveIn[i+1]&liveA != 0 {
-				g.swapA()
-			}
 		}
 	}
 	if _, ok := g.labels[g.fail]; !ok && g.referenced(g.fail) && g.fail != g.opts.NoMatchLabel {
@@ -458,13 +449,6 @@ func swapConst(k uint32, size int) uint32 {
 	return k
 }
 
-func (g *ebpfGen) swapA() {
-	if g.aRaw != 0 {
-		g.emit(asm.HostTo(asm.BE, g.a, sizes[g.aRaw]))
-		g.aRaw = 0
-	}
-}
-
 func (g *ebpfGen) dst(r reg) asm.Register {
 	if r == regA {
 		return g.a
@@ -518,17 +502,14 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	switch in.kind {
 	case kLdImm:
 		if in.dst == regA {
-			g.aRaw = 0
 		}
 		g.emit(asm.Mov.Imm32(g.dst(in.dst), int32(in.k)))
 	case kLdMem:
 		if in.dst == regA {
-			g.aRaw = 0
 		}
 		g.emit(asm.LoadMem(g.dst(in.dst), asm.RFP, g.memOff(in.k), asm.Word))
 	case kLdLen:
 		if in.dst == regA {
-			g.aRaw = 0
 		}
 		d := g.dst(in.dst)
 		g.emit(asm.Mov.Reg(d, g.opts.PacketEnd), asm.Sub.Reg(d, g.opts.PacketStart))
@@ -576,24 +557,18 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			g.swapLoad(i, in)
 		}
 	case kLdExt:
-		g.aRaw = 0
 		g.ext(i, in)
 	case kSt:
 		if in.dst == regA {
-			g.swapA()
 		}
 		g.emit(asm.StoreMem(asm.RFP, g.memOff(in.k), g.dst(in.dst), asm.Word))
 	case kAlu:
-		g.swapA()
 		g.alu(in)
 	case kNeg:
-		g.swapA()
 		g.emit(asm.Neg.Imm32(g.a, 0))
 	case kTax:
-		g.swapA()
 		g.emit(asm.Mov.Reg32(g.x, g.a))
 	case kTxa:
-		g.aRaw = 0
 		g.emit(asm.Mov.Reg32(g.a, g.x))
 	case kNop:
 	case kRetA:
@@ -610,9 +585,6 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		g.emit(asm.Mov.Imm32(g.a, int32(in.k)), asm.Ja.Label(g.opts.ResultLabel))
 	case kJa:
 		t := g.target(in.jt)
-		if g.aRaw != 0 && f.liveIn[t]&liveA != 0 {
-			g.swapA()
-		}
 		if in.jback {
 			g.emit(
 				asm.LoadMem(g.tmp, asm.RFP, g.loopOff(), asm.Word),
