@@ -56,7 +56,12 @@ type EBPFOpts struct {
 	// Result receives the filter's result. The filter also keeps its
 	// accumulator A there.
 	Result asm.Register
-	// Working are scratch registers the filter may overwrite.
+	// Working are scratch registers the filter may overwrite: Working[0]
+	// holds X, Working[1] checks packet bounds, Working[2] points into the
+	// packet for ld [x+k]. A filter touches only those it needs (no X, no
+	// Working[0]; no ld [x+k], no Working[2]); since the x86 JIT saves
+	// R6 to R9 on entry when a program uses them, give rarely used roles
+	// those registers and the common ones R0 to R5.
 	Working [3]asm.Register
 	// Context holds the xdp_md pointer, for the ifidx and type extensions.
 	// R0 (the zero value) means the caller has none: filters using those

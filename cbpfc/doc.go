@@ -9,7 +9,9 @@
 //   - A, X and the scratch memory M[0..15] start at 0;
 //   - division or modulo by zero ends the filter with 0;
 //   - "ret A" and "ret #k" end the filter with that value; non-zero is a match;
-//   - the len extension is the packet length, PacketEnd - PacketStart;
+//   - the len extension is the packet length, PacketEnd - PacketStart (for
+//     a multi-buffer frame, the part in the first buffer, which is all the
+//     filter can load);
 //   - "ldx 4*([k]&0xf)" (msh) and "ld [x+k]" work as in libpcap; an indirect
 //     load whose offset X+k does not fit in 32 bits returns 0, as in libpcap;
 //   - loads reaching past offset 65535 always fail: XDP packets are shorter,
