@@ -65,6 +65,8 @@ type matcher struct {
 	prog   []bpf.Instruction
 	fn     string   // C function, set by Generate
 	args   []string // its constant arguments, for shared templates
+	// collect is the template's candidate-collecting variant, if any.
+	collect string
 }
 
 // matchers compiles the matchers of rule r. A DNS matcher of a rule for

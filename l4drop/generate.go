@@ -38,6 +38,9 @@ type BuildOptions struct {
 	// NoDNSTable makes exact-name DNS rules run one by one through the DNS
 	// generator, like the others, instead of sharing one table lookup.
 	NoDNSTable bool
+	// NoSets makes rules that differ only in a constant run one by one
+	// instead of all at once.
+	NoSets bool
 }
 
 // DefaultMaxProgramInsns keeps each generated program well within what the
@@ -89,8 +92,9 @@ type compiledRule struct {
 	rule     *Rule
 	matchers []matcher
 	insns    int
-	jumps    int  // conditional jumps, the verifier's pending branches
-	hashed   bool // in the exact-name DNS table
+	jumps    int    // conditional jumps, the verifier's pending branches
+	hashed   bool   // in the exact-name DNS table
+	set      string // key of the set of rules tested at once, or ""
 }
 
 // Generate turns the rule set into one C program.
@@ -185,7 +189,16 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		return nil, err
 	}
 	if tsrc != "" {
+		w.printf("%s", candsPrelude)
 		w.printf("\n/* Matchers shared by rules that differ only in constants. */\n%s", tsrc)
+	}
+	// Rules tested all at once: one template matcher that tests its
+	// constant for equality only.
+	for i := range rules {
+		cr := &rules[i]
+		if len(cr.matchers) == 1 && cr.matchers[0].collect != "" && len(cr.matchers[0].args) == 1 && !opts.NoSets {
+			cr.set = fmt.Sprintf("%s/%s/%s", cr.matchers[0].collect, cr.rule.Family, cr.rule.Action)
+		}
 	}
 	funcs := make(map[string]string) // matcher program -> C function
 	for i, cr := range rules {
@@ -236,6 +249,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		type item struct {
 			rules  []int
 			hashed bool
+			set    string
 		}
 		var items []item
 		used := 0
@@ -247,11 +261,13 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 			case cr.hashed && last >= 0 && items[last].hashed &&
 				rules[items[last].rules[0]].rule.Action == cr.rule.Action:
 				items[last].rules = append(items[last].rules, i)
-			case !cr.hashed && last >= 0 && !items[last].hashed && used+cr.insns <= blockInsns:
+			case cr.set != "" && last >= 0 && items[last].set == cr.set:
+				items[last].rules = append(items[last].rules, i)
+			case !cr.hashed && cr.set == "" && last >= 0 && !items[last].hashed && items[last].set == "" && used+cr.insns <= blockInsns:
 				items[last].rules = append(items[last].rules, i)
 				used += cr.insns
 			default:
-				items = append(items, item{rules: []int{i}, hashed: cr.hashed})
+				items = append(items, item{rules: []int{i}, hashed: cr.hashed, set: cr.set})
 				used = cr.insns
 			}
 		}
@@ -267,6 +283,14 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		}
 		for b, it := range items {
 			if it.hashed {
+				continue
+			}
+			if it.set != "" {
+				set, err := writeSet(w, &meta, rules, it.rules, p, b)
+				if err != nil {
+					return nil, err
+				}
+				meta.Sets = append(meta.Sets, set)
 				continue
 			}
 			w.printf("\n/* Returns rule << 1 | pass for the first matching rule, or L4_NONE. */\n")

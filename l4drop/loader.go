@@ -268,6 +268,9 @@ func prepare(obj []byte, opts LoadOptions) (*Meta, []bool, *ebpf.CollectionSpec,
 	if err := fillDNS(spec, meta, on); err != nil {
 		return nil, nil, nil, err
 	}
+	if err := fillSets(spec, meta, on); err != nil {
+		return nil, nil, nil, err
+	}
 	if ms := spec.Maps[mapSamples]; ms != nil && ms.MaxEntries == 0 {
 		n, err := ebpf.PossibleCPU()
 		if err != nil {

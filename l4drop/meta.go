@@ -25,6 +25,8 @@ type Meta struct {
 	Rules    []MetaRule `json:"rules"`
 	// DNS is the exact-name table, in rule order.
 	DNS []DNSKey `json:"dns,omitempty"`
+	// Sets are the runs of rules tested at once.
+	Sets []SetGroup `json:"sets,omitempty"`
 }
 
 // MetaRule describes one rule of a built rule set.

@@ -1,0 +1,89 @@
+package l4drop
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/l4drop/l4drop/internal/fixture"
+)
+
+// TestSets: rules that differ only in a constant, tested at once, decide
+// every packet as the same rules tried one by one: order, duplicates,
+// switches, families, actions, and rules that fall back to one by one.
+func TestSets(t *testing.T) {
+	fixture.RequireRoot(t)
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i := 0; i < 40; i++ {
+		port := 3000 + i
+		if i == 5 {
+			port = 3003 // a duplicate of rule udp-3
+		}
+		fmt.Fprintf(&b, "  - name: udp-%d\n    expr: \"udp dst port %d\"\n", i, port)
+	}
+	for i := 0; i < 20; i++ {
+		fmt.Fprintf(&b, "  - name: tcp6-%d\n    family: ipv6\n    expr: \"ip6 and tcp dst port %d\"\n    action: pass\n", i, 5000+i)
+	}
+	for i := 0; i < 20; i++ {
+		fmt.Fprintf(&b, "  - name: not-%d\n    family: ipv6\n    expr: \"not udp dst port %d\"\n", i, 6000+i)
+	}
+	rs, err := ParseRuleSet("sets.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, gen, err := Build(rs, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gen.Meta.Sets) < 2 {
+		t.Fatalf("%d sets; want the udp and the tcp6 rules tested at once", len(gen.Meta.Sets))
+	}
+	ref, _, err := Build(rs, BuildOptions{NoSets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pkts [][]byte
+	c4, s4, c6, s6 := fixture.ClientIPv4, fixture.ServerIPv4, fixture.ClientIPv6, fixture.ServerIPv6
+	for port := uint16(2998); port < 3042; port++ {
+		pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, nil), fixture.UDP6(c6, s6, 1, port, nil))
+	}
+	for port := uint16(4999); port < 5022; port++ {
+		pkts = append(pkts, fixture.TCP6SYN(c6, s6, 1, port), fixture.TCP4SYN(c4, s4, 1, port))
+	}
+	for _, port := range []uint16{6000, 6005, 6019, 6020, 53} {
+		pkts = append(pkts, fixture.UDP6(c6, s6, 1, port, nil))
+	}
+	for _, opts := range []LoadOptions{{}, {Disable: []string{"udp-3", "udp-10", "tcp6-0"}}, {Disable: []string{"udp-5"}}} {
+		d, err := NewDryRun(obj, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := NewDryRun(ref, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		matched := 0
+		for i, pkt := range pkts {
+			got, err := d.Run(pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := r.Run(pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("%v: packet %d: %+v, one by one %+v", opts.Disable, i, got, want)
+			}
+			if got.Rule != NoRule {
+				matched++
+			}
+		}
+		if matched < len(pkts)/2 {
+			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
+		}
+		d.Close()
+		r.Close()
+	}
+}
