@@ -1,39 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
-
 	"github.com/l4drop/l4drop/cbpf"
+	"github.com/l4drop/l4drop/internal/pcapfile"
 	"github.com/l4drop/l4drop/xdpcap"
 )
-
-// packetSource reads a pcap or pcapng file.
-type packetSource interface {
-	ReadPacketData() ([]byte, gopacket.CaptureInfo, error)
-	LinkType() layers.LinkType
-}
-
-func openCapture(r io.Reader) (packetSource, error) {
-	br := bufio.NewReader(r)
-	magic, err := br.Peek(4)
-	if err != nil {
-		return nil, fmt.Errorf("not a capture file: %w", err)
-	}
-	if binary.LittleEndian.Uint32(magic) == 0x0A0D0D0A {
-		return pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
-	}
-	return pcapgo.NewReader(br)
-}
 
 // offline runs the capture filter over the packets of a file with
 // BPF_PROG_TEST_RUN and writes the matches.
@@ -47,7 +24,7 @@ func offline(in, out string, exprArgs []string, cfg config, stdout, stderr io.Wr
 		defer f.Close()
 		src = f
 	}
-	r, err := openCapture(src)
+	r, err := pcapfile.NewReader(src)
 	if err != nil {
 		return fmt.Errorf("%s: %w", in, err)
 	}

@@ -1,0 +1,125 @@
+// Package pcapfile reads capture files, pcap or pcapng, telling them apart by
+// their first bytes.
+//
+// Classic pcap is read here rather than through pcapgo because pcapgo
+// refuses records whose captured length exceeds the length on the wire,
+// which libpcap and tcpdump accept and real captures contain; pcapng goes to
+// pcapgo's reader.
+package pcapfile
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+)
+
+// ErrFormat is returned when the input is neither pcap nor pcapng.
+var ErrFormat = errors.New("not a pcap or pcapng file")
+
+// MaxRecord bounds one record's captured length, so that a corrupt length
+// field cannot make the reader allocate gigabytes.
+const MaxRecord = 1 << 24
+
+const ngMagic = 0x0A0D0D0A
+
+// Reader reads the packets of a capture file.
+type Reader struct {
+	lt   layers.LinkType
+	ng   *pcapgo.NgReader
+	r    *bufio.Reader
+	hdr  [16]byte
+	ord  binary.ByteOrder
+	nano bool
+	n    int // records read, for errors
+}
+
+// NewReader reads the file header from r and returns a Reader for the
+// packets that follow.
+func NewReader(r io.Reader) (*Reader, error) {
+	br := bufio.NewReaderSize(r, 1<<16)
+	head, err := br.Peek(4)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
+	}
+	if binary.LittleEndian.Uint32(head) == ngMagic {
+		ng, err := pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
+		if err != nil {
+			return nil, fmt.Errorf("pcapng: %w", err)
+		}
+		return &Reader{lt: ng.LinkType(), ng: ng}, nil
+	}
+	var fh [24]byte
+	if _, err := io.ReadFull(br, fh[:]); err != nil {
+		return nil, fmt.Errorf("%w: file header: %w", ErrFormat, err)
+	}
+	rd := &Reader{r: br}
+	switch magic := binary.LittleEndian.Uint32(fh[:]); magic {
+	case 0xa1b2c3d4, 0xa1b23c4d:
+		rd.ord, rd.nano = binary.LittleEndian, magic == 0xa1b23c4d
+	case 0xd4c3b2a1, 0x4d3cb2a1:
+		rd.ord, rd.nano = binary.BigEndian, magic == 0x4d3cb2a1
+	default:
+		return nil, fmt.Errorf("%w: magic %#08x", ErrFormat, magic)
+	}
+	// The upper bits of the link type field carry FCS information.
+	rd.lt = layers.LinkType(rd.ord.Uint32(fh[20:]) & 0x0fffffff)
+	return rd, nil
+}
+
+// Open opens the capture file at path. Closing the returned closer closes
+// the file.
+func Open(path string) (*Reader, io.Closer, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := NewReader(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, f, nil
+}
+
+// LinkType returns the link type of the packets (of the first interface, for
+// pcapng).
+func (r *Reader) LinkType() layers.LinkType { return r.lt }
+
+// ReadPacketData returns the next packet. At the end of the file it returns
+// io.EOF; a file cut short inside a record gives io.ErrUnexpectedEOF.
+func (r *Reader) ReadPacketData() ([]byte, gopacket.CaptureInfo, error) {
+	if r.ng != nil {
+		return r.ng.ReadPacketData()
+	}
+	var ci gopacket.CaptureInfo
+	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+		return nil, ci, err
+	}
+	r.n++
+	sec, frac := r.ord.Uint32(r.hdr[0:]), r.ord.Uint32(r.hdr[4:])
+	caplen, length := r.ord.Uint32(r.hdr[8:]), r.ord.Uint32(r.hdr[12:])
+	if caplen > MaxRecord {
+		return nil, ci, fmt.Errorf("pcap record %d: captured length %d is implausible", r.n, caplen)
+	}
+	data := make([]byte, caplen)
+	if _, err := io.ReadFull(r.r, data); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, ci, err
+	}
+	if !r.nano {
+		frac *= 1000
+	}
+	ci.Timestamp = time.Unix(int64(sec), int64(frac))
+	ci.CaptureLength, ci.Length = int(caplen), int(length)
+	return data, ci, nil
+}
