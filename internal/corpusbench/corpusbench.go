@@ -127,7 +127,7 @@ func DefaultPackets() []Packet {
 func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 	tb.Helper()
 	fixture.RequireRoot(tb)
-	res := &Result{Filters: len(filters), EBPF: Backend{Name: "ebpf"}, C: Backend{Name: "c (clang)"}}
+	res := &Result{Filters: len(filters), EBPF: Backend{Name: "ebpf"}, C: Backend{Name: "c (clang -mcpu=v3)"}}
 	var runner *fixture.XDPRunner
 	if opts.Repeat > 0 {
 		runner = fixture.NewXDPRunner(tb)
@@ -147,7 +147,8 @@ func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 		src.WriteString(s)
 	}
 	src.WriteString("char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n")
-	obj, err := clang.Compile(context.Background(), src.String())
+	// -mcpu=v3 (32-bit jumps) as L4Drop builds its programs.
+	obj, err := clang.Compile(context.Background(), src.String(), "-mcpu=v3")
 	if err != nil {
 		return nil, err
 	}
@@ -302,13 +303,13 @@ func (r *Result) Table() string {
 		}
 	}
 	b.WriteString("\n")
-	fmt.Fprintf(&b, "%-10s %-40s %-40s %s\n", "backend", "instructions (minimal XDP program)", "verifier processed", "ns/packet above empty (median/mean)")
+	fmt.Fprintf(&b, "%-20s %-40s %-40s %s\n", "backend", "instructions (minimal XDP program)", "verifier processed", "ns/packet above empty (median/mean)")
 	for _, be := range []Backend{r.EBPF, r.C} {
 		var ts []string
 		for _, t := range be.Timings {
 			ts = append(ts, fmt.Sprintf("%s %.2f/%.2f", t.Packet, t.Median, t.Mean))
 		}
-		fmt.Fprintf(&b, "%-10s %-40s %-40s %s\n", be.Name, be.Insns, be.Processed, strings.Join(ts, ", "))
+		fmt.Fprintf(&b, "%-20s %-40s %-40s %s\n", be.Name, be.Insns, be.Processed, strings.Join(ts, ", "))
 		if len(be.Failed) > 0 {
 			fmt.Fprintf(&b, "  %d failed: %s\n", len(be.Failed), strings.Join(be.Failed, "; "))
 		}
