@@ -1,7 +1,7 @@
 // Package l4drop compiles DDoS mitigation rule sets into one XDP program and
 // runs it: it parses rule sets (YAML), generates C (cbpfc's C backend per
 // rule, bpfgen for DNS patterns, hash tables for exact and "*.rest" DNS
-// names), builds it with clang into one eBPF ELF, and loads that ELF on
+// names and for rules that differ only in a constant), builds it with clang into one eBPF ELF, and loads that ELF on
 // interfaces with each rule switched on or off per location by patching the
 // ELF's RULE_<n>_ENABLED relocations. Loaded rule sets are pinned under
 // /sys/fs/bpf/l4drop/IF/: program, bpf_link (replaced atomically on
