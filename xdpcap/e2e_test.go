@@ -126,11 +126,11 @@ func TestLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer clientHook.Close()
-	xdpcaptest.Attach(t, lab.Server, lab.ServerIndex, cProgram(t, serverHook))
-	xdpcaptest.Attach(t, lab.Client, lab.ClientIndex, goProgram(t, clientHook))
+	fixture.AttachXDP(t, lab.Server, lab.ServerIndex, cProgram(t, serverHook))
+	fixture.AttachXDP(t, lab.Client, lab.ClientIndex, goProgram(t, clientHook))
 
 	// A listener, so that UDP to 5000 draws no ICMP errors.
-	xdpcaptest.ListenUDP(t, lab.Server, fixture.ServerIPv4, 5000)
+	fixture.ListenUDP(t, lab.Server, fixture.ServerIPv4, 5000)
 
 	filter, err := cbpf.Compile("udp or icmp", cbpf.LinkTypeEthernet, 0)
 	if err != nil {
@@ -142,14 +142,14 @@ func TestLive(t *testing.T) {
 	}
 	defer c.Close()
 
-	xdpcaptest.SendUDP(t, lab.Client, fixture.ServerIPv4, 9, 3)    // server: drop
-	xdpcaptest.SendUDP(t, lab.Client, fixture.ServerIPv4, 5000, 2) // server: pass
-	if n := xdpcaptest.Ping(t, lab.Client, fixture.ServerIPv4, 2); n != 2 {
+	fixture.SendUDP(t, lab.Client, fixture.ServerIPv4, 9, 3)    // server: drop
+	fixture.SendUDP(t, lab.Client, fixture.ServerIPv4, 5000, 2) // server: pass
+	if n := fixture.Ping(t, lab.Client, fixture.ServerIPv4, 2); n != 2 {
 		// The C program answers them with XDP_TX.
 		t.Errorf("%d echo replies, want 2", n)
 	}
-	xdpcaptest.SendUDP(t, lab.Server, fixture.ClientIPv4, 9, 3) // client: drop
-	xdpcaptest.SendUDP(t, lab.Server, fixture.ClientIPv4, 7, 2) // client: tx, then server: pass
+	fixture.SendUDP(t, lab.Server, fixture.ClientIPv4, 9, 3) // client: drop
+	fixture.SendUDP(t, lab.Server, fixture.ClientIPv4, 7, 2) // client: tx, then server: pass
 	// A TCP SYN the filter does not match: seen, not captured.
 	lab.Client.Do(func() error {
 		c, err := net.DialTimeout("tcp4", fixture.ServerIPv4+":80", 200*time.Millisecond)
@@ -250,7 +250,7 @@ func TestLiveMultiBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hook.Close()
-	xdpcaptest.Attach(t, lab.Server, lab.ServerIndex, goProgramFlags(t, hook, true, bpfFXDPHasFrags))
+	fixture.AttachXDP(t, lab.Server, lab.ServerIndex, goProgramFlags(t, hook, true, bpfFXDPHasFrags))
 
 	for _, snap := range []int{0, 5000} {
 		c, err := Start([]*ebpf.Map{hook}, Options{Actions: []Action{Drop}, SnapLen: snap, PollInterval: 10 * time.Millisecond})

@@ -19,7 +19,6 @@ import (
 
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/lab"
-	"github.com/l4drop/l4drop/xdpcap/xdpcaptest"
 )
 
 // BenchmarkCaptureFlood floods a veth with 64-byte UDP to port 9 for two
@@ -41,7 +40,7 @@ func BenchmarkCaptureFlood(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer hook.Close()
-			xdpcaptest.Attach(b, l.Server, l.ServerIndex, goProgram(b, hook))
+			fixture.AttachXDP(b, l.Server, l.ServerIndex, goProgram(b, hook))
 			c, err := Start([]*ebpf.Map{hook}, Options{Actions: []Action{Drop}, Perf: bc.perf})
 			if err != nil {
 				b.Fatal(err)
@@ -126,7 +125,7 @@ func BenchmarkCaptureFloodTcpdump(b *testing.B) {
 		b.Skip("tcpdump missing")
 	}
 	l := fixture.Lab(b)
-	xdpcaptest.Attach(b, l.Server, l.ServerIndex, xdpcaptest.PassProgram(b))
+	fixture.AttachXDP(b, l.Server, l.ServerIndex, fixture.PassProgram(b))
 	out := filepath.Join(b.TempDir(), "tcpdump.pcap")
 	var stderr bytes.Buffer
 	cmd := l.Server.Command("tcpdump", "-n", "-i", l.ServerIf, "-w", out, "udp port 9")

@@ -94,11 +94,11 @@ func newLab(t *testing.T) *lab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { coll.Close() })
-	xdpcaptest.Attach(t, l.Server, l.ServerIndex, coll.Programs["xdp_example"])
+	fixture.AttachXDP(t, l.Server, l.ServerIndex, coll.Programs["xdp_example"])
 	// Frames an XDP program bounces (XDP_TX) into a veth need NAPI on the
 	// peer, which an XDP program there turns on.
-	xdpcaptest.Attach(t, l.Client, l.ClientIndex, xdpcaptest.PassProgram(t))
-	xdpcaptest.ListenUDP(t, l.Server, fixture.ServerIPv4, 5000)
+	fixture.AttachXDP(t, l.Client, l.ClientIndex, fixture.PassProgram(t))
+	fixture.ListenUDP(t, l.Server, fixture.ServerIPv4, 5000)
 	return l
 }
 
@@ -131,9 +131,9 @@ func (l *lab) waitFilled(t testing.TB, want int) {
 // 5000) and bounces (ICMP echo): 3, 2 and 2 packets.
 func (l *lab) traffic(t testing.TB) {
 	t.Helper()
-	xdpcaptest.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
-	xdpcaptest.SendUDP(t, l.Client, fixture.ServerIPv4, 5000, 2)
-	if n := xdpcaptest.Ping(t, l.Client, fixture.ServerIPv4, 2); n != 2 {
+	fixture.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
+	fixture.SendUDP(t, l.Client, fixture.ServerIPv4, 5000, 2)
+	if n := fixture.Ping(t, l.Client, fixture.ServerIPv4, 2); n != 2 {
 		t.Errorf("%d echo replies, want 2", n)
 	}
 }
@@ -253,7 +253,7 @@ func TestCount(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "count.pcap")
 	p := start(t, "-c", "2", l.hookPath, out, "udp")
 	l.waitFilled(t, xdpcap.NumActions)
-	xdpcaptest.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
+	fixture.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
 	done := make(chan error, 1)
 	go func() { done <- p.cmd.Wait() }()
 	select {
@@ -307,7 +307,7 @@ func TestTwoHooks(t *testing.T) {
 	if n := filled(); n != 1 {
 		t.Errorf("second hook has %d filters, want 1", n)
 	}
-	xdpcaptest.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
+	fixture.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
 	time.Sleep(100 * time.Millisecond)
 	if err := p.stop(t, os.Interrupt); err != nil {
 		t.Fatalf("xdpcap: %v\n%s", err, &p.stderr)
@@ -408,7 +408,7 @@ func TestStdoutToTcpdump(t *testing.T) {
 	}
 	defer td.Process.Kill()
 	l.waitFilled(t, xdpcap.NumActions)
-	xdpcaptest.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
+	fixture.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
 
 	// -flush is implied: tcpdump prints the packets while xdpcap runs.
 	lines := make(chan string)
