@@ -66,6 +66,13 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	if *plot == "" && *out != "" {
 		*plot = filepath.Join(filepath.Dir(*out), "benchmarks.png")
 	}
+	for _, p := range []string{*out, *plot} {
+		if p != "" {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	logf := func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }
