@@ -240,7 +240,7 @@ func Clean() ([]string, error) {
 			if !netns.Exists(name) {
 				continue
 			}
-			if err := (&netns.NS{Name: name}).Close(); err != nil {
+			if err := netns.Delete(name); err != nil {
 				errs = append(errs, err)
 				continue
 			}

@@ -139,6 +139,19 @@ func NewVeth(a *NS, aName string, b *NS, bName string) error {
 	return b.IP("link", "set", bName, "up")
 }
 
+// Delete deletes the namespace name, for clean-up of namespaces a process
+// made and left behind (when it was killed, say). Callers decide that the
+// namespace is theirs to delete; Delete only checks that it exists.
+func Delete(name string) error {
+	if name == "" || strings.ContainsAny(name, "/ \t\n") {
+		return fmt.Errorf("netns: invalid name %q", name)
+	}
+	if !Exists(name) {
+		return fmt.Errorf("netns %s: %w", name, os.ErrNotExist)
+	}
+	return ip("netns", "del", name)
+}
+
 // Exists reports whether a namespace called name exists.
 func Exists(name string) bool {
 	_, err := os.Stat(filepath.Join(runDir, name))

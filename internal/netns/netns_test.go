@@ -50,3 +50,22 @@ func TestNewOpenClose(t *testing.T) {
 		t.Fatal("Open of a deleted namespace succeeded")
 	}
 }
+
+func TestDelete(t *testing.T) {
+	fixture.RequireRoot(t)
+	name := fmt.Sprintf("l4dt-nsdel-%d", os.Getpid())
+	ns, err := netns.New(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := netns.Delete(name); err != nil {
+		t.Fatal(err)
+	}
+	if netns.Exists(name) {
+		t.Fatal("namespace still exists after Delete")
+	}
+	if err := netns.Delete(name); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("second Delete = %v, want ErrNotExist", err)
+	}
+}
