@@ -111,10 +111,16 @@ func (f *facts) rawLoads() {
 	cand := map[int]int{}
 	var cands []int
 	for i, in := range p.insns {
-		if (in.kind == kLdAbs || in.kind == kLdInd) && in.size > 1 && f.reachable[i] && !f.fails[i] {
+		if f.reachable[i] && !f.fails[i] && !f.dead[i] && ((in.kind == kLdAbs || in.kind == kLdInd) && in.size > 1 || transparent(in)) {
 			cand[i] = len(cands)
 			cands = append(cands, i)
 		}
+	}
+	// The size of each candidate's unswapped value: loads have theirs,
+	// bitwise operations take their input's.
+	sz := make([]int, len(cands))
+	for c, i := range cands {
+		sz[c] = p.insns[i].size
 	}
 	other := len(cands)
 	words := (other + 64) / 64
@@ -164,43 +170,59 @@ func (f *facts) rawLoads() {
 		}
 		return d
 	}
+	unraw := func(ds []int) bool {
+		changed := false
+		for _, d := range ds {
+			if d != other && raw[d] {
+				raw[d], changed = false, true
+			}
+		}
+		return changed
+	}
 	for changed := true; changed; {
 		changed = false
 		for i, ins := range p.insns {
 			use, _ := useDef(ins)
-			if !f.reachable[i] || f.fails[i] || use&liveA == 0 {
+			if !f.reachable[i] || f.fails[i] || f.dead[i] || use&liveA == 0 {
 				continue
 			}
-			ok := ins.kind == kJcond && !ins.useX && (ins.op == jmpJEQ || ins.op == jmpJSET)
-			size := 0
+			// The unswapped size common to all definitions reaching here,
+			// or 0 if any of them is in host order.
+			size := -1
 			ds := defs(i)
 			for _, d := range ds {
-				if d == other || !raw[d] {
-					ok = false
+				if d == other || !raw[d] || sz[d] == 0 || size >= 0 && sz[d] != size {
+					size = 0
 					break
 				}
-				sz := p.insns[cands[d]].size
-				if size != 0 && sz != size {
-					ok = false
-				}
-				size = sz
+				size = sz[d]
 			}
-			if ok && ins.op == jmpJEQ && size == 2 && ins.k > 0xffff {
-				ok = false
+			if size < 0 {
+				size = 0
 			}
-			if !ok {
-				for _, d := range ds {
-					if d != other && raw[d] {
-						raw[d] = false
-						changed = true
-					}
+			var ok bool
+			switch {
+			case transparent(ins):
+				c := cand[i]
+				ok = raw[c] && size != 0 && (ins.op == aluAND || size == 4 || ins.k <= 0xffff)
+				if ok {
+					sz[c] = size
+				} else if raw[c] {
+					raw[c], changed = false, true
 				}
+			case ins.kind == kJcond && !ins.useX && ins.op == jmpJEQ:
+				ok = size == 4 || size == 2 && ins.k <= 0xffff
+			case ins.kind == kJcond && !ins.useX && ins.op == jmpJSET:
+				ok = size != 0
+			}
+			if !ok && unraw(ds) {
+				changed = true
 			}
 		}
 	}
 	for c, i := range cands {
 		if raw[c] {
-			f.rawA[i] = p.insns[i].size
+			f.rawA[i] = sz[c]
 		}
 	}
 	for i, ins := range p.insns {
@@ -210,9 +232,15 @@ func (f *facts) rawLoads() {
 		}
 		ds := defs(i)
 		if len(ds) > 0 && ds[0] != other && raw[ds[0]] {
-			f.rawA[i] = p.insns[cands[ds[0]]].size
+			f.rawA[i] = sz[ds[0]]
 		}
 	}
+}
+
+// transparent says whether an instruction works on bytes independently, so
+// that it can work on an unswapped value with a swapped constant.
+func transparent(in insn) bool {
+	return in.kind == kAlu && !in.useX && (in.op == aluAND || in.op == aluOR || in.op == aluXOR)
 }
 
 func extent(in insn) int {

@@ -169,7 +169,7 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 	case kAlu:
 		src := "X"
 		if !in.useX {
-			src = fmt.Sprintf("%#xu", in.k)
+			src = fmt.Sprintf("%#xu", swapConst(in.k, f.rawA[i]))
 		}
 		switch in.op {
 		case aluADD:

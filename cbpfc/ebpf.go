@@ -563,6 +563,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		}
 		g.emit(asm.StoreMem(asm.RFP, g.memOff(in.k), g.dst(in.dst), asm.Word))
 	case kAlu:
+		in.k = swapConst(in.k, f.rawA[i])
 		g.alu(in)
 	case kNeg:
 		g.emit(asm.Neg.Imm32(g.a, 0))
