@@ -57,6 +57,9 @@ test: deps vet
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./cbpf
 	$(GO) test -run '^$$' -fuzz '^FuzzInterpret$$' -fuzztime $(FUZZTIME) ./cbpf
+	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) ./cbpfc
+	$(GO) test -run '^$$' -fuzz '^FuzzEBPF$$' -fuzztime $(FUZZTIME) ./cbpfc
+	$(GO) test -run '^$$' -fuzz '^FuzzC$$' -fuzztime $(FUZZTIME) ./cbpfc
 
 demo: build
 	./bin/l4lab demo
