@@ -4,16 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/l4drop/l4drop/internal/netns"
+	"github.com/l4drop/l4drop/internal/xdprun"
 )
 
 // TestFilter runs a capture filter over packets in the kernel with
@@ -36,11 +34,8 @@ type TestFilter struct {
 	counters *ebpf.Map
 	output   *ebpf.Map
 	rb       *ringbuf.Reader
-	ns       *netns.NS
-	link     link.Link
+	runner   *xdprun.Runner
 }
-
-var testFilterCount atomic.Uint32
 
 // NewTestFilter loads filter (nil: match everything) as a capture program
 // with the given snap length (0: DefaultSnapLen).
@@ -72,18 +67,8 @@ func NewTestFilter(filter []bpf.Instruction, snapLen int) (_ *TestFilter, err er
 	if err != nil {
 		return nil, err
 	}
-	f.ns, err = netns.New(fmt.Sprintf("xdpcap-test-%d-%d", os.Getpid(), testFilterCount.Add(1)))
-	if err != nil {
-		return nil, fmt.Errorf("namespace for test runs: %w", err)
-	}
-	err = f.ns.Do(func() error {
-		// lo is ifindex 1 in every namespace.
-		l, err := link.AttachXDP(link.XDPOptions{Program: f.prog, Interface: 1, Flags: link.XDPGenericMode})
-		f.link = l
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("attach to lo for test runs: %w", err)
+	if f.runner, err = xdprun.New("xdpcap-test"); err != nil {
+		return nil, err
 	}
 	return f, nil
 }
@@ -104,12 +89,12 @@ func (f *TestFilter) Match(pkt []byte) (bool, Packet, error) {
 		return false, Packet{}, fmt.Errorf("%d bytes: %w", len(pkt), ErrPacketSize)
 	}
 	opts := ebpf.RunOptions{Data: pkt}
-	ret, err := f.prog.Run(&opts)
+	ret, err := f.runner.Run(f.prog, &opts)
 	if err != nil && len(pkt) > 4096 && (errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.E2BIG)) {
 		return false, Packet{}, fmt.Errorf("%d bytes: %w", len(pkt), ErrPacketSize)
 	}
 	if err != nil {
-		return false, Packet{}, fmt.Errorf("test run (%d bytes): %w", len(pkt), err)
+		return false, Packet{}, err
 	}
 	if Action(ret) != Pass {
 		return false, Packet{}, fmt.Errorf("test run returned %v, want %v", Action(ret), Pass)
@@ -138,11 +123,8 @@ func (f *TestFilter) Match(pkt []byte) (bool, Packet, error) {
 // Close detaches and frees the filter and removes its namespace.
 func (f *TestFilter) Close() error {
 	var errs []error
-	if f.link != nil {
-		errs = append(errs, f.link.Close())
-	}
-	if f.ns != nil {
-		errs = append(errs, f.ns.Close())
+	if f.runner != nil {
+		errs = append(errs, f.runner.Close())
 	}
 	if f.rb != nil {
 		f.rb.Close()
