@@ -126,7 +126,7 @@ func TestLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer clientHook.Close()
-	fixture.AttachXDP(t, lab.Server, lab.ServerIndex, cProgram(t, serverHook))
+	fixture.AttachXDP(t, lab.Server, lab.ServerIndex, xdpcaptest.LoadExample(t, serverHook))
 	fixture.AttachXDP(t, lab.Client, lab.ClientIndex, goProgram(t, clientHook))
 
 	// A listener, so that UDP to 5000 draws no ICMP errors.
@@ -216,22 +216,6 @@ func sorted(m map[string]int) string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
-}
-
-// cProgram loads testdata/example.c with hook as its xdpcap_hook.
-func cProgram(t testing.TB, hook *ebpf.Map) *ebpf.Program {
-	t.Helper()
-	spec := xdpcaptest.BuildExample(t)
-	repl, err := HookReplacements(spec, map[string]*ebpf.Map{"xdpcap_hook": hook})
-	if err != nil {
-		t.Fatal(err)
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { coll.Close() })
-	return coll.Programs["xdp_example"]
 }
 
 // TestLiveMultiBuffer sends jumbo frames over a veth with a 9000-byte MTU

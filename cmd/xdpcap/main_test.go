@@ -84,17 +84,7 @@ func newLab(t *testing.T) *lab {
 	}
 	t.Cleanup(func() { hook.Close() })
 	l.hook = hook
-	spec := xdpcaptest.BuildExample(t)
-	repl, err := xdpcap.HookReplacements(spec, map[string]*ebpf.Map{"xdpcap_hook": hook})
-	if err != nil {
-		t.Fatal(err)
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { coll.Close() })
-	fixture.AttachXDP(t, l.Server, l.ServerIndex, coll.Programs["xdp_example"])
+	fixture.AttachXDP(t, l.Server, l.ServerIndex, xdpcaptest.LoadExample(t, hook))
 	// Frames an XDP program bounces (XDP_TX) into a veth need NAPI on the
 	// peer, which an XDP program there turns on.
 	fixture.AttachXDP(t, l.Client, l.ClientIndex, fixture.PassProgram(t))

@@ -1,15 +1,19 @@
 // Package xdpcaptest holds what the xdpcap package's tests and the xdpcap
-// command's tests share: building the example C program. Attaching programs
-// and sending traffic are in internal/fixture.
+// command's tests share: the example C program, built and loaded. Attaching
+// programs and sending traffic are in internal/fixture.
 package xdpcaptest
 
 import (
-	"os/exec"
+	"bytes"
+	"context"
+	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/l4drop/l4drop/internal/clang"
 	"github.com/l4drop/l4drop/internal/fixture"
 )
 
@@ -18,22 +22,39 @@ import (
 // and has one program, xdp_example.
 func BuildExample(tb testing.TB) *ebpf.CollectionSpec {
 	tb.Helper()
-	if _, err := exec.LookPath("clang"); err != nil {
+	if _, err := clang.Binary(); errors.Is(err, clang.ErrNotFound) {
 		if fixture.InCI() {
-			tb.Fatal("clang missing")
+			tb.Fatal(err)
 		}
-		tb.Skip("clang missing")
+		tb.Skip(err)
 	}
 	dir := filepath.Join(fixture.ModuleRoot(tb), "xdpcap")
-	out := filepath.Join(tb.TempDir(), "example.o")
-	cmd := exec.Command("clang", "-O2", "-g", "-target", "bpf", "-I"+dir, "-I/usr/include/x86_64-linux-gnu",
-		"-Wall", "-Werror", "-c", filepath.Join(dir, "testdata", "example.c"), "-o", out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("clang: %v\n%s", err, b)
+	src, err := os.ReadFile(filepath.Join(dir, "testdata", "example.c"))
+	if err != nil {
+		tb.Fatal(err)
 	}
-	spec, err := ebpf.LoadCollectionSpec(out)
+	obj, err := clang.Compile(context.Background(), string(src), "-I"+dir, "-I/usr/include/x86_64-linux-gnu", "-Werror")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return spec
+}
+
+// LoadExample builds and loads the example with hook as its xdpcap_hook,
+// and returns its program; it is closed at cleanup.
+func LoadExample(tb testing.TB, hook *ebpf.Map) *ebpf.Program {
+	tb.Helper()
+	spec := BuildExample(tb)
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		MapReplacements: map[string]*ebpf.Map{"xdpcap_hook": hook},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { coll.Close() })
+	return coll.Programs["xdp_example"]
 }
