@@ -76,20 +76,7 @@ func BenchmarkCaptureFlood(b *testing.B) {
 				}
 			}()
 
-			tpl, err := lab.ParseTemplate("udp,port=9")
-			if err != nil {
-				b.Fatal(err)
-			}
-			g, err := lab.NewGenerator(l.Client, l.ClientIf, []lab.Template{tpl}, 1)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer g.Close()
-			b.ResetTimer()
-			r, err := g.Run(context.Background(), lab.RunOptions{Duration: 2 * time.Second, CPU: 1})
-			if err != nil {
-				b.Fatal(err)
-			}
+			r := flood(b, l)
 			time.Sleep(200 * time.Millisecond) // the reader catches up
 			if err := c.Detach(); err != nil {
 				b.Fatal(err)
@@ -145,6 +132,26 @@ func BenchmarkCaptureFloodTcpdump(b *testing.B) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	r := flood(b, l)
+	time.Sleep(200 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	m := tcpdumpStats.FindStringSubmatch(stderr.String())
+	if m == nil {
+		b.Fatalf("tcpdump printed no statistics:\n%s", &stderr)
+	}
+	captured, _ := strconv.ParseUint(m[1], 10, 64)
+	dropped, _ := strconv.ParseUint(m[3], 10, 64)
+	secs := r.Elapsed.Seconds()
+	b.ReportMetric(float64(r.Sent)/secs/1e6, "sent-Mpps")
+	b.ReportMetric(float64(captured)/secs/1e6, "captured-Mpps")
+	b.ReportMetric(float64(dropped), "lost")
+}
+
+// flood sends UDP to port 9 from the lab's client side at full speed for
+// two seconds, from CPU 1, and returns what was sent.
+func flood(b *testing.B, l *fixture.LabPair) lab.Result {
+	b.Helper()
 	tpl, err := lab.ParseTemplate("udp,port=9")
 	if err != nil {
 		b.Fatal(err)
@@ -159,17 +166,5 @@ func BenchmarkCaptureFloodTcpdump(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	cmd.Process.Signal(os.Interrupt)
-	cmd.Wait()
-	m := tcpdumpStats.FindStringSubmatch(stderr.String())
-	if m == nil {
-		b.Fatalf("tcpdump printed no statistics:\n%s", &stderr)
-	}
-	captured, _ := strconv.ParseUint(m[1], 10, 64)
-	dropped, _ := strconv.ParseUint(m[3], 10, 64)
-	secs := r.Elapsed.Seconds()
-	b.ReportMetric(float64(r.Sent)/secs/1e6, "sent-Mpps")
-	b.ReportMetric(float64(captured)/secs/1e6, "captured-Mpps")
-	b.ReportMetric(float64(dropped), "lost")
+	return r
 }
