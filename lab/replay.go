@@ -1,22 +1,19 @@
 package lab
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"time"
 	"unsafe"
 
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/netns"
+	"github.com/l4drop/l4drop/internal/pcapfile"
 )
 
 // replayBatch is how many frames one sendmmsg call hands the kernel.
@@ -123,43 +120,19 @@ func Replay(ctx context.Context, ns *netns.NS, ifname string, frames [][]byte, o
 }
 
 // ReadFrames reads the frames of a pcap or pcapng capture of Ethernet
-// frames, for Replay.
+// frames, for Replay. Frames shorter than an Ethernet header are skipped.
 func ReadFrames(path string) ([][]byte, error) {
-	f, err := os.Open(path)
+	r, f, err := pcapfile.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	br := bufio.NewReader(f)
-	magic, err := br.Peek(4)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	var (
-		frames [][]byte
-		lt     layers.LinkType
-		next   func() ([]byte, error)
-	)
-	if bytes.Equal(magic, []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
-		r, err := pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		lt = r.LinkType()
-		next = func() ([]byte, error) { d, _, err := r.ReadPacketData(); return d, err }
-	} else {
-		r, err := pcapgo.NewReader(br)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		lt = r.LinkType()
-		next = func() ([]byte, error) { d, _, err := r.ReadPacketData(); return d, err }
-	}
-	if lt != layers.LinkTypeEthernet {
+	if lt := r.LinkType(); lt != layers.LinkTypeEthernet {
 		return nil, fmt.Errorf("%s: link type %s, want Ethernet frames", path, lt)
 	}
+	var frames [][]byte
 	for {
-		d, err := next()
+		d, _, err := r.ReadPacketData()
 		if errors.Is(err, io.EOF) {
 			break
 		}
