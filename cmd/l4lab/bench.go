@@ -19,15 +19,21 @@ import (
 
 const benchUsage = `Usage: l4lab bench [flags]
 
-Measures, side by side in one run, the drop rate of L4Drop with 1, 10, 100
-and 1,000 rules against an XDP program that drops everything, iptables'
-raw table with the bpf match on the same rule, xdp-filter's port rule and
-no filter at all; xdpcap's capture rate against tcpdump and the cost of an
-idle capture; l4drop's build and load time. Prints a table and writes it,
-with the machine, kernel, date and command, to -o, and a plot of drop rate
-against rule count to -plot. Needs root, and l4drop and xdpcap next to
-l4lab or on PATH ('make build'); xdp-filter, iptables, tcpdump and gnuplot
-for their rows.
+Measures, side by side in one run:
+  - the drop rate of L4Drop with 1 port rule (udp dst port 53) next to
+    xdp-filter's same port rule, and with 1, 10, 100 and 1,000 DNS rules
+    (the flood matching the last) next to iptables' raw table with the bpf
+    match on the flood's rule, all against an XDP program that drops
+    everything and against no filter at all;
+  - xdpcap's hook cost in ns per packet (BPF_PROG_TEST_RUN: no hook, empty
+    hook, a filter matching nothing);
+  - xdpcap's capture rate, every packet to a file, on a minimal program's
+    hook and on L4Drop's, against tcpdump;
+  - l4drop's build and load time; cbpfc over the corpus filters.
+Prints a table and writes it, with the machine, kernel, date and command,
+to -o, and a plot of drop rate against rule count to -plot. Needs root,
+and l4drop and xdpcap next to l4lab or on PATH ('make build');
+xdp-filter, iptables, tcpdump and gnuplot for their rows.
 
 Examples:
   make bench
@@ -50,6 +56,8 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	buildRules := fs.String("build-rules", "1,100,1000,10000", "rule counts for build and load times")
 	fs.DurationVar(&t.BuildTimeout, "build-timeout", 5*time.Minute, "give up on an l4drop build after this long")
 	cbpfcRepeat := fs.Int("cbpfc-repeat", 20000, "test runs per cbpfc timing (0: skip the cbpfc rows)")
+	hookRuns := fs.Int("hook-runs", 200000, "test runs per round of the xdpcap hook cost (0: skip it)")
+	captures := fs.Bool("capture", true, "measure the capture rates")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
@@ -150,21 +158,37 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		rep.CBPFC = table
 	}
 
+	if *hookRuns > 0 {
+		h, err := bench.MeasureHookCost(21, *hookRuns)
+		if err != nil {
+			rep.Notes = append(rep.Notes, "xdpcap hook cost missing: "+err.Error())
+			logf("xdpcap hook cost: %v", err)
+		} else {
+			logf("xdpcap hook cost: no hook %.1f ns, empty hook %+.1f ns, filter matching nothing %+.1f ns",
+				h.NoHook, h.EmptyExtra, h.NoMatchExtra)
+			rep.HookCost = &h
+		}
+	}
+
 	filters := []bench.Filter{bench.DropAll()}
+	portObj, _, portErr := t.BuildRules(ctx, dir, "port", bench.PortRuleSet())
+	port := t.PortFilter(portObj)
+	if portErr != nil {
+		logf("build port rule: %v", portErr)
+		port.Setup = func(*lab.Lab) (func(), error) { return nil, portErr }
+	}
+	filters = append(filters, port)
+	if bench.Have("xdp-filter") {
+		filters = append(filters, bench.XDPFilter(53, "udp"))
+	} else {
+		rep.Notes = append(rep.Notes, "xdp-filter (xdp-tools) not installed: its row is missing.")
+	}
 	for _, n := range cfg.Rules {
 		f := t.DropFilter(n, objs[n])
 		if err := buildErrs[n]; err != nil {
 			f.Setup = func(*lab.Lab) (func(), error) { return nil, err }
 		}
 		filters = append(filters, f)
-	}
-	if obj, ok := objs[1]; ok {
-		filters = append(filters, t.DropFilterWithCapture(obj, dir))
-	}
-	if bench.Have("xdp-filter") {
-		filters = append(filters, bench.XDPFilter(53, "udp"))
-	} else {
-		rep.Notes = append(rep.Notes, "xdp-filter (xdp-tools) not installed: its row is missing.")
 	}
 	if bc, err := t.AttackBytecode(); err == nil && bench.Have("iptables") {
 		filters = append(filters, bench.IPTables(bc))
@@ -179,21 +203,22 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	if obj, ok := objs[1]; ok {
-		c, err := t.XDPcapRate(ctx, cfg, obj, dir)
-		if err != nil {
+	if *captures {
+		cs := []bench.Capture{t.XDPcapMinimal(dir)}
+		if obj, ok := objs[1]; ok {
+			cs = append(cs, t.XDPcapL4Drop(obj, dir))
+		}
+		if bench.Have("tcpdump") {
+			cs = append(cs, bench.Tcpdump(dir))
+		} else {
+			rep.Notes = append(rep.Notes, "tcpdump not installed: its capture row is missing.")
+		}
+		if rep.Captures, err = bench.MeasureCaptures(ctx, cfg, cs, logf); err != nil {
+			if ctx.Err() != nil {
+				return lab.ErrInterrupted
+			}
 			return err
 		}
-		logf("%-60s %8.3f Mpps captured, %d lost", c.Name, c.Mpps(), c.Lost)
-		rep.Captures = append(rep.Captures, c)
-	}
-	if bench.Have("tcpdump") {
-		c, err := bench.TcpdumpRate(ctx, cfg, dir)
-		if err != nil {
-			return err
-		}
-		logf("%-60s %8.3f Mpps captured, %d lost", c.Name, c.Mpps(), c.Lost)
-		rep.Captures = append(rep.Captures, c)
 	}
 
 	rep.Load = loadBefore + " / " + bench.LoadAverage()

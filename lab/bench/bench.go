@@ -71,16 +71,34 @@ type Row struct {
 	Note  string
 }
 
+// Kind says what a drop-rate row measures, for the ratios the report
+// prints.
+type Kind int
+
+// Kinds of drop-rate rows.
+const (
+	KindOther      Kind = iota
+	KindBaseline        // the XDP program that drops everything
+	KindL4Drop          // L4Drop's DNS-rule series (Rules set)
+	KindL4DropPort      // L4Drop with xdp-filter's port rule
+	KindXDPFilter
+	KindIPTables
+)
+
 // DropRate is one drop-rate measurement.
 type DropRate struct {
 	Name     string
-	Rules    int // for L4Drop rows; 0 otherwise
+	Kind     Kind
+	Rules    int // for KindL4Drop rows; 0 otherwise
 	Sent     uint64
 	Received uint64 // frames the server's veth took in
 	Elapsed  time.Duration
 	// Ratio is the median, over the rounds, of this row's rate divided by
 	// the baseline's in the same round (MeasureDrops; 0 if not measured).
 	Ratio float64
+	// Rates is the rate of every round, in round order (0: failed), for
+	// ratios to other rows measured in the same rounds (RatioTo).
+	Rates []float64
 	// Err is why the row could not be measured (its filter did not load).
 	Err error
 }
@@ -97,13 +115,14 @@ func (d DropRate) Mpps() float64 {
 // take it down (the lab's removal takes everything anyway).
 type Filter struct {
 	Name  string
+	Kind  Kind
 	Rules int
 	Setup func(l *lab.Lab) (cleanup func(), err error)
 }
 
 // MeasureDrop floods a fresh lab with f on the server side.
 func MeasureDrop(ctx context.Context, cfg Config, f Filter) (DropRate, error) {
-	res := DropRate{Name: f.Name, Rules: f.Rules}
+	res := DropRate{Name: f.Name, Kind: f.Kind, Rules: f.Rules}
 	var ts []lab.Template
 	for _, s := range cfg.Traffic {
 		t, err := lab.ParseTemplate(s)
@@ -187,12 +206,30 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 		sorted := slices.Clone(rs)
 		slices.SortFunc(sorted, func(a, b DropRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
 		out[i] = sorted[len(sorted)/2]
+		if sorted[0].Err != nil {
+			out[i] = sorted[0]
+		}
+		for _, r := range rs {
+			out[i].Rates = append(out[i].Rates, r.Mpps())
+		}
 		if len(ratios) > 0 {
 			slices.Sort(ratios)
 			out[i].Ratio = ratios[len(ratios)/2]
 		}
 	}
 	return out, nil
+}
+
+// RatioTo is the median, over the rounds both were measured in, of d's
+// rate divided by ref's in the same round; 0 if there is none.
+func (d DropRate) RatioTo(ref DropRate) float64 {
+	var ratios []float64
+	for i := range min(len(d.Rates), len(ref.Rates)) {
+		if d.Rates[i] > 0 && ref.Rates[i] > 0 {
+			ratios = append(ratios, d.Rates[i]/ref.Rates[i])
+		}
+	}
+	return median(ratios)
 }
 
 // LoadAverage is the first three fields of /proc/loadavg.
@@ -210,7 +247,7 @@ func LoadAverage() string {
 
 // DropAll is the baseline: an XDP program that drops everything.
 func DropAll() Filter {
-	return Filter{Name: "XDP drop-all (baseline)", Setup: func(l *lab.Lab) (func(), error) {
+	return Filter{Name: "XDP drop-all (baseline)", Kind: KindBaseline, Setup: func(l *lab.Lab) (func(), error) {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "drop_all", Type: ebpf.XDP, License: "GPL",
 			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}})
 		if err != nil {
@@ -238,7 +275,7 @@ func NoFilter() Filter {
 // IPTables drops with iptables' raw table and the bpf match on bytecode
 // (`N,op jt jf k,...`, packet from the IP header on).
 func IPTables(bytecode string) Filter {
-	return Filter{Name: "iptables raw -m bpf, same rule", Setup: func(l *lab.Lab) (func(), error) {
+	return Filter{Name: "iptables raw -m bpf, 1 DNS rule, same bytecode", Kind: KindIPTables, Setup: func(l *lab.Lab) (func(), error) {
 		return nil, runIn(l, "iptables", "-t", "raw", "-A", "PREROUTING", "-i", l.ServerIf,
 			"-m", "bpf", "--bytecode", bytecode, "-j", "DROP")
 	}}
@@ -246,7 +283,7 @@ func IPTables(bytecode string) Filter {
 
 // XDPFilter drops with xdp-filter's port rule.
 func XDPFilter(port int, proto string) Filter {
-	return Filter{Name: fmt.Sprintf("xdp-filter, %s port %d", proto, port), Setup: func(l *lab.Lab) (func(), error) {
+	return Filter{Name: fmt.Sprintf("xdp-filter, 1 port rule: %s dst port %d", proto, port), Kind: KindXDPFilter, Setup: func(l *lab.Lab) (func(), error) {
 		// `ip netns exec` gives the command a fresh /sys without bpffs;
 		// xdp-filter pins its maps, so mount one for the two commands.
 		script := fmt.Sprintf("mount -t bpf bpf /sys/fs/bpf && xdp-filter load -m native %s && xdp-filter port %d -p %s -m dst",

@@ -1,18 +1,26 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/internal/xdprun"
 	"github.com/l4drop/l4drop/l4drop"
 	"github.com/l4drop/l4drop/lab"
+	"github.com/l4drop/l4drop/xdpcap"
 )
 
 // The fallback rules (tcpdump expressions on the query name) must match
@@ -125,5 +133,174 @@ func TestRunTB(t *testing.T) {
 	err = runTB("x", t.Logf, func(tb testing.TB) error { return fmt.Errorf("plain") })
 	if err == nil || err.Error() != "plain" {
 		t.Errorf("runTB = %v, want plain", err)
+	}
+}
+
+// HookedDrop must drop every packet with and without its hook, and its
+// exit must really tail call the hook: a capture of everything in the
+// XDP_DROP slot sees the packet, with the action, as it was run.
+func TestHookedDrop(t *testing.T) {
+	fixture.RequireRoot(t)
+	runner, err := xdprun.New("l4lab-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runner.Close()
+	tpl, err := lab.ParseTemplate("udp,port=5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name    string
+		hooked  bool
+		capture bool
+	}{{"no hook", false, false}, {"empty hook", true, false}, {"capture all", true, true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			var hook *ebpf.Map
+			if tt.hooked {
+				if hook, err = xdpcap.NewHook(); err != nil {
+					t.Fatal(err)
+				}
+				defer hook.Close()
+			}
+			prog, err := HookedDrop(hook)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prog.Close()
+			var c *xdpcap.Capture
+			if tt.capture {
+				if c, err = xdpcap.Start([]*ebpf.Map{hook}, xdpcap.Options{Actions: []xdpcap.Action{xdpcap.Drop}}); err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+			}
+			ret, err := runner.Run(prog, &ebpf.RunOptions{Data: tpl.Frame})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ret != uint32(xdpcap.Drop) {
+				t.Errorf("returned %d, want XDP_DROP", ret)
+			}
+			if c == nil {
+				return
+			}
+			if err := c.Detach(); err != nil {
+				t.Fatal(err)
+			}
+			p, err := c.Read()
+			if err != nil {
+				t.Fatalf("nothing captured: %v", err)
+			}
+			if p.Action != xdpcap.Drop || !bytes.Equal(p.Data, tpl.Frame) {
+				t.Errorf("captured %v % x, want XDPDrop % x", p.Action, p.Data, tpl.Frame)
+			}
+		})
+	}
+}
+
+func TestMeasureHookCost(t *testing.T) {
+	fixture.RequireRoot(t)
+	h, err := MeasureHookCost(5, 20000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", h)
+	for name, v := range map[string]float64{"no hook": h.NoHook, "empty hook": h.EmptyHook, "no match": h.NoMatch} {
+		if !(v > 0 && v < 10000) {
+			t.Errorf("%s: %v ns/packet", name, v)
+		}
+	}
+	// The differences are of per-round figures, so they must agree with
+	// the figures' own difference within the trimming's reach.
+	if math.Abs(h.EmptyExtra-(h.EmptyHook-h.NoHook)) > h.NoHook {
+		t.Errorf("empty hook extra %v, figures %v and %v", h.EmptyExtra, h.EmptyHook, h.NoHook)
+	}
+}
+
+// buildCommands builds the project's commands the capture rows run.
+func buildCommands(t *testing.T) Tools {
+	t.Helper()
+	bin := t.TempDir()
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin+string(filepath.Separator), "./cmd/xdpcap", "./cmd/l4drop")
+	build.Dir = fixture.ModuleRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return Tools{XDPcap: filepath.Join(bin, "xdpcap"), L4Drop: filepath.Join(bin, "l4drop")}
+}
+
+// The capture rows capture every packet the flood brings to a file (the
+// rows check the file's size against the count) and count what they lost.
+func TestCaptureRows(t *testing.T) {
+	fixture.RequireRoot(t)
+	tools := buildCommands(t)
+	cfg := DefaultConfig()
+	cfg.Duration = 500 * time.Millisecond
+	cfg.Rounds = 1
+	dir := t.TempDir()
+	cs := []Capture{tools.XDPcapMinimal(dir)}
+	if Have("tcpdump") {
+		cs = append(cs, Tcpdump(dir))
+	}
+	rates, err := MeasureCaptures(context.Background(), cfg, cs, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rates {
+		if r.Err != nil {
+			t.Errorf("%s: %v", r.Name, r.Err)
+			continue
+		}
+		if r.Captured == 0 || r.Captured+r.Lost > r.Seen || r.Seen > r.Sent+100 {
+			t.Errorf("%s: sent %d, seen %d, captured %d, lost %d", r.Name, r.Sent, r.Seen, r.Captured, r.Lost)
+		}
+	}
+	if strings.HasPrefix(rates[0].Name, "xdpcap") && rates[0].Captured+rates[0].Lost != rates[0].Seen {
+		t.Errorf("xdpcap: seen %d, but captured %d and lost %d", rates[0].Seen, rates[0].Captured, rates[0].Lost)
+	}
+	rep := &Report{Config: cfg, Captures: rates}
+	md := rep.Markdown("")
+	for _, c := range cs {
+		if !strings.Contains(md, "| "+c.Name+" |") {
+			t.Errorf("markdown lacks row %q:\n%s", c.Name, md)
+		}
+	}
+	if len(cs) > 1 && !strings.Contains(md, "vs tcpdump | ") {
+		t.Errorf("markdown lacks the capture target:\n%s", md)
+	}
+}
+
+// The port rule set must drop what xdp-filter's port rule drops: UDP to
+// port 53, the flood and the legitimate queries alike, and nothing else.
+func TestPortRuleSet(t *testing.T) {
+	rs, err := l4drop.ParseRuleSet("port.yaml", []byte(PortRuleSet()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs.Rules) != 1 {
+		t.Fatalf("%d rules, want 1", len(rs.Rules))
+	}
+	prog, err := cbpf.Compile(rs.Rules[0].Expr, cbpf.LinkTypeRaw, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		spec  string
+		match bool
+	}{
+		{"dns,name=*.attack.example", true},
+		{"dns,name=www.example.org", true},
+		{"udp,port=54", false},
+		{"syn,port=53", false},
+	} {
+		tpl, err := lab.ParseTemplate(tt.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip := tpl.Frame[14:]
+		if got := cbpf.Interpret(prog, ip, len(ip)) != 0; got != tt.match {
+			t.Errorf("%s: match %v, want %v", tt.spec, got, tt.match)
+		}
 	}
 }

@@ -2,13 +2,17 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/l4drop/l4drop/lab"
@@ -17,13 +21,23 @@ import (
 // CaptureRate is one capture measurement: a flood at full speed with a
 // capture running on the server side.
 type CaptureRate struct {
-	Name                 string
-	Sent, Captured, Lost uint64
-	Elapsed              time.Duration
+	Name string
+	// Sent by the generator; Seen by the capture's filter (xdpcap: packets
+	// that reached the hook; tcpdump: received by filter); Captured into
+	// the file; Lost on the way (buffer full).
+	Sent, Seen, Captured, Lost uint64
+	Elapsed                    time.Duration
+	// Err is why the row could not be measured.
+	Err error
 }
 
 // Mpps is the rate of packets captured.
-func (c CaptureRate) Mpps() float64 { return float64(c.Captured) / c.Elapsed.Seconds() / 1e6 }
+func (c CaptureRate) Mpps() float64 {
+	if c.Elapsed <= 0 {
+		return 0
+	}
+	return float64(c.Captured) / c.Elapsed.Seconds() / 1e6
+}
 
 // LostPct is the share of packets the capture saw but could not record.
 func (c CaptureRate) LostPct() float64 {
@@ -33,10 +47,55 @@ func (c CaptureRate) LostPct() float64 {
 	return 100 * float64(c.Lost) / float64(c.Captured+c.Lost)
 }
 
+// Capture is a capture row: Run floods a lab of its own for cfg.Duration
+// with the capture running.
+type Capture struct {
+	Name string
+	Run  func(ctx context.Context, cfg Config) (CaptureRate, error)
+}
+
+// MeasureCaptures measures every capture cfg.Rounds times, in turns, and
+// returns each one's median run (by rate captured).
+func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf func(string, ...any)) ([]CaptureRate, error) {
+	runs := make([][]CaptureRate, len(captures))
+	for round := range max(cfg.Rounds, 1) {
+		for i, c := range captures {
+			if len(runs[i]) > 0 && runs[i][0].Err != nil {
+				continue
+			}
+			r, err := c.Run(ctx, cfg)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			r.Name = c.Name
+			if err != nil {
+				r.Err = err
+				logf("round %d  %-60s failed: %v", round+1, c.Name, err)
+			} else {
+				logf("round %d  %-60s %8.3f Mpps captured, %d lost", round+1, c.Name, r.Mpps(), r.Lost)
+			}
+			runs[i] = append(runs[i], r)
+		}
+	}
+	out := make([]CaptureRate, len(captures))
+	for i, rs := range runs {
+		slices.SortFunc(rs, func(a, b CaptureRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
+		out[i] = rs[len(rs)/2]
+		if rs[0].Err != nil {
+			out[i] = rs[0]
+		}
+	}
+	return out, nil
+}
+
+func parseUint(b []byte) uint64 {
+	n, _ := strconv.ParseUint(string(b), 10, 64)
+	return n
+}
+
 var (
-	xdpcapSummary  = regexp.MustCompile(`(\d+) packets captured, (\d+) received by filter, (\d+) matched, (\d+) lost`)
-	tcpdumpCapture = regexp.MustCompile(`(\d+) packets? captured`)
-	tcpdumpDropped = regexp.MustCompile(`(\d+) packets? dropped by kernel`)
+	xdpcapSummary = regexp.MustCompile(`(\d+) packets captured, (\d+) received by filter, (\d+) matched, (\d+) lost`)
+	tcpdumpStats  = regexp.MustCompile(`(\d+) packets? captured\n(\d+) packets? received by filter\n(\d+) packets? dropped by kernel`)
 )
 
 // flood sends the configured traffic at full speed for cfg.Duration.
@@ -57,66 +116,44 @@ func flood(ctx context.Context, cfg Config, l *lab.Lab) (lab.Result, error) {
 	return g.Run(ctx, lab.RunOptions{Duration: cfg.Duration, CPU: cfg.CPU + 1})
 }
 
-// XDPcapRate measures xdpcap capturing every packet L4Drop (obj, the
-// 1-rule set) drops, written to a file.
-func (t Tools) XDPcapRate(ctx context.Context, cfg Config, obj, dir string) (CaptureRate, error) {
-	res := CaptureRate{Name: "xdpcap on L4Drop's hook, every dropped packet"}
-	l, err := lab.New()
-	if err != nil {
-		return res, err
-	}
-	defer l.Close()
-	_, unload, err := t.Load(l, obj)
-	if err != nil {
-		return res, err
-	}
-	defer unload()
-	hook := filepath.Join("/sys/fs/bpf/l4drop", l.ServerIf+"@"+l.Server.Name, "xdpcap_hook")
-	out := filepath.Join(dir, "xdpcap-bench.pcap")
-	defer os.Remove(out)
-	var stderr bytes.Buffer
-	c := exec.Command(t.XDPcap, "-q", "-actions", "drop", hook, out)
-	c.Stderr = &stderr
-	return res, captureDuring(ctx, cfg, l, c, &stderr, &res, func(s []byte) error {
-		m := xdpcapSummary.FindSubmatch(s)
-		if m == nil {
-			return fmt.Errorf("xdpcap printed no summary: %s", s)
+// Tcpdump is the capture row to beat: tcpdump on the server's veth (no
+// XDP program: the frames take the stack's path, which tcpdump needs)
+// writing every packet to a file.
+func Tcpdump(dir string) Capture {
+	return Capture{Name: "tcpdump on the veth, every packet", Run: func(ctx context.Context, cfg Config) (CaptureRate, error) {
+		var res CaptureRate
+		l, err := lab.New()
+		if err != nil {
+			return res, err
 		}
-		res.Captured, _ = strconv.ParseUint(string(m[1]), 10, 64)
-		res.Lost, _ = strconv.ParseUint(string(m[4]), 10, 64)
-		return nil
-	})
-}
-
-// TcpdumpRate measures tcpdump capturing on the server's veth (no XDP
-// program: the frames take the stack's path, which tcpdump needs).
-func TcpdumpRate(ctx context.Context, cfg Config, dir string) (CaptureRate, error) {
-	res := CaptureRate{Name: "tcpdump on the veth, every packet"}
-	l, err := lab.New()
-	if err != nil {
-		return res, err
-	}
-	defer l.Close()
-	out := filepath.Join(dir, "tcpdump-bench.pcap")
-	defer os.Remove(out)
-	var stderr bytes.Buffer
-	c := l.Server.Command("tcpdump", "-n", "-i", l.ServerIf, "-w", out)
-	c.Stderr = &stderr
-	return res, captureDuring(ctx, cfg, l, c, &stderr, &res, func(s []byte) error {
-		m := tcpdumpCapture.FindSubmatch(s)
-		d := tcpdumpDropped.FindSubmatch(s)
-		if m == nil || d == nil {
-			return fmt.Errorf("tcpdump printed no statistics: %s", s)
+		defer l.Close()
+		out := filepath.Join(dir, "tcpdump-"+l.ID+".pcap")
+		defer os.Remove(out)
+		var stderr bytes.Buffer
+		c := l.Server.Command("tcpdump", "-n", "-i", l.ServerIf, "-w", out)
+		c.Stderr = &stderr
+		err = captureDuring(ctx, cfg, l, c, &stderr, &res, func(s []byte) error {
+			m := tcpdumpStats.FindSubmatch(s)
+			if m == nil {
+				return fmt.Errorf("tcpdump printed no statistics: %s", s)
+			}
+			res.Captured, res.Seen, res.Lost = parseUint(m[1]), parseUint(m[2]), parseUint(m[3])
+			return nil
+		})
+		if err != nil {
+			return res, err
 		}
-		res.Captured, _ = strconv.ParseUint(string(m[1]), 10, 64)
-		res.Lost, _ = strconv.ParseUint(string(d[1]), 10, 64)
-		return nil
-	})
+		if err := checkFile(out, res.Captured); err != nil {
+			return res, fmt.Errorf("tcpdump: %w", err)
+		}
+		return res, nil
+	}}
 }
 
 // captureDuring starts the capture command, floods, stops the capture with
 // SIGINT and parses its statistics.
 func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, stderr *bytes.Buffer, res *CaptureRate, parse func([]byte) error) error {
+	awayFrom(c, cfg.CPU)
 	if err := c.Start(); err != nil {
 		return err
 	}
@@ -139,39 +176,26 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, std
 	err = c.Wait()
 	stopped = true
 	if perr := parse(stderr.Bytes()); perr != nil {
-		return fmt.Errorf("%s: %w (exit: %v)", res.Name, perr, err)
+		return fmt.Errorf("%w (exit: %v)", perr, err)
 	}
 	return nil
 }
 
-// DropFilterWithCapture is the 1-rule L4Drop row with xdpcap attached to
-// the hook, its filter matching nothing: the difference to the plain row is
-// what an idle capture costs.
-func (t Tools) DropFilterWithCapture(obj, dir string) Filter {
-	return Filter{Name: "L4Drop, 1 rule, xdpcap attached (filter matching nothing)", Rules: 1, Setup: func(l *lab.Lab) (func(), error) {
-		_, unload, err := t.Load(l, obj)
-		if err != nil {
-			return nil, err
+// awayFrom makes c run on every CPU but cpu, with taskset, when there is
+// another: the flood and the receiving veth's NAPI keep cpu busy, and a
+// capture's reader scheduled there would slow the flood it reads, which
+// says nothing about the capture. tcpdump and xdpcap are treated alike.
+func awayFrom(c *exec.Cmd, cpu int) {
+	taskset, err := exec.LookPath("taskset")
+	if err != nil || runtime.NumCPU() < 2 {
+		return
+	}
+	var others []string
+	for i := range runtime.NumCPU() {
+		if i != cpu {
+			others = append(others, strconv.Itoa(i))
 		}
-		hook := filepath.Join("/sys/fs/bpf/l4drop", l.ServerIf+"@"+l.Server.Name, "xdpcap_hook")
-		out := filepath.Join(dir, "xdpcap-idle.pcap")
-		var stderr bytes.Buffer
-		c := exec.Command(t.XDPcap, "-q", hook, out, "tcp port 1")
-		c.Stderr = &stderr
-		if err := c.Start(); err != nil {
-			unload()
-			return nil, err
-		}
-		time.Sleep(time.Second)
-		if c.ProcessState != nil {
-			unload()
-			return nil, fmt.Errorf("xdpcap exited: %s", stderr.String())
-		}
-		return func() {
-			c.Process.Signal(os.Interrupt)
-			c.Wait()
-			os.Remove(out)
-			unload()
-		}, nil
-	}}
+	}
+	c.Args = append([]string{"taskset", "-c", strings.Join(others, ","), c.Path}, c.Args[1:]...)
+	c.Path = taskset
 }

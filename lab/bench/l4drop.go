@@ -72,12 +72,28 @@ func (t Tools) AttackBytecode() (string, error) {
 // tools' BuildTimeout.
 var ErrTimeout = errors.New("timed out")
 
-// Build builds an n-rule set into dir and returns the object's path and the
-// time l4drop build took.
+// Build builds an n-rule set (RuleSet) into dir and returns the object's
+// path and the time l4drop build took.
 func (t Tools) Build(ctx context.Context, dir string, n int) (string, time.Duration, error) {
-	yml := filepath.Join(dir, fmt.Sprintf("rules-%d.yaml", n))
-	obj := filepath.Join(dir, fmt.Sprintf("rules-%d.o", n))
-	if err := os.WriteFile(yml, []byte(t.RuleSet(n)), 0o644); err != nil {
+	return t.BuildRules(ctx, dir, fmt.Sprintf("rules-%d", n), t.RuleSet(n))
+}
+
+// PortRule is xdp-filter's port rule (`xdp-filter port 53 -p udp -m dst`)
+// as an L4Drop rule: a tcpdump expression.
+const PortRule = "udp dst port 53"
+
+// PortRuleSet is a rule set of PortRule alone: the flood and the
+// legitimate queries both match it, as both match xdp-filter's rule.
+func PortRuleSet() string {
+	return fmt.Sprintf("sample_rate: 0\nrules:\n  - name: udp-53\n    expr: %q\n", PortRule)
+}
+
+// BuildRules builds the rule set yml into dir as NAME.o and returns the
+// object's path and the time l4drop build took.
+func (t Tools) BuildRules(ctx context.Context, dir, name, yml string) (string, time.Duration, error) {
+	src := filepath.Join(dir, name+".yaml")
+	obj := filepath.Join(dir, name+".o")
+	if err := os.WriteFile(src, []byte(yml), 0o644); err != nil {
 		return "", 0, err
 	}
 	if t.BuildTimeout > 0 {
@@ -86,9 +102,9 @@ func (t Tools) Build(ctx context.Context, dir string, n int) (string, time.Durat
 		defer cancel()
 	}
 	start := time.Now()
-	if err := runCmdContext(ctx, t.L4Drop, "build", yml, "-o", obj); err != nil {
+	if err := runCmdContext(ctx, t.L4Drop, "build", src, "-o", obj); err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return "", 0, fmt.Errorf("l4drop build of %d rules: %w after %s", n, ErrTimeout, t.BuildTimeout)
+			return "", 0, fmt.Errorf("l4drop build %s: %w after %s", name, ErrTimeout, t.BuildTimeout)
 		}
 		return "", 0, err
 	}
@@ -107,16 +123,30 @@ func (t Tools) Load(l *lab.Lab, obj string) (time.Duration, func(), error) {
 	return d, func() { runCmd(t.L4Drop, append([]string{"unload"}, flags...)...) }, nil
 }
 
-// DropFilter is a drop-rate row: an n-rule set built beforehand into obj.
+// DropFilter is a drop-rate row of the DNS series: an n-rule set
+// (RuleSet) built beforehand into obj.
 func (t Tools) DropFilter(n int, obj string) Filter {
-	name := fmt.Sprintf("L4Drop, %d rules", n)
+	name := fmt.Sprintf("L4Drop, %d DNS rules (flood matches the last)", n)
 	if n == 1 {
-		name = "L4Drop, 1 rule"
+		name = "L4Drop, 1 DNS rule"
 	}
-	return Filter{Name: name, Rules: n, Setup: func(l *lab.Lab) (func(), error) {
+	if !t.DNSRules {
+		name = strings.Replace(name, "DNS rule", "DNS-name rule", 1)
+	}
+	return Filter{Name: name, Kind: KindL4Drop, Rules: n, Setup: t.loader(obj)}
+}
+
+// PortFilter is the drop-rate row to compare with xdp-filter's port rule:
+// PortRuleSet built beforehand into obj.
+func (t Tools) PortFilter(obj string) Filter {
+	return Filter{Name: "L4Drop, 1 port rule: " + PortRule, Kind: KindL4DropPort, Setup: t.loader(obj)}
+}
+
+func (t Tools) loader(obj string) func(l *lab.Lab) (func(), error) {
+	return func(l *lab.Lab) (func(), error) {
 		_, unload, err := t.Load(l, obj)
 		return unload, err
-	}}
+	}
 }
 
 // HasDNSRules reports whether l4drop builds `dns:` rules.

@@ -22,10 +22,12 @@ type Report struct {
 	Machine, Command string
 	// Load is the load average before and after the run: other work on the
 	// machine shows in every row.
-	Load       string
-	Config     Config
-	Drops      []DropRate // the first is the baseline
-	Captures   []CaptureRate
+	Load     string
+	Config   Config
+	Drops    []DropRate // the first is the baseline
+	Captures []CaptureRate
+	// HookCost is xdpcap's hook cost; nil if not measured.
+	HookCost   *HookCost
 	BuildLoads []BuildLoad
 	// CBPFC is cbpfc's corpus table, as its benchmark prints it.
 	CBPFC string
@@ -39,52 +41,34 @@ func (r *Report) baseline() float64 {
 	return r.Drops[0].Mpps()
 }
 
+// row returns the first measured drop-rate row of kind k (and rules n, for
+// KindL4Drop).
+func (r *Report) row(k Kind, n int) (DropRate, bool) {
+	for _, d := range r.Drops {
+		if d.Kind == k && d.Err == nil && (k != KindL4Drop || d.Rules == n) {
+			return d, true
+		}
+	}
+	return DropRate{}, false
+}
+
 // Markdown renders the report as docs/benchmarks.md.
 func (r *Report) Markdown(plot string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\n")
 	fmt.Fprintf(&b, "Measured by `%s` on %s.\n\n", r.Command, r.Date.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "Machine: %s. Load average before and after: %s.\n\n", r.Machine, r.Load)
-	fmt.Fprintf(&b, "Every row below was measured in the same run. Each drop-rate row gets a fresh lab (two network "+
+	fmt.Fprintf(&b, "Every row below was measured in the same run. Each drop-rate and capture row gets a fresh lab (two network "+
 		"namespaces joined by a veth pair). The generator (`l4lab gen`: BPF_PROG_TEST_RUN in live-frames mode, redirecting "+
 		"into the veth) floods the server side for %s from CPU %d with %s; the filter under test runs on the server's veth. "+
 		"The receiving veth's NAPI runs on the sender's CPU, so the rate the server takes in is what the filter leaves of "+
-		"that CPU: a cheaper filter takes in more. Rows are measured %d times, in turns; the table shows the median rate "+
-		"and the median of the ratios to the XDP drop-all program measured in the same round.\n\n",
+		"that CPU: a cheaper filter takes in more. Rows are measured %d times, in turns; the tables show the median rate "+
+		"and the median of the ratios to the other row measured in the same round.\n\n",
 		r.Config.Duration, r.Config.CPU, strings.Join(quote(r.Config.Traffic), " + "), r.Config.Rounds)
-	fmt.Fprintf(&b, "## Drop rate\n\n| filter on the server's veth | Mpps taken in | vs XDP drop-all | packets sent |\n|---|---:|---:|---:|\n")
-	base := r.baseline()
-	for _, d := range r.Drops {
-		if d.Err != nil {
-			fmt.Fprintf(&b, "| %s | failed: %s | | |\n", d.Name, oneLine(d.Err.Error()))
-			continue
-		}
-		fmt.Fprintf(&b, "| %s | %.3f | %.2f | %d |\n", d.Name, d.Mpps(), d.ratio(base), d.Sent)
-	}
-	if plot != "" {
-		fmt.Fprintf(&b, "\n![drop rate against rule count](%s)\n", plot)
-	}
-	if idle, plain, ok := r.idleCapture(); ok {
-		fmt.Fprintf(&b, "\nAn idle xdpcap (attached, filter matching nothing) costs %.1f ns per packet: "+
-			"1/%.3f Mpps - 1/%.3f Mpps.\n", (1/idle-1/plain)*1e3, idle, plain)
-	}
-	if len(r.Captures) > 0 {
-		fmt.Fprintf(&b, "\n## Capture rate\n\nThe same flood at full speed, every packet captured to a file.\n\n"+
-			"| capture | Mpps captured | lost | vs tcpdump | packets sent |\n|---|---:|---:|---:|---:|\n")
-		var tcpdump float64
-		for _, c := range r.Captures {
-			if strings.HasPrefix(c.Name, "tcpdump") {
-				tcpdump = c.Mpps()
-			}
-		}
-		for _, c := range r.Captures {
-			ratio := ""
-			if tcpdump > 0 {
-				ratio = fmt.Sprintf("%.1f×", c.Mpps()/tcpdump)
-			}
-			fmt.Fprintf(&b, "| %s | %.3f | %d (%.2f%%) | %s | %d |\n", c.Name, c.Mpps(), c.Lost, c.LostPct(), ratio, c.Sent)
-		}
-	}
+	r.targets(&b)
+	r.drops(&b, plot)
+	r.hookCost(&b)
+	r.captures(&b)
 	if len(r.BuildLoads) > 0 {
 		fmt.Fprintf(&b, "\n## Build and load\n\n`l4drop build` (C generation and clang) and `l4drop load` (verifier, attach, pins), wall time of the commands.\n\n"+
 			"| rules | build | load |\n|---:|---:|---:|\n")
@@ -108,16 +92,138 @@ func (r *Report) Markdown(plot string) string {
 	return b.String()
 }
 
-func (r *Report) idleCapture() (idle, plain float64, ok bool) {
+// targets prints the figures the project's targets are stated in.
+func (r *Report) targets(b *strings.Builder) {
+	type line struct{ what, measured, target string }
+	var lines []line
+	base, haveBase := r.row(KindBaseline, 0)
+	ipt, haveIPT := r.row(KindIPTables, 0)
+	if port, ok := r.row(KindL4DropPort, 0); ok && haveBase {
+		target := "≥ 0.95"
+		if xf, ok := r.row(KindXDPFilter, 0); ok {
+			target += fmt.Sprintf(" (xdp-filter's port rule, this run: %.2f)", xf.RatioTo(base))
+		}
+		lines = append(lines, line{"L4Drop, 1 port rule, vs XDP drop-all", fmt.Sprintf("%.2f", port.RatioTo(base)), target})
+	}
+	var maxRules int
 	for _, d := range r.Drops {
-		switch {
-		case strings.Contains(d.Name, "xdpcap attached"):
-			idle = d.Mpps()
-		case d.Name == "L4Drop, 1 rule":
-			plain = d.Mpps()
+		if d.Kind == KindL4Drop && d.Err == nil {
+			maxRules = max(maxRules, d.Rules)
 		}
 	}
-	return idle, plain, idle > 0 && plain > 0
+	if d, ok := r.row(KindL4Drop, maxRules); ok && maxRules > 1 && haveBase {
+		lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rules, vs XDP drop-all", maxRules), fmt.Sprintf("%.2f", d.RatioTo(base)), "≥ 0.50 at 1000 rules"})
+	}
+	if haveIPT {
+		ns := []int{1}
+		if maxRules > 1 {
+			ns = append(ns, maxRules)
+		}
+		for _, n := range ns {
+			if d, ok := r.row(KindL4Drop, n); ok {
+				lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rule%s, vs iptables -m bpf (1 rule, same bytecode)", n, plural(n)),
+					fmt.Sprintf("%.1f×", d.RatioTo(ipt)), "≥ 3.5×"})
+			}
+		}
+	}
+	if h := r.HookCost; h != nil {
+		lines = append(lines, line{"xdpcap, empty hook, ns/packet above the same program without it", fmt.Sprintf("%.1f ns", h.EmptyExtra), "≤ 2 ns"})
+		lines = append(lines, line{"xdpcap, filter matching nothing, ns/packet above no hook", fmt.Sprintf("%.1f ns", h.NoMatchExtra), "close to the empty hook"})
+	}
+	if tcpdump, ok := r.tcpdump(); ok {
+		for _, c := range r.Captures {
+			if c.Err == nil && strings.HasPrefix(c.Name, "xdpcap") {
+				lines = append(lines, line{c.Name + ", vs tcpdump", fmt.Sprintf("%.1f×, %d lost", c.Mpps()/tcpdump.Mpps(), c.Lost), "≥ 4×, 0 lost"})
+				break
+			}
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "## Against the targets\n\n| figure | measured | target |\n|---|---:|---|\n")
+	for _, l := range lines {
+		fmt.Fprintf(b, "| %s | %s | %s |\n", l.what, l.measured, l.target)
+	}
+	fmt.Fprintln(b)
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func (r *Report) drops(b *strings.Builder, plot string) {
+	if len(r.Drops) == 0 {
+		return
+	}
+	ipt, haveIPT := r.row(KindIPTables, 0)
+	fmt.Fprintf(b, "## Drop rate\n\nThe DNS rules match the first question name (`%s` for the flood's rule, `*.zoneNNNN.example` "+
+		"for the others, which nothing matches); the port rule and xdp-filter's drop the flood and the legitimate queries alike.\n\n", attackPattern)
+	fmt.Fprintf(b, "| filter on the server's veth | Mpps taken in | vs XDP drop-all | vs iptables | packets sent |\n|---|---:|---:|---:|---:|\n")
+	base := r.baseline()
+	for _, d := range r.Drops {
+		if d.Err != nil {
+			fmt.Fprintf(b, "| %s | failed: %s | | | |\n", d.Name, oneLine(d.Err.Error()))
+			continue
+		}
+		vsIPT := ""
+		if haveIPT && (d.Kind == KindL4Drop || d.Kind == KindL4DropPort) {
+			vsIPT = fmt.Sprintf("%.1f×", d.RatioTo(ipt))
+		}
+		fmt.Fprintf(b, "| %s | %.3f | %.2f | %s | %d |\n", d.Name, d.Mpps(), d.ratio(base), vsIPT, d.Sent)
+	}
+	if plot != "" {
+		fmt.Fprintf(b, "\n![drop rate against rule count](%s)\n", plot)
+	}
+}
+
+func (r *Report) hookCost(b *strings.Builder) {
+	h := r.HookCost
+	if h == nil {
+		return
+	}
+	fmt.Fprintf(b, "\n## xdpcap hook cost\n\nBPF_PROG_TEST_RUN of the smallest instrumented program (drops every packet through "+
+		"xdpcap's exit: a tail call into the hook's XDP_DROP slot) over a 60-byte UDP frame, %d rounds of %d runs, "+
+		"the three variants in turns, each kept attached. The kernel reports whole ns per round: figures are means over the rounds "+
+		"without the fastest and slowest fifth, the extra cost the same of the per-round differences.\n\n",
+		h.Rounds, h.PerRound)
+	fmt.Fprintf(b, "| program | ns/packet | above no hook |\n|---|---:|---:|\n")
+	fmt.Fprintf(b, "| drop, no hook (return XDP_DROP) | %.1f | |\n", h.NoHook)
+	fmt.Fprintf(b, "| drop through an empty xdpcap hook | %.1f | %+.1f |\n", h.EmptyHook, h.EmptyExtra)
+	fmt.Fprintf(b, "| drop, xdpcap attached with a filter matching nothing (`%s`) | %.1f | %+.1f |\n", h.Filter, h.NoMatch, h.NoMatchExtra)
+}
+
+func (r *Report) tcpdump() (CaptureRate, bool) {
+	for _, c := range r.Captures {
+		if c.Err == nil && strings.HasPrefix(c.Name, "tcpdump") && c.Mpps() > 0 {
+			return c, true
+		}
+	}
+	return CaptureRate{}, false
+}
+
+func (r *Report) captures(b *strings.Builder) {
+	if len(r.Captures) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\n## Capture rate\n\nThe same flood at full speed, every packet captured to a file (median of the rounds by rate captured). "+
+		"Seen: packets the capture's filter received; lost: seen but not recorded (buffer full).\n\n"+
+		"| capture | Mpps captured | seen | lost | vs tcpdump | packets sent |\n|---|---:|---:|---:|---:|---:|\n")
+	tcpdump, haveTcpdump := r.tcpdump()
+	for _, c := range r.Captures {
+		if c.Err != nil {
+			fmt.Fprintf(b, "| %s | failed: %s | | | | |\n", c.Name, oneLine(c.Err.Error()))
+			continue
+		}
+		ratio := ""
+		if haveTcpdump {
+			ratio = fmt.Sprintf("%.1f×", c.Mpps()/tcpdump.Mpps())
+		}
+		fmt.Fprintf(b, "| %s | %.3f | %d | %d (%.2f%%) | %s | %d |\n", c.Name, c.Mpps(), c.Seen, c.Lost, c.LostPct(), ratio, c.Sent)
+	}
 }
 
 func (d DropRate) ratio(base float64) float64 {
@@ -160,7 +266,7 @@ func (r *Report) Plot(png string) error {
 	var data strings.Builder
 	maxRules := 1
 	for _, d := range r.Drops {
-		if d.Rules > 0 && d.Err == nil && !strings.Contains(d.Name, "xdpcap") {
+		if d.Kind == KindL4Drop && d.Err == nil {
 			fmt.Fprintf(&data, "%d %.4f\n", d.Rules, d.Mpps())
 			maxRules = max(maxRules, d.Rules)
 		}
@@ -174,9 +280,9 @@ func (r *Report) Plot(png string) error {
 	fmt.Fprintf(&s, "set title 'Drop rate on a veth, one CPU (Mpps taken in by the server)'\n")
 	fmt.Fprintf(&s, "set logscale x\nset xrange [0.8:%d]\nset yrange [0:*]\nset xlabel 'rules (the flood matches the last)'\nset ylabel 'Mpps'\n", maxRules*2)
 	fmt.Fprintf(&s, "set key below\nset grid\n")
-	plots := []string{fmt.Sprintf("%q using 1:2 with linespoints lw 2 pt 7 title 'L4Drop'", dataFile)}
+	plots := []string{fmt.Sprintf("%q using 1:2 with linespoints lw 2 pt 7 title 'L4Drop, DNS rules'", dataFile)}
 	for _, d := range r.Drops {
-		if d.Rules > 0 || d.Err != nil {
+		if d.Kind == KindL4Drop || d.Err != nil {
 			continue
 		}
 		plots = append(plots, fmt.Sprintf("%.4f with lines dt 2 lw 2 title %q", d.Mpps(), d.Name))

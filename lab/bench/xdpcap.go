@@ -1,0 +1,284 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/l4drop/l4drop/cbpf"
+	"github.com/l4drop/l4drop/internal/bpffs"
+	"github.com/l4drop/l4drop/internal/xdprun"
+	"github.com/l4drop/l4drop/lab"
+	"github.com/l4drop/l4drop/xdpcap"
+)
+
+// hookName is the name the minimal program's exit refers to its hook by.
+const hookName = "xdpcap_hook"
+
+// HookedDrop returns the smallest instrumented XDP program: it drops every
+// packet through xdpcap's exit sequence (a tail call into hook[XDP_DROP],
+// falling back to returning XDP_DROP). With a nil hook it returns XDP_DROP
+// directly, the same program without the instrumentation.
+func HookedDrop(hook *ebpf.Map) (*ebpf.Program, error) {
+	insns := asm.Instructions{asm.Mov.Imm(asm.R0, int32(xdpcap.Drop)), asm.Return()}
+	if hook != nil {
+		insns = xdpcap.Exit(asm.R1, hookName, xdpcap.Drop)
+		if err := insns.AssociateMap(hookName, hook); err != nil {
+			return nil, fmt.Errorf("hooked drop program: %w", err)
+		}
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "l4lab_drop", Type: ebpf.XDP, License: "GPL", Instructions: insns})
+	if err != nil {
+		return nil, fmt.Errorf("load hooked drop program: %w", err)
+	}
+	return prog, nil
+}
+
+// HookCost is what xdpcap's hook costs an XDP program, in ns per packet as
+// BPF_PROG_TEST_RUN measures it. The kernel reports whole nanoseconds per
+// round; each figure is a trimmed mean over the rounds (the fastest and
+// slowest fifth left out), the extra costs the same of the per-round
+// differences, which keeps fractions of a nanosecond.
+type HookCost struct {
+	// NoHook is the program without the hook, EmptyHook with the hook and
+	// nothing in it, NoMatch with a capture whose filter matches nothing.
+	NoHook, EmptyHook, NoMatch float64
+	// EmptyExtra and NoMatchExtra are EmptyHook and NoMatch above NoHook.
+	EmptyExtra, NoMatchExtra float64
+	// Filter is the non-matching capture's filter expression.
+	Filter string
+	// Rounds and PerRound say how much was run.
+	Rounds, PerRound int
+}
+
+// NoMatchFilter is the capture filter of HookCost's third variant: the
+// benchmark's packets never match it, so it costs its instructions only.
+const NoMatchFilter = "udp port 53 and host 192.0.2.1"
+
+// MeasureHookCost runs HookedDrop without hook, with an empty hook and with
+// a capture of NoMatchFilter in the hook over a 60-byte UDP frame, rounds
+// times perRound test runs each, in turns so that drift hits all three
+// alike. Each variant stays attached (generic XDP on the loopback of a
+// namespace of its own) for the whole run: a test run of a program attached
+// nowhere costs a dispatcher update, milliseconds.
+func MeasureHookCost(rounds, perRound int) (res HookCost, err error) {
+	res = HookCost{Filter: NoMatchFilter, Rounds: rounds, PerRound: perRound}
+	tpl, err := lab.ParseTemplate("udp,port=5000")
+	if err != nil {
+		return res, err
+	}
+	filter, err := cbpf.Compile(NoMatchFilter, cbpf.LinkTypeEthernet, 0)
+	if err != nil {
+		return res, err
+	}
+	var closers []io.Closer
+	defer func() {
+		for _, c := range slices.Backward(closers) {
+			err = errors.Join(err, c.Close())
+		}
+	}()
+	type variant struct {
+		runner *xdprun.Runner
+		prog   *ebpf.Program
+		ns     []float64
+	}
+	var vs []*variant
+	for _, name := range []string{"no-hook", "empty-hook", "no-match"} {
+		var hook *ebpf.Map
+		if name != "no-hook" {
+			if hook, err = xdpcap.NewHook(); err != nil {
+				return res, err
+			}
+			closers = append(closers, hook)
+		}
+		prog, err := HookedDrop(hook)
+		if err != nil {
+			return res, err
+		}
+		closers = append(closers, prog)
+		if name == "no-match" {
+			// After the program: the first program to use a hook fixes
+			// what kind of programs it takes.
+			c, err := xdpcap.Start([]*ebpf.Map{hook}, xdpcap.Options{Filter: filter, Actions: []xdpcap.Action{xdpcap.Drop}})
+			if err != nil {
+				return res, fmt.Errorf("start capture: %w", err)
+			}
+			closers = append(closers, c)
+		}
+		r, err := xdprun.New("l4lab-hook")
+		if err != nil {
+			return res, err
+		}
+		closers = append(closers, r)
+		vs = append(vs, &variant{runner: r, prog: prog})
+	}
+	for range rounds {
+		for _, v := range vs {
+			d, err := v.runner.Benchmark(v.prog, tpl.Frame, perRound)
+			if err != nil {
+				return res, err
+			}
+			v.ns = append(v.ns, float64(d.Nanoseconds()))
+		}
+	}
+	res.NoHook, res.EmptyHook, res.NoMatch = trimmedMean(vs[0].ns), trimmedMean(vs[1].ns), trimmedMean(vs[2].ns)
+	res.EmptyExtra = trimmedMean(diff(vs[1].ns, vs[0].ns))
+	res.NoMatchExtra = trimmedMean(diff(vs[2].ns, vs[0].ns))
+	return res, nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[len(s)/2]
+}
+
+// trimmedMean is the mean of v without its lowest and highest fifth.
+func trimmedMean(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	cut := len(s) / 5
+	s = s[cut : len(s)-cut]
+	var sum float64
+	for _, x := range s {
+		sum += x
+	}
+	return sum / float64(len(s))
+}
+
+func diff(a, b []float64) []float64 {
+	d := make([]float64, min(len(a), len(b)))
+	for i := range d {
+		d[i] = a[i] - b[i]
+	}
+	return d
+}
+
+// XDPcapMinimal is the main capture row: xdpcap, the command, capturing
+// every packet HookedDrop drops on the server's veth into a file. The
+// program costs next to nothing, so the rate is xdpcap's.
+func (t Tools) XDPcapMinimal(dir string) Capture {
+	return Capture{Name: "xdpcap on a minimal XDP program's hook (drop all), every packet", Run: func(ctx context.Context, cfg Config) (CaptureRate, error) {
+		res := CaptureRate{}
+		l, err := lab.New()
+		if err != nil {
+			return res, err
+		}
+		defer l.Close()
+		if err := bpffs.Ensure(bpffs.DefaultRoot); err != nil {
+			return res, err
+		}
+		pins, err := os.MkdirTemp(bpffs.DefaultRoot, "l4lab-"+l.ID+"-")
+		if err != nil {
+			return res, fmt.Errorf("pin directory: %w", err)
+		}
+		defer os.RemoveAll(pins)
+		hookPath := filepath.Join(pins, hookName)
+		hook, err := xdpcap.CreateHook(hookPath)
+		if err != nil {
+			return res, err
+		}
+		defer hook.Close()
+		prog, err := HookedDrop(hook)
+		if err != nil {
+			return res, err
+		}
+		defer prog.Close()
+		var lk link.Link
+		err = l.Server.Do(func() error {
+			var err error
+			lk, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: l.ServerIndex})
+			return err
+		})
+		if err != nil {
+			return res, fmt.Errorf("attach to %s: %w", l.ServerIf, err)
+		}
+		defer lk.Close()
+		return t.runXDPcap(ctx, cfg, l, hookPath, dir)
+	}}
+}
+
+// XDPcapL4Drop is the second capture row: xdpcap on the hook of L4Drop
+// (obj, loaded with the 1-rule set), capturing every packet L4Drop drops.
+// The rate is capped by L4Drop's own cost as much as by xdpcap's.
+func (t Tools) XDPcapL4Drop(obj, dir string) Capture {
+	return Capture{Name: "xdpcap on L4Drop's hook (1 rule), every dropped packet", Run: func(ctx context.Context, cfg Config) (CaptureRate, error) {
+		l, err := lab.New()
+		if err != nil {
+			return CaptureRate{}, err
+		}
+		defer l.Close()
+		_, unload, err := t.Load(l, obj)
+		if err != nil {
+			return CaptureRate{}, err
+		}
+		defer unload()
+		hook := filepath.Join("/sys/fs/bpf/l4drop", l.ServerIf+"@"+l.Server.Name, "xdpcap_hook")
+		return t.runXDPcap(ctx, cfg, l, hook, dir)
+	}}
+}
+
+// runXDPcap captures drops from hook with the xdpcap command into a file
+// during a flood of l and reads its summary.
+func (t Tools) runXDPcap(ctx context.Context, cfg Config, l *lab.Lab, hook, dir string) (CaptureRate, error) {
+	var res CaptureRate
+	out := filepath.Join(dir, "xdpcap-"+l.ID+".pcap")
+	defer os.Remove(out)
+	var stderr bytes.Buffer
+	c := exec.Command(t.XDPcap, "-q", "-actions", "drop", hook, out)
+	c.Stderr = &stderr
+	err := captureDuring(ctx, cfg, l, c, &stderr, &res, func(s []byte) error {
+		m := xdpcapSummary.FindSubmatch(s)
+		if m == nil {
+			return fmt.Errorf("xdpcap printed no summary: %s", s)
+		}
+		res.Captured = parseUint(m[1])
+		res.Seen = parseUint(m[2])
+		res.Lost = parseUint(m[4])
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	if err := checkFile(out, res.Captured); err != nil {
+		return res, fmt.Errorf("xdpcap: %w", err)
+	}
+	return res, nil
+}
+
+// errShortFile is returned when a capture file holds fewer packets than
+// its command said it captured.
+var errShortFile = errors.New("capture file short")
+
+// checkFile checks that a pcap file written by a capture holds n packets.
+// A pcap record header is 16 bytes and every frame of the flood at least
+// 60, so a file below n*76 bytes lost packets on the way to disk.
+func checkFile(path string, n uint64) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if uint64(st.Size()) < 24+n*76 {
+		return fmt.Errorf("%s: %d bytes for %d packets: %w", path, st.Size(), n, errShortFile)
+	}
+	return nil
+}
