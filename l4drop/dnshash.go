@@ -3,19 +3,20 @@ package l4drop
 import (
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
 )
 
-// DNS rules whose patterns are all exact names (no wildcards) do not run
-// one after the other: their names go into a hash map, and a packet costs
-// one lookup however many such rules there are. The program reads the
-// first question name once, in wire format (lower-cased for
-// case-insensitive rules), and looks it up; the map says which rule, per
-// family, has that name. The loader fills the map with the enabled rules
-// only, first rule first, so switches and rule order work as for the
-// other rules.
+// DNS rules whose patterns are all exact names or "*.rest" do not run one
+// after the other: their names go into tables (whole names, and rests;
+// each as given and lower-cased), and a packet costs one lookup per table
+// however many such rules there are. A table with few names compares them
+// inline, each behind its rule's switch; a larger one is a hash map, which
+// says which rule, per family, has that name. The loader fills the maps
+// with the enabled rules only, first rule first, so switches and rule
+// order work as for the other rules.
 
 // dnsTables are the name tables' maps.
 var dnsTables = []struct {
@@ -105,29 +106,6 @@ func dnsKeys(i int, r *Rule) []DNSKey {
 	return keys
 }
 
-// dnsKeyLens returns the key sizes of the whole-name and the "*.rest"
-// tables (multiples of 8, at least 8) and the size of the buffer the
-// program reads names into: room for the longest whole name, and for the
-// longest rest after a first label of up to 63 bytes.
-func dnsKeyLens(keys []DNSKey) (whole, wild, buf int) {
-	round := func(n int) int { return (n + 7) / 8 * 8 }
-	whole, wild = 8, 8
-	for _, k := range keys {
-		if k.Wild {
-			wild = max(wild, round(len(k.Name)/2))
-		} else {
-			whole = max(whole, round(len(k.Name)/2))
-		}
-	}
-	buf = whole
-	for _, k := range keys {
-		if k.Wild {
-			buf = max(buf, round(min(len(k.Name)/2+64, 255)))
-		}
-	}
-	return whole, wild, buf
-}
-
 // fillDNS sets the contents of the exact-name maps for the enabled rules.
 func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 	type val struct{ Rule4, Rule6 uint32 }
@@ -178,28 +156,267 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 	return nil
 }
 
-// dnsMapsTemplate takes: key length, whether each table has names, and the
-// entries of each (tables in the order of dnsTables).
-const dnsMapsTemplate = `
-/* Names are read into a buffer of L4_DNS_BUFLEN bytes; the tables' keys are
- * its first L4_DNS_KEYLEN bytes (whole names) or L4_DNS_WKEYLEN bytes (the
- * name after its first label). */
-#define L4_DNS_BUFLEN %d
-#define L4_DNS_KEYLEN %d
-#define L4_DNS_WKEYLEN %d
-#define L4_DNS_CS %d
-#define L4_DNS_CI %d
-#define L4_DNS_WCS %d
-#define L4_DNS_WCI %d
-struct l4_dns_buf {
-	__u64 w[L4_DNS_BUFLEN / 8];
-};
-struct l4_dns_key {
-	uint8_t b[L4_DNS_KEYLEN];
-};
-struct l4_dns_wkey {
-	uint8_t b[L4_DNS_WKEYLEN];
-};
+// DefaultMaxInlineDNS is how many names a table may have and still be
+// compared inline (see BuildOptions.MaxInlineDNS).
+const DefaultMaxInlineDNS = 8
+
+// A packet's name is compared in wire format, a few bytes at a time, with
+// no walk over its labels: wire names are prefix-free, so if the first L
+// bytes of the packet's name are a name of the table, L bytes long, the
+// packet's name is that name, however its labels read. A table is tried
+// once per length its names have, shortest first, and a lookup happens
+// only where the byte that ends such a name is zero. Tables with few names
+// compare them inline, without a map, each guarded by its rule's switch.
+
+// dnsEntry is a name of a table with the rule and family it belongs to.
+type dnsEntry struct {
+	wire   []byte
+	rule   int
+	family int
+}
+
+// dnsTable is one of dnsTables with its names.
+type dnsTable struct {
+	name     string
+	ci, wild bool
+	entries  []dnsEntry // in rule order
+	inline   bool
+	keyLen   int // key size of the map, a multiple of 8
+}
+
+// lengths returns the lengths of the table's names, shortest first.
+func (t *dnsTable) lengths() []int {
+	seen := map[int]bool{}
+	var ls []int
+	for _, e := range t.entries {
+		if !seen[len(e.wire)] {
+			seen[len(e.wire)] = true
+			ls = append(ls, len(e.wire))
+		}
+	}
+	slices.Sort(ls)
+	return ls
+}
+
+// chunk is a piece of a name loaded at once.
+type chunk struct{ off, size int }
+
+// chunks covers n bytes with as few loads as possible, overlapping: all
+// within the n bytes, so the one bounds check p + n <= end covers them.
+func chunks(n int) []chunk {
+	var cs []chunk
+	for _, size := range []int{8, 4, 2, 1} {
+		if n < size {
+			continue
+		}
+		for off := 0; off+size <= n; off += size {
+			cs = append(cs, chunk{off, size})
+		}
+		if n%size != 0 {
+			cs = append(cs, chunk{n - size, size})
+		}
+		return cs
+	}
+	return nil
+}
+
+// leConst is bytes as the C constant a little-endian load of them gives,
+// in a macro that swaps it on big-endian targets.
+func leConst(b []byte) string {
+	var v uint64
+	for i := len(b) - 1; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return fmt.Sprintf("L4_LE%d(0x%xULL)", 8*len(b), v)
+}
+
+// dnsPlan sorts the keys into tables and decides which are inline.
+func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
+	var tabs []dnsTable
+	for _, d := range dnsTables {
+		t := dnsTable{name: d.name, ci: d.ci, wild: d.wild}
+		names := map[string]bool{}
+		for _, k := range keys {
+			if k.CI != d.ci || k.Wild != d.wild {
+				continue
+			}
+			wire, err := hex.DecodeString(k.Name)
+			if err != nil || len(wire) == 0 || len(wire) > 255 {
+				return nil, fmt.Errorf("bad DNS name %q", k.Name)
+			}
+			t.entries = append(t.entries, dnsEntry{wire: wire, rule: k.Rule, family: k.Family})
+			names[k.Name] = true
+			t.keyLen = max(t.keyLen, (len(wire)+7)/8*8)
+		}
+		if len(t.entries) == 0 {
+			continue
+		}
+		t.inline = len(names) <= maxInline
+		tabs = append(tabs, t)
+	}
+	return tabs, nil
+}
+
+// dnsC returns the C of l4_dns(name, end, fam), which returns the first
+// rule whose names the query name at name matches, or L4_NRULES, and the
+// rules whose switches it uses (those with names compared inline).
+func dnsC(keys []DNSKey, maxInline int) (string, map[int]bool, error) {
+	tabs, err := dnsPlan(keys, maxInline)
+	if err != nil {
+		return "", nil, err
+	}
+	switches := map[int]bool{}
+	var b strings.Builder
+	b.WriteString(dnsPrelude)
+	for ti := range tabs {
+		t := &tabs[ti]
+		if t.inline {
+			writeInlineTable(&b, t, switches)
+		} else {
+			writeMapTable(&b, t)
+		}
+	}
+	b.WriteString(`
+/*
+ * l4_dns returns the first rule the name tables give for the first question
+ * name of a DNS query, at name, or L4_NRULES. Names compare in wire format,
+ * up to and with their terminating zero: whole, and after their first
+ * label for "*.rest" patterns. A compression pointer or a name running
+ * past the packet matches nothing.
+ */
+static __always_inline __u32 l4_dns(const uint8_t *name, const uint8_t *end, int fam)
+{
+	__u32 r = L4_NRULES, c;
+`)
+	wild := false
+	for _, t := range tabs {
+		if t.wild {
+			wild = true
+			continue
+		}
+		fmt.Fprintf(&b, "\tc = %s_find(name, end, fam);\n\tif (c < r)\n\t\tr = c;\n", t.name)
+	}
+	if wild {
+		b.WriteString("\tif (name + 1 > end)\n\t\treturn r;\n")
+		b.WriteString("\t__u32 first = name[0];\n\tif (first == 0 || first > 63)\n\t\treturn r;\n")
+		b.WriteString("\tconst uint8_t *rest = name + 1 + first;\n")
+		for _, t := range tabs {
+			if t.wild {
+				fmt.Fprintf(&b, "\tc = %s_find(rest, end, fam);\n\tif (c < r)\n\t\tr = c;\n", t.name)
+			}
+		}
+	}
+	b.WriteString("\treturn r;\n}\n")
+	return b.String(), switches, nil
+}
+
+func famCond(family int) string {
+	if family == 0 {
+		return ""
+	}
+	return fmt.Sprintf("fam == %d && ", family)
+}
+
+func tableComment(t *dnsTable) string {
+	what := "whole names"
+	if t.wild {
+		what = `names after their first label ("*.rest")`
+	}
+	if t.ci {
+		what += ", lower-cased"
+	}
+	how := fmt.Sprintf("looked up in a map (keys of %d bytes)", t.keyLen)
+	if t.inline {
+		how = "compared inline"
+	}
+	return fmt.Sprintf("\n/* %s: %s, %s. */\n", t.name, what, how)
+}
+
+// writeInlineTable writes a table function comparing each name in turn:
+// per length, the packet's bytes are loaded once, and the names of that
+// length tried in rule order.
+func writeInlineTable(b *strings.Builder, t *dnsTable, switches map[int]bool) {
+	b.WriteString(tableComment(t))
+	fmt.Fprintf(b, "static __always_inline __u32 %s_find(const uint8_t *p, const uint8_t *end, int fam)\n{\n", t.name)
+	for _, n := range t.lengths() {
+		fmt.Fprintf(b, "\tif (p + %d <= end) {\n", n)
+		cs := chunks(n)
+		for i, c := range cs {
+			load := fmt.Sprintf("L4_LD%d(p, %d)", 8*c.size, c.off)
+			if t.ci {
+				load = "l4_lower(" + load + ")"
+			}
+			fmt.Fprintf(b, "\t\t__u64 w%d = %s;\n", i, load)
+		}
+		for _, e := range t.entries {
+			if len(e.wire) != n {
+				continue
+			}
+			switches[e.rule] = true
+			var conds []string
+			for i, c := range cs {
+				conds = append(conds, fmt.Sprintf("w%d == %s", i, leConst(e.wire[c.off:c.off+c.size])))
+			}
+			fmt.Fprintf(b, "\t\tif (%sL4_ENABLED(%s) &&\n\t\t    %s)\n\t\t\treturn %d;\n",
+				famCond(e.family), enableSymbol(e.rule), strings.Join(conds, " && "), e.rule)
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("\treturn L4_NRULES;\n}\n")
+}
+
+// writeMapTable writes a table's map, filled by the loader, and its
+// function: per length, where the byte ending a name of that length is
+// zero, one lookup of the packet's bytes, zero-padded to the key size. A
+// name found is the packet's name: no other length can match then.
+func writeMapTable(b *strings.Builder, t *dnsTable) {
+	b.WriteString(tableComment(t))
+	fmt.Fprintf(b, "struct %s_key {\n\t__u64 w[%d];\n};\n", t.name, t.keyLen/8)
+	fmt.Fprintf(b, "L4_DNS_MAP(%s, struct %s_key, %d);\n", t.name, t.name, len(t.entries))
+	fmt.Fprintf(b, "static __always_inline __u32 %s_find(const uint8_t *p, const uint8_t *end, int fam)\n{\n", t.name)
+	fmt.Fprintf(b, "\tstruct %s_key k;\n\tstruct l4_dns_val *v;\n", t.name)
+	for _, n := range t.lengths() {
+		fmt.Fprintf(b, "\tif (p + %d <= end && p[%d] == 0) {\n", n, n-1)
+		words := (n + 7) / 8
+		for i := 0; i < t.keyLen/8; i++ {
+			var val string
+			switch {
+			case i >= words:
+				val = "0"
+			case 8*i+8 <= n:
+				val = fmt.Sprintf("L4_LD64(p, %d)", 8*i)
+			case n >= 8:
+				// The tail: the last eight bytes, shifted.
+				val = fmt.Sprintf("L4_TAIL(L4_LD64(p, %d), %d)", n-8, 8*(8*i+8-n))
+			default:
+				val = shortWord(n)
+			}
+			if t.ci && i < words {
+				val = "l4_lower(" + val + ")"
+			}
+			fmt.Fprintf(b, "\t\tk.w[%d] = %s;\n", i, val)
+		}
+		fmt.Fprintf(b, "\t\tv = bpf_map_lookup_elem(&%s, &k);\n", t.name)
+		b.WriteString("\t\tif (v)\n\t\t\treturn fam == 4 ? v->rule4 : v->rule6;\n\t}\n")
+	}
+	b.WriteString("\treturn L4_NRULES;\n}\n")
+}
+
+// shortWord is the C of a key word holding a name of n < 8 bytes at p.
+func shortWord(n int) string {
+	var parts []string
+	off := 0
+	for _, size := range []int{4, 2, 1} {
+		if n-off >= size {
+			parts = append(parts, fmt.Sprintf("L4_AT(L4_LD%d(p, %d), %d, %d)", 8*size, off, off, size))
+			off += size
+		}
+	}
+	return strings.Join(parts, " | ")
+}
+
+// dnsPrelude is what the table functions need.
+const dnsPrelude = `
 struct l4_dns_val {
 	__u32 rule4;
 	__u32 rule6;
@@ -211,14 +428,29 @@ struct l4_dns_val {
 		__type(key, key_type);                   \
 		__type(value, struct l4_dns_val);        \
 	} name SEC(".maps")
-/* Whole names, and names after their first label ("*.rest"); each as
- * given and lower-cased. */
-L4_DNS_MAP(l4drop_dns, struct l4_dns_key, %d);
-L4_DNS_MAP(l4drop_dns_ci, struct l4_dns_key, %d);
-L4_DNS_MAP(l4drop_dns_w, struct l4_dns_wkey, %d);
-L4_DNS_MAP(l4drop_dns_wci, struct l4_dns_wkey, %d);
 
-static long (*bpf_xdp_load_bytes)(struct xdp_md *ctx, __u32 off, void *buf, __u32 len) = (void *)189;
+/* Loads of names, unaligned, as integers. Constants are the integers
+ * little-endian loads give; L4_LE* swaps them for big-endian targets. In a
+ * key word, L4_AT places a value loaded at byte off (of the word), and
+ * L4_TAIL keeps the last 8 - bits/8 bytes of a word loaded, at the front. */
+#define L4_LD64(p, off) ((__u64)*(const __u64 *)((p) + (off)))
+#define L4_LD32(p, off) ((__u64)*(const __u32 *)((p) + (off)))
+#define L4_LD16(p, off) ((__u64)*(const uint16_t *)((p) + (off)))
+#define L4_LD8(p, off) ((__u64)*(const uint8_t *)((p) + (off)))
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define L4_LE64(x) __builtin_bswap64(x)
+#define L4_LE32(x) __builtin_bswap32(x)
+#define L4_LE16(x) __builtin_bswap16(x)
+#define L4_AT(v, off, size) ((v) << (64 - 8 * (off) - 8 * (size)))
+#define L4_TAIL(w, bits) ((w) << (bits))
+#else
+#define L4_LE64(x) (x)
+#define L4_LE32(x) (x)
+#define L4_LE16(x) (x)
+#define L4_AT(v, off, size) ((v) << (8 * (off)))
+#define L4_TAIL(w, bits) ((w) >> (bits))
+#endif
+#define L4_LE8(x) (x)
 
 /* l4_lower lower-cases the ASCII letters in eight bytes at once. DNS label
  * lengths (at most 63) are never letters, so they are left alone. */
@@ -228,128 +460,6 @@ static __always_inline __u64 l4_lower(__u64 w)
 	__u64 ge_a = h + 0x3f3f3f3f3f3f3f3fULL;
 	__u64 gt_z = h + 0x2525252525252525ULL;
 	return w | (((ge_a ^ gt_z) & ~w & 0x8080808080808080ULL) >> 2);
-}
-
-/* l4_dns_load copies up to L4_DNS_BUFLEN bytes from name into k, the rest
- * zero, and returns how many it copied (0: none). */
-static __always_inline __u32 l4_dns_load(struct xdp_md *ctx, const uint8_t *data, const uint8_t *end,
-					 const uint8_t *name, struct l4_dns_buf *k)
-{
-	if (name + L4_DNS_BUFLEN <= end) {
-		/* The usual case: read the name straight from the packet. */
-#pragma unroll
-		for (int i = 0; i < L4_DNS_BUFLEN / 8; i++)
-			k->w[i] = *(const __u64 *)(name + 8 * i);
-		return L4_DNS_BUFLEN;
-	}
-	/* Near the packet's end: copy what there is. */
-#pragma unroll
-	for (int i = 0; i < L4_DNS_BUFLEN / 8; i++)
-		k->w[i] = 0;
-	if (name >= end)
-		return 0;
-	__u32 avail = end - name;
-	/* Hide what clang knows, so that it keeps the checks the verifier
-	 * needs to see on the register it passes; fewer than L4_DNS_BUFLEN
-	 * bytes are left, so the mask changes nothing. */
-	asm volatile("" : "+r"(avail));
-	avail &= 0x1ff;
-	if (avail == 0 || avail > L4_DNS_BUFLEN)
-		return 0;
-	if (bpf_xdp_load_bytes(ctx, name - data, k, avail))
-		return 0;
-	return avail;
-}
-
-/* l4_dns_cut zeroes the bytes after the terminating zero at p, in the
- * first n bytes of k. */
-static __always_inline void l4_dns_cut(struct l4_dns_buf *k, __u32 p, const int n)
-{
-#pragma unroll
-	for (int i = 0; i < n / 8; i++) {
-		__u32 start = i * 8;
-		if (start > p)
-			k->w[i] = 0;
-		else if (p - start < 7)
-			k->w[i] &= (1ULL << ((p - start + 1) * 8)) - 1;
-	}
-}
-
-/* l4_dns_find looks up the first n bytes of k as given in cs and
- * lower-cased in ci (which changes k), and returns the lower rule, or r. */
-static __always_inline __u32 l4_dns_find(void *cs, void *ci, int use_cs, int use_ci, struct l4_dns_buf *k,
-					 const int n, int fam, __u32 r)
-{
-	struct l4_dns_val *v;
-	if (use_cs) {
-		v = bpf_map_lookup_elem(cs, k);
-		if (v) {
-			__u32 c = fam == 4 ? v->rule4 : v->rule6;
-			if (c < r)
-				r = c;
-		}
-	}
-	if (use_ci) {
-#pragma unroll
-		for (int i = 0; i < n / 8; i++)
-			k->w[i] = l4_lower(k->w[i]);
-		v = bpf_map_lookup_elem(ci, k);
-		if (v) {
-			__u32 c = fam == 4 ? v->rule4 : v->rule6;
-			if (c < r)
-				r = c;
-		}
-	}
-	return r;
-}
-
-/*
- * l4_dns returns the first rule the name tables give for the first question
- * name of a DNS query (UDP to port 53), or L4_NRULES. Names compare in wire
- * format, up to and with their terminating zero: whole, and after their
- * first label for "*.rest" patterns. A compression pointer or a name
- * running past the packet matches nothing.
- */
-static __always_inline __u32 l4_dns(struct xdp_md *ctx, const uint8_t *data, const uint8_t *end,
-				    const uint8_t *name, int fam)
-{
-	struct l4_dns_buf k;
-	__u32 avail = l4_dns_load(ctx, data, end, name, &k);
-	if (!avail)
-		return L4_NRULES;
-	const uint8_t *b = (const uint8_t *)&k;
-	__u32 p = 0;
-	int ended = 0;
-	for (int i = 0; i < L4_DNS_BUFLEN / 2 + 1; i++) {
-		if (p >= avail)
-			return L4_NRULES;
-		uint8_t l = b[p];
-		if (l == 0) {
-			ended = 1;
-			break;
-		}
-		if (l > 63)
-			return L4_NRULES;
-		p += l + 1;
-	}
-	if (!ended)
-		return L4_NRULES;
-	__u32 first = b[0];
-	__u32 r = L4_NRULES;
-	/* Keys are as long as the buffer: the terminating zero is always in
-	 * them. (Explicit length checks here multiply the verifier's paths.) */
-	if (L4_DNS_CS || L4_DNS_CI) {
-		l4_dns_cut(&k, p, L4_DNS_KEYLEN);
-		r = l4_dns_find(&l4drop_dns, &l4drop_dns_ci, L4_DNS_CS, L4_DNS_CI, &k, L4_DNS_KEYLEN, fam, r);
-	}
-	if ((L4_DNS_WCS || L4_DNS_WCI) && first > 0 && first <= 63) {
-		/* The name after its first label. */
-		if (!l4_dns_load(ctx, data, end, name + first + 1, &k))
-			return r;
-		l4_dns_cut(&k, p - first - 1, L4_DNS_WKEYLEN);
-		r = l4_dns_find(&l4drop_dns_w, &l4drop_dns_wci, L4_DNS_WCS, L4_DNS_WCI, &k, L4_DNS_WKEYLEN, fam, r);
-	}
-	return r;
 }
 
 /* l4_dns_name returns where the first question name of a DNS query to UDP

@@ -76,22 +76,40 @@ func dnsPacket(v6 bool, dport uint16, payload []byte) []byte {
 	return fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, dport, payload)
 }
 
-// TestDNSTable checks the exact-name table: order with other rules,
-// families, case, switches, and names that must not match.
+// TestDNSTable checks the name tables, inline and in maps: order with
+// other rules, families, case, switches, and names that must not match.
 func TestDNSTable(t *testing.T) {
 	fixture.RequireRoot(t)
+	for _, tt := range []struct {
+		name      string
+		maxInline int
+		maps      int
+	}{
+		{"maps", -1, 4},
+		{"inline", 100, 0},
+		{"default", 0, 0},
+		{"mixed", 2, 2}, // the tables of more than 2 names in maps
+	} {
+		t.Run(tt.name, func(t *testing.T) { testDNSTable(t, tt.maxInline, tt.maps) })
+	}
+}
+
+func testDNSTable(t *testing.T, maxInline, maps int) {
 	rs, err := ParseRuleSet("dns.yaml", []byte(dnsTableRules))
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj, gen, err := Build(rs, BuildOptions{})
+	obj, gen, err := Build(rs, BuildOptions{MaxInlineDNS: maxInline})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range gen.Meta.Rules {
-		if hashed := r.Symbol == ""; hashed != (r.Name != "syn") {
+		if hashed := r.Matchers[0] == "dns-table"; hashed != (r.Name != "syn") {
 			t.Errorf("rule %s: in the table: %v", r.Name, hashed)
 		}
+	}
+	if n := strings.Count(gen.C, "L4_DNS_MAP(l4drop_dns"); n != maps {
+		t.Errorf("%d name maps, want %d", n, maps)
 	}
 	q := func(name string) []byte { return fixture.DNSQuery(name, 1) }
 	compressed := append(append([]byte(nil), q("")[:12]...), 0xc0, 0x0c, 0, 1, 0, 1)

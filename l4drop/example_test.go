@@ -31,7 +31,7 @@ rules:
 	fmt.Println(len(gen.Meta.Programs), "program")
 	// Output:
 	// syn-flood-80 [expr] switch="RULE_0_ENABLED"
-	// bad-names [dns-table] switch=""
+	// bad-names [dns-table] switch="RULE_1_ENABLED"
 	// 1 program
 }
 

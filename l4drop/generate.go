@@ -38,6 +38,10 @@ type BuildOptions struct {
 	// NoDNSTable makes exact-name DNS rules run one by one through the DNS
 	// generator, like the others, instead of sharing one table lookup.
 	NoDNSTable bool
+	// MaxInlineDNS is how many names a DNS name table may hold and still
+	// be compared inline, one by one, rather than looked up in a map; 0
+	// means DefaultMaxInlineDNS, a negative value always a map.
+	MaxInlineDNS int
 	// NoSets makes rules that differ only in a constant run one by one
 	// instead of all at once.
 	NoSets bool
@@ -167,21 +171,21 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	w.printf(mapsTemplate, len(rules)+1, len(progs)+1)
 	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n#define L4_NONE 0xffffffffu\n", len(rules), len(progs))
 	w.printf("%s", finishTemplate)
+	var dnsSwitches map[int]bool
 	if len(dns) > 0 {
-		var n [4]int
-		for _, k := range dns {
-			for t, tab := range dnsTables {
-				if k.CI == tab.ci && k.Wild == tab.wild {
-					n[t]++
-				}
-			}
+		maxInline := opts.MaxInlineDNS
+		switch {
+		case maxInline == 0:
+			maxInline = DefaultMaxInlineDNS
+		case maxInline < 0:
+			maxInline = 0
 		}
-		// One key size for all tables: the buffer's. Smaller keys for
-		// the tables with shorter names hash faster, but made the
-		// verifier's path count explode.
-		_, _, buf := dnsKeyLens(dns)
-		w.printf(dnsMapsTemplate, buf, buf, buf, min(n[0], 1), min(n[1], 1), min(n[2], 1), min(n[3], 1),
-			max(n[0], 1), max(n[1], 1), max(n[2], 1), max(n[3], 1))
+		src, sw, err := dnsC(dns, maxInline)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", rs.File, err)
+		}
+		dnsSwitches = sw
+		w.printf("%s", src)
 	}
 
 	tsrc, err := templates(rules)
@@ -209,6 +213,9 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		}
 		if cr.hashed {
 			mr.Symbol, mr.Matchers = "", []string{"dns-table"}
+			if dnsSwitches[i] {
+				mr.Symbol = enableSymbol(i)
+			}
 			meta.Rules[i] = mr
 			continue
 		}
@@ -323,7 +330,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 			}
 			if !dnsDone {
 				w.printf("\tconst uint8_t *dns_name = l4_dns_name(ip, end, fam);\n")
-				w.printf("\t__u32 dns_rule = dns_name ? l4_dns(ctx, data, end, dns_name, fam) : L4_NRULES;\n")
+				w.printf("\t__u32 dns_rule = dns_name ? l4_dns(dns_name, end, fam) : L4_NRULES;\n")
 				dnsDone = true
 			}
 			lo, hi := it.rules[0], it.rules[len(it.rules)-1]

@@ -42,8 +42,8 @@ type MetaRule struct {
 	// Program is the index in Programs of the program holding the rule.
 	Program int `json:"program"`
 	// Symbol is the switch the loader sets (RULE_<n>_ENABLED); empty for
-	// rules in the exact-name DNS table, which the loader switches by
-	// leaving their names out of the table.
+	// rules whose names are all in DNS name maps, which the loader
+	// switches by leaving their names out of the maps.
 	Symbol string `json:"symbol,omitempty"`
 	// CLines are the ranges of lines of the generated C that belong to the
 	// rule; verifier messages name lines, this names the rule.
