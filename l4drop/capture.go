@@ -1,53 +1,28 @@
 package l4drop
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/l4drop/l4drop/internal/pcapfile"
 )
 
 // ReadFrames reads a pcap or pcapng file and returns its packets as
 // Ethernet frames: raw IP captures get an Ethernet header in front, so
 // that the rule set sees them as it would on an interface.
 func ReadFrames(path string) ([][]byte, error) {
-	f, err := os.Open(path)
+	r, f, err := pcapfile.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	br := bufio.NewReader(f)
-	magic, err := br.Peek(4)
-	if err != nil {
-		return nil, fmt.Errorf("%s: not a capture: %w", path, err)
-	}
-	var (
-		next func() ([]byte, error)
-		lt   layers.LinkType
-	)
-	if bytes.Equal(magic, []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
-		r, err := pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		lt = r.LinkType()
-		next = func() ([]byte, error) { d, _, err := r.ReadPacketData(); return d, err }
-	} else {
-		r, err := pcapgo.NewReader(br)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		lt = r.LinkType()
-		next = func() ([]byte, error) { d, _, err := r.ReadPacketData(); return d, err }
-	}
+	lt := r.LinkType()
 	var frames [][]byte
 	for i := 1; ; i++ {
-		d, err := next()
+		d, _, err := r.ReadPacketData()
 		if errors.Is(err, io.EOF) {
 			return frames, nil
 		}
