@@ -2,24 +2,39 @@
 // side by side in one run: instructions of a minimal XDP program per
 // filter, the verifier's processed instructions, and nanoseconds per
 // packet above an empty XDP program.
+//
+// Timing. BPF_PROG_TEST_RUN reports the mean duration of its runs in whole
+// nanoseconds, too coarse for filters that cost one or two. And a program
+// run with BPF_PROG_TEST_RUN is added to the kernel's XDP dispatcher for
+// the call unless it is attached somewhere, which costs tens of
+// milliseconds and disturbs what follows. So Measure keeps three programs
+// attached at once, in generic mode, in a network namespace of its own: the
+// empty program, and one filter's eBPF and C programs. It then times the
+// three in turn, round after round, with the wall clock around each call
+// (a call's fixed cost is the same for all three and cancels out), and
+// takes, per filter, the median over the rounds of each program's time
+// minus the empty program's time of the same round.
 package corpusbench
 
 import (
 	"context"
 	"fmt"
-
+	"net"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/net/bpf"
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/cbpfc"
 	"github.com/l4drop/l4drop/internal/clang"
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/internal/netns"
 )
 
 // Filter is one filter to measure.
@@ -29,6 +44,26 @@ type Filter struct {
 	// rather than from the Ethernet header (EN10MB).
 	Raw  bool
 	Prog []bpf.Instruction
+}
+
+// Comparable reports whether the reference compiler (the best existing
+// cBPF to eBPF compiler, which the project's targets compare with) accepts
+// the filter: no backward jumps (libpcap's protochain loops) and no
+// extensions other than len.
+func (f Filter) Comparable() bool {
+	for _, ins := range f.Prog {
+		ri, err := ins.Assemble()
+		if err != nil {
+			return false
+		}
+		switch {
+		case ri.Op == 0x05 && int32(ri.K) < 0: // ja backwards
+			return false
+		case ri.Op&0x07 == 0x00 && ri.Op&0xe0 == 0x20 && ri.K >= 0xfffff000: // ld [SKF_AD_OFF+n]
+			return false
+		}
+	}
+	return true
 }
 
 // Packet is a frame that timed runs use, from the Ethernet header on.
@@ -41,14 +76,29 @@ type Packet struct {
 // Options of a measurement.
 type Options struct {
 	Packets []Packet
-	// Repeat is the number of runs per timing (BPF_PROG_TEST_RUN repeat);
-	// 0 means no timing at all.
+	// Repeat is the number of runs per program, filter and packet,
+	// spread over Rounds calls of BPF_PROG_TEST_RUN; 0 means no timing
+	// at all.
 	Repeat int
+	// Rounds is the number of interleaved calls Repeat is split into;
+	// 0 means DefaultRounds.
+	Rounds int
 }
+
+// DefaultRounds is the number of timing rounds when Options.Rounds is 0.
+const DefaultRounds = 15
 
 // Stats summarizes a number over the filters.
 type Stats struct {
-	Sum, Median, P90, Max int
+	N, Sum, Median, P90, Max int
+}
+
+// Mean is Sum over N.
+func (s Stats) Mean() float64 {
+	if s.N == 0 {
+		return 0
+	}
+	return float64(s.Sum) / float64(s.N)
 }
 
 func (s Stats) String() string {
@@ -65,11 +115,11 @@ func stats(v []int) Stats {
 	for _, x := range s {
 		sum += x
 	}
-	return Stats{Sum: sum, Median: s[len(s)/2], P90: s[(len(s)*9)/10], Max: s[len(s)-1]}
+	return Stats{N: len(s), Sum: sum, Median: s[len(s)/2], P90: s[(len(s)*9)/10], Max: s[len(s)-1]}
 }
 
 // Timing is nanoseconds per packet above the empty XDP program, over the
-// filters.
+// filters: the median and mean of the filters' figures.
 type Timing struct {
 	Packet       string
 	Median, Mean float64
@@ -77,25 +127,39 @@ type Timing struct {
 
 // Backend holds one backend's figures.
 type Backend struct {
-	Name      string
-	Insns     Stats // instructions of the minimal XDP program
-	Processed Stats // instructions the verifier processed
-	Timings   []Timing
-	Failed    []string // filters that did not compile or load, with the error
+	Name  string
+	Insns Stats // instructions of the minimal XDP program
+	// Processed counts the instructions the verifier processed, over all
+	// filters; ProcessedComparable only over the filters the reference
+	// compiler accepts (Filter.Comparable).
+	Processed, ProcessedComparable Stats
+	Timings                        []Timing
+	Failed                         []string // filters that did not compile or load, with the error
 	// PerFilter holds each filter's instruction count (-1: failed), and
 	// PerFilterProcessed the verifier's processed instructions.
 	PerFilter, PerFilterProcessed []int
 	// PerFilterNs holds each filter's time above the empty program,
-	// per packet.
+	// per packet (nil when not timed).
 	PerFilterNs [][]float64
 }
 
 // Result of a measurement.
 type Result struct {
 	Filters int
-	// EmptyNs is the time per run of an empty XDP program, per packet.
+	// Comparable is the number of filters the reference compiler accepts.
+	Comparable int
+	// EmptyNs is the time per run of an empty XDP program, per packet,
+	// as the kernel measures it (mean over filters and rounds).
 	EmptyNs []float64
-	EBPF, C Backend
+	// Packets names the timed packets.
+	Packets []string
+	// Runs and Rounds: each timing is Rounds calls of Runs runs.
+	Runs, Rounds int
+	EBPF, C      Backend
+	// EBPFMinusC is, per packet, the median and mean over the filters
+	// that both backends compiled of the eBPF program's time minus the C
+	// program's, each filter's the median over rounds.
+	EBPFMinusC []Timing
 }
 
 // CorpusFilters compiles the corpus's filters.tsv with libpcap.
@@ -128,9 +192,23 @@ func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 	tb.Helper()
 	fixture.RequireRoot(tb)
 	res := &Result{Filters: len(filters), EBPF: Backend{Name: "ebpf"}, C: Backend{Name: "c (clang -mcpu=v3)"}}
-	var runner *fixture.XDPRunner
-	if opts.Repeat > 0 {
-		runner = fixture.NewXDPRunner(tb)
+	for _, f := range filters {
+		if f.Comparable() {
+			res.Comparable++
+		}
+	}
+	timed := opts.Repeat > 0 && len(opts.Packets) > 0
+	var slots *slots
+	if timed {
+		res.Rounds = opts.Rounds
+		if res.Rounds <= 0 {
+			res.Rounds = DefaultRounds
+		}
+		res.Runs = max(1, opts.Repeat/res.Rounds)
+		var err error
+		if slots, err = newSlots(tb, 3); err != nil {
+			return nil, err
+		}
 	}
 
 	// All C programs in one clang run.
@@ -164,6 +242,15 @@ func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer empty.Close()
+	if timed {
+		if err := slots.set(0, empty); err != nil {
+			return nil, err
+		}
+		res.EmptyNs = make([]float64, len(opts.Packets))
+		for _, p := range opts.Packets {
+			res.Packets = append(res.Packets, p.Name)
+		}
+	}
 
 	frames := func(raw bool) [][]byte {
 		var out [][]byte
@@ -180,60 +267,41 @@ func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 		}
 		return out
 	}
-	time := func(prog *ebpf.Program, pkt []byte) (float64, error) {
-		return runner.Repeat(prog, pkt, uint32(opts.Repeat))
-	}
-	if runner != nil {
-		res.EmptyNs = make([]float64, len(opts.Packets))
-	}
 
-	type acc struct {
-		insns, processed []int
-		above            [][]float64
+	backends := []*Backend{&res.EBPF, &res.C}
+	type acc struct{ insns, processed, comparable []int }
+	accs := []*acc{{}, {}}
+	for _, b := range backends {
+		b.PerFilter = make([]int, len(filters))
+		b.PerFilterProcessed = make([]int, len(filters))
+		if timed {
+			b.PerFilterNs = make([][]float64, len(filters))
+		}
 	}
-	accs := map[*Backend]*acc{
-		&res.EBPF: {above: make([][]float64, len(opts.Packets))},
-		&res.C:    {above: make([][]float64, len(opts.Packets))},
-	}
-	res.EBPF.PerFilter = make([]int, len(filters))
-	res.C.PerFilter = make([]int, len(filters))
-	res.EBPF.PerFilterProcessed = make([]int, len(filters))
-	res.EBPF.PerFilterNs = make([][]float64, len(filters))
-	res.C.PerFilterNs = make([][]float64, len(filters))
-	res.C.PerFilterProcessed = make([]int, len(filters))
+	var emptyRuns int
+	diffs := make([][]float64, len(opts.Packets)) // eBPF minus C, per packet
 	for i, f := range filters {
-		res.EBPF.PerFilter[i], res.C.PerFilter[i] = -1, -1
-		specs := map[*Backend]*ebpf.ProgramSpec{}
+		specs := make([]*ebpf.ProgramSpec, 2)
 		insns, err := cbpfc.XDPProgram(f.Prog)
 		if err != nil {
 			res.EBPF.Failed = append(res.EBPF.Failed, fmt.Sprintf("%s: %v", f.Name, err))
 		} else {
-			specs[&res.EBPF] = &ebpf.ProgramSpec{Name: "cbpfc", Type: ebpf.XDP, License: "GPL", Instructions: insns}
+			specs[0] = &ebpf.ProgramSpec{Name: "cbpfc", Type: ebpf.XDP, License: "GPL", Instructions: insns}
 		}
 		if cOK[i] {
-			specs[&res.C] = cspec.Programs[fmt.Sprintf("f%d", i)]
+			specs[1] = cspec.Programs[fmt.Sprintf("f%d", i)]
 		}
-		// The empty program runs right before the filters, on the same
-		// bytes, so that drift over the run cancels out.
-		var emptyNs []float64
-		if runner != nil {
-			for j, pkt := range frames(f.Raw) {
-				ns, err := time(empty, pkt)
-				if err != nil {
-					return nil, err
+		progs := []*ebpf.Program{empty, nil, nil}
+		closeAll := func() {
+			for _, p := range progs[1:] {
+				if p != nil {
+					p.Close()
 				}
-				emptyNs = append(emptyNs, ns)
-				res.EmptyNs[j] += ns / float64(len(filters))
 			}
 		}
-		// Alternate which backend runs first: the first run after the
-		// empty program's measurement is a little slower.
-		order := []*Backend{&res.EBPF, &res.C}
-		if i%2 == 1 {
-			order = []*Backend{&res.C, &res.EBPF}
-		}
-		for _, b := range order {
-			spec := specs[b]
+		for j, b := range backends {
+			b.PerFilter[i], b.PerFilterProcessed[i] = -1, -1
+			spec := specs[j]
 			if spec == nil {
 				continue
 			}
@@ -242,76 +310,307 @@ func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 				b.Failed = append(b.Failed, fmt.Sprintf("%s: %v", f.Name, err))
 				continue
 			}
-			a := accs[b]
+			progs[j+1] = prog
+			a := accs[j]
 			a.insns = append(a.insns, int(spec.Instructions.Size()/asm.InstructionSize))
 			b.PerFilter[i] = a.insns[len(a.insns)-1]
 			info, err := prog.Info()
-			if err == nil {
-				if n, ok := info.VerifiedInstructions(); ok {
-					a.processed = append(a.processed, int(n))
-					b.PerFilterProcessed[i] = int(n)
+			if err != nil {
+				closeAll()
+				return nil, fmt.Errorf("%s: %w", f.Name, err)
+			}
+			if n, ok := info.VerifiedInstructions(); ok {
+				a.processed = append(a.processed, int(n))
+				if f.Comparable() {
+					a.comparable = append(a.comparable, int(n))
+				}
+				b.PerFilterProcessed[i] = int(n)
+			}
+		}
+		if timed {
+			if err := timeFilter(slots, progs, frames(f.Raw), res, i, diffs); err != nil {
+				closeAll()
+				return nil, fmt.Errorf("%s: %w", f.Name, err)
+			}
+			emptyRuns++
+		}
+		closeAll()
+	}
+	for j, b := range backends {
+		a := accs[j]
+		b.Insns, b.Processed, b.ProcessedComparable = stats(a.insns), stats(a.processed), stats(a.comparable)
+	}
+	if !timed {
+		return res, nil
+	}
+	for k := range res.EmptyNs {
+		res.EmptyNs[k] /= float64(max(1, emptyRuns))
+	}
+	for _, b := range backends {
+		for k, p := range opts.Packets {
+			var v []float64
+			for _, ns := range b.PerFilterNs {
+				if len(ns) > k {
+					v = append(v, ns[k])
 				}
 			}
-			if runner != nil {
-				for j, pkt := range frames(f.Raw) {
-					ns, err := time(prog, pkt)
-					if err != nil {
-						prog.Close()
-						return nil, fmt.Errorf("%s: %w", f.Name, err)
-					}
-					a.above[j] = append(a.above[j], ns-emptyNs[j])
-					b.PerFilterNs[i] = append(b.PerFilterNs[i], ns-emptyNs[j])
-				}
+			if len(v) > 0 {
+				b.Timings = append(b.Timings, Timing{Packet: p.Name, Median: median(v), Mean: mean(v)})
 			}
-			prog.Close()
 		}
 	}
-	for b, a := range accs {
-		b.Insns, b.Processed = stats(a.insns), stats(a.processed)
-		for j, v := range a.above {
-			if len(v) == 0 {
-				continue
-			}
-			s := slices.Clone(v)
-			slices.Sort(s)
-			var sum float64
-			for _, x := range s {
-				sum += x
-			}
-			b.Timings = append(b.Timings, Timing{Packet: opts.Packets[j].Name, Median: s[len(s)/2], Mean: sum / float64(len(s))})
+	for k, p := range opts.Packets {
+		if len(diffs[k]) > 0 {
+			res.EBPFMinusC = append(res.EBPFMinusC, Timing{Packet: p.Name, Median: median(diffs[k]), Mean: mean(diffs[k])})
 		}
 	}
 	return res, nil
 }
 
-func load(spec *ebpf.ProgramSpec) (*ebpf.Program, error) {
-	prog, err := ebpf.NewProgramWithOptions(spec, ebpf.ProgramOptions{LogSizeStart: 1 << 16})
-	if err != nil {
-		return nil, err
-	}
-	return prog, nil
-}
-
-// Table formats the result as text, one row per backend.
-func (r *Result) Table() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d filters; empty XDP program:", r.Filters)
-	for i, ns := range r.EmptyNs {
-		fmt.Fprintf(&b, " %.1f ns", ns)
-		if i < len(r.EmptyNs)-1 {
-			b.WriteString(",")
+// timeFilter times progs (the empty program, then the filter's eBPF and
+// C programs, nil when missing) on each packet and records filter i's
+// figures in res and diffs.
+func timeFilter(sl *slots, progs []*ebpf.Program, pkts [][]byte, res *Result, i int, diffs [][]float64) error {
+	for j, p := range progs {
+		if p != nil {
+			if err := sl.set(j, p); err != nil {
+				return err
+			}
 		}
 	}
-	b.WriteString("\n")
-	fmt.Fprintf(&b, "%-20s %-40s %-40s %s\n", "backend", "instructions (minimal XDP program)", "verifier processed", "ns/packet above empty (median/mean)")
+	backends := []*Backend{&res.EBPF, &res.C}
+	for k, pkt := range pkts {
+		wall, kernel, err := timeRounds(progs, pkt, res.Rounds, res.Runs)
+		if err != nil {
+			return err
+		}
+		res.EmptyNs[k] += mean(kernel)
+		above := make([][]float64, len(progs))
+		for j := 1; j < len(progs); j++ {
+			if progs[j] == nil {
+				continue
+			}
+			above[j] = make([]float64, res.Rounds)
+			for r := range above[j] {
+				above[j][r] = wall[j][r] - wall[0][r]
+			}
+			backends[j-1].PerFilterNs[i] = append(backends[j-1].PerFilterNs[i], median(above[j]))
+		}
+		if above[1] != nil && above[2] != nil {
+			d := make([]float64, res.Rounds)
+			for r := range d {
+				d[r] = above[1][r] - above[2][r]
+			}
+			diffs[k] = append(diffs[k], median(d))
+		}
+	}
+	return nil
+}
+
+// timeRounds runs each program runs times on pkt, rounds times in turn,
+// and returns per program and round the wall-clock time per run, and the
+// kernel's own figure for the first program.
+func timeRounds(progs []*ebpf.Program, pkt []byte, rounds, runs int) (wall [][]float64, kernel []float64, err error) {
+	wall = make([][]float64, len(progs))
+	for j := range progs {
+		wall[j] = make([]float64, rounds)
+	}
+	// One untimed call each first: the first run of a program after
+	// another is slower (caches, branch predictors).
+	for _, p := range progs {
+		if p != nil {
+			if _, _, err := p.Benchmark(pkt, runs, nil); err != nil {
+				return nil, nil, fmt.Errorf("test run: %w", err)
+			}
+		}
+	}
+	for r := range rounds {
+		for n := range progs {
+			// Rotate the order, so that none always follows another.
+			j := (n + r) % len(progs)
+			p := progs[j]
+			if p == nil {
+				continue
+			}
+			for try := 0; ; try++ {
+				interrupted := false
+				start := time.Now()
+				_, d, err := p.Benchmark(pkt, runs, func() { interrupted = true })
+				el := time.Since(start)
+				if err != nil {
+					return nil, nil, fmt.Errorf("test run: %w", err)
+				}
+				// A signal restarts the call, which the wall clock
+				// then counts twice: measure again.
+				if interrupted && try < 3 {
+					continue
+				}
+				wall[j][r] = float64(el.Nanoseconds()) / float64(runs)
+				if j == 0 {
+					kernel = append(kernel, float64(d.Nanoseconds()))
+				}
+				break
+			}
+		}
+	}
+	return wall, kernel, nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func mean(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	var sum float64
+	for _, x := range v {
+		sum += x
+	}
+	return sum / float64(len(v))
+}
+
+// slots keeps programs attached (generic XDP) to the interfaces of a
+// namespace of their own, so that test runs do not add them to the
+// kernel's XDP dispatcher and remove them again on every call.
+type slots struct {
+	ns      *netns.NS
+	ifindex []int
+	links   []link.Link
+	progs   []*ebpf.Program
+}
+
+// newSlots makes a namespace with n interfaces (lo and veths), removed
+// with everything attached at cleanup.
+func newSlots(tb testing.TB, n int) (*slots, error) {
+	tb.Helper()
+	ns := fixture.Netns(tb, "l4cb")
+	s := &slots{ifindex: []int{1}, links: make([]link.Link, n), progs: make([]*ebpf.Program, n)}
+	tb.Cleanup(func() {
+		for _, l := range s.links {
+			if l != nil {
+				l.Close()
+			}
+		}
+	})
+	for i := 1; i < n; i += 2 {
+		a, b := fmt.Sprintf("cb%da", i), fmt.Sprintf("cb%db", i)
+		if err := netns.NewVeth(ns, a, ns, b); err != nil {
+			return nil, err
+		}
+		for _, name := range []string{a, b} {
+			err := ns.Do(func() error {
+				ifi, err := net.InterfaceByName(name)
+				if err != nil {
+					return err
+				}
+				s.ifindex = append(s.ifindex, ifi.Index)
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	s.ifindex = s.ifindex[:n]
+	s.ns = ns
+	return s, nil
+}
+
+// set attaches p to interface i, in place of the program there.
+func (s *slots) set(i int, p *ebpf.Program) error {
+	if s.progs[i] == p {
+		return nil
+	}
+	if s.links[i] != nil {
+		if err := s.links[i].Update(p); err != nil {
+			return fmt.Errorf("replace the XDP program of ifindex %d: %w", s.ifindex[i], err)
+		}
+		s.progs[i] = p
+		return nil
+	}
+	// Interface indexes are per namespace.
+	err := s.ns.Do(func() error {
+		l, err := link.AttachXDP(link.XDPOptions{Program: p, Interface: s.ifindex[i], Flags: link.XDPGenericMode})
+		if err != nil {
+			return fmt.Errorf("attach to ifindex %d for test runs: %w", s.ifindex[i], err)
+		}
+		s.links[i] = l
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.progs[i] = p
+	return nil
+}
+
+func load(spec *ebpf.ProgramSpec) (*ebpf.Program, error) {
+	return ebpf.NewProgramWithOptions(spec, ebpf.ProgramOptions{LogSizeStart: 1 << 16})
+}
+
+// Table formats the result as text: a header line, then one row per
+// backend, then the paired comparison of the two.
+func (r *Result) Table() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d filters (%d of them without loops or extensions other than len, as the reference compiler accepts)\n", r.Filters, r.Comparable)
+	if len(r.EmptyNs) > 0 {
+		b.WriteString("empty XDP program:")
+		for i, ns := range r.EmptyNs {
+			fmt.Fprintf(&b, " %s %.1f ns", r.Packets[i], ns)
+			if i < len(r.EmptyNs)-1 {
+				b.WriteString(",")
+			}
+		}
+		fmt.Fprintf(&b, "; timing: per filter, %d interleaved rounds of %d runs per program, median over rounds of (program - empty)\n", r.Rounds, r.Runs)
+	}
+	rows := [][]string{{"backend", "instructions (minimal XDP program)", "verifier processed: all filters", "reference's filters", "ns/packet above empty (median/mean)"}}
 	for _, be := range []Backend{r.EBPF, r.C} {
 		var ts []string
 		for _, t := range be.Timings {
 			ts = append(ts, fmt.Sprintf("%s %.2f/%.2f", t.Packet, t.Median, t.Mean))
 		}
-		fmt.Fprintf(&b, "%-20s %-40s %-40s %s\n", be.Name, be.Insns, be.Processed, strings.Join(ts, ", "))
+		p, pc := be.Processed, be.ProcessedComparable
+		rows = append(rows, []string{be.Name, be.Insns.String(),
+			fmt.Sprintf("sum %d, mean %.1f, median %d, max %d", p.Sum, p.Mean(), p.Median, p.Max),
+			fmt.Sprintf("sum %d, mean %.1f", pc.Sum, pc.Mean()),
+			strings.Join(ts, ", ")})
+	}
+	width := make([]int, len(rows[0]))
+	for _, row := range rows {
+		for i, c := range row {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	for _, row := range rows {
+		for i, c := range row {
+			if i == len(row)-1 {
+				b.WriteString(c)
+				continue
+			}
+			fmt.Fprintf(&b, "%-*s  ", width[i], c)
+		}
+		b.WriteString("\n")
+	}
+	if len(r.EBPFMinusC) > 0 {
+		var ts []string
+		for _, t := range r.EBPFMinusC {
+			ts = append(ts, fmt.Sprintf("%s %+.2f/%+.2f", t.Packet, t.Median, t.Mean))
+		}
+		fmt.Fprintf(&b, "ebpf - c, per filter (median/mean ns/packet): %s\n", strings.Join(ts, ", "))
+	}
+	for _, be := range []Backend{r.EBPF, r.C} {
 		if len(be.Failed) > 0 {
-			fmt.Fprintf(&b, "  %d failed: %s\n", len(be.Failed), strings.Join(be.Failed, "; "))
+			fmt.Fprintf(&b, "%s: %d failed: %s\n", be.Name, len(be.Failed), strings.Join(be.Failed, "; "))
 		}
 	}
 	return b.String()
