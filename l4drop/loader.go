@@ -225,6 +225,27 @@ func patchSwitches(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 	return nil
 }
 
+// nextSymbol is the switch of the tail call to LoadOptions.Next. ELFs
+// built before it existed lack it: they always make the call.
+const nextSymbol = "L4_NEXT_ENABLED"
+
+// patchSymbol sets the 64-bit immediate loads of sym, if any, to on.
+func patchSymbol(spec *ebpf.CollectionSpec, sym string, on bool) {
+	v := int64(0)
+	if on {
+		v = 1
+	}
+	for _, ps := range spec.Programs {
+		for i := range ps.Instructions {
+			ins := &ps.Instructions[i]
+			if ins.Reference() == sym && ins.OpCode.IsDWordLoad() {
+				ins.Constant = v
+				*ins = ins.WithReference("")
+			}
+		}
+	}
+}
+
 // SampleThreshold converts a sample rate (one in rate; 0 off) to the
 // program's threshold for bpf_get_prandom_u32().
 func SampleThreshold(rate uint32) uint64 {
@@ -265,6 +286,7 @@ func prepare(obj []byte, opts LoadOptions) (*Meta, []bool, *ebpf.CollectionSpec,
 	if err := patchSwitches(spec, meta, on); err != nil {
 		return nil, nil, nil, err
 	}
+	patchSymbol(spec, nextSymbol, opts.Next != "")
 	if err := fillDNS(spec, meta, on); err != nil {
 		return nil, nil, nil, err
 	}
