@@ -38,7 +38,8 @@ xdp-filter, iptables, tcpdump and gnuplot for their rows.
 Examples:
   make bench
   l4lab bench -o docs/benchmarks.md
-  l4lab bench -d 1s -rules 1,100 -build-rules 1,100 -o /tmp/bench.md
+  l4lab bench -rounds 3 -capture-rounds 1 -rules 1,100 -build-rules 1,100 -o /tmp/bench.md
+  l4lab bench -capture=false -cbpfc-repeat 0 -hook-runs 0 -o ''     # drop rates only, printed
 
 Flags:
 `
@@ -51,12 +52,14 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
 	fs.DurationVar(&cfg.Duration, "d", cfg.Duration, "duration of each drop-rate measurement")
 	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "measure each drop-rate row this often, in turns; the median counts")
+	fs.DurationVar(&cfg.CaptureDuration, "capture-d", cfg.CaptureDuration, "duration of each capture-rate measurement")
+	fs.IntVar(&cfg.CaptureRounds, "capture-rounds", cfg.CaptureRounds, "measure each capture row this often, in turns")
 	fs.IntVar(&cfg.CPU, "cpu", cfg.CPU, "CPU the generator (and the receiving NAPI) runs on")
 	rules := fs.String("rules", "1,10,100,1000", "rule counts for L4Drop's drop rate")
 	buildRules := fs.String("build-rules", "1,100,1000,10000", "rule counts for build and load times")
 	fs.DurationVar(&t.BuildTimeout, "build-timeout", 5*time.Minute, "give up on an l4drop build after this long")
 	cbpfcRepeat := fs.Int("cbpfc-repeat", 20000, "test runs per cbpfc timing (0: skip the cbpfc rows)")
-	hookRuns := fs.Int("hook-runs", 200000, "test runs per round of the xdpcap hook cost (0: skip it)")
+	hookRuns := fs.Int("hook-runs", 100000, "test runs per round of the xdpcap hook cost (0: skip it)")
 	captures := fs.Bool("capture", true, "measure the capture rates")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
@@ -159,7 +162,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	}
 
 	if *hookRuns > 0 {
-		h, err := bench.MeasureHookCost(21, *hookRuns)
+		h, err := bench.MeasureHookCost(61, *hookRuns)
 		if err != nil {
 			rep.Notes = append(rep.Notes, "xdpcap hook cost missing: "+err.Error())
 			logf("xdpcap hook cost: %v", err)

@@ -35,6 +35,10 @@ type Config struct {
 	// Rounds is how often each drop-rate row is measured (in turns); the
 	// median counts.
 	Rounds int
+	// CaptureDuration and CaptureRounds are the same for the capture rows,
+	// which need a fresh lab and capture process each time.
+	CaptureDuration time.Duration
+	CaptureRounds   int
 	// CPU the generator is pinned to (the receiver follows it).
 	CPU int
 	// Traffic is the flood, as lab template specifications.
@@ -51,11 +55,13 @@ type Config struct {
 // DefaultConfig is what `l4lab bench` runs.
 func DefaultConfig() Config {
 	return Config{
-		Duration: 3 * time.Second,
-		Rounds:   3,
-		CPU:      runtime.NumCPU() - 1,
-		Traffic:  []string{"dns,name=*.attack.example,weight=95", "dns,name=www.example.org,weight=5"},
-		Rules:    []int{1, 10, 100, 1000},
+		Duration:        time.Second,
+		Rounds:          9,
+		CaptureDuration: 3 * time.Second,
+		CaptureRounds:   3,
+		CPU:             runtime.NumCPU() - 1,
+		Traffic:         []string{"dns,name=*.attack.example,weight=95", "dns,name=www.example.org,weight=5"},
+		Rules:           []int{1, 10, 100, 1000},
 	}
 }
 
@@ -120,49 +126,72 @@ type Filter struct {
 	Setup func(l *lab.Lab) (cleanup func(), err error)
 }
 
-// MeasureDrop floods a fresh lab with f on the server side.
-func MeasureDrop(ctx context.Context, cfg Config, f Filter) (DropRate, error) {
-	res := DropRate{Name: f.Name, Kind: f.Kind, Rules: f.Rules}
+// station is a filter set up in a lab of its own, with a generator ready
+// to flood it. Stations live for the whole of MeasureDrops, so that a round
+// costs only its floods and rounds can be many and short.
+type station struct {
+	f       Filter
+	l       *lab.Lab
+	g       *lab.Generator
+	cleanup func()
+}
+
+func newStation(cfg Config, f Filter) (_ *station, err error) {
 	var ts []lab.Template
-	for _, s := range cfg.Traffic {
-		t, err := lab.ParseTemplate(s)
+	for _, spec := range cfg.Traffic {
+		t, err := lab.ParseTemplate(spec)
 		if err != nil {
-			return res, err
+			return nil, err
 		}
 		ts = append(ts, t)
 	}
-	l, err := lab.New()
-	if err != nil {
-		return res, err
-	}
-	defer l.Close()
-	if f.Setup != nil {
-		cleanup, err := f.Setup(l)
+	s := &station{f: f}
+	defer func() {
 		if err != nil {
-			return res, fmt.Errorf("%s: %w", f.Name, err)
+			s.close()
 		}
-		if cleanup != nil {
-			defer cleanup()
+	}()
+	if s.l, err = lab.New(); err != nil {
+		return nil, err
+	}
+	if f.Setup != nil {
+		if s.cleanup, err = f.Setup(s.l); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.Name, err)
 		}
 	}
-	g, err := lab.NewGenerator(l.Inet, l.InetIf, ts, 1)
-	if err != nil {
-		return res, err
+	if s.g, err = lab.NewGenerator(s.l.Inet, s.l.InetIf, ts, 1); err != nil {
+		return nil, err
 	}
-	defer g.Close()
+	return s, nil
+}
+
+func (s *station) close() {
+	if s.g != nil {
+		s.g.Close()
+	}
+	if s.cleanup != nil {
+		s.cleanup()
+	}
+	s.l.Close()
+}
+
+// measure floods the station for cfg.Duration after a short warm-up and
+// returns what its server side took in.
+func (s *station) measure(ctx context.Context, cfg Config) (DropRate, error) {
+	res := DropRate{Name: s.f.Name, Kind: s.f.Kind, Rules: s.f.Rules}
 	// A short warm-up: caches, page pools, the JIT'd program's first misses.
-	if _, err := g.Run(ctx, lab.RunOptions{Duration: 200 * time.Millisecond, CPU: cfg.CPU + 1}); err != nil {
+	if _, err := s.g.Run(ctx, lab.RunOptions{Duration: 200 * time.Millisecond, CPU: cfg.CPU + 1}); err != nil {
 		return res, err
 	}
-	before, err := l.ServerCounters()
+	before, err := s.l.ServerCounters()
 	if err != nil {
 		return res, err
 	}
-	r, err := g.Run(ctx, lab.RunOptions{Duration: cfg.Duration, CPU: cfg.CPU + 1})
+	r, err := s.g.Run(ctx, lab.RunOptions{Duration: cfg.Duration, CPU: cfg.CPU + 1})
 	if err != nil {
 		return res, err
 	}
-	after, err := l.ServerCounters()
+	after, err := s.l.ServerCounters()
 	if err != nil {
 		return res, err
 	}
@@ -171,25 +200,48 @@ func MeasureDrop(ctx context.Context, cfg Config, f Filter) (DropRate, error) {
 	return res, ctx.Err()
 }
 
-// MeasureDrops measures every filter cfg.Rounds times, in turns, and
-// returns each one's median run.
+// MeasureDrops sets every filter up in a lab of its own, measures each
+// cfg.Rounds times, in turns, and returns each one's median run. A filter
+// that cannot be set up gets a row with its error.
 func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(string, ...any)) ([]DropRate, error) {
+	stations := make([]*station, len(filters))
 	runs := make([][]DropRate, len(filters))
-	for round := range max(cfg.Rounds, 1) {
-		for i, f := range filters {
-			if len(runs[i]) > 0 && runs[i][0].Err != nil {
-				continue // failed once: it will fail again
+	defer func() {
+		for _, s := range stations {
+			if s != nil {
+				s.close()
 			}
-			r, err := MeasureDrop(ctx, cfg, f)
+		}
+	}()
+	for i, f := range filters {
+		s, err := newStation(cfg, f)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err != nil {
+			logf("%-60s failed: %v", f.Name, err)
+			runs[i] = []DropRate{{Name: f.Name, Kind: f.Kind, Rules: f.Rules, Err: err}}
+			continue
+		}
+		stations[i] = s
+	}
+	for round := range max(cfg.Rounds, 1) {
+		// Each round starts at another row, so that none always comes
+		// first after a pause or after the same neighbour.
+		for k := range stations {
+			i := (round + k) % len(stations)
+			s := stations[i]
+			if s == nil {
+				continue
+			}
+			r, err := s.measure(ctx, cfg)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
 			if err != nil {
-				r.Err = err
-				logf("round %d  %-60s failed: %v", round+1, f.Name, err)
-			} else {
-				logf("round %d  %-60s %8.3f Mpps", round+1, r.Name, r.Mpps())
+				return nil, fmt.Errorf("%s: %w", s.f.Name, err)
 			}
+			logf("round %d  %-60s %8.3f Mpps", round+1, r.Name, r.Mpps())
 			runs[i] = append(runs[i], r)
 		}
 	}
@@ -197,24 +249,19 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 	// measured in the same round cancels most of it.
 	out := make([]DropRate, len(filters))
 	for i, rs := range runs {
-		var ratios []float64
-		for round, r := range rs {
-			if r.Err == nil && round < len(runs[0]) && runs[0][round].Err == nil && runs[0][round].Mpps() > 0 {
-				ratios = append(ratios, r.Mpps()/runs[0][round].Mpps())
-			}
-		}
 		sorted := slices.Clone(rs)
 		slices.SortFunc(sorted, func(a, b DropRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
 		out[i] = sorted[len(sorted)/2]
-		if sorted[0].Err != nil {
-			out[i] = sorted[0]
+		if rs[0].Err != nil {
+			continue
 		}
 		for _, r := range rs {
 			out[i].Rates = append(out[i].Rates, r.Mpps())
 		}
-		if len(ratios) > 0 {
-			slices.Sort(ratios)
-			out[i].Ratio = ratios[len(ratios)/2]
+	}
+	if len(out) > 0 {
+		for i := range out {
+			out[i].Ratio = out[i].RatioTo(out[0])
 		}
 	}
 	return out, nil

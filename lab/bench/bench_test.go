@@ -236,8 +236,8 @@ func TestCaptureRows(t *testing.T) {
 	fixture.RequireRoot(t)
 	tools := buildCommands(t)
 	cfg := DefaultConfig()
-	cfg.Duration = 500 * time.Millisecond
-	cfg.Rounds = 1
+	cfg.CaptureDuration = 500 * time.Millisecond
+	cfg.CaptureRounds = 1
 	dir := t.TempDir()
 	cs := []Capture{tools.XDPcapMinimal(dir)}
 	if Have("tcpdump") {

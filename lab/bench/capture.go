@@ -27,8 +27,23 @@ type CaptureRate struct {
 	// the file; Lost on the way (buffer full).
 	Sent, Seen, Captured, Lost uint64
 	Elapsed                    time.Duration
+	// Rates is the rate captured of every round, in round order (0:
+	// failed), for ratios to other rows measured in the same rounds.
+	Rates []float64
 	// Err is why the row could not be measured.
 	Err error
+}
+
+// RatioTo is the median, over the rounds both were measured in, of c's
+// rate captured divided by ref's in the same round; 0 if there is none.
+func (c CaptureRate) RatioTo(ref CaptureRate) float64 {
+	var ratios []float64
+	for i := range min(len(c.Rates), len(ref.Rates)) {
+		if c.Rates[i] > 0 && ref.Rates[i] > 0 {
+			ratios = append(ratios, c.Rates[i]/ref.Rates[i])
+		}
+	}
+	return median(ratios)
 }
 
 // Mpps is the rate of packets captured.
@@ -54,11 +69,11 @@ type Capture struct {
 	Run  func(ctx context.Context, cfg Config) (CaptureRate, error)
 }
 
-// MeasureCaptures measures every capture cfg.Rounds times, in turns, and
-// returns each one's median run (by rate captured).
+// MeasureCaptures measures every capture cfg.CaptureRounds times, in
+// turns, and returns each one's median run (by rate captured).
 func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf func(string, ...any)) ([]CaptureRate, error) {
 	runs := make([][]CaptureRate, len(captures))
-	for round := range max(cfg.Rounds, 1) {
+	for round := range max(cfg.CaptureRounds, 1) {
 		for i, c := range captures {
 			if len(runs[i]) > 0 && runs[i][0].Err != nil {
 				continue
@@ -79,10 +94,15 @@ func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf f
 	}
 	out := make([]CaptureRate, len(captures))
 	for i, rs := range runs {
-		slices.SortFunc(rs, func(a, b CaptureRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
-		out[i] = rs[len(rs)/2]
+		sorted := slices.Clone(rs)
+		slices.SortFunc(sorted, func(a, b CaptureRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
+		out[i] = sorted[len(sorted)/2]
 		if rs[0].Err != nil {
 			out[i] = rs[0]
+			continue
+		}
+		for _, r := range rs {
+			out[i].Rates = append(out[i].Rates, r.Mpps())
 		}
 	}
 	return out, nil
@@ -98,7 +118,7 @@ var (
 	tcpdumpStats  = regexp.MustCompile(`(\d+) packets? captured\n(\d+) packets? received by filter\n(\d+) packets? dropped by kernel`)
 )
 
-// flood sends the configured traffic at full speed for cfg.Duration.
+// flood sends the configured traffic at full speed for cfg.CaptureDuration.
 func flood(ctx context.Context, cfg Config, l *lab.Lab) (lab.Result, error) {
 	var ts []lab.Template
 	for _, s := range cfg.Traffic {
@@ -113,7 +133,7 @@ func flood(ctx context.Context, cfg Config, l *lab.Lab) (lab.Result, error) {
 		return lab.Result{}, err
 	}
 	defer g.Close()
-	return g.Run(ctx, lab.RunOptions{Duration: cfg.Duration, CPU: cfg.CPU + 1})
+	return g.Run(ctx, lab.RunOptions{Duration: cfg.CaptureDuration, CPU: cfg.CPU + 1})
 }
 
 // Tcpdump is the capture row to beat: tcpdump on the server's veth (no

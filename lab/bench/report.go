@@ -58,13 +58,14 @@ func (r *Report) Markdown(plot string) string {
 	fmt.Fprintf(&b, "# Benchmarks\n\n")
 	fmt.Fprintf(&b, "Measured by `%s` on %s.\n\n", r.Command, r.Date.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "Machine: %s. Load average before and after: %s.\n\n", r.Machine, r.Load)
-	fmt.Fprintf(&b, "Every row below was measured in the same run. Each drop-rate and capture row gets a fresh lab (two network "+
+	fmt.Fprintf(&b, "Every row below was measured in the same run. Each row gets a lab of its own (two network "+
 		"namespaces joined by a veth pair). The generator (`l4lab gen`: BPF_PROG_TEST_RUN in live-frames mode, redirecting "+
-		"into the veth) floods the server side for %s from CPU %d with %s; the filter under test runs on the server's veth. "+
+		"into the veth) floods the server side from CPU %d with %s; the filter under test runs on the server's veth. "+
 		"The receiving veth's NAPI runs on the sender's CPU, so the rate the server takes in is what the filter leaves of "+
-		"that CPU: a cheaper filter takes in more. Rows are measured %d times, in turns; the tables show the median rate "+
-		"and the median of the ratios to the other row measured in the same round.\n\n",
-		r.Config.Duration, r.Config.CPU, strings.Join(quote(r.Config.Traffic), " + "), r.Config.Rounds)
+		"that CPU: a cheaper filter takes in more. Drop-rate rows are set up once and flooded for %s each (after 200 ms "+
+		"of warm-up), %d rounds, in turns; the tables show each row's median rate, and as ratios the median over the rounds "+
+		"of the ratio between two rows in the same round, which cancels most of the drift of the machine's other work.\n\n",
+		r.Config.CPU, strings.Join(quote(r.Config.Traffic), " + "), r.Config.Duration, r.Config.Rounds)
 	r.targets(&b)
 	r.drops(&b, plot)
 	r.hookCost(&b)
@@ -133,7 +134,7 @@ func (r *Report) targets(b *strings.Builder) {
 	if tcpdump, ok := r.tcpdump(); ok {
 		for _, c := range r.Captures {
 			if c.Err == nil && strings.HasPrefix(c.Name, "xdpcap") {
-				lines = append(lines, line{c.Name + ", vs tcpdump", fmt.Sprintf("%.1f×, %d lost", c.Mpps()/tcpdump.Mpps(), c.Lost), "≥ 4×, 0 lost"})
+				lines = append(lines, line{c.Name + ", vs tcpdump", fmt.Sprintf("%.1f×, %d lost", c.RatioTo(tcpdump), c.Lost), "≥ 4×, 0 lost"})
 				break
 			}
 		}
@@ -209,9 +210,12 @@ func (r *Report) captures(b *strings.Builder) {
 	if len(r.Captures) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "\n## Capture rate\n\nThe same flood at full speed, every packet captured to a file (median of the rounds by rate captured). "+
+	fmt.Fprintf(b, "\n## Capture rate\n\nThe same flood at full speed for %s, every packet captured to a file, each row %d times in turns, "+
+		"a fresh lab each time; the median run by rate captured, and the median of the per-round ratios to tcpdump. "+
+		"The capture commands run on the CPUs the flood leaves free. "+
 		"Seen: packets the capture's filter received; lost: seen but not recorded (buffer full).\n\n"+
-		"| capture | Mpps captured | seen | lost | vs tcpdump | packets sent |\n|---|---:|---:|---:|---:|---:|\n")
+		"| capture | Mpps captured | seen | lost | vs tcpdump | packets sent |\n|---|---:|---:|---:|---:|---:|\n",
+		r.Config.CaptureDuration, r.Config.CaptureRounds)
 	tcpdump, haveTcpdump := r.tcpdump()
 	for _, c := range r.Captures {
 		if c.Err != nil {
@@ -220,7 +224,7 @@ func (r *Report) captures(b *strings.Builder) {
 		}
 		ratio := ""
 		if haveTcpdump {
-			ratio = fmt.Sprintf("%.1f×", c.Mpps()/tcpdump.Mpps())
+			ratio = fmt.Sprintf("%.1f×", c.RatioTo(tcpdump))
 		}
 		fmt.Fprintf(b, "| %s | %.3f | %d | %d (%.2f%%) | %s | %d |\n", c.Name, c.Mpps(), c.Seen, c.Lost, c.LostPct(), ratio, c.Sent)
 	}
@@ -278,7 +282,14 @@ func (r *Report) Plot(png string) error {
 	var s strings.Builder
 	fmt.Fprintf(&s, "set terminal png size 800,600\nset output %q\n", png)
 	fmt.Fprintf(&s, "set title 'Drop rate on a veth, one CPU (Mpps taken in by the server)'\n")
-	fmt.Fprintf(&s, "set logscale x\nset xrange [0.8:%d]\nset yrange [0:*]\nset xlabel 'rules (the flood matches the last)'\nset ylabel 'Mpps'\n", maxRules*2)
+	var top float64
+	for _, d := range r.Drops {
+		top = max(top, d.Mpps())
+	}
+	// Room above the highest line, which gnuplot's autoscale puts on the
+	// frame, where it cannot be seen.
+	fmt.Fprintf(&s, "set logscale x\nset xrange [0.8:%d]\nset yrange [0:%.2f]\nset xlabel 'rules (the flood matches the last)'\nset ylabel 'Mpps'\n",
+		maxRules*2, max(top*1.1, 0.1))
 	fmt.Fprintf(&s, "set key below\nset grid\n")
 	plots := []string{fmt.Sprintf("%q using 1:2 with linespoints lw 2 pt 7 title 'L4Drop, DNS rules'", dataFile)}
 	for _, d := range r.Drops {
