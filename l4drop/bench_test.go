@@ -2,6 +2,7 @@ package l4drop
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -79,23 +80,45 @@ func BenchmarkBuildLoad(b *testing.B) {
 
 // BenchmarkPacket measures the cost of one packet matching the last rule,
 // with BPF_PROG_TEST_RUN, next to an XDP program that drops everything.
+// The runs alternate between the two in rounds, and each reports its
+// fastest round: on a shared machine, other work only ever adds time.
+// ns/packet is the rule set's cost, extra-ns how much it adds to the
+// drop-all program's.
 func BenchmarkPacket(b *testing.B) {
 	fixture.RequireRoot(b)
 	runner := fixture.NewXDPRunner(b)
+	dropAll, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.XDP, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dropAll.Close()
+	// measure runs prog and the drop-all program n times each, in rounds,
+	// and returns the fastest round of each.
+	measure := func(b *testing.B, prog *ebpf.Program, pkt []byte) (progNs, dropNs float64) {
+		b.Helper()
+		const rounds = 20
+		per := uint32(max(b.N/rounds, 1))
+		progNs, dropNs = math.Inf(1), math.Inf(1)
+		for range rounds {
+			for _, m := range []struct {
+				p   *ebpf.Program
+				min *float64
+			}{{prog, &progNs}, {dropAll, &dropNs}} {
+				ns, err := runner.Repeat(m.p, pkt, per)
+				if err != nil {
+					b.Fatal(err)
+				}
+				*m.min = min(*m.min, ns)
+			}
+		}
+		return progNs, dropNs
+	}
 	b.Run("drop-all", func(b *testing.B) {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Type: ebpf.XDP, License: "MIT",
-			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer prog.Close()
 		_, pkt := benchRules("port", 1)
-		ns, err := runner.Repeat(prog, pkt, uint32(max(b.N, 1)))
-		if err != nil {
-			b.Fatal(err)
-		}
+		ns, _ := measure(b, dropAll, pkt)
 		b.ReportMetric(ns, "ns/packet")
 	})
 	for _, kind := range []string{"dns", "dnswild", "port"} {
@@ -116,11 +139,9 @@ func BenchmarkPacket(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.ResetTimer()
-				ns, err := runner.Repeat(d.prog, pkt, uint32(max(b.N, 1)))
-				if err != nil {
-					b.Fatal(err)
-				}
+				ns, drop := measure(b, d.prog, pkt)
 				b.ReportMetric(ns, "ns/packet")
+				b.ReportMetric(ns-drop, "extra-ns")
 			})
 		}
 	}

@@ -1,8 +1,10 @@
 package l4drop
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -13,8 +15,9 @@ import (
 // after the other: their names go into tables (whole names, and rests;
 // each as given and lower-cased), and a packet costs one lookup per table
 // however many such rules there are. A table with few names compares them
-// inline, each behind its rule's switch; a larger one is a hash map, which
-// says which rule, per family, has that name. The loader fills the maps
+// inline, each behind its rule's switch; a larger one is a hash table (an
+// array map of buckets, see hashtable.go), which says which rule, per
+// family, has that name. The loader fills the maps
 // with the enabled rules only, first rule first, so switches and rule
 // order work as for the other rules.
 
@@ -106,15 +109,20 @@ func dnsKeys(i int, r *Rule) []DNSKey {
 	return keys
 }
 
-// fillDNS sets the contents of the exact-name maps for the enabled rules.
+// fillDNS fills the DNS name maps with the names of the enabled rules.
 func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
-	type val struct{ Rule4, Rule6 uint32 }
 	none := uint32(len(m.Rules))
 	for _, t := range dnsTables {
 		ms := spec.Maps[t.name]
 		if ms == nil {
 			continue
 		}
+		h, ok := m.DNSHash[t.name]
+		if !ok || ms.Type != ebpf.Array || ms.ValueSize%hashSlots != 0 || h.Bits < 1 || h.Bits > maxHashBits {
+			return fmt.Errorf("%s: DNS table %s: unknown layout", metaSection, t.name)
+		}
+		slotSize := int(ms.ValueSize / hashSlots)
+		type val struct{ rule4, rule6 uint32 }
 		order := []string{}
 		vals := map[string]*val{}
 		for _, k := range m.DNS {
@@ -131,26 +139,47 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 				continue
 			}
 			// Entries are in rule order: the first enabled rule wins.
-			if (k.Family == 0 || k.Family == 4) && v.Rule4 == none {
-				v.Rule4 = uint32(k.Rule)
+			if (k.Family == 0 || k.Family == 4) && v.rule4 == none {
+				v.rule4 = uint32(k.Rule)
 			}
-			if (k.Family == 0 || k.Family == 6) && v.Rule6 == none {
-				v.Rule6 = uint32(k.Rule)
+			if (k.Family == 0 || k.Family == 6) && v.rule6 == none {
+				v.rule6 = uint32(k.Rule)
 			}
 		}
-		ms.Contents = nil
+		buckets := map[uint32][]byte{}
+		var used []uint32
 		for _, name := range order {
 			v := vals[name]
-			if v.Rule4 == none && v.Rule6 == none {
+			if v.rule4 == none && v.rule6 == none {
 				continue
 			}
 			wire, err := hex.DecodeString(name)
-			if err != nil || len(wire) > int(ms.KeySize) {
+			if err != nil || len(wire) == 0 || 16+len(wire) > slotSize {
 				return fmt.Errorf("%s: bad DNS name %q", metaSection, name)
 			}
-			key := make([]byte, ms.KeySize)
-			copy(key, wire)
-			ms.Contents = append(ms.Contents, ebpf.MapKV{Key: key, Value: *v})
+			i := h.bucket(nameWords(wire))
+			bk := buckets[i]
+			if bk == nil {
+				bk = make([]byte, ms.ValueSize)
+				buckets[i] = bk
+				used = append(used, i)
+			}
+			s := 0
+			for s < hashSlots && binary.NativeEndian.Uint32(bk[s*slotSize:]) != 0 {
+				s++
+			}
+			if s == hashSlots {
+				return fmt.Errorf("%s: DNS table %s: bucket %d overflows", metaSection, t.name, i)
+			}
+			slot := bk[s*slotSize:]
+			binary.NativeEndian.PutUint32(slot, uint32(len(wire)))
+			binary.NativeEndian.PutUint32(slot[4:], v.rule4)
+			binary.NativeEndian.PutUint32(slot[8:], v.rule6)
+			copy(slot[16:], wire)
+		}
+		ms.Contents = nil
+		for _, i := range used {
+			ms.Contents = append(ms.Contents, ebpf.MapKV{Key: i, Value: buckets[i]})
 		}
 	}
 	return nil
@@ -181,7 +210,8 @@ type dnsTable struct {
 	ci, wild bool
 	entries  []dnsEntry // in rule order
 	inline   bool
-	keyLen   int // key size of the map, a multiple of 8
+	keyLen   int // bytes of names in the map's slots, a multiple of 8
+	hash     HashTable
 }
 
 // lengths returns the lengths of the table's names, shortest first.
@@ -252,21 +282,36 @@ func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
 			continue
 		}
 		t.inline = len(names) <= maxInline
+		if !t.inline {
+			var keys [][]uint64
+			for _, k := range slices.Sorted(maps.Keys(names)) {
+				wire, _ := hex.DecodeString(k)
+				keys = append(keys, nameWords(wire))
+			}
+			h, err := planHash(keys)
+			if err != nil {
+				return nil, fmt.Errorf("DNS table %s: %w", t.name, err)
+			}
+			t.hash = h
+		}
 		tabs = append(tabs, t)
 	}
 	return tabs, nil
 }
 
 // dnsC returns the C of l4_dns(name, end, fam), which returns the first
-// rule whose names the query name at name matches, or L4_NRULES, and the
-// rules whose switches it uses (those with names compared inline).
-func dnsC(keys []DNSKey, maxInline int) (string, map[int]bool, error) {
+// rule whose names the query name at name matches, or L4_NRULES, the
+// rules whose switches it uses (those with names compared inline), and
+// the hashes of the tables that are maps.
+func dnsC(keys []DNSKey, maxInline int) (string, map[int]bool, map[string]HashTable, error) {
 	tabs, err := dnsPlan(keys, maxInline)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	switches := map[int]bool{}
+	hashes := map[string]HashTable{}
 	var b strings.Builder
+	b.WriteString(hashC)
 	b.WriteString(dnsPrelude)
 	for ti := range tabs {
 		t := &tabs[ti]
@@ -274,6 +319,7 @@ func dnsC(keys []DNSKey, maxInline int) (string, map[int]bool, error) {
 			writeInlineTable(&b, t, switches)
 		} else {
 			writeMapTable(&b, t)
+			hashes[t.name] = t.hash
 		}
 	}
 	b.WriteString(`
@@ -307,7 +353,7 @@ static __always_inline __u32 l4_dns(const uint8_t *name, const uint8_t *end, int
 		}
 	}
 	b.WriteString("\treturn r;\n}\n")
-	return b.String(), switches, nil
+	return b.String(), switches, hashes, nil
 }
 
 func famCond(family int) string {
@@ -367,22 +413,22 @@ func writeInlineTable(b *strings.Builder, t *dnsTable, switches map[int]bool) {
 
 // writeMapTable writes a table's map, filled by the loader, and its
 // function: per length, where the byte ending a name of that length is
-// zero, one lookup of the packet's bytes, zero-padded to the key size. A
-// name found is the packet's name: no other length can match then.
+// zero, the bucket the packet's bytes hash to is compared slot by slot.
+// A name found is the packet's name: no other length can match then.
 func writeMapTable(b *strings.Builder, t *dnsTable) {
 	b.WriteString(tableComment(t))
-	fmt.Fprintf(b, "struct %s_key {\n\t__u64 w[%d];\n};\n", t.name, t.keyLen/8)
-	fmt.Fprintf(b, "L4_DNS_MAP(%s, struct %s_key, %d);\n", t.name, t.name, len(t.entries))
+	fmt.Fprintf(b, "struct %s_slot {\n\t__u32 len;\n\t__u32 rule4;\n\t__u32 rule6;\n\t__u32 pad;\n\t__u64 w[%d];\n};\n", t.name, t.keyLen/8)
+	fmt.Fprintf(b, "struct %s_bucket {\n\tstruct %s_slot s[L4_HASH_SLOTS];\n};\n", t.name, t.name)
+	fmt.Fprintf(b, "struct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct %s_bucket);\n} %s SEC(\".maps\");\n",
+		1<<t.hash.Bits, t.name, t.name)
 	fmt.Fprintf(b, "static __always_inline __u32 %s_find(const uint8_t *p, const uint8_t *end, int fam)\n{\n", t.name)
-	fmt.Fprintf(b, "\tstruct %s_key k;\n\tstruct l4_dns_val *v;\n", t.name)
+	fmt.Fprintf(b, "\t__u32 idx;\n\t__u64 h;\n\tstruct %s_bucket *bk;\n", t.name)
 	for _, n := range t.lengths() {
 		fmt.Fprintf(b, "\tif (p + %d <= end && p[%d] == 0) {\n", n, n-1)
 		words := (n + 7) / 8
-		for i := 0; i < t.keyLen/8; i++ {
+		for i := 0; i < words; i++ {
 			var val string
 			switch {
-			case i >= words:
-				val = "0"
 			case 8*i+8 <= n:
 				val = fmt.Sprintf("L4_LD64(p, %d)", 8*i)
 			case n >= 8:
@@ -391,15 +437,36 @@ func writeMapTable(b *strings.Builder, t *dnsTable) {
 			default:
 				val = shortWord(n)
 			}
-			if t.ci && i < words {
+			if t.ci {
 				val = "l4_lower(" + val + ")"
 			}
-			fmt.Fprintf(b, "\t\tk.w[%d] = %s;\n", i, val)
+			fmt.Fprintf(b, "\t\t__u64 w%d = %s;\n", i, val)
 		}
-		fmt.Fprintf(b, "\t\tv = bpf_map_lookup_elem(&%s, &k);\n", t.name)
-		b.WriteString("\t\tif (v)\n\t\t\treturn fam == 4 ? v->rule4 : v->rule6;\n\t}\n")
+		fmt.Fprintf(b, "\t\th = 0x%xULL;\n", t.hash.Seed)
+		var conds []string
+		for i := 0; i < words; i++ {
+			fmt.Fprintf(b, "\t\th = L4_HASH(h, w%d);\n", i)
+			conds = append(conds, fmt.Sprintf("e->w[%d] == w%d", i, i))
+		}
+		fmt.Fprintf(b, "\t\tidx = h >> %d;\n", 64-t.hash.Bits)
+		fmt.Fprintf(b, "\t\tbk = bpf_map_lookup_elem(&%s, &idx);\n\t\tif (bk) {\n", t.name)
+		fmt.Fprintf(b, "#pragma unroll\n\t\t\tfor (int s = 0; s < L4_HASH_SLOTS; s++) {\n\t\t\t\tstruct %s_slot *e = &bk->s[s];\n", t.name)
+		fmt.Fprintf(b, "\t\t\t\tif (e->len == %d && %s)\n\t\t\t\t\treturn fam == 4 ? e->rule4 : e->rule6;\n\t\t\t}\n\t\t}\n\t}\n",
+			n, strings.Join(conds, " && "))
 	}
 	b.WriteString("\treturn L4_NRULES;\n}\n")
+}
+
+// nameWords returns a wire name as the program loads it: 64-bit words,
+// the last one zero-padded.
+func nameWords(wire []byte) []uint64 {
+	buf := make([]byte, (len(wire)+7)/8*8)
+	copy(buf, wire)
+	ws := make([]uint64, len(buf)/8)
+	for i := range ws {
+		ws[i] = binary.NativeEndian.Uint64(buf[8*i:])
+	}
+	return ws
 }
 
 // shortWord is the C of a key word holding a name of n < 8 bytes at p.
@@ -421,14 +488,6 @@ struct l4_dns_val {
 	__u32 rule4;
 	__u32 rule6;
 };
-#define L4_DNS_MAP(name, key_type, entries)              \
-	struct {                                         \
-		__uint(type, BPF_MAP_TYPE_HASH);         \
-		__uint(max_entries, entries);            \
-		__type(key, key_type);                   \
-		__type(value, struct l4_dns_val);        \
-	} name SEC(".maps")
-
 /* Loads of names, unaligned, as integers. Constants are the integers
  * little-endian loads give; L4_LE* swaps them for big-endian targets. In a
  * key word, L4_AT places a value loaded at byte off (of the word), and

@@ -108,7 +108,7 @@ func testDNSTable(t *testing.T, maxInline, maps int) {
 			t.Errorf("rule %s: in the table: %v", r.Name, hashed)
 		}
 	}
-	if n := strings.Count(gen.C, "L4_DNS_MAP(l4drop_dns"); n != maps {
+	if n := len(gen.Meta.DNSHash); n != maps {
 		t.Errorf("%d name maps, want %d", n, maps)
 	}
 	q := func(name string) []byte { return fixture.DNSQuery(name, 1) }

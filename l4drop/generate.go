@@ -180,11 +180,14 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		case maxInline < 0:
 			maxInline = 0
 		}
-		src, sw, err := dnsC(dns, maxInline)
+		src, sw, hashes, err := dnsC(dns, maxInline)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", rs.File, err)
 		}
 		dnsSwitches = sw
+		if len(hashes) > 0 {
+			meta.DNSHash = hashes
+		}
 		w.printf("%s", src)
 	}
 

@@ -25,6 +25,8 @@ type Meta struct {
 	Rules    []MetaRule `json:"rules"`
 	// DNS is the exact-name table, in rule order.
 	DNS []DNSKey `json:"dns,omitempty"`
+	// DNSHash is the hash of each DNS name table that is a map, by map.
+	DNSHash map[string]HashTable `json:"dns_hash,omitempty"`
 	// Sets are the runs of rules tested at once.
 	Sets []SetGroup `json:"sets,omitempty"`
 }

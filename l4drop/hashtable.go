@@ -1,0 +1,97 @@
+package l4drop
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+)
+
+// The generated program's lookup tables (DNS names, constants of rules
+// tested at once) are array maps of buckets the program indexes itself,
+// not kernel hash maps: a hash map lookup hashes the key with jhash and
+// walks a bucket list behind a helper call, 30-40 ns a packet here, while
+// the program hashes the words it already holds in registers with two
+// instructions a word and compares a bucket's few slots inline.
+//
+// Every key a table may hold is known when the rule set is built, so the
+// build picks a seed and a number of buckets under which no bucket gets
+// more keys than it has slots; the loader places the keys of the enabled
+// rules, a subset, with the same hash.
+
+// hashSlots is the number of slots of a bucket.
+const hashSlots = 4
+
+// hashMul is the multiplier of tableHash (2^64 divided by the golden ratio).
+const hashMul = 0x9e3779b97f4a7c15
+
+// maxHashBits bounds the buckets of a table (2^maxHashBits).
+const maxHashBits = 24
+
+// HashTable says how a table of the program hashes its keys: the bucket of
+// key words w is tableHash(Seed, w) >> (64 - Bits).
+type HashTable struct {
+	Seed uint64 `json:"seed"`
+	Bits int    `json:"bits"`
+}
+
+// errHashPlan is returned when no seed spreads the keys well enough.
+var errHashPlan = errors.New("no hash spreads the keys over buckets")
+
+// tableHash folds key words into a hash, as the program's L4_HASH does.
+func tableHash(seed uint64, words []uint64) uint64 {
+	h := seed
+	for _, w := range words {
+		h = (h ^ w) * hashMul
+	}
+	return h
+}
+
+// bucket returns the bucket of key words under t.
+func (t HashTable) bucket(words []uint64) uint32 {
+	return uint32(tableHash(t.Seed, words) >> (64 - t.Bits))
+}
+
+// planHash returns a HashTable under which no bucket gets more than
+// hashSlots of keys, which must be distinct. Seeds are tried in a fixed
+// order, so that a rule set always builds the same program.
+func planHash(keys [][]uint64) (HashTable, error) {
+	// About two buckets a key: a bucket overflows rarely enough that a few
+	// seeds find a hash without one.
+	b := max(1, bits.Len(uint(2*len(keys)-1)))
+	for ; b <= maxHashBits; b++ {
+		counts := make([]uint8, 1<<b)
+		for try := uint64(1); try <= 32; try++ {
+			t := HashTable{Seed: splitmix(try), Bits: b}
+			clear(counts)
+			ok := true
+			for _, k := range keys {
+				i := t.bucket(k)
+				if counts[i] == hashSlots {
+					ok = false
+					break
+				}
+				counts[i]++
+			}
+			if ok {
+				return t, nil
+			}
+		}
+	}
+	return HashTable{}, fmt.Errorf("%w (%d keys)", errHashPlan, len(keys))
+}
+
+// splitmix is the SplitMix64 output function: well-spread seeds from small
+// numbers.
+func splitmix(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// hashC is the C the tables' functions share.
+const hashC = `
+/* L4_HASH folds a key word into a table's hash, as the loader's tableHash. */
+#define L4_HASH(h, w) (((h) ^ (w)) * 0x9e3779b97f4a7c15ULL)
+#define L4_HASH_SLOTS 4
+`

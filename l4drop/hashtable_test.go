@@ -1,0 +1,43 @@
+package l4drop
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestPlanHash(t *testing.T) {
+	for _, n := range []int{1, 2, 5, 100, 10000} {
+		keys := make([][]uint64, n)
+		for i := range keys {
+			// Keys alike but for a few bits, as names and ports are.
+			keys[i] = []uint64{0x6d6f632e656c7000 | uint64(i%256), uint64(i / 256)}
+		}
+		h, err := planHash(keys)
+		if err != nil {
+			t.Fatalf("%d keys: %v", n, err)
+		}
+		if h.Bits < 1 || 1<<h.Bits < n/hashSlots || 1<<h.Bits > 8*n+2 {
+			t.Errorf("%d keys: %d bucket bits", n, h.Bits)
+		}
+		counts := map[uint32]int{}
+		for _, k := range keys {
+			counts[h.bucket(k)]++
+		}
+		for b, c := range counts {
+			if c > hashSlots || b >= 1<<h.Bits {
+				t.Errorf("%d keys: bucket %d has %d", n, b, c)
+			}
+		}
+		if again, _ := planHash(keys); again != h {
+			t.Errorf("%d keys: planned %+v, then %+v", n, h, again)
+		}
+	}
+	// More equal keys than a bucket holds: no hash separates them.
+	same := make([][]uint64, hashSlots+1)
+	for i := range same {
+		same[i] = []uint64{42}
+	}
+	if _, err := planHash(same); !errors.Is(err, errHashPlan) {
+		t.Errorf("equal keys: %v, want errHashPlan", err)
+	}
+}
