@@ -29,6 +29,10 @@ type flowState struct {
 	cur      int
 	checkedX int    // bytes from PacketStart+X known to be in the packet
 	xMax     uint32 // X is at most this
+	// xMixed: paths that hold the pointer PacketStart+X+pxOff and paths
+	// that hold X itself meet here (matters when X's register holds the
+	// pointer, facts.xptr).
+	xMixed bool
 }
 
 func join(a, b flowState) flowState {
@@ -39,6 +43,7 @@ func join(a, b flowState) flowState {
 		return a
 	}
 	out := flowState{valid: true, checkedA: min(a.checkedA, b.checkedA), xMax: max(a.xMax, b.xMax), cur: -1}
+	out.xMixed = a.xMixed || b.xMixed || a.pxValid != b.pxValid || a.pxValid && a.pxOff != b.pxOff
 	if a.cur == b.cur {
 		out.cur = a.cur
 	}
@@ -77,8 +82,12 @@ func (f *facts) step(i int, s flowState) flowState {
 			s.cur = -1
 		}
 	case kLdExt:
-		// Helper calls and the type computation use the working registers.
-		s.pxValid, s.cur = false, -1
+		// Helper calls and the type computation use the working
+		// registers; X's own register survives them.
+		s.cur = -1
+		if !f.xptr {
+			s.pxValid = false
+		}
 	case kJa:
 		if in.jback {
 			s.cur = -1 // the loop counter goes through the guard register
@@ -86,7 +95,7 @@ func (f *facts) step(i int, s flowState) flowState {
 	}
 	_, def := useDef(in)
 	if def&liveX != 0 {
-		s.pxValid = false
+		s.pxValid, s.xMixed = false, false
 		switch {
 		case in.kind == kLdImm:
 			s.xMax = in.k
@@ -112,6 +121,44 @@ func (f *facts) loadsFar(i int) bool {
 		live = liveX
 	}
 	return f.liveOut[i]&uint32(live) != 0 && farOffset(int(in.k))
+}
+
+// useXPtr decides whether X's register can hold the pointer
+// PacketStart+X+off for ld [x+k] itself, which saves a register and a
+// move per pointer: when X serves nothing but ld [x+k], and every ld [x+k]
+// finds either X or the pointer in the register, the same on every path.
+// It sets f.xptr.
+func (f *facts) useXPtr(checked int) bool {
+	p := f.p
+	f.xptr = false
+	if p.usesHelpers {
+		return false // helper calls save and restore X as a number
+	}
+	ind := false
+	for i, in := range p.insns {
+		if !f.reachable[i] || f.fails[i] || f.dead[i] {
+			continue
+		}
+		if use, _ := useDef(in); use&liveX == 0 {
+			continue
+		}
+		if in.kind != kLdInd {
+			return false
+		}
+		ind = true
+	}
+	if !ind {
+		return false
+	}
+	f.xptr = true
+	states := f.flow(checked)
+	for i, in := range p.insns {
+		if in.kind == kLdInd && f.reachable[i] && !f.fails[i] && states[i].xMixed {
+			f.xptr = false
+			return false
+		}
+	}
+	return true
 }
 
 // flow computes the state at the start of every instruction.
@@ -212,6 +259,7 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 		return nil, err
 	}
 	f := analyze(p)
+	f.useXPtr(opts.Checked)
 	g := &ebpfGen{
 		f:      f,
 		opts:   opts,
@@ -221,6 +269,9 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 		x:      opts.Working[0],
 		tmp:    opts.Working[1],
 		px:     opts.Working[2],
+	}
+	if f.xptr {
+		g.px = g.x
 	}
 	return g.compile()
 }
@@ -538,9 +589,13 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 				g.emit(asm.JGT.Imm32(g.x, int32(f.xBound()), g.fail))
 			}
 			off = f.needInd[i]
+			if f.xptr {
+				// X becomes the pointer: scalar += packet pointer.
+				g.emit(asm.Add.Reg(g.x, g.opts.PacketStart))
+			} else {
+				g.emit(asm.Mov.Reg(g.px, g.opts.PacketStart), asm.Add.Reg(g.px, g.x))
+			}
 			g.emit(
-				asm.Mov.Reg(g.px, g.opts.PacketStart),
-				asm.Add.Reg(g.px, g.x),
 				asm.Add.Imm(g.px, int32(off)),
 				asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail),
 			)

@@ -40,7 +40,9 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 		MatchLabel:   "match",
 		NoMatchLabel: "nomatch",
 	}
-	presetDrop := !helpers && !indirect
+	// When X's register can hold the pointer for ld [x+k], that needs no
+	// register more either.
+	presetDrop := !helpers && (!indirect || analyze(p).useXPtr(0))
 	if !presetDrop {
 		opts.Result, opts.Working[2] = asm.R0, asm.R6
 		if !p.usesContext {
