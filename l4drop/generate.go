@@ -171,6 +171,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	w.printf(mapsTemplate, len(rules)+1, len(progs)+1)
 	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n#define L4_NONE 0xffffffffu\n", len(rules), len(progs))
 	w.printf("%s", finishTemplate)
+	w.printf("%s", hashC)
 	var dnsSwitches map[int]bool
 	if len(dns) > 0 {
 		maxInline := opts.MaxInlineDNS
@@ -296,7 +297,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 				continue
 			}
 			if it.set != "" {
-				set, err := writeSet(w, &meta, rules, it.rules, p, b)
+				set, err := writeSet(w, &meta, rules, it.rules, p, b, inline)
 				if err != nil {
 					return nil, err
 				}

@@ -217,8 +217,16 @@ func patchSwitches(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			found[ref] = true
 		}
 	}
-	for _, r := range m.Rules {
-		if r.Symbol != "" && !found[r.Symbol] {
+	// A set's rules switch through its table too; clang drops their one
+	// by one fallback where it proves the table always decides.
+	inSet := map[int]bool{}
+	for _, g := range m.Sets {
+		for _, mb := range g.Members {
+			inSet[mb.Rule] = true
+		}
+	}
+	for i, r := range m.Rules {
+		if r.Symbol != "" && !found[r.Symbol] && !inSet[i] {
 			return fmt.Errorf("rule %q: switch %s not found in the programs", r.Name, r.Symbol)
 		}
 	}

@@ -1,6 +1,7 @@
 package l4drop
 
 import (
+	"encoding/binary"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -230,15 +231,37 @@ func collectVariant(src, fn string) (string, bool) {
 	if tests == 0 || !strings.HasPrefix(lines[0], "static __attribute__((noinline)) uint32_t "+fn+"(") {
 		return "", false
 	}
-	lines[0] = fmt.Sprintf("static __attribute__((noinline)) uint32_t %s_c(const uint8_t *const data, const uint8_t *const data_end, struct l4_cands *const cands)", fn)
+	lines[0] = fmt.Sprintf("static __always_inline uint32_t %s_c(const uint8_t *const data, const uint8_t *const data_end, struct l4_cands *const cands)", fn)
 	for i, l := range lines[1:] {
 		lines[i+1] = strings.Replace(l, "A == p0", "l4_cand(cands, A)", 1)
 	}
 	return strings.Join(lines, "\n"), true
 }
 
-// candsPrelude is what collecting variants need.
+// candsPrelude is what collecting variants and sets need.
 const candsPrelude = `
+/* A bucket of a set's table: constants and their rules + 1 (0: empty). */
+struct l4s_bucket {
+	struct {
+		__u32 key;
+		__u32 rule1;
+	} s[L4_HASH_SLOTS];
+};
+
+/* l4s_find returns the rule the table gives for v, or L4_NRULES. */
+static __always_inline __u32 l4s_find(void *map, __u32 v, __u64 seed, int shift)
+{
+	__u32 idx = L4_HASH(seed, (__u64)v) >> shift;
+	struct l4s_bucket *bk = bpf_map_lookup_elem(map, &idx);
+	if (!bk)
+		return L4_NRULES;
+#pragma unroll
+	for (int s = 0; s < L4_HASH_SLOTS; s++)
+		if (bk->s[s].rule1 && bk->s[s].key == v)
+			return bk->s[s].rule1 - 1;
+	return L4_NRULES;
+}
+
 struct l4_cands {
 	__u32 v[4];
 	__u32 n;
@@ -262,10 +285,11 @@ static __always_inline int l4_cand(struct l4_cands *c, __u32 a)
 `
 
 // SetGroup is a run of rules tested at once: their constants and the map
-// the loader fills with the enabled ones.
+// the loader fills with the enabled ones, a table hashed with Hash.
 type SetGroup struct {
 	Map     string      `json:"map"`
 	Members []SetMember `json:"members"`
+	Hash    HashTable   `json:"hash"`
 }
 
 // SetMember is a rule of a SetGroup and its constant.
@@ -275,8 +299,9 @@ type SetMember struct {
 }
 
 // writeSet writes the function testing rules idx (one set, in order) at
-// once, as item b of program p, with its map.
-func writeSet(w *cWriter, meta *Meta, rules []compiledRule, idx []int, p, b int) (SetGroup, error) {
+// once, as item b of program p, with its map; inline is the function's
+// inlining attribute.
+func writeSet(w *cWriter, meta *Meta, rules []compiledRule, idx []int, p, b int, inline string) (SetGroup, error) {
 	first := rules[idx[0]]
 	m := first.matchers[0]
 	g := SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b)}
@@ -288,20 +313,36 @@ func writeSet(w *cWriter, meta *Meta, rules []compiledRule, idx []int, p, b int)
 		}
 		g.Members = append(g.Members, SetMember{Rule: i, Value: uint32(v)})
 	}
+	var keys [][]uint64
+	seen := map[uint32]bool{}
+	for _, mb := range g.Members {
+		if !seen[mb.Value] {
+			seen[mb.Value] = true
+			keys = append(keys, []uint64{uint64(mb.Value)})
+		}
+	}
+	h, err := planHash(keys)
+	if err != nil {
+		return g, fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
+	}
+	g.Hash = h
 	pass := 0
 	if first.rule.Action == ActionPass {
 		pass = 1
 	}
-	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_HASH);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, __u32);\n} %s SEC(\".maps\");\n", len(idx), g.Map)
+	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct l4s_bucket);\n} %s SEC(\".maps\");\n", 1<<h.Bits, g.Map)
 	w.printf("\n/* Rules %d to %d, tested at once; returns rule << 1 | pass, or L4_NONE. */\n", idx[0], idx[len(idx)-1])
-	w.printf("static __attribute__((noinline)) __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", p, b)
+	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
 	if n := famNumber(first.rule.Family); n != 0 {
 		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", n)
 	}
 	w.printf("\tstruct l4_cands c = {};\n\tif (%s(ip, end, &c) || c.n > %d)\n\t\tgoto one_by_one;\n", m.collect, maxCandidates)
+	// The table first: a candidate no enabled rule has costs no second
+	// run of the matcher.
 	w.printf("\t__u32 best = L4_NRULES;\n#pragma unroll\n\tfor (int i = 0; i < %d; i++) {\n", maxCandidates)
-	w.printf("\t\tif (i >= c.n)\n\t\t\tbreak;\n\t\t__u32 v = c.v[i];\n\t\tif (%s(ip, end, v)) {\n", m.fn)
-	w.printf("\t\t\t__u32 *r = bpf_map_lookup_elem(&%s, &v);\n\t\t\tif (r && *r < best)\n\t\t\t\tbest = *r;\n\t\t}\n\t}\n", g.Map)
+	w.printf("\t\tif (i >= c.n)\n\t\t\tbreak;\n\t\t__u32 v = c.v[i];\n")
+	w.printf("\t\t__u32 r = l4s_find(&%s, v, 0x%xULL, %d);\n", g.Map, h.Seed, 64-h.Bits)
+	w.printf("\t\tif (r < best && %s(ip, end, v))\n\t\t\tbest = r;\n\t}\n", m.fn)
 	w.printf("\tif (best == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn best << 1 | %d;\none_by_one:\n", pass)
 	for _, i := range idx {
 		start := w.next()
@@ -320,14 +361,37 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 		if ms == nil {
 			return fmt.Errorf("%s: map %s missing from the ELF", metaSection, g.Map)
 		}
+		if ms.Type != ebpf.Array || ms.ValueSize != 8*hashSlots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
+			return fmt.Errorf("%s: map %s: unknown layout", metaSection, g.Map)
+		}
 		seen := map[uint32]bool{}
-		ms.Contents = nil
+		buckets := map[uint32][]byte{}
+		var used []uint32
 		for _, mb := range g.Members {
 			if mb.Rule < 0 || mb.Rule >= len(on) || !on[mb.Rule] || seen[mb.Value] {
 				continue
 			}
 			seen[mb.Value] = true
-			ms.Contents = append(ms.Contents, ebpf.MapKV{Key: mb.Value, Value: uint32(mb.Rule)})
+			i := g.Hash.bucket([]uint64{uint64(mb.Value)})
+			bk := buckets[i]
+			if bk == nil {
+				bk = make([]byte, ms.ValueSize)
+				buckets[i] = bk
+				used = append(used, i)
+			}
+			s := 0
+			for s < hashSlots && binary.NativeEndian.Uint32(bk[8*s+4:]) != 0 {
+				s++
+			}
+			if s == hashSlots {
+				return fmt.Errorf("%s: map %s: bucket %d overflows", metaSection, g.Map, i)
+			}
+			binary.NativeEndian.PutUint32(bk[8*s:], mb.Value)
+			binary.NativeEndian.PutUint32(bk[8*s+4:], uint32(mb.Rule)+1)
+		}
+		ms.Contents = nil
+		for _, i := range used {
+			ms.Contents = append(ms.Contents, ebpf.MapKV{Key: i, Value: buckets[i]})
 		}
 	}
 	return nil
