@@ -59,7 +59,8 @@ type EBPFOpts struct {
 	// Working are scratch registers the filter may overwrite: Working[0]
 	// holds X, Working[1] checks packet bounds, Working[2] points into the
 	// packet for ld [x+k]. A filter touches only those it needs (no X, no
-	// Working[0]; no ld [x+k], no Working[2]); since the x86 JIT saves
+	// Working[0]; no ld [x+k], no Working[2]; nor when X serves nothing but
+	// ld [x+k], whose pointer Working[0] then holds); since the x86 JIT saves
 	// R6 to R9 on entry when a program uses them, give rarely used roles
 	// those registers and the common ones R0 to R5.
 	Working [3]asm.Register
