@@ -17,7 +17,7 @@ import (
 const (
 	mapCounters = "l4drop_counters"
 	mapStats    = "l4drop_stats"
-	mapConfig   = "l4drop_config"
+	mapConfig   = ".data.l4cfg" // the section of the l4drop_cfg global
 	mapSamples  = "l4drop_samples"
 	mapChain    = "l4drop_chain"
 	mapHook     = "xdpcap_hook"
@@ -586,12 +586,10 @@ struct {
 	__type(value, struct l4_stats);
 } l4drop_stats SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct l4_config);
-} l4drop_config SEC(".maps");
+/* The sample configuration: a global, read with a load rather than a map
+ * lookup; it is the only thing in its section, which is an array map of one
+ * element the loader pins and ` + "`l4drop samples --rate`" + ` updates. */
+struct l4_config l4drop_cfg SEC(".data.l4cfg") = { 0, 0, 0 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
@@ -636,8 +634,9 @@ static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, co
 		c->packets++;
 		c->bytes += len;
 	}
-	struct l4_config *cfg = bpf_map_lookup_elem(&l4drop_config, &zero);
-	if (cfg && cfg->sample_threshold && bpf_get_prandom_u32() < cfg->sample_threshold) {
+	volatile struct l4_config *cfg = &l4drop_cfg;
+	__u64 threshold = cfg->sample_threshold;
+	if (threshold && bpf_get_prandom_u32() < threshold) {
 		__u64 cap = len;
 		if (cap > cfg->snaplen)
 			cap = cfg->snaplen;
