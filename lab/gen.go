@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -172,6 +173,28 @@ type Result struct {
 	// PPS is the rate since the previous progress report (or the whole run's,
 	// in the final result).
 	PPS float64
+	// OnCPU is how long the sending thread ran during the run, and
+	// Waited how long it was ready to run while other tasks had its CPU
+	// (the scheduler's accounting; 0 where the kernel keeps none). The
+	// receiving veth's NAPI, run in the sender's context, counts as
+	// running: OnCPU is what the flood cost, whatever else shared the CPU.
+	OnCPU, Waited time.Duration
+}
+
+// schedStat reads the calling thread's time on CPU and time waiting for one
+// (/proc/thread-self/schedstat).
+func schedStat() (onCPU, waited time.Duration, ok bool) {
+	buf, err := os.ReadFile("/proc/thread-self/schedstat")
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(buf))
+	if len(f) < 2 {
+		return 0, 0, false
+	}
+	run, err1 := strconv.ParseInt(f[0], 10, 64)
+	wait, err2 := strconv.ParseInt(f[1], 10, 64)
+	return time.Duration(run), time.Duration(wait), err1 == nil && err2 == nil
 }
 
 // Run sends traffic until opts.Count packets are sent, opts.Duration passes
@@ -231,6 +254,7 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 			// The thread goes back to the runtime's pool afterwards.
 			defer unix.SchedSetaffinity(0, &old)
 		}
+		cpu0, wait0, schedOK := schedStat()
 		start := time.Now()
 		lastT, lastSent := start, uint64(0)
 		base, baseSent := start, uint64(0)
@@ -293,6 +317,9 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 			}
 		}
 		res.Elapsed = time.Since(start)
+		if cpu1, wait1, ok := schedStat(); ok && schedOK {
+			res.OnCPU, res.Waited = cpu1-cpu0, wait1-wait0
+		}
 		if s := res.Elapsed.Seconds(); s > 0 {
 			res.PPS = float64(res.Sent) / s
 		}

@@ -231,6 +231,11 @@ func TestGeneratorSendsCountAndContent(t *testing.T) {
 			if res.Sent != tt.count {
 				t.Fatalf("sent %d, want %d", res.Sent, tt.count)
 			}
+			// At a set rate the sender sleeps between bursts: it ran,
+			// but for less than the time that passed.
+			if res.OnCPU <= 0 || res.OnCPU+res.Waited > res.Elapsed+10*time.Millisecond {
+				t.Errorf("on CPU %v, waited %v, in %v", res.OnCPU, res.Waited, res.Elapsed)
+			}
 			want := shares(tt.count, ts)
 			if !slices.Equal(res.PerTemplate, want) {
 				t.Errorf("per template %v, want %v", res.PerTemplate, want)

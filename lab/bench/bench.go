@@ -18,7 +18,9 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -99,22 +101,38 @@ type DropRate struct {
 	Sent     uint64
 	Received uint64 // frames the server's veth took in
 	Elapsed  time.Duration
+	// OnCPU is the CPU time the flood got: the sending thread's, with the
+	// receiving NAPI run in its context, and the CPU's ksoftirqd's, where
+	// the kernel defers NAPI work it has no time for (0: not known).
+	OnCPU time.Duration
 	// Ratio is the median, over the rounds, of this row's rate divided by
 	// the baseline's in the same round (MeasureDrops; 0 if not measured).
 	Ratio float64
-	// Rates is the rate of every round, in round order (0: failed), for
-	// ratios to other rows measured in the same rounds (RatioTo).
+	// Rates is the rate per CPU-second (CPUMpps) of every round, in round
+	// order, for ratios to other rows measured in the same rounds (RatioTo).
 	Rates []float64
 	// Err is why the row could not be measured (its filter did not load).
 	Err error
 }
 
-// Mpps is the rate the server side took in.
+// Mpps is the rate the server side took in, per second of wall time.
 func (d DropRate) Mpps() float64 {
 	if d.Elapsed <= 0 {
 		return 0
 	}
 	return float64(d.Received) / d.Elapsed.Seconds() / 1e6
+}
+
+// CPUMpps is the rate the server side took in per second the flood had
+// its CPU: the inverse of what a packet cost the generator and the filter
+// together. Time the CPU spent on other work of the machine (or of the
+// hypervisor) does not count, so this figure, unlike Mpps, does not move
+// with the machine's load. It is Mpps where the CPU time is not known.
+func (d DropRate) CPUMpps() float64 {
+	if d.OnCPU <= 0 {
+		return d.Mpps()
+	}
+	return float64(d.Received) / d.OnCPU.Seconds() / 1e6
 }
 
 // Filter sets a filter up on the server side of a lab and returns how to
@@ -187,9 +205,14 @@ func (s *station) measure(ctx context.Context, cfg Config) (DropRate, error) {
 	if err != nil {
 		return res, err
 	}
+	sirq0, ok := softirqTime(cfg.CPU)
 	r, err := s.g.Run(ctx, lab.RunOptions{Duration: cfg.Duration, CPU: cfg.CPU + 1})
 	if err != nil {
 		return res, err
+	}
+	sirq1, ok := softirqTime(cfg.CPU)
+	if r.OnCPU > 0 && ok {
+		res.OnCPU = r.OnCPU + sirq1 - sirq0
 	}
 	after, err := s.l.ServerCounters()
 	if err != nil {
@@ -241,7 +264,7 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", s.f.Name, err)
 			}
-			logf("round %d  %-60s %8.3f Mpps", round+1, r.Name, r.Mpps())
+			logf("round %d  %-60s %8.3f Mpps, %8.3f per CPU-second", round+1, r.Name, r.Mpps(), r.CPUMpps())
 			runs[i] = append(runs[i], r)
 		}
 	}
@@ -250,13 +273,13 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 	out := make([]DropRate, len(filters))
 	for i, rs := range runs {
 		sorted := slices.Clone(rs)
-		slices.SortFunc(sorted, func(a, b DropRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
+		slices.SortFunc(sorted, func(a, b DropRate) int { return cmp.Compare(a.CPUMpps(), b.CPUMpps()) })
 		out[i] = sorted[len(sorted)/2]
 		if rs[0].Err != nil {
 			continue
 		}
 		for _, r := range rs {
-			out[i].Rates = append(out[i].Rates, r.Mpps())
+			out[i].Rates = append(out[i].Rates, r.CPUMpps())
 		}
 	}
 	if len(out) > 0 {
@@ -268,15 +291,50 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 }
 
 // RatioTo is the median, over the rounds both were measured in, of d's
-// rate divided by ref's in the same round; 0 if there is none.
-func (d DropRate) RatioTo(ref DropRate) float64 {
-	var ratios []float64
-	for i := range min(len(d.Rates), len(ref.Rates)) {
-		if d.Rates[i] > 0 && ref.Rates[i] > 0 {
-			ratios = append(ratios, d.Rates[i]/ref.Rates[i])
+// rate per CPU-second divided by ref's in the same round; 0 if there is
+// none.
+func (d DropRate) RatioTo(ref DropRate) float64 { return d.RatiosTo(ref).Median }
+
+// RatiosTo summarizes the per-round ratios of d's rate to ref's.
+func (d DropRate) RatiosTo(ref DropRate) Ratio { return roundRatios(d.Rates, ref.Rates) }
+
+// Ratio summarizes the ratios between two rows' rates round by round.
+type Ratio struct {
+	// Median of the ratios; Low and High their lower and upper quartiles
+	// (with fewer than 4 rounds, the smallest and the largest).
+	Median, Low, High float64
+	// Rounds is how many rounds both rows were measured in.
+	Rounds int
+}
+
+// String formats the ratio as "0.82 (0.70–0.95)" with the digits given.
+func (r Ratio) format(digits int, unit string) string {
+	if r.Rounds == 0 {
+		return ""
+	}
+	if r.Rounds == 1 {
+		return fmt.Sprintf("%.*f%s", digits, r.Median, unit)
+	}
+	return fmt.Sprintf("%.*f%s (%.*f–%.*f)", digits, r.Median, unit, digits, r.Low, digits, r.High)
+}
+
+func roundRatios(a, ref []float64) Ratio {
+	var v []float64
+	for i := range min(len(a), len(ref)) {
+		if a[i] > 0 && ref[i] > 0 {
+			v = append(v, a[i]/ref[i])
 		}
 	}
-	return median(ratios)
+	r := Ratio{Median: median(v), Rounds: len(v)}
+	if len(v) == 0 {
+		return r
+	}
+	slices.Sort(v)
+	r.Low, r.High = v[0], v[len(v)-1]
+	if len(v) >= 4 {
+		r.Low, r.High = v[(len(v)-1)/4], v[len(v)-1-(len(v)-1)/4]
+	}
+	return r
 }
 
 // LoadAverage is the first three fields of /proc/loadavg.
@@ -403,4 +461,48 @@ func RawBytecode(expr string) (string, error) {
 		lines[i] = strings.TrimSpace(lines[i])
 	}
 	return strings.Join(lines, ","), nil
+}
+
+// softirqTime is how long the CPU's ksoftirqd thread has run: NAPI work the
+// kernel deferred out of the sender's context runs there.
+func softirqTime(cpu int) (time.Duration, bool) {
+	pid, ok := ksoftirqd(cpu)
+	if !ok {
+		return 0, false
+	}
+	buf, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(buf))
+	if len(f) < 1 {
+		return 0, false
+	}
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	return time.Duration(ns), err == nil
+}
+
+var ksoftirqdPIDs sync.Map // CPU → pid
+
+func ksoftirqd(cpu int) (int, bool) {
+	if pid, ok := ksoftirqdPIDs.Load(cpu); ok {
+		return pid.(int), true
+	}
+	want := fmt.Sprintf("ksoftirqd/%d\n", cpu)
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		// Kernel threads have low PIDs; looking further is wasted.
+		if pid > 1000 {
+			continue
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && string(comm) == want {
+			ksoftirqdPIDs.Store(cpu, pid)
+			return pid, true
+		}
+	}
+	return 0, false
 }

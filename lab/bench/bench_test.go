@@ -100,6 +100,11 @@ func TestMeasureDropAndReport(t *testing.T) {
 		if d.Sent == 0 || d.Received == 0 || d.Received > d.Sent+100 {
 			t.Errorf("%s: sent %d, received %d", d.Name, d.Sent, d.Received)
 		}
+		// The flood's CPU time is the sender's and ksoftirqd's on one CPU:
+		// never more than the time that passed.
+		if d.OnCPU <= 0 || d.OnCPU > d.Elapsed+50*time.Millisecond {
+			t.Errorf("%s: %v on CPU in %v", d.Name, d.OnCPU, d.Elapsed)
+		}
 	}
 	rep := &Report{Date: time.Now(), Machine: Machine(), Command: "test", Config: cfg, Drops: drops, Load: LoadAverage()}
 	md := rep.Markdown("benchmarks.png")

@@ -34,17 +34,8 @@ type CaptureRate struct {
 	Err error
 }
 
-// RatioTo is the median, over the rounds both were measured in, of c's
-// rate captured divided by ref's in the same round; 0 if there is none.
-func (c CaptureRate) RatioTo(ref CaptureRate) float64 {
-	var ratios []float64
-	for i := range min(len(c.Rates), len(ref.Rates)) {
-		if c.Rates[i] > 0 && ref.Rates[i] > 0 {
-			ratios = append(ratios, c.Rates[i]/ref.Rates[i])
-		}
-	}
-	return median(ratios)
-}
+// RatiosTo summarizes the per-round ratios of c's rate captured to ref's.
+func (c CaptureRate) RatiosTo(ref CaptureRate) Ratio { return roundRatios(c.Rates, ref.Rates) }
 
 // Mpps is the rate of packets captured.
 func (c CaptureRate) Mpps() float64 {

@@ -38,7 +38,7 @@ func (r *Report) baseline() float64 {
 	if len(r.Drops) == 0 {
 		return 0
 	}
-	return r.Drops[0].Mpps()
+	return r.Drops[0].CPUMpps()
 }
 
 // row returns the first measured drop-rate row of kind k (and rules n, for
@@ -63,8 +63,9 @@ func (r *Report) Markdown(plot string) string {
 		"into the veth) floods the server side from CPU %d with %s; the filter under test runs on the server's veth. "+
 		"The receiving veth's NAPI runs on the sender's CPU, so the rate the server takes in is what the filter leaves of "+
 		"that CPU: a cheaper filter takes in more. Drop-rate rows are set up once and flooded for %s each (after 200 ms "+
-		"of warm-up), %d rounds, in turns; the tables show each row's median rate, and as ratios the median over the rounds "+
-		"of the ratio between two rows in the same round, which cancels most of the drift of the machine's other work.\n\n",
+		"of warm-up), %d rounds, in turns; the tables show each row's median run, and as ratios the median over the rounds "+
+		"of the ratio between two rows in the same round, which cancels most of the drift of the machine's other work, "+
+		"with the quartiles of those ratios in parentheses: how much the machine's other work moved them.\n\n",
 		r.Config.CPU, strings.Join(quote(r.Config.Traffic), " + "), r.Config.Duration, r.Config.Rounds)
 	r.targets(&b)
 	r.drops(&b, plot)
@@ -104,7 +105,7 @@ func (r *Report) targets(b *strings.Builder) {
 		if xf, ok := r.row(KindXDPFilter, 0); ok {
 			target += fmt.Sprintf(" (xdp-filter's port rule, this run: %.2f)", xf.RatioTo(base))
 		}
-		lines = append(lines, line{"L4Drop, 1 port rule, vs XDP drop-all", fmt.Sprintf("%.2f", port.RatioTo(base)), target})
+		lines = append(lines, line{"L4Drop, 1 port rule, vs XDP drop-all", port.RatiosTo(base).format(2, ""), target})
 	}
 	var maxRules int
 	for _, d := range r.Drops {
@@ -113,7 +114,7 @@ func (r *Report) targets(b *strings.Builder) {
 		}
 	}
 	if d, ok := r.row(KindL4Drop, maxRules); ok && maxRules > 1 && haveBase {
-		lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rules, vs XDP drop-all", maxRules), fmt.Sprintf("%.2f", d.RatioTo(base)), "≥ 0.50 at 1000 rules"})
+		lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rules, vs XDP drop-all", maxRules), d.RatiosTo(base).format(2, ""), "≥ 0.50 at 1000 rules"})
 	}
 	if haveIPT {
 		ns := []int{1}
@@ -123,7 +124,7 @@ func (r *Report) targets(b *strings.Builder) {
 		for _, n := range ns {
 			if d, ok := r.row(KindL4Drop, n); ok {
 				lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rule%s, vs iptables -m bpf (1 rule, same bytecode)", n, plural(n)),
-					fmt.Sprintf("%.1f×", d.RatioTo(ipt)), "≥ 3.5×"})
+					d.RatiosTo(ipt).format(1, "×"), "≥ 3.5×"})
 			}
 		}
 	}
@@ -134,7 +135,7 @@ func (r *Report) targets(b *strings.Builder) {
 	if tcpdump, ok := r.tcpdump(); ok {
 		for _, c := range r.Captures {
 			if c.Err == nil && strings.HasPrefix(c.Name, "xdpcap") {
-				lines = append(lines, line{c.Name + ", vs tcpdump", fmt.Sprintf("%.1f×, %d lost", c.RatioTo(tcpdump), c.Lost), "≥ 4×, 0 lost"})
+				lines = append(lines, line{c.Name + ", vs tcpdump", fmt.Sprintf("%s, %d lost", c.RatiosTo(tcpdump).format(1, "×"), c.Lost), "≥ 4×, 0 lost"})
 				break
 			}
 		}
@@ -163,18 +164,30 @@ func (r *Report) drops(b *strings.Builder, plot string) {
 	ipt, haveIPT := r.row(KindIPTables, 0)
 	fmt.Fprintf(b, "## Drop rate\n\nThe DNS rules match the first question name (`%s` for the flood's rule, `*.zoneNNNN.example` "+
 		"for the others, which nothing matches); the port rule and xdp-filter's drop the flood and the legitimate queries alike.\n\n", attackPattern)
-	fmt.Fprintf(b, "| filter on the server's veth | Mpps taken in | vs XDP drop-all | vs iptables | packets sent |\n|---|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "Mpps per CPU-second is what the server took in per second the flood had its CPU (the sending thread, with the "+
+		"receiving NAPI run in its context, and the CPU's ksoftirqd): the inverse of what a packet costs the generator and the "+
+		"filter together, whatever else the machine ran meanwhile. The ratios are of that figure. Mpps per second of wall "+
+		"time and the share of it the flood had the CPU are there to show how busy the machine was.\n\n")
+	fmt.Fprintf(b, "| filter on the server's veth | Mpps per CPU-second | vs XDP drop-all | vs iptables | Mpps (wall) | CPU share | packets sent |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	base := r.baseline()
 	for _, d := range r.Drops {
 		if d.Err != nil {
-			fmt.Fprintf(b, "| %s | failed: %s | | | |\n", d.Name, oneLine(d.Err.Error()))
+			fmt.Fprintf(b, "| %s | failed: %s | | | | | |\n", d.Name, oneLine(d.Err.Error()))
 			continue
 		}
 		vsIPT := ""
 		if haveIPT && (d.Kind == KindL4Drop || d.Kind == KindL4DropPort) {
-			vsIPT = fmt.Sprintf("%.1f×", d.RatioTo(ipt))
+			vsIPT = d.RatiosTo(ipt).format(1, "×")
 		}
-		fmt.Fprintf(b, "| %s | %.3f | %.2f | %s | %d |\n", d.Name, d.Mpps(), d.ratio(base), vsIPT, d.Sent)
+		vsBase := fmt.Sprintf("%.2f", d.ratio(base))
+		if rs := d.RatiosTo(r.Drops[0]); rs.Rounds > 0 && d.Kind != KindBaseline {
+			vsBase = rs.format(2, "")
+		}
+		share := ""
+		if d.OnCPU > 0 && d.Elapsed > 0 {
+			share = fmt.Sprintf("%.0f%%", 100*d.OnCPU.Seconds()/d.Elapsed.Seconds())
+		}
+		fmt.Fprintf(b, "| %s | %.3f | %s | %s | %.3f | %s | %d |\n", d.Name, d.CPUMpps(), vsBase, vsIPT, d.Mpps(), share, d.Sent)
 	}
 	if plot != "" {
 		fmt.Fprintf(b, "\n![drop rate against rule count](%s)\n", plot)
@@ -223,8 +236,11 @@ func (r *Report) captures(b *strings.Builder) {
 			continue
 		}
 		ratio := ""
-		if haveTcpdump {
-			ratio = fmt.Sprintf("%.1f×", c.RatioTo(tcpdump))
+		switch {
+		case haveTcpdump && c.Name == tcpdump.Name:
+			ratio = "1.0×"
+		case haveTcpdump:
+			ratio = c.RatiosTo(tcpdump).format(1, "×")
 		}
 		fmt.Fprintf(b, "| %s | %.3f | %d | %d (%.2f%%) | %s | %d |\n", c.Name, c.Mpps(), c.Seen, c.Lost, c.LostPct(), ratio, c.Sent)
 	}
@@ -235,7 +251,7 @@ func (d DropRate) ratio(base float64) float64 {
 		return d.Ratio
 	}
 	if base > 0 {
-		return d.Mpps() / base
+		return d.CPUMpps() / base
 	}
 	return 0
 }
@@ -271,7 +287,7 @@ func (r *Report) Plot(png string) error {
 	maxRules := 1
 	for _, d := range r.Drops {
 		if d.Kind == KindL4Drop && d.Err == nil {
-			fmt.Fprintf(&data, "%d %.4f\n", d.Rules, d.Mpps())
+			fmt.Fprintf(&data, "%d %.4f\n", d.Rules, d.CPUMpps())
 			maxRules = max(maxRules, d.Rules)
 		}
 	}
@@ -281,14 +297,14 @@ func (r *Report) Plot(png string) error {
 	}
 	var s strings.Builder
 	fmt.Fprintf(&s, "set terminal png size 800,600\nset output %q\n", png)
-	fmt.Fprintf(&s, "set title 'Drop rate on a veth, one CPU (Mpps taken in by the server)'\n")
+	fmt.Fprintf(&s, "set title 'Drop rate on a veth, one CPU (Mpps taken in by the server per CPU-second)'\n")
 	var top float64
 	for _, d := range r.Drops {
-		top = max(top, d.Mpps())
+		top = max(top, d.CPUMpps())
 	}
 	// Room above the highest line, which gnuplot's autoscale puts on the
 	// frame, where it cannot be seen.
-	fmt.Fprintf(&s, "set logscale x\nset xrange [0.8:%d]\nset yrange [0:%.2f]\nset xlabel 'rules (the flood matches the last)'\nset ylabel 'Mpps'\n",
+	fmt.Fprintf(&s, "set logscale x\nset xrange [0.8:%d]\nset yrange [0:%.2f]\nset xlabel 'rules (the flood matches the last)'\nset ylabel 'Mpps per CPU-second'\n",
 		maxRules*2, max(top*1.1, 0.1))
 	fmt.Fprintf(&s, "set key below\nset grid\n")
 	plots := []string{fmt.Sprintf("%q using 1:2 with linespoints lw 2 pt 7 title 'L4Drop, DNS rules'", dataFile)}
@@ -296,7 +312,7 @@ func (r *Report) Plot(png string) error {
 		if d.Kind == KindL4Drop || d.Err != nil {
 			continue
 		}
-		plots = append(plots, fmt.Sprintf("%.4f with lines dt 2 lw 2 title %q", d.Mpps(), d.Name))
+		plots = append(plots, fmt.Sprintf("%.4f with lines dt 2 lw 2 title %q", d.CPUMpps(), d.Name))
 	}
 	fmt.Fprintf(&s, "plot %s\n", strings.Join(plots, ", \\\n  "))
 	c := exec.Command("gnuplot")
