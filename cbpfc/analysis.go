@@ -39,6 +39,8 @@ type facts struct {
 	maxIndExtent int
 	// xptr: X's register holds the pointer for ld [x+k] (see useXPtr).
 	xptr bool
+	// widen: loops pass X through the stack (eBPF, see widenX).
+	widen bool
 	// rawA: for a 2- or 4-byte load of A, that every use of the value
 	// can take it in network byte order, so no byte swap is needed;
 	// for a use of A, the size of the unswapped loads that reach it

@@ -9,12 +9,14 @@ import (
 )
 
 // Stack layout below the rounded StackOffset: M[] (64 bytes), the loop
-// counter (8), then saved registers (8 each).
+// counter (8), saved registers (8 each), then 8 bytes through which loops
+// pass X (see widenX).
 const (
 	stackMem     = 0
 	stackLoop    = 64
 	stackSpill   = 72
-	maxStackUsed = stackSpill + 4*8
+	stackWiden   = stackSpill + 4*8
+	maxStackUsed = stackWiden + 8
 )
 
 // flowState is what the code emitted so far guarantees at an instruction,
@@ -91,6 +93,9 @@ func (f *facts) step(i int, s flowState) flowState {
 	case kJa:
 		if in.jback {
 			s.cur = -1 // the loop counter goes through the guard register
+			if f.widenX(i) {
+				s.xMax, s.pxValid = math.MaxUint32, false
+			}
 		}
 	}
 	_, def := useDef(in)
@@ -106,6 +111,16 @@ func (f *facts) step(i int, s flowState) flowState {
 		}
 	}
 	return s
+}
+
+// widenX says whether backward jump i passes X through the stack, where
+// the verifier loses what it knew of X's value: otherwise each way of
+// reaching the loop head (X grown by different headers, say) is a state of
+// its own, which the verifier checks through every later iteration. Loops
+// then cost the verifier a fraction, and the next ld [x+k] checks X's bound
+// again.
+func (f *facts) widenX(i int) bool {
+	return f.widen && !f.xptr && f.liveIn[f.p.insns[i].jt]&liveX != 0
 }
 
 // farOffset says whether a load offset does not fit the instruction, so
@@ -259,6 +274,7 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 		return nil, err
 	}
 	f := analyze(p)
+	f.widen = true
 	f.useXPtr(opts.Checked)
 	g := &ebpfGen{
 		f:      f,
@@ -285,6 +301,11 @@ func (g *ebpfGen) mark(label string) { g.labels[label] = len(g.out) }
 func (g *ebpfGen) memOff(n uint32) int16 { return int16(-(g.base + stackMem + 4*int(n) + 4)) }
 func (g *ebpfGen) loopOff() int16        { return int16(-(g.base + stackLoop + 8)) }
 func (g *ebpfGen) spillOff(j int) int16  { return int16(-(g.base + stackSpill + 8*j + 8)) }
+
+// widenOff is the upper half of an 8-byte stack slot: never 8-byte
+// aligned, so the verifier keeps no register state for what is stored
+// there.
+func (g *ebpfGen) widenOff() int16 { return int16(-(g.base + stackWiden + 4)) }
 
 func (g *ebpfGen) matchMode() bool { return g.opts.MatchLabel != "" }
 
@@ -642,6 +663,12 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	case kJa:
 		t := g.target(in.jt)
 		if in.jback {
+			if f.widenX(i) {
+				g.emit(
+					asm.StoreMem(asm.RFP, g.widenOff(), g.x, asm.Word),
+					asm.LoadMem(g.x, asm.RFP, g.widenOff(), asm.Word),
+				)
+			}
 			g.emit(
 				asm.LoadMem(g.tmp, asm.RFP, g.loopOff(), asm.Word),
 				asm.Add.Imm32(g.tmp, 1),
