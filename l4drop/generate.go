@@ -99,6 +99,9 @@ type compiledRule struct {
 	jumps    int    // conditional jumps, the verifier's pending branches
 	hashed   bool   // in the exact-name DNS table
 	set      string // key of the set of rules tested at once, or ""
+	// tableOnly: the set's table decides every packet, no rule of it
+	// runs one by one.
+	tableOnly bool
 }
 
 // Generate turns the rule set into one C program.
@@ -131,6 +134,41 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 			}
 		}
 		rules[i] = compiledRule{rule: r, matchers: ms, insns: n, jumps: jumps}
+	}
+	// Matchers that share functions, and rules tested at once: one
+	// template matcher that tests its constant for equality only.
+	tsrc, err := templates(rules)
+	if err != nil {
+		return nil, err
+	}
+	setRules := map[string][]int{}
+	for i := range rules {
+		cr := &rules[i]
+		if len(cr.matchers) == 1 && cr.matchers[0].collect != "" && len(cr.matchers[0].args) == 1 && !opts.NoSets {
+			cr.set = fmt.Sprintf("%s/%s/%s", cr.matchers[0].collect, cr.rule.Family, cr.rule.Action)
+			setRules[cr.set] = append(setRules[cr.set], i)
+		}
+	}
+	// A set whose table always decides has no one by one fallback: its
+	// rules are table entries, no code, and the set costs its few matcher
+	// runs.
+	for _, idx := range setRules {
+		var progs [][]bpf.Instruction
+		for _, i := range idx {
+			progs = append(progs, rules[i].matchers[0].prog)
+		}
+		if !tableDecides(progs) {
+			continue
+		}
+		for k, i := range idx {
+			cr := &rules[i]
+			setCost, setJumps := 0, 0
+			if k == 0 || idx[k-1] != i-1 {
+				setCost, setJumps = cr.insns*(maxCandidates+1), cr.jumps*(maxCandidates+1)
+			}
+			cr.tableOnly = true
+			cr.insns, cr.jumps = setCost, setJumps
+		}
 	}
 	// Split into programs by instruction budget and by branches, in order:
 	// the verifier walks one path to its end and keeps the branches it
@@ -192,21 +230,9 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		w.printf("%s", src)
 	}
 
-	tsrc, err := templates(rules)
-	if err != nil {
-		return nil, err
-	}
 	if tsrc != "" {
 		w.printf("%s", candsPrelude)
 		w.printf("\n/* Matchers shared by rules that differ only in constants. */\n%s", tsrc)
-	}
-	// Rules tested all at once: one template matcher that tests its
-	// constant for equality only.
-	for i := range rules {
-		cr := &rules[i]
-		if len(cr.matchers) == 1 && cr.matchers[0].collect != "" && len(cr.matchers[0].args) == 1 && !opts.NoSets {
-			cr.set = fmt.Sprintf("%s/%s/%s", cr.matchers[0].collect, cr.rule.Family, cr.rule.Action)
-		}
 	}
 	funcs := make(map[string]string) // matcher program -> C function
 	for i, cr := range rules {

@@ -287,7 +287,8 @@ func TestSplitAndNext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj, gen, err := Build(rs, BuildOptions{MaxProgramInsns: 60})
+	// One by one: as a set, the rules would be one table.
+	obj, gen, err := Build(rs, BuildOptions{MaxProgramInsns: 60, NoSets: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,8 +340,10 @@ func TestSplitAndNext(t *testing.T) {
 	}
 }
 
-// TestManyRules: 2,000 rules, more than the verifier takes in one program,
-// are split, load, and the first and the last rule match.
+// TestManyRules: 2,000 rules, more than the verifier takes in one program
+// when they run one by one, are split, load, and the first and the last
+// rule match; tested at once, as a set whose table decides, they fit in
+// one program.
 func TestManyRules(t *testing.T) {
 	fixture.RequireRoot(t)
 	text, last := benchRules("port", 2000)
@@ -348,30 +351,34 @@ func TestManyRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj, gen, err := Build(rs, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(gen.Meta.Programs) < 2 {
-		t.Errorf("%d rules in %d program", len(rs.Rules), len(gen.Meta.Programs))
-	}
-	d, err := NewDryRun(obj, LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	first := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 1000, nil)
-	other := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 999, nil)
-	for _, tt := range []struct {
-		pkt  []byte
-		want uint32
-	}{{first, 0}, {last, 1999}, {other, NoRule}} {
-		v, err := d.Run(tt.pkt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v.Rule != tt.want {
-			t.Errorf("rule %d (%s), want %d", v.Rule, v.Action, tt.want)
-		}
+	for _, noSets := range []bool{true, false} {
+		t.Run(fmt.Sprintf("NoSets=%v", noSets), func(t *testing.T) {
+			obj, gen, err := Build(rs, BuildOptions{NoSets: noSets})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if split := len(gen.Meta.Programs) > 1; split != noSets {
+				t.Errorf("%d rules in %d programs", len(rs.Rules), len(gen.Meta.Programs))
+			}
+			d, err := NewDryRun(obj, LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			first := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 1000, nil)
+			other := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 999, nil)
+			for _, tt := range []struct {
+				pkt  []byte
+				want uint32
+			}{{first, 0}, {last, 1999}, {other, NoRule}} {
+				v, err := d.Run(tt.pkt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if v.Rule != tt.want {
+					t.Errorf("rule %d (%s), want %d", v.Rule, v.Action, tt.want)
+				}
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/net/bpf"
 
 	"github.com/l4drop/l4drop/cbpfc"
 )
@@ -344,6 +345,15 @@ func writeSet(w *cWriter, meta *Meta, rules []compiledRule, idx []int, p, b int,
 	w.printf("\t\t__u32 r = l4s_find(&%s, v, 0x%xULL, %d);\n", g.Map, h.Seed, 64-h.Bits)
 	w.printf("\t\tif (r < best && %s(ip, end, v))\n\t\t\tbest = r;\n\t}\n", m.fn)
 	w.printf("\tif (best == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn best << 1 | %d;\none_by_one:\n", pass)
+	if first.tableOnly {
+		// Never reached: the collecting run matches nothing and meets
+		// at most maxCandidates tests (tableDecides).
+		w.printf("\treturn L4_NONE;\n}\n")
+		for _, i := range idx {
+			meta.Rules[i].Symbol = ""
+		}
+		return g, nil
+	}
 	for _, i := range idx {
 		start := w.next()
 		w.printf("\tif (L4_ENABLED(%s) && %s(ip, end, %s))\n\t\treturn %d;\n", enableSymbol(i), m.fn, rules[i].matchers[0].args[0], i<<1|pass)
@@ -395,4 +405,86 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 		}
 	}
 	return nil
+}
+
+// tableDecides reports whether a set's table decides every packet for the
+// set's matchers, programs alike but for the constants they compare for
+// equality: when every such test fails, as in the collecting run, no path
+// matches, and no path meets more than maxCandidates of them. Then the set
+// needs no one by one fallback. Other tests may go either way.
+func tableDecides(progs [][]bpf.Instruction) bool {
+	if len(progs) < 2 {
+		return false
+	}
+	first := progs[0]
+	param := make([]bool, len(first))
+	for _, p := range progs[1:] {
+		if len(p) != len(first) {
+			return false
+		}
+		for i := range p {
+			if p[i] == first[i] {
+				continue
+			}
+			a, ok1 := first[i].(bpf.JumpIf)
+			b, ok2 := p[i].(bpf.JumpIf)
+			if !ok1 || !ok2 || a.Cond != b.Cond || a.SkipTrue != b.SkipTrue || a.SkipFalse != b.SkipFalse ||
+				(a.Cond != bpf.JumpEqual && a.Cond != bpf.JumpNotEqual) {
+				return false
+			}
+			param[i] = true
+		}
+	}
+	type result struct {
+		done, match bool
+		tests       int
+	}
+	memo := make([]result, len(first))
+	// cBPF jumps go forward only: the walk ends.
+	var walk func(pc int) (bool, int)
+	walk = func(pc int) (bool, int) {
+		if pc < 0 || pc >= len(first) {
+			return true, 0 // malformed: assume the worst
+		}
+		if memo[pc].done {
+			return memo[pc].match, memo[pc].tests
+		}
+		var match bool
+		var tests int
+		next := func(pcs ...int) {
+			for _, n := range pcs {
+				m, t := walk(n)
+				match = match || m
+				tests = max(tests, t)
+			}
+		}
+		switch ins := first[pc].(type) {
+		case bpf.RetConstant:
+			match = ins.Val != 0
+		case bpf.RetA:
+			match = true
+		case bpf.Jump:
+			next(pc + 1 + int(ins.Skip))
+		case bpf.JumpIf:
+			t, f := pc+1+int(ins.SkipTrue), pc+1+int(ins.SkipFalse)
+			switch {
+			case param[pc] && ins.Cond == bpf.JumpEqual:
+				next(f)
+				tests++
+			case param[pc]:
+				next(t)
+				tests++
+			default:
+				next(t, f)
+			}
+		case bpf.JumpIfX:
+			next(pc+1+int(ins.SkipTrue), pc+1+int(ins.SkipFalse))
+		default:
+			next(pc + 1)
+		}
+		memo[pc] = result{true, match, tests}
+		return match, tests
+	}
+	match, tests := walk(0)
+	return !match && tests <= maxCandidates
 }

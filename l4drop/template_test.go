@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/net/bpf"
+
 	"github.com/l4drop/l4drop/internal/fixture"
 )
 
@@ -85,5 +87,37 @@ func TestSets(t *testing.T) {
 		}
 		d.Close()
 		r.Close()
+	}
+}
+
+func TestTableDecides(t *testing.T) {
+	tests := []struct {
+		expr string // with %d for the constant
+		want bool
+	}{
+		{"udp dst port %d", true},
+		{"ip6 and tcp dst port %d", true},
+		{"udp port %d", true},             // src or dst: two tests a path
+		{"not udp dst port %d", false},    // matches when the test fails
+		{"udp dst port %d or tcp", false}, // matches without the test
+		{"udp dst port %d and udp[8] = 1", true},
+	}
+	for _, tt := range tests {
+		var progs [][]bpf.Instruction
+		for _, port := range []int{1000, 2000, 3000} {
+			text := fmt.Sprintf("rules:\n  - name: r\n    expr: %q\n", fmt.Sprintf(tt.expr, port))
+			rs, err := ParseRuleSet("t.yaml", []byte(text))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms, err := (*Frontend)(nil).matchers(rs, &rs.Rules[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			progs = append(progs, ms[0].prog)
+		}
+		if got := tableDecides(progs); got != tt.want {
+			t.Errorf("%q: tableDecides = %v, want %v", tt.expr, got, tt.want)
+		}
 	}
 }
