@@ -102,6 +102,8 @@ type compiledRule struct {
 	// tableOnly: the set's table decides every packet, no rule of it
 	// runs one by one.
 	tableOnly bool
+	// direct: a constant the set's table has is a match (equalMatches).
+	direct bool
 }
 
 // Generate turns the rule set into one C program.
@@ -156,6 +158,10 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		var progs [][]bpf.Instruction
 		for _, i := range idx {
 			progs = append(progs, rules[i].matchers[0].prog)
+		}
+		direct := equalMatches(progs)
+		for _, i := range idx {
+			rules[i].direct = direct
 		}
 		if !tableDecides(progs) {
 			continue

@@ -354,7 +354,12 @@ func writeSet(w *cWriter, meta *Meta, rules []compiledRule, idx []int, p, b int,
 	w.printf("\t__u32 best = L4_NRULES;\n#pragma unroll\n\tfor (int i = 0; i < %d; i++) {\n", maxCandidates)
 	w.printf("\t\tif (i >= c.n)\n\t\t\tbreak;\n\t\t__u32 v = c.v[i];\n")
 	w.printf("\t\t__u32 r = l4s_find(&%s, v, 0x%xULL, %d);\n", g.Map, h.Seed, 64-h.Bits)
-	w.printf("\t\tif (r < best && %s(ip, end, v))\n\t\t\tbest = r;\n\t}\n", m.fn)
+	if first.direct {
+		// equalMatches: a candidate found is a match.
+		w.printf("\t\tif (r < best)\n\t\t\tbest = r;\n\t}\n")
+	} else {
+		w.printf("\t\tif (r < best && %s(ip, end, v))\n\t\t\tbest = r;\n\t}\n", m.fn)
+	}
 	w.printf("\tif (best == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn best << 1 | %d;\none_by_one:\n", pass)
 	if first.tableOnly {
 		// Never reached: the collecting run matches nothing and meets
@@ -424,28 +429,11 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 // matches, and no path meets more than maxCandidates of them. Then the set
 // needs no one by one fallback. Other tests may go either way.
 func tableDecides(progs [][]bpf.Instruction) bool {
-	if len(progs) < 2 {
+	param, ok := setParams(progs)
+	if !ok {
 		return false
 	}
 	first := progs[0]
-	param := make([]bool, len(first))
-	for _, p := range progs[1:] {
-		if len(p) != len(first) {
-			return false
-		}
-		for i := range p {
-			if p[i] == first[i] {
-				continue
-			}
-			a, ok1 := first[i].(bpf.JumpIf)
-			b, ok2 := p[i].(bpf.JumpIf)
-			if !ok1 || !ok2 || a.Cond != b.Cond || a.SkipTrue != b.SkipTrue || a.SkipFalse != b.SkipFalse ||
-				(a.Cond != bpf.JumpEqual && a.Cond != bpf.JumpNotEqual) {
-				return false
-			}
-			param[i] = true
-		}
-	}
 	type result struct {
 		done, match bool
 		tests       int
@@ -498,4 +486,70 @@ func tableDecides(progs [][]bpf.Instruction) bool {
 	}
 	match, tests := walk(0)
 	return !match && tests <= maxCandidates
+}
+
+// setParams returns which instructions of a set's matchers are the tests
+// of their constants: those that differ between them, which must be
+// equality tests.
+func setParams(progs [][]bpf.Instruction) ([]bool, bool) {
+	if len(progs) < 2 {
+		return nil, false
+	}
+	first := progs[0]
+	param := make([]bool, len(first))
+	for _, p := range progs[1:] {
+		if len(p) != len(first) {
+			return nil, false
+		}
+		for i := range p {
+			if p[i] == first[i] {
+				continue
+			}
+			a, ok1 := first[i].(bpf.JumpIf)
+			b, ok2 := p[i].(bpf.JumpIf)
+			if !ok1 || !ok2 || a.Cond != b.Cond || a.SkipTrue != b.SkipTrue || a.SkipFalse != b.SkipFalse ||
+				(a.Cond != bpf.JumpEqual && a.Cond != bpf.JumpNotEqual) {
+				return nil, false
+			}
+			param[i] = true
+		}
+	}
+	return param, true
+}
+
+// equalMatches reports whether every test of a set's constant, when equal,
+// leads straight to a match. Then a candidate the table has is a match:
+// with the constant set to it, the run meets the test that recorded it
+// (or an earlier one that is equal too) and matches, so the set needs no
+// second run of the matcher.
+func equalMatches(progs [][]bpf.Instruction) bool {
+	param, ok := setParams(progs)
+	if !ok {
+		return false
+	}
+	prog := progs[0]
+	for pc, isParam := range param {
+		if !isParam {
+			continue
+		}
+		ins := prog[pc].(bpf.JumpIf)
+		to := pc + 1 + int(ins.SkipTrue)
+		if ins.Cond == bpf.JumpNotEqual {
+			to = pc + 1 + int(ins.SkipFalse)
+		}
+		for to < len(prog) {
+			j, ok := prog[to].(bpf.Jump)
+			if !ok {
+				break
+			}
+			to += 1 + int(j.Skip)
+		}
+		if to >= len(prog) {
+			return false
+		}
+		if r, ok := prog[to].(bpf.RetConstant); !ok || r.Val == 0 {
+			return false
+		}
+	}
+	return true
 }

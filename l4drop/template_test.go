@@ -30,6 +30,11 @@ func TestSets(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		fmt.Fprintf(&b, "  - name: not-%d\n    family: ipv6\n    expr: \"not udp dst port %d\"\n", i, 6000+i)
 	}
+	// A table that decides, but a candidate found must still run: the
+	// source port's low byte is tested after the constant.
+	for i := 0; i < 6; i++ {
+		fmt.Fprintf(&b, "  - name: sport1-%d\n    expr: \"udp dst port %d and udp[1] = 1\"\n", i, 7000+i)
+	}
 	rs, err := ParseRuleSet("sets.yaml", []byte(b.String()))
 	if err != nil {
 		t.Fatal(err)
@@ -38,8 +43,8 @@ func TestSets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(gen.Meta.Sets) < 2 {
-		t.Fatalf("%d sets; want the udp and the tcp6 rules tested at once", len(gen.Meta.Sets))
+	if len(gen.Meta.Sets) < 3 {
+		t.Fatalf("%d sets; want the udp, the tcp6 and the sport1 rules tested at once", len(gen.Meta.Sets))
 	}
 	ref, _, err := Build(rs, BuildOptions{NoSets: true})
 	if err != nil {
@@ -55,6 +60,9 @@ func TestSets(t *testing.T) {
 	}
 	for _, port := range []uint16{6000, 6005, 6019, 6020, 53} {
 		pkts = append(pkts, fixture.UDP6(c6, s6, 1, port, nil))
+	}
+	for port := uint16(6999); port < 7007; port++ {
+		pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, nil), fixture.UDP4(c4, s4, 2, port, nil))
 	}
 	for _, opts := range []LoadOptions{{}, {Disable: []string{"udp-3", "udp-10", "tcp6-0"}}, {Disable: []string{"udp-5"}}} {
 		d, err := NewDryRun(obj, opts)
@@ -92,15 +100,15 @@ func TestSets(t *testing.T) {
 
 func TestTableDecides(t *testing.T) {
 	tests := []struct {
-		expr string // with %d for the constant
-		want bool
+		expr         string // with %d for the constant
+		want, direct bool
 	}{
-		{"udp dst port %d", true},
-		{"ip6 and tcp dst port %d", true},
-		{"udp port %d", true},             // src or dst: two tests a path
-		{"not udp dst port %d", false},    // matches when the test fails
-		{"udp dst port %d or tcp", false}, // matches without the test
-		{"udp dst port %d and udp[8] = 1", true},
+		{"udp dst port %d", true, true},
+		{"ip6 and tcp dst port %d", true, true},
+		{"udp port %d", true, true},                     // src or dst: two tests a path
+		{"not udp dst port %d", false, false},           // matches when the test fails
+		{"udp dst port %d or tcp", false, true},         // matches without the test
+		{"udp dst port %d and udp[8] = 1", true, false}, // more to test after it
 	}
 	for _, tt := range tests {
 		var progs [][]bpf.Instruction
@@ -118,6 +126,9 @@ func TestTableDecides(t *testing.T) {
 		}
 		if got := tableDecides(progs); got != tt.want {
 			t.Errorf("%q: tableDecides = %v, want %v", tt.expr, got, tt.want)
+		}
+		if got := equalMatches(progs); got != tt.direct {
+			t.Errorf("%q: equalMatches = %v, want %v", tt.expr, got, tt.direct)
 		}
 	}
 }
