@@ -91,6 +91,29 @@ func handCases(tb testing.TB) []handCase {
 		{"cpu", []bpf.Instruction{bpf.LoadAbsolute{Off: 14, Size: 1}, bpf.TAX{}, bpf.LoadExtension{Num: bpf.ExtCPUID}, bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 1}, bpf.TXA{}, bpf.RetA{}}},
 		{"rand", []bpf.Instruction{bpf.LoadExtension{Num: bpf.ExtRand}, bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0}, bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 4}, bpf.RetA{}}},
 		{"self loop", []bpf.Instruction{bpf.LoadConstant{Dst: bpf.RegA, Val: 1}, bpf.RawInstruction{Op: 0x05, K: 0xffffffff}, bpf.RetA{}}},
+		// ldx M[k] is left out where X holds M[k] already: not after a
+		// load of M[k] that was itself left out as dead, nor after st M[k].
+		{"ldx M twice", []bpf.Instruction{
+			bpf.LoadAbsolute{Off: 14, Size: 1},
+			bpf.StoreScratch{Src: bpf.RegA, N: 2},
+			bpf.LoadScratch{Dst: bpf.RegX, N: 2},
+			bpf.LoadScratch{Dst: bpf.RegX, N: 2},
+			bpf.LoadIndirect{Off: 3, Size: 1},
+			bpf.RetA{},
+		}},
+		{"stx then ldx", []bpf.Instruction{
+			bpf.LoadAbsolute{Off: 14, Size: 1},
+			bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 15},
+			bpf.TAX{},
+			bpf.StoreScratch{Src: bpf.RegX, N: 1},
+			bpf.LoadIndirect{Off: 20, Size: 2},
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: 7, SkipTrue: 2},
+			bpf.LoadConstant{Dst: bpf.RegA, Val: 9},
+			bpf.StoreScratch{Src: bpf.RegA, N: 1},
+			bpf.LoadScratch{Dst: bpf.RegX, N: 1},
+			bpf.LoadIndirect{Off: 24, Size: 1},
+			bpf.RetA{},
+		}},
 	}
 }
 

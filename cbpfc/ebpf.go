@@ -35,6 +35,9 @@ type flowState struct {
 	// that hold X itself meet here (matters when X's register holds the
 	// pointer, facts.xptr).
 	xMixed bool
+	// xMem is k+1 when X equals M[k] on every path (0: no such k), so
+	// that ldx M[k] has nothing to do.
+	xMem uint32
 }
 
 func join(a, b flowState) flowState {
@@ -48,6 +51,9 @@ func join(a, b flowState) flowState {
 	out.xMixed = a.xMixed || b.xMixed || a.pxValid != b.pxValid || a.pxValid && a.pxOff != b.pxOff
 	if a.cur == b.cur {
 		out.cur = a.cur
+	}
+	if a.xMem == b.xMem {
+		out.xMem = a.xMem
 	}
 	if a.pxValid && b.pxValid && a.pxOff == b.pxOff {
 		out.pxOff = a.pxOff
@@ -90,6 +96,17 @@ func (f *facts) step(i int, s flowState) flowState {
 		if !f.xptr {
 			s.pxValid = false
 		}
+	case kLdMem:
+		if in.dst == regX && s.xMem == in.k+1 {
+			return s // X holds M[k] already: no code
+		}
+	case kSt:
+		switch {
+		case in.dst == regX && !f.dead[i]:
+			s.xMem = in.k + 1
+		case in.dst == regX || s.xMem == in.k+1:
+			s.xMem = 0
+		}
 	case kJa:
 		if in.jback {
 			s.cur = -1 // the loop counter goes through the guard register
@@ -100,7 +117,10 @@ func (f *facts) step(i int, s flowState) flowState {
 	}
 	_, def := useDef(in)
 	if def&liveX != 0 {
-		s.pxValid, s.xMixed = false, false
+		s.pxValid, s.xMixed, s.xMem = false, false, 0
+		if in.kind == kLdMem && !f.dead[i] {
+			s.xMem = in.k + 1
+		}
 		switch {
 		case in.kind == kLdImm:
 			s.xMax = in.k
@@ -577,7 +597,8 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		}
 		g.emit(asm.Mov.Imm32(g.dst(in.dst), int32(in.k)))
 	case kLdMem:
-		if in.dst == regA {
+		if in.dst == regX && s.xMem == in.k+1 {
+			return nil // X holds M[k] already
 		}
 		g.emit(asm.LoadMem(g.dst(in.dst), asm.RFP, g.memOff(in.k), asm.Word))
 	case kLdLen:
