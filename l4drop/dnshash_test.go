@@ -1,6 +1,7 @@
 package l4drop
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -239,4 +240,84 @@ func withIPv4Options(frame []byte) []byte {
 	total := int(out[16])<<8 | int(out[17]) + 4
 	out[16], out[17] = byte(total>>8), byte(total)
 	return out
+}
+
+// TestDNSTableRandom compares the name tables, inline and in maps, with
+// bpfgen's matchers one by one over random names made of the rules'
+// labels, in mixed case.
+func TestDNSTableRandom(t *testing.T) {
+	fixture.RequireRoot(t)
+	rs, err := ParseRuleSet("dns.yaml", []byte(dnsTableRules))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _, err := Build(rs, BuildOptions{NoDNSTable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refRun, err := NewDryRun(ref, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer refRun.Close()
+	// Names of the rules, with a label more or less, some letters upper
+	// case, some cut short.
+	bases := []string{"bad.example.com", "worse.example.com", "good.example.com", "x.example.org", "mixed.example.net",
+		"ams.example.com", "zone1.example", "zone2.example", "zone3.example", "example.com", longName}
+	extra := []string{"a", "www", label63, "zone1", "example", "b-c"}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var pkts [][]byte
+	for range 400 {
+		name := bases[rng.IntN(len(bases))]
+		switch rng.IntN(4) {
+		case 0:
+			name = extra[rng.IntN(len(extra))] + "." + name
+		case 1:
+			if _, rest, ok := strings.Cut(name, "."); ok {
+				name = rest
+			}
+		}
+		b := []byte(name)
+		for i := range b {
+			if rng.IntN(40) == 0 && b[i] >= 'a' && b[i] <= 'z' {
+				b[i] -= 'a' - 'A'
+			}
+		}
+		q := fixture.DNSQuery(string(b), 1)
+		if rng.IntN(8) == 0 {
+			q = q[:12+rng.IntN(len(q)-12)] // cut anywhere in the question
+		}
+		pkts = append(pkts, dnsPacket(rng.IntN(2) == 0, 53, q))
+	}
+	for _, maxInline := range []int{-1, 100, 2} {
+		obj, _, err := Build(rs, BuildOptions{MaxInlineDNS: maxInline})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := NewDryRun(obj, LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		matched := 0
+		for i, pkt := range pkts {
+			got, err := d.Run(pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := refRun.Run(pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("MaxInlineDNS %d: packet %d: %+v, bpfgen one by one %+v", maxInline, i, got, want)
+			}
+			if got.Rule != NoRule {
+				matched++
+			}
+		}
+		d.Close()
+		if matched < len(pkts)/8 {
+			t.Errorf("MaxInlineDNS %d: %d of %d packets matched a rule; want a test that matches", maxInline, matched, len(pkts))
+		}
+	}
 }
