@@ -39,8 +39,9 @@ type facts struct {
 	maxIndExtent int
 	// xptr: X's register holds the pointer for ld [x+k] (see useXPtr).
 	xptr bool
-	// widen: loops pass X through the stack (eBPF, see widenX).
-	widen bool
+	// ebpf: the analyses serve the eBPF backend, whose code differs a
+	// little (widenX, earlyGuard).
+	ebpf bool
 	// rawA: for a 2- or 4-byte load of A, that every use of the value
 	// can take it in network byte order, so no byte swap is needed;
 	// for a use of A, the size of the unswapped loads that reach it

@@ -66,9 +66,20 @@ func join(a, b flowState) flowState {
 // the largest extent must stay within the offsets the verifier tracks.
 func (f *facts) xBound() uint32 { return uint32(maxPacketOffset - f.maxIndExtent) }
 
+// earlyGuard says whether the eBPF code checks the packet bounds before
+// instruction i, ahead of the load that needs it.
+func (f *facts) earlyGuard(i int, s flowState) bool {
+	n := f.needAbs[i]
+	return f.ebpf && n != zeroAnyway && n <= maxPacketOffset && s.checkedA < n
+}
+
 // step applies instruction i to the state, as the emitted code does.
 func (f *facts) step(i int, s flowState) flowState {
 	in := f.p.insns[i]
+	if f.earlyGuard(i, s) {
+		s.checkedA = f.needAbs[i]
+		s.cur = s.checkedA
+	}
 	switch in.kind {
 	case kLdAbs, kLdMsh:
 		if s.checkedA < extent(in) {
@@ -140,7 +151,7 @@ func (f *facts) step(i int, s flowState) flowState {
 // then cost the verifier a fraction, and the next ld [x+k] checks X's bound
 // again.
 func (f *facts) widenX(i int) bool {
-	return f.widen && !f.xptr && f.liveIn[f.p.insns[i].jt]&liveX != 0
+	return f.ebpf && !f.xptr && f.liveIn[f.p.insns[i].jt]&liveX != 0
 }
 
 // farOffset says whether a load offset does not fit the instruction, so
@@ -294,7 +305,7 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 		return nil, err
 	}
 	f := analyze(p)
-	f.widen = true
+	f.ebpf = true
 	f.useXPtr(opts.Checked)
 	g := &ebpfGen{
 		f:      f,
@@ -587,6 +598,10 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	if f.fails[i] {
 		g.emit(asm.Ja.Label(g.fail))
 		return nil
+	}
+	if f.earlyGuard(i, s) {
+		g.guard(s.cur, f.needAbs[i])
+		s.checkedA, s.cur = f.needAbs[i], f.needAbs[i]
 	}
 	if f.dead[i] {
 		return nil
