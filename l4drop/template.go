@@ -217,10 +217,13 @@ func templates(rules []compiledRule) (string, error) {
 // values A had at the tests: the candidates. For a parameter that is no
 // candidate, every test is false, so the template does what that run did.
 // If that run did not match, only rules whose constant is a candidate can
-// match: run the template for each candidate, and look the candidates that
-// match up in a hash map of constant to first rule. Otherwise (a match with
-// every test false, or more candidates than recorded) the rules are tried
-// one by one.
+// match: look each candidate up in a table of constant to first rule (see
+// hashtable.go), and run the template for those found. Otherwise (a match
+// with every test false, or more candidates than recorded) the rules are
+// tried one by one. Where the matchers' cBPF shows that the first case
+// always holds (tableDecides), there is no one by one code at all; where an
+// equal test leads straight to a match (equalMatches), a candidate found
+// needs no second run.
 
 const maxCandidates = 4
 
