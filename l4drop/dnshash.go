@@ -311,7 +311,6 @@ func dnsC(keys []DNSKey, maxInline int) (string, map[int]bool, map[string]HashTa
 	switches := map[int]bool{}
 	hashes := map[string]HashTable{}
 	var b strings.Builder
-	b.WriteString(hashC)
 	b.WriteString(dnsPrelude)
 	for ti := range tabs {
 		t := &tabs[ti]
