@@ -101,6 +101,14 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 	loadBefore := bench.LoadAverage()
+	// Each part says how long it took: the whole run should stay within a
+	// few minutes.
+	start := time.Now()
+	phase := start
+	took := func(what string) {
+		logf("-- %s took %s (%s so far)", what, time.Since(phase).Round(100*time.Millisecond), time.Since(start).Round(time.Second))
+		phase = time.Now()
+	}
 	rep := &bench.Report{Date: time.Now(), Machine: bench.Machine(), Config: cfg,
 		Command: "l4lab bench " + strings.Join(args, " ")}
 	if len(args) == 0 {
@@ -151,6 +159,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	if ctx.Err() != nil {
 		return lab.ErrInterrupted
 	}
+	took("build and load")
 	if *cbpfcRepeat > 0 {
 		logf("cbpfc over the corpus filters...")
 		table, err := bench.CBPFC(*cbpfcRepeat, func(string, ...any) {})
@@ -159,6 +168,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 			logf("cbpfc: %v", err)
 		}
 		rep.CBPFC = table
+		took("cbpfc")
 	}
 
 	if *hookRuns > 0 {
@@ -171,6 +181,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 				h.NoHook, h.EmptyExtra, h.NoMatchExtra)
 			rep.HookCost = &h
 		}
+		took("xdpcap hook cost")
 	}
 
 	filters := []bench.Filter{bench.DropAll()}
@@ -205,6 +216,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	took("drop rates")
 
 	if *captures {
 		cs := []bench.Capture{t.XDPcapMinimal(dir)}
@@ -222,6 +234,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 			}
 			return err
 		}
+		took("capture rates")
 	}
 
 	rep.Load = loadBefore + " / " + bench.LoadAverage()

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/l4drop/l4drop/lab"
@@ -27,8 +28,10 @@ type CaptureRate struct {
 	// the file; Lost on the way (buffer full).
 	Sent, Seen, Captured, Lost uint64
 	Elapsed                    time.Duration
-	// Rates is the rate captured of every round, in round order (0:
-	// failed), for ratios to other rows measured in the same rounds.
+	// OnCPU is the CPU time the flood got, as DropRate's (0: not known).
+	OnCPU time.Duration
+	// Rates is the rate captured per CPU-second (CPUMpps) of every round,
+	// in round order, for ratios to other rows measured in the same rounds.
 	Rates []float64
 	// Err is why the row could not be measured.
 	Err error
@@ -43,6 +46,17 @@ func (c CaptureRate) Mpps() float64 {
 		return 0
 	}
 	return float64(c.Captured) / c.Elapsed.Seconds() / 1e6
+}
+
+// CPUMpps is the rate of packets captured per second the flood had its
+// CPU, as DropRate's: the XDP side of a capture, or the stack's path for
+// tcpdump, runs there; the capture's reader runs on another CPU and shows
+// in Lost if it cannot keep up. It is Mpps where the CPU time is not known.
+func (c CaptureRate) CPUMpps() float64 {
+	if c.OnCPU <= 0 {
+		return c.Mpps()
+	}
+	return float64(c.Captured) / c.OnCPU.Seconds() / 1e6
 }
 
 // LostPct is the share of packets the capture saw but could not record.
@@ -78,7 +92,7 @@ func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf f
 				r.Err = err
 				logf("round %d  %-60s failed: %v", round+1, c.Name, err)
 			} else {
-				logf("round %d  %-60s %8.3f Mpps captured, %d lost", round+1, c.Name, r.Mpps(), r.Lost)
+				logf("round %d  %-60s %8.3f Mpps captured, %8.3f per CPU-second, %d lost", round+1, c.Name, r.Mpps(), r.CPUMpps(), r.Lost)
 			}
 			runs[i] = append(runs[i], r)
 		}
@@ -86,14 +100,14 @@ func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf f
 	out := make([]CaptureRate, len(captures))
 	for i, rs := range runs {
 		sorted := slices.Clone(rs)
-		slices.SortFunc(sorted, func(a, b CaptureRate) int { return cmp.Compare(a.Mpps(), b.Mpps()) })
+		slices.SortFunc(sorted, func(a, b CaptureRate) int { return cmp.Compare(a.CPUMpps(), b.CPUMpps()) })
 		out[i] = sorted[len(sorted)/2]
 		if rs[0].Err != nil {
 			out[i] = rs[0]
 			continue
 		}
 		for _, r := range rs {
-			out[i].Rates = append(out[i].Rates, r.Mpps())
+			out[i].Rates = append(out[i].Rates, r.CPUMpps())
 		}
 	}
 	return out, nil
@@ -124,7 +138,15 @@ func flood(ctx context.Context, cfg Config, l *lab.Lab) (lab.Result, error) {
 		return lab.Result{}, err
 	}
 	defer g.Close()
-	return g.Run(ctx, lab.RunOptions{Duration: cfg.CaptureDuration, CPU: cfg.CPU + 1})
+	sirq0, ok0 := softirqTime(cfg.CPU)
+	r, err := g.Run(ctx, lab.RunOptions{Duration: cfg.CaptureDuration, CPU: cfg.CPU + 1})
+	sirq1, ok1 := softirqTime(cfg.CPU)
+	if ok0 && ok1 && r.OnCPU > 0 {
+		r.OnCPU += sirq1 - sirq0
+	} else {
+		r.OnCPU = 0
+	}
+	return r, err
 }
 
 // Tcpdump is the capture row to beat: tcpdump on the server's veth (no
@@ -140,10 +162,11 @@ func Tcpdump(dir string) Capture {
 		defer l.Close()
 		out := filepath.Join(dir, "tcpdump-"+l.ID+".pcap")
 		defer os.Remove(out)
-		var stderr bytes.Buffer
+		var stderr syncBuffer
 		c := l.Server.Command("tcpdump", "-n", "-i", l.ServerIf, "-w", out)
 		c.Stderr = &stderr
-		err = captureDuring(ctx, cfg, l, c, &stderr, &res, func(s []byte) error {
+		ready := func() bool { return bytes.Contains(stderr.Bytes(), []byte("listening on")) }
+		err = captureDuring(ctx, cfg, l, c, &stderr, ready, &res, func(s []byte) error {
 			m := tcpdumpStats.FindSubmatch(s)
 			if m == nil {
 				return fmt.Errorf("tcpdump printed no statistics: %s", s)
@@ -163,7 +186,7 @@ func Tcpdump(dir string) Capture {
 
 // captureDuring starts the capture command, floods, stops the capture with
 // SIGINT and parses its statistics.
-func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, stderr *bytes.Buffer, res *CaptureRate, parse func([]byte) error) error {
+func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, stderr *syncBuffer, ready func() bool, res *CaptureRate, parse func([]byte) error) error {
 	awayFrom(c, cfg.CPU)
 	if err := c.Start(); err != nil {
 		return err
@@ -175,13 +198,18 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, std
 			c.Wait()
 		}
 	}()
-	// Both print when they are ready; a fixed pause is simpler and enough.
-	time.Sleep(time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for !ready() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not capturing after 5s: %s", stderr.Bytes())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	r, err := flood(ctx, cfg, l)
 	if err != nil {
 		return err
 	}
-	res.Sent, res.Elapsed = r.Sent, r.Elapsed
+	res.Sent, res.Elapsed, res.OnCPU = r.Sent, r.Elapsed, r.OnCPU
 	time.Sleep(300 * time.Millisecond) // let the capture drain its buffer
 	c.Process.Signal(os.Interrupt)
 	err = c.Wait()
@@ -190,6 +218,26 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, std
 		return fmt.Errorf("%w (exit: %v)", perr, err)
 	}
 	return nil
+}
+
+// syncBuffer is a bytes.Buffer that a command's output goroutine may write
+// while another goroutine reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written so far.
+func (b *syncBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
 }
 
 // awayFrom makes c run on every CPU but cpu, with taskset, when there is

@@ -212,7 +212,7 @@ func (r *Report) hookCost(b *strings.Builder) {
 
 func (r *Report) tcpdump() (CaptureRate, bool) {
 	for _, c := range r.Captures {
-		if c.Err == nil && strings.HasPrefix(c.Name, "tcpdump") && c.Mpps() > 0 {
+		if c.Err == nil && strings.HasPrefix(c.Name, "tcpdump") && c.CPUMpps() > 0 {
 			return c, true
 		}
 	}
@@ -224,15 +224,16 @@ func (r *Report) captures(b *strings.Builder) {
 		return
 	}
 	fmt.Fprintf(b, "\n## Capture rate\n\nThe same flood at full speed for %s, every packet captured to a file, each row %d times in turns, "+
-		"a fresh lab each time; the median run by rate captured, and the median of the per-round ratios to tcpdump. "+
-		"The capture commands run on the CPUs the flood leaves free. "+
+		"a fresh lab each time; the median run by rate captured per CPU-second of the flood (as above: the XDP program and "+
+		"its capture, or the stack's path for tcpdump, run on the flood's CPU), and the median of the per-round ratios "+
+		"to tcpdump. The capture commands run on the CPUs the flood leaves free; a reader that cannot keep up shows in lost. "+
 		"Seen: packets the capture's filter received; lost: seen but not recorded (buffer full).\n\n"+
-		"| capture | Mpps captured | seen | lost | vs tcpdump | packets sent |\n|---|---:|---:|---:|---:|---:|\n",
+		"| capture | Mpps captured per CPU-second | lost | vs tcpdump | Mpps captured (wall) | CPU share | seen | packets sent |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
 		r.Config.CaptureDuration, r.Config.CaptureRounds)
 	tcpdump, haveTcpdump := r.tcpdump()
 	for _, c := range r.Captures {
 		if c.Err != nil {
-			fmt.Fprintf(b, "| %s | failed: %s | | | | |\n", c.Name, oneLine(c.Err.Error()))
+			fmt.Fprintf(b, "| %s | failed: %s | | | | | | |\n", c.Name, oneLine(c.Err.Error()))
 			continue
 		}
 		ratio := ""
@@ -242,7 +243,11 @@ func (r *Report) captures(b *strings.Builder) {
 		case haveTcpdump:
 			ratio = c.RatiosTo(tcpdump).format(1, "×")
 		}
-		fmt.Fprintf(b, "| %s | %.3f | %d | %d (%.2f%%) | %s | %d |\n", c.Name, c.Mpps(), c.Seen, c.Lost, c.LostPct(), ratio, c.Sent)
+		share := ""
+		if c.OnCPU > 0 && c.Elapsed > 0 {
+			share = fmt.Sprintf("%.0f%%", 100*c.OnCPU.Seconds()/c.Elapsed.Seconds())
+		}
+		fmt.Fprintf(b, "| %s | %.3f | %d (%.2f%%) | %s | %.3f | %s | %d | %d |\n", c.Name, c.CPUMpps(), c.Lost, c.LostPct(), ratio, c.Mpps(), share, c.Seen, c.Sent)
 	}
 }
 

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -243,10 +242,20 @@ func (t Tools) runXDPcap(ctx context.Context, cfg Config, l *lab.Lab, hook, dir 
 	var res CaptureRate
 	out := filepath.Join(dir, "xdpcap-"+l.ID+".pcap")
 	defer os.Remove(out)
-	var stderr bytes.Buffer
+	h, err := xdpcap.OpenHook(hook)
+	if err != nil {
+		return res, err
+	}
+	defer h.Close()
+	var stderr syncBuffer
 	c := exec.Command(t.XDPcap, "-q", "-actions", "drop", hook, out)
 	c.Stderr = &stderr
-	err := captureDuring(ctx, cfg, l, c, &stderr, &res, func(s []byte) error {
+	// xdpcap captures once its filter is in the hook's XDP_DROP slot.
+	ready := func() bool {
+		var id uint32
+		return h.Lookup(uint32(xdpcap.Drop), &id) == nil && id != 0
+	}
+	err = captureDuring(ctx, cfg, l, c, &stderr, ready, &res, func(s []byte) error {
 		m := xdpcapSummary.FindSubmatch(s)
 		if m == nil {
 			return fmt.Errorf("xdpcap printed no summary: %s", s)
