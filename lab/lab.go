@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/l4drop/l4drop/internal/bpffs"
 	"github.com/l4drop/l4drop/internal/netns"
 )
 
@@ -70,6 +71,7 @@ type Lab struct {
 	InetIndex, ServerIndex int
 
 	marker string
+	pinDir string // made by PinDir
 	closed bool
 }
 
@@ -177,8 +179,28 @@ func New() (l *Lab, err error) {
 	return l, nil
 }
 
-// Close removes the lab's namespaces (and with them the veth pair) and its
-// marker. It is safe to call more than once.
+// PinDir returns a directory on the BPF file system for pins of the lab's
+// programs and maps, /sys/fs/bpf/l4lab-ID, made on first use. Close removes
+// it with everything in it, and Clean a dead lab's.
+func (l *Lab) PinDir() (string, error) {
+	if l.pinDir != "" {
+		return l.pinDir, nil
+	}
+	if err := bpffs.Ensure(bpffs.DefaultRoot); err != nil {
+		return "", fmt.Errorf("lab: %w", err)
+	}
+	dir := pinDir(l.ID)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", fmt.Errorf("lab: pin directory: %w", err)
+	}
+	l.pinDir = dir
+	return dir, nil
+}
+
+func pinDir(id string) string { return filepath.Join(bpffs.DefaultRoot, Prefix+id) }
+
+// Close removes the lab's namespaces (and with them the veth pair), its pin
+// directory and its marker. It is safe to call more than once.
 func (l *Lab) Close() error {
 	if l == nil || l.closed {
 		return nil
@@ -192,6 +214,11 @@ func (l *Lab) Close() error {
 			}
 		}
 	}
+	if l.pinDir != "" {
+		if err := os.RemoveAll(l.pinDir); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := os.Remove(l.marker); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
@@ -202,8 +229,9 @@ func (l *Lab) Close() error {
 }
 
 // Clean removes labs whose creating process is gone (killed before it could
-// clean up) and returns the namespaces it removed. Namespaces are removed
-// only if a marker names them and they carry the lab prefix.
+// clean up) and returns the namespaces and pin directories it removed.
+// Namespaces are removed only if a marker names them and they carry the lab
+// prefix.
 func Clean() ([]string, error) {
 	entries, err := os.ReadDir(MarkerDir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -232,6 +260,15 @@ func Clean() ([]string, error) {
 		if processAlive(m.PID) {
 			continue
 		}
+		// The marker's name is the lab's ID: pins went under its pin
+		// directory.
+		if dir := pinDir(strings.TrimSuffix(e.Name(), ".json")); dirExists(dir) {
+			if err := os.RemoveAll(dir); err != nil {
+				errs = append(errs, err)
+			} else {
+				removed = append(removed, dir)
+			}
+		}
 		for _, name := range m.Namespaces {
 			if !strings.HasPrefix(name, Prefix) {
 				errs = append(errs, fmt.Errorf("lab: clean: namespace %q: %w", name, ErrNotOurs))
@@ -251,6 +288,11 @@ func Clean() ([]string, error) {
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+func dirExists(dir string) bool {
+	st, err := os.Stat(dir)
+	return err == nil && st.IsDir()
 }
 
 func processAlive(pid int) bool {

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
@@ -351,6 +352,9 @@ func labLeft(id string) []string {
 	if _, err := os.Stat(filepath.Join(MarkerDir, id+".json")); err == nil {
 		left = append(left, "marker")
 	}
+	if dirExists(pinDir(id)) {
+		left = append(left, "pin directory")
+	}
 	out, _ := exec.Command("ip", "-o", "link").Output()
 	if strings.Contains(string(out), "l4i"+id) || strings.Contains(string(out), "l4s"+id) {
 		left = append(left, "link in the host namespace")
@@ -363,7 +367,19 @@ func TestLabCleanupAfterSuccess(t *testing.T) {
 	var id string
 	err := Run(context.Background(), func(ctx context.Context, l *Lab) error {
 		id = l.ID
-		if left := labLeft(id); len(left) != 3 {
+		dir, err := l.PinDir()
+		if err != nil {
+			return err
+		}
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		if err := m.Pin(filepath.Join(dir, "map")); err != nil {
+			return err
+		}
+		if left := labLeft(id); len(left) != 4 {
 			return fmt.Errorf("lab incomplete while running: %v", left)
 		}
 		return nil
@@ -444,7 +460,16 @@ func TestCleanRemovesDeadLabsOnly(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(MarkerDir, id+".json"), []byte(m), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	deadPins := pinDir(id)
+	if err := os.Mkdir(deadPins, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(deadPins)
 	live := newLab(t)
+	livePins, err := live.PinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
 	removed, err := Clean()
 	if err != nil {
 		t.Fatal(err)
@@ -452,13 +477,16 @@ func TestCleanRemovesDeadLabsOnly(t *testing.T) {
 	// Other dead labs may go too; ours must.
 	removed = slices.DeleteFunc(removed, func(n string) bool { return !strings.Contains(n, id) })
 	slices.Sort(removed)
-	if !slices.Equal(removed, names) {
-		t.Errorf("Clean removed %v, want %v", removed, names)
+	if want := append([]string{deadPins}, names...); !slices.Equal(removed, want) {
+		t.Errorf("Clean removed %v, want %v", removed, want)
 	}
 	if left := labLeft(id); len(left) > 0 {
 		t.Errorf("left after Clean: %v", left)
 	}
-	if !netns.Exists(live.Inet.Name) || !netns.Exists(live.Server.Name) {
+	if dirExists(deadPins) {
+		t.Errorf("Clean left %s", deadPins)
+	}
+	if !netns.Exists(live.Inet.Name) || !netns.Exists(live.Server.Name) || !dirExists(livePins) {
 		t.Error("Clean removed a live lab")
 	}
 }

@@ -204,10 +204,11 @@ func (r *Report) hookCost(b *strings.Builder) {
 		"the three variants in turns, each kept attached. The kernel reports whole ns per round: figures are means over the rounds "+
 		"without the fastest and slowest fifth, the extra cost the same of the per-round differences.\n\n",
 		h.Rounds, h.PerRound)
-	fmt.Fprintf(b, "| program | ns/packet | above no hook |\n|---|---:|---:|\n")
-	fmt.Fprintf(b, "| drop, no hook (return XDP_DROP) | %.1f | |\n", h.NoHook)
-	fmt.Fprintf(b, "| drop through an empty xdpcap hook | %.1f | %+.1f |\n", h.EmptyHook, h.EmptyExtra)
-	fmt.Fprintf(b, "| drop, xdpcap attached with a filter matching nothing (`%s`) | %.1f | %+.1f |\n", h.Filter, h.NoMatch, h.NoMatchExtra)
+	fmt.Fprintf(b, "| program | ns/packet | above no hook | quartiles of the rounds |\n|---|---:|---:|---:|\n")
+	fmt.Fprintf(b, "| drop, no hook (return XDP_DROP) | %.1f | | |\n", h.NoHook)
+	fmt.Fprintf(b, "| drop through an empty xdpcap hook | %.1f | %+.1f | %+.0f to %+.0f |\n", h.EmptyHook, h.EmptyExtra, h.EmptySpread[0], h.EmptySpread[1])
+	fmt.Fprintf(b, "| drop, xdpcap attached with a filter matching nothing (`%s`) | %.1f | %+.1f | %+.0f to %+.0f |\n",
+		h.Filter, h.NoMatch, h.NoMatchExtra, h.NoMatchSpread[0], h.NoMatchSpread[1])
 }
 
 func (r *Report) tcpdump() (CaptureRate, bool) {

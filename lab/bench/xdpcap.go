@@ -15,7 +15,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/l4drop/l4drop/cbpf"
-	"github.com/l4drop/l4drop/internal/bpffs"
 	"github.com/l4drop/l4drop/internal/xdprun"
 	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/xdpcap"
@@ -54,6 +53,9 @@ type HookCost struct {
 	NoHook, EmptyHook, NoMatch float64
 	// EmptyExtra and NoMatchExtra are EmptyHook and NoMatch above NoHook.
 	EmptyExtra, NoMatchExtra float64
+	// EmptySpread and NoMatchSpread are the quartiles of the per-round
+	// differences: how much the machine's other work moved them.
+	EmptySpread, NoMatchSpread [2]float64
 	// Filter is the non-matching capture's filter expression.
 	Filter string
 	// Rounds and PerRound say how much was run.
@@ -133,6 +135,8 @@ func MeasureHookCost(rounds, perRound int) (res HookCost, err error) {
 	res.NoHook, res.EmptyHook, res.NoMatch = trimmedMean(vs[0].ns), trimmedMean(vs[1].ns), trimmedMean(vs[2].ns)
 	res.EmptyExtra = trimmedMean(diff(vs[1].ns, vs[0].ns))
 	res.NoMatchExtra = trimmedMean(diff(vs[2].ns, vs[0].ns))
+	res.EmptySpread = quartiles(diff(vs[1].ns, vs[0].ns))
+	res.NoMatchSpread = quartiles(diff(vs[2].ns, vs[0].ns))
 	return res, nil
 }
 
@@ -164,6 +168,17 @@ func trimmedMean(v []float64) float64 {
 	return sum / float64(len(s))
 }
 
+// quartiles returns the lower and upper quartile of v.
+func quartiles(v []float64) [2]float64 {
+	if len(v) == 0 {
+		return [2]float64{}
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	q := (len(s) - 1) / 4
+	return [2]float64{s[q], s[len(s)-1-q]}
+}
+
 func diff(a, b []float64) []float64 {
 	d := make([]float64, min(len(a), len(b)))
 	for i := range d {
@@ -183,14 +198,10 @@ func (t Tools) XDPcapMinimal(dir string) Capture {
 			return res, err
 		}
 		defer l.Close()
-		if err := bpffs.Ensure(bpffs.DefaultRoot); err != nil {
+		pins, err := l.PinDir()
+		if err != nil {
 			return res, err
 		}
-		pins, err := os.MkdirTemp(bpffs.DefaultRoot, "l4lab-"+l.ID+"-")
-		if err != nil {
-			return res, fmt.Errorf("pin directory: %w", err)
-		}
-		defer os.RemoveAll(pins)
 		hookPath := filepath.Join(pins, hookName)
 		hook, err := xdpcap.CreateHook(hookPath)
 		if err != nil {
