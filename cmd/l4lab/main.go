@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/l4drop/l4drop/lab"
 )
@@ -55,7 +56,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		var removed []string
 		removed, err = lab.Clean()
 		for _, n := range removed {
-			fmt.Fprintf(stdout, "removed namespace %s\n", n)
+			what := "namespace"
+			if filepath.IsAbs(n) {
+				what = "pin directory"
+			}
+			fmt.Fprintf(stdout, "removed %s %s\n", what, n)
 		}
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
