@@ -35,6 +35,12 @@ to -o, and a plot of drop rate against rule count to -plot. Needs root,
 and l4drop and xdpcap next to l4lab or on PATH ('make build');
 xdp-filter, iptables, tcpdump and gnuplot for their rows.
 
+Rates are counted per second the flood had its CPU, so that other work on
+the machine moves them less; the tables show the wall-clock rates and the
+flood's CPU share too. Run it on a quiet machine all the same: test runs
+of XDP programs attached nowhere (fuzzers do that) take the kernel's XDP
+dispatcher lock for milliseconds and stall the generator.
+
 Examples:
   make bench
   l4lab bench -o docs/benchmarks.md
