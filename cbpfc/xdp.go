@@ -107,11 +107,25 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 		b.code[0] = b.code[0].WithSymbol(b.label)
 		code = append(code, b.code...)
 	}
-	prog := asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
-		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
+	// The packet pointers and the preset result only where something
+	// reads them: a filter that always returns the same is then as short
+	// as can be.
+	uses := func(r asm.Register) bool {
+		for _, ins := range insns {
+			if ins.Src == r || ins.Dst == r {
+				return true
+			}
+		}
+		return false
 	}
-	if presetDrop {
+	var prog asm.Instructions
+	if uses(asm.R2) {
+		prog = append(prog, asm.LoadMem(asm.R2, asm.R1, 0, asm.Word))
+	}
+	if uses(asm.R3) {
+		prog = append(prog, asm.LoadMem(asm.R3, asm.R1, 4, asm.Word))
+	}
+	if presetDrop && (refs["nomatch"] || fallsThrough && tail[0].label == "nomatch") {
 		prog = append(prog, asm.Mov.Imm(asm.R0, xdpDrop))
 	}
 	prog = append(prog, insns...)
