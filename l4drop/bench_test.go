@@ -79,9 +79,10 @@ func BenchmarkBuildLoad(b *testing.B) {
 }
 
 // BenchmarkPacket measures the cost of one packet matching the last rule,
-// with BPF_PROG_TEST_RUN, next to an XDP program that drops everything.
-// The runs alternate between the two in rounds, and each reports its
-// fastest round: on a shared machine, other work only ever adds time.
+// and of one matching none (miss-ns/packet: the cost of legitimate
+// traffic), with BPF_PROG_TEST_RUN, next to an XDP program that drops
+// everything. The runs alternate between them in rounds, and each reports
+// its fastest round: on a shared machine, other work only ever adds time.
 // ns/packet is the rule set's cost, extra-ns how much it adds to the
 // drop-all program's.
 func BenchmarkPacket(b *testing.B) {
@@ -95,36 +96,43 @@ func BenchmarkPacket(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer dropAll.Close()
-	// measure runs prog and the drop-all program n times each, in rounds,
-	// and returns the fastest round of each.
-	measure := func(b *testing.B, prog *ebpf.Program, pkt []byte) (progNs, dropNs float64) {
+	type run struct {
+		prog *ebpf.Program
+		pkt  []byte
+	}
+	// measure runs each of runs b.N times, in rounds, and returns the
+	// fastest round of each.
+	measure := func(b *testing.B, runs ...run) []float64 {
 		b.Helper()
 		const rounds = 20
 		per := uint32(max(b.N/rounds, 1))
-		progNs, dropNs = math.Inf(1), math.Inf(1)
+		best := make([]float64, len(runs))
+		for i := range best {
+			best[i] = math.Inf(1)
+		}
 		for range rounds {
-			for _, m := range []struct {
-				p   *ebpf.Program
-				min *float64
-			}{{prog, &progNs}, {dropAll, &dropNs}} {
-				ns, err := runner.Repeat(m.p, pkt, per)
+			for i, r := range runs {
+				ns, err := runner.Repeat(r.prog, r.pkt, per)
 				if err != nil {
 					b.Fatal(err)
 				}
-				*m.min = min(*m.min, ns)
+				best[i] = min(best[i], ns)
 			}
 		}
-		return progNs, dropNs
+		return best
 	}
 	b.Run("drop-all", func(b *testing.B) {
 		_, pkt := benchRules("port", 1)
-		ns, _ := measure(b, dropAll, pkt)
-		b.ReportMetric(ns, "ns/packet")
+		b.ReportMetric(measure(b, run{dropAll, pkt})[0], "ns/packet")
 	})
 	for _, kind := range []string{"dns", "dnswild", "port"} {
 		for _, n := range []int{1, 10, 100, 1000} {
 			b.Run(fmt.Sprintf("%s/%d", kind, n), func(b *testing.B) {
 				text, pkt := benchRules(kind, n)
+				miss := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 53, fixture.DNSQuery("www.example.org", 1))
+				if kind == "port" {
+					miss = fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 999, make([]byte, 18))
+				}
 				obj := buildYAML(b, text)
 				d, err := NewDryRun(obj, LoadOptions{})
 				if err != nil {
@@ -134,14 +142,18 @@ func BenchmarkPacket(b *testing.B) {
 				if v, err := d.Run(pkt); err != nil || v.Action != "drop" || v.Rule != uint32(n-1) {
 					b.Fatalf("packet: %+v, %v; want dropped by the last rule", v, err)
 				}
+				if v, err := d.Run(miss); err != nil || v.Rule != NoRule {
+					b.Fatalf("packet: %+v, %v; want no rule", v, err)
+				}
 				// Sampling off, as in production at high rates.
 				if err := d.coll.Maps[mapConfig].Put(uint32(0), config{}); err != nil {
 					b.Fatal(err)
 				}
 				b.ResetTimer()
-				ns, drop := measure(b, d.prog, pkt)
-				b.ReportMetric(ns, "ns/packet")
-				b.ReportMetric(ns-drop, "extra-ns")
+				ns := measure(b, run{d.prog, pkt}, run{d.prog, miss}, run{dropAll, pkt})
+				b.ReportMetric(ns[0], "ns/packet")
+				b.ReportMetric(ns[0]-ns[2], "extra-ns")
+				b.ReportMetric(ns[1], "miss-ns/packet")
 			})
 		}
 	}
