@@ -55,12 +55,13 @@ func (t HashTable) bucket(words []uint64) uint32 {
 // hashSlots of keys, which must be distinct. Seeds are tried in a fixed
 // order, so that a rule set always builds the same program.
 func planHash(keys [][]uint64) (HashTable, error) {
-	// About two buckets a key: a bucket overflows rarely enough that a few
-	// seeds find a hash without one.
-	b := max(1, bits.Len(uint(2*len(keys)-1)))
+	// From one to two buckets a key (the memory is buckets times slots
+	// times the key size): below, a bucket overflows too often for any
+	// seed to avoid it; above, few seeds fail.
+	b := max(1, bits.Len(uint(len(keys)-1)))
 	for ; b <= maxHashBits; b++ {
 		counts := make([]uint8, 1<<b)
-		for try := uint64(1); try <= 32; try++ {
+		for try := uint64(1); try <= 64; try++ {
 			t := HashTable{Seed: splitmix(try), Bits: b}
 			clear(counts)
 			ok := true
