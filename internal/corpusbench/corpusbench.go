@@ -81,12 +81,17 @@ type Options struct {
 	// at all.
 	Repeat int
 	// Rounds is the number of interleaved calls Repeat is split into;
-	// 0 means DefaultRounds.
+	// 0 means DefaultRounds, fewer if a call would make less than
+	// MinRuns runs.
 	Rounds int
 }
 
 // DefaultRounds is the number of timing rounds when Options.Rounds is 0.
 const DefaultRounds = 15
+
+// MinRuns is the fewest runs a call makes when Options.Rounds is 0: below
+// that, the call's own cost (a couple of microseconds) adds noise.
+const MinRuns = 1000
 
 // Stats summarizes a number over the filters.
 type Stats struct {
@@ -202,7 +207,7 @@ func Measure(tb testing.TB, filters []Filter, opts Options) (*Result, error) {
 	if timed {
 		res.Rounds = opts.Rounds
 		if res.Rounds <= 0 {
-			res.Rounds = DefaultRounds
+			res.Rounds = max(1, min(DefaultRounds, opts.Repeat/MinRuns))
 		}
 		res.Runs = max(1, opts.Repeat/res.Rounds)
 		var err error
