@@ -1,11 +1,17 @@
 // Package bench measures L4Drop, xdpcap and cbpfc against their peers in
 // one run, side by side, and renders the result as one table and a plot.
 //
-// Every drop-rate row gets a fresh lab: the generator floods the server side
-// at full speed from one pinned CPU for a fixed time while the filter under
-// test runs on the server's veth. The receiving veth's NAPI runs on the
-// sender's CPU, so the rate the server side takes in is what the filter
-// leaves of that CPU: a cheaper filter takes in more.
+// Every drop-rate row is a filter set up in a lab of its own; the rows are
+// flooded in turns, a second each, for several rounds, the generator
+// pinned to one CPU. The receiving veth's NAPI runs on the sender's CPU,
+// so the rate the server side takes in is what the filter leaves of that
+// CPU: a cheaper filter takes in more. Rates are counted per second the
+// flood had the CPU (the sender's time on CPU and ksoftirqd's), so that
+// the machine's other work moves them little, and ratios are taken between
+// rows of the same round. Capture rows (xdpcap on a minimal hooked
+// program and on L4Drop, tcpdump) run the capture command during a flood,
+// every packet to a file; the hook's own cost is measured with
+// BPF_PROG_TEST_RUN.
 package bench
 
 import (
