@@ -42,7 +42,7 @@ func TestMeasureTiming(t *testing.T) {
 	for _, i := range []int{0, len(filters) / 2, len(filters) - 1} {
 		some = append(some, filters[i])
 	}
-	res, err := Measure(t, some, Options{Packets: DefaultPackets(), Repeat: 2000, Rounds: 5})
+	res, err := Measure(t, some, Options{Packets: DefaultPackets(), Repeat: 9 * 2000, Rounds: 9})
 	if err != nil {
 		t.Fatal(err)
 	}
