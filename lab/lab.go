@@ -219,8 +219,12 @@ func (l *Lab) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(l.marker); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
+	// The marker stays while anything of the lab does: once this process
+	// is gone, Clean finds it and removes the rest.
+	if len(errs) == 0 {
+		if err := os.Remove(l.marker); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("lab %s: close: %w", l.ID, err)
