@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 
@@ -21,16 +20,26 @@ import (
 // with the enabled rules only, first rule first, so switches and rule
 // order work as for the other rules.
 
-// dnsTables are the name tables' maps.
+// dnsTables are the name tables' maps. A table in maps keeps its names
+// longer than maxShortName apart, so that one long name does not make every
+// slot of the map as long.
 var dnsTables = []struct {
-	name     string
-	ci, wild bool
+	name           string
+	ci, wild, long bool
 }{
-	{"l4drop_dns", false, false},
-	{"l4drop_dns_ci", true, false},
-	{"l4drop_dns_w", false, true},
-	{"l4drop_dns_wci", true, true},
+	{"l4drop_dns", false, false, false},
+	{"l4drop_dns_ci", true, false, false},
+	{"l4drop_dns_w", false, true, false},
+	{"l4drop_dns_wci", true, true, false},
+	{"l4drop_dnsl", false, false, true},
+	{"l4drop_dnsl_ci", true, false, true},
+	{"l4drop_dnsl_w", false, true, true},
+	{"l4drop_dnsl_wci", true, true, true},
 }
+
+// maxShortName is the longest name (in wire format) of the maps of short
+// names.
+const maxShortName = 32
 
 // DNSKey is one entry of the name tables in Meta.
 type DNSKey struct {
@@ -126,7 +135,7 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 		order := []string{}
 		vals := map[string]*val{}
 		for _, k := range m.DNS {
-			if k.CI != t.ci || k.Wild != t.wild {
+			if k.CI != t.ci || k.Wild != t.wild || len(k.Name)/2 > maxShortName != t.long {
 				continue
 			}
 			v := vals[k.Name]
@@ -264,7 +273,10 @@ func leConst(b []byte) string {
 func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
 	var tabs []dnsTable
 	for _, d := range dnsTables {
-		t := dnsTable{name: d.name, ci: d.ci, wild: d.wild}
+		if d.long {
+			continue
+		}
+		var all []dnsEntry
 		names := map[string]bool{}
 		for _, k := range keys {
 			if k.CI != d.ci || k.Wild != d.wild {
@@ -274,29 +286,53 @@ func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
 			if err != nil || len(wire) == 0 || len(wire) > 255 {
 				return nil, fmt.Errorf("bad DNS name %q", k.Name)
 			}
-			t.entries = append(t.entries, dnsEntry{wire: wire, rule: k.Rule, family: k.Family})
+			all = append(all, dnsEntry{wire: wire, rule: k.Rule, family: k.Family})
 			names[k.Name] = true
-			t.keyLen = max(t.keyLen, (len(wire)+7)/8*8)
 		}
-		if len(t.entries) == 0 {
+		if len(all) == 0 {
 			continue
 		}
-		t.inline = len(names) <= maxInline
-		if !t.inline {
+		if len(names) <= maxInline {
+			tabs = append(tabs, dnsTable{name: d.name, ci: d.ci, wild: d.wild, entries: all, inline: true})
+			continue
+		}
+		for _, long := range []bool{false, true} {
+			t := dnsTable{name: dnsMapName(d.ci, d.wild, long), ci: d.ci, wild: d.wild}
 			var keys [][]uint64
-			for _, k := range slices.Sorted(maps.Keys(names)) {
-				wire, _ := hex.DecodeString(k)
-				keys = append(keys, nameWords(wire))
+			seen := map[string]bool{}
+			for _, e := range all {
+				if len(e.wire) > maxShortName != long {
+					continue
+				}
+				t.entries = append(t.entries, e)
+				t.keyLen = max(t.keyLen, (len(e.wire)+7)/8*8)
+				if !seen[string(e.wire)] {
+					seen[string(e.wire)] = true
+					keys = append(keys, nameWords(e.wire))
+				}
+			}
+			if len(t.entries) == 0 {
+				continue
 			}
 			h, err := planHash(keys)
 			if err != nil {
 				return nil, fmt.Errorf("DNS table %s: %w", t.name, err)
 			}
 			t.hash = h
+			tabs = append(tabs, t)
 		}
-		tabs = append(tabs, t)
 	}
 	return tabs, nil
+}
+
+// dnsMapName is the map of the names of a kind, long or not.
+func dnsMapName(ci, wild, long bool) string {
+	for _, d := range dnsTables {
+		if d.ci == ci && d.wild == wild && d.long == long {
+			return d.name
+		}
+	}
+	return ""
 }
 
 // dnsC returns the C of l4_dns(name, end, fam), which returns the first
