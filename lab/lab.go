@@ -121,43 +121,11 @@ func New() (l *Lab, err error) {
 	if l.Server, err = netns.New(serverName); err != nil {
 		return l, fmt.Errorf("lab: %w", err)
 	}
-	if err := netns.NewVeth(l.Inet, l.InetIf, l.Server, l.ServerIf); err != nil {
+	l.InetIndex, l.ServerIndex, err = netns.NewAddressedVeth(
+		netns.End{NS: l.Inet, Name: l.InetIf, MAC: InetMAC, IPv4: InetIPv4, IPv6: InetIPv6},
+		netns.End{NS: l.Server, Name: l.ServerIf, MAC: ServerMAC, IPv4: ServerIPv4, IPv6: ServerIPv6})
+	if err != nil {
 		return l, fmt.Errorf("lab: %w", err)
-	}
-	type end struct {
-		ns             *netns.NS
-		ifname         string
-		mac, peerMAC   net.HardwareAddr
-		v4, v6         string
-		peerV4, peerV6 string
-		index          *int
-	}
-	for _, e := range []end{
-		{l.Inet, l.InetIf, InetMAC, ServerMAC, InetIPv4, InetIPv6, ServerIPv4, ServerIPv6, &l.InetIndex},
-		{l.Server, l.ServerIf, ServerMAC, InetMAC, ServerIPv4, ServerIPv6, InetIPv4, InetIPv6, &l.ServerIndex},
-	} {
-		for _, args := range [][]string{
-			{"link", "set", e.ifname, "address", e.mac.String()},
-			{"addr", "add", e.v4 + "/24", "dev", e.ifname},
-			{"addr", "add", e.v6 + "/64", "dev", e.ifname, "nodad"},
-			{"neigh", "replace", e.peerV4, "lladdr", e.peerMAC.String(), "dev", e.ifname, "nud", "permanent"},
-			{"neigh", "replace", e.peerV6, "lladdr", e.peerMAC.String(), "dev", e.ifname, "nud", "permanent"},
-		} {
-			if err := e.ns.IP(args...); err != nil {
-				return l, fmt.Errorf("lab: %w", err)
-			}
-		}
-		err := e.ns.Do(func() error {
-			ifi, err := net.InterfaceByName(e.ifname)
-			if err != nil {
-				return err
-			}
-			*e.index = ifi.Index
-			return nil
-		})
-		if err != nil {
-			return l, fmt.Errorf("lab: %w", err)
-		}
 	}
 	// The internet side answers nothing; routes back to any source the
 	// generator invents point at it, so replies leave the server (costing

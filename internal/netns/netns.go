@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,6 +138,52 @@ func NewVeth(a *NS, aName string, b *NS, bName string) error {
 		return err
 	}
 	return b.IP("link", "set", bName, "up")
+}
+
+// End is one end of a veth pair for NewAddressedVeth: the namespace and
+// name of the interface, its MAC, and its addresses (without prefix length).
+type End struct {
+	NS         *NS
+	Name       string
+	MAC        net.HardwareAddr
+	IPv4, IPv6 string
+}
+
+// NewAddressedVeth creates a veth pair between a and b, gives each end its
+// MAC and addresses (IPv4 /24, IPv6 /64 without duplicate address
+// detection) and a permanent neighbour entry for the other end, so that no
+// ARP, neighbour discovery or DAD delays the first packets, and returns the
+// ends' ifindexes inside their namespaces.
+func NewAddressedVeth(a, b End) (aIndex, bIndex int, err error) {
+	if err := NewVeth(a.NS, a.Name, b.NS, b.Name); err != nil {
+		return 0, 0, err
+	}
+	var index [2]int
+	for i, pair := range [2][2]End{{a, b}, {b, a}} {
+		self, peer := pair[0], pair[1]
+		for _, args := range [][]string{
+			{"link", "set", self.Name, "address", self.MAC.String()},
+			{"addr", "add", self.IPv4 + "/24", "dev", self.Name},
+			{"addr", "add", self.IPv6 + "/64", "dev", self.Name, "nodad"},
+			{"neigh", "replace", peer.IPv4, "lladdr", peer.MAC.String(), "dev", self.Name, "nud", "permanent"},
+			{"neigh", "replace", peer.IPv6, "lladdr", peer.MAC.String(), "dev", self.Name, "nud", "permanent"},
+		} {
+			if err := self.NS.IP(args...); err != nil {
+				return 0, 0, err
+			}
+		}
+		err := self.NS.Do(func() error {
+			ifi, err := net.InterfaceByName(self.Name)
+			if err == nil {
+				index[i] = ifi.Index
+			}
+			return err
+		})
+		if err != nil {
+			return 0, 0, fmt.Errorf("netns %s: %w", self.NS.Name, err)
+		}
+	}
+	return index[0], index[1], nil
 }
 
 // Delete deletes the namespace name, for clean-up of namespaces a process

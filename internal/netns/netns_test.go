@@ -69,3 +69,36 @@ func TestDelete(t *testing.T) {
 		t.Fatalf("second Delete = %v, want ErrNotExist", err)
 	}
 }
+
+func TestNewAddressedVeth(t *testing.T) {
+	fixture.RequireRoot(t)
+	a, b := fixture.Netns(t, "l4vt-a"), fixture.Netns(t, "l4vt-b")
+	mac, _ := net.ParseMAC("02:00:00:00:00:0b")
+	ai, bi, err := netns.NewAddressedVeth(
+		netns.End{NS: a, Name: "va", MAC: fixture.ClientMAC, IPv4: fixture.ClientIPv4, IPv6: fixture.ClientIPv6},
+		netns.End{NS: b, Name: "vb", MAC: mac, IPv4: fixture.ServerIPv4, IPv6: fixture.ServerIPv6},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// lo is 1 in every namespace; the veth ends come after it.
+	if ai <= 1 || bi <= 1 {
+		t.Errorf("ifindexes %d and %d", ai, bi)
+	}
+	if got := fixture.Ping(t, a, fixture.ServerIPv4, 3); got != 3 {
+		t.Errorf("%d of 3 pings answered", got)
+	}
+	err = b.Do(func() error {
+		ifi, err := net.InterfaceByIndex(bi)
+		if err != nil {
+			return err
+		}
+		if ifi.Name != "vb" || ifi.HardwareAddr.String() != mac.String() {
+			return fmt.Errorf("index %d is %s %s", bi, ifi.Name, ifi.HardwareAddr)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
