@@ -10,8 +10,9 @@
 // milliseconds and disturbs what follows. So Measure keeps three programs
 // attached at once, in generic mode, in a network namespace of its own: the
 // empty program, and one filter's eBPF and C programs. It then times the
-// three in turn, round after round, with the wall clock around each call
-// (a call's fixed cost is the same for all three and cancels out), and
+// three in turn on one CPU, round after round, with the wall clock around
+// each call (a call's fixed cost is the same for all three and cancels
+// out; a call the scheduler interrupted is measured again), and
 // takes, per filter, the median over the rounds of each program's time
 // minus the empty program's time of the same round.
 package corpusbench
@@ -20,15 +21,18 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/cbpfc"
@@ -421,6 +425,21 @@ const maxCallOverhead = 20 * time.Microsecond
 // and returns per program and round the wall-clock time per run, and the
 // kernel's own figure for the first program.
 func timeRounds(progs []*ebpf.Program, pkt []byte, rounds, runs int) (wall [][]float64, kernel []float64, err error) {
+	// All rounds on one CPU: programs compared on different CPUs (one
+	// busier, or sharing a core) would differ by that too.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var old unix.CPUSet
+	if unix.SchedGetaffinity(0, &old) == nil {
+		var cpu, node uint32
+		if _, _, errno := unix.Syscall(unix.SYS_GETCPU, uintptr(unsafe.Pointer(&cpu)), uintptr(unsafe.Pointer(&node)), 0); errno == 0 {
+			var one unix.CPUSet
+			one.Set(int(cpu))
+			if unix.SchedSetaffinity(0, &one) == nil {
+				defer unix.SchedSetaffinity(0, &old)
+			}
+		}
+	}
 	wall = make([][]float64, len(progs))
 	for j := range progs {
 		wall[j] = make([]float64, rounds)
