@@ -298,7 +298,7 @@ func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
 		}
 		for _, long := range []bool{false, true} {
 			t := dnsTable{name: dnsMapName(d.ci, d.wild, long), ci: d.ci, wild: d.wild}
-			var keys [][]uint64
+			var distinct [][]uint64
 			seen := map[string]bool{}
 			for _, e := range all {
 				if len(e.wire) > maxShortName != long {
@@ -308,13 +308,13 @@ func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
 				t.keyLen = max(t.keyLen, (len(e.wire)+7)/8*8)
 				if !seen[string(e.wire)] {
 					seen[string(e.wire)] = true
-					keys = append(keys, nameWords(e.wire))
+					distinct = append(distinct, nameWords(e.wire))
 				}
 			}
 			if len(t.entries) == 0 {
 				continue
 			}
-			h, err := planHash(keys)
+			h, err := planHash(distinct)
 			if err != nil {
 				return nil, fmt.Errorf("DNS table %s: %w", t.name, err)
 			}
