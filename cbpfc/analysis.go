@@ -42,6 +42,8 @@ type facts struct {
 	// ebpf: the analyses serve the eBPF backend, whose code differs a
 	// little (widenX, earlyGuard).
 	ebpf bool
+	// joins marks instructions that several others lead to.
+	joins []bool
 	// rawA: for a 2- or 4-byte load of A, that every use of the value
 	// can take it in network byte order, so no byte swap is needed;
 	// for a use of A, the size of the unswapped loads that reach it

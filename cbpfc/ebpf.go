@@ -67,10 +67,13 @@ func join(a, b flowState) flowState {
 func (f *facts) xBound() uint32 { return uint32(maxPacketOffset - f.maxIndExtent) }
 
 // earlyGuard says whether the eBPF code checks the packet bounds before
-// instruction i, ahead of the load that needs it.
+// instruction i, ahead of the load that needs it: where paths meet, so
+// that they share the check and the verifier sees the same packet range
+// whichever way it came. Not at a jump, which jumps to it skip (see
+// target).
 func (f *facts) earlyGuard(i int, s flowState) bool {
 	n := f.needAbs[i]
-	return f.ebpf && n != zeroAnyway && n <= maxPacketOffset && s.checkedA < n
+	return f.ebpf && f.joins[i] && f.p.insns[i].kind != kJa && n != zeroAnyway && n <= maxPacketOffset && s.checkedA < n
 }
 
 // step applies instruction i to the state, as the emitted code does.
@@ -306,6 +309,10 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 	}
 	f := analyze(p)
 	f.ebpf = true
+	f.joins = make([]bool, len(p.insns))
+	for i, ps := range f.preds() {
+		f.joins[i] = len(ps) > 1
+	}
 	f.useXPtr(opts.Checked)
 	g := &ebpfGen{
 		f:      f,
