@@ -4,15 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/perf"
 	"github.com/cilium/ebpf/rlimit"
 
-	"github.com/l4drop/l4drop/internal/netns"
+	"github.com/l4drop/l4drop/internal/xdprun"
 )
 
 // Verdict is what a rule set does with one packet.
@@ -31,14 +29,16 @@ type Verdict struct {
 type DryRun struct {
 	Meta    *Meta
 	Enabled []bool
-	ns      *netns.NS
-	link    link.Link
+	runner  *xdprun.Runner
 	coll    *ebpf.Collection
 	prog    *ebpf.Program
 	rd      *perf.Reader
 }
 
-var dryRunSeq atomic.Uint32
+// ErrPacketSize is returned by DryRun.Run for packets of a size XDP never
+// handles: shorter than an Ethernet header, or longer than a multi-buffer
+// packet can be.
+var ErrPacketSize = xdprun.ErrPacketSize
 
 // NewDryRun loads obj with the switches opts selects (Location, Enable,
 // Disable; the interface options are ignored).
@@ -69,29 +69,22 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 		d.Close()
 		return nil, fmt.Errorf("dry run samples: %w", err)
 	}
-	name := fmt.Sprintf("l4drop-dry%d-%d", os.Getpid(), dryRunSeq.Add(1))
-	if d.ns, err = netns.New(name); err != nil {
+	if d.runner, err = xdprun.New("l4drop-dry"); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("dry run: %w", err)
 	}
-	err = d.ns.Do(func() error {
-		// lo is ifindex 1 in every namespace.
-		var err error
-		d.link, err = link.AttachXDP(link.XDPOptions{Program: d.prog, Interface: 1, Flags: link.XDPGenericMode})
-		return err
-	})
-	if err != nil {
+	if err := d.runner.Attach(d.prog); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("dry run: attach to lo: %w", err)
+		return nil, fmt.Errorf("dry run: %w", err)
 	}
 	return d, nil
 }
 
 // Run runs one Ethernet frame through the rule set.
 func (d *DryRun) Run(frame []byte) (Verdict, error) {
-	ret, err := d.prog.Run(&ebpf.RunOptions{Data: frame})
+	ret, err := d.runner.Run(d.prog, &ebpf.RunOptions{Data: frame})
 	if err != nil {
-		return Verdict{}, fmt.Errorf("test run: %w", err)
+		return Verdict{}, err
 	}
 	v := Verdict{Action: ActionName(ret), Rule: NoRule}
 	// The sample was written during the run; it is in the ring now.
@@ -121,8 +114,9 @@ func (d *DryRun) Run(frame []byte) (Verdict, error) {
 
 // Close detaches and unloads.
 func (d *DryRun) Close() error {
-	if d.link != nil {
-		d.link.Close()
+	var err error
+	if d.runner != nil {
+		err = d.runner.Close()
 	}
 	if d.rd != nil {
 		d.rd.Close()
@@ -130,8 +124,5 @@ func (d *DryRun) Close() error {
 	if d.coll != nil {
 		d.coll.Close()
 	}
-	if d.ns != nil {
-		return d.ns.Close()
-	}
-	return nil
+	return err
 }

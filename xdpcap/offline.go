@@ -9,7 +9,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/net/bpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/xdprun"
 )
@@ -70,29 +69,25 @@ func NewTestFilter(filter []bpf.Instruction, snapLen int) (_ *TestFilter, err er
 	if f.runner, err = xdprun.New("xdpcap-test"); err != nil {
 		return nil, err
 	}
+	if err := f.runner.Attach(f.prog); err != nil {
+		return nil, err
+	}
 	return f, nil
 }
 
 // MinPacketLen is the shortest packet XDP handles: an Ethernet header.
 // Test runs refuse shorter data, and no XDP program ever sees less.
-const MinPacketLen = 14
+const MinPacketLen = xdprun.MinPacketLen
 
 // ErrPacketSize is returned by TestFilter.Match for packets of a size XDP
 // never handles: shorter than MinPacketLen, or longer than a multi-buffer
 // packet can be (about 17 pages).
-var ErrPacketSize = errors.New("packet of a size XDP never handles")
+var ErrPacketSize = xdprun.ErrPacketSize
 
 // Match runs the filter over pkt and returns whether it matched and, if so,
 // the packet as captured.
 func (f *TestFilter) Match(pkt []byte) (bool, Packet, error) {
-	if len(pkt) < MinPacketLen {
-		return false, Packet{}, fmt.Errorf("%d bytes: %w", len(pkt), ErrPacketSize)
-	}
-	opts := ebpf.RunOptions{Data: pkt}
-	ret, err := f.runner.Run(f.prog, &opts)
-	if err != nil && len(pkt) > 4096 && (errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.E2BIG)) {
-		return false, Packet{}, fmt.Errorf("%d bytes: %w", len(pkt), ErrPacketSize)
-	}
+	ret, err := f.runner.Run(f.prog, &ebpf.RunOptions{Data: pkt})
 	if err != nil {
 		return false, Packet{}, err
 	}

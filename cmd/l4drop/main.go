@@ -266,8 +266,12 @@ func cmdStatus(args []string) error {
 }
 
 func printStatus(w io.Writer, st *l4drop.Status) {
-	fmt.Fprintf(w, "%s: location %q, %d program(s), loaded %s, sample rate 1/%.0f, samples %d, lost %d\n",
-		st.Iface, st.Location, st.Programs, st.LoadedAt.Format(time.RFC3339), st.SampleRate, st.Samples, st.Lost)
+	rate := "off"
+	if st.SampleRate > 0 {
+		rate = fmt.Sprintf("1/%d", st.SampleRate)
+	}
+	fmt.Fprintf(w, "%s: location %q, %d program(s), loaded %s, sample rate %s, samples %d, lost %d\n",
+		st.Iface, st.Location, st.Programs, st.LoadedAt.Format(time.RFC3339), rate, st.Samples, st.Lost)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "rule\taction\tenabled\tpackets\tbytes\tpps\tbps\t")
 	for _, r := range append(st.Rules, st.Unmatched) {
@@ -351,14 +355,21 @@ func cmdTest(args []string) error {
 		which   []int
 	}
 	byRule := map[string]*tally{}
+	unseen := 0
 	for i, f := range frames {
 		v, err := d.Run(f)
-		if err != nil {
-			return fmt.Errorf("packet %d: %w", i+1, err)
-		}
-		name := v.Name
-		if name == "" {
+		var name string
+		switch {
+		case errors.Is(err, l4drop.ErrPacketSize):
+			// No XDP program ever sees it, so no rule decides it.
+			unseen++
+			v, name = l4drop.Verdict{Action: "-"}, "(never seen by XDP)"
+		case err != nil:
+			return fmt.Errorf("%s: packet %d: %w", *in, i+1, err)
+		case v.Name == "":
 			name = "(no rule)"
+		default:
+			name = v.Name
 		}
 		if *verbose {
 			fmt.Printf("%d\t%s\t%s\n", i+1, v.Action, name)
@@ -383,6 +394,9 @@ func cmdTest(args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", n, t.action, t.packets, ranges(t.which))
 	}
 	tw.Flush()
+	if unseen > 0 {
+		fmt.Fprintf(os.Stderr, "%d of %d packets are shorter than an Ethernet header or longer than a multi-buffer XDP packet: XDP never sees them\n", unseen, len(frames))
+	}
 	return nil
 }
 

@@ -17,9 +17,19 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/netns"
 )
+
+// MinPacketLen is the shortest packet XDP handles: an Ethernet header.
+// Test runs refuse shorter data, and no XDP program ever sees less.
+const MinPacketLen = 14
+
+// ErrPacketSize is returned by Run for packets of a size XDP never handles:
+// shorter than MinPacketLen, or longer than a multi-buffer packet can be
+// (about 17 pages).
+var ErrPacketSize = errors.New("packet of a size XDP never handles")
 
 // Runner runs XDP programs with BPF_PROG_TEST_RUN. It is safe for
 // concurrent use; runs of different programs take turns.
@@ -71,16 +81,31 @@ func (r *Runner) detach() error {
 	return err
 }
 
-// Run runs prog once with opts and returns its return value. The error
-// wraps the kernel's (ENOMEM or EINVAL for packets of a size XDP never
-// sees, for instance).
+// Attach attaches prog now, so that a program the kernel refuses to attach
+// fails here rather than at its first run.
+func (r *Runner) Attach(prog *ebpf.Program) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.attach(prog)
+}
+
+// Run runs prog once with opts and returns its return value. Packets of a
+// size XDP never sees give an error wrapping ErrPacketSize.
 func (r *Runner) Run(prog *ebpf.Program, opts *ebpf.RunOptions) (uint32, error) {
+	if len(opts.Data) < MinPacketLen {
+		return 0, fmt.Errorf("%d bytes: %w", len(opts.Data), ErrPacketSize)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.attach(prog); err != nil {
 		return 0, err
 	}
 	ret, err := prog.Run(opts)
+	// The kernel refuses what does not fit a multi-buffer packet with one
+	// of these, depending on how far it got.
+	if err != nil && len(opts.Data) > 4096 && (errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.E2BIG)) {
+		return 0, fmt.Errorf("%d bytes: %w", len(opts.Data), ErrPacketSize)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("test run (%d bytes): %w", len(opts.Data), err)
 	}
