@@ -124,6 +124,9 @@ func TestSamplingRate(t *testing.T) {
 		if err := h.SetSampleRate(uint32(tt.rate)); err != nil {
 			t.Fatal(err)
 		}
+		if st, err := h.Status(0); err != nil || st.SampleRate != uint32(tt.rate) {
+			t.Fatalf("status after SetSampleRate(%d): %+v, %v", tt.rate, st, err)
+		}
 		s0, l0 := stats()
 		// Runs on the program attached to the server: fast test runs.
 		if _, _, err := l.Programs[0].Benchmark(frame, tt.runs, nil); err != nil {

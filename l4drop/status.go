@@ -3,6 +3,7 @@ package l4drop
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -29,7 +30,7 @@ type Status struct {
 	Location   string       `json:"location,omitempty"`
 	LoadedAt   time.Time    `json:"loaded_at"`
 	Programs   int          `json:"programs"`
-	SampleRate float64      `json:"sample_rate"`
+	SampleRate uint32       `json:"sample_rate"` // one packet in SampleRate; 0: off
 	Rules      []RuleStatus `json:"rules"`
 	// Unmatched counts packets no enabled rule matched (passed).
 	Unmatched RuleStatus `json:"unmatched"`
@@ -166,7 +167,8 @@ func (h *Handle) Status(interval time.Duration) (*Status, error) {
 		Programs: len(h.State.Meta.Programs), Samples: samples, Lost: lost,
 	}
 	if cfg.Threshold > 0 {
-		st.SampleRate = float64(uint64(1)<<32) / float64(cfg.Threshold)
+		// The threshold was rounded down from 2^32/rate.
+		st.SampleRate = uint32(min(math.Round(float64(uint64(1)<<32)/float64(cfg.Threshold)), math.MaxUint32))
 	}
 	rs := func(i int) RuleStatus {
 		r := RuleStatus{Packets: c2[i].Packets, Bytes: c2[i].Bytes}
