@@ -155,6 +155,15 @@ type ifaceFlags struct {
 	iface, netns, root *string
 }
 
+// open opens the rule set loaded on the interface the flags name.
+func (f ifaceFlags) open() (*l4drop.Handle, error) {
+	dir, err := f.dir()
+	if err != nil {
+		return nil, err
+	}
+	return l4drop.Open(dir)
+}
+
 func addIface(fs *flag.FlagSet) ifaceFlags {
 	return ifaceFlags{
 		iface: fs.String("iface", "", "interface"),
@@ -243,11 +252,7 @@ func cmdStatus(args []string) error {
 	if _, err := parse(fs, args, 0, "l4drop status --iface eth0 --json"); err != nil {
 		return err
 	}
-	dir, err := ifl.dir()
-	if err != nil {
-		return err
-	}
-	h, err := l4drop.Open(dir)
+	h, err := ifl.open()
 	if err != nil {
 		return err
 	}
@@ -289,11 +294,7 @@ func cmdSamples(args []string) error {
 	if _, err := parse(fs, args, 0, "l4drop samples --iface eth0 -w - | tcpdump -nr -"); err != nil {
 		return err
 	}
-	dir, err := ifl.dir()
-	if err != nil {
-		return err
-	}
-	h, err := l4drop.Open(dir)
+	h, err := ifl.open()
 	if err != nil {
 		return err
 	}
