@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,7 +25,13 @@ Measures, side by side in one run:
     xdp-filter's same port rule, and with 1, 10, 100 and 1,000 DNS rules
     (the flood matching the last) next to iptables' raw table with the bpf
     match on the flood's rule, all against an XDP program that drops
-    everything and against no filter at all;
+    everything and against no filter at all, on the attack flood alone
+    (every packet matches the rule under test, so every filter does the
+    baseline's work);
+  - a second, shorter pass with 5% legitimate queries (matching no rule)
+    for L4Drop with 1 and 1,000 DNS rules, iptables, drop-all and no filter,
+    next to the ceiling any filter that lets them through has on that mix
+    (the stack's cost of a packet, from the no-filter row);
   - xdpcap's hook cost in ns per packet (BPF_PROG_TEST_RUN: no hook, empty
     hook, a filter matching nothing);
   - xdpcap's capture rate, every packet to a file, on a minimal program's
@@ -46,6 +53,7 @@ Examples:
   l4lab bench -o docs/benchmarks.md
   l4lab bench -rounds 3 -capture-rounds 1 -rules 1,100 -build-rules 1,100 -o /tmp/bench.md
   l4lab bench -capture=false -cbpfc-repeat 0 -hook-runs 0 -o ''     # drop rates only, printed
+  l4lab bench -mixed-rounds 0 -o /tmp/bench.md                         # no pass with legitimate queries
 
 Flags:
 `
@@ -58,6 +66,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
 	fs.DurationVar(&cfg.Duration, "d", cfg.Duration, "duration of each drop-rate measurement")
 	fs.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "measure each drop-rate row this often, in turns; the median counts")
+	fs.IntVar(&cfg.MixedRounds, "mixed-rounds", cfg.MixedRounds, "rounds of the pass with legitimate queries (0: skip it)")
 	fs.DurationVar(&cfg.CaptureDuration, "capture-d", cfg.CaptureDuration, "duration of each capture-rate measurement")
 	fs.IntVar(&cfg.CaptureRounds, "capture-rounds", cfg.CaptureRounds, "measure each capture row this often, in turns")
 	fs.IntVar(&cfg.CPU, "cpu", cfg.CPU, "CPU the generator (and the receiving NAPI) runs on")
@@ -190,14 +199,16 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		took("xdpcap hook cost")
 	}
 
-	filters := []bench.Filter{bench.DropAll()}
 	portObj, _, portErr := t.BuildRules(ctx, dir, "port", bench.PortRuleSet())
 	port := t.PortFilter(portObj)
 	if portErr != nil {
 		logf("build port rule: %v", portErr)
 		port.Setup = func(*lab.Lab) (func(), error) { return nil, portErr }
 	}
-	filters = append(filters, port)
+	filters := []bench.Filter{bench.DropAll(), port}
+	// The mixed pass: the ends of L4Drop's series, iptables, and the two
+	// rows the ceiling is computed from.
+	mixed := []bench.Filter{bench.DropAll()}
 	if bench.Have("xdp-filter") {
 		filters = append(filters, bench.XDPFilter(53, "udp"))
 	} else {
@@ -209,20 +220,34 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 			f.Setup = func(*lab.Lab) (func(), error) { return nil, err }
 		}
 		filters = append(filters, f)
+		if n == cfg.Rules[0] || n == slices.Max(cfg.Rules) {
+			mixed = append(mixed, f)
+		}
 	}
 	if bc, err := t.AttackBytecode(); err == nil && bench.Have("iptables") {
 		filters = append(filters, bench.IPTables(bc))
+		mixed = append(mixed, bench.IPTables(bc))
 	} else {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("iptables row missing: %v", errOrEmpty(err)))
 	}
 	filters = append(filters, bench.NoFilter())
+	mixed = append(mixed, bench.NoFilter())
 	if rep.Drops, err = bench.MeasureDrops(ctx, cfg, filters, logf); err != nil {
 		if ctx.Err() != nil {
 			return lab.ErrInterrupted
 		}
 		return err
 	}
-	took("drop rates")
+	took("drop rates, attack flood alone")
+	if cfg.MixedRounds > 0 && len(cfg.Legit) > 0 {
+		if rep.Mixed, err = bench.MeasureDrops(ctx, cfg.Mixed(), mixed, logf); err != nil {
+			if ctx.Err() != nil {
+				return lab.ErrInterrupted
+			}
+			return err
+		}
+		took("drop rates with legitimate queries")
+	}
 
 	if *captures {
 		cs := []bench.Capture{t.XDPcapMinimal(dir)}

@@ -3,7 +3,11 @@
 //
 // Every drop-rate row is a filter set up in a lab of its own; the rows are
 // flooded in turns, a second each, for several rounds, the generator
-// pinned to one CPU. The receiving veth's NAPI runs on the sender's CPU,
+// pinned to one CPU. The main pass floods with the attack alone, so that
+// every filter does what the baseline (drop everything) does; a second,
+// shorter pass adds legitimate traffic, which a correct filter must hand
+// to the kernel's stack, and compares with the best any filter can do on
+// that mix (Ceiling). The receiving veth's NAPI runs on the sender's CPU,
 // so the rate the server side takes in is what the filter leaves of that
 // CPU: a cheaper filter takes in more. Rates are counted per second the
 // flood had the CPU (the sender's time on CPU and ksoftirqd's), so that
@@ -49,8 +53,16 @@ type Config struct {
 	CaptureRounds   int
 	// CPU the generator is pinned to (the receiver follows it).
 	CPU int
-	// Traffic is the flood, as lab template specifications.
+	// Traffic is the attack flood, as lab template specifications: every
+	// packet matches the rule under test, so every filter drops all of it,
+	// as the baseline does.
 	Traffic []string
+	// Legit is the legitimate traffic (matching no rule) the mixed pass
+	// adds to Traffic, by the templates' weights.
+	Legit []string
+	// MixedRounds is how often each row of the mixed pass is measured (0:
+	// no mixed pass).
+	MixedRounds int
 	// Rules lists the rule counts L4Drop is measured with.
 	Rules []int
 	// Log, if set, receives a line per measurement as it finishes.
@@ -60,15 +72,47 @@ type Config struct {
 	Extra []Row
 }
 
+// Mixed returns cfg for the mixed pass: the attack and the legitimate
+// traffic together, measured MixedRounds times.
+func (cfg Config) Mixed() Config {
+	cfg.Traffic = append(slices.Clip(cfg.Traffic), cfg.Legit...)
+	cfg.Legit = nil
+	cfg.Rounds = cfg.MixedRounds
+	return cfg
+}
+
+// LegitShare is the legitimate traffic's share of the mixed pass's
+// packets, from the templates' weights.
+func (cfg Config) LegitShare() (float64, error) {
+	var attack, legit int
+	for i, spec := range append(slices.Clip(cfg.Traffic), cfg.Legit...) {
+		t, err := lab.ParseTemplate(spec)
+		if err != nil {
+			return 0, err
+		}
+		if i < len(cfg.Traffic) {
+			attack += t.Weight
+		} else {
+			legit += t.Weight
+		}
+	}
+	if attack+legit == 0 {
+		return 0, nil
+	}
+	return float64(legit) / float64(attack+legit), nil
+}
+
 // DefaultConfig is what `l4lab bench` runs.
 func DefaultConfig() Config {
 	return Config{
 		Duration:        time.Second,
-		Rounds:          9,
+		Rounds:          8,
+		MixedRounds:     5,
 		CaptureDuration: 3 * time.Second,
 		CaptureRounds:   3,
 		CPU:             runtime.NumCPU() - 1,
-		Traffic:         []string{"dns,name=*.attack.example,weight=95", "dns,name=www.example.org,weight=5"},
+		Traffic:         []string{"dns,name=*.attack.example,weight=95"},
+		Legit:           []string{"dns,name=www.example.org,weight=5"},
 		Rules:           []int{1, 10, 100, 1000},
 	}
 }
@@ -97,6 +141,8 @@ const (
 	KindL4DropPort      // L4Drop with xdp-filter's port rule
 	KindXDPFilter
 	KindIPTables
+	KindNoFilter
+	KindCeiling // computed by Ceiling, not measured
 )
 
 // DropRate is one drop-rate measurement.
@@ -304,6 +350,37 @@ func (d DropRate) RatioTo(ref DropRate) float64 { return d.RatiosTo(ref).Median 
 // RatiosTo summarizes the per-round ratios of d's rate to ref's.
 func (d DropRate) RatiosTo(ref DropRate) Ratio { return roundRatios(d.Rates, ref.Rates) }
 
+// Ceiling is the best any correct filter can do on traffic of which a
+// share legit must reach the server: drop the rest as cheaply as the
+// baseline drops a packet, and hand legit to the stack at what the stack
+// costs a packet when no filter runs. Both costs are the inverse of the
+// rows' rates per CPU-second, so the ceiling's rate in each round is
+// 1/((1-legit)/base + legit/stack) from the two rows of that round; its
+// Rates hold them, for RatiosTo, and CeilingRate their median.
+func Ceiling(base, stack DropRate, legit float64) DropRate {
+	c := DropRate{Name: fmt.Sprintf("ceiling of any filter that lets the %.0f%% legitimate queries through", 100*legit), Kind: KindCeiling}
+	for i := range min(len(base.Rates), len(stack.Rates)) {
+		b, n := base.Rates[i], stack.Rates[i]
+		if b > 0 && n > 0 {
+			c.Rates = append(c.Rates, 1/((1-legit)/b+legit/n))
+		} else {
+			c.Rates = append(c.Rates, 0)
+		}
+	}
+	return c
+}
+
+// CeilingRate is the median of a Ceiling's per-round rates.
+func (d DropRate) CeilingRate() float64 {
+	var v []float64
+	for _, r := range d.Rates {
+		if r > 0 {
+			v = append(v, r)
+		}
+	}
+	return median(v)
+}
+
 // Ratio summarizes the ratios between two rows' rates round by round.
 type Ratio struct {
 	// Median of the ratios; Low and High their lower and upper quartiles
@@ -380,7 +457,7 @@ func DropAll() Filter {
 
 // NoFilter lets the stack drop the flood (no listener on the port).
 func NoFilter() Filter {
-	return Filter{Name: "no filter (the stack drops it)"}
+	return Filter{Name: "no filter (the stack drops it)", Kind: KindNoFilter}
 }
 
 // IPTables drops with iptables' raw table and the bpf match on bytecode

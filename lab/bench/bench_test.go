@@ -75,6 +75,91 @@ func TestRuleSetExpressionsMatchTheFlood(t *testing.T) {
 	if cbpf.Interpret(prog, attack.Frame[14:], len(attack.Frame)-14) == 0 || cbpf.Interpret(prog, legit.Frame[14:], len(legit.Frame)-14) != 0 {
 		t.Errorf("AttackBytecode does not tell attack from legitimate queries")
 	}
+	// The attack-only pass compares like with like only if every packet of
+	// its flood matches the rule under test; the mixed pass's legitimate
+	// traffic must match none.
+	last, err := cbpf.Compile(rs.Rules[19].Expr, cbpf.LinkTypeRaw, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	for _, tt := range []struct {
+		specs []string
+		match bool
+	}{{cfg.Traffic, true}, {cfg.Legit, false}} {
+		for _, spec := range tt.specs {
+			tpl, err := lab.ParseTemplate(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ip := tpl.Frame[14:]
+			if got := cbpf.Interpret(last, ip, len(ip)) != 0; got != tt.match {
+				t.Errorf("%s: the flood's rule matches %v, want %v", spec, got, tt.match)
+			}
+			if got := cbpf.Interpret(prog, ip, len(ip)) != 0; got != tt.match {
+				t.Errorf("%s: AttackBytecode matches %v, want %v", spec, got, tt.match)
+			}
+		}
+	}
+	if len(cfg.Traffic) == 0 || len(cfg.Legit) == 0 {
+		t.Errorf("DefaultConfig: traffic %q, legitimate %q; want both", cfg.Traffic, cfg.Legit)
+	}
+}
+
+// The ceiling of the mixed pass is the inverse of the mix's mean cost a
+// packet: with drop-all at 215 ns and the stack at 2028 ns a packet, 5%
+// legitimate traffic allows 0.70 of drop-all, whatever the round's drift.
+func TestCeiling(t *testing.T) {
+	cfg := DefaultConfig()
+	share, err := cfg.LegitShare()
+	if err != nil || share != 0.05 {
+		t.Fatalf("LegitShare = %v, %v; want 0.05", share, err)
+	}
+	rates := func(ns float64, drift ...float64) []float64 {
+		var v []float64
+		for _, d := range drift {
+			v = append(v, d*1000/ns)
+		}
+		return v
+	}
+	drift := []float64{1, 0.8, 1.1}
+	base := DropRate{Name: "XDP drop-all (baseline)", Kind: KindBaseline, Rates: rates(215, drift...)}
+	stack := DropRate{Name: "no filter (the stack drops it)", Kind: KindNoFilter, Rates: rates(2028, drift...)}
+	c := Ceiling(base, stack, share)
+	want := 1 / (0.95*215 + 0.05*2028) * 1000
+	if got := c.CeilingRate(); math.Abs(got-want) > 1e-9 {
+		t.Errorf("CeilingRate = %v, want %v", got, want)
+	}
+	if got := c.RatioTo(base); math.Abs(got-0.70) > 0.005 {
+		t.Errorf("ceiling vs drop-all = %v, want 0.70", got)
+	}
+	// A filter at 97% of the ceiling, and iptables at a third of it.
+	l4 := DropRate{Name: "L4Drop, 1 DNS rule", Kind: KindL4Drop, Rules: 1, Rates: rates(1/(0.97*want/1000), drift...)}
+	ipt := DropRate{Name: "iptables", Kind: KindIPTables, Rates: rates(3/(want/1000), drift...)}
+	if got := l4.RatioTo(c); math.Abs(got-0.97) > 1e-9 {
+		t.Errorf("L4Drop vs ceiling = %v, want 0.97", got)
+	}
+	// Rows with no CPU time measured show their rate from Received.
+	for _, d := range []*DropRate{&base, &l4, &ipt, &stack} {
+		d.Received, d.Elapsed, d.Sent = uint64(d.Rates[0]*1e6), time.Second, uint64(d.Rates[0]*1e6)
+	}
+	cfg.MixedRounds = 3
+	rep := &Report{Config: cfg, Drops: []DropRate{base, l4, ipt, stack}, Mixed: []DropRate{base, l4, ipt, stack}}
+	md := rep.Markdown("")
+	for _, want := range []string{
+		"## Drop rate with 5% legitimate queries",
+		"| ceiling of any filter that lets the 5% legitimate queries through (computed) | 3.272 | 0.70 (0.70–0.70) | 3.0× (3.0–3.0) | 1.00 |",
+		"| L4Drop, 1 DNS rule | 3.174 | 0.68 (0.68–0.68) | 2.9× (2.9–2.9) | 0.97 (0.97–0.97) |",
+		"L4Drop reaches 0.97 (0.97–0.97) of it with 1 DNS rule.",
+		"1/(0.95 × 215 ns + 0.05 × 2028 ns)",
+		"with the attack alone, `dns,name=*.attack.example`:",
+		"TestLive",
+		"attack flood alone",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
 }
 
 func TestMeasureDropAndReport(t *testing.T) {
@@ -106,12 +191,21 @@ func TestMeasureDropAndReport(t *testing.T) {
 			t.Errorf("%s: %v on CPU in %v", d.Name, d.OnCPU, d.Elapsed)
 		}
 	}
-	rep := &Report{Date: time.Now(), Machine: Machine(), Command: "test", Config: cfg, Drops: drops, Load: LoadAverage()}
+	// The mixed pass's ceiling needs its baseline and no-filter rows.
+	cfg.MixedRounds = 1
+	mixed, err := MeasureDrops(context.Background(), cfg.Mixed(), []Filter{DropAll(), NoFilter()}, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := &Report{Date: time.Now(), Machine: Machine(), Command: "test", Config: cfg, Drops: drops, Mixed: mixed, Load: LoadAverage()}
 	md := rep.Markdown("benchmarks.png")
 	for _, f := range filters {
 		if !strings.Contains(md, "| "+f.Name+" |") {
 			t.Errorf("markdown lacks row %q:\n%s", f.Name, md)
 		}
+	}
+	if !strings.Contains(md, "## Drop rate with 5% legitimate queries") || !strings.Contains(md, "legitimate queries through (computed) |") {
+		t.Errorf("markdown lacks the mixed pass or its ceiling:\n%s", md)
 	}
 	if Have("gnuplot") {
 		png := filepath.Join(t.TempDir(), "plot.png")

@@ -22,9 +22,12 @@ type Report struct {
 	Machine, Command string
 	// Load is the load average before and after the run: other work on the
 	// machine shows in every row.
-	Load     string
-	Config   Config
-	Drops    []DropRate // the first is the baseline
+	Load   string
+	Config Config
+	Drops  []DropRate // the attack flood alone; the first is the baseline
+	// Mixed is the pass with legitimate traffic added (Config.Legit); the
+	// first is the baseline. Empty: not measured.
+	Mixed    []DropRate
 	Captures []CaptureRate
 	// HookCost is xdpcap's hook cost; nil if not measured.
 	HookCost   *HookCost
@@ -34,22 +37,30 @@ type Report struct {
 	Notes []string
 }
 
-func (r *Report) baseline() float64 {
-	if len(r.Drops) == 0 {
-		return 0
-	}
-	return r.Drops[0].CPUMpps()
-}
+// row returns the first measured drop-rate row of the attack-only pass of
+// kind k (and rules n, for KindL4Drop).
+func (r *Report) row(k Kind, n int) (DropRate, bool) { return findRow(r.Drops, k, n) }
 
-// row returns the first measured drop-rate row of kind k (and rules n, for
-// KindL4Drop).
-func (r *Report) row(k Kind, n int) (DropRate, bool) {
-	for _, d := range r.Drops {
+func findRow(rows []DropRate, k Kind, n int) (DropRate, bool) {
+	for _, d := range rows {
 		if d.Kind == k && d.Err == nil && (k != KindL4Drop || d.Rules == n) {
 			return d, true
 		}
 	}
 	return DropRate{}, false
+}
+
+// ceiling is the mixed pass's Ceiling, from its baseline and no-filter
+// rows.
+func (r *Report) ceiling() (DropRate, float64, bool) {
+	base, ok1 := findRow(r.Mixed, KindBaseline, 0)
+	stack, ok2 := findRow(r.Mixed, KindNoFilter, 0)
+	share, err := r.Config.LegitShare()
+	if !ok1 || !ok2 || err != nil || share <= 0 {
+		return DropRate{}, 0, false
+	}
+	c := Ceiling(base, stack, share)
+	return c, share, c.CeilingRate() > 0
 }
 
 // Markdown renders the report as docs/benchmarks.md.
@@ -60,15 +71,23 @@ func (r *Report) Markdown(plot string) string {
 	fmt.Fprintf(&b, "Machine: %s. Load average before and after: %s.\n\n", r.Machine, r.Load)
 	fmt.Fprintf(&b, "Every row below was measured in the same run. Each row gets a lab of its own (two network "+
 		"namespaces joined by a veth pair). The generator (`l4lab gen`: BPF_PROG_TEST_RUN in live-frames mode, redirecting "+
-		"into the veth) floods the server side from CPU %d with %s; the filter under test runs on the server's veth. "+
+		"into the veth) floods the server side from CPU %d with the attack alone, %s: every packet matches the rule under "+
+		"test, so every filter does the same work as the baseline, an XDP program that drops everything. The filter under "+
+		"test runs on the server's veth. "+
 		"The receiving veth's NAPI runs on the sender's CPU, so the rate the server takes in is what the filter leaves of "+
 		"that CPU: a cheaper filter takes in more. Drop-rate rows are set up once and flooded for %s each (after 200 ms "+
 		"of warm-up), %d rounds, in turns; the tables show each row's median run, and as ratios the median over the rounds "+
 		"of the ratio between two rows in the same round, which cancels most of the drift of the machine's other work, "+
-		"with the quartiles of those ratios in parentheses: how much the machine's other work moved them.\n\n",
-		r.Config.CPU, strings.Join(quote(r.Config.Traffic), " + "), r.Config.Duration, r.Config.Rounds)
+		"with the quartiles of those ratios in parentheses: how much the machine's other work moved them.",
+		r.Config.CPU, strings.Join(quote(attackOnly(r.Config.Traffic)), " + "), r.Config.Duration, r.Config.Rounds)
+	if len(r.Mixed) > 0 {
+		fmt.Fprintf(&b, " A second pass, %d rounds, adds legitimate queries that no rule matches (%s) and compares with "+
+			"the best any correct filter can do on that mix.", r.Config.MixedRounds, strings.Join(quote(r.Config.Legit), " + "))
+	}
+	b.WriteString("\n\n")
 	r.targets(&b)
 	r.drops(&b, plot)
+	r.mixed(&b)
 	r.hookCost(&b)
 	r.captures(&b)
 	if len(r.BuildLoads) > 0 {
@@ -143,7 +162,9 @@ func (r *Report) targets(b *strings.Builder) {
 	if len(lines) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "## Against the targets\n\n| figure | measured | target |\n|---|---:|---|\n")
+	fmt.Fprintf(b, "## Against the targets\n\nThe drop-rate figures are of the attack flood alone (%s), every packet matching the rule "+
+		"under test, as the targets' reference figures were measured; with legitimate queries added, see the drop rate with "+
+		"legitimate queries below.\n\n| figure | measured | target |\n|---|---:|---|\n", strings.Join(quote(attackOnly(r.Config.Traffic)), " + "))
 	for _, l := range lines {
 		fmt.Fprintf(b, "| %s | %s | %s |\n", l.what, l.measured, l.target)
 	}
@@ -161,36 +182,103 @@ func (r *Report) drops(b *strings.Builder, plot string) {
 	if len(r.Drops) == 0 {
 		return
 	}
-	ipt, haveIPT := r.row(KindIPTables, 0)
-	fmt.Fprintf(b, "## Drop rate\n\nThe DNS rules match the first question name (`%s` for the flood's rule, `*.zoneNNNN.example` "+
-		"for the others, which nothing matches); the port rule and xdp-filter's drop the flood and the legitimate queries alike.\n\n", attackPattern)
+	fmt.Fprintf(b, "## Drop rate\n\nThe flood: %s alone. The DNS rules match the first question name (`%s` for the flood's rule, "+
+		"`*.zoneNNNN.example` for the others, which nothing matches); the port rule and xdp-filter's match every packet of the "+
+		"flood as well.\n\n", strings.Join(quote(attackOnly(r.Config.Traffic)), " + "), attackPattern)
 	fmt.Fprintf(b, "Mpps per CPU-second is what the server took in per second the flood had its CPU (the sending thread, with the "+
 		"receiving NAPI run in its context, and the CPU's ksoftirqd): the inverse of what a packet costs the generator and the "+
 		"filter together, whatever else the machine ran meanwhile. The ratios are of that figure. Mpps per second of wall "+
 		"time and the share of it the flood had the CPU are there to show how busy the machine was.\n\n")
-	fmt.Fprintf(b, "| filter on the server's veth | Mpps per CPU-second | vs XDP drop-all | vs iptables | Mpps (wall) | CPU share | packets sent |\n|---|---:|---:|---:|---:|---:|---:|\n")
-	base := r.baseline()
-	for _, d := range r.Drops {
+	dropTable(b, r.Drops, nil)
+	if plot != "" {
+		fmt.Fprintf(b, "\n![drop rate against rule count, attack flood alone](%s)\n", plot)
+	}
+}
+
+// mixed prints the pass with legitimate traffic and its ceiling.
+func (r *Report) mixed(b *strings.Builder) {
+	if len(r.Mixed) == 0 {
+		return
+	}
+	c, share, haveCeiling := r.ceiling()
+	if !haveCeiling {
+		share, _ = r.Config.LegitShare()
+	}
+	fmt.Fprintf(b, "\n## Drop rate with %.0f%% legitimate queries\n\nThe issue's mix: the same flood with %s, %.0f%% of the "+
+		"packets, which no rule matches, in a second pass of %d rounds measured as above. Drop-all and the iptables row drop "+
+		"or pass as in the first pass; L4Drop drops the flood and passes the legitimate queries to the stack (no server listens, "+
+		"so the stack drops them after its work). That the legitimate queries reach the server with L4Drop in place is asserted "+
+		"elsewhere: by l4drop's tests (TestLive counts every legitimate datagram at the server's socket) and by `make demo`.\n\n",
+		100*share, strings.Join(quote(r.Config.Legit), " + "), 100*share, r.Config.MixedRounds)
+	if haveCeiling {
+		base, _ := findRow(r.Mixed, KindBaseline, 0)
+		stack, _ := findRow(r.Mixed, KindNoFilter, 0)
+		fmt.Fprintf(b, "A filter that lets the legitimate queries through must hand them to the stack, which costs a packet what it "+
+			"costs with no filter (%.0f ns per CPU here, against %.0f ns for drop-all: the inverse of the two rows' rates). So the "+
+			"best any correct filter can do on this mix is 1/(%.2f × %.0f ns + %.2f × %.0f ns), the ceiling row, computed round by "+
+			"round from this pass's drop-all and no-filter rows: %s of drop-all",
+			1000/stack.CPUMpps(), 1000/base.CPUMpps(), 1-share, 1000/base.CPUMpps(), share, 1000/stack.CPUMpps(),
+			c.RatiosTo(r.Mixed[0]).format(2, ""))
+		if ipt, ok := findRow(r.Mixed, KindIPTables, 0); ok {
+			fmt.Fprintf(b, " and %s iptables", c.RatiosTo(ipt).format(1, "×"))
+		}
+		b.WriteString(".")
+		var reach []string
+		for _, d := range r.Mixed {
+			if d.Kind == KindL4Drop && d.Err == nil {
+				reach = append(reach, fmt.Sprintf("%s of it with %d DNS rule%s", d.RatiosTo(c).format(2, ""), d.Rules, plural(d.Rules)))
+			}
+		}
+		if len(reach) > 0 {
+			fmt.Fprintf(b, " L4Drop reaches %s.", strings.Join(reach, ", "))
+		}
+		b.WriteString("\n\n")
+		dropTable(b, r.Mixed, &c)
+		return
+	}
+	dropTable(b, r.Mixed, nil)
+}
+
+// dropTable prints rows, the first the baseline, with ceiling (if any)
+// after the baseline and a column of ratios to it.
+func dropTable(b *strings.Builder, rows []DropRate, ceiling *DropRate) {
+	ipt, haveIPT := findRow(rows, KindIPTables, 0)
+	ceilCol, ceilSep := "", ""
+	if ceiling != nil {
+		ceilCol, ceilSep = " vs the ceiling |", "---:|"
+	}
+	fmt.Fprintf(b, "| filter on the server's veth | Mpps per CPU-second | vs XDP drop-all | vs iptables |%s Mpps (wall) | CPU share | packets sent |\n"+
+		"|---|---:|---:|---:|%s---:|---:|---:|\n", ceilCol, ceilSep)
+	for i, d := range rows {
+		if ceiling != nil && i == 1 {
+			vsIPT := ""
+			if haveIPT {
+				vsIPT = ceiling.RatiosTo(ipt).format(1, "×")
+			}
+			fmt.Fprintf(b, "| %s (computed) | %.3f | %s | %s | 1.00 | | | |\n", ceiling.Name, ceiling.CeilingRate(),
+				ceiling.RatiosTo(rows[0]).format(2, ""), vsIPT)
+		}
 		if d.Err != nil {
-			fmt.Fprintf(b, "| %s | failed: %s | | | | | |\n", d.Name, oneLine(d.Err.Error()))
+			fmt.Fprintf(b, "| %s | failed: %s | | |%s | | |\n", d.Name, oneLine(d.Err.Error()), strings.Repeat(" |", len(ceilSep)/5))
 			continue
 		}
 		vsIPT := ""
 		if haveIPT && (d.Kind == KindL4Drop || d.Kind == KindL4DropPort) {
 			vsIPT = d.RatiosTo(ipt).format(1, "×")
 		}
-		vsBase := fmt.Sprintf("%.2f", d.ratio(base))
-		if rs := d.RatiosTo(r.Drops[0]); rs.Rounds > 0 && d.Kind != KindBaseline {
+		vsBase := fmt.Sprintf("%.2f", d.ratio(rows[0].CPUMpps()))
+		if rs := d.RatiosTo(rows[0]); rs.Rounds > 0 && d.Kind != KindBaseline {
 			vsBase = rs.format(2, "")
+		}
+		vsCeil := ""
+		if ceiling != nil {
+			vsCeil = " " + d.RatiosTo(*ceiling).format(2, "") + " |"
 		}
 		share := ""
 		if d.OnCPU > 0 && d.Elapsed > 0 {
 			share = fmt.Sprintf("%.0f%%", 100*d.OnCPU.Seconds()/d.Elapsed.Seconds())
 		}
-		fmt.Fprintf(b, "| %s | %.3f | %s | %s | %.3f | %s | %d |\n", d.Name, d.CPUMpps(), vsBase, vsIPT, d.Mpps(), share, d.Sent)
-	}
-	if plot != "" {
-		fmt.Fprintf(b, "\n![drop rate against rule count](%s)\n", plot)
+		fmt.Fprintf(b, "| %s | %.3f | %s | %s |%s %.3f | %s | %d |\n", d.Name, d.CPUMpps(), vsBase, vsIPT, vsCeil, d.Mpps(), share, d.Sent)
 	}
 }
 
@@ -262,6 +350,22 @@ func (d DropRate) ratio(base float64) float64 {
 	return 0
 }
 
+// attackOnly shows the attack templates as the attack-only pass runs them:
+// a single template's weight (its share of the mixed pass) means nothing
+// there.
+func attackOnly(specs []string) []string {
+	if len(specs) != 1 {
+		return specs
+	}
+	var keep []string
+	for _, f := range strings.Split(specs[0], ",") {
+		if !strings.HasPrefix(f, "weight=") {
+			keep = append(keep, f)
+		}
+	}
+	return []string{strings.Join(keep, ",")}
+}
+
 func quote(v []string) []string {
 	out := make([]string, len(v))
 	for i, s := range v {
@@ -303,7 +407,7 @@ func (r *Report) Plot(png string) error {
 	}
 	var s strings.Builder
 	fmt.Fprintf(&s, "set terminal png size 800,600\nset output %q\n", png)
-	fmt.Fprintf(&s, "set title 'Drop rate on a veth, one CPU (Mpps taken in by the server per CPU-second)'\n")
+	fmt.Fprintf(&s, "set title 'Drop rate on a veth, one CPU, attack flood alone (Mpps taken in per CPU-second)'\n")
 	var top float64
 	for _, d := range r.Drops {
 		top = max(top, d.CPUMpps())
