@@ -106,8 +106,8 @@ func (cfg Config) LegitShare() (float64, error) {
 func DefaultConfig() Config {
 	return Config{
 		Duration:        time.Second,
-		Rounds:          8,
-		MixedRounds:     5,
+		Rounds:          9,
+		MixedRounds:     7,
 		CaptureDuration: 3 * time.Second,
 		CaptureRounds:   3,
 		CPU:             runtime.NumCPU() - 1,

@@ -204,12 +204,13 @@ func (r *Report) mixed(b *strings.Builder) {
 	if !haveCeiling {
 		share, _ = r.Config.LegitShare()
 	}
-	fmt.Fprintf(b, "\n## Drop rate with %.0f%% legitimate queries\n\nThe issue's mix: the same flood with %s, %.0f%% of the "+
-		"packets, which no rule matches, in a second pass of %d rounds measured as above. Drop-all and the iptables row drop "+
-		"or pass as in the first pass; L4Drop drops the flood and passes the legitimate queries to the stack (no server listens, "+
-		"so the stack drops them after its work). That the legitimate queries reach the server with L4Drop in place is asserted "+
-		"elsewhere: by l4drop's tests (TestLive counts every legitimate datagram at the server's socket) and by `make demo`.\n\n",
-		100*share, strings.Join(quote(r.Config.Legit), " + "), 100*share, r.Config.MixedRounds)
+	fmt.Fprintf(b, "\n## Drop rate with %.0f%% legitimate queries\n\nThe issue's mix, in a second pass of %d rounds measured as above: "+
+		"the flood (%s) with legitimate queries (%s, %.0f%% of the packets) that no rule matches. Drop-all drops them too: it "+
+		"stays as the unit, not as a correct filter. L4Drop and iptables drop the flood and let the legitimate queries on to "+
+		"the stack (no server listens in the benchmark's lab, so the stack drops them after doing its work). That the "+
+		"legitimate queries reach the server with L4Drop in place is asserted elsewhere: by l4drop's tests (TestLive counts "+
+		"every legitimate datagram at the server's socket) and by `make demo`.\n\n",
+		100*share, r.Config.MixedRounds, strings.Join(quote(r.Config.Traffic), " + "), strings.Join(quote(r.Config.Legit), " + "), 100*share)
 	if haveCeiling {
 		base, _ := findRow(r.Mixed, KindBaseline, 0)
 		stack, _ := findRow(r.Mixed, KindNoFilter, 0)
