@@ -103,6 +103,7 @@ func (r *Report) Markdown(plot string) string {
 	}
 	if r.CBPFC != "" {
 		fmt.Fprintf(&b, "\n## cbpfc over the corpus filters\n\n```text\n%s\n```\n", strings.TrimSpace(r.CBPFC))
+		b.WriteString("\n" + cbpfcNote + "\n")
 	}
 	if len(r.Notes) > 0 {
 		fmt.Fprintf(&b, "\n## Notes\n\n")
@@ -112,6 +113,22 @@ func (r *Report) Markdown(plot string) string {
 	}
 	return b.String()
 }
+
+// cbpfcNote says how the cbpfc table is measured and what it is compared
+// with: the reference compiler's figures are fixed facts, it does not run
+// here.
+const cbpfcNote = "Measured by internal/corpusbench (also alone: `go test -count=1 -run '^$' -bench Corpus -benchtime 1x ./internal/corpusbench`). " +
+	"Instructions are those of a minimal XDP program around each filter (match: XDP_PASS, else XDP_DROP); " +
+	"\"verifier processed\" is the kernel verifier's processed-instruction count on loading it; " +
+	"\"reference's filters\" leaves out the 4 filters the best existing cBPF-to-eBPF compiler refuses (3 protochain loops, 1 `type`). " +
+	"Timing: the empty program and each filter's two programs stay attached together and run in turns on one CPU, " +
+	"15 rounds of BPF_PROG_TEST_RUN, wall-clocked; each figure is a filter's median over the rounds of (program - empty), " +
+	"summarised over the filters as median/mean, and \"ebpf - c\" pairs the two backends filter by filter.\n\n" +
+	"Against that reference compiler, measured on this machine over the libpcap test-suite filters (a superset of the corpus: " +
+	"median 29 instructions, 31,277 processed over 528 filters, i.e. 59 a filter; +2.75 ns a packet): " +
+	"cbpfc's median is 17 instructions (41% fewer); it processes about 33 instructions a filter on the filters both accept " +
+	"(about 55% of the reference's, short of the half aimed at) and 43 with the protochain loops it alone compiles; " +
+	"and it costs what clang's build of the C backend costs, to within a few hundredths of a ns."
 
 // targets prints the figures the project's targets are stated in.
 func (r *Report) targets(b *strings.Builder) {
