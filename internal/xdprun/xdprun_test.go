@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/internal/xdprun"
@@ -32,6 +33,30 @@ func TestRunner(t *testing.T) {
 		if got != want {
 			t.Errorf("run %d: got %d, want %d", i, got, want)
 		}
+	}
+	// Programs loaded from ELF (SEC("xdp")) carry an expected attach type,
+	// and a program array takes only programs like its first.
+	elf, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.XDP, AttachType: ebpf.AttachXDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 3), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer elf.Close()
+	for i, tt := range []struct {
+		prog *ebpf.Program
+		want uint32
+	}{{a, 1}, {elf, 3}, {a, 1}, {elf, 3}} {
+		if got, err := r.Run(tt.prog, &ebpf.RunOptions{Data: pkt}); err != nil || got != tt.want {
+			t.Errorf("mixed run %d: %d, %v; want %d", i, got, err, tt.want)
+		}
+	}
+	// A program that returns what the anchor returns when its tail call
+	// fails still has its own value reported.
+	const missed = 0x7ffedcba
+	if got, err := r.Run(fixture.ReturnProgram(t, missed), &ebpf.RunOptions{Data: pkt}); err != nil || got != missed {
+		t.Errorf("program returning %#x: %#x, %v", missed, got, err)
 	}
 	for _, n := range []int{xdprun.MinPacketLen - 1, 1 << 20} {
 		if _, err := r.Run(a, &ebpf.RunOptions{Data: make([]byte, n)}); !errors.Is(err, xdprun.ErrPacketSize) {
