@@ -491,8 +491,9 @@ func (g *ebpfGen) link() (asm.Instructions, error) {
 			refs[r] = true
 		}
 	}
+	// Each position keeps the least of its labels' names, whatever the
+	// order of the map: the output must not depend on it.
 	byPos := map[int]string{}
-	rename := map[string]string{}
 	for name, pos := range g.labels {
 		if !refs[name] {
 			continue
@@ -500,16 +501,15 @@ func (g *ebpfGen) link() (asm.Instructions, error) {
 		if pos >= len(g.out) {
 			return nil, &Error{Index: -1, Err: fmt.Errorf("internal error: label %s past the end", name)}
 		}
-		if first, ok := byPos[pos]; ok {
-			if name < first {
-				rename[first] = name
-				byPos[pos] = name
-			} else {
-				rename[name] = first
-			}
-			continue
+		if first, ok := byPos[pos]; !ok || name < first {
+			byPos[pos] = name
 		}
-		byPos[pos] = name
+	}
+	rename := map[string]string{}
+	for name, pos := range g.labels {
+		if kept, ok := byPos[pos]; ok && refs[name] && kept != name {
+			rename[name] = kept
+		}
 	}
 	for pos, name := range byPos {
 		g.out[pos] = g.out[pos].WithSymbol(name)
