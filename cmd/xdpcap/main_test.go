@@ -294,6 +294,10 @@ func TestTwoHooks(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "two.pcapng")
 	p := start(t, "-actions", "drop", l.hookPath, otherPath, out, "udp")
 	l.waitFilled(t, 1)
+	// xdpcap fills the hooks one after the other.
+	for deadline := time.Now().Add(5 * time.Second); filled() != 1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := filled(); n != 1 {
 		t.Errorf("second hook has %d filters, want 1", n)
 	}
