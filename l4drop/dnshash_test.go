@@ -1,6 +1,7 @@
 package l4drop
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -298,23 +299,7 @@ func TestDNSTableRandom(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		matched := 0
-		for i, pkt := range pkts {
-			got, err := d.Run(pkt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want, err := refRun.Run(pkt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != want {
-				t.Errorf("MaxInlineDNS %d: packet %d: %+v, bpfgen one by one %+v", maxInline, i, got, want)
-			}
-			if got.Rule != NoRule {
-				matched++
-			}
-		}
+		matched := sameVerdicts(t, fmt.Sprintf("MaxInlineDNS %d", maxInline), d, refRun, pkts)
 		d.Close()
 		if matched < len(pkts)/8 {
 			t.Errorf("MaxInlineDNS %d: %d of %d packets matched a rule; want a test that matches", maxInline, matched, len(pkts))

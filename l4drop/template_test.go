@@ -73,23 +73,7 @@ func TestSets(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		matched := 0
-		for i, pkt := range pkts {
-			got, err := d.Run(pkt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want, err := r.Run(pkt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != want {
-				t.Errorf("%v: packet %d: %+v, one by one %+v", opts.Disable, i, got, want)
-			}
-			if got.Rule != NoRule {
-				matched++
-			}
-		}
+		matched := sameVerdicts(t, fmt.Sprint(opts.Disable), d, r, pkts)
 		if matched < len(pkts)/2 {
 			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
 		}
@@ -131,4 +115,28 @@ func TestTableDecides(t *testing.T) {
 			t.Errorf("%q: equalMatches = %v, want %v", tt.expr, got, tt.direct)
 		}
 	}
+}
+
+// sameVerdicts runs pkts through d and ref, reports where they differ, and
+// returns how many packets a rule matched.
+func sameVerdicts(t *testing.T, what string, d, ref *DryRun, pkts [][]byte) int {
+	t.Helper()
+	matched := 0
+	for i, pkt := range pkts {
+		got, err := d.Run(pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := ref.Run(pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("%s: packet %d: %+v, one by one %+v", what, i, got, want)
+		}
+		if got.Rule != NoRule {
+			matched++
+		}
+	}
+	return matched
 }
