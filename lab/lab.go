@@ -28,6 +28,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/bpffs"
@@ -330,4 +332,19 @@ func ifaceStats(ifname string) (rxPackets, rxDropped, txPackets, txDropped uint6
 		return n(1), n(3), n(9), n(11), nil
 	}
 	return 0, 0, 0, 0, fmt.Errorf("interface %s not in /proc/net/dev", ifname)
+}
+
+// AttachServer attaches prog in native mode to the server side's end of the
+// veth pair, where filters under test sit; closing the link detaches it.
+func (l *Lab) AttachServer(prog *ebpf.Program) (link.Link, error) {
+	var lk link.Link
+	err := l.Server.Do(func() error {
+		var err error
+		lk, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: l.ServerIndex})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lab: attach to %s: %w", l.ServerIf, err)
+	}
+	return lk, nil
 }

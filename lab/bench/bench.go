@@ -35,7 +35,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/l4drop/l4drop/lab"
 )
@@ -441,12 +440,7 @@ func DropAll() Filter {
 		if err != nil {
 			return nil, err
 		}
-		var lk link.Link
-		err = l.Server.Do(func() error {
-			var err error
-			lk, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: l.ServerIndex})
-			return err
-		})
+		lk, err := l.AttachServer(prog)
 		if err != nil {
 			prog.Close()
 			return nil, err

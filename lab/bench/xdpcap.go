@@ -12,7 +12,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/xdprun"
@@ -213,14 +212,9 @@ func (t Tools) XDPcapMinimal(dir string) Capture {
 			return res, err
 		}
 		defer prog.Close()
-		var lk link.Link
-		err = l.Server.Do(func() error {
-			var err error
-			lk, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: l.ServerIndex})
-			return err
-		})
+		lk, err := l.AttachServer(prog)
 		if err != nil {
-			return res, fmt.Errorf("attach to %s: %w", l.ServerIf, err)
+			return res, err
 		}
 		defer lk.Close()
 		return t.runXDPcap(ctx, cfg, l, hookPath, dir)
