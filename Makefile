@@ -6,11 +6,13 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 
 # Debian packages: clang builds L4Drop's XDP programs, libpcap-dev compiles
-# tcpdump expressions (cgo), tcpdump and iproute2 are used by tests and the lab,
+# tcpdump expressions (cgo), libbpf-dev has the headers xdpcap's example C
+# program includes, tcpdump and iproute2 are used by tests and the lab,
 # iptables and xdp-tools are the peers `make bench` measures against.
-DEB_PACKAGES := clang llvm libpcap-dev tcpdump iproute2 iptables xdp-tools bpftool gnuplot-nox
+DEB_PACKAGES := clang llvm libpcap-dev libbpf-dev tcpdump iproute2 iptables xdp-tools bpftool gnuplot-nox
 # The command (or file) whose absence tells that a package is missing.
-DEB_PROBES := clang:clang llvm-objdump:llvm /usr/include/pcap/pcap.h:libpcap-dev tcpdump:tcpdump \
+DEB_PROBES := clang:clang llvm-objdump:llvm /usr/include/pcap/pcap.h:libpcap-dev \
+	/usr/include/bpf/bpf_helpers.h:libbpf-dev tcpdump:tcpdump \
 	ip:iproute2 iptables:iptables xdp-filter:xdp-tools bpftool:bpftool gnuplot:gnuplot-nox
 
 TEST_TIMEOUT ?= 14m
