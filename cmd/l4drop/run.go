@@ -152,6 +152,13 @@ func cmdRun(args []string) error {
 	if err != nil {
 		return err
 	}
+	if d.dir != "" {
+		// Reading before saying we are up: samples of the first packets
+		// would be lost otherwise.
+		if d.reader, err = d.handle.NewSampleReader(0, 16<<10); err != nil {
+			return fmt.Errorf("sample reader: %w", err)
+		}
+	}
 	ln, err := net.Listen("tcp", *metrics)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
