@@ -69,7 +69,7 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 		d.Close()
 		return nil, fmt.Errorf("dry run samples: %w", err)
 	}
-	if d.runner, err = xdprun.New("l4drop-dry"); err != nil {
+	if d.runner, err = xdprun.New(); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("dry run: %w", err)
 	}

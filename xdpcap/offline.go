@@ -66,7 +66,7 @@ func NewTestFilter(filter []bpf.Instruction, snapLen int) (_ *TestFilter, err er
 	if err != nil {
 		return nil, err
 	}
-	if f.runner, err = xdprun.New("xdpcap-test"); err != nil {
+	if f.runner, err = xdprun.New(); err != nil {
 		return nil, err
 	}
 	if err := f.runner.Attach(f.prog); err != nil {

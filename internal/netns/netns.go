@@ -59,6 +59,57 @@ func New(name string) (*NS, error) {
 	return ns, nil
 }
 
+// NewPrivate creates a network namespace without a name, held only by the
+// returned NS: it goes when Close releases it, or when the process exits
+// however it exits, so a killed process leaves nothing behind. Its loopback
+// is up. Command needs a name and is not for it; IP and Do are.
+func NewPrivate() (*NS, error) {
+	type result struct {
+		fd  int
+		err error
+	}
+	c := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			c <- result{-1, fmt.Errorf("netns: open current namespace: %w", err)}
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			c <- result{-1, fmt.Errorf("netns: unshare: %w", err)}
+			return
+		}
+		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			err = fmt.Errorf("netns: open new namespace: %w", err)
+		}
+		if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr != nil {
+			// The goroutine ends locked: the runtime discards the thread.
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+			c <- result{-1, fmt.Errorf("netns: leave new namespace: %w", serr)}
+			return
+		}
+		runtime.UnlockOSThread()
+		c <- result{fd, err}
+	}()
+	r := <-c
+	if r.err != nil {
+		return nil, r.err
+	}
+	ns := &NS{fd: r.fd}
+	if err := ns.IP("link", "set", "lo", "up"); err != nil {
+		ns.Close()
+		return nil, err
+	}
+	return ns, nil
+}
+
 // Open returns the existing namespace name (as `ip netns add` made it), to
 // run code inside it. Closing it releases the handle and never deletes it.
 func Open(name string) (*NS, error) {
@@ -111,6 +162,10 @@ func (ns *NS) Command(name string, args ...string) *exec.Cmd {
 
 // IP runs `ip ARGS...` inside the namespace.
 func (ns *NS) IP(args ...string) error {
+	if ns.Name == "" {
+		// A child forked from a thread inside the namespace starts there.
+		return ns.Do(func() error { return ip(args...) })
+	}
 	return ip(append([]string{"-n", ns.Name}, args...)...)
 }
 

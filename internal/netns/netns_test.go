@@ -102,3 +102,31 @@ func TestNewAddressedVeth(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestNewPrivate(t *testing.T) {
+	fixture.RequireRoot(t)
+	ns, err := netns.NewPrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	const name = "l4dt-priv0"
+	if err := ns.IP("link", "add", name, "type", "veth", "peer", "name", "l4dt-priv1"); err != nil {
+		t.Fatal(err)
+	}
+	err = ns.Do(func() error {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil || lo.Flags&net.FlagUp == 0 {
+			return fmt.Errorf("lo: %v, %v; want up", lo, err)
+		}
+		_, err = net.InterfaceByName(name)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Made inside the namespace, so not here.
+	if _, err := net.InterfaceByName(name); err == nil {
+		t.Errorf("%s in the caller's namespace", name)
+	}
+}

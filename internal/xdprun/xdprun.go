@@ -15,9 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -125,12 +123,11 @@ func (a *anchor) close() {
 // run is repeated with the program attached itself.
 const anchorMissed = 0x7ffedcba
 
-var count atomic.Uint32
-
-// New returns a Runner with a network namespace of its own, named after
-// prefix, the process and a counter. Close removes it.
-func New(prefix string) (*Runner, error) {
-	ns, err := netns.New(fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), count.Add(1)))
+// New returns a Runner with a network namespace of its own, a private one:
+// Close removes it, and so does the end of the process, however it ends (a
+// fuzzer kills its workers).
+func New() (*Runner, error) {
+	ns, err := netns.NewPrivate()
 	if err != nil {
 		return nil, fmt.Errorf("namespace for test runs: %w", err)
 	}

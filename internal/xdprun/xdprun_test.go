@@ -13,7 +13,7 @@ import (
 
 func TestRunner(t *testing.T) {
 	fixture.RequireRoot(t)
-	r, err := xdprun.New("l4dt-xdprun")
+	r, err := xdprun.New()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -240,7 +240,7 @@ func TestRunTB(t *testing.T) {
 // XDP_DROP slot sees the packet, with the action, as it was run.
 func TestHookedDrop(t *testing.T) {
 	fixture.RequireRoot(t)
-	runner, err := xdprun.New("l4lab-test")
+	runner, err := xdprun.New()
 	if err != nil {
 		t.Fatal(err)
 	}

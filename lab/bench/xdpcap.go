@@ -115,7 +115,7 @@ func MeasureHookCost(rounds, perRound int) (res HookCost, err error) {
 			}
 			closers = append(closers, c)
 		}
-		r, err := xdprun.New("l4lab-hook")
+		r, err := xdprun.New()
 		if err != nil {
 			return res, err
 		}
