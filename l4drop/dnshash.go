@@ -155,8 +155,7 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 				v.rule6 = uint32(k.Rule)
 			}
 		}
-		buckets := map[uint32][]byte{}
-		var used []uint32
+		fill := newBucketFill(slotSize, 0) // a name's length is never 0
 		for _, name := range order {
 			v := vals[name]
 			if v.rule4 == none && v.rule6 == none {
@@ -167,29 +166,16 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 				return fmt.Errorf("%s: bad DNS name %q", metaSection, name)
 			}
 			i := h.bucket(nameWords(wire))
-			bk := buckets[i]
-			if bk == nil {
-				bk = make([]byte, ms.ValueSize)
-				buckets[i] = bk
-				used = append(used, i)
-			}
-			s := 0
-			for s < hashSlots && binary.NativeEndian.Uint32(bk[s*slotSize:]) != 0 {
-				s++
-			}
-			if s == hashSlots {
+			slot := fill.slot(i)
+			if slot == nil {
 				return fmt.Errorf("%s: DNS table %s: bucket %d overflows", metaSection, t.name, i)
 			}
-			slot := bk[s*slotSize:]
 			binary.NativeEndian.PutUint32(slot, uint32(len(wire)))
 			binary.NativeEndian.PutUint32(slot[4:], v.rule4)
 			binary.NativeEndian.PutUint32(slot[8:], v.rule6)
 			copy(slot[16:], wire)
 		}
-		ms.Contents = nil
-		for _, i := range used {
-			ms.Contents = append(ms.Contents, ebpf.MapKV{Key: i, Value: buckets[i]})
-		}
+		ms.Contents = fill.contents()
 	}
 	return nil
 }

@@ -1,9 +1,12 @@
 package l4drop
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
+
+	"github.com/cilium/ebpf"
 )
 
 // The generated program's lookup tables (DNS names, constants of rules
@@ -83,6 +86,45 @@ func planHash(keys [][]uint64) (HashTable, error) {
 
 // splitmix is the SplitMix64 output function: well-spread seeds from small
 // numbers.
+// bucketFill builds the contents of a bucket table: buckets of hashSlots
+// slots of slotSize bytes, a slot being free while the uint32 at busyAt in
+// it is 0.
+type bucketFill struct {
+	bucketSize, slotSize, busyAt int
+	buckets                      map[uint32][]byte
+	used                         []uint32 // in the order first used
+}
+
+func newBucketFill(slotSize, busyAt int) *bucketFill {
+	return &bucketFill{bucketSize: hashSlots * slotSize, slotSize: slotSize, busyAt: busyAt, buckets: map[uint32][]byte{}}
+}
+
+// slot returns the first free slot of bucket i, or nil if it is full.
+func (f *bucketFill) slot(i uint32) []byte {
+	bk := f.buckets[i]
+	if bk == nil {
+		bk = make([]byte, f.bucketSize)
+		f.buckets[i] = bk
+		f.used = append(f.used, i)
+	}
+	for s := 0; s < hashSlots; s++ {
+		slot := bk[s*f.slotSize : (s+1)*f.slotSize]
+		if binary.NativeEndian.Uint32(slot[f.busyAt:]) == 0 {
+			return slot
+		}
+	}
+	return nil
+}
+
+// contents returns the buckets used, as map contents.
+func (f *bucketFill) contents() []ebpf.MapKV {
+	kvs := make([]ebpf.MapKV, 0, len(f.used))
+	for _, i := range f.used {
+		kvs = append(kvs, ebpf.MapKV{Key: i, Value: f.buckets[i]})
+	}
+	return kvs
+}
+
 func splitmix(x uint64) uint64 {
 	x += 0x9e3779b97f4a7c15
 	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9

@@ -394,34 +394,21 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			return fmt.Errorf("%s: map %s: unknown layout", metaSection, g.Map)
 		}
 		seen := map[uint32]bool{}
-		buckets := map[uint32][]byte{}
-		var used []uint32
+		fill := newBucketFill(8, 4) // value, rule+1
 		for _, mb := range g.Members {
 			if mb.Rule < 0 || mb.Rule >= len(on) || !on[mb.Rule] || seen[mb.Value] {
 				continue
 			}
 			seen[mb.Value] = true
 			i := g.Hash.bucket([]uint64{uint64(mb.Value)})
-			bk := buckets[i]
-			if bk == nil {
-				bk = make([]byte, ms.ValueSize)
-				buckets[i] = bk
-				used = append(used, i)
-			}
-			s := 0
-			for s < hashSlots && binary.NativeEndian.Uint32(bk[8*s+4:]) != 0 {
-				s++
-			}
-			if s == hashSlots {
+			slot := fill.slot(i)
+			if slot == nil {
 				return fmt.Errorf("%s: map %s: bucket %d overflows", metaSection, g.Map, i)
 			}
-			binary.NativeEndian.PutUint32(bk[8*s:], mb.Value)
-			binary.NativeEndian.PutUint32(bk[8*s+4:], uint32(mb.Rule)+1)
+			binary.NativeEndian.PutUint32(slot, mb.Value)
+			binary.NativeEndian.PutUint32(slot[4:], uint32(mb.Rule)+1)
 		}
-		ms.Contents = nil
-		for _, i := range used {
-			ms.Contents = append(ms.Contents, ebpf.MapKV{Key: i, Value: buckets[i]})
-		}
+		ms.Contents = fill.contents()
 	}
 	return nil
 }
