@@ -255,9 +255,8 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 			defer unix.SchedSetaffinity(0, &old)
 		}
 		cpu0, wait0, schedOK := schedStat()
-		start := time.Now()
-		lastT, lastSent := start, uint64(0)
-		base, baseSent := start, uint64(0)
+		pace := newPacer(opts)
+		start := pace.start
 		for {
 			if ctx.Err() != nil || (opts.Duration > 0 && time.Since(start) >= opts.Duration) {
 				break
@@ -294,27 +293,7 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 			if !busy {
 				break
 			}
-			now := time.Now()
-			if opts.Progress != nil && now.Sub(lastT) >= time.Second {
-				res.Elapsed = now.Sub(start)
-				res.PPS = float64(res.Sent-lastSent) / now.Sub(lastT).Seconds()
-				opts.Progress(res)
-				lastT, lastSent = now, res.Sent
-			}
-			if opts.Rate > 0 {
-				due := base.Add(time.Duration(float64(res.Sent-baseSent) / opts.Rate * float64(time.Second)))
-				if time.Since(due) > 100*time.Millisecond {
-					// Fell behind (the CPU was busy elsewhere): carry on at
-					// the rate from now rather than send a catch-up burst.
-					base, baseSent = time.Now(), res.Sent
-				}
-				if d := time.Until(due); d > 0 {
-					select {
-					case <-ctx.Done():
-					case <-time.After(d):
-					}
-				}
-			}
+			pace.tick(ctx, &res)
 		}
 		res.Elapsed = time.Since(start)
 		if cpu1, wait1, ok := schedStat(); ok && schedOK {
@@ -598,4 +577,44 @@ func checksumPlans(t Template) []checksumPlan {
 		}
 	}
 	return out
+}
+
+// pacer reports a sender's progress once a second and holds it to
+// RunOptions.Rate; both senders (live frames, AF_PACKET) share it.
+type pacer struct {
+	opts               RunOptions
+	start, lastT, base time.Time
+	lastSent, baseSent uint64
+}
+
+func newPacer(opts RunOptions) *pacer {
+	now := time.Now()
+	return &pacer{opts: opts, start: now, lastT: now, base: now}
+}
+
+// tick is called after each batch, res.Sent counting it: it reports
+// progress when a second has passed and waits until the rate allows more.
+func (p *pacer) tick(ctx context.Context, res *Result) {
+	now := time.Now()
+	if p.opts.Progress != nil && now.Sub(p.lastT) >= time.Second {
+		res.Elapsed = now.Sub(p.start)
+		res.PPS = float64(res.Sent-p.lastSent) / now.Sub(p.lastT).Seconds()
+		p.opts.Progress(*res)
+		p.lastT, p.lastSent = now, res.Sent
+	}
+	if p.opts.Rate <= 0 {
+		return
+	}
+	due := p.base.Add(time.Duration(float64(res.Sent-p.baseSent) / p.opts.Rate * float64(time.Second)))
+	if time.Since(due) > 100*time.Millisecond {
+		// Fell behind (the CPU was busy elsewhere): carry on at the rate
+		// from now rather than send a catch-up burst.
+		p.base, p.baseSent = time.Now(), res.Sent
+	}
+	if d := time.Until(due); d > 0 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
+	}
 }

@@ -54,9 +54,8 @@ func Replay(ctx context.Context, ns *netns.NS, ifname string, frames [][]byte, o
 		}
 		iovs := make([]unix.Iovec, replayBatch)
 		msgs := make([]unix.Mmsghdr, replayBatch)
-		start := time.Now()
-		lastT, lastSent := start, uint64(0)
-		base, baseSent := start, uint64(0)
+		pace := newPacer(opts)
+		start := pace.start
 		next := 0 // index of the next frame to send
 		for {
 			if ctx.Err() != nil || (opts.Duration > 0 && time.Since(start) >= opts.Duration) {
@@ -87,25 +86,7 @@ func Replay(ctx context.Context, ns *netns.NS, ifname string, frames [][]byte, o
 			}
 			next = (next + int(r)) % len(frames)
 			res.Sent += uint64(r)
-			now := time.Now()
-			if opts.Progress != nil && now.Sub(lastT) >= time.Second {
-				res.Elapsed = now.Sub(start)
-				res.PPS = float64(res.Sent-lastSent) / now.Sub(lastT).Seconds()
-				opts.Progress(res)
-				lastT, lastSent = now, res.Sent
-			}
-			if opts.Rate > 0 {
-				due := base.Add(time.Duration(float64(res.Sent-baseSent) / opts.Rate * float64(time.Second)))
-				if time.Since(due) > 100*time.Millisecond {
-					base, baseSent = time.Now(), res.Sent
-				}
-				if d := time.Until(due); d > 0 {
-					select {
-					case <-ctx.Done():
-					case <-time.After(d):
-					}
-				}
-			}
+			pace.tick(ctx, &res)
 		}
 		res.Elapsed = time.Since(start)
 		if s := res.Elapsed.Seconds(); s > 0 {
