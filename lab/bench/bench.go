@@ -167,23 +167,30 @@ type DropRate struct {
 }
 
 // Mpps is the rate the server side took in, per second of wall time.
-func (d DropRate) Mpps() float64 {
-	if d.Elapsed <= 0 {
-		return 0
-	}
-	return float64(d.Received) / d.Elapsed.Seconds() / 1e6
-}
+func (d DropRate) Mpps() float64 { return mpps(d.Received, d.Elapsed) }
 
 // CPUMpps is the rate the server side took in per second the flood had
 // its CPU: the inverse of what a packet cost the generator and the filter
 // together. Time the CPU spent on other work of the machine (or of the
 // hypervisor) does not count, so this figure, unlike Mpps, does not move
 // with the machine's load. It is Mpps where the CPU time is not known.
-func (d DropRate) CPUMpps() float64 {
-	if d.OnCPU <= 0 {
-		return d.Mpps()
+func (d DropRate) CPUMpps() float64 { return cpuMpps(d.Received, d.Elapsed, d.OnCPU) }
+
+// mpps is n packets in d, in Mpps (0 for no time).
+func mpps(n uint64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
 	}
-	return float64(d.Received) / d.OnCPU.Seconds() / 1e6
+	return float64(n) / d.Seconds() / 1e6
+}
+
+// cpuMpps is n packets per second of onCPU, or per second of elapsed
+// where the CPU time is not known.
+func cpuMpps(n uint64, elapsed, onCPU time.Duration) float64 {
+	if onCPU <= 0 {
+		return mpps(n, elapsed)
+	}
+	return mpps(n, onCPU)
 }
 
 // Filter sets a filter up on the server side of a lab and returns how to

@@ -41,23 +41,13 @@ type CaptureRate struct {
 func (c CaptureRate) RatiosTo(ref CaptureRate) Ratio { return roundRatios(c.Rates, ref.Rates) }
 
 // Mpps is the rate of packets captured.
-func (c CaptureRate) Mpps() float64 {
-	if c.Elapsed <= 0 {
-		return 0
-	}
-	return float64(c.Captured) / c.Elapsed.Seconds() / 1e6
-}
+func (c CaptureRate) Mpps() float64 { return mpps(c.Captured, c.Elapsed) }
 
 // CPUMpps is the rate of packets captured per second the flood had its
 // CPU, as DropRate's: the XDP side of a capture, or the stack's path for
 // tcpdump, runs there; the capture's reader runs on another CPU and shows
 // in Lost if it cannot keep up. It is Mpps where the CPU time is not known.
-func (c CaptureRate) CPUMpps() float64 {
-	if c.OnCPU <= 0 {
-		return c.Mpps()
-	}
-	return float64(c.Captured) / c.OnCPU.Seconds() / 1e6
-}
+func (c CaptureRate) CPUMpps() float64 { return cpuMpps(c.Captured, c.Elapsed, c.OnCPU) }
 
 // LostPct is the share of packets the capture saw but could not record.
 func (c CaptureRate) LostPct() float64 {
