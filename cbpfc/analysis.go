@@ -325,6 +325,19 @@ func pure(in insn) bool {
 	return false
 }
 
+// target follows chains of forward jumps from t, so that a jump in either
+// backend lands where the work is.
+func (p *program) target(t int) int {
+	for n := 0; n < 64; n++ {
+		in := p.insns[t]
+		if in.kind != kJa || in.jback {
+			break
+		}
+		t = in.jt
+	}
+	return t
+}
+
 func analyze(p *program) *facts {
 	n := len(p.insns)
 	f := &facts{

@@ -75,17 +75,6 @@ func (g *cGen) usesMem(n uint32) bool {
 	return false
 }
 
-func (g *cGen) target(t int) int {
-	for n := 0; n < 64; n++ {
-		in := g.f.p.insns[t]
-		if in.kind != kJa || in.jback {
-			break
-		}
-		t = in.jt
-	}
-	return t
-}
-
 func cLoad(size int, ptr string, raw bool) string {
 	switch {
 	case size == 2 && raw:
@@ -222,12 +211,12 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 			g.used[in.jt] = true
 			return
 		}
-		if t := g.target(in.jt); t != i+1 {
+		if t := g.f.p.target(in.jt); t != i+1 {
 			w("goto L%d;", t)
 			g.used[t] = true
 		}
 	case kJcond:
-		jt, jf := g.target(in.jt), g.target(in.jf)
+		jt, jf := g.f.p.target(in.jt), g.f.p.target(in.jf)
 		src := "X"
 		if !in.useX {
 			src = fmt.Sprintf("%#xu", swapConst(in.k, f.rawA[i]))

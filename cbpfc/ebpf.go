@@ -363,18 +363,6 @@ func (g *ebpfGen) labelFor(t int) string {
 	return g.label(t)
 }
 
-// target follows chains of forward jumps, so a jump lands where the work is.
-func (g *ebpfGen) target(t int) int {
-	for n := 0; n < 64; n++ {
-		in := g.f.p.insns[t]
-		if in.kind != kJa || in.jback {
-			break
-		}
-		t = in.jt
-	}
-	return t
-}
-
 func (g *ebpfGen) compile() (asm.Instructions, error) {
 	f, p := g.f, g.f.p
 	states := f.flow(g.opts.Checked)
@@ -704,7 +692,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		}
 		g.emit(asm.Mov.Imm32(g.a, int32(in.k)), asm.Ja.Label(g.opts.ResultLabel))
 	case kJa:
-		t := g.target(in.jt)
+		t := g.f.p.target(in.jt)
 		if in.jback {
 			if f.widenX(i) {
 				g.emit(
@@ -774,7 +762,7 @@ func (g *ebpfGen) alu(in insn) {
 
 func (g *ebpfGen) jcond(i int, in insn) {
 	f := g.f
-	jt, jf := g.target(in.jt), g.target(in.jf)
+	jt, jf := g.f.p.target(in.jt), g.f.p.target(in.jf)
 	k := in.k
 	k = swapConst(k, f.rawA[i])
 	if jt == jf {
