@@ -61,11 +61,11 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 	d.prog = progs[0]
 	// Every packet sampled, with no packet bytes: the sample says which
 	// rule decided.
-	if err := coll.Maps[mapConfig].Put(uint32(0), config{Threshold: SampleThreshold(1)}); err != nil {
+	if err := coll.Maps[MapConfig].Put(uint32(0), config{Threshold: SampleThreshold(1)}); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("dry run config: %w", err)
 	}
-	if d.rd, err = perf.NewReader(coll.Maps[mapSamples], 1<<16); err != nil {
+	if d.rd, err = perf.NewReader(coll.Maps[MapSamples], 1<<16); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("dry run samples: %w", err)
 	}
@@ -110,6 +110,20 @@ func (d *DryRun) Run(frame []byte) (Verdict, error) {
 		}
 		return v, nil
 	}
+}
+
+// Program is the rule set's first program, as attached for the runs;
+// benchmarks run it directly.
+func (d *DryRun) Program() *ebpf.Program { return d.prog }
+
+// SetSampleRate changes the sampling of later runs (one in rate, 0 off).
+// Run needs every packet sampled to name the rule: it is for benchmarks
+// that time the program with sampling as in production.
+func (d *DryRun) SetSampleRate(rate uint32) error {
+	if err := d.coll.Maps[MapConfig].Put(uint32(0), config{Threshold: SampleThreshold(rate)}); err != nil {
+		return fmt.Errorf("dry run config: %w", err)
+	}
+	return nil
 }
 
 // Close detaches and unloads.

@@ -54,10 +54,10 @@ func (t HashTable) bucket(words []uint64) uint32 {
 	return uint32(tableHash(t.Seed, words) >> (64 - t.Bits))
 }
 
-// planHash returns a HashTable under which no bucket gets more than
+// PlanHash returns a HashTable under which no bucket gets more than
 // hashSlots of keys, which must be distinct. Seeds are tried in a fixed
 // order, so that a rule set always builds the same program.
-func planHash(keys [][]uint64) (HashTable, error) {
+func PlanHash(keys [][]uint64) (HashTable, error) {
 	// From one to two buckets a key (the memory is buckets times slots
 	// times the key size): below, a bucket overflows too often for any
 	// seed to avoid it; above, few seeds fail.
@@ -131,10 +131,3 @@ func splitmix(x uint64) uint64 {
 	x = (x ^ x>>27) * 0x94d049bb133111eb
 	return x ^ x>>31
 }
-
-// hashC is the C the tables' functions share.
-const hashC = `
-/* L4_HASH folds a key word into a table's hash, as the loader's tableHash. */
-#define L4_HASH(h, w) (((h) ^ (w)) * 0x9e3779b97f4a7c15ULL)
-#define L4_HASH_SLOTS 4
-`

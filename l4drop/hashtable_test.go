@@ -12,7 +12,7 @@ func TestPlanHash(t *testing.T) {
 			// Keys alike but for a few bits, as names and ports are.
 			keys[i] = []uint64{0x6d6f632e656c7000 | uint64(i%256), uint64(i / 256)}
 		}
-		h, err := planHash(keys)
+		h, err := PlanHash(keys)
 		if err != nil {
 			t.Fatalf("%d keys: %v", n, err)
 		}
@@ -28,7 +28,7 @@ func TestPlanHash(t *testing.T) {
 				t.Errorf("%d keys: bucket %d has %d", n, b, c)
 			}
 		}
-		if again, _ := planHash(keys); again != h {
+		if again, _ := PlanHash(keys); again != h {
 			t.Errorf("%d keys: planned %+v, then %+v", n, h, again)
 		}
 	}
@@ -37,7 +37,7 @@ func TestPlanHash(t *testing.T) {
 	for i := range same {
 		same[i] = []uint64{42}
 	}
-	if _, err := planHash(same); !errors.Is(err, errHashPlan) {
+	if _, err := PlanHash(same); !errors.Is(err, errHashPlan) {
 		t.Errorf("equal keys: %v, want errHashPlan", err)
 	}
 }

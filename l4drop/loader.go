@@ -170,8 +170,7 @@ func switches(m *Meta, opts LoadOptions) ([]bool, error) {
 	byName := make(map[string]int, len(m.Rules))
 	for i, r := range m.Rules {
 		byName[r.Name] = i
-		rule := Rule{Locations: r.Locations}
-		on[i] = rule.EnabledAt(opts.Location)
+		on[i] = r.EnabledAt(opts.Location)
 	}
 	for _, set := range []struct {
 		names []string
@@ -301,7 +300,7 @@ func prepare(obj []byte, opts LoadOptions) (*Meta, []bool, *ebpf.CollectionSpec,
 	if err := fillSets(spec, meta, on); err != nil {
 		return nil, nil, nil, err
 	}
-	if ms := spec.Maps[mapSamples]; ms != nil && ms.MaxEntries == 0 {
+	if ms := spec.Maps[MapSamples]; ms != nil && ms.MaxEntries == 0 {
 		n, err := ebpf.PossibleCPU()
 		if err != nil {
 			return nil, nil, nil, err
@@ -320,7 +319,7 @@ func chainPrograms(coll *ebpf.Collection, meta *Meta) ([]*ebpf.Program, error) {
 			return nil, fmt.Errorf("program %s missing from the ELF", name)
 		}
 	}
-	chain := coll.Maps[mapChain]
+	chain := coll.Maps[MapChain]
 	for i := 1; i < len(progs); i++ {
 		if err := chain.Put(uint32(i), progs[i]); err != nil {
 			return nil, fmt.Errorf("chain program %d: %w", i, err)
@@ -364,13 +363,13 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		}
 	}()
 	if hook, err := xdpcap.OpenHook(filepath.Join(dir, PinHook)); err == nil {
-		repl[mapHook] = hook
+		repl[MapHook] = hook
 	} else {
 		newPins = append(newPins, PinHook)
 	}
 	// The sample counters too, so that they only ever grow, as
 	// Prometheus counters should.
-	for _, reuse := range []struct{ name, pin string }{{mapSamples, PinSamples}, {mapConfig, PinConfig}, {mapStats, PinStats}} {
+	for _, reuse := range []struct{ name, pin string }{{MapSamples, PinSamples}, {MapConfig, PinConfig}, {MapStats, PinStats}} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, reuse.pin), nil)
 		if err == nil && spec.Maps[reuse.name].Compatible(m) == nil {
 			repl[reuse.name] = m
@@ -391,7 +390,7 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain := coll.Maps[mapChain]
+	chain := coll.Maps[MapChain]
 	if opts.Next != "" {
 		next, err := ebpf.LoadPinnedProgram(opts.Next, nil)
 		if err != nil {
@@ -407,9 +406,9 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	if opts.SampleRate != nil {
 		rate = *opts.SampleRate
 	}
-	cfgMap := coll.Maps[mapConfig]
+	cfgMap := coll.Maps[MapConfig]
 	var cfg config
-	if _, reused := repl[mapConfig]; reused && opts.SampleRate == nil {
+	if _, reused := repl[MapConfig]; reused && opts.SampleRate == nil {
 		// Keep a rate set at run time, and take the new snaplen.
 		if err := cfgMap.Lookup(uint32(0), &cfg); err != nil {
 			return nil, fmt.Errorf("read sample config: %w", err)
@@ -437,7 +436,7 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	linkPath := filepath.Join(dir, PinLink)
 	var l link.Link
 	old, err := link.LoadPinnedLink(linkPath, nil)
-	if err == nil && !attachedTo(old, ifindex) {
+	if err == nil && !AttachedTo(old, ifindex) {
 		// The interface went away (its namespace was deleted, say):
 		// the pinned link attaches nothing. Start afresh.
 		old.Unpin()
@@ -470,8 +469,8 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		name string
 		obj  interface{ Pin(string) error }
 	}
-	pins := []pin{{PinProg, progs[0]}, {PinCounters, coll.Maps[mapCounters]}, {PinChain, chain}, {PinState, stateMap}}
-	mapOf := map[string]string{PinHook: mapHook, PinSamples: mapSamples, PinConfig: mapConfig, PinStats: mapStats}
+	pins := []pin{{PinProg, progs[0]}, {PinCounters, coll.Maps[MapCounters]}, {PinChain, chain}, {PinState, stateMap}}
+	mapOf := map[string]string{PinHook: MapHook, PinSamples: MapSamples, PinConfig: MapConfig, PinStats: MapStats}
 	for _, n := range newPins {
 		pins = append(pins, pin{n, coll.Maps[mapOf[n]]})
 	}
@@ -505,8 +504,8 @@ func (l *Loaded) Close() error {
 	return nil
 }
 
-// attachedTo reports whether an XDP link is attached to ifindex.
-func attachedTo(l link.Link, ifindex int) bool {
+// AttachedTo reports whether an XDP link is attached to ifindex.
+func AttachedTo(l link.Link, ifindex int) bool {
 	info, err := l.Info()
 	if err != nil {
 		return false

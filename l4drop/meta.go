@@ -8,10 +8,27 @@ import (
 	"fmt"
 )
 
-const metaVersion = 1
+// MetaVersion is the version of the metadata format; the loader refuses
+// objects built with another.
+const MetaVersion = 1
+
+// Names of the objects in a built ELF. The loader and the commands find
+// them by these names.
+const (
+	MapCounters = "l4drop_counters"
+	MapStats    = "l4drop_stats"
+	MapConfig   = ".data.l4cfg" // the section of the l4drop_cfg global
+	MapSamples  = "l4drop_samples"
+	MapChain    = "l4drop_chain"
+	MapHook     = "xdpcap_hook"
+	ProgPrefix  = "l4drop_"
+	MetaSection = ".l4drop.rules"
+	// NoRule is the rule index of packets no rule matched, in samples.
+	NoRule = ^uint32(0)
+)
 
 // ErrNotL4Drop is returned for ELF files without L4Drop's rules section.
-var ErrNotL4Drop = errors.New("not an L4Drop object (no " + metaSection + " section)")
+var ErrNotL4Drop = errors.New("not an L4Drop object (no " + MetaSection + " section)")
 
 // Meta describes a built rule set. It travels in the ELF's .l4drop.rules
 // section as JSON, so the loader needs nothing but the ELF.
@@ -52,7 +69,8 @@ type MetaRule struct {
 	CLines [][2]int `json:"c_lines"`
 }
 
-func (m *Meta) marshal() ([]byte, error) {
+// Marshal encodes m as the ELF section holds it.
+func (m *Meta) Marshal() ([]byte, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("rules metadata: %w", err)
@@ -67,24 +85,24 @@ func ReadMeta(obj []byte) (*Meta, error) {
 		return nil, fmt.Errorf("read ELF: %w", err)
 	}
 	defer f.Close()
-	sec := f.Section(metaSection)
+	sec := f.Section(MetaSection)
 	if sec == nil {
 		return nil, ErrNotL4Drop
 	}
 	data, err := sec.Data()
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", metaSection, err)
+		return nil, fmt.Errorf("read %s: %w", MetaSection, err)
 	}
 	data = bytes.TrimRight(data, "\x00")
 	var m Meta
 	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("%s: %w", metaSection, err)
+		return nil, fmt.Errorf("%s: %w", MetaSection, err)
 	}
-	if m.Version != metaVersion {
-		return nil, fmt.Errorf("%s: version %d, this l4drop reads %d: rebuild the rules", metaSection, m.Version, metaVersion)
+	if m.Version != MetaVersion {
+		return nil, fmt.Errorf("%s: version %d, this l4drop reads %d: rebuild the rules", MetaSection, m.Version, MetaVersion)
 	}
 	if len(m.Programs) == 0 {
-		return nil, fmt.Errorf("%s: no programs", metaSection)
+		return nil, fmt.Errorf("%s: no programs", MetaSection)
 	}
 	return &m, nil
 }
@@ -99,4 +117,24 @@ func (m *Meta) RuleAt(line int) *MetaRule {
 		}
 	}
 	return nil
+}
+
+// EnabledAt reports whether the rule is on at location loc by default:
+// rules without locations are on everywhere, the others only where named
+// ("" is no location).
+func (r *MetaRule) EnabledAt(loc string) bool {
+	return EnabledAt(r.Locations, loc)
+}
+
+// EnabledAt reports whether a rule with the given locations is on at loc.
+func EnabledAt(locations []string, loc string) bool {
+	if len(locations) == 0 {
+		return true
+	}
+	for _, l := range locations {
+		if l == loc {
+			return true
+		}
+	}
+	return false
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/l4drop/build"
 )
 
 const usage = `l4drop compiles rule sets into one XDP program and runs it.
@@ -124,13 +125,13 @@ func cmdBuild(args []string) error {
 	if *out == "" && !*emit {
 		return errors.New("give -o FILE, --emit-c, or both")
 	}
-	rs, err := l4drop.LoadRuleSet(pos[0])
+	rs, err := build.LoadRuleSet(pos[0])
 	if err != nil {
 		return err
 	}
-	opts := l4drop.BuildOptions{MaxProgramInsns: *budget}
+	opts := build.BuildOptions{MaxProgramInsns: *budget}
 	if !*emit || *out != "" {
-		obj, gen, err := l4drop.Build(rs, opts)
+		obj, gen, err := build.Build(rs, opts)
 		if err != nil {
 			return err
 		}
@@ -143,7 +144,7 @@ func cmdBuild(args []string) error {
 		fmt.Fprintf(os.Stderr, "%s: %d rules in %d program(s), %d bytes\n", *out, len(gen.Meta.Rules), len(gen.Meta.Programs), len(obj))
 		return nil
 	}
-	gen, err := l4drop.Generate(rs, opts)
+	gen, err := build.Generate(rs, opts)
 	if err != nil {
 		return err
 	}
@@ -337,9 +338,9 @@ func cmdTest(args []string) error {
 	if strings.HasSuffix(pos[0], ".o") {
 		obj, err = os.ReadFile(pos[0])
 	} else {
-		var rs *l4drop.RuleSet
-		if rs, err = l4drop.LoadRuleSet(pos[0]); err == nil {
-			obj, _, err = l4drop.Build(rs, l4drop.BuildOptions{})
+		var rs *build.RuleSet
+		if rs, err = build.LoadRuleSet(pos[0]); err == nil {
+			obj, _, err = build.Build(rs, build.BuildOptions{})
 		}
 	}
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/l4drop/build"
 )
 
 // streamSamples writes samples as pcapng to out ("-": stdout) until
@@ -224,12 +225,12 @@ func (d *daemon) reload() (time.Time, error) {
 		return time.Time{}, err
 	}
 	start := time.Now()
-	rs, err := l4drop.LoadRuleSet(d.rules)
+	rs, err := build.LoadRuleSet(d.rules)
 	if err != nil {
 		d.fail(err)
 		return st.ModTime(), err
 	}
-	obj, gen, err := l4drop.Build(rs, l4drop.BuildOptions{})
+	obj, gen, err := build.Build(rs, build.BuildOptions{})
 	if err != nil {
 		d.fail(err)
 		return st.ModTime(), err

@@ -18,7 +18,7 @@ import (
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/internal/xdprun"
-	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/l4drop/build"
 	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/xdpcap"
 )
@@ -28,7 +28,7 @@ import (
 // query, no other rule any.
 func TestRuleSetExpressionsMatchTheFlood(t *testing.T) {
 	tools := Tools{}
-	rs, err := l4drop.ParseRuleSet("bench.yaml", []byte(tools.RuleSet(20)))
+	rs, err := build.ParseRuleSet("bench.yaml", []byte(tools.RuleSet(20)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +373,7 @@ func TestCaptureRows(t *testing.T) {
 // The port rule set must drop what xdp-filter's port rule drops: UDP to
 // port 53, the flood and the legitimate queries alike, and nothing else.
 func TestPortRuleSet(t *testing.T) {
-	rs, err := l4drop.ParseRuleSet("port.yaml", []byte(PortRuleSet()))
+	rs, err := build.ParseRuleSet("port.yaml", []byte(PortRuleSet()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,13 +1,12 @@
-package l4drop
+package build
 
 import (
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
 
-	"github.com/cilium/ebpf"
+	"github.com/l4drop/l4drop/l4drop"
 )
 
 // DNS rules whose patterns are all exact names or "*.rest" do not run one
@@ -19,39 +18,6 @@ import (
 // family, has that name. The loader fills the maps
 // with the enabled rules only, first rule first, so switches and rule
 // order work as for the other rules.
-
-// dnsTables are the name tables' maps. A table in maps keeps its names
-// longer than maxShortName apart, so that one long name does not make every
-// slot of the map as long.
-var dnsTables = []struct {
-	name           string
-	ci, wild, long bool
-}{
-	{"l4drop_dns", false, false, false},
-	{"l4drop_dns_ci", true, false, false},
-	{"l4drop_dns_w", false, true, false},
-	{"l4drop_dns_wci", true, true, false},
-	{"l4drop_dnsl", false, false, true},
-	{"l4drop_dnsl_ci", true, false, true},
-	{"l4drop_dnsl_w", false, true, true},
-	{"l4drop_dnsl_wci", true, true, true},
-}
-
-// maxShortName is the longest name (in wire format) of the maps of short
-// names.
-const maxShortName = 32
-
-// DNSKey is one entry of the name tables in Meta.
-type DNSKey struct {
-	Name string `json:"name"` // wire format, hex
-	Rule int    `json:"rule"`
-	// Family is 4, 6 or 0 (both).
-	Family int  `json:"family"`
-	CI     bool `json:"ci,omitempty"`
-	// Wild keys are the rest of "*.rest" patterns: they match names with
-	// one more label of any length in front.
-	Wild bool `json:"wild,omitempty"`
-}
 
 // tableName returns the wire format a pattern has in the name tables, and
 // whether it is a "*.rest" pattern; ok is false for patterns the tables
@@ -106,78 +72,16 @@ func hashable(r *Rule) bool {
 }
 
 // dnsKeys returns the table entries of hashable rule i.
-func dnsKeys(i int, r *Rule) []DNSKey {
-	var keys []DNSKey
+func dnsKeys(i int, r *Rule) []l4drop.DNSKey {
+	var keys []l4drop.DNSKey
 	for _, p := range r.DNS {
 		wire, wild, _ := tableName(p)
 		if r.DNSCaseInsensitive {
 			wire = []byte(strings.ToLower(string(wire)))
 		}
-		keys = append(keys, DNSKey{Name: hex.EncodeToString(wire), Rule: i, Family: famNumber(r.Family), CI: r.DNSCaseInsensitive, Wild: wild})
+		keys = append(keys, l4drop.DNSKey{Name: hex.EncodeToString(wire), Rule: i, Family: famNumber(r.Family), CI: r.DNSCaseInsensitive, Wild: wild})
 	}
 	return keys
-}
-
-// fillDNS fills the DNS name maps with the names of the enabled rules.
-func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
-	none := uint32(len(m.Rules))
-	for _, t := range dnsTables {
-		ms := spec.Maps[t.name]
-		if ms == nil {
-			continue
-		}
-		h, ok := m.DNSHash[t.name]
-		if !ok || ms.Type != ebpf.Array || ms.ValueSize%hashSlots != 0 || h.Bits < 1 || h.Bits > maxHashBits {
-			return fmt.Errorf("%s: DNS table %s: unknown layout", metaSection, t.name)
-		}
-		slotSize := int(ms.ValueSize / hashSlots)
-		type val struct{ rule4, rule6 uint32 }
-		order := []string{}
-		vals := map[string]*val{}
-		for _, k := range m.DNS {
-			if k.CI != t.ci || k.Wild != t.wild || len(k.Name)/2 > maxShortName != t.long {
-				continue
-			}
-			v := vals[k.Name]
-			if v == nil {
-				v = &val{none, none}
-				vals[k.Name] = v
-				order = append(order, k.Name)
-			}
-			if k.Rule < 0 || k.Rule >= len(on) || !on[k.Rule] {
-				continue
-			}
-			// Entries are in rule order: the first enabled rule wins.
-			if (k.Family == 0 || k.Family == 4) && v.rule4 == none {
-				v.rule4 = uint32(k.Rule)
-			}
-			if (k.Family == 0 || k.Family == 6) && v.rule6 == none {
-				v.rule6 = uint32(k.Rule)
-			}
-		}
-		fill := newBucketFill(slotSize, 0) // a name's length is never 0
-		for _, name := range order {
-			v := vals[name]
-			if v.rule4 == none && v.rule6 == none {
-				continue
-			}
-			wire, err := hex.DecodeString(name)
-			if err != nil || len(wire) == 0 || 16+len(wire) > slotSize {
-				return fmt.Errorf("%s: bad DNS name %q", metaSection, name)
-			}
-			i := h.bucket(nameWords(wire))
-			slot := fill.slot(i)
-			if slot == nil {
-				return fmt.Errorf("%s: DNS table %s: bucket %d overflows", metaSection, t.name, i)
-			}
-			binary.NativeEndian.PutUint32(slot, uint32(len(wire)))
-			binary.NativeEndian.PutUint32(slot[4:], v.rule4)
-			binary.NativeEndian.PutUint32(slot[8:], v.rule6)
-			copy(slot[16:], wire)
-		}
-		ms.Contents = fill.contents()
-	}
-	return nil
 }
 
 // DefaultMaxInlineDNS is how many names a table may have and still be
@@ -199,14 +103,14 @@ type dnsEntry struct {
 	family int
 }
 
-// dnsTable is one of dnsTables with its names.
+// dnsTable is one of l4drop.DNSTables with its names.
 type dnsTable struct {
 	name     string
 	ci, wild bool
 	entries  []dnsEntry // in rule order
 	inline   bool
 	keyLen   int // bytes of names in the map's slots, a multiple of 8
-	hash     HashTable
+	hash     l4drop.HashTable
 }
 
 // lengths returns the lengths of the table's names, shortest first.
@@ -256,16 +160,16 @@ func leConst(b []byte) string {
 }
 
 // dnsPlan sorts the keys into tables and decides which are inline.
-func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
+func dnsPlan(keys []l4drop.DNSKey, maxInline int) ([]dnsTable, error) {
 	var tabs []dnsTable
-	for _, d := range dnsTables {
-		if d.long {
+	for _, d := range l4drop.DNSTables {
+		if d.Long {
 			continue
 		}
 		var all []dnsEntry
 		names := map[string]bool{}
 		for _, k := range keys {
-			if k.CI != d.ci || k.Wild != d.wild {
+			if k.CI != d.CI || k.Wild != d.Wild {
 				continue
 			}
 			wire, err := hex.DecodeString(k.Name)
@@ -279,28 +183,28 @@ func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
 			continue
 		}
 		if len(names) <= maxInline {
-			tabs = append(tabs, dnsTable{name: d.name, ci: d.ci, wild: d.wild, entries: all, inline: true})
+			tabs = append(tabs, dnsTable{name: d.Name, ci: d.CI, wild: d.Wild, entries: all, inline: true})
 			continue
 		}
 		for _, long := range []bool{false, true} {
-			t := dnsTable{name: dnsMapName(d.ci, d.wild, long), ci: d.ci, wild: d.wild}
+			t := dnsTable{name: dnsMapName(d.CI, d.Wild, long), ci: d.CI, wild: d.Wild}
 			var distinct [][]uint64
 			seen := map[string]bool{}
 			for _, e := range all {
-				if len(e.wire) > maxShortName != long {
+				if len(e.wire) > l4drop.MaxShortName != long {
 					continue
 				}
 				t.entries = append(t.entries, e)
 				t.keyLen = max(t.keyLen, (len(e.wire)+7)/8*8)
 				if !seen[string(e.wire)] {
 					seen[string(e.wire)] = true
-					distinct = append(distinct, nameWords(e.wire))
+					distinct = append(distinct, l4drop.NameWords(e.wire))
 				}
 			}
 			if len(t.entries) == 0 {
 				continue
 			}
-			h, err := planHash(distinct)
+			h, err := l4drop.PlanHash(distinct)
 			if err != nil {
 				return nil, fmt.Errorf("DNS table %s: %w", t.name, err)
 			}
@@ -313,9 +217,9 @@ func dnsPlan(keys []DNSKey, maxInline int) ([]dnsTable, error) {
 
 // dnsMapName is the map of the names of a kind, long or not.
 func dnsMapName(ci, wild, long bool) string {
-	for _, d := range dnsTables {
-		if d.ci == ci && d.wild == wild && d.long == long {
-			return d.name
+	for _, d := range l4drop.DNSTables {
+		if d.CI == ci && d.Wild == wild && d.Long == long {
+			return d.Name
 		}
 	}
 	return ""
@@ -325,13 +229,13 @@ func dnsMapName(ci, wild, long bool) string {
 // rule whose names the query name at name matches, or L4_NRULES, the
 // rules whose switches it uses (those with names compared inline), and
 // the hashes of the tables that are maps.
-func dnsC(keys []DNSKey, maxInline int) (string, map[int]bool, map[string]HashTable, error) {
+func dnsC(keys []l4drop.DNSKey, maxInline int) (string, map[int]bool, map[string]l4drop.HashTable, error) {
 	tabs, err := dnsPlan(keys, maxInline)
 	if err != nil {
 		return "", nil, nil, err
 	}
 	switches := map[int]bool{}
-	hashes := map[string]HashTable{}
+	hashes := map[string]l4drop.HashTable{}
 	var b strings.Builder
 	b.WriteString(dnsPrelude)
 	for ti := range tabs {
@@ -476,18 +380,6 @@ func writeMapTable(b *strings.Builder, t *dnsTable) {
 			n, strings.Join(conds, " && "))
 	}
 	b.WriteString("\treturn L4_NRULES;\n}\n")
-}
-
-// nameWords returns a wire name as the program loads it: 64-bit words,
-// the last one zero-padded.
-func nameWords(wire []byte) []uint64 {
-	buf := make([]byte, (len(wire)+7)/8*8)
-	copy(buf, wire)
-	ws := make([]uint64, len(buf)/8)
-	for i := range ws {
-		ws[i] = binary.NativeEndian.Uint64(buf[8*i:])
-	}
-	return ws
 }
 
 // shortWord is the C of a key word holding a name of n < 8 bytes at p.

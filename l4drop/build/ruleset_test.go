@@ -1,4 +1,4 @@
-package l4drop
+package build
 
 import (
 	"errors"

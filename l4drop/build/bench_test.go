@@ -1,4 +1,4 @@
-package l4drop
+package build
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/l4drop/l4drop/l4drop"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -61,7 +63,7 @@ func BenchmarkBuildLoad(b *testing.B) {
 						b.Fatal(err)
 					}
 					t1 := time.Now()
-					d, err := NewDryRun(obj, LoadOptions{})
+					d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -134,7 +136,7 @@ func BenchmarkPacket(b *testing.B) {
 					miss = fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 999, make([]byte, 18))
 				}
 				obj := buildYAML(b, text)
-				d, err := NewDryRun(obj, LoadOptions{})
+				d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -142,15 +144,15 @@ func BenchmarkPacket(b *testing.B) {
 				if v, err := d.Run(pkt); err != nil || v.Action != "drop" || v.Rule != uint32(n-1) {
 					b.Fatalf("packet: %+v, %v; want dropped by the last rule", v, err)
 				}
-				if v, err := d.Run(miss); err != nil || v.Rule != NoRule {
+				if v, err := d.Run(miss); err != nil || v.Rule != l4drop.NoRule {
 					b.Fatalf("packet: %+v, %v; want no rule", v, err)
 				}
 				// Sampling off, as in production at high rates.
-				if err := d.coll.Maps[mapConfig].Put(uint32(0), config{}); err != nil {
+				if err := d.SetSampleRate(0); err != nil {
 					b.Fatal(err)
 				}
 				b.ResetTimer()
-				ns := measure(b, run{d.prog, pkt}, run{d.prog, miss}, run{dropAll, pkt})
+				ns := measure(b, run{d.Program(), pkt}, run{d.Program(), miss}, run{dropAll, pkt})
 				b.ReportMetric(ns[0], "ns/packet")
 				b.ReportMetric(ns[0]-ns[2], "extra-ns")
 				b.ReportMetric(ns[1], "miss-ns/packet")

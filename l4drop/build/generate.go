@@ -1,4 +1,4 @@
-package l4drop
+package build
 
 import (
 	"bytes"
@@ -6,25 +6,12 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/l4drop/l4drop/l4drop"
+
 	"golang.org/x/net/bpf"
 
 	"github.com/l4drop/l4drop/cbpfc"
 	"github.com/l4drop/l4drop/xdpcap"
-)
-
-// Names of the objects in a built ELF. The loader and the commands find
-// them by these names.
-const (
-	mapCounters = "l4drop_counters"
-	mapStats    = "l4drop_stats"
-	mapConfig   = ".data.l4cfg" // the section of the l4drop_cfg global
-	mapSamples  = "l4drop_samples"
-	mapChain    = "l4drop_chain"
-	mapHook     = "xdpcap_hook"
-	progPrefix  = "l4drop_"
-	metaSection = ".l4drop.rules"
-	// NoRule is the rule index of packets no rule matched, in samples.
-	NoRule = ^uint32(0)
 )
 
 // BuildOptions tune Generate and Build.
@@ -73,7 +60,7 @@ type Generated struct {
 	// C is the program source, self-contained: clang alone builds it.
 	C string
 	// Meta travels in the ELF's .l4drop.rules section.
-	Meta Meta
+	Meta l4drop.Meta
 }
 
 // cWriter writes C while tracking line numbers, so that verifier messages,
@@ -113,7 +100,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		budget = DefaultMaxProgramInsns
 	}
 	rules := make([]compiledRule, len(rs.Rules))
-	var dns []DNSKey
+	var dns []l4drop.DNSKey
 	for i := range rs.Rules {
 		r := &rs.Rules[i]
 		if !opts.NoDNSTable && hashable(r) {
@@ -196,12 +183,12 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 			rs.File, ErrTooManyRules, len(rules), len(progs), budget, maxProgramJumps, MaxPrograms)
 	}
 
-	meta := Meta{
-		Version:    metaVersion,
+	meta := l4drop.Meta{
+		Version:    l4drop.MetaVersion,
 		Source:     rs.File,
 		SampleRate: rs.SampleRate,
 		Snaplen:    rs.Snaplen,
-		Rules:      make([]MetaRule, len(rules)),
+		Rules:      make([]l4drop.MetaRule, len(rules)),
 		DNS:        dns,
 	}
 	if meta.Snaplen == 0 {
@@ -243,7 +230,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	funcs := make(map[string]string) // matcher program -> C function
 	for i, cr := range rules {
 		r := cr.rule
-		mr := MetaRule{
+		mr := l4drop.MetaRule{
 			Index: i, Name: r.Name, Family: string(r.Family), Action: string(r.Action),
 			Locations: r.Locations, Line: r.Line, Symbol: enableSymbol(i),
 		}
@@ -283,7 +270,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	}
 
 	for p, idx := range progs {
-		name := fmt.Sprintf("%s%d", progPrefix, p)
+		name := fmt.Sprintf("%s%d", l4drop.ProgPrefix, p)
 		meta.Programs = append(meta.Programs, name)
 		// Items in order: blocks of ordinary rules, each a function of
 		// its own (clang's time grows faster than linearly with function
@@ -374,18 +361,18 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 			w.printf("\t\trule = dns_rule;\n\t\taction = %s;\n\t\tgoto out;\n\t}\n", xdpAction(rules[lo].rule.Action))
 		}
 		if p+1 < len(progs) {
-			w.printf("\tbpf_tail_call(ctx, &%s, %d);\n", mapChain, p+1)
+			w.printf("\tbpf_tail_call(ctx, &%s, %d);\n", l4drop.MapChain, p+1)
 		}
 		w.printf("\tgoto out;\nmatched:\n\trule = r >> 1;\n\taction = r & 1 ? XDP_PASS : XDP_DROP;\n")
 		w.printf("out:\n\treturn l4_finish(ctx, data, end, rule, action);\n}\n")
 	}
 
-	js, err := meta.marshal()
+	js, err := meta.Marshal()
 	if err != nil {
 		return nil, err
 	}
 	w.printf("\n/* Rule names, order, families and locations, for the loader. */\n")
-	w.printf("static const char l4drop_rules[] SEC(\"%s\") = %s;\n", metaSection, cString(js))
+	w.printf("static const char l4drop_rules[] SEC(\"%s\") = %s;\n", l4drop.MetaSection, cString(js))
 	return &Generated{C: w.buf.String(), Meta: meta}, nil
 }
 
@@ -698,4 +685,11 @@ static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, co
 	L4_TAIL_CALL(ctx, xdpcap_hook, 2); /* XDP_PASS */
 	return XDP_PASS;
 }
+`
+
+// hashC is the C the tables' functions share.
+const hashC = `
+/* L4_HASH folds a key word into a table's hash, as the loader's tableHash. */
+#define L4_HASH(h, w) (((h) ^ (w)) * 0x9e3779b97f4a7c15ULL)
+#define L4_HASH_SLOTS 4
 `

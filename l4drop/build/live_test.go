@@ -1,4 +1,4 @@
-package l4drop
+package build
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l4drop/l4drop/l4drop"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
@@ -18,9 +20,9 @@ import (
 	"github.com/l4drop/l4drop/xdpcap"
 )
 
-func openLoaded(tb testing.TB, l *Loaded) *Handle {
+func openLoaded(tb testing.TB, l *l4drop.Loaded) *l4drop.Handle {
 	tb.Helper()
-	h, err := Open(l.Dir)
+	h, err := l4drop.Open(l.Dir)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -34,8 +36,8 @@ func TestSamplingAll(t *testing.T) {
 	fixture.RequireRoot(t)
 	obj := buildYAML(t, testRules(t))
 	lab := fixture.Lab(t)
-	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, LoadOptions{})
-	defer Unload(l.Dir)
+	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, l4drop.LoadOptions{})
+	defer l4drop.Unload(l.Dir)
 	h := openLoaded(t, l)
 	rd, err := h.NewSampleReader(1<<20, 0)
 	if err != nil {
@@ -46,7 +48,7 @@ func TestSamplingAll(t *testing.T) {
 	if err := h.SetSampleRate(1); err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewDryRun(obj, LoadOptions{})
+	d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,8 +103,8 @@ func TestSamplingRate(t *testing.T) {
 	fixture.RequireRoot(t)
 	obj := buildYAML(t, testRules(t))
 	lab := fixture.Lab(t)
-	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, LoadOptions{})
-	defer Unload(l.Dir)
+	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, l4drop.LoadOptions{})
+	defer l4drop.Unload(l.Dir)
 	h := openLoaded(t, l)
 	frame := fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 1, 80)
 
@@ -168,8 +170,8 @@ rules:
 	objs := [][]byte{buildYAML(t, rulesA), buildYAML(t, rulesB)}
 	lab := fixture.Lab(t)
 	root := fixture.BPFFS(t)
-	l := loadOnServer(t, lab, root, objs[0], LoadOptions{})
-	defer Unload(l.Dir)
+	l := loadOnServer(t, lab, root, objs[0], l4drop.LoadOptions{})
+	defer l4drop.Unload(l.Dir)
 	legit := listenUDP(t, lab.Server, 9999)
 	attack := listenUDP(t, lab.Server, 7777)
 
@@ -186,7 +188,7 @@ rules:
 	go func() {
 		defer wg.Done()
 		for i := 0; !stop.Load() && i < 200; i++ {
-			l, err := Load(objs[i%2], LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root})
+			l, err := l4drop.Load(objs[i%2], l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root})
 			if err != nil {
 				reloadErrs = append(reloadErrs, err)
 				return
@@ -233,9 +235,9 @@ func TestXdpcapSeesDrops(t *testing.T) {
 	fixture.RequireRoot(t)
 	obj := buildYAML(t, testRules(t))
 	lab := fixture.Lab(t)
-	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, LoadOptions{})
-	defer Unload(l.Dir)
-	hook, err := xdpcap.OpenHook(l.Dir + "/" + PinHook)
+	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, l4drop.LoadOptions{})
+	defer l4drop.Unload(l.Dir)
+	hook, err := xdpcap.OpenHook(l.Dir + "/" + l4drop.PinHook)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,8 +318,8 @@ func TestSplitAndNext(t *testing.T) {
 		t.Fatal(err)
 	}
 	lab := fixture.Lab(t)
-	l := loadOnServer(t, lab, root, obj, LoadOptions{Next: root + "/next"})
-	defer Unload(l.Dir)
+	l := loadOnServer(t, lab, root, obj, l4drop.LoadOptions{Next: root + "/next"})
+	defer l4drop.Unload(l.Dir)
 	for _, tt := range []struct {
 		port uint16
 		want uint32
@@ -363,7 +365,7 @@ func TestManyRules(t *testing.T) {
 			if split := len(gen.Meta.Programs) > 1; split != noSets {
 				t.Errorf("%d rules in %d programs", len(rs.Rules), len(gen.Meta.Programs))
 			}
-			d, err := NewDryRun(obj, LoadOptions{})
+			d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -373,7 +375,7 @@ func TestManyRules(t *testing.T) {
 			for _, tt := range []struct {
 				pkt  []byte
 				want uint32
-			}{{first, 0}, {last, 1999}, {other, NoRule}} {
+			}{{first, 0}, {last, 1999}, {other, l4drop.NoRule}} {
 				v, err := d.Run(tt.pkt)
 				if err != nil {
 					t.Fatal(err)

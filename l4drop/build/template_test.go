@@ -1,9 +1,11 @@
-package l4drop
+package build
 
 import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/l4drop/l4drop/l4drop"
 
 	"golang.org/x/net/bpf"
 
@@ -64,12 +66,12 @@ func TestSets(t *testing.T) {
 	for port := uint16(6999); port < 7007; port++ {
 		pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, nil), fixture.UDP4(c4, s4, 2, port, nil))
 	}
-	for _, opts := range []LoadOptions{{}, {Disable: []string{"udp-3", "udp-10", "tcp6-0"}}, {Disable: []string{"udp-5"}}} {
-		d, err := NewDryRun(obj, opts)
+	for _, opts := range []l4drop.LoadOptions{{}, {Disable: []string{"udp-3", "udp-10", "tcp6-0"}}, {Disable: []string{"udp-5"}}} {
+		d, err := l4drop.NewDryRun(obj, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := NewDryRun(ref, opts)
+		r, err := l4drop.NewDryRun(ref, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +121,7 @@ func TestTableDecides(t *testing.T) {
 
 // sameVerdicts runs pkts through d and ref, reports where they differ, and
 // returns how many packets a rule matched.
-func sameVerdicts(t *testing.T, what string, d, ref *DryRun, pkts [][]byte) int {
+func sameVerdicts(t *testing.T, what string, d, ref *l4drop.DryRun, pkts [][]byte) int {
 	t.Helper()
 	matched := 0
 	for i, pkt := range pkts {
@@ -134,7 +136,7 @@ func sameVerdicts(t *testing.T, what string, d, ref *DryRun, pkts [][]byte) int 
 		if got != want {
 			t.Errorf("%s: packet %d: %+v, one by one %+v", what, i, got, want)
 		}
-		if got.Rule != NoRule {
+		if got.Rule != l4drop.NoRule {
 			matched++
 		}
 	}

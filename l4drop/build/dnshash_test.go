@@ -1,10 +1,12 @@
-package l4drop
+package build
 
 import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/l4drop/l4drop/l4drop"
 
 	"github.com/l4drop/l4drop/internal/fixture"
 )
@@ -174,9 +176,9 @@ func testDNSTable(t *testing.T, maxInline, maps int) {
 			want string
 		}{"ipv4 options", withIPv4Options(dnsPacket(false, 53, q("bad.example.com"))), "", "bad-v4"},
 	)
-	runs := map[string]*DryRun{}
+	runs := map[string]*l4drop.DryRun{}
 	for _, loc := range []string{"", "ams"} {
-		d, err := NewDryRun(obj, LoadOptions{Location: loc})
+		d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{Location: loc})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -188,9 +190,9 @@ func testDNSTable(t *testing.T, maxInline, maps int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	refRuns := map[string]*DryRun{}
+	refRuns := map[string]*l4drop.DryRun{}
 	for _, loc := range []string{"", "ams"} {
-		d, err := NewDryRun(ref, LoadOptions{Location: loc})
+		d, err := l4drop.NewDryRun(ref, l4drop.LoadOptions{Location: loc})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -218,7 +220,7 @@ func testDNSTable(t *testing.T, maxInline, maps int) {
 		}
 	}
 	// Disabling the first rule with a name hands it to the next one.
-	d, err := NewDryRun(obj, LoadOptions{Disable: []string{"bad-v4"}})
+	d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{Disable: []string{"bad-v4"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +258,7 @@ func TestDNSTableRandom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	refRun, err := NewDryRun(ref, LoadOptions{})
+	refRun, err := l4drop.NewDryRun(ref, l4drop.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +297,7 @@ func TestDNSTableRandom(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := NewDryRun(obj, LoadOptions{})
+		d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

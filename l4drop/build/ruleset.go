@@ -1,4 +1,4 @@
-package l4drop
+package build
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/l4drop/l4drop/l4drop"
 
 	"gopkg.in/yaml.v3"
 )
@@ -176,14 +178,4 @@ func (rs *RuleSet) check() error {
 
 // EnabledAt reports whether the rule is on at location loc ("" = no
 // location: only rules without locations are on).
-func (r *Rule) EnabledAt(loc string) bool {
-	if len(r.Locations) == 0 {
-		return true
-	}
-	for _, l := range r.Locations {
-		if l == loc {
-			return true
-		}
-	}
-	return false
-}
+func (r *Rule) EnabledAt(loc string) bool { return l4drop.EnabledAt(r.Locations, loc) }

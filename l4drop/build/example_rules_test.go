@@ -1,8 +1,10 @@
-package l4drop
+package build
 
 import (
 	"path/filepath"
 	"testing"
+
+	"github.com/l4drop/l4drop/l4drop"
 
 	"github.com/l4drop/l4drop/internal/fixture"
 )
@@ -11,7 +13,7 @@ import (
 // its rules does what its comment says.
 func TestExampleRules(t *testing.T) {
 	fixture.RequireRoot(t)
-	rs, err := LoadRuleSet(filepath.Join("examples", "rules.yaml"))
+	rs, err := LoadRuleSet(filepath.Join("..", "examples", "rules.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,7 +21,7 @@ func TestExampleRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewDryRun(obj, LoadOptions{Location: "ams"})
+	d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{Location: "ams"})
 	if err != nil {
 		t.Fatal(err)
 	}

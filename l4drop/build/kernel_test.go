@@ -1,4 +1,4 @@
-package l4drop
+package build
 
 import (
 	"errors"
@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/l4drop/l4drop/l4drop"
 
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
@@ -123,7 +125,7 @@ func TestDryRun(t *testing.T) {
 	obj := buildYAML(t, testRules(t))
 	for _, loc := range []string{"", "ams", "sjc"} {
 		t.Run("location="+loc, func(t *testing.T) {
-			d, err := NewDryRun(obj, LoadOptions{Location: loc})
+			d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{Location: loc})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -152,7 +154,7 @@ func TestDryRun(t *testing.T) {
 func TestEnableDisable(t *testing.T) {
 	fixture.RequireRoot(t)
 	obj := buildYAML(t, testRules(t))
-	d, err := NewDryRun(obj, LoadOptions{Location: "ams", Enable: []string{"sjc-7200"}, Disable: []string{"ams-7100", "syn-80"}})
+	d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{Location: "ams", Enable: []string{"sjc-7200"}, Disable: []string{"ams-7100", "syn-80"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +174,7 @@ func TestEnableDisable(t *testing.T) {
 			t.Errorf("%s: %s by %q, want %s by %q", p.name, v.Action, v.Name, p.action, p.rule)
 		}
 	}
-	if _, err := NewDryRun(obj, LoadOptions{Enable: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "nope") {
+	if _, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{Enable: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("unknown rule: %v", err)
 	}
 }
@@ -274,10 +276,10 @@ func (u *udpCounter) wait() int {
 	return total
 }
 
-func loadOnServer(tb testing.TB, lab *fixture.LabPair, root string, obj []byte, opts LoadOptions) *Loaded {
+func loadOnServer(tb testing.TB, lab *fixture.LabPair, root string, obj []byte, opts l4drop.LoadOptions) *l4drop.Loaded {
 	tb.Helper()
 	opts.Iface, opts.Netns, opts.Root = lab.ServerIf, lab.Server.Name, root
-	l, err := Load(obj, opts)
+	l, err := l4drop.Load(obj, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -295,13 +297,13 @@ func TestLive(t *testing.T) {
 	root := fixture.BPFFS(t)
 	for _, mode := range []string{"native", "generic"} {
 		t.Run(mode, func(t *testing.T) {
-			l := loadOnServer(t, lab, root, obj, LoadOptions{Mode: mode, Location: "ams"})
+			l := loadOnServer(t, lab, root, obj, l4drop.LoadOptions{Mode: mode, Location: "ams"})
 			defer func() {
-				if err := Unload(l.Dir); err != nil {
+				if err := l4drop.Unload(l.Dir); err != nil {
 					t.Error(err)
 				}
 			}()
-			d, err := NewDryRun(obj, LoadOptions{Location: "ams"})
+			d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{Location: "ams"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -329,7 +331,7 @@ func TestLive(t *testing.T) {
 			if got := u.wait(); got != legit {
 				t.Errorf("server received %d legitimate datagrams, sent %d", got, legit)
 			}
-			h, err := Open(l.Dir)
+			h, err := l4drop.Open(l.Dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -401,24 +403,24 @@ func TestLoadErrors(t *testing.T) {
 	obj := buildYAML(t, testRules(t))
 	lab := fixture.Lab(t)
 	root := fixture.BPFFS(t)
-	l := loadOnServer(t, lab, root, obj, LoadOptions{})
-	progBefore, err := os.Stat(filepath.Join(l.Dir, PinProg))
+	l := loadOnServer(t, lab, root, obj, l4drop.LoadOptions{})
+	progBefore, err := os.Stat(filepath.Join(l.Dir, l4drop.PinProg))
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root}
+	base := l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root}
 	refused := refusedRule(t)
 	tests := []struct {
 		name string
 		obj  []byte
-		opts func(o *LoadOptions)
+		opts func(o *l4drop.LoadOptions)
 		want string
 	}{
 		{"not ELF", []byte("hello"), nil, "ELF"},
-		{"unknown rule", obj, func(o *LoadOptions) { o.Enable = []string{"nope"} }, "nope"},
-		{"unknown interface", obj, func(o *LoadOptions) { o.Iface = "nosuch0" }, "nosuch0"},
-		{"bad mode", obj, func(o *LoadOptions) { o.Mode = "fast" }, ""},
-		{"bad next", obj, func(o *LoadOptions) { o.Next = filepath.Join(root, "nothing") }, "next"},
+		{"unknown rule", obj, func(o *l4drop.LoadOptions) { o.Enable = []string{"nope"} }, "nope"},
+		{"unknown interface", obj, func(o *l4drop.LoadOptions) { o.Iface = "nosuch0" }, "nosuch0"},
+		{"bad mode", obj, func(o *l4drop.LoadOptions) { o.Mode = "fast" }, ""},
+		{"bad next", obj, func(o *l4drop.LoadOptions) { o.Next = filepath.Join(root, "nothing") }, "next"},
 		{"verifier", refused, nil, `rule "syn-80" (line 10 of test.yaml)`},
 	}
 	for _, tt := range tests {
@@ -427,20 +429,20 @@ func TestLoadErrors(t *testing.T) {
 			if tt.opts != nil {
 				tt.opts(&o)
 			}
-			_, err := Load(tt.obj, o)
+			_, err := l4drop.Load(tt.obj, o)
 			if err == nil {
 				t.Fatal("no error")
 			}
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error %q lacks %q", err, tt.want)
 			}
-			after, err := os.Stat(filepath.Join(l.Dir, PinProg))
+			after, err := os.Stat(filepath.Join(l.Dir, l4drop.PinProg))
 			if err != nil || !os.SameFile(progBefore, after) {
 				t.Errorf("the loaded rule set changed: %v", err)
 			}
 		})
 	}
-	if err := Unload(l.Dir); err != nil {
+	if err := l4drop.Unload(l.Dir); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
@@ -455,15 +457,15 @@ func TestReloadAfterInterfaceGone(t *testing.T) {
 	obj := buildYAML(t, testRules(t))
 	lab := fixture.Lab(t)
 	root := fixture.BPFFS(t)
-	l := loadOnServer(t, lab, root, obj, LoadOptions{})
-	defer Unload(l.Dir)
+	l := loadOnServer(t, lab, root, obj, l4drop.LoadOptions{})
+	defer l4drop.Unload(l.Dir)
 	if err := lab.Server.IP("link", "del", lab.ServerIf); err != nil {
 		t.Fatal(err)
 	}
 	if err := netns.NewVeth(lab.Client, lab.ClientIf, lab.Server, lab.ServerIf); err != nil {
 		t.Fatal(err)
 	}
-	l2 := loadOnServer(t, lab, root, obj, LoadOptions{})
+	l2 := loadOnServer(t, lab, root, obj, l4drop.LoadOptions{})
 	if l2.Replaced {
 		t.Error("load updated the dead link instead of attaching")
 	}
@@ -473,12 +475,12 @@ func TestReloadAfterInterfaceGone(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		lk, err := link.LoadPinnedLink(filepath.Join(l2.Dir, PinLink), nil)
+		lk, err := link.LoadPinnedLink(filepath.Join(l2.Dir, l4drop.PinLink), nil)
 		if err != nil {
 			return err
 		}
 		defer lk.Close()
-		attached = attachedTo(lk, ifi.Index)
+		attached = l4drop.AttachedTo(lk, ifi.Index)
 		return nil
 	})
 	if err != nil {

@@ -1,14 +1,14 @@
-package l4drop_test
+package build_test
 
 import (
 	"fmt"
 	"log"
 
-	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/l4drop/build"
 )
 
 func ExampleGenerate() {
-	rs, err := l4drop.ParseRuleSet("rules.yaml", []byte(`
+	rs, err := build.ParseRuleSet("rules.yaml", []byte(`
 sample_rate: 1000
 rules:
   - name: syn-flood-80
@@ -20,11 +20,11 @@ rules:
 	if err != nil {
 		log.Fatal(err)
 	}
-	gen, err := l4drop.Generate(rs, l4drop.BuildOptions{})
+	gen, err := build.Generate(rs, build.BuildOptions{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	// gen.C is the program; l4drop.Build also runs clang over it.
+	// gen.C is the program; build.Build also runs clang over it.
 	for _, r := range gen.Meta.Rules {
 		fmt.Printf("%s %v switch=%q\n", r.Name, r.Matchers, r.Symbol)
 	}
@@ -36,7 +36,7 @@ rules:
 }
 
 func ExampleRule_EnabledAt() {
-	r := l4drop.Rule{Name: "only-in-ams", Locations: []string{"ams"}}
+	r := build.Rule{Name: "only-in-ams", Locations: []string{"ams"}}
 	fmt.Println(r.EnabledAt("ams"), r.EnabledAt("sjc"))
 	// Output: true false
 }

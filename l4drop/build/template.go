@@ -1,13 +1,13 @@
-package l4drop
+package build
 
 import (
-	"encoding/binary"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 
-	"github.com/cilium/ebpf"
+	"github.com/l4drop/l4drop/l4drop"
+
 	"golang.org/x/net/bpf"
 
 	"github.com/l4drop/l4drop/cbpfc"
@@ -299,34 +299,20 @@ static __always_inline int l4_cand(struct l4_cands *c, __u32 a)
 }
 `
 
-// SetGroup is a run of rules tested at once: their constants and the map
-// the loader fills with the enabled ones, a table hashed with Hash.
-type SetGroup struct {
-	Map     string      `json:"map"`
-	Members []SetMember `json:"members"`
-	Hash    HashTable   `json:"hash"`
-}
-
-// SetMember is a rule of a SetGroup and its constant.
-type SetMember struct {
-	Rule  int    `json:"rule"`
-	Value uint32 `json:"value"`
-}
-
 // writeSet writes the function testing rules idx (one set, in order) at
 // once, as item b of program p, with its map; inline is the function's
 // inlining attribute.
-func writeSet(w *cWriter, meta *Meta, rules []compiledRule, idx []int, p, b int, inline string) (SetGroup, error) {
+func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p, b int, inline string) (l4drop.SetGroup, error) {
 	first := rules[idx[0]]
 	m := first.matchers[0]
-	g := SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b)}
+	g := l4drop.SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b)}
 	for _, i := range idx {
 		lit := strings.TrimSuffix(rules[i].matchers[0].args[0], "u")
 		v, err := strconv.ParseUint(lit, 0, 32)
 		if err != nil {
 			return g, fmt.Errorf("rule %q: constant %q: %w", rules[i].rule.Name, lit, err)
 		}
-		g.Members = append(g.Members, SetMember{Rule: i, Value: uint32(v)})
+		g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: uint32(v)})
 	}
 	var keys [][]uint64
 	seen := map[uint32]bool{}
@@ -336,7 +322,7 @@ func writeSet(w *cWriter, meta *Meta, rules []compiledRule, idx []int, p, b int,
 			keys = append(keys, []uint64{uint64(mb.Value)})
 		}
 	}
-	h, err := planHash(keys)
+	h, err := l4drop.PlanHash(keys)
 	if err != nil {
 		return g, fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
 	}
@@ -380,37 +366,6 @@ func writeSet(w *cWriter, meta *Meta, rules []compiledRule, idx []int, p, b int,
 	}
 	w.printf("\treturn L4_NONE;\n}\n")
 	return g, nil
-}
-
-// fillSets fills the maps of rules tested at once: each constant gives
-// its first enabled rule.
-func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
-	for _, g := range m.Sets {
-		ms := spec.Maps[g.Map]
-		if ms == nil {
-			return fmt.Errorf("%s: map %s missing from the ELF", metaSection, g.Map)
-		}
-		if ms.Type != ebpf.Array || ms.ValueSize != 8*hashSlots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
-			return fmt.Errorf("%s: map %s: unknown layout", metaSection, g.Map)
-		}
-		seen := map[uint32]bool{}
-		fill := newBucketFill(8, 4) // value, rule+1
-		for _, mb := range g.Members {
-			if mb.Rule < 0 || mb.Rule >= len(on) || !on[mb.Rule] || seen[mb.Value] {
-				continue
-			}
-			seen[mb.Value] = true
-			i := g.Hash.bucket([]uint64{uint64(mb.Value)})
-			slot := fill.slot(i)
-			if slot == nil {
-				return fmt.Errorf("%s: map %s: bucket %d overflows", metaSection, g.Map, i)
-			}
-			binary.NativeEndian.PutUint32(slot, mb.Value)
-			binary.NativeEndian.PutUint32(slot[4:], uint32(mb.Rule)+1)
-		}
-		ms.Contents = fill.contents()
-	}
-	return nil
 }
 
 // tableDecides reports whether a set's table decides every packet for the

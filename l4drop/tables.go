@@ -1,0 +1,165 @@
+package l4drop
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// The tables a built program looks constants up in: the build plans them
+// (names, sets of rules tested at once, their hashes) into Meta, and the
+// loader fills them with the enabled rules only.
+
+// DNSTables are the name tables' maps. A table in maps keeps its names
+// longer than MaxShortName apart, so that one long name does not make every
+// slot of the map as long.
+var DNSTables = []struct {
+	Name           string
+	CI, Wild, Long bool
+}{
+	{"l4drop_dns", false, false, false},
+	{"l4drop_dns_ci", true, false, false},
+	{"l4drop_dns_w", false, true, false},
+	{"l4drop_dns_wci", true, true, false},
+	{"l4drop_dnsl", false, false, true},
+	{"l4drop_dnsl_ci", true, false, true},
+	{"l4drop_dnsl_w", false, true, true},
+	{"l4drop_dnsl_wci", true, true, true},
+}
+
+// MaxShortName is the longest name (in wire format) of the maps of short
+// names.
+const MaxShortName = 32
+
+// DNSKey is one entry of the name tables in Meta.
+type DNSKey struct {
+	Name string `json:"name"` // wire format, hex
+	Rule int    `json:"rule"`
+	// Family is 4, 6 or 0 (both).
+	Family int  `json:"family"`
+	CI     bool `json:"ci,omitempty"`
+	// Wild keys are the rest of "*.rest" patterns: they match names with
+	// one more label of any length in front.
+	Wild bool `json:"wild,omitempty"`
+}
+
+// fillDNS fills the DNS name maps with the names of the enabled rules.
+func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
+	none := uint32(len(m.Rules))
+	for _, t := range DNSTables {
+		ms := spec.Maps[t.Name]
+		if ms == nil {
+			continue
+		}
+		h, ok := m.DNSHash[t.Name]
+		if !ok || ms.Type != ebpf.Array || ms.ValueSize%hashSlots != 0 || h.Bits < 1 || h.Bits > maxHashBits {
+			return fmt.Errorf("%s: DNS table %s: unknown layout", MetaSection, t.Name)
+		}
+		slotSize := int(ms.ValueSize / hashSlots)
+		type val struct{ rule4, rule6 uint32 }
+		order := []string{}
+		vals := map[string]*val{}
+		for _, k := range m.DNS {
+			if k.CI != t.CI || k.Wild != t.Wild || len(k.Name)/2 > MaxShortName != t.Long {
+				continue
+			}
+			v := vals[k.Name]
+			if v == nil {
+				v = &val{none, none}
+				vals[k.Name] = v
+				order = append(order, k.Name)
+			}
+			if k.Rule < 0 || k.Rule >= len(on) || !on[k.Rule] {
+				continue
+			}
+			// Entries are in rule order: the first enabled rule wins.
+			if (k.Family == 0 || k.Family == 4) && v.rule4 == none {
+				v.rule4 = uint32(k.Rule)
+			}
+			if (k.Family == 0 || k.Family == 6) && v.rule6 == none {
+				v.rule6 = uint32(k.Rule)
+			}
+		}
+		fill := newBucketFill(slotSize, 0) // a name's length is never 0
+		for _, name := range order {
+			v := vals[name]
+			if v.rule4 == none && v.rule6 == none {
+				continue
+			}
+			wire, err := hex.DecodeString(name)
+			if err != nil || len(wire) == 0 || 16+len(wire) > slotSize {
+				return fmt.Errorf("%s: bad DNS name %q", MetaSection, name)
+			}
+			i := h.bucket(NameWords(wire))
+			slot := fill.slot(i)
+			if slot == nil {
+				return fmt.Errorf("%s: DNS table %s: bucket %d overflows", MetaSection, t.Name, i)
+			}
+			binary.NativeEndian.PutUint32(slot, uint32(len(wire)))
+			binary.NativeEndian.PutUint32(slot[4:], v.rule4)
+			binary.NativeEndian.PutUint32(slot[8:], v.rule6)
+			copy(slot[16:], wire)
+		}
+		ms.Contents = fill.contents()
+	}
+	return nil
+}
+
+// NameWords returns a wire name as the program loads it: 64-bit words,
+// the last one zero-padded.
+func NameWords(wire []byte) []uint64 {
+	buf := make([]byte, (len(wire)+7)/8*8)
+	copy(buf, wire)
+	ws := make([]uint64, len(buf)/8)
+	for i := range ws {
+		ws[i] = binary.NativeEndian.Uint64(buf[8*i:])
+	}
+	return ws
+}
+
+// SetGroup is a run of rules tested at once: their constants and the map
+// the loader fills with the enabled ones, a table hashed with Hash.
+type SetGroup struct {
+	Map     string      `json:"map"`
+	Members []SetMember `json:"members"`
+	Hash    HashTable   `json:"hash"`
+}
+
+// SetMember is a rule of a SetGroup and its constant.
+type SetMember struct {
+	Rule  int    `json:"rule"`
+	Value uint32 `json:"value"`
+}
+
+// fillSets fills the maps of rules tested at once: each constant gives
+// its first enabled rule.
+func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
+	for _, g := range m.Sets {
+		ms := spec.Maps[g.Map]
+		if ms == nil {
+			return fmt.Errorf("%s: map %s missing from the ELF", MetaSection, g.Map)
+		}
+		if ms.Type != ebpf.Array || ms.ValueSize != 8*hashSlots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
+			return fmt.Errorf("%s: map %s: unknown layout", MetaSection, g.Map)
+		}
+		seen := map[uint32]bool{}
+		fill := newBucketFill(8, 4) // value, rule+1
+		for _, mb := range g.Members {
+			if mb.Rule < 0 || mb.Rule >= len(on) || !on[mb.Rule] || seen[mb.Value] {
+				continue
+			}
+			seen[mb.Value] = true
+			i := g.Hash.bucket([]uint64{uint64(mb.Value)})
+			slot := fill.slot(i)
+			if slot == nil {
+				return fmt.Errorf("%s: map %s: bucket %d overflows", MetaSection, g.Map, i)
+			}
+			binary.NativeEndian.PutUint32(slot, mb.Value)
+			binary.NativeEndian.PutUint32(slot[4:], uint32(mb.Rule)+1)
+		}
+		ms.Contents = fill.contents()
+	}
+	return nil
+}
