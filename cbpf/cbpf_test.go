@@ -602,3 +602,29 @@ func FuzzInterpret(f *testing.F) {
 		Interpret(prog, pkt, len(pkt))
 	})
 }
+
+// TestPacketTypeLoad: tcpdump prints "ldh [type]" for inbound and outbound;
+// Parse and Compile keep it as it is (x/net/bpf would make it "ld [type]"),
+// Format gives it back, and Validate takes it as the kernel does.
+func TestPacketTypeLoad(t *testing.T) {
+	const inbound = "4,40 0 0 4294963204,21 0 1 4,6 0 0 0,6 0 0 262144"
+	parsed, err := Parse(inbound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compiled, err := Compile("inbound", LinkTypeEthernet, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, prog := range map[string][]bpf.Instruction{"Parse": parsed, "Compile": compiled} {
+		if s, err := Format(prog); err != nil || s != inbound {
+			t.Errorf("Format(%s) = %q, %v; want %q", name, s, err, inbound)
+		}
+		if l := Listing(prog); !strings.Contains(l, "ldh      [type]") {
+			t.Errorf("Listing(%s) lacks ldh [type]:\n%s", name, l)
+		}
+		if err := Validate(prog); err != nil {
+			t.Errorf("Validate(%s): %v", name, err)
+		}
+	}
+}
