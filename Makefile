@@ -15,6 +15,12 @@ DEB_PROBES := clang:clang llvm-objdump:llvm /usr/include/pcap/pcap.h:libpcap-dev
 	/usr/include/bpf/bpf_helpers.h:libbpf-dev tcpdump:tcpdump \
 	ip:iproute2 iptables:iptables xdp-filter:xdp-tools bpftool:bpftool gnuplot:gnuplot-nox
 
+# staticcheck, pinned: the newest release that builds with the module's Go.
+# `make deps` installs it with `go install` into GOPATH/bin.
+STATICCHECK_VERSION := v0.8.2
+GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
+STATICCHECK = $(GOBIN_DIR)/staticcheck
+
 TEST_TIMEOUT ?= 14m
 FUZZTIME ?= 15s
 
@@ -27,6 +33,7 @@ help:
 	@echo "make test   set up and run every test (needs root for the kernel tests)"
 	@echo "make bench  measure cbpfc, L4Drop and xdpcap against their peers; writes docs/benchmarks.md"
 	@echo "make build  build the commands into bin/"
+	@echo "make vet   go mod tidy -diff, gofmt, go vet and staticcheck"
 
 # deps installs only what is missing, so it costs nothing on a ready machine.
 deps:
@@ -40,17 +47,24 @@ deps:
 	fi
 	@command -v $(GO) >/dev/null || { echo "Go toolchain not found (expected at /usr/local/go/bin)" >&2; exit 1; }
 	@$(GO) mod download
+	@if ! $(STATICCHECK) -version 2>/dev/null | grep -qF "($(STATICCHECK_VERSION:v%=%))"; then \
+		echo "installing staticcheck $(STATICCHECK_VERSION)"; \
+		GOBIN=$(GOBIN_DIR) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); \
+	fi
 
 build: deps
 	@mkdir -p bin
 	$(GO) build -o bin/ ./cmd/...
 
-vet:
+# vet fails on an untidy go.mod, unformatted code, go vet or staticcheck.
+vet: deps
+	$(GO) mod tidy -diff
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 		if [[ -n $$unformatted ]]; then echo "gofmt needed: $$unformatted" >&2; exit 1; fi
 	$(GO) vet ./...
+	$(STATICCHECK) ./...
 
-test: deps vet
+test: vet
 	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
 	@$(MAKE) --no-print-directory fuzz
 

@@ -94,8 +94,6 @@ func (a *asm) jset(val uint32, target string, note ...string) {
 	a.jump(bpf.JumpBitsSet, val, target, "", note...)
 }
 
-func (a *asm) ja(target string) { a.add(op{ja: target}) }
-
 func (a *asm) ret(k uint32, note ...string) { a.emit(bpf.RetConstant{Val: k}, note...) }
 
 // resolve turns the program into instructions and a listing.

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -27,7 +26,6 @@ const eth = 14
 type runner struct {
 	t     *testing.T
 	xdp   *fixture.XDPRunner
-	mu    sync.Mutex
 	progs map[*Program]*ebpf.Program
 	runs  int
 }

@@ -400,7 +400,7 @@ func TestValidate(t *testing.T) {
 		{"ja before start", []bpf.Instruction{ret0, bpf.Jump{Skip: 0xfffffffc}}, "instruction 1: " + ErrInvalid.Error() + ": ja to -2, outside"},
 		{"ja backward", []bpf.Instruction{bpf.LoadConstant{Val: 1}, bpf.JumpIf{Cond: bpf.JumpEqual, Val: 2, SkipTrue: 1}, bpf.RetConstant{Val: 7}, bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 1}, bpf.Jump{Skip: 0xfffffffb}}, "instruction 4: " + ErrInvalid.Error() + ": the last instruction must return"},
 		{"ja backward ok", []bpf.Instruction{bpf.LoadConstant{Val: 1}, bpf.JumpIf{Cond: bpf.JumpEqual, Val: 3, SkipFalse: 1}, bpf.RetA{}, bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 1}, bpf.Jump{Skip: 0xfffffffb}, ret0}, ""},
-		{"div 0", []bpf.Instruction{bpf.ALUOpConstant{Op: bpf.ALUOpDiv, Val: 0}, ret0}, "instruction 0: " + ErrInvalid.Error() + ": division or modulo by constant 0"},
+		{"div 0", []bpf.Instruction{bpf.ALUOpConstant{Op: bpf.ALUOpDiv, Val: 0}, ret0}, "instruction 0: " + ErrInvalid.Error() + ": div #0: division or modulo by constant 0"},
 		{"mod 0", []bpf.Instruction{ret0, bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: 0}, ret0}, "instruction 1: "},
 		{"shift 32", []bpf.Instruction{bpf.ALUOpConstant{Op: bpf.ALUOpShiftLeft, Val: 32}, ret0}, "shift by constant 32"},
 		{"M[16] raw", []bpf.Instruction{bpf.RawInstruction{Op: 0x60, K: 16}, ret0}, "instruction 0: " + ErrInvalid.Error() + ": scratch slot M[16]"},
@@ -476,7 +476,7 @@ func TestInterpret(t *testing.T) {
 func vmApplies(prog []bpf.Instruction) bool {
 	for _, in := range prog {
 		switch in := in.(type) {
-		case bpf.NegateA:
+		case bpf.NegateA, bpf.RawInstruction: // ldh [type], say
 			return false
 		case bpf.LoadExtension:
 			if in.Num != bpf.ExtLen {
@@ -590,7 +590,7 @@ func FuzzInterpret(f *testing.F) {
 		for i := 0; i+8 <= len(code) && len(prog) < 64; i += 8 {
 			r := bpf.RawInstruction{Op: uint16(code[i]), Jt: code[i+2], Jf: code[i+3], K: binary.BigEndian.Uint32(code[i+4:])}
 			// Backward jumps may loop forever, in libpcap as anywhere.
-			if r.Op == clsJMP && int32(r.K) < 0 {
+			if r.Op == 0x05 /* ja */ && int32(r.K) < 0 {
 				r.K = 0
 			}
 			prog = append(prog, r)
@@ -601,4 +601,30 @@ func FuzzInterpret(f *testing.F) {
 		}
 		Interpret(prog, pkt, len(pkt))
 	})
+}
+
+// TestPacketTypeLoad: tcpdump prints "ldh [type]" for inbound and outbound;
+// Parse and Compile keep it as it is (x/net/bpf would make it "ld [type]"),
+// Format gives it back, and Validate takes it as the kernel does.
+func TestPacketTypeLoad(t *testing.T) {
+	const inbound = "4,40 0 0 4294963204,21 0 1 4,6 0 0 0,6 0 0 262144"
+	parsed, err := Parse(inbound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compiled, err := Compile("inbound", LinkTypeEthernet, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, prog := range map[string][]bpf.Instruction{"Parse": parsed, "Compile": compiled} {
+		if s, err := Format(prog); err != nil || s != inbound {
+			t.Errorf("Format(%s) = %q, %v; want %q", name, s, err, inbound)
+		}
+		if l := Listing(prog); !strings.Contains(l, "ldh      [type]") {
+			t.Errorf("Listing(%s) lacks ldh [type]:\n%s", name, l)
+		}
+		if err := Validate(prog); err != nil {
+			t.Errorf("Validate(%s): %v", name, err)
+		}
+	}
 }

@@ -87,8 +87,13 @@ func Compile(expr string, lt LinkType, snaplen int) ([]bpf.Instruction, error) {
 
 	insns := unsafe.Slice(prog.bf_insns, int(prog.bf_len))
 	out := make([]bpf.Instruction, len(insns))
+	var err error
 	for i, in := range insns {
-		out[i] = bpf.RawInstruction{Op: uint16(in.code), Jt: uint8(in.jt), Jf: uint8(in.jf), K: uint32(in.k)}.Disassemble()
+		r := bpf.RawInstruction{Op: uint16(in.code), Jt: uint8(in.jt), Jf: uint8(in.jf), K: uint32(in.k)}
+		if out[i], err = disassemble(r); err != nil {
+			// Not an opcode libpcap emits; Validate names it.
+			out[i] = r
+		}
 	}
 	return out, nil
 }

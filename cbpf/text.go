@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/internal/cbpfinsn"
 )
 
 // ErrSyntax is wrapped by every error Parse returns for text that is not
@@ -49,14 +51,17 @@ func Parse(text string) ([]bpf.Instruction, error) {
 	prog := make([]bpf.Instruction, len(raw))
 	for i, r := range raw {
 		if prog[i], err = disassemble(r); err != nil {
-			return nil, &InstructionError{Index: i, Err: fmt.Errorf("%w: %v", ErrSyntax, err)}
+			return nil, &InstructionError{Index: i, Err: fmt.Errorf("%w: %w", ErrSyntax, err)}
 		}
 	}
 	return prog, nil
 }
 
-// disassemble decodes r, refusing what x/net/bpf would not give back as it
-// was (jt and jf of instructions that do not use them aside).
+// disassemble decodes r into the x/net/bpf instruction it stands for,
+// refusing opcodes the kernel does not know. jt and jf of instructions
+// that do not use them are dropped. What x/net/bpf has no type for stays
+// a [bpf.RawInstruction]: "ldh [type]", which tcpdump -ddd prints for
+// inbound, would come back from x/net/bpf as "ld [type]".
 func disassemble(r bpf.RawInstruction) (bpf.Instruction, error) {
 	if r.Op > 0xff {
 		return nil, fmt.Errorf("opcode %#x does not fit in 8 bits", r.Op)
@@ -67,12 +72,17 @@ func disassemble(r bpf.RawInstruction) (bpf.Instruction, error) {
 	}
 	back, err := in.Assemble()
 	if err != nil {
-		return nil, fmt.Errorf("opcode %#02x: %v", r.Op, err)
+		return nil, fmt.Errorf("opcode %#02x: %w", r.Op, err)
 	}
-	if r.Op&7 != clsJMP || r.Op == clsJMP|jmpJA {
+	switch in.(type) {
+	case bpf.JumpIf, bpf.JumpIfX:
+	default:
 		r.Jt, r.Jf = 0, 0
 	}
 	if back != r {
+		if cbpfinsn.IsExtension(r) {
+			return r, nil
+		}
 		return nil, fmt.Errorf("opcode %#02x with k=%d is not supported", r.Op, r.K)
 	}
 	return in, nil

@@ -10,7 +10,6 @@ var cIdent = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 type cGen struct {
 	f    *facts
-	b    strings.Builder
 	used map[int]bool // labels jumped to
 }
 

@@ -3,11 +3,13 @@ package cbpfc
 import (
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/internal/cbpfinsn"
 )
 
 // MaxInstructions is the longest filter accepted, in cBPF instructions, as
 // in the kernel (BPF_MAXINSNS).
-const MaxInstructions = 4096
+const MaxInstructions = cbpfinsn.MaxInstructions
 
 // MaxBackwardJumps bounds loops: a filter that takes more backward jumps than
 // this ends with 0 (no match). libpcap's protochain takes one per IPv6

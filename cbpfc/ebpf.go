@@ -6,6 +6,8 @@ import (
 	"strconv"
 
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/l4drop/l4drop/internal/cbpfinsn"
 )
 
 // Stack layout below the rounded StackOffset: M[] (64 bytes), the loop
@@ -275,7 +277,7 @@ func checkOpts(p *program, o EBPFOpts) error {
 	} else if p.usesContext {
 		for i, in := range p.insns {
 			if in.kind == kLdExt && (in.k == extIfIndex || in.k == extPktType) {
-				return errorf(i, ErrOptions, "extension %s needs the XDP context, but EBPFOpts.Context is not set", extName(in.k))
+				return errorf(i, ErrOptions, "extension %s needs the XDP context, but EBPFOpts.Context is not set", cbpfinsn.ExtName(in.k))
 			}
 		}
 	}
@@ -285,7 +287,7 @@ func checkOpts(p *program, o EBPFOpts) error {
 	if _, named := regs[asm.R0]; p.usesHelpers && !named {
 		for i, in := range p.insns {
 			if in.kind == kLdExt && (in.k == extCPU || in.k == extRandom) {
-				return errorf(i, ErrOptions, "extension %s calls a helper, which returns in R0: R0 must be one of the registers EBPFOpts names (say, Result)", extName(in.k))
+				return errorf(i, ErrOptions, "extension %s calls a helper, which returns in R0: R0 must be one of the registers EBPFOpts names (say, Result)", cbpfinsn.ExtName(in.k))
 			}
 		}
 	}

@@ -25,18 +25,22 @@ func TestBadInput(t *testing.T) {
 		{"empty", nil, ErrEmpty, -1, "empty filter"},
 		{"too long", long, ErrTooLong, MaxInstructions, "4097 instructions"},
 		{"jump past the end", []bpf.Instruction{bpf.JumpIf{Cond: bpf.JumpEqual, SkipTrue: 3}, ret}, ErrInvalid, 0, "past the end"},
-		{"ja past the end", []bpf.Instruction{ret, bpf.Jump{Skip: 1}, ret}, ErrInvalid, 1, "outside the filter"},
-		{"ja before the start", []bpf.Instruction{ret, bpf.RawInstruction{Op: 0x05, K: 0xfffffff0}, ret}, ErrInvalid, 1, "outside the filter"},
+		{"ja past the end", []bpf.Instruction{ret, bpf.Jump{Skip: 1}, ret}, ErrInvalid, 1, "outside the program"},
+		{"ja before the start", []bpf.Instruction{ret, bpf.RawInstruction{Op: 0x05, K: 0xfffffff0}, ret}, ErrInvalid, 1, "outside the program"},
 		{"unsupported extension", []bpf.Instruction{bpf.LoadExtension{Num: bpf.ExtProto}, bpf.RetA{}}, ErrUnsupported, 0, "extension proto"},
 		{"vlan extension", []bpf.Instruction{ret, bpf.LoadExtension{Num: bpf.ExtVLANTag}, bpf.RetA{}}, ErrUnsupported, 1, "vlan_tci"},
 		{"negative offset (SKF_NET_OFF)", []bpf.Instruction{bpf.LoadAbsolute{Off: 0xfff00000, Size: 1}, bpf.RetA{}}, ErrUnsupported, 0, "negative offset"},
 		{"negative offset (SKF_LL_OFF)", []bpf.Instruction{bpf.LoadAbsolute{Off: 0xffe00000, Size: 2}, bpf.RetA{}}, ErrUnsupported, 0, "negative offset"},
 		{"negative indirect offset", []bpf.Instruction{bpf.LoadIndirect{Off: 0xfffffffc, Size: 1}, bpf.RetA{}}, ErrUnsupported, 0, "negative offset"},
 		{"negative msh offset", []bpf.Instruction{bpf.LoadMemShift{Off: 0x80000000}, bpf.RetA{}}, ErrUnsupported, 0, "negative offset"},
-		{"no return at the end", []bpf.Instruction{bpf.LoadConstant{Val: 1}}, ErrInvalid, 0, "must be a return"},
+		{"no return at the end", []bpf.Instruction{bpf.LoadConstant{Val: 1}}, ErrInvalid, 0, "must return"},
 		{"scratch out of range", []bpf.Instruction{bpf.RawInstruction{Op: 0x02, K: 16}, ret}, ErrInvalid, 0, "M[16]"},
 		{"unknown opcode", []bpf.Instruction{ret, bpf.RawInstruction{Op: 0xff}, ret}, ErrInvalid, 1, "unknown opcode"},
-		{"ret X", []bpf.Instruction{bpf.RawInstruction{Op: 0x0e}}, ErrInvalid, 0, "unknown opcode"},
+		{"ret X", []bpf.Instruction{bpf.RawInstruction{Op: 0x0e}}, ErrInvalid, 0, "unknown return opcode"},
+		// The kernel's classic BPF checker refuses these three.
+		{"div #0", []bpf.Instruction{bpf.LoadConstant{Val: 10}, bpf.ALUOpConstant{Op: bpf.ALUOpDiv, Val: 0}, ret}, ErrInvalid, 1, "div #0"},
+		{"mod #0", []bpf.Instruction{bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: 0}, ret}, ErrInvalid, 0, "mod #0"},
+		{"lsh #32", []bpf.Instruction{bpf.ALUOpConstant{Op: bpf.ALUOpShiftLeft, Val: 32}, ret}, ErrInvalid, 0, "shift by constant 32"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

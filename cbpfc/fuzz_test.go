@@ -37,7 +37,7 @@ func (r *byteReader) u32() uint32 {
 
 // genProgram makes a valid cBPF program from fuzz input: loads of every
 // kind (some past any packet), ALU operations including division and
-// modulo by zero, scratch memory, forward jumps, backward jumps (loops),
+// modulo by X of zero (by a constant 0 the kernel refuses), scratch memory, forward jumps, backward jumps (loops),
 // extensions, and returns.
 func genProgram(r *byteReader, extensions bool) []bpf.Instruction {
 	n := 1 + int(r.next()%28)
@@ -80,7 +80,14 @@ func genProgram(r *byteReader, extensions bool) []bpf.Instruction {
 			if r.next()%4 == 0 {
 				v = r.u32()
 			}
-			in = bpf.ALUOpConstant{Op: aluOps[r.next()%uint8(len(aluOps))], Val: v}
+			op := aluOps[r.next()%uint8(len(aluOps))]
+			switch op {
+			case bpf.ALUOpDiv, bpf.ALUOpMod:
+				v = max(v, 1)
+			case bpf.ALUOpShiftLeft, bpf.ALUOpShiftRight:
+				v %= 32
+			}
+			in = bpf.ALUOpConstant{Op: op, Val: v}
 		case 10:
 			in = bpf.ALUOpX{Op: aluOps[r.next()%uint8(len(aluOps))]}
 		case 11:

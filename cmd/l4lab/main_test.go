@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -66,14 +65,7 @@ func TestCommandErrors(t *testing.T) {
 // nothing behind.
 func TestDemoShort(t *testing.T) {
 	fixture.RequireRoot(t)
-	root := fixture.ModuleRoot(t)
-	bin := t.TempDir()
-	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
-	build := exec.Command(goCmd, "build", "-o", bin+string(filepath.Separator), "./cmd/...")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/...: %v\n%s", err, out)
-	}
+	bin := fixture.BuildCommands(t, "./cmd/...")
 	demo := exec.Command(filepath.Join(bin, "l4lab"), "demo", "-short")
 	out, err := demo.CombinedOutput()
 	t.Logf("l4lab demo -short:\n%s", out)

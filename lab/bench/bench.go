@@ -263,13 +263,14 @@ func (s *station) measure(ctx context.Context, cfg Config) (DropRate, error) {
 	if err != nil {
 		return res, err
 	}
-	sirq0, ok := softirqTime(cfg.CPU)
+	sirq0, ok0 := softirqTime(cfg.CPU)
 	r, err := s.g.Run(ctx, lab.RunOptions{Duration: cfg.Duration, CPU: cfg.CPU + 1})
 	if err != nil {
 		return res, err
 	}
-	sirq1, ok := softirqTime(cfg.CPU)
-	if r.OnCPU > 0 && ok {
+	sirq1, ok1 := softirqTime(cfg.CPU)
+	// Without both readings, the softirq share is unknown: no OnCPU.
+	if r.OnCPU > 0 && ok0 && ok1 {
 		res.OnCPU = r.OnCPU + sirq1 - sirq0
 	}
 	after, err := s.l.ServerCounters()

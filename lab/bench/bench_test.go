@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -320,12 +318,7 @@ func TestMeasureHookCost(t *testing.T) {
 // buildCommands builds the project's commands the capture rows run.
 func buildCommands(t *testing.T) Tools {
 	t.Helper()
-	bin := t.TempDir()
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin+string(filepath.Separator), "./cmd/xdpcap", "./cmd/l4drop")
-	build.Dir = fixture.ModuleRoot(t)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := fixture.BuildCommands(t, "./cmd/xdpcap", "./cmd/l4drop")
 	return Tools{XDPcap: filepath.Join(bin, "xdpcap"), L4Drop: filepath.Join(bin, "l4drop")}
 }
 
