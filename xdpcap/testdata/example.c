@@ -13,13 +13,26 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
-#include <linux/icmp.h>
 #include <linux/in.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #include "xdpcap.h"
+
+/*
+ * The ICMP header, declared here: linux/icmp.h pulls in glibc's socket
+ * headers, which a BPF target build cannot use without 32-bit stubs.
+ */
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 rest;
+};
+
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
 
 XDPCAP_HOOK(xdpcap_hook);
 
