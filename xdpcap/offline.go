@@ -62,7 +62,7 @@ func NewTestFilter(filter []bpf.Instruction, snapLen int) (_ *TestFilter, err er
 		return nil, fmt.Errorf("ring buffer reader: %w", err)
 	}
 	spec := progSpec{filter: o.Filter, action: Pass, snapLen: o.SnapLen, frags: true}
-	f.prog, err = spec.load(f.counters, f.output)
+	f.prog, err = spec.load(f.counters, f.output, nil)
 	if err != nil {
 		return nil, err
 	}
