@@ -52,11 +52,13 @@ func (w *PcapWriter) Flush() error { return w.buf.Flush() }
 // PcapngWriter writes pcapng files that record each packet's hook and
 // action twice over, so that every reader shows them:
 //   - each (hook, action) pair is an interface of its own, named
-//     "HOOKNAME:XDPPass" (tcpdump -r shows interface names with -e... in
-//     newer versions, Wireshark in the frame's interface field);
+//     "HOOKNAME:XDPPass", or "HOOKNAME:Entry" for packets captured at
+//     entry (Wireshark shows it in the frame's interface field);
 //   - each enhanced packet block carries the action as an epb_verdict
 //     option (code 7, type 2: Linux eBPF XDP, with the 64-bit action),
-//     which Wireshark shows as the frame's verdict, and as a comment.
+//     which Wireshark shows as the frame's verdict, and as a comment
+//     ("XDP_DROP"); packets captured at entry have no verdict, and the
+//     comment "entry, before the XDP program".
 //
 // Timestamps are in nanoseconds (if_tsresol 9).
 //
@@ -157,7 +159,11 @@ func (w *PcapngWriter) iface(hook int, a Action) (uint32, error) {
 	b = binary.LittleEndian.AppendUint16(b, 0)
 	b = binary.LittleEndian.AppendUint32(b, uint32(w.snapLen))
 	b = appendOption(b, ngIfName, []byte(name+":"+a.String()))
-	b = appendOption(b, ngIfDesc, []byte(fmt.Sprintf("xdpcap hook %s, packets the XDP program ended with %s", name, a.KernelName())))
+	desc := fmt.Sprintf("xdpcap hook %s, packets the XDP program ended with %s", name, a.KernelName())
+	if a == Entry {
+		desc = fmt.Sprintf("xdpcap hook %s, packets as they entered the XDP program", name)
+	}
+	b = appendOption(b, ngIfDesc, []byte(desc))
 	b = appendOption(b, ngIfTSResol, []byte{9})
 	b = appendOption(b, ngOptEnd, nil)
 	if err := w.end(b); err != nil {
@@ -166,6 +172,9 @@ func (w *PcapngWriter) iface(hook int, a Action) (uint32, error) {
 	w.ifaces[[2]int{hook, int(a)}] = id
 	return id, nil
 }
+
+// entryComment is the comment of packets captured at entry.
+const entryComment = "entry, before the XDP program"
 
 // WritePacket implements PacketWriter.
 func (w *PcapngWriter) WritePacket(p Packet) error {
@@ -182,11 +191,16 @@ func (w *PcapngWriter) WritePacket(p Packet) error {
 	b = binary.LittleEndian.AppendUint32(b, uint32(p.Length))
 	b = append(b, p.Data...)
 	b = appendPad(b, len(p.Data))
-	var verdict [9]byte
-	verdict[0] = ngVerdictXDP
-	binary.LittleEndian.PutUint64(verdict[1:], uint64(p.Action))
-	b = appendOption(b, ngEpbVerdict, verdict[:])
-	b = appendOption(b, ngOptComment, []byte(p.Action.KernelName()))
+	if p.Action == Entry {
+		// No verdict yet: the program has not seen the packet.
+		b = appendOption(b, ngOptComment, []byte(entryComment))
+	} else {
+		var verdict [9]byte
+		verdict[0] = ngVerdictXDP
+		binary.LittleEndian.PutUint64(verdict[1:], uint64(p.Action))
+		b = appendOption(b, ngEpbVerdict, verdict[:])
+		b = appendOption(b, ngOptComment, []byte(p.Action.KernelName()))
+	}
 	b = appendOption(b, ngOptEnd, nil)
 	return w.end(b)
 }
