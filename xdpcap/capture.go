@@ -15,7 +15,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/perf"
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
@@ -152,7 +151,7 @@ type Capture struct {
 	progs    []*ebpf.Program
 	counters *ebpf.Map
 	output   *ebpf.Map
-	rb       *ringbuf.Reader
+	ring     *ringReader
 	pr       *perf.Reader
 	poll     time.Duration
 	// monoToWall converts bpf_ktime_get_ns to wall time.
@@ -160,9 +159,9 @@ type Capture struct {
 
 	readerLost atomic.Uint64
 	// Reader state, used by ReadInto only.
-	rbRec     ringbuf.Record
 	prRec     perf.Record
 	rearm     bool
+	deadline  time.Time
 	detached  atomic.Bool
 	closeOnce sync.Once
 	detachMu  sync.Mutex
@@ -274,7 +273,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("create ring buffer: %w", err)
 		}
-		c.rb, err = ringbuf.NewReader(c.output)
+		c.ring, err = newRingReader(c.output)
 		if err != nil {
 			return nil, fmt.Errorf("ring buffer reader: %w", err)
 		}
@@ -442,26 +441,23 @@ func (c *Capture) Read() (Packet, error) {
 	return p, nil
 }
 
-// ReadInto is Read without an allocation per packet: p.Data points into a
-// buffer of the capture that the next ReadInto overwrites.
+// ReadInto is Read without an allocation or a copy per packet: p.Data
+// points into the capture's buffer, valid until the next ReadInto.
 func (c *Capture) ReadInto(p *Packet) error {
 	for {
 		// A deadline is armed only when the last read waited it out:
 		// setting one per record costs more than the record.
 		if c.rearm {
 			c.rearm = false
-			deadline := time.Now().Add(c.poll)
-			if c.rb != nil {
-				c.rb.SetDeadline(deadline)
-			} else {
-				c.pr.SetDeadline(deadline)
+			c.deadline = time.Now().Add(c.poll)
+			if c.pr != nil {
+				c.pr.SetDeadline(c.deadline)
 			}
 		}
 		var raw []byte
 		var err error
-		if c.rb != nil {
-			err = c.rb.ReadInto(&c.rbRec)
-			raw = c.rbRec.RawSample
+		if c.ring != nil {
+			raw, err = c.ring.next(c.deadline)
 		} else {
 			err = c.pr.ReadInto(&c.prRec)
 			if err == nil && c.prRec.LostSamples > 0 {
@@ -478,7 +474,7 @@ func (c *Capture) ReadInto(p *Packet) error {
 				return io.EOF
 			}
 			c.rearm = true
-		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, perf.ErrClosed), errors.Is(err, os.ErrClosed):
+		case errors.Is(err, errRingClosed), errors.Is(err, perf.ErrClosed), errors.Is(err, os.ErrClosed):
 			return ErrClosed
 		default:
 			return fmt.Errorf("read capture buffer: %w", err)
@@ -555,8 +551,8 @@ func (c *Capture) Detach() error {
 func (c *Capture) Close() error {
 	err := c.Detach()
 	c.closeOnce.Do(func() {
-		if c.rb != nil {
-			c.rb.Close()
+		if c.ring != nil {
+			c.ring.close()
 		}
 		if c.pr != nil {
 			c.pr.Close()
