@@ -310,7 +310,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 			}
 			if err != nil {
 				if errors.Is(err, errIncompatible) {
-					return nil, fmt.Errorf("hook %d: %w: the hook's XDP program takes no filter program of any kind xdpcap tried (%v)", i, errIncompatible, errors.Join(errs...))
+					return nil, fmt.Errorf("hook %d: %w: the hook's XDP program takes no filter program of any kind xdpcap tried (%w)", i, errIncompatible, errors.Join(errs...))
 				}
 				return nil, fmt.Errorf("hook %d: %w", i, err)
 			}
