@@ -59,11 +59,14 @@ program". The program must support it (xdpcap.h: xdpcap_entry, and its
 body in the hook's slot 6). With -actions none, xdpcap captures at entry
 only.
 
--r runs the very filter program a live capture would attach over each
-packet of a capture file, in the kernel (BPF_PROG_TEST_RUN), writes the
-matches with -w and prints "N packets matched of M": test a filter on a
-capture before attaching it. As in XDP, the cBPF len is the captured
-length, not the length on the wire.
+-r runs the very filter code a live capture would attach over each
+packet of a capture file, writes the matches with -w and prints "N
+packets matched of M": test a filter on a capture before attaching it.
+Filters that read only the packet run in xdpcap's interpreter of their
+eBPF code, checked against the kernel (BPF_PROG_TEST_RUN) on the first 256
+packets and one in 1024 after; the others, and packets longer than 3000
+bytes, run in the kernel. As in XDP, the cBPF len is the captured length,
+not the length on the wire.
 
 Every second xdpcap prints, per action, packets received/matched by the
 filter, and lost records (buffer full); a summary at exit. It stops on
