@@ -177,7 +177,9 @@ func flood(b *testing.B, l *fixture.LabPair) lab.Result {
 // seconds, while the capture's reader writes every dropped packet to a
 // pcap file. The packets come faster than from the live-frames generator
 // (no veth, no page allocation), which makes it the harder test of the
-// reader, and it runs where live frames are not permitted.
+// reader, and it runs where live frames are not permitted. Set
+// XDPCAP_FLOOD_DIR to write the file elsewhere than the test's temporary
+// directory (a tmpfs, to take the disk's file system out of the figure).
 func BenchmarkCaptureTestRunFlood(b *testing.B) {
 	fixture.RequireRoot(b)
 	for _, bc := range []struct {
@@ -197,10 +199,18 @@ func BenchmarkCaptureTestRunFlood(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer c.Close()
-			f, err := os.Create(filepath.Join(b.TempDir(), "flood.pcap"))
+			// The output file's directory: XDPCAP_FLOOD_DIR, say a tmpfs,
+			// or the test's temporary directory. What the file system
+			// costs a byte is much of what the reader costs a record.
+			dir := os.Getenv("XDPCAP_FLOOD_DIR")
+			if dir == "" {
+				dir = b.TempDir()
+			}
+			f, err := os.CreateTemp(dir, "flood-*.pcap")
 			if err != nil {
 				b.Fatal(err)
 			}
+			defer os.Remove(f.Name())
 			defer f.Close()
 			w, err := NewPcapWriter(f, layers.LinkTypeEthernet, DefaultSnapLen)
 			if err != nil {
@@ -246,7 +256,9 @@ func BenchmarkCaptureTestRunFlood(b *testing.B) {
 			b.ReportMetric(float64(written)/secs/1e6, "captured-Mpps")
 			b.ReportMetric(float64(t.Lost), "lost")
 			b.ReportMetric(float64(written), "captured")
-			if uint64(written)+t.Lost != t.Matched || t.Matched != sent {
+			// The kernel may run the program once more than asked (a
+			// warm-up run), never less.
+			if uint64(written)+t.Lost != t.Matched || t.Matched < sent {
 				b.Errorf("%d packets sent, %d matched, %d written, %d lost", sent, t.Matched, written, t.Lost)
 			}
 		})
