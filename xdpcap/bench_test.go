@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
@@ -110,10 +111,12 @@ func BenchmarkTestFilter(b *testing.B) {
 }
 
 // BenchmarkHookOverhead measures the same three programs as BenchmarkHook
-// (no hook, empty hook, filter that matches nothing) side by side: each
-// stays attached in a namespace of its own, and rounds of test runs
-// alternate between them, so that the machine's drift hits all alike. It
-// reports the mean ns per packet of each and the hook's extra cost.
+// (no hook, empty hook, filter that matches nothing) and a fourth, the
+// empty hook's program starting with Enter (an empty entry slot), side by
+// side: each stays attached in a namespace of its own, and rounds of test
+// runs alternate between them, so that the machine's drift hits all alike.
+// It reports the mean ns per packet of each and the extra costs: of the
+// hook, and of the entry slot over the hook.
 func BenchmarkHookOverhead(b *testing.B) {
 	fixture.RequireRoot(b)
 	pkt := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1234, 5000, make([]byte, 18))
@@ -128,13 +131,22 @@ func BenchmarkHookOverhead(b *testing.B) {
 		total  float64
 	}
 	var vs []*variant
-	for _, name := range []string{"no-hook", "empty-hook", "no-match"} {
+	for _, name := range []string{"no-hook", "empty-hook", "no-match", "empty-entry"} {
 		hook, err := NewHook()
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer hook.Close()
-		v := &variant{name: name, runner: fixture.NewXDPRunner(b), prog: goProgramHooked(b, hook, name != "no-hook")}
+		v := &variant{name: name, runner: fixture.NewXDPRunner(b)}
+		if name == "empty-entry" {
+			enter, err := Enter(asm.R6, "hook")
+			if err != nil {
+				b.Fatal(err)
+			}
+			v.prog = loadGoProgram(b, "test_go_entry", append(enter, goProgramInsns(true)...), hook, 0)
+		} else {
+			v.prog = goProgramHooked(b, hook, name != "no-hook")
+		}
 		if name == "no-match" {
 			c, err := Start([]*ebpf.Map{hook}, Options{Filter: noMatch, Actions: []Action{Pass}})
 			if err != nil {
@@ -160,4 +172,5 @@ func BenchmarkHookOverhead(b *testing.B) {
 	}
 	b.ReportMetric((vs[1].total-vs[0].total)/rounds, "empty-hook-extra-ns/pkt")
 	b.ReportMetric((vs[2].total-vs[0].total)/rounds, "no-match-extra-ns/pkt")
+	b.ReportMetric((vs[3].total-vs[1].total)/rounds, "empty-entry-extra-ns/pkt")
 }

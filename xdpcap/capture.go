@@ -8,13 +8,13 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/perf"
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
@@ -53,8 +53,15 @@ type Options struct {
 	// Filter is the cBPF filter packets must match, for the link type of
 	// the hooked interfaces (Ethernet, usually); nil captures everything.
 	Filter []bpf.Instruction
-	// Actions are the XDP actions to capture; nil means all of them.
+	// Actions are the XDP actions to capture at the program's exits; nil
+	// means all of them, an empty slice none (with Entry, for a capture at
+	// entry only).
 	Actions []Action
+	// Entry captures packets as they enter the XDP program, before it acts
+	// on them or rewrites them, too: they come with the action Entry. The
+	// program must support it (see EntrySlot), or Start fails with
+	// ErrNoEntry.
+	Entry bool
 	// SnapLen is the most bytes of a packet to capture; 0 means
 	// DefaultSnapLen.
 	SnapLen int
@@ -107,8 +114,9 @@ func (c *Counts) add(o Counts) {
 
 // Stats are a capture's counters.
 type Stats struct {
-	// Hooks holds the counters of each hook, per action.
-	Hooks [][NumActions]Counts
+	// Hooks holds the counters of each hook, per action, and at index
+	// Entry those of the capture at entry.
+	Hooks [][NumActions + 1]Counts
 	// ReaderLost counts the records the perf buffers report lost (always
 	// 0 with a ring buffer). These are the same losses Counts.Lost
 	// counts, as the kernel saw them; Total does not add them again.
@@ -124,10 +132,11 @@ func (s Stats) Action(a Action) Counts {
 	return c
 }
 
-// Total returns the counters summed over hooks and actions.
+// Total returns the counters summed over hooks and actions, entry
+// included: a packet captured at entry and at exit counts twice.
 func (s Stats) Total() Counts {
 	var c Counts
-	for _, a := range Actions {
+	for a := range Action(numPoints) {
 		c.add(s.Action(a))
 	}
 	return c
@@ -142,7 +151,7 @@ type Capture struct {
 	progs    []*ebpf.Program
 	counters *ebpf.Map
 	output   *ebpf.Map
-	rb       *ringbuf.Reader
+	ring     *ringReader
 	pr       *perf.Reader
 	poll     time.Duration
 	// monoToWall converts bpf_ktime_get_ns to wall time.
@@ -150,9 +159,9 @@ type Capture struct {
 
 	readerLost atomic.Uint64
 	// Reader state, used by ReadInto only.
-	rbRec     ringbuf.Record
 	prRec     perf.Record
 	rearm     bool
+	deadline  time.Time
 	detached  atomic.Bool
 	closeOnce sync.Once
 	detachMu  sync.Mutex
@@ -222,7 +231,12 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		if _, err := clearStale(h); err != nil {
 			return nil, fmt.Errorf("hook %d: %w", i, err)
 		}
-		for _, a := range o.Actions {
+		if o.Entry {
+			if err := checkEntry(h); err != nil {
+				return nil, fmt.Errorf("hook %d: %w", i, err)
+			}
+		}
+		for _, a := range o.points() {
 			id, name, err := slotProgram(h, uint32(a))
 			if err != nil {
 				return nil, fmt.Errorf("hook %d: %w", i, err)
@@ -238,7 +252,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		Type:       ebpf.PerCPUArray,
 		KeySize:    4,
 		ValueSize:  cntSize,
-		MaxEntries: uint32(len(hooks) * NumActions),
+		MaxEntries: uint32(len(hooks) * numPoints),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create counters: %w", err)
@@ -259,7 +273,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("create ring buffer: %w", err)
 		}
-		c.rb, err = ringbuf.NewReader(c.output)
+		c.ring, err = newRingReader(c.output)
 		if err != nil {
 			return nil, fmt.Errorf("ring buffer reader: %w", err)
 		}
@@ -277,7 +291,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		// expected attach type. The kernel does not tell what the owner
 		// has, so we try each kind, starting from the one that worked.
 		kinds := []progKind{{false, false}, {false, true}, {true, false}, {true, true}}
-		for _, a := range o.Actions {
+		for _, a := range o.points() {
 			var prog *ebpf.Program
 			var id ebpf.ProgramID
 			var errs []error
@@ -296,7 +310,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 			}
 			if err != nil {
 				if errors.Is(err, errIncompatible) {
-					return nil, fmt.Errorf("hook %d: %w: the hook's XDP program takes no filter program of any kind xdpcap tried (%v)", i, errIncompatible, errors.Join(errs...))
+					return nil, fmt.Errorf("hook %d: %w: the hook's XDP program takes no filter program of any kind xdpcap tried (%w)", i, errIncompatible, errors.Join(errs...))
 				}
 				return nil, fmt.Errorf("hook %d: %w", i, err)
 			}
@@ -308,7 +322,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 }
 
 func (c *Capture) installOne(hook *ebpf.Map, spec *progSpec) (*ebpf.Program, ebpf.ProgramID, error) {
-	prog, err := spec.load(c.counters, c.output)
+	prog, err := spec.load(c.counters, c.output, hook)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -355,6 +369,9 @@ func (o Options) normalize() (Options, error) {
 	if o.Actions == nil {
 		o.Actions = Actions
 	}
+	if len(o.Actions) == 0 && !o.Entry {
+		return o, errors.New("xdpcap: nothing to capture: no action and no entry")
+	}
 	seen := map[Action]bool{}
 	for _, a := range o.Actions {
 		if a >= NumActions {
@@ -365,13 +382,51 @@ func (o Options) normalize() (Options, error) {
 		}
 		seen[a] = true
 	}
-	if len(o.Actions) == 0 {
-		return o, errors.New("xdpcap: no action to capture")
-	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = 50 * time.Millisecond
 	}
 	return o, nil
+}
+
+// points returns the hook slots the capture fills: its actions, and the
+// entry slot for an entry capture.
+func (o Options) points() []Action {
+	if !o.Entry {
+		return o.Actions
+	}
+	return append(slices.Clone(o.Actions), Entry)
+}
+
+// Validate checks the options as Start does before it touches a hook or
+// the kernel, the filter's compilation included.
+func (o Options) Validate() error {
+	o, err := o.normalize()
+	if err != nil {
+		return err
+	}
+	for _, a := range o.points() {
+		spec := progSpec{filter: o.Filter, action: a, snapLen: o.SnapLen, perf: o.Perf}
+		if _, err := spec.instructions(); err != nil {
+			return fmt.Errorf("xdpcap: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkEntry returns an error wrapping ErrNoEntry unless hook has an entry
+// slot and a body in its body slot.
+func checkEntry(hook *ebpf.Map) error {
+	if hook.MaxEntries() < NumSlots {
+		return fmt.Errorf("%w: the hook has %d slots, not %d (built with an xdpcap.h older than entry capture?)", ErrNoEntry, hook.MaxEntries(), NumSlots)
+	}
+	id, _, err := slotProgram(hook, BodySlot)
+	if err != nil {
+		return err
+	}
+	if id == 0 {
+		return fmt.Errorf("%w: no body program in slot %d (the program must start with xdpcap_entry and its loader put its body there)", ErrNoEntry, BodySlot)
+	}
+	return nil
 }
 
 // Read returns the next captured packet, waiting for one. After Detach it
@@ -386,26 +441,23 @@ func (c *Capture) Read() (Packet, error) {
 	return p, nil
 }
 
-// ReadInto is Read without an allocation per packet: p.Data points into a
-// buffer of the capture that the next ReadInto overwrites.
+// ReadInto is Read without an allocation or a copy per packet: p.Data
+// points into the capture's buffer, valid until the next ReadInto.
 func (c *Capture) ReadInto(p *Packet) error {
 	for {
 		// A deadline is armed only when the last read waited it out:
 		// setting one per record costs more than the record.
 		if c.rearm {
 			c.rearm = false
-			deadline := time.Now().Add(c.poll)
-			if c.rb != nil {
-				c.rb.SetDeadline(deadline)
-			} else {
-				c.pr.SetDeadline(deadline)
+			c.deadline = time.Now().Add(c.poll)
+			if c.pr != nil {
+				c.pr.SetDeadline(c.deadline)
 			}
 		}
 		var raw []byte
 		var err error
-		if c.rb != nil {
-			err = c.rb.ReadInto(&c.rbRec)
-			raw = c.rbRec.RawSample
+		if c.ring != nil {
+			raw, err = c.ring.next(c.deadline)
 		} else {
 			err = c.pr.ReadInto(&c.prRec)
 			if err == nil && c.prRec.LostSamples > 0 {
@@ -422,7 +474,7 @@ func (c *Capture) ReadInto(p *Packet) error {
 				return io.EOF
 			}
 			c.rearm = true
-		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, perf.ErrClosed), errors.Is(err, os.ErrClosed):
+		case errors.Is(err, errRingClosed), errors.Is(err, perf.ErrClosed), errors.Is(err, os.ErrClosed):
 			return ErrClosed
 		default:
 			return fmt.Errorf("read capture buffer: %w", err)
@@ -452,11 +504,11 @@ func (c *Capture) parse(raw []byte, p *Packet) error {
 
 // Stats returns the capture's counters.
 func (c *Capture) Stats() (Stats, error) {
-	s := Stats{Hooks: make([][NumActions]Counts, len(c.hooks)), ReaderLost: c.readerLost.Load()}
+	s := Stats{Hooks: make([][numPoints]Counts, len(c.hooks)), ReaderLost: c.readerLost.Load()}
 	for h := range c.hooks {
-		for _, a := range Actions {
+		for a := range Action(numPoints) {
 			var perCPU [][cntSize]byte
-			if err := c.counters.Lookup(uint32(h*NumActions+int(a)), &perCPU); err != nil {
+			if err := c.counters.Lookup(uint32(h*numPoints+int(a)), &perCPU); err != nil {
 				return s, fmt.Errorf("read counters: %w", err)
 			}
 			for _, v := range perCPU {
@@ -499,8 +551,8 @@ func (c *Capture) Detach() error {
 func (c *Capture) Close() error {
 	err := c.Detach()
 	c.closeOnce.Do(func() {
-		if c.rb != nil {
-			c.rb.Close()
+		if c.ring != nil {
+			c.ring.close()
 		}
 		if c.pr != nil {
 			c.pr.Close()

@@ -5,7 +5,8 @@
 // # Hooks
 //
 // An XDP program exposes a hook: a program array with one slot per XDP
-// action ([HookMapSpec]), usually pinned on bpffs ([OpenOrCreateHook]).
+// action and two for capture at entry ([HookMapSpec]), usually pinned on
+// bpffs ([OpenOrCreateHook]).
 // Every exit of the program is a tail call into hook[action] that falls
 // back to returning the action: xdpcap_exit in C ([Header], xdpcap.h), or
 // the instructions of [Exit] in programs generated in Go. While nobody
@@ -13,6 +14,21 @@
 // Programs built from an ELF file get a pinned hook through
 // [HookReplacements]. A program may have several hooks, and programs may
 // share one.
+//
+// # Capture at entry
+//
+// A hook has two more slots, EntrySlot (5) and BodySlot (6), for capturing
+// packets as they enter the program, before it acts on them or rewrites
+// them. A program that supports it is built twice from one body: the
+// program to attach starts with a tail call into hook[EntrySlot]
+// (xdpcap_entry in C, [Enter] in Go), which falls through while the slot
+// is empty, for the cost of one empty tail call; the body alone, a second
+// program, goes in hook[BodySlot], put there by the loader ([SetBody])
+// before it attaches the program and on every reload. A capture with
+// Options.Entry puts a filter in hook[EntrySlot] that records the packet
+// (with the pseudo-action [Entry]) and tail calls hook[BodySlot], so the
+// body decides the packet's fate; it refuses hooks with no body
+// ([ErrNoEntry]). xdpcap.h spells the contract out in C.
 //
 // # Capturing
 //

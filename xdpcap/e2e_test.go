@@ -1,6 +1,7 @@
 package xdpcap
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -36,6 +37,26 @@ func goProgramHooked(t testing.TB, hook *ebpf.Map, hooked bool) *ebpf.Program {
 // goProgramFlags is goProgramHooked loaded with the given program flags.
 func goProgramFlags(t testing.TB, hook *ebpf.Map, hooked bool, flags uint32) *ebpf.Program {
 	t.Helper()
+	return loadGoProgram(t, "test_go_prog", goProgramInsns(hooked), hook, flags)
+}
+
+// loadGoProgram loads insns as an XDP program with hook as its map "hook".
+func loadGoProgram(t testing.TB, name string, insns asm.Instructions, hook *ebpf.Map, flags uint32) *ebpf.Program {
+	t.Helper()
+	if err := insns.AssociateMap("hook", hook); err != nil && !errors.Is(err, asm.ErrUnreferencedSymbol) {
+		t.Fatal(err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: name, Type: ebpf.XDP, Instructions: insns, License: "GPL", Flags: flags})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// goProgramInsns are goProgramHooked's instructions, its hook map named
+// "hook".
+func goProgramInsns(hooked bool) asm.Instructions {
 	const (
 		ctx  = asm.R6
 		data = asm.R7
@@ -82,18 +103,7 @@ func goProgramFlags(t testing.TB, hook *ebpf.Map, hooked bool, flags uint32) *eb
 		asm.StoreMem(data, 6, asm.R1, asm.Word),
 		asm.StoreMem(data, 10, asm.R2, asm.Half),
 	)
-	insns = append(insns, exitSeq(TX)...)
-	if hooked {
-		if err := insns.AssociateMap("hook", hook); err != nil {
-			t.Fatal(err)
-		}
-	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "test_go_prog", Type: ebpf.XDP, Instructions: insns, License: "GPL", Flags: flags})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	return prog
+	return append(insns, exitSeq(TX)...)
 }
 
 // describe summarizes a captured packet as "hook action proto detail".

@@ -50,3 +50,28 @@ func ExitReg(ctx asm.Register, hook string, action asm.Register) (asm.Instructio
 		asm.Return(),
 	), nil
 }
+
+// Enter returns the instructions that start an XDP program generated in Go
+// the way xdpcap_entry starts a C one: a tail call into hook[EntrySlot],
+// where an entry capture's filter records the packet and tail calls the
+// program's body from hook[BodySlot]; while the slot is empty (nobody
+// captures at entry) the call falls through, for about 2 ns. They must be
+// the program's first instructions: they save R1, the context, in ctx (one
+// of R6 to R9, which the tail call keeps) and restore R1 from it, so the
+// body follows as if the program started there. The body, loaded as a
+// program of its own without these instructions, goes in hook[BodySlot]
+// (SetBody).
+//
+// The sequence clobbers R0 and R2 to R5. It is 6 instructions.
+func Enter(ctx asm.Register, hook string) (asm.Instructions, error) {
+	if ctx < asm.R6 || ctx > asm.R9 {
+		return nil, fmt.Errorf("xdpcap: context register %s: want one of r6 to r9, which the tail call keeps", ctx)
+	}
+	return asm.Instructions{
+		asm.Mov.Reg(ctx, asm.R1),
+		asm.LoadMapPtr(asm.R2, 0).WithReference(hook),
+		asm.Mov.Imm32(asm.R3, EntrySlot),
+		asm.FnTailCall.Call(),
+		asm.Mov.Reg(asm.R1, ctx),
+	}, nil
+}

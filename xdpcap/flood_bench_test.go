@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/lab"
@@ -167,4 +169,191 @@ func flood(b *testing.B, l *fixture.LabPair) lab.Result {
 		b.Fatal(err)
 	}
 	return r
+}
+
+// BenchmarkCaptureTestRunFlood is BenchmarkCaptureFlood without the veth:
+// BPF_PROG_TEST_RUN runs the hooked program over a 64-byte UDP datagram to
+// port 9, repeated in the kernel, from a thread pinned to CPU 1, for two
+// seconds, while the capture's reader writes every dropped packet to a
+// pcap file. The packets come faster than from the live-frames generator
+// (no veth, no page allocation), which makes it the harder test of the
+// reader, and it runs where live frames are not permitted. Set
+// XDPCAP_FLOOD_DIR to write the file elsewhere than the test's temporary
+// directory (a tmpfs, to take the disk's file system out of the figure).
+func BenchmarkCaptureTestRunFlood(b *testing.B) {
+	fixture.RequireRoot(b)
+	for _, bc := range []struct {
+		name string
+		perf bool
+	}{{"ringbuf", false}, {"perf", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			runner := fixture.NewXDPRunner(b)
+			hook, err := NewHook()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer hook.Close()
+			prog := goProgram(b, hook)
+			c, err := Start([]*ebpf.Map{hook}, Options{Actions: []Action{Drop}, Perf: bc.perf})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			// The output file's directory: XDPCAP_FLOOD_DIR, say a tmpfs,
+			// or the test's temporary directory. What the file system
+			// costs a byte is much of what the reader costs a record.
+			dir := os.Getenv("XDPCAP_FLOOD_DIR")
+			if dir == "" {
+				dir = b.TempDir()
+			}
+			f, err := os.CreateTemp(dir, "flood-*.pcap")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer os.Remove(f.Name())
+			defer f.Close()
+			w, err := NewPcapWriter(f, layers.LinkTypeEthernet, DefaultSnapLen)
+			if err != nil {
+				b.Fatal(err)
+			}
+			written := 0
+			done := make(chan error, 1)
+			go func() {
+				var p Packet
+				for {
+					err := c.ReadInto(&p)
+					if errors.Is(err, io.EOF) || errors.Is(err, ErrClosed) {
+						done <- w.Flush()
+						return
+					}
+					if err == nil {
+						err = w.WritePacket(p)
+					}
+					if err != nil {
+						done <- err
+						return
+					}
+					written++
+				}
+			}()
+
+			pkt := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1234, 9, make([]byte, 18))
+			sent, elapsed := testRunFlood(b, runner, prog, pkt, 2*time.Second)
+			time.Sleep(200 * time.Millisecond) // the reader catches up
+			if err := c.Detach(); err != nil {
+				b.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			s, err := c.Stats()
+			if err != nil {
+				b.Fatal(err)
+			}
+			t := s.Total()
+			secs := elapsed.Seconds()
+			b.ReportMetric(float64(sent)/secs/1e6, "sent-Mpps")
+			b.ReportMetric(float64(written)/secs/1e6, "captured-Mpps")
+			b.ReportMetric(float64(t.Lost), "lost")
+			b.ReportMetric(float64(written), "captured")
+			// The kernel may run the program once more than asked (a
+			// warm-up run), never less.
+			if uint64(written)+t.Lost != t.Matched || t.Matched < sent {
+				b.Errorf("%d packets sent, %d matched, %d written, %d lost", sent, t.Matched, written, t.Lost)
+			}
+		})
+	}
+}
+
+// testRunFlood runs prog over pkt in rounds of repeated test runs, on a
+// thread pinned to CPU 1 when there is one, for d; it returns the runs.
+func testRunFlood(b *testing.B, runner *fixture.XDPRunner, prog *ebpf.Program, pkt []byte, d time.Duration) (uint64, time.Duration) {
+	b.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if runtime.NumCPU() > 1 {
+		var set unix.CPUSet
+		set.Set(1)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			b.Fatal(err)
+		}
+	}
+	const round = 1 << 16
+	var sent uint64
+	start := time.Now()
+	for time.Since(start) < d {
+		if _, err := runner.Repeat(prog, pkt, round); err != nil {
+			b.Fatal(err)
+		}
+		sent += round
+	}
+	return sent, time.Since(start)
+}
+
+// BenchmarkCaptureDrain measures the capture reader's cost per record,
+// which decides how fast a flood it keeps up with: test runs fill the
+// ring buffer with 200,000 records of 64-byte packets (not timed), then
+// ReadInto and the pcap writer, into io.Discard, take them out (timed).
+// It reports the wall time and the reading thread's CPU time per record,
+// the figure that depends least on what else runs on the machine.
+func BenchmarkCaptureDrain(b *testing.B) {
+	fixture.RequireRoot(b)
+	runner := fixture.NewXDPRunner(b)
+	hook, err := NewHook()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer hook.Close()
+	prog := goProgram(b, hook)
+	c, err := Start([]*ebpf.Map{hook}, Options{Actions: []Action{Drop}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	w, err := NewPcapWriter(io.Discard, layers.LinkTypeEthernet, DefaultSnapLen)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pkt := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1234, 9, make([]byte, 18))
+	const batch = 200000
+	var p Packet
+	records := 0
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var cpu time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		if _, err := runner.Repeat(prog, pkt, batch); err != nil {
+			b.Fatal(err)
+		}
+		cpu -= threadCPU(b)
+		b.StartTimer()
+		for range batch {
+			if err := c.ReadInto(&p); err != nil {
+				b.Fatal(err)
+			}
+			if err := w.WritePacket(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		cpu += threadCPU(b)
+		b.StartTimer()
+		records += batch
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(records), "ns/record")
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(records), "cpu-ns/record")
+	if s, err := c.Stats(); err != nil || s.Total().Lost != 0 {
+		b.Errorf("lost records: %+v %v", s.Total(), err)
+	}
+}
+
+// threadCPU returns the CPU time the calling thread has used.
+func threadCPU(b *testing.B) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -22,17 +22,44 @@ const (
 	Redirect Action = 4
 )
 
-// NumActions is the number of XDP actions, and so of hook slots.
+// NumActions is the number of XDP actions, and so of exit slots.
 const NumActions = 5
 
 // Actions lists every XDP action in slot order.
 var Actions = []Action{Aborted, Drop, Pass, TX, Redirect}
 
-var actionNames = [NumActions]string{"XDPAborted", "XDPDrop", "XDPPass", "XDPTx", "XDPRedirect"}
+// Entry is not an XDP action: it marks packets captured as they enter the
+// XDP program, before it acts on them or rewrites them (the hook's
+// EntrySlot). Packets and counters of an entry capture carry it as their
+// action.
+const Entry Action = EntrySlot
 
-// String returns the name xdpcap prints for the action, such as "XDPPass".
+// The slots of a hook beyond the exits (one per action, 0 to 4).
+const (
+	// EntrySlot holds the entry filter while a capture at the program's
+	// entry runs; the program tail calls it first thing (xdpcap_entry,
+	// Enter) and falls through while it is empty.
+	EntrySlot = 5
+	// BodySlot holds the program's body: the program without its
+	// xdpcap_entry call, which the entry filter tail calls once it has
+	// captured the packet. The program's loader puts it there (SetBody);
+	// xdpcap never changes it.
+	BodySlot = 6
+	// NumSlots is the number of slots of a hook that supports capture at
+	// entry; hooks with NumActions slots support exit capture only.
+	NumSlots = 7
+)
+
+// numPoints is the number of capture points of a hook: its exits and its
+// entry, the stride of the capture's counters.
+const numPoints = NumActions + 1
+
+var actionNames = [numPoints]string{"XDPAborted", "XDPDrop", "XDPPass", "XDPTx", "XDPRedirect", "Entry"}
+
+// String returns the name xdpcap prints for the action, such as "XDPPass",
+// or "Entry".
 func (a Action) String() string {
-	if a < NumActions {
+	if a < numPoints {
 		return actionNames[a]
 	}
 	return fmt.Sprintf("XDPAction(%d)", uint32(a))
@@ -51,6 +78,8 @@ func (a Action) KernelName() string {
 		return "XDP_TX"
 	case Redirect:
 		return "XDP_REDIRECT"
+	case Entry:
+		return "entry"
 	}
 	return fmt.Sprintf("XDP_%d", uint32(a))
 }
@@ -74,16 +103,40 @@ func ParseAction(s string) (Action, error) {
 // few slots.
 var ErrNotHook = errors.New("not an xdpcap hook")
 
+// ErrNoEntry is returned by Start for an entry capture on a hook whose
+// program does not support one: a hook of fewer than NumSlots slots, or
+// with no body in BodySlot.
+var ErrNoEntry = errors.New("the hook's XDP program does not support capture at entry")
+
 // HookMapSpec returns the spec of a hook named name: a program array with
-// 4-byte keys and values and one slot per XDP action.
+// 4-byte keys and values and NumSlots slots, as xdpcap.h's XDPCAP_HOOK.
 func HookMapSpec(name string) *ebpf.MapSpec {
 	return &ebpf.MapSpec{
 		Name:       name,
 		Type:       ebpf.ProgramArray,
 		KeySize:    4,
 		ValueSize:  4,
-		MaxEntries: NumActions,
+		MaxEntries: NumSlots,
 	}
+}
+
+// SetBody puts body, the program's body (the XDP program without its
+// xdpcap_entry call), in hook's BodySlot, where an entry filter tail calls
+// it. A loader calls it after loading the programs and before attaching
+// the one with the xdpcap_entry call, and again on every reload. body
+// must be of the same kind as the hook's other programs (the kernel
+// checks): the same ELF section, SEC("xdp"), is enough.
+func SetBody(hook *ebpf.Map, body *ebpf.Program) error {
+	if err := CheckHook(hook); err != nil {
+		return err
+	}
+	if hook.MaxEntries() < NumSlots {
+		return fmt.Errorf("%w: the hook has %d slots, want %d", ErrNoEntry, hook.MaxEntries(), NumSlots)
+	}
+	if err := hook.Update(uint32(BodySlot), body, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("put the body program in the hook: %w", err)
+	}
+	return nil
 }
 
 // NewHook creates a hook that is not pinned. It lives as long as a file

@@ -110,6 +110,10 @@ func slotProgram(hook *ebpf.Map, slot uint32) (id ebpf.ProgramID, name string, e
 func clearStale(hook *ebpf.Map) (int, error) {
 	n := 0
 	for slot := uint32(0); slot < hook.MaxEntries(); slot++ {
+		if slot == BodySlot {
+			// The program's own, whatever its name.
+			continue
+		}
 		id, name, err := slotProgram(hook, slot)
 		if err != nil {
 			return n, err

@@ -1,6 +1,7 @@
 package xdpcap
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -25,10 +26,20 @@ import (
 //
 // The program sees what XDP would see: the packet is the captured bytes (the
 // cBPF len extension is the captured length, not the length on the wire).
+//
+// A test run costs microseconds, so filters that read only the packet
+// run in xdpcap's own interpreter of the filter's eBPF code (the very
+// instructions the kernel runs), tens of nanoseconds a packet; the kernel
+// runs the first packets and one in verifyEvery after them too, and Match
+// fails with ErrInterpreter should the two disagree.
 // Packets longer than the first buffer of a test run (about 3.5 KiB) are
 // passed as multi-buffer packets; like live XDP the filter then reads
 // only the first buffer.
 type TestFilter struct {
+	interp   *interpreter // nil: every packet goes to the kernel
+	all      bool         // no filter: every packet matches
+	snapLen  int
+	runs     uint64 // packets the interpreter judged
 	prog     *ebpf.Program
 	counters *ebpf.Map
 	output   *ebpf.Map
@@ -43,7 +54,15 @@ func NewTestFilter(filter []bpf.Instruction, snapLen int) (_ *TestFilter, err er
 	if err != nil {
 		return nil, err
 	}
-	f := &TestFilter{}
+	f := &TestFilter{snapLen: o.SnapLen, all: o.Filter == nil}
+	if o.Filter != nil {
+		f.interp, err = newInterpreter(o.Filter)
+		if errors.Is(err, errInterp) {
+			f.interp = nil
+		} else if err != nil {
+			return nil, err
+		}
+	}
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -62,7 +81,7 @@ func NewTestFilter(filter []bpf.Instruction, snapLen int) (_ *TestFilter, err er
 		return nil, fmt.Errorf("ring buffer reader: %w", err)
 	}
 	spec := progSpec{filter: o.Filter, action: Pass, snapLen: o.SnapLen, frags: true}
-	f.prog, err = spec.load(f.counters, f.output)
+	f.prog, err = spec.load(f.counters, f.output, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -84,9 +103,58 @@ const MinPacketLen = xdprun.MinPacketLen
 // packet can be (about 17 pages).
 var ErrPacketSize = xdprun.ErrPacketSize
 
+// ErrInterpreter is returned by TestFilter.Match when xdpcap's interpreter
+// of the filter and the kernel disagree on a packet: a bug to report.
+var ErrInterpreter = errors.New("xdpcap's filter interpreter and the kernel disagree")
+
+// Packets the interpreter judges are judged by the kernel too: the first
+// verifyFirst, then one in verifyEvery.
+const (
+	verifyFirst = 256
+	verifyEvery = 1024
+)
+
+// interpMaxLen is the longest packet the interpreter takes: the first
+// buffer of a test run is about 3.5 KiB, and longer packets are
+// multi-buffer ones, whose first buffer alone the filter reads.
+const interpMaxLen = 3000
+
 // Match runs the filter over pkt and returns whether it matched and, if so,
-// the packet as captured.
+// the packet as captured (its Data may share pkt's memory).
 func (f *TestFilter) Match(pkt []byte) (bool, Packet, error) {
+	if (f.all || f.interp != nil) && len(pkt) >= MinPacketLen && len(pkt) <= interpMaxLen {
+		ok := f.all
+		if !ok {
+			res, err := f.interp.match(pkt)
+			if errors.Is(err, errInterp) {
+				return f.matchKernel(pkt)
+			}
+			if err != nil {
+				return false, Packet{}, err
+			}
+			ok = res != 0
+		}
+		f.runs++
+		p := Packet{Action: Pass, Length: len(pkt), Data: pkt[:min(len(pkt), f.snapLen)]}
+		if f.runs <= verifyFirst || f.runs%verifyEvery == 0 {
+			kok, kp, err := f.matchKernel(pkt)
+			if err != nil {
+				return false, Packet{}, err
+			}
+			if kok != ok || ok && !bytes.Equal(kp.Data, p.Data) {
+				return false, Packet{}, fmt.Errorf("%w: packet of %d bytes: interpreter says match %v, kernel %v", ErrInterpreter, len(pkt), ok, kok)
+			}
+		}
+		if !ok {
+			return false, Packet{}, nil
+		}
+		return true, p, nil
+	}
+	return f.matchKernel(pkt)
+}
+
+// matchKernel is Match through a test run of the capture program.
+func (f *TestFilter) matchKernel(pkt []byte) (bool, Packet, error) {
 	ret, err := f.runner.Run(f.prog, &ebpf.RunOptions{Data: pkt})
 	if err != nil {
 		return false, Packet{}, err

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/bpf"
 
 	"github.com/l4drop/l4drop/cbpf"
+	"github.com/l4drop/l4drop/cbpfc"
 	"github.com/l4drop/l4drop/internal/fixture"
 )
 
@@ -163,6 +164,69 @@ func TestOfflineAgreesWithTcpdump(t *testing.T) {
 	t.Logf("%d (filter, packet) pairs agree with tcpdump; where XDP cannot see what tcpdump sees: %d pairs of packets of a size XDP never handles skipped, %d differ on len of truncated packets, %d on bytes past the first buffer",
 		compared-lenDiff-bigDiff, sized, lenDiff, bigDiff)
 	if compared == 0 {
+		t.Fatal("nothing compared")
+	}
+}
+
+// TestInterpreterAgreesWithKernel runs every corpus filter over corpus
+// packets in xdpcap's interpreter and in the kernel (the capture program
+// by test run): they must agree on every packet, and the interpreter must
+// take the filters that read only the packet.
+func TestInterpreterAgreesWithKernel(t *testing.T) {
+	fixture.RequireRoot(t)
+	sets := map[string]*corpusSet{
+		"EN10MB": mergeCorpus(t, layers.LinkTypeEthernet),
+		"RAW":    mergeCorpus(t, layers.LinkTypeRaw),
+	}
+	const maxPackets = 1500
+	interpreted, pairs := 0, 0
+	for _, flt := range fixture.CorpusFilters(t) {
+		set := sets[flt.LinkType]
+		if set == nil {
+			continue
+		}
+		lt, err := cbpf.ParseLinkType(flt.LinkType)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prog, err := cbpf.Compile(flt.Expr, lt, DefaultSnapLen)
+		if err != nil {
+			t.Fatalf("filters.tsv:%d: %v", flt.Line, err)
+		}
+		tf, err := NewTestFilter(prog, 0)
+		if err != nil {
+			t.Fatalf("filters.tsv:%d %q: %v", flt.Line, flt.Expr, err)
+		}
+		if tf.interp == nil {
+			if !cbpfc.UsesContext(prog) {
+				t.Errorf("filters.tsv:%d %q: the interpreter does not take it", flt.Line, flt.Expr)
+			}
+			tf.Close()
+			continue
+		}
+		interpreted++
+		for i, p := range set.packets[:min(len(set.packets), maxPackets)] {
+			if len(p.Data) < MinPacketLen || len(p.Data) > interpMaxLen {
+				continue
+			}
+			res, err := tf.interp.match(p.Data)
+			if err != nil {
+				t.Errorf("filters.tsv:%d %q packet %d: interpreter: %v", flt.Line, flt.Expr, i, err)
+				continue
+			}
+			kernel, _, err := tf.matchKernel(p.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pairs++
+			if (res != 0) != kernel {
+				t.Errorf("filters.tsv:%d %q packet %d: interpreter %v, kernel %v", flt.Line, flt.Expr, i, res != 0, kernel)
+			}
+		}
+		tf.Close()
+	}
+	t.Logf("%d filters interpreted, %d (filter, packet) pairs agree with the kernel", interpreted, pairs)
+	if pairs == 0 {
 		t.Fatal("nothing compared")
 	}
 }

@@ -52,6 +52,7 @@ const (
 const (
 	countersMap = "xdpcap_counters"
 	outputMap   = "xdpcap_output"
+	hookMap     = "xdpcap_hook"
 )
 
 // Program names mark xdpcap's filters in a hook: a slot holding a program
@@ -61,7 +62,9 @@ const progNamePrefix = "xdpcap_"
 
 // progSpec describes one filter program.
 type progSpec struct {
-	filter  []bpf.Instruction // nil: match everything
+	filter []bpf.Instruction // nil: match everything
+	// action is the slot the program goes in: an XDP action, or Entry
+	// for the entry filter, which goes on to the program's body.
 	action  Action
 	hook    int // index of the hook in the capture
 	snapLen int
@@ -106,7 +109,7 @@ func (p *progSpec) maxCapture() int {
 }
 
 func (p *progSpec) name() string {
-	return progNamePrefix + [...]string{"aborted", "drop", "pass", "tx", "redirect"}[p.action]
+	return progNamePrefix + [...]string{"aborted", "drop", "pass", "tx", "redirect", "entry"}[p.action]
 }
 
 // instructions builds the filter program. Registers: R6 ctx, R7 counters
@@ -119,7 +122,7 @@ func (p *progSpec) instructions() (asm.Instructions, error) {
 		labelLost   = "xdpcap_lost"
 		labelRecord = "xdpcap_record"
 	)
-	key := int64(p.hook*NumActions + int(p.action))
+	key := int64(p.hook*numPoints + int(p.action))
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.StoreImm(asm.RFP, -4, key, asm.Word),
@@ -178,6 +181,20 @@ func (p *progSpec) instructions() (asm.Instructions, error) {
 
 	insns = append(insns, increment(asm.R7, cntLost)...)
 	insns[len(insns)-3] = insns[len(insns)-3].WithSymbol(labelLost)
+	if p.action == Entry {
+		// On to the program's body, which decides the packet's fate.
+		// Should the body be gone from its slot, the packet passes, as
+		// it would with no XDP program.
+		insns = append(insns,
+			asm.Mov.Reg(asm.R1, asm.R6).WithSymbol(labelDone),
+			asm.LoadMapPtr(asm.R2, 0).WithReference(hookMap),
+			asm.Mov.Imm32(asm.R3, BodySlot),
+			asm.FnTailCall.Call(),
+			asm.Mov.Imm(asm.R0, int32(Pass)),
+			asm.Return(),
+		)
+		return insns, nil
+	}
 	insns = append(insns,
 		asm.Mov.Imm(asm.R0, int32(p.action)).WithSymbol(labelDone),
 		asm.Return(),
@@ -312,11 +329,17 @@ func (p *progSpec) perfOutput(done, lost string) asm.Instructions {
 	}
 }
 
-// load loads the program with its maps.
-func (p *progSpec) load(counters, output *ebpf.Map) (*ebpf.Program, error) {
+// load loads the program with its maps; hook is needed by the entry
+// filter only.
+func (p *progSpec) load(counters, output, hook *ebpf.Map) (*ebpf.Program, error) {
 	insns, err := p.instructions()
 	if err != nil {
 		return nil, err
+	}
+	if p.action == Entry {
+		if err := insns.AssociateMap(hookMap, hook); err != nil {
+			return nil, err
+		}
 	}
 	if err := insns.AssociateMap(countersMap, counters); err != nil {
 		return nil, err

@@ -34,6 +34,40 @@
  *
  * A program may have several hooks (one per stage, say), and programs may
  * share one. testdata/example.c in the xdpcap package is a complete example.
+ *
+ * Capture at entry (`xdpcap -entry`) records packets as they arrive, before
+ * the program acts on them or rewrites them. It takes two more slots,
+ * ENTRY (5) and BODY (6), and two programs built from one body:
+ *
+ *	static __always_inline int process(struct xdp_md *ctx)
+ *	{
+ *		... every exit: return xdpcap_exit(ctx, &xdpcap_hook, action);
+ *	}
+ *
+ *	SEC("xdp")
+ *	int prog(struct xdp_md *ctx)
+ *	{
+ *		xdpcap_entry(ctx, &xdpcap_hook);
+ *		return process(ctx);
+ *	}
+ *
+ *	SEC("xdp")
+ *	int prog_body(struct xdp_md *ctx)
+ *	{
+ *		return process(ctx);
+ *	}
+ *
+ * The loader puts prog_body in hook[XDPCAP_BODY] (Go: xdpcap.SetBody;
+ * libbpf: bpf_map_update_elem(hook_fd, &(__u32){XDPCAP_BODY}, &body_fd,
+ * BPF_ANY)) before it attaches prog, and again on every reload; prog is the
+ * program it attaches. xdpcap_entry tail calls hook[XDPCAP_ENTRY]: while
+ * nobody captures at entry the slot is empty and the call falls through
+ * (about 2 ns); during `xdpcap -entry` the slot holds a filter that
+ * records the packet and tail calls hook[XDPCAP_BODY], so the packet's
+ * fate is prog_body's, which is prog's. (Were the body slot empty, the
+ * filter would return XDP_PASS; xdpcap refuses to capture at entry then.)
+ * Tail calls count: entry filter, body and exit filter are 2 of the
+ * kernel's 33.
  */
 #ifndef XDPCAP_H
 #define XDPCAP_H
@@ -41,14 +75,20 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-/* XDPCAP_NUM_ACTIONS is the number of hook slots: one per XDP action. */
+/* XDPCAP_NUM_ACTIONS is the number of exit slots: one per XDP action. */
 #define XDPCAP_NUM_ACTIONS 5
+/* XDPCAP_ENTRY is the slot of the entry filter, which xdpcap_entry calls. */
+#define XDPCAP_ENTRY 5
+/* XDPCAP_BODY is the slot of the program's body, which the loader fills. */
+#define XDPCAP_BODY 6
+/* XDPCAP_NUM_SLOTS is the number of hook slots. */
+#define XDPCAP_NUM_SLOTS 7
 
 /* XDPCAP_HOOK(name) defines a hook map called name. */
 #define XDPCAP_HOOK(name)                                        \
 	struct {                                                 \
 		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);           \
-		__uint(max_entries, XDPCAP_NUM_ACTIONS);         \
+		__uint(max_entries, XDPCAP_NUM_SLOTS);           \
 		__uint(key_size, sizeof(__u32));                 \
 		__uint(value_size, sizeof(__u32));               \
 	} name SEC(".maps")
@@ -61,7 +101,7 @@
 #define XDPCAP_HOOK_PINNED(name)                                 \
 	struct {                                                 \
 		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);           \
-		__uint(max_entries, XDPCAP_NUM_ACTIONS);         \
+		__uint(max_entries, XDPCAP_NUM_SLOTS);           \
 		__uint(key_size, sizeof(__u32));                 \
 		__uint(value_size, sizeof(__u32));               \
 		__uint(pinning, LIBBPF_PIN_BY_NAME);             \
@@ -78,6 +118,18 @@ static __always_inline int xdpcap_exit(struct xdp_md *ctx, void *hook, enum xdp_
 {
 	bpf_tail_call(ctx, hook, action);
 	return action;
+}
+
+/*
+ * xdpcap_entry hands the packet to the entry filter in hook[XDPCAP_ENTRY],
+ * if there is one: the filter records it and runs the program's body from
+ * hook[XDPCAP_BODY] in place of the rest of this program. Otherwise it
+ * returns, and the program goes on. Call it first thing, before the
+ * program reads or writes the packet: `xdpcap_entry(ctx, &hook);`.
+ */
+static __always_inline void xdpcap_entry(struct xdp_md *ctx, void *hook)
+{
+	bpf_tail_call(ctx, hook, XDPCAP_ENTRY);
 }
 
 #endif /* XDPCAP_H */

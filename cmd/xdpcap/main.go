@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +31,7 @@ const usage = `xdpcap: tcpdump for XDP programs.
 
 Usage:
   xdpcap [flags] HOOK [HOOK...] OUTPUT|- [EXPR...]   capture from running XDP programs
+  xdpcap -entry [flags] HOOK... OUTPUT|- [EXPR...]    also capture packets as they enter
   xdpcap -r IN [-w OUT] [flags] [EXPR...]            run the filter over a capture file
   xdpcap -clear HOOK [HOOK...]                        remove filters a killed xdpcap left
   xdpcap -header                                      print xdpcap.h, for C programs
@@ -45,14 +48,25 @@ captured, up to the snap length.
 
 Each packet is recorded with the action its XDP program took. pcapng
 output shows it and the hook: one interface per hook and action, named
-HOOK:XDPDrop and so on, and the packet's verdict option and comment.
-pcap output cannot.
+HOOK:XDPDrop and so on (HOOK is the hook's path, relative to /sys/fs/bpf
+when it is there), and the packet's verdict option and comment. pcap
+output cannot.
 
--r runs the very filter program a live capture would attach over each
-packet of a capture file, in the kernel (BPF_PROG_TEST_RUN), writes the
-matches with -w and prints "N packets matched of M": test a filter on a
-capture before attaching it. As in XDP, the cBPF len is the captured
-length, not the length on the wire.
+-entry also captures each packet as it enters the XDP program, before the
+program acts on it or rewrites it: pcapng shows those on interface
+HOOK:Entry, with no verdict and the comment "entry, before the XDP
+program". The program must support it (xdpcap.h: xdpcap_entry, and its
+body in the hook's slot 6). With -actions none, xdpcap captures at entry
+only.
+
+-r runs the very filter code a live capture would attach over each
+packet of a capture file, writes the matches with -w and prints "N
+packets matched of M": test a filter on a capture before attaching it.
+Filters that read only the packet run in xdpcap's interpreter of their
+eBPF code, checked against the kernel (BPF_PROG_TEST_RUN) on the first 256
+packets and one in 1024 after; the others, and packets longer than 3000
+bytes, run in the kernel. As in XDP, the cBPF len is the captured length,
+not the length on the wire.
 
 Every second xdpcap prints, per action, packets received/matched by the
 filter, and lost records (buffer full); a summary at exit. It stops on
@@ -96,6 +110,7 @@ type config struct {
 	buffer   int
 	perf     bool
 	interval time.Duration
+	entry    bool
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -105,7 +120,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
 	}
-	actions := fs.String("actions", "aborted,drop,pass,tx,redirect", "XDP `actions` to capture, comma-separated")
+	actions := fs.String("actions", "aborted,drop,pass,tx,redirect", "XDP `actions` to capture at exit, comma-separated, or none")
+	entry := fs.Bool("entry", false, "also capture packets as they enter the XDP program, before it acts")
 	snapLen := fs.Int("s", xdpcap.DefaultSnapLen, "capture at most `snaplen` bytes of each packet")
 	count := fs.Int("c", 0, "stop after `count` packets (0: never)")
 	linkType := fs.String("linktype", "EN10MB", "link `type` of the hooked interfaces, for EXPR and the output")
@@ -123,25 +139,40 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	if *header {
 		_, err := stdout.Write(xdpcap.Header)
 		return err
 	}
 
+	if *buffer < 4 || *buffer > maxBufferKiB {
+		return fmt.Errorf("%w: -buffer %d: want 4 to %d KiB", errUsage, *buffer, maxBufferKiB)
+	}
+	if *interval <= 0 {
+		return fmt.Errorf("%w: -interval %s: want a positive duration", errUsage, *interval)
+	}
 	cfg := config{snapLen: *snapLen, count: *count, format: *format, quiet: *quiet, flush: *flush,
-		buffer: *buffer << 10, perf: *perf, interval: *interval}
-	for _, name := range strings.Split(*actions, ",") {
-		a, err := xdpcap.ParseAction(strings.TrimSpace(name))
-		if err != nil {
-			return fmt.Errorf("%w: -actions: %v", errUsage, err)
+		buffer: *buffer << 10, perf: *perf, interval: *interval, entry: *entry}
+	cfg.actions = []xdpcap.Action{}
+	if strings.TrimSpace(*actions) != "none" {
+		for _, name := range strings.Split(*actions, ",") {
+			a, err := xdpcap.ParseAction(strings.TrimSpace(name))
+			if err != nil {
+				return fmt.Errorf("%w: -actions: %w", errUsage, err)
+			}
+			if slices.Contains(cfg.actions, a) {
+				return fmt.Errorf("%w: -actions: %s given twice", errUsage, a.KernelName())
+			}
+			cfg.actions = append(cfg.actions, a)
 		}
-		cfg.actions = append(cfg.actions, a)
+	}
+	if len(cfg.actions) == 0 && !cfg.entry {
+		return fmt.Errorf("%w: -actions none: nothing to capture without -entry", errUsage)
 	}
 	lt, err := cbpf.ParseLinkType(*linkType)
 	if err != nil {
-		return fmt.Errorf("%w: -linktype: %v", errUsage, err)
+		return fmt.Errorf("%w: -linktype: %w", errUsage, err)
 	}
 	cfg.linkType = lt
 	if cfg.snapLen < 1 || cfg.snapLen > xdpcap.DefaultSnapLen {
@@ -157,6 +188,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 
 	if *read != "" {
+		if *clear || *entry {
+			return fmt.Errorf("%w: -r takes no -clear or -entry", errUsage)
+		}
 		return offline(*read, *write, fs.Args(), cfg, stdout, stderr)
 	}
 	if *write != "" {
@@ -181,6 +215,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	return live(strings.Join(pos[:n], ","), pos[n], pos[n+1:], cfg, stdout, stderr)
 }
 
+// maxBufferKiB is the largest -buffer: 1 GiB.
+const maxBufferKiB = 1 << 20
+
 // compile turns the EXPR arguments into a filter: nil for none, bytecode
 // as is, anything else through libpcap.
 func compile(args []string, lt cbpf.LinkType, snapLen int) ([]bpf.Instruction, error) {
@@ -191,16 +228,50 @@ func compile(args []string, lt cbpf.LinkType, snapLen int) ([]bpf.Instruction, e
 	if cbpf.IsBytecode(expr) {
 		prog, err := cbpf.Parse(expr)
 		if err != nil {
-			return nil, fmt.Errorf("bytecode: %w", err)
+			return nil, fmt.Errorf("EXPR (bytecode, %d bytes): %s", len(expr), shorten(err.Error()))
 		}
 		return prog, nil
 	}
 	prog, err := cbpf.Compile(expr, lt, snapLen)
+	if ce := (*cbpf.CompileError)(nil); errors.As(err, &ce) {
+		// An expression is echoed back only so far: it may be huge.
+		short := *ce
+		short.Expr, short.Msg = shorten(ce.Expr), shorten(ce.Msg)
+		return nil, fmt.Errorf("EXPR (%d bytes): %w", len(expr), &short)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("EXPR: %w", err)
 	}
 	return prog, nil
 }
+
+// shortLen is the most bytes of user input an error message quotes.
+const shortLen = 200
+
+// shorten cuts s to shortLen bytes, saying how much it left out.
+func shorten(s string) string {
+	if len(s) <= shortLen {
+		return s
+	}
+	return fmt.Sprintf("%s... (%d more bytes)", strings.ToValidUTF8(s[:shortLen], ""), len(s)-shortLen)
+}
+
+// hookName names a hook in the output and the statistics: its path, which
+// tells apart hooks of the same file name in different directories,
+// relative to /sys/fs/bpf when it is there.
+func hookName(path string) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		abs = filepath.Clean(path)
+	}
+	if rel, ok := strings.CutPrefix(abs, bpffsRoot+"/"); ok {
+		return rel
+	}
+	return abs
+}
+
+// bpffsRoot is where the BPF file system is usually mounted.
+const bpffsRoot = "/sys/fs/bpf"
 
 // onBPFFS reports whether path exists on a BPF file system.
 func onBPFFS(path string) bool {
@@ -231,7 +302,7 @@ func openHooks(list string) ([]*ebpf.Map, []string, error) {
 			return nil, nil, err
 		}
 		hooks = append(hooks, h)
-		names = append(names, filepath.Base(path))
+		names = append(names, hookName(path))
 	}
 	if len(hooks) == 0 {
 		return nil, nil, fmt.Errorf("%w: no HOOK", errUsage)
@@ -266,6 +337,17 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 	filter, err := compile(exprArgs, cfg.linkType, cfg.snapLen)
 	if err != nil {
 		return err
+	}
+	opts := xdpcap.Options{
+		Filter:     filter,
+		Actions:    cfg.actions,
+		Entry:      cfg.entry,
+		SnapLen:    cfg.snapLen,
+		BufferSize: cfg.buffer,
+		Perf:       cfg.perf,
+	}
+	if err := opts.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	if err := needRoot(); err != nil {
 		return err
@@ -317,13 +399,7 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 		return err
 	}
 
-	capture, err := xdpcap.Start(hooks, xdpcap.Options{
-		Filter:     filter,
-		Actions:    cfg.actions,
-		SnapLen:    cfg.snapLen,
-		BufferSize: cfg.buffer,
-		Perf:       cfg.perf,
-	})
+	capture, err := xdpcap.Start(hooks, opts)
 	if err != nil {
 		return err
 	}
@@ -338,6 +414,10 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 		n   int
 		err error
 	}
+	// written is what the reader has handed the writer so far, for the
+	// summary should the reader not finish (a second Ctrl-C while it is
+	// stuck writing to a pipe).
+	var written atomic.Int64
 	done := make(chan result, 1)
 	go func() {
 		n := 0
@@ -356,6 +436,7 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 				return
 			}
 			n++
+			written.Store(int64(n))
 			if cfg.flush {
 				if err := w.Flush(); err != nil {
 					done <- result{n, err}
@@ -369,6 +450,7 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 	tick := time.NewTicker(cfg.interval)
 	defer tick.Stop()
 	var res result
+	finished := false
 	stopping := false
 loop:
 	for {
@@ -381,6 +463,7 @@ loop:
 			}
 		case <-sigs:
 			if stopping {
+				// Stop draining: what is still buffered stays unread.
 				break loop
 			}
 			// Take the filters out, then let the reader drain the buffer.
@@ -389,23 +472,31 @@ loop:
 				fmt.Fprintf(stderr, "xdpcap: %v\n", err)
 			}
 		case res = <-done:
+			finished = true
 			break loop
 		}
 	}
-	if errors.Is(res.err, syscall.EPIPE) {
-		// The reader of stdout went away (tcpdump -c, head): done.
-		res.err = nil
+	// The counters are final once the filters are out.
+	if err := capture.Detach(); err != nil && res.err == nil {
+		res.err = err
 	}
 	stats, serr := capture.Stats()
 	if cerr := capture.Close(); cerr != nil && res.err == nil {
 		res.err = cerr
 	}
-	if !stopping {
-		// -c reached or an error: Close interrupted the reader; wait for it.
+	if !finished {
+		// Close interrupts the reader, which then flushes what it wrote;
+		// a reader stuck on a full pipe is given up on.
 		select {
-		case <-done:
-		default:
+		case res = <-done:
+		case <-time.After(2 * time.Second):
+			res.n = int(written.Load())
+			fmt.Fprintln(stderr, "xdpcap: the output does not take the last packets; some may be missing from it")
 		}
+	}
+	if errors.Is(res.err, syscall.EPIPE) {
+		// The reader of stdout went away (tcpdump -c, head): done.
+		res.err = nil
 	}
 	if serr == nil {
 		fmt.Fprintln(stderr, statsLine(stats))
@@ -416,6 +507,9 @@ loop:
 		}
 		t := stats.Total()
 		fmt.Fprintf(stderr, "%d packets captured, %d received by filter, %d matched, %d lost\n", res.n, t.Seen, t.Matched, t.Lost)
+		if unread := int64(t.Matched) - int64(t.Lost) - int64(res.n); unread > 0 && cfg.count == 0 {
+			fmt.Fprintf(stderr, "%d packets left unread in the buffer (stopped before it was drained)\n", unread)
+		}
 	}
 	return res.err
 }
@@ -425,6 +519,9 @@ loop:
 //	XDPAborted: 0/0   XDPDrop: 0/0   XDPPass: 254/0   XDPTx: 0/0   XDPRedirect: 0/0   Total: 254/0   Lost: 0   (received/matched packets)
 func statsLine(s xdpcap.Stats) string {
 	var b strings.Builder
+	if e := s.Action(xdpcap.Entry); e.Seen > 0 {
+		fmt.Fprintf(&b, "%s: %d/%d   ", xdpcap.Entry, e.Seen, e.Matched)
+	}
 	for _, a := range xdpcap.Actions {
 		c := s.Action(a)
 		fmt.Fprintf(&b, "%s: %d/%d   ", a, c.Seen, c.Matched)

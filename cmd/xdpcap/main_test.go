@@ -92,11 +92,15 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
-// filled returns how many slots of the hook hold a program.
+// name is the hook's name in xdpcap's output: its path under /sys/fs/bpf.
+func (l *lab) name() string { return strings.TrimPrefix(l.hookPath, "/sys/fs/bpf/") }
+
+// filled returns how many slots of the hook hold a filter (exits and
+// entry; the body slot holds the program's body).
 func (l *lab) filled(t testing.TB) int {
 	t.Helper()
 	n := 0
-	for slot := uint32(0); slot < xdpcap.NumActions; slot++ {
+	for slot := uint32(0); slot < xdpcap.BodySlot; slot++ {
 		var id uint32
 		if err := l.hook.Lookup(slot, &id); err == nil && id != 0 {
 			n++
@@ -231,7 +235,7 @@ func TestLiveCommand(t *testing.T) {
 			}
 
 			if format == "pcapng" {
-				checkPcapngActions(t, out, map[string]int{"hook:XDPDrop": 3, "hook:XDPPass": 2, "hook:XDPTx": 2})
+				checkPcapngActions(t, out, map[string]int{l.name() + ":XDPDrop": 3, l.name() + ":XDPPass": 2, l.name() + ":XDPTx": 2})
 			}
 		})
 	}
@@ -263,16 +267,25 @@ func TestCount(t *testing.T) {
 }
 
 // TestTwoHooks captures from two hooks given as two arguments.
+// TestTwoHooks captures two hooks of the same file name, in different
+// directories, at once: each has an interface of its own in the output,
+// named after its path.
 func TestTwoHooks(t *testing.T) {
 	l := newLab(t)
-	otherPath := filepath.Join(filepath.Dir(l.hookPath), "other")
+	otherDir := filepath.Join(filepath.Dir(l.hookPath), "b")
+	if err := os.Mkdir(otherDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	otherPath := filepath.Join(otherDir, filepath.Base(l.hookPath))
+	otherName := strings.TrimPrefix(otherPath, "/sys/fs/bpf/")
 	other, err := xdpcap.CreateHook(otherPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	// A program that uses the second hook (attached nowhere).
-	insns := append(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}, xdpcap.Exit(asm.R6, "other", xdpcap.Pass)...)
+	// A program that uses the second hook (attached nowhere, run by test
+	// runs), dropping every packet.
+	insns := append(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}, xdpcap.Exit(asm.R6, "other", xdpcap.Drop)...)
 	if err := insns.AssociateMap("other", other); err != nil {
 		t.Fatal(err)
 	}
@@ -302,6 +315,10 @@ func TestTwoHooks(t *testing.T) {
 		t.Errorf("second hook has %d filters, want 1", n)
 	}
 	fixture.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 3)
+	runner := fixture.NewXDPRunner(t)
+	if ret, err := runner.Run(prog, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 2, nil)); err != nil || ret != uint32(xdpcap.Drop) {
+		t.Fatalf("second hook's program: %d %v", ret, err)
+	}
 	time.Sleep(100 * time.Millisecond)
 	if err := p.stop(t, os.Interrupt); err != nil {
 		t.Fatalf("xdpcap: %v\n%s", err, &p.stderr)
@@ -309,8 +326,8 @@ func TestTwoHooks(t *testing.T) {
 	if l.filled(t) != 0 || filled() != 0 {
 		t.Errorf("filters left: %d and %d", l.filled(t), filled())
 	}
-	checkPcapngActions(t, out, map[string]int{"hook:XDPDrop": 3})
-	for _, want := range []string{"  hook: XDPAborted: 0/0   XDPDrop: 3/3", "  other: XDPAborted: 0/0   XDPDrop: 0/0"} {
+	checkPcapngActions(t, out, map[string]int{l.name() + ":XDPDrop": 3, otherName + ":XDPDrop": 1})
+	for _, want := range []string{"  " + l.name() + ": XDPAborted: 0/0   XDPDrop: 3/3", "  " + otherName + ": XDPAborted: 0/0   XDPDrop: 1/1"} {
 		if !strings.Contains(p.stderr.String(), want) {
 			t.Errorf("per-hook summary %q missing:\n%s", want, &p.stderr)
 		}
@@ -365,7 +382,10 @@ func checkPcapngActions(t *testing.T, path string, want map[string]int) {
 	}
 	wantVerdicts := map[byte]int{}
 	for name, n := range want {
-		_, action, _ := strings.Cut(name, ":")
+		action := name[strings.LastIndex(name, ":")+1:]
+		if action == xdpcap.Entry.String() {
+			continue // no verdict
+		}
 		a, err := xdpcap.ParseAction(action)
 		if err != nil {
 			t.Fatal(err)
@@ -495,6 +515,22 @@ func TestBadInput(t *testing.T) {
 	array := pin("array", &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 5})
 	small := pin("small", &ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 3})
 	unused := pin("unused", xdpcap.HookMapSpec("unused"))
+	// A hook that a program uses, but whose body slot is empty.
+	unusedBody := pin("nobody", xdpcap.HookMapSpec("nobody"))
+	nobody, err := xdpcap.OpenHook(unusedBody)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nobody.Close()
+	insns := xdpcap.Exit(asm.R1, "nobody", xdpcap.Pass)
+	if err := insns.AssociateMap("nobody", nobody); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, Instructions: insns, License: "GPL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
 	out := filepath.Join(t.TempDir(), "out.pcap")
 
 	for _, tc := range []struct {
@@ -515,6 +551,20 @@ func TestBadInput(t *testing.T) {
 		{"no output", []string{l.hookPath}, false, "want HOOK and OUTPUT"},
 		{"not root", []string{l.hookPath, out}, true, "needs root"},
 		{"offline missing file", []string{"-r", "/nonexistent.pcap"}, false, "no such file"},
+		{"zero interval", []string{"-interval", "0", l.hookPath, out}, false, "-interval 0s: want a positive duration"},
+		{"negative interval", []string{"-interval", "-1s", l.hookPath, out}, false, "-interval -1s: want a positive duration"},
+		{"negative buffer", []string{"-buffer", "-1", l.hookPath, out}, false, "-buffer -1: want 4 to"},
+		{"huge buffer", []string{"-buffer", "9223372036854775807", l.hookPath, out}, false, "-buffer 9223372036854775807: want 4 to"},
+		{"zero snap length", []string{"-s", "0", l.hookPath, out}, false, "-s 0: want 1 to"},
+		{"negative count", []string{"-c", "-3", l.hookPath, out}, false, "-c -3: want 0 or more"},
+		{"bad link type", []string{"-linktype", "FOO", l.hookPath, out}, false, "-linktype"},
+		{"action twice", []string{"-actions", "drop,XDP_DROP", l.hookPath, out}, false, "-actions: XDP_DROP given twice"},
+		{"nothing to capture", []string{"-actions", "none", l.hookPath, out}, false, "-actions none: nothing to capture without -entry"},
+		{"entry offline", []string{"-entry", "-r", "/nonexistent.pcap"}, false, "-r takes no -clear or -entry"},
+		{"entry without body", []string{"-entry", unusedBody, out}, false, "does not support capture at entry"},
+		// 1 MB, in arguments of 100 kB: the kernel takes no longer one.
+		{"huge expression", append([]string{l.hookPath, out, "host"}, huge("a", 10)...), false, "EXPR (1000014 bytes)"},
+		{"huge bytecode", append([]string{l.hookPath, out, "1,6 0 0 1,"}, huge("6 0 0 1,", 10)...), false, "EXPR (bytecode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(bin, tc.args...)
@@ -526,8 +576,12 @@ func TestBadInput(t *testing.T) {
 			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 				t.Fatalf("exit %v, want status 1; output:\n%s", err, b)
 			}
-			if !strings.Contains(string(b), tc.wantErr) || !strings.HasPrefix(string(b), "xdpcap: ") {
-				t.Errorf("output %q, want an xdpcap: error with %q", b, tc.wantErr)
+			if !strings.Contains(string(b), tc.wantErr) || !strings.HasPrefix(string(b), "xdpcap: ") || strings.Contains(string(b), "panic:") {
+				t.Errorf("output %q, want an xdpcap: error with %q", shortOutput(b), tc.wantErr)
+			}
+			// Input is quoted only so far.
+			if len(b) > 4096 {
+				t.Errorf("output of %d bytes: %q", len(b), shortOutput(b))
 			}
 			if n := l.filled(t); n != 0 {
 				t.Errorf("%d filters left in the hook", n)
@@ -629,5 +683,139 @@ func toPcapng(t testing.TB, in, out string) {
 	}
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// huge returns n arguments of 100 kB each, s over and over.
+func huge(s string, n int) []string {
+	args := make([]string, n)
+	for i := range args {
+		args[i] = strings.Repeat(s, 100000/len(s))
+	}
+	return args
+}
+
+// shortOutput is b, cut for a test's message.
+func shortOutput(b []byte) string {
+	if len(b) > 1000 {
+		return string(b[:1000]) + "..."
+	}
+	return string(b)
+}
+
+// TestWireshark captures at entry and at exit into pcapng and reads the
+// file with tshark: each packet's interface is named after the hook and
+// the capture point, exit packets carry their action as the XDP verdict
+// and as a comment, entry packets no verdict and the entry comment.
+func TestWireshark(t *testing.T) {
+	tshark, err := exec.LookPath("tshark")
+	if err != nil {
+		if fixture.InCI() {
+			t.Fatalf("tshark (Debian package tshark) is missing: %v", err)
+		}
+		t.Skipf("tshark (Debian package tshark) is missing: %v", err)
+	}
+	l := newLab(t)
+	out := filepath.Join(t.TempDir(), "out.pcapng")
+	p := start(t, "-q", "-entry", l.hookPath, out, "udp", "or", "icmp")
+	l.waitFilled(t, xdpcap.NumActions+1)
+	l.traffic(t)
+	time.Sleep(100 * time.Millisecond)
+	if err := p.stop(t, os.Interrupt); err != nil {
+		t.Fatalf("xdpcap: %v\n%s", err, &p.stderr)
+	}
+	if n := l.filled(t); n != 0 {
+		t.Errorf("%d filters left in the hook", n)
+	}
+	b, err := exec.Command(tshark, "-r", out, "-T", "fields", "-E", "separator=|",
+		"-e", "frame.interface_name", "-e", "frame.verdict.ebpf_xdp", "-e", "frame.comment").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, b)
+	}
+	got := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Split(line, "|")
+		if len(f) != 3 {
+			t.Fatalf("tshark line %q: want 3 fields", line)
+		}
+		iface, verdict, comment := f[0], f[1], f[2]
+		point, ok := strings.CutPrefix(iface, l.name()+":")
+		if !ok {
+			t.Errorf("interface %q: not named after hook %s", iface, l.name())
+			continue
+		}
+		got[point]++
+		if point == xdpcap.Entry.String() {
+			if verdict != "" || comment != "entry, before the XDP program" {
+				t.Errorf("entry packet: verdict %q, comment %q", verdict, comment)
+			}
+			continue
+		}
+		a, err := xdpcap.ParseAction(point)
+		if err != nil {
+			t.Errorf("interface %q: %v", iface, err)
+			continue
+		}
+		if verdict != fmt.Sprint(uint32(a)) || comment != a.KernelName() {
+			t.Errorf("%s packet: verdict %q, comment %q; want %d and %s", iface, verdict, comment, a, a.KernelName())
+		}
+	}
+	want := map[string]int{"Entry": 7, "XDPDrop": 3, "XDPPass": 2, "XDPTx": 2}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("tshark sees packets per capture point %v, want %v:\n%s", got, want, b)
+	}
+}
+
+// TestSecondInterrupt stops a capture whose output does not drain (stdout
+// a pipe nobody reads) with two Ctrl-C: xdpcap exits, and its summary
+// counts what it wrote, not 0.
+func TestSecondInterrupt(t *testing.T) {
+	l := newLab(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p := &proc{cmd: exec.Command(xdpcapBin(t), "-actions", "drop", l.hookPath, "-")}
+	p.cmd.Stdout, p.cmd.Stderr = w, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+	})
+	l.waitFilled(t, 1)
+	// More than a pipe holds: the writer blocks.
+	fixture.SendUDP(t, l.Client, fixture.ServerIPv4, 9, 2000)
+	time.Sleep(200 * time.Millisecond)
+	p.cmd.Process.Signal(os.Interrupt)
+	time.Sleep(100 * time.Millisecond)
+	p.cmd.Process.Signal(os.Interrupt)
+	waited := make(chan error, 1)
+	go func() { waited <- p.cmd.Wait() }()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Errorf("xdpcap: %v\n%s", err, &p.stderr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("xdpcap still runs 10 s after the second Ctrl-C:\n%s", &p.stderr)
+	}
+	m := regexp.MustCompile(`(\d+) packets captured, (\d+) received by filter, (\d+) matched, (\d+) lost`).FindStringSubmatch(p.stderr.String())
+	if m == nil || strings.Contains(p.stderr.String(), "panic:") {
+		t.Fatalf("no summary:\n%s", &p.stderr)
+	}
+	var captured, matched int
+	fmt.Sscan(m[1], &captured)
+	fmt.Sscan(m[3], &matched)
+	if captured == 0 || matched < 2000 || captured >= matched {
+		t.Errorf("summary %q: want some but not all of the %d matched packets captured", m[0], matched)
+	}
+	if l.filled(t) != 0 {
+		t.Errorf("filters left in the hook")
 	}
 }

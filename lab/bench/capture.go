@@ -205,7 +205,7 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, std
 	err = c.Wait()
 	stopped = true
 	if perr := parse(stderr.Bytes()); perr != nil {
-		return fmt.Errorf("%w (exit: %v)", perr, err)
+		return fmt.Errorf("%w (exit: %w)", perr, err)
 	}
 	return nil
 }

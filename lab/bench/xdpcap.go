@@ -41,6 +41,25 @@ func HookedDrop(hook *ebpf.Map) (*ebpf.Program, error) {
 	return prog, nil
 }
 
+// HookedEntryDrop is HookedDrop starting with xdpcap's entry sequence (a
+// tail call into hook[EntrySlot], falling through while it is empty): the
+// program of an XDP program that supports capture at entry.
+func HookedEntryDrop(hook *ebpf.Map) (*ebpf.Program, error) {
+	enter, err := xdpcap.Enter(asm.R6, hookName)
+	if err != nil {
+		return nil, err
+	}
+	insns := append(enter, xdpcap.Exit(asm.R6, hookName, xdpcap.Drop)...)
+	if err := insns.AssociateMap(hookName, hook); err != nil {
+		return nil, fmt.Errorf("hooked entry drop program: %w", err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "l4lab_entry_drop", Type: ebpf.XDP, License: "GPL", Instructions: insns})
+	if err != nil {
+		return nil, fmt.Errorf("load hooked entry drop program: %w", err)
+	}
+	return prog, nil
+}
+
 // HookCost is what xdpcap's hook costs an XDP program, in ns per packet as
 // BPF_PROG_TEST_RUN measures it. The kernel reports whole nanoseconds per
 // round; each figure is a trimmed mean over the rounds (the fastest and
@@ -48,10 +67,13 @@ func HookedDrop(hook *ebpf.Map) (*ebpf.Program, error) {
 // differences, which keeps fractions of a nanosecond.
 type HookCost struct {
 	// NoHook is the program without the hook, EmptyHook with the hook and
-	// nothing in it, NoMatch with a capture whose filter matches nothing.
-	NoHook, EmptyHook, NoMatch float64
-	// EmptyExtra and NoMatchExtra are EmptyHook and NoMatch above NoHook.
-	EmptyExtra, NoMatchExtra float64
+	// nothing in it, NoMatch with a capture whose filter matches nothing,
+	// EmptyEntry with the hook and the entry sequence, nothing in either.
+	NoHook, EmptyHook, NoMatch, EmptyEntry float64
+	// EmptyExtra and NoMatchExtra are EmptyHook and NoMatch above NoHook;
+	// EntryExtra is EmptyEntry above EmptyHook: what an empty entry slot
+	// costs a program that supports capture at entry.
+	EmptyExtra, NoMatchExtra, EntryExtra float64
 	// EmptySpread and NoMatchSpread are the quartiles of the per-round
 	// differences: how much the machine's other work moved them.
 	EmptySpread, NoMatchSpread [2]float64
@@ -66,7 +88,8 @@ type HookCost struct {
 const NoMatchFilter = "udp port 53 and host 192.0.2.1"
 
 // MeasureHookCost runs HookedDrop without hook, with an empty hook and with
-// a capture of NoMatchFilter in the hook over a 60-byte UDP frame, rounds
+// a capture of NoMatchFilter in the hook, and HookedEntryDrop with an
+// empty hook, over a 60-byte UDP frame, rounds
 // times perRound test runs each, in turns so that drift hits all three
 // alike. Each variant stays attached (generic XDP on the loopback of a
 // namespace of its own) for the whole run: a test run of a program attached
@@ -93,7 +116,7 @@ func MeasureHookCost(rounds, perRound int) (res HookCost, err error) {
 		ns     []float64
 	}
 	var vs []*variant
-	for _, name := range []string{"no-hook", "empty-hook", "no-match"} {
+	for _, name := range []string{"no-hook", "empty-hook", "no-match", "empty-entry"} {
 		var hook *ebpf.Map
 		if name != "no-hook" {
 			if hook, err = xdpcap.NewHook(); err != nil {
@@ -101,7 +124,11 @@ func MeasureHookCost(rounds, perRound int) (res HookCost, err error) {
 			}
 			closers = append(closers, hook)
 		}
-		prog, err := HookedDrop(hook)
+		load := HookedDrop
+		if name == "empty-entry" {
+			load = HookedEntryDrop
+		}
+		prog, err := load(hook)
 		if err != nil {
 			return res, err
 		}
@@ -132,6 +159,8 @@ func MeasureHookCost(rounds, perRound int) (res HookCost, err error) {
 		}
 	}
 	res.NoHook, res.EmptyHook, res.NoMatch = trimmedMean(vs[0].ns), trimmedMean(vs[1].ns), trimmedMean(vs[2].ns)
+	res.EmptyEntry = trimmedMean(vs[3].ns)
+	res.EntryExtra = trimmedMean(diff(vs[3].ns, vs[1].ns))
 	res.EmptyExtra = trimmedMean(diff(vs[1].ns, vs[0].ns))
 	res.NoMatchExtra = trimmedMean(diff(vs[2].ns, vs[0].ns))
 	res.EmptySpread = quartiles(diff(vs[1].ns, vs[0].ns))

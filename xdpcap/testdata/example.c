@@ -9,17 +9,34 @@
  * bouncing them back with XDP_TX (addresses and type swapped), and passes
  * everything else. Every exit goes through the hook, so xdpcap sees all of
  * them, each with its action.
+ *
+ * It supports capture at entry too: xdp_example, the program to attach,
+ * starts with xdpcap_entry, and xdp_example_body, the same program without
+ * it, goes in the hook's body slot (xdpcap.SetBody) when it is loaded.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
-#include <linux/icmp.h>
 #include <linux/in.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #include "xdpcap.h"
+
+/*
+ * The ICMP header, declared here: linux/icmp.h pulls in glibc's socket
+ * headers, which a BPF target build cannot use without 32-bit stubs.
+ */
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 rest;
+};
+
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
 
 XDPCAP_HOOK(xdpcap_hook);
 
@@ -32,8 +49,7 @@ static __always_inline __u16 csum_replace(__u16 check, __u16 old, __u16 new)
 	return ~sum;
 }
 
-SEC("xdp")
-int xdp_example(struct xdp_md *ctx)
+static __always_inline int process(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -76,6 +92,19 @@ int xdp_example(struct xdp_md *ctx)
 	}
 
 	return xdpcap_exit(ctx, &xdpcap_hook, XDP_PASS);
+}
+
+SEC("xdp")
+int xdp_example(struct xdp_md *ctx)
+{
+	xdpcap_entry(ctx, &xdpcap_hook);
+	return process(ctx);
+}
+
+SEC("xdp")
+int xdp_example_body(struct xdp_md *ctx)
+{
+	return process(ctx);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -17,9 +17,13 @@ import (
 	"github.com/l4drop/l4drop/internal/fixture"
 )
 
+// bodySlot is xdpcap.BodySlot.
+const bodySlot = 6
+
 // BuildExample builds xdpcap/testdata/example.c with clang and returns its
 // collection spec. The example uses xdpcap.h's XDPCAP_HOOK(xdpcap_hook)
-// and has one program, xdp_example.
+// and has two programs: xdp_example, to attach, and xdp_example_body, its
+// body for the hook's body slot.
 func BuildExample(tb testing.TB) *ebpf.CollectionSpec {
 	tb.Helper()
 	if _, err := clang.Binary(); errors.Is(err, clang.ErrNotFound) {
@@ -45,7 +49,8 @@ func BuildExample(tb testing.TB) *ebpf.CollectionSpec {
 }
 
 // LoadExample builds and loads the example with hook as its xdpcap_hook,
-// and returns its program; it is closed at cleanup.
+// puts its body in the hook's body slot, and returns the program to
+// attach; it is closed at cleanup.
 func LoadExample(tb testing.TB, hook *ebpf.Map) *ebpf.Program {
 	tb.Helper()
 	spec := BuildExample(tb)
@@ -56,5 +61,10 @@ func LoadExample(tb testing.TB, hook *ebpf.Map) *ebpf.Program {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { coll.Close() })
+	// xdpcap.SetBody, which the xdpcap package's own tests cannot import
+	// from here.
+	if err := hook.Update(uint32(bodySlot), coll.Programs["xdp_example_body"], ebpf.UpdateAny); err != nil {
+		tb.Fatal(err)
+	}
 	return coll.Programs["xdp_example"]
 }
