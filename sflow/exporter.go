@@ -229,7 +229,9 @@ func NewExporter(cfg Config) (*Exporter, error) {
 }
 
 // Collectors returns the resolved collector addresses.
-func (e *Exporter) Collectors() []netip.AddrPort { return append([]netip.AddrPort(nil), e.collectors...) }
+func (e *Exporter) Collectors() []netip.AddrPort {
+	return append([]netip.AddrPort(nil), e.collectors...)
+}
 
 // SetSamplingRate changes the sampling rate samples report from now on (a
 // reloaded rule set with another rate); 0 is ignored.
