@@ -133,13 +133,15 @@ type Exporter struct {
 
 	// Owned by Run.
 	conns       []*net.UDPConn
-	failing     []bool
+	warned      []time.Time // last warning about a collector's failing sends
+	lostSince   []uint64    // datagrams lost to it since
 	buf         []byte
 	count       uint32
 	datagramSeq uint32
 	flowSeq     uint32
 	counterSeq  uint32
-	pool        uint64
+	pool        uint64 // of the last sample
+	polled      uint64 // the sampler's count when last asked
 	lost        uint64 // reported by Sampler
 }
 
@@ -213,10 +215,11 @@ func NewExporter(cfg Config) (*Exporter, error) {
 			return nil, fmt.Errorf("%w: collector %q: %w", ErrConfig, c, err)
 		}
 		ap := a.AddrPort()
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		if ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() {
 			return nil, fmt.Errorf("%w: collector %q: need HOST:PORT", ErrConfig, c)
 		}
-		e.collectors = append(e.collectors, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		e.collectors = append(e.collectors, ap)
 	}
 	e.log = cfg.Logger
 	if e.log == nil {
@@ -283,7 +286,8 @@ func (e *Exporter) Run(ctx context.Context) error {
 			return fmt.Errorf("sflow: collector %s: %w", c, err)
 		}
 		e.conns = append(e.conns, conn)
-		e.failing = append(e.failing, false)
+		e.warned = append(e.warned, time.Time{})
+		e.lostSince = append(e.lostSince, 0)
 	}
 	defer e.closeConns()
 	e.buf = make([]byte, 0, e.cfg.MaxDatagram)
@@ -302,10 +306,13 @@ func (e *Exporter) Run(ctx context.Context) error {
 		e.pollSampler()
 		e.addCounters()
 	}
+	// The flush timer runs while the datagram holds samples, so that none
+	// waits longer than FlushInterval; a datagram sent because it was full
+	// leaves it running for the next.
+	armed := false
 	for {
 		select {
 		case q := <-e.queue:
-			wasEmpty := e.count == 0
 			e.addFlow(&q)
 			// Take what else is queued without going through select.
 		drain:
@@ -317,19 +324,14 @@ func (e *Exporter) Run(ctx context.Context) error {
 					break drain
 				}
 			}
-			if wasEmpty && e.count > 0 {
-				flush.Reset(e.cfg.FlushInterval)
-			}
 		case <-flush.C:
+			armed = false
 			e.send()
 		case <-poll.C:
 			e.pollSampler()
 		case <-counters:
 			e.pollSampler()
 			e.addCounters()
-			if e.count > 0 {
-				flush.Reset(e.cfg.FlushInterval)
-			}
 		case <-ctx.Done():
 			for len(e.queue) > 0 {
 				q := <-e.queue
@@ -338,6 +340,10 @@ func (e *Exporter) Run(ctx context.Context) error {
 			e.send()
 			return nil
 		}
+		if e.count > 0 && !armed {
+			flush.Reset(e.cfg.FlushInterval)
+			armed = true
+		}
 	}
 }
 
@@ -345,7 +351,7 @@ func (e *Exporter) closeConns() {
 	for _, c := range e.conns {
 		c.Close()
 	}
-	e.conns, e.failing = nil, nil
+	e.conns, e.warned, e.lostSince = nil, nil, nil
 }
 
 // reset starts a datagram whose sequence, uptime and sample count send
@@ -366,7 +372,7 @@ func (e *Exporter) addFlow(q *queued) {
 	e.room(flowSampleLen(int(q.n), e.expanded))
 	e.flowSeq++
 	rate := e.rate.Load()
-	e.pool += uint64(rate)
+	e.pool = max(e.pool+uint64(rate), e.polled)
 	out := Interface{}
 	if q.dropped {
 		out = Discarded(DiscardACL)
@@ -446,9 +452,7 @@ func (e *Exporter) pollSampler() {
 		e.log.Warn("sflow: sampler stats", "err", err)
 		return
 	}
-	// The pool only grows: samples counted ahead of the sampler's own
-	// count stay counted.
-	e.pool = max(e.pool, st.Pool)
+	e.polled = st.Pool
 	e.lost = st.Lost
 }
 
@@ -467,18 +471,18 @@ func (e *Exporter) send() {
 		c.SetWriteDeadline(deadline)
 		if _, err := c.Write(e.buf); err != nil {
 			e.datagramsLost.Add(1)
-			if !e.failing[i] {
-				e.log.Warn("sflow: send failed; counting lost datagrams until it works again",
-					"collector", e.collectors[i].String(), "err", err)
-				e.failing[i] = true
+			e.lostSince[i]++
+			// A collector that is down refuses every other datagram (the
+			// ICMP error fails the next send): a warning a minute.
+			if time.Since(e.warned[i]) >= time.Minute {
+				e.log.Warn("sflow: send failed", "collector", e.collectors[i].String(), "err", err,
+					"lost_since_last_warning", e.lostSince[i])
+				e.warned[i] = time.Now()
+				e.lostSince[i] = 0
 			}
 			continue
 		}
 		e.datagrams.Add(1)
-		if e.failing[i] {
-			e.log.Info("sflow: sending again", "collector", e.collectors[i].String())
-			e.failing[i] = false
-		}
 	}
 	e.reset()
 }
