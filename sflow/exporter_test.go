@@ -238,7 +238,7 @@ func TestExporterSampler(t *testing.T) {
 	e, err := NewExporter(Config{
 		Collectors: []string{col.addr()}, Agent: netip.MustParseAddr("2001:db8::1"), Logger: quiet,
 		IfIndex: 2, SamplingRate: 100, FlushInterval: 10 * time.Millisecond,
-		Sampler: func() (SamplerStats, error) { return SamplerStats{Pool: 1_000_000, Lost: 12}, nil },
+		Sampler:  func() (SamplerStats, error) { return SamplerStats{Pool: 1_000_000, Lost: 12}, nil },
 		Counters: func() (Counters, error) { return Counters{}, errors.New("no counters today") },
 	})
 	if err != nil {
