@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -105,44 +106,7 @@ func TestL4DropSfacctd(t *testing.T) {
 	requireTool(t, "tshark", "tshark")
 	rec := newRecorder(t)
 
-	rs, err := l4drop.ParseRuleSet("interop.yaml", []byte(interopRules))
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj, _, err := l4drop.Build(rs, l4drop.BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lab := fixture.Lab(t)
-	loaded, err := l4drop.Load(obj, l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: fixture.BPFFS(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		loaded.Close()
-		if err := l4drop.Unload(loaded.Dir); err != nil {
-			t.Error(err)
-		}
-	}()
-	h, err := l4drop.Open(loaded.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	rd, err := h.NewSampleReader(1<<20, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	var link *sflow.Link
-	if err := lab.Server.Do(func() (err error) { link, err = sflow.OpenLink(lab.ServerIndex); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer link.Close()
-	agent, err := link.AgentAddress()
-	if err != nil {
-		t.Fatal(err)
-	}
+	lab, h, rd, link, agent := l4dropLab(t)
 	e := newExporter(t, sflow.Config{
 		Collectors: []string{s.collector(), rec.addr()}, Agent: agent, IfIndex: uint32(lab.ServerIndex),
 		Counters: sflowCounters(h, link), Sampler: sflowSampler(h),
@@ -187,6 +151,51 @@ func TestL4DropSfacctd(t *testing.T) {
 	if st := e.Stats(); uint64(flows) != st.Samples || st.SamplesLost != 0 || st.DatagramsLost != 0 {
 		t.Errorf("tshark saw %d flow samples; exporter %+v", flows, st)
 	}
+}
+
+// l4dropLab loads the interop rule set on the server end of a lab veth
+// pair and returns the lab, the loaded rule set, its sample reader (closed
+// by the caller), the server interface's Link and its agent address.
+func l4dropLab(t *testing.T) (*fixture.LabPair, *l4drop.Handle, *l4drop.SampleReader, *sflow.Link, netip.Addr) {
+	t.Helper()
+	rs, err := l4drop.ParseRuleSet("interop.yaml", []byte(interopRules))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, _, err := l4drop.Build(rs, l4drop.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := fixture.Lab(t)
+	loaded, err := l4drop.Load(obj, l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: fixture.BPFFS(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		loaded.Close()
+		if err := l4drop.Unload(loaded.Dir); err != nil {
+			t.Error(err)
+		}
+	})
+	h, err := l4drop.Open(loaded.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	rd, err := h.NewSampleReader(1<<20, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var link *sflow.Link
+	if err := lab.Server.Do(func() (err error) { link, err = sflow.OpenLink(lab.ServerIndex); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { link.Close() })
+	agent, err := link.AgentAddress()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lab, h, rd, link, agent
 }
 
 // waitSamples waits up to 10 s for the exporter to have taken n samples.
