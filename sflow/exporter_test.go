@@ -446,3 +446,45 @@ func BenchmarkEncode(b *testing.B) {
 		}
 	}
 }
+
+// TestSampleOddPackets: whatever Sample gets, the datagram is well formed
+// and says what can be said: the frame cut to HeaderBytes, a frame length
+// never below the bytes carried.
+func TestSampleOddPackets(t *testing.T) {
+	col := newCollector(t)
+	e, err := NewExporter(Config{Collectors: []string{col.addr()}, Agent: netip.MustParseAddr("192.0.2.1"),
+		IfIndex: 1, SamplingRate: 1, HeaderBytes: 64, FlushInterval: 10 * time.Millisecond, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte{7}, 9000)
+	tests := []struct {
+		p           Packet
+		header      int
+		frameLength uint32
+	}{
+		{Packet{}, 0, 4},
+		{Packet{Length: -5}, 0, 4},
+		{Packet{Frame: big[:10], Length: 3}, 10, 14},
+		{Packet{Frame: big, Length: 9000}, 64, 9004},
+		{Packet{Frame: big[:100], Length: 1 << 40}, 64, 1<<32 - 1},
+	}
+	for _, tt := range tests {
+		if !e.Sample(tt.p) {
+			t.Fatal("queue full")
+		}
+	}
+	run(t, e)
+	ds := col.wait(t, func(ds []*Datagram) bool { return flowCount(ds) == len(tests) })
+	var flows []FlowSample
+	for _, d := range ds {
+		flows = append(flows, d.Flows...)
+	}
+	for i, tt := range tests {
+		h := flows[i].Header
+		if len(h.Header) != tt.header || h.FrameLength != tt.frameLength {
+			t.Errorf("packet %d (frame %d bytes, length %d): header %d bytes, frame length %d; want %d, %d",
+				i, len(tt.p.Frame), tt.p.Length, len(h.Header), h.FrameLength, tt.header, tt.frameLength)
+		}
+	}
+}
