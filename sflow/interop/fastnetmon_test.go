@@ -90,12 +90,10 @@ func startFastnetmon(tb testing.TB, network string) *fastnetmon {
 	}
 	cmd := exec.Command(bin, "--configuration_file", filepath.Join(dir, "fastnetmon.conf"),
 		"--log_file", f.log, "--disable_pid_logic")
-	if err := cmd.Start(); err != nil {
+	if err := startGroup(tb, cmd); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
 		if tb.Failed() {
 			log, _ := os.ReadFile(f.log)
 			stats, _ := os.ReadFile(filepath.Join(dir, "fastnetmon.dat"))

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +48,32 @@ func requireTool(tb testing.TB, name, pkg string) string {
 		tb.Skipf("%s not installed (Debian package %s; make deps installs it)", name, pkg)
 	}
 	return path
+}
+
+// startGroup starts cmd in a process group of its own and stops the whole
+// group at cleanup: SIGTERM, so that the collector reaps its plugin
+// processes itself, then SIGKILL after 5 s.
+func startGroup(tb testing.TB, cmd *exec.Cmd) error {
+	tb.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	pgid := cmd.Process.Pid
+	tb.Cleanup(func() {
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		syscall.Kill(-pgid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			<-done
+		}
+		// Whatever the leader left behind in its group.
+		syscall.Kill(-pgid, syscall.SIGKILL)
+	})
+	return nil
 }
 
 // freeUDPPort returns a loopback UDP port nobody uses at the moment.
@@ -88,12 +115,10 @@ logfile: %s
 		tb.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-f", conf)
-	if err := cmd.Start(); err != nil {
+	if err := startGroup(tb, cmd); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
 		if tb.Failed() {
 			log, _ := os.ReadFile(s.log)
 			tb.Logf("sfacctd log:\n%s", log)
