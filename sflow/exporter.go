@@ -279,15 +279,15 @@ func (e *Exporter) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer e.running.Store(false)
-	for _, c := range e.collectors {
-		conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(c))
-		if err != nil {
-			e.closeConns()
-			return fmt.Errorf("sflow: collector %s: %w", c, err)
+	// A collector without a route yet is dialled again at each send: its
+	// datagrams count as lost meanwhile.
+	e.conns = make([]*net.UDPConn, len(e.collectors))
+	e.warned = make([]time.Time, len(e.collectors))
+	e.lostSince = make([]uint64, len(e.collectors))
+	for i := range e.collectors {
+		if err := e.dial(i); err != nil {
+			e.warn(i, err)
 		}
-		e.conns = append(e.conns, conn)
-		e.warned = append(e.warned, time.Time{})
-		e.lostSince = append(e.lostSince, 0)
 	}
 	defer e.closeConns()
 	e.buf = make([]byte, 0, e.cfg.MaxDatagram)
@@ -349,7 +349,9 @@ func (e *Exporter) Run(ctx context.Context) error {
 
 func (e *Exporter) closeConns() {
 	for _, c := range e.conns {
-		c.Close()
+		if c != nil {
+			c.Close()
+		}
 	}
 	e.conns, e.warned, e.lostSince = nil, nil, nil
 }
@@ -467,22 +469,46 @@ func (e *Exporter) send() {
 	binary.BigEndian.PutUint32(e.buf[h-patchUptime:], uint32(time.Since(e.start).Milliseconds()))
 	binary.BigEndian.PutUint32(e.buf[h-patchCount:], e.count)
 	deadline := time.Now().Add(e.cfg.FlushInterval)
-	for i, c := range e.conns {
+	for i := range e.conns {
+		if e.conns[i] == nil {
+			if err := e.dial(i); err != nil {
+				e.datagramsLost.Add(1)
+				e.lostSince[i]++
+				e.warn(i, err)
+				continue
+			}
+		}
+		c := e.conns[i]
 		c.SetWriteDeadline(deadline)
 		if _, err := c.Write(e.buf); err != nil {
 			e.datagramsLost.Add(1)
 			e.lostSince[i]++
-			// A collector that is down refuses every other datagram (the
-			// ICMP error fails the next send): a warning a minute.
-			if time.Since(e.warned[i]) >= time.Minute {
-				e.log.Warn("sflow: send failed", "collector", e.collectors[i].String(), "err", err,
-					"lost_since_last_warning", e.lostSince[i])
-				e.warned[i] = time.Now()
-				e.lostSince[i] = 0
-			}
+			e.warn(i, err)
 			continue
 		}
 		e.datagrams.Add(1)
 	}
 	e.reset()
+}
+
+// dial connects the socket of collector i.
+func (e *Exporter) dial(i int) error {
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(e.collectors[i]))
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	e.conns[i] = conn
+	return nil
+}
+
+// warn logs a failure to reach collector i, at most once a minute: a
+// collector that is down refuses every other datagram (its ICMP error
+// fails the next send).
+func (e *Exporter) warn(i int, err error) {
+	if time.Since(e.warned[i]) >= time.Minute {
+		e.log.Warn("sflow: send failed", "collector", e.collectors[i].String(), "err", err,
+			"lost_since_last_warning", e.lostSince[i])
+		e.warned[i] = time.Now()
+		e.lostSince[i] = 0
+	}
 }

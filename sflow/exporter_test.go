@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/l4drop/l4drop/internal/fixture"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -487,4 +489,53 @@ func TestSampleOddPackets(t *testing.T) {
 				i, len(tt.p.Frame), tt.p.Length, len(h.Header), h.FrameLength, tt.header, tt.frameLength)
 		}
 	}
+}
+
+// TestExporterNoRoute: a collector without a route when Run starts costs
+// lost datagrams, not the exporter; once there is a route, datagrams go.
+func TestExporterNoRoute(t *testing.T) {
+	fixture.RequireRoot(t)
+	ns := fixture.Netns(t, "l4dsf")
+	e, err := NewExporter(Config{Collectors: []string{"198.51.100.1:6343"}, Agent: netip.MustParseAddr("192.0.2.1"),
+		IfIndex: 1, SamplingRate: 1, FlushInterval: 10 * time.Millisecond, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	// Run in the namespace, which has nothing but its loopback.
+	go func() { errc <- ns.Do(func() error { return e.Run(ctx) }) }()
+	defer func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	for e.Stats().DatagramsLost < 3 {
+		e.Sample(testFrame(0, true))
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := ns.IP("addr", "add", "198.51.100.1/32", "dev", "lo"); err != nil {
+		t.Fatal(err)
+	}
+	var conn *net.UDPConn
+	err = ns.Do(func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 51, 100, 1), Port: 6343})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	e.Sample(testFrame(1, true))
+	conn.SetReadDeadline(time.Now().Add(time.Minute))
+	buf := make([]byte, 2048)
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatalf("no datagram once the collector has a route: %v", err)
+	}
+	if _, err := decodeGoflow(buf[:n]); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stats %+v", e.Stats())
 }
