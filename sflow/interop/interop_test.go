@@ -51,8 +51,9 @@ func requireTool(tb testing.TB, name, pkg string) string {
 }
 
 // startGroup starts cmd in a process group of its own and stops the whole
-// group at cleanup: SIGTERM, so that the collector reaps its plugin
-// processes itself, then SIGKILL after 5 s.
+// group at cleanup: SIGINT, so that the collector reaps its plugin
+// processes itself (sfacctd 1.7.7 stops at once on SIGINT, not on
+// SIGTERM), then SIGKILL after 5 s.
 func startGroup(tb testing.TB, cmd *exec.Cmd) error {
 	tb.Helper()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -63,7 +64,7 @@ func startGroup(tb testing.TB, cmd *exec.Cmd) error {
 	tb.Cleanup(func() {
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()
-		syscall.Kill(-pgid, syscall.SIGTERM)
+		syscall.Kill(-pgid, syscall.SIGINT)
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
