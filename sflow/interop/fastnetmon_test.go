@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -90,7 +91,7 @@ func startFastnetmon(tb testing.TB, network string) *fastnetmon {
 	}
 	cmd := exec.Command(bin, "--configuration_file", filepath.Join(dir, "fastnetmon.conf"),
 		"--log_file", f.log, "--disable_pid_logic")
-	if err := startGroup(tb, cmd); err != nil {
+	if err := startGroup(tb, cmd, syscall.SIGKILL); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {

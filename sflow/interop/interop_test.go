@@ -50,13 +50,15 @@ func requireTool(tb testing.TB, name, pkg string) string {
 	return path
 }
 
-// startGroup starts cmd in a process group of its own and stops the whole
-// group at cleanup: SIGINT, so that the collector reaps its plugin
-// processes itself (sfacctd 1.7.7 stops at once on SIGINT, not on
-// SIGTERM), then SIGKILL after 5 s.
-func startGroup(tb testing.TB, cmd *exec.Cmd) error {
+// startGroup starts cmd in a process group of its own, in a temporary
+// directory (where a core dump would land), and stops the whole group at
+// cleanup with stop, then SIGKILL after 5 s. sfacctd 1.7.7 wants SIGINT to
+// stop at once and reap its plugin processes (SIGTERM takes the 5 s);
+// FastNetMon 1.2.4 dumps core on SIGINT and has no children: SIGKILL.
+func startGroup(tb testing.TB, cmd *exec.Cmd, stop syscall.Signal) error {
 	tb.Helper()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Dir = tb.TempDir()
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -64,7 +66,7 @@ func startGroup(tb testing.TB, cmd *exec.Cmd) error {
 	tb.Cleanup(func() {
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()
-		syscall.Kill(-pgid, syscall.SIGINT)
+		syscall.Kill(-pgid, stop)
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
@@ -116,7 +118,7 @@ logfile: %s
 		tb.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-f", conf)
-	if err := startGroup(tb, cmd); err != nil {
+	if err := startGroup(tb, cmd, syscall.SIGINT); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
