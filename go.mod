@@ -9,3 +9,5 @@ require (
 	golang.org/x/sys v0.50.0
 	gopkg.in/yaml.v3 v3.0.1
 )
+
+require github.com/netsampler/goflow2/v2 v2.2.6
