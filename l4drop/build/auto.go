@@ -52,7 +52,7 @@ __attribute__((noinline)) int l4_auto_cond(struct xdp_md *ctx, __u32 ipoff, __u3
 	const uint8_t *data = (const uint8_t *)(long)ctx->data;
 	const uint8_t *end = (const uint8_t *)(long)ctx->data_end;
 	__u32 key = slotcond >> 8, i = slotcond & 0xff, fam = famproto >> 8, proto = famproto & 0xff, v;
-	if (ipoff > 64 || i >= L4_AUTO_CONDS)
+	if (ipoff > L4_MAX_IPOFF || i >= L4_AUTO_CONDS)
 		return 0;
 	const uint8_t *ip = data + ipoff;
 	struct l4_auto_rule *a = bpf_map_lookup_elem(&l4drop_auto, &key);
@@ -97,7 +97,7 @@ __attribute__((noinline)) int l4_auto_match(struct xdp_md *ctx, __u32 ipoff, __u
 	const uint8_t *data = (const uint8_t *)(long)ctx->data;
 	const uint8_t *end = (const uint8_t *)(long)ctx->data_end;
 	__u32 v;
-	if (ipoff > 64)
+	if (ipoff > L4_MAX_IPOFF)
 		return 0;
 	const uint8_t *ip = data + ipoff;
 	struct l4_auto_rule *a = bpf_map_lookup_elem(&l4drop_auto, &slot);

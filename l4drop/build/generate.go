@@ -139,17 +139,28 @@ func lower(rs *RuleSet, opts BuildOptions) ([]compiledRule, []l4drop.DNSKey, err
 		}
 		n, jumps := 0, 2 // the rule's own test
 		for _, m := range ms {
-			n += len(m.prog)
-			for _, ins := range m.prog {
-				switch ins.(type) {
-				case bpf.JumpIf, bpf.JumpIfX:
-					jumps++
-				}
-			}
+			mn, mj := countInsns(m.prog)
+			n += mn
+			jumps += mj
 		}
 		rules[i] = compiledRule{rule: r, matchers: ms, insns: n, jumps: jumps}
 	}
 	return rules, dns, nil
+}
+
+// callCost is what a call of a shared function costs the verifier, in
+// the budget's cBPF instructions.
+const callCost = 4
+
+// countInsns returns the instructions and the conditional jumps of prog.
+func countInsns(prog []bpf.Instruction) (n, jumps int) {
+	for _, ins := range prog {
+		switch ins.(type) {
+		case bpf.JumpIf, bpf.JumpIfX:
+			jumps++
+		}
+	}
+	return len(prog), jumps
 }
 
 // group finds the matchers that share functions (shapes) and the runs of
@@ -158,6 +169,18 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 	tsrc, err := templates(rules)
 	if err != nil {
 		return "", err
+	}
+	// A shared function is a global one: the verifier checks it once, and
+	// a rule calling it costs a call.
+	for i := range rules {
+		cr := &rules[i]
+		for _, m := range cr.matchers {
+			if m.shape != nil {
+				n, jumps := countInsns(m.prog)
+				cr.insns -= n - callCost
+				cr.jumps -= jumps - 1
+			}
+		}
 	}
 	for i := range rules {
 		cr := &rules[i]
@@ -215,15 +238,46 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 // branches it passed for later, at most 8192 of them) and by maps.
 func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	var progs [][]int
-	cur, used, jumps, sets := []int(nil), 0, 0, 0
+	var cur []int
+	used, jumps, sets, blocks, blockUsed := 0, 0, 0, 0, 0
+	fns := map[*shape]bool{}
 	for i, cr := range rules {
-		newSet := cr.set != "" && (len(cur) == 0 || rules[i-1].set != cr.set)
-		if len(cur) > 0 && (used+cr.insns > budget || jumps+cr.jumps > maxProgramJumps || newSet && sets >= maxSetMaps) {
-			progs = append(progs, cur)
-			cur, used, jumps, sets = nil, 0, 0, 0
+		prevSet, prevPlain := "", false
+		if len(cur) > 0 {
+			prev := rules[i-1]
+			prevSet, prevPlain = prev.set, !prev.hashed && prev.set == ""
 		}
-		if cr.set != "" && (len(cur) == 0 || rules[i-1].set != cr.set) {
+		newSet := cr.set != "" && prevSet != cr.set
+		newBlock := !cr.hashed && cr.set == "" && (!prevPlain || blockUsed+cr.insns > blockInsns)
+		newFns := 0
+		for _, m := range cr.matchers {
+			if m.shape != nil && !fns[m.shape] {
+				newFns++
+			}
+		}
+		subprogs := fixedSubprogs + sets + blocks + len(fns) + newFns
+		if newSet || newBlock {
+			subprogs++
+		}
+		if len(cur) > 0 && (used+cr.insns > budget || jumps+cr.jumps > maxProgramJumps ||
+			newSet && sets >= maxSetMaps || subprogs > maxSubprogs) {
+			progs = append(progs, cur)
+			cur, used, jumps, sets, blocks, blockUsed = nil, 0, 0, 0, 0, 0
+			fns = map[*shape]bool{}
+			newSet, newBlock = cr.set != "", !cr.hashed && cr.set == ""
+		}
+		switch {
+		case newSet:
 			sets++
+		case newBlock:
+			blocks++
+			blockUsed = 0
+		}
+		blockUsed += cr.insns
+		for _, m := range cr.matchers {
+			if m.shape != nil {
+				fns[m.shape] = true
+			}
 		}
 		cur = append(cur, i)
 		used += cr.insns
@@ -236,6 +290,14 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	}
 	return progs, nil
 }
+
+// maxSubprogs bounds the functions of one program (blocks, sets, shared
+// functions) below the kernel's 256; fixedSubprogs are those every program
+// has (l4_monitor, the auto rules').
+const (
+	maxSubprogs   = 200
+	fixedSubprogs = 8
+)
 
 // print writes the C of the laid out rule set and its Meta.
 func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DNSKey, tsrc string, progs [][]int) (*Generated, error) {
@@ -495,7 +557,7 @@ func ruleCondition(i int, cr compiledRule) string {
 			for _, a := range m.args {
 				args = append(args, fmt.Sprintf("%#xu", a))
 			}
-			return m.fn + "(ip, end, " + strings.Join(args, ", ") + ")"
+			return m.fn + "(ctx, L4_IPOFF(ctx, ip), " + strings.Join(args, ", ") + ")"
 		case cbpfc.UsesContext(m.prog):
 			return m.fn + "(ip, end, ctx)"
 		}
@@ -621,6 +683,12 @@ static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *da
 #define L4_ENABLED(sym) ({ uint64_t e_; asm volatile("%0 = " #sym " ll" : "=r"(e_)); e_; })
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* L4_IPOFF is where the IP header is in the packet, for global functions,
+ * which take no packet pointers; it is at most L4_MAX_IPOFF (Ethernet and
+ * two VLAN tags). */
+#define L4_IPOFF(ctx, ip) ((__u32)((ip) - (const uint8_t *)(long)(ctx)->data))
+#define L4_MAX_IPOFF 22
 
 /*
  * l4_parse finds the IP header after Ethernet and up to two VLAN tags

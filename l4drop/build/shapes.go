@@ -198,9 +198,9 @@ func templates(rules []compiledRule) (string, error) {
 }
 
 // shapeC is the C of a shape's shared functions: the matcher, inlined
-// into a function of its own that is not (a call per rule is cheaper than
-// clang inlining thousands of copies), and for sets the variant that
-// collects candidates.
+// into a global function (a call per rule is cheaper than clang inlining
+// thousands of copies, and the verifier checks it once), and for sets the
+// variant that collects candidates.
 func shapeC(sh *shape, prog []bpf.Instruction) (string, error) {
 	names := map[int]string{}
 	var decl, call []string
@@ -218,8 +218,13 @@ func shapeC(sh *shape, prog []bpf.Instruction) (string, error) {
 	}
 	var b strings.Builder
 	b.WriteString(inner)
-	fmt.Fprintf(&b, "\nstatic __attribute__((noinline)) uint32_t %s(const uint8_t *const data, const uint8_t *const data_end, %s)\n{\n\treturn %s_i(data, data_end, %s);\n}\n",
-		sh.fn, strings.Join(decl, ", "), sh.fn, strings.Join(call, ", "))
+	// A global function: the verifier checks it once, not at every call
+	// as it does static ones, so a rule of a shape costs it a call. It
+	// cannot take packet pointers: it finds the packet in ctx.
+	fmt.Fprintf(&b, "\n__attribute__((noinline)) uint32_t %s(struct xdp_md *ctx, __u32 ipoff, %s)\n{\n", sh.fn, strings.Join(decl, ", "))
+	b.WriteString("\tconst uint8_t *data = (const uint8_t *)(long)ctx->data;\n\tconst uint8_t *data_end = (const uint8_t *)(long)ctx->data_end;\n")
+	b.WriteString("\tif (ipoff > L4_MAX_IPOFF)\n\t\treturn 0;\n")
+	fmt.Fprintf(&b, "\treturn %s_i(data + ipoff, data_end, %s);\n}\n", sh.fn, strings.Join(call, ", "))
 	if sh.set {
 		cands := map[int]string{}
 		for _, pc := range sh.params[0] {
@@ -336,7 +341,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 		// equalMatches: a candidate found is a match.
 		w.printf("\t\tif (r < best)\n\t\t\tbest = r;\n\t}\n")
 	} else {
-		w.printf("\t\tif (r < best && %s(ip, end, v))\n\t\t\tbest = r;\n\t}\n", m.fn)
+		w.printf("\t\tif (r < best && %s(ctx, L4_IPOFF(ctx, ip), v))\n\t\t\tbest = r;\n\t}\n", m.fn)
 	}
 	w.printf("\tif (best == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn best << %d | %d;\none_by_one:\n", resultShift, first.rule.Action.code())
 	if first.tableOnly {
@@ -350,7 +355,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	}
 	for _, i := range idx {
 		start := w.next()
-		w.printf("\tif (L4_ENABLED(%s) && %s(ip, end, %#xu))\n\t\treturn %d;\n", enableSymbol(i), m.fn, rules[i].matchers[0].args[0], i<<resultShift|first.rule.Action.code())
+		w.printf("\tif (L4_ENABLED(%s) && %s(ctx, L4_IPOFF(ctx, ip), %#xu))\n\t\treturn %d;\n", enableSymbol(i), m.fn, rules[i].matchers[0].args[0], i<<resultShift|first.rule.Action.code())
 		meta.Rules[i].CLines = append(meta.Rules[i].CLines, [2]int{start, w.line})
 	}
 	w.printf("\treturn L4_NONE;\n}\n")
