@@ -217,6 +217,8 @@ func (f *facts) rawLoads() {
 				} else if raw[c] {
 					raw[c], changed = false, true
 				}
+			case ins.kind == kJcond && f.p.params[i] != "":
+				// A parameter is compared in host order.
 			case ins.kind == kJcond && !ins.useX && ins.op == jmpJEQ:
 				ok = size == 4 || size == 2 && ins.k <= 0xffff
 			case ins.kind == kJcond && !ins.useX && ins.op == jmpJSET:

@@ -10,6 +10,7 @@ var cIdent = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 type cGen struct {
 	f    *facts
+	opts COpts
 	used map[int]bool // labels jumped to
 }
 
@@ -23,7 +24,7 @@ func compileC(p *program, opts COpts) (string, error) {
 	}
 	f := analyze(p)
 	states := f.flow(0)
-	g := &cGen{f: f, used: map[int]bool{}}
+	g := &cGen{f: f, opts: opts, used: map[int]bool{}}
 
 	// The first pass learns which labels are used, the second writes.
 	var body strings.Builder
@@ -41,6 +42,7 @@ func compileC(p *program, opts COpts) (string, error) {
 	if p.usesContext {
 		b.WriteString(", const struct xdp_md *const ctx")
 	}
+	b.WriteString(paramList(opts))
 	b.WriteString(")\n{\n")
 	live := f.liveIn[0]
 	b.WriteString("\tuint32_t A = 0, X = 0;\n")
@@ -220,10 +222,16 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 		if !in.useX {
 			src = fmt.Sprintf("%#xu", swapConst(in.k, f.rawA[i]))
 		}
+		if name, ok := g.opts.Params[i]; ok {
+			src = name
+		}
 		var cond string
 		switch in.op {
 		case jmpJEQ:
 			cond = "A == " + src
+			if _, ok := g.opts.Params[i]; ok && g.opts.ParamTest != "" {
+				cond = g.opts.ParamTest + "(" + src + ", A)"
+			}
 		case jmpJGT:
 			cond = "A > " + src
 		case jmpJGE:

@@ -101,6 +101,21 @@ func ToEBPF(filter []bpf.Instruction, opts EBPFOpts) (asm.Instructions, error) {
 type COpts struct {
 	// FunctionName is the name of the C function; "filter" if empty.
 	FunctionName string
+	// Params makes the constants of conditional jumps (jeq, jgt, jge,
+	// jset with a constant) parameters of the function, so that filters
+	// alike but for those constants share one function: instruction index
+	// -> parameter name (a C identifier). Jumps naming the same parameter
+	// share it. The parameters follow data_end (and ctx), in name order,
+	// each of type ParamType. Such a jump is compiled as it is for any
+	// constant: never folded, its operand never byte-swapped.
+	Params map[int]string
+	// ParamType is the C type of the parameters; "uint32_t" if empty.
+	ParamType string
+	// ParamTest, when set, names a C function or macro called as
+	// ParamTest(param, A) in place of each equality test (jeq) of a
+	// parameter; its result is the test's. With a pointer ParamType it
+	// lets a caller watch the values A is compared with.
+	ParamTest string
 }
 
 // ToC compiles a cBPF filter to a C function
@@ -120,7 +135,7 @@ type COpts struct {
 // bpf it passes the verifier. Errors are [*Error]s naming the cBPF
 // instruction.
 func ToC(filter []bpf.Instruction, opts COpts) (string, error) {
-	prog, err := parse(filter)
+	prog, err := parseParams(filter, opts)
 	if err != nil {
 		return "", err
 	}

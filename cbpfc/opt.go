@@ -185,6 +185,9 @@ func optimize(p *program) {
 			if !s.reached {
 				continue
 			}
+			if _, ok := p.params[i]; ok && in.kind == kJcond && in.jt != in.jf {
+				continue // its constant is not known here
+			}
 			if r, ok := rewrite(in, s); ok {
 				p.insns[i] = r
 				rewrote = true

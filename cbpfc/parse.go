@@ -89,6 +89,9 @@ type program struct {
 	usesContext bool
 	usesHelpers bool
 	hasLoops    bool
+	// params are the conditional jumps whose constant is a parameter of
+	// the C function (COpts.Params): never folded, never byte-swapped.
+	params map[int]string
 }
 
 func parse(filter []bpf.Instruction) (*program, error) {

@@ -173,6 +173,16 @@ func (r *AutoRule) Expr() string {
 			parts = append(parts, fmt.Sprintf("ip proto %d", r.Proto))
 		}
 	}
+	// tcp[] and udp[] test for a first fragment themselves; ip[] at the
+	// transport header must say it.
+	if r.Family == 4 && r.Proto != 6 && r.Proto != 17 {
+		for _, c := range r.Conds {
+			if c.Base == BaseL4 || c.Base == BasePayload {
+				parts = append(parts, "ip[6:2] & 0x1fff = 0")
+				break
+			}
+		}
+	}
 	for _, c := range r.Conds {
 		var field string
 		switch c.Base {

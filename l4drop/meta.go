@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // MetaVersion is the version of the metadata format; the loader refuses
@@ -46,6 +47,13 @@ type Meta struct {
 	DNSHash map[string]HashTable `json:"dns_hash,omitempty"`
 	// Sets are the runs of rules tested at once.
 	Sets []SetGroup `json:"sets,omitempty"`
+	// Fragments is what happens to non-first fragments no rule matched:
+	// "pass" or "drop".
+	Fragments string `json:"fragments,omitempty"`
+	// AutoSlots is the number of auto rule slots (MapAuto) the programs
+	// try after the rules; counters and sample rule indexes follow
+	// AutoRuleBase. 0 in objects built before auto rules.
+	AutoSlots int `json:"auto_slots,omitempty"`
 }
 
 // MetaRule describes one rule of a built rule set.
@@ -58,6 +66,10 @@ type MetaRule struct {
 	Matchers  []string `json:"matchers"`
 	// Line of the rule in the rules file.
 	Line int `json:"line"`
+	// Expires is how long the rule stays once deployed; Until when it
+	// goes. The daemon removes due rules; zero values: never.
+	Expires time.Duration `json:"expires,omitempty"`
+	Until   *time.Time    `json:"until,omitempty"`
 	// Program is the index in Programs of the program holding the rule.
 	Program int `json:"program"`
 	// Symbol is the switch the loader sets (RULE_<n>_ENABLED); empty for

@@ -439,13 +439,16 @@ static __always_inline __u64 l4_lower(__u64 w)
 static __always_inline const uint8_t *l4_dns_name(const uint8_t *ip, const uint8_t *end, int fam)
 {
 	const uint8_t *udp;
+	/* The checks of the DNS rules' cBPF (bpfgen's udpPortCheck), so that
+	 * the table agrees with them on malformed headers too. */
 	if (fam == 4) {
-		/* UDP, and the first fragment: later ones have no UDP header. */
-		if (ip[9] != 17 || ((ip[6] << 8 | ip[7]) & 0x1fff))
+		/* Version 4, a header of 20 bytes or more, UDP, and the first
+		 * fragment: later ones have no UDP header. */
+		if (ip + 20 > end || ip[0] < 0x45 || ip[0] > 0x4f || ip[9] != 17 || ((ip[6] << 8 | ip[7]) & 0x1fff))
 			return 0;
 		udp = ip + (ip[0] & 15) * 4;
 	} else {
-		if (ip[6] != 17)
+		if (ip + 40 > end || (ip[0] >> 4) != 6 || ip[6] != 17)
 			return 0;
 		udp = ip + 40;
 	}

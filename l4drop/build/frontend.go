@@ -64,9 +64,10 @@ type matcher struct {
 	family Family // FamilyAny when it applies to both
 	prog   []bpf.Instruction
 	fn     string   // C function, set by Generate
-	args   []string // its constant arguments, for shared templates
-	// collect is the template's candidate-collecting variant, if any.
-	collect string
+	args   []uint32 // its constant arguments, for shared functions
+	// shape is the shared function's class, nil if the matcher has a
+	// function of its own.
+	shape *shape
 }
 
 // matchers compiles the matchers of rule r. A DNS matcher of a rule for

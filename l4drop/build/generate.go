@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/l4drop/l4drop/l4drop"
@@ -93,85 +94,190 @@ type compiledRule struct {
 	direct bool
 }
 
-// Generate turns the rule set into one C program.
+// maxSetMaps bounds the sets (each a map) of one program: a program uses
+// at most 64 maps, and the others take up to 16.
+const maxSetMaps = 40
+
+// Generate turns the rule set into one C program, in phases: lower each
+// rule to matchers (cBPF), group them into fast paths (DNS name tables,
+// shared functions, sets), lay the rules out in programs, print the C.
 func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	budget := opts.MaxProgramInsns
 	if budget <= 0 {
 		budget = DefaultMaxProgramInsns
 	}
+	rules, dns, err := lower(rs, opts)
+	if err != nil {
+		return nil, err
+	}
+	tsrc, err := group(rules, opts.NoSets)
+	if err != nil {
+		return nil, err
+	}
+	progs, err := layout(rs, rules, budget)
+	if err != nil {
+		return nil, err
+	}
+	return print(rs, opts, rules, dns, tsrc, progs)
+}
+
+// lower compiles each rule's matchers to cBPF; rules the DNS name tables
+// hold have none.
+func lower(rs *RuleSet, opts BuildOptions) ([]compiledRule, []l4drop.DNSKey, error) {
 	rules := make([]compiledRule, len(rs.Rules))
 	var dns []l4drop.DNSKey
 	for i := range rs.Rules {
 		r := &rs.Rules[i]
-		if !opts.NoDNSTable && hashable(r) {
+		if !opts.NoDNSTable && r.Action.simple() && hashable(r) {
 			rules[i] = compiledRule{rule: r, hashed: true}
 			dns = append(dns, dnsKeys(i, r)...)
 			continue
 		}
 		ms, err := opts.Frontend.matchers(rs, r)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		n, jumps := 0, 2 // the rule's own test
 		for _, m := range ms {
-			n += len(m.prog)
-			for _, ins := range m.prog {
-				switch ins.(type) {
-				case bpf.JumpIf, bpf.JumpIfX:
-					jumps++
-				}
-			}
+			mn, mj := countInsns(m.prog)
+			n += mn
+			jumps += mj
 		}
 		rules[i] = compiledRule{rule: r, matchers: ms, insns: n, jumps: jumps}
 	}
-	// Matchers that share functions, and rules tested at once: one
-	// template matcher that tests its constant for equality only.
+	return rules, dns, nil
+}
+
+// callCost is what a call of a shared function costs the verifier, in
+// the budget's cBPF instructions.
+const callCost = 4
+
+// countInsns returns the instructions and the conditional jumps of prog.
+func countInsns(prog []bpf.Instruction) (n, jumps int) {
+	for _, ins := range prog {
+		switch ins.(type) {
+		case bpf.JumpIf, bpf.JumpIfX:
+			jumps++
+		}
+	}
+	return len(prog), jumps
+}
+
+// group finds the matchers that share functions (shapes) and the runs of
+// rules tested at once (sets), and returns the C of the shared functions.
+func group(rules []compiledRule, noSets bool) (string, error) {
 	tsrc, err := templates(rules)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	setRules := map[string][]int{}
+	// A shared function is a global one: the verifier checks it once, and
+	// a rule calling it costs a call.
 	for i := range rules {
 		cr := &rules[i]
-		if len(cr.matchers) == 1 && cr.matchers[0].collect != "" && len(cr.matchers[0].args) == 1 && !opts.NoSets {
-			cr.set = fmt.Sprintf("%s/%s/%s", cr.matchers[0].collect, cr.rule.Family, cr.rule.Action)
-			setRules[cr.set] = append(setRules[cr.set], i)
+		for _, m := range cr.matchers {
+			if m.shape != nil {
+				n, jumps := countInsns(m.prog)
+				cr.insns -= n - callCost
+				cr.jumps -= jumps - 1
+			}
 		}
 	}
-	// A set whose table always decides has no one by one fallback: its
-	// rules are table entries, no code, and the set costs its few matcher
-	// runs.
-	for _, idx := range setRules {
-		var progs [][]bpf.Instruction
-		for _, i := range idx {
-			progs = append(progs, rules[i].matchers[0].prog)
-		}
-		direct := equalMatches(progs)
-		for _, i := range idx {
-			rules[i].direct = direct
-		}
-		if !tableDecides(progs) {
+	for i := range rules {
+		cr := &rules[i]
+		if noSets || len(cr.matchers) != 1 || !cr.rule.Action.simple() {
 			continue
 		}
-		for k, i := range idx {
-			cr := &rules[i]
-			setCost, setJumps := 0, 0
-			if k == 0 || idx[k-1] != i-1 {
-				setCost, setJumps = cr.insns*(maxCandidates+1), cr.jumps*(maxCandidates+1)
-			}
-			cr.tableOnly = true
-			cr.insns, cr.jumps = setCost, setJumps
+		if sh := cr.matchers[0].shape; sh != nil && sh.set {
+			cr.set = fmt.Sprintf("%s/%s/%s", sh.fn, cr.rule.Family, cr.rule.Action)
 		}
 	}
-	// Split into programs by instruction budget and by branches, in order:
-	// the verifier walks one path to its end and keeps the branches it
-	// passed for later, at most 8192 of them.
+	// A set is a run of consecutive rules, so that the first match still
+	// wins: a run has a table of its own. Short runs go one by one.
+	for i := 0; i < len(rules); {
+		j := i + 1
+		for j < len(rules) && rules[i].set != "" && rules[j].set == rules[i].set {
+			j++
+		}
+		if rules[i].set == "" {
+			i = j
+			continue
+		}
+		if j-i < minTableSet {
+			for k := i; k < j; k++ {
+				rules[k].set = ""
+			}
+			i = j
+			continue
+		}
+		m := rules[i].matchers[0]
+		direct := equalMatches(m.prog, m.shape.isParam)
+		// A set whose table always decides has no one by one fallback:
+		// its rules are table entries, no code, and the set costs its
+		// few matcher runs.
+		decides := tableDecides(m.prog, m.shape.isParam)
+		for k := i; k < j; k++ {
+			cr := &rules[k]
+			cr.direct = direct
+			if !decides {
+				continue
+			}
+			cr.tableOnly = true
+			if k == i {
+				cr.insns, cr.jumps = cr.insns*(maxCandidates+1), cr.jumps*(maxCandidates+1)
+			} else {
+				cr.insns, cr.jumps = 0, 0
+			}
+		}
+		i = j
+	}
+	return tsrc, nil
+}
+
+// layout splits the rules, in order, into programs by instruction budget,
+// by branches (the verifier walks one path to its end and keeps the
+// branches it passed for later, at most 8192 of them) and by maps.
+func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	var progs [][]int
-	cur, used, jumps := []int(nil), 0, 0
+	var cur []int
+	used, jumps, sets, blocks, blockUsed := 0, 0, 0, 0, 0
+	fns := map[*shape]bool{}
 	for i, cr := range rules {
-		if len(cur) > 0 && (used+cr.insns > budget || jumps+cr.jumps > maxProgramJumps) {
+		prevSet, prevPlain := "", false
+		if len(cur) > 0 {
+			prev := rules[i-1]
+			prevSet, prevPlain = prev.set, !prev.hashed && prev.set == ""
+		}
+		newSet := cr.set != "" && prevSet != cr.set
+		newBlock := !cr.hashed && cr.set == "" && (!prevPlain || blockUsed+cr.insns > blockInsns)
+		newFns := 0
+		for _, m := range cr.matchers {
+			if m.shape != nil && !fns[m.shape] {
+				newFns++
+			}
+		}
+		subprogs := fixedSubprogs + sets + blocks + len(fns) + newFns
+		if newSet || newBlock {
+			subprogs++
+		}
+		if len(cur) > 0 && (used+cr.insns > budget || jumps+cr.jumps > maxProgramJumps ||
+			newSet && sets >= maxSetMaps || subprogs > maxSubprogs) {
 			progs = append(progs, cur)
-			cur, used, jumps = nil, 0, 0
+			cur, used, jumps, sets, blocks, blockUsed = nil, 0, 0, 0, 0, 0
+			fns = map[*shape]bool{}
+			newSet, newBlock = cr.set != "", !cr.hashed && cr.set == ""
+		}
+		switch {
+		case newSet:
+			sets++
+		case newBlock:
+			blocks++
+			blockUsed = 0
+		}
+		blockUsed += cr.insns
+		for _, m := range cr.matchers {
+			if m.shape != nil {
+				fns[m.shape] = true
+			}
 		}
 		cur = append(cur, i)
 		used += cr.insns
@@ -182,7 +288,19 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		return nil, fmt.Errorf("%s: %w: %d rules need %d programs (of %d cBPF instructions and %d branches at most), at most %d can be chained",
 			rs.File, ErrTooManyRules, len(rules), len(progs), budget, maxProgramJumps, MaxPrograms)
 	}
+	return progs, nil
+}
 
+// maxSubprogs bounds the functions of one program (blocks, sets, shared
+// functions) below the kernel's 256; fixedSubprogs are those every program
+// has (l4_monitor, the auto rules').
+const (
+	maxSubprogs   = 200
+	fixedSubprogs = 8
+)
+
+// print writes the C of the laid out rule set and its Meta.
+func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DNSKey, tsrc string, progs [][]int) (*Generated, error) {
 	meta := l4drop.Meta{
 		Version:    l4drop.MetaVersion,
 		Source:     rs.File,
@@ -190,6 +308,8 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		Snaplen:    rs.Snaplen,
 		Rules:      make([]l4drop.MetaRule, len(rules)),
 		DNS:        dns,
+		Fragments:  string(rs.Fragments),
+		AutoSlots:  l4drop.AutoSlots,
 	}
 	if meta.Snaplen == 0 {
 		meta.Snaplen = DefaultSnaplen
@@ -199,10 +319,27 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 	w.printf("%s", prelude)
 	w.printf("\n/* xdpcap.h, embedded */\n")
 	w.printf("%s\n", embeddedXdpcapHeader())
-	w.printf(mapsTemplate, len(rules)+1, len(progs)+1)
+	// Counters: the rules, no rule, then the auto rules.
+	w.printf(mapsTemplate, len(rules)+1+l4drop.AutoSlots, len(progs)+1)
 	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n#define L4_NONE 0xffffffffu\n", len(rules), len(progs))
 	w.printf("%s", finishTemplate)
+	w.printf("%s", l4drop.AutoC)
+	w.printf("%s", autoEvalC)
 	w.printf("%s", hashC)
+	usedActions := map[Action]bool{}
+	for _, cr := range rules {
+		usedActions[cr.rule.Action] = true
+	}
+	var custom []Action
+	for a := range usedActions {
+		if k := a.kind(); k != nil && k.prelude != "" {
+			custom = append(custom, a)
+		}
+	}
+	slices.Sort(custom)
+	for _, a := range custom {
+		w.printf("\n/* Action %s. */\n%s", a, a.kind().prelude)
+	}
 	var dnsSwitches map[int]bool
 	if len(dns) > 0 {
 		maxInline := opts.MaxInlineDNS
@@ -232,7 +369,11 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		r := cr.rule
 		mr := l4drop.MetaRule{
 			Index: i, Name: r.Name, Family: string(r.Family), Action: string(r.Action),
-			Locations: r.Locations, Line: r.Line, Symbol: enableSymbol(i),
+			Locations: r.Locations, Line: r.Line, Symbol: enableSymbol(i), Expires: r.expires,
+		}
+		if !r.until.IsZero() {
+			t := r.until
+			mr.Until = &t
 		}
 		if cr.hashed {
 			mr.Symbol, mr.Matchers = "", []string{"dns-table"}
@@ -249,7 +390,7 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		for j := range cr.matchers {
 			m := &cr.matchers[j]
 			if m.fn != "" {
-				continue // a shared template
+				continue // a shared function
 			}
 			key := fmt.Sprint(m.prog)
 			if fn, ok := funcs[key]; ok {
@@ -274,8 +415,8 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 		meta.Programs = append(meta.Programs, name)
 		// Items in order: blocks of ordinary rules, each a function of
 		// its own (clang's time grows faster than linearly with function
-		// size, and eBPF jumps reach only 32767 instructions), and runs of
-		// DNS table rules, each one range check.
+		// size, and eBPF jumps reach only 32767 instructions), runs of a
+		// set, and runs of DNS table rules, each one range check.
 		type item struct {
 			rules  []int
 			hashed bool
@@ -318,21 +459,21 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 			if it.set != "" {
 				set, err := writeSet(w, &meta, rules, it.rules, p, b, inline)
 				if err != nil {
-					return nil, err
+					return nil, fmt.Errorf("%s: %w", rs.File, err)
 				}
 				meta.Sets = append(meta.Sets, set)
 				continue
 			}
-			w.printf("\n/* Returns rule << 1 | pass for the first matching rule, or L4_NONE. */\n")
+			w.printf("\n/* Returns rule << 4 | action code for the first matching rule, or L4_NONE. */\n")
 			w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
 			for _, i := range it.rules {
 				cr := rules[i]
 				start := w.next()
-				pass := 0
-				if cr.rule.Action == ActionPass {
-					pass = 1
+				if cr.rule.Action.final() {
+					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\treturn %d;\n", enableSymbol(i), ruleCondition(i, cr), i<<resultShift|cr.rule.Action.code())
+				} else {
+					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\tl4_monitor(ctx, %d);\n", enableSymbol(i), ruleCondition(i, cr), i)
 				}
-				w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\treturn %d;\n", enableSymbol(i), ruleCondition(i, cr), i<<1|pass)
 				meta.Rules[i].CLines = append(meta.Rules[i].CLines, [2]int{start, w.line})
 			}
 			w.printf("\treturn L4_NONE;\n}\n")
@@ -358,12 +499,36 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 			}
 			lo, hi := it.rules[0], it.rules[len(it.rules)-1]
 			w.printf("\tif (dns_rule >= %d && dns_rule <= %d) {\n", lo, hi)
-			w.printf("\t\trule = dns_rule;\n\t\taction = %s;\n\t\tgoto out;\n\t}\n", xdpAction(rules[lo].rule.Action))
+			w.printf("\t\tr = dns_rule << %d | %d;\n\t\tgoto matched;\n\t}\n", resultShift, rules[lo].rule.Action.code())
 		}
 		if p+1 < len(progs) {
 			w.printf("\tbpf_tail_call(ctx, &%s, %d);\n", l4drop.MapChain, p+1)
+			w.printf("\tgoto out;\n")
+		} else {
+			// The end of the rules: later fragments no rule matched,
+			// then the auto rules.
+			if rs.Fragments == ActionDrop {
+				w.printf("\tif (l4_later_fragment(ip, end, fam)) {\n\t\taction = XDP_DROP;\n\t\tgoto out;\n\t}\n")
+			}
+			w.printf("\tr = l4_auto(ctx, data, ip, fam);\n\tif (r != L4_AUTO_NONE) {\n\t\trule = L4_NRULES + 1 + r;\n\t\taction = XDP_DROP;\n\t}\n")
+			w.printf("\tgoto out;\n")
 		}
-		w.printf("\tgoto out;\nmatched:\n\trule = r >> 1;\n\taction = r & 1 ? XDP_PASS : XDP_DROP;\n")
+		w.printf("matched:\n\trule = r >> %d;\n\tswitch (r & 15) {\n", resultShift)
+		var finals []Action
+		for a := range actionKinds {
+			if a.final() {
+				finals = append(finals, a)
+			}
+		}
+		slices.Sort(finals)
+		for _, a := range finals {
+			if a.simple() || usedActions[a] {
+				w.printf("\tcase %d:\n", a.code())
+				a.kind().verdict(w)
+				w.printf("\t\tbreak;\n")
+			}
+		}
+		w.printf("\t}\n")
 		w.printf("out:\n\treturn l4_finish(ctx, data, end, rule, action);\n}\n")
 	}
 
@@ -378,13 +543,6 @@ func Generate(rs *RuleSet, opts BuildOptions) (*Generated, error) {
 
 func enableSymbol(i int) string { return fmt.Sprintf("RULE_%d_ENABLED", i) }
 
-func xdpAction(a Action) string {
-	if a == ActionPass {
-		return "XDP_PASS"
-	}
-	return "XDP_DROP"
-}
-
 // ruleCondition is the C condition under which rule i matches: its family,
 // then every matcher; per-family matchers are chosen by the packet's family.
 func ruleCondition(i int, cr compiledRule) string {
@@ -395,7 +553,11 @@ func ruleCondition(i int, cr compiledRule) string {
 	call := func(j int, m matcher) string {
 		switch {
 		case len(m.args) > 0:
-			return m.fn + "(ip, end, " + strings.Join(m.args, ", ") + ")"
+			var args []string
+			for _, a := range m.args {
+				args = append(args, fmt.Sprintf("%#xu", a))
+			}
+			return m.fn + "(ctx, L4_IPOFF(ctx, ip), " + strings.Join(args, ", ") + ")"
 		case cbpfc.UsesContext(m.prog):
 			return m.fn + "(ip, end, ctx)"
 		}
@@ -522,10 +684,19 @@ static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *da
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
+/* L4_IPOFF is where the IP header is in the packet, for global functions,
+ * which take no packet pointers; it is at most L4_MAX_IPOFF (Ethernet and
+ * two VLAN tags). */
+#define L4_IPOFF(ctx, ip) ((__u32)((ip) - (const uint8_t *)(long)(ctx)->data))
+#define L4_MAX_IPOFF 22
+
 /*
  * l4_parse finds the IP header after Ethernet and up to two VLAN tags
- * (802.1Q, 802.1ad). It returns 4 or 6, or 0 for anything else or a
- * packet too short for its IP header.
+ * (802.1Q, 802.1ad). It returns 4 or 6 by the ethertype, or 0 for anything
+ * else. It looks at nothing in the IP header: a malformed one (bad version
+ * or header length, truncated, total length beyond the frame) is for the
+ * rules to judge, as libpcap judges it; refusing it here would wave it
+ * past every rule.
  */
 static __always_inline int l4_parse(const uint8_t *data, const uint8_t *end, const uint8_t **ip)
 {
@@ -542,19 +713,21 @@ static __always_inline int l4_parse(const uint8_t *data, const uint8_t *end, con
 		proto = (uint16_t)(p[2] << 8 | p[3]);
 		p += 4;
 	}
-	if (proto == 0x0800) {
-		if (p + 20 > end || (p[0] >> 4) != 4 || (p[0] & 15) < 5)
-			return 0;
-		*ip = p;
+	*ip = p;
+	if (proto == 0x0800)
 		return 4;
-	}
-	if (proto == 0x86dd) {
-		if (p + 40 > end || (p[0] >> 4) != 6)
-			return 0;
-		*ip = p;
+	if (proto == 0x86dd)
 		return 6;
-	}
 	return 0;
+}
+
+/* l4_later_fragment reports whether the packet is an IPv4 or IPv6 fragment
+ * other than the first, which has no transport header. */
+static __always_inline int l4_later_fragment(const uint8_t *ip, const uint8_t *end, int fam)
+{
+	if (fam == 4)
+		return ip + 8 <= end && ((ip[6] << 8 | ip[7]) & 0x1fff);
+	return ip + 44 <= end && ip[6] == 44 && ((ip[42] << 8 | ip[43]) & 0xfff8);
 }
 `
 
@@ -643,11 +816,9 @@ const finishTemplate = `
  * sets L4_NEXT_ENABLED), and leaves through the xdpcap hook, as
  * xdpcap_exit would.
  */
-static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, const uint8_t *end,
-				     __u32 rule, __u32 action)
+static __always_inline void l4_count_sample(struct xdp_md *ctx, __u64 len, __u32 rule, __u32 action)
 {
 	__u32 key = rule, zero = 0;
-	__u64 len = end - data;
 	struct l4_counter *c = bpf_map_lookup_elem(&l4drop_counters, &key);
 	if (c) {
 		c->packets++;
@@ -676,6 +847,20 @@ static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, co
 				st->samples++;
 		}
 	}
+}
+
+/* l4_monitor counts and samples a match of a monitor rule (or auto rule),
+ * which lets the next rules judge the packet. */
+static __attribute__((noinline)) int l4_monitor(struct xdp_md *ctx, __u32 rule)
+{
+	l4_count_sample(ctx, ctx->data_end - ctx->data, rule, XDP_PASS);
+	return 0;
+}
+
+static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, const uint8_t *end,
+				     __u32 rule, __u32 action)
+{
+	l4_count_sample(ctx, end - data, rule, action);
 	if (action == XDP_DROP) {
 		L4_TAIL_CALL(ctx, xdpcap_hook, 1); /* XDP_DROP */
 		return XDP_DROP;

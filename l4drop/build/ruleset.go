@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/l4drop/l4drop/l4drop"
 
@@ -25,15 +26,6 @@ const (
 	FamilyIPv6 Family = "ipv6"
 )
 
-// Action is what happens to a packet a rule matches.
-type Action string
-
-// Actions a rule may take. The first matching rule decides.
-const (
-	ActionDrop Action = "drop"
-	ActionPass Action = "pass"
-)
-
 // ErrRuleSet is wrapped by every error about the content of a rule set.
 var ErrRuleSet = errors.New("invalid rule set")
 
@@ -47,8 +39,15 @@ type RuleSet struct {
 	// Snaplen is the most bytes of a packet a sample carries; 0 means
 	// DefaultSnaplen.
 	Snaplen uint32 `yaml:"snaplen"`
-	Rules   []Rule `yaml:"rules"`
+	// Fragments is what happens to non-first IPv4 and IPv6 fragments,
+	// which carry no ports, that no rule matched: pass (the default) or
+	// drop.
+	Fragments Action `yaml:"fragments"`
+	Rules     []Rule `yaml:"rules"`
 }
+
+// MaxSnaplen is the largest sample length: a sample is one perf event.
+const MaxSnaplen = 65535
 
 // DefaultSnaplen is the sample length when a rule set sets none.
 const DefaultSnaplen = 256
@@ -71,8 +70,16 @@ type Rule struct {
 	// Locations where the rule is on; empty means everywhere.
 	Locations []string `yaml:"locations"`
 	Action    Action   `yaml:"action"`
+	// Expires is how long the rule stays after the rule set is deployed
+	// (a Go duration, "90m"); Until when it goes (RFC 3339). The daemon
+	// removes due rules; the build only checks and records them.
+	Expires string `yaml:"expires"`
+	Until   string `yaml:"until"`
 	// Line in the file where the rule starts.
 	Line int `yaml:"-"`
+
+	expires time.Duration
+	until   time.Time
 }
 
 // LoadRuleSet reads and checks the rule set in file.
@@ -94,7 +101,16 @@ func ParseRuleSet(file string, data []byte) (*RuleSet, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s: %w: empty file", file, ErrRuleSet)
 		}
-		return nil, fmt.Errorf("%s: %w: %s", file, ErrRuleSet, strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, yamlError(file, err)
+	}
+	// A second document would be ignored silently: rules lost.
+	var next yaml.Node
+	if err := dec.Decode(&next); !errors.Is(err, io.EOF) {
+		line := next.Line
+		if err != nil {
+			return nil, yamlError(file, err)
+		}
+		return nil, fmt.Errorf("%s:%d: %w: a second YAML document (\"---\"): one rule set per file", file, line, ErrRuleSet)
 	}
 	rs.File = file
 	// The struct decode has no positions; the node tree has them.
@@ -102,10 +118,53 @@ func ParseRuleSet(file string, data []byte) (*RuleSet, error) {
 	if err := yaml.Unmarshal(data, &root); err == nil {
 		setLines(rs, &root)
 	}
-	if err := rs.check(); err != nil {
+	if err := rs.check(&root); err != nil {
 		return nil, err
 	}
 	return rs, nil
+}
+
+// yamlLine splits the "line N: " prefix off yaml's messages.
+func yamlLine(msg string) (line, rest string, ok bool) {
+	after, found := strings.CutPrefix(msg, "line ")
+	if !found {
+		return "", msg, false
+	}
+	line, rest, found = strings.Cut(after, ": ")
+	if !found || line == "" || strings.Trim(line, "0123456789") != "" {
+		return "", msg, false
+	}
+	return line, rest, true
+}
+
+// yamlError turns a YAML error into one naming file:line.
+func yamlError(file string, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		if line, rest, ok := yamlLine(te.Errors[0]); ok {
+			return fmt.Errorf("%s:%s: %w: %s", file, line, ErrRuleSet, rest)
+		}
+		return fmt.Errorf("%s: %w: %s", file, ErrRuleSet, te.Errors[0])
+	}
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if line, rest, ok := yamlLine(msg); ok {
+		return fmt.Errorf("%s:%s: %w: %s", file, line, ErrRuleSet, rest)
+	}
+	return fmt.Errorf("%s: %w: %s", file, ErrRuleSet, msg)
+}
+
+// keyLine is the line of top-level key in the document root, or 0.
+func keyLine(root *yaml.Node, key string) int {
+	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
+		return 0
+	}
+	top := root.Content[0]
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value == key {
+			return top.Content[i].Line
+		}
+	}
+	return 0
 }
 
 func setLines(rs *RuleSet, root *yaml.Node) {
@@ -130,7 +189,17 @@ func (rs *RuleSet) errorf(r *Rule, format string, args ...any) error {
 	return fmt.Errorf("%s:%d: rule %q: %w: %s", rs.File, r.Line, r.Name, ErrRuleSet, fmt.Sprintf(format, args...))
 }
 
-func (rs *RuleSet) check() error {
+func (rs *RuleSet) check(root *yaml.Node) error {
+	if rs.Snaplen > MaxSnaplen {
+		return fmt.Errorf("%s:%d: %w: snaplen %d: at most %d", rs.File, keyLine(root, "snaplen"), ErrRuleSet, rs.Snaplen, MaxSnaplen)
+	}
+	switch rs.Fragments {
+	case "":
+		rs.Fragments = ActionPass
+	case ActionPass, ActionDrop:
+	default:
+		return fmt.Errorf("%s:%d: %w: fragments %q: want pass or drop", rs.File, keyLine(root, "fragments"), ErrRuleSet, rs.Fragments)
+	}
 	if len(rs.Rules) == 0 {
 		return fmt.Errorf("%s: %w: no rules", rs.File, ErrRuleSet)
 	}
@@ -152,12 +221,25 @@ func (rs *RuleSet) check() error {
 		default:
 			return rs.errorf(r, "family %q: want ipv4 or ipv6 (or none for both)", r.Family)
 		}
-		switch r.Action {
-		case "":
+		if r.Action == "" {
 			r.Action = ActionDrop
-		case ActionDrop, ActionPass:
-		default:
-			return rs.errorf(r, "action %q: want drop or pass", r.Action)
+		}
+		if r.Action.kind() == nil {
+			return rs.errorf(r, "action %q: want one of %s", r.Action, actionNames())
+		}
+		if r.Expires != "" {
+			d, err := time.ParseDuration(r.Expires)
+			if err != nil || d <= 0 {
+				return rs.errorf(r, "expires %q: want a positive duration such as 90m or 2h", r.Expires)
+			}
+			r.expires = d
+		}
+		if r.Until != "" {
+			t, err := time.Parse(time.RFC3339, r.Until)
+			if err != nil {
+				return rs.errorf(r, "until %q: want a time as 2026-12-31T23:00:00Z (RFC 3339)", r.Until)
+			}
+			r.until = t
 		}
 		if r.Bytecode == "" && r.Expr == "" && len(r.DNS) == 0 {
 			return rs.errorf(r, "no matcher: give bpf, expr or dns")

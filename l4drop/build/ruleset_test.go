@@ -37,17 +37,22 @@ func TestParseRuleSetErrors(t *testing.T) {
 		name, yaml string
 		want       []string // substrings of the error
 	}{
-		{"broken yaml", "rules: [\n  - name: x\n", []string{"bad.yaml", "line"}},
-		{"unknown top field", "sample_rat: 3\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml", "line 1", "sample_rat"}},
-		{"unknown rule field", "rules:\n  - name: x\n    exrp: udp\n", []string{"bad.yaml", "line 3", "exrp"}},
+		{"broken yaml", "rules: [\n  - name: x\n", []string{"bad.yaml:1:"}},
+		{"unknown top field", "sample_rat: 3\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "sample_rat"}},
+		{"unknown rule field", "rules:\n  - name: x\n    exrp: udp\n", []string{"bad.yaml:3:", "exrp"}},
 		{"no rules", "sample_rate: 1\n", []string{"no rules"}},
 		{"empty", "", []string{"empty"}},
 		{"no name", "rules:\n  - expr: udp\n", []string{"bad.yaml:2", "missing name"}},
 		{"duplicate", "rules:\n  - name: x\n    expr: udp\n  - name: x\n    expr: tcp\n", []string{"bad.yaml:4", `"x"`, "line 2"}},
 		{"bad family", "rules:\n  - name: x\n    family: ipv5\n    expr: udp\n", []string{"bad.yaml:2", `"x"`, "ipv5"}},
-		{"bad action", "rules:\n  - name: x\n    action: reject\n    expr: udp\n", []string{`"x"`, "reject"}},
+		{"bad action", "rules:\n  - name: x\n    action: reject\n    expr: udp\n", []string{"bad.yaml:2:", `"x"`, "reject", "monitor"}},
+		{"second document", "rules:\n  - name: x\n    expr: udp\n---\nrules:\n  - name: y\n    expr: tcp\n", []string{"bad.yaml:4:", "second YAML document"}},
+		{"huge snaplen", "snaplen: 10000000\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "snaplen 10000000", "65535"}},
+		{"bad fragments", "fragments: reject\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "fragments"}},
+		{"bad expires", "rules:\n  - name: x\n    expr: udp\n    expires: soon\n", []string{"bad.yaml:2:", "expires"}},
+		{"bad until", "rules:\n  - name: x\n    expr: udp\n    until: tomorrow\n", []string{"bad.yaml:2:", "RFC 3339"}},
 		{"no matcher", "rules:\n  - name: x\n", []string{`"x"`, "no matcher"}},
-		{"bad rate", "sample_rate: -1\nrules:\n  - name: x\n    expr: udp\n", []string{"line 1"}},
+		{"bad rate", "sample_rate: -1\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -110,10 +110,22 @@ func TestTableDecides(t *testing.T) {
 			}
 			progs = append(progs, ms[0].prog)
 		}
-		if got := tableDecides(progs); got != tt.want {
+		_, jumps, ok := shapeKey(progs[0])
+		if !ok {
+			t.Fatalf("%q: no shape", tt.expr)
+		}
+		params := shapeParams(progs, jumps)
+		if len(params) != 1 {
+			t.Fatalf("%q: %d parameters, want 1", tt.expr, len(params))
+		}
+		isParam := make([]bool, len(progs[0]))
+		for _, pc := range params[0] {
+			isParam[pc] = true
+		}
+		if got := tableDecides(progs[0], isParam); got != tt.want {
 			t.Errorf("%q: tableDecides = %v, want %v", tt.expr, got, tt.want)
 		}
-		if got := equalMatches(progs); got != tt.direct {
+		if got := equalMatches(progs[0], isParam); got != tt.direct {
 			t.Errorf("%q: equalMatches = %v, want %v", tt.expr, got, tt.direct)
 		}
 	}

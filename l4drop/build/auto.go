@@ -1,0 +1,145 @@
+package build
+
+// autoEvalC evaluates the auto rules (l4drop.AutoC, the contract in
+// l4drop/auto.go) after a rule set's own rules: l4_auto returns the first
+// slot in state drop whose conditions hold, or L4_AUTO_NONE; slots in
+// state monitor that match on the way are counted and sampled. Each
+// condition agrees with libpcap on the rule's pcap-filter rendering
+// (AutoRule.Expr): a field beyond the packet is no match, the transport
+// header of IPv4 is at IHL*4 in first fragments only, the payload after
+// UDP's 8 bytes or TCP's data offset.
+const autoEvalC = `
+/* l4_auto_load loads the big-endian field of size bytes at ip + o into *v;
+ * 0 when it lies beyond the packet. */
+static __always_inline int l4_auto_load(const uint8_t *ip, const uint8_t *end, __u32 o, __u32 size, __u32 *v)
+{
+	/* Linear XDP data is at most a page: 16 KiB more than a packet has is
+	 * beyond it too, and the bound lets the verifier see the loads. */
+	if (o >= 0x4000)
+		return 0;
+	const uint8_t *p = ip + o;
+	if (size == 1) {
+		if (p + 1 > end)
+			return 0;
+		*v = p[0];
+		return 1;
+	}
+	if (size == 2) {
+		if (p + 2 > end)
+			return 0;
+		*v = (__u32)p[0] << 8 | p[1];
+		return 1;
+	}
+	if (p + 4 > end)
+		return 0;
+	*v = (__u32)p[0] << 24 | (__u32)p[1] << 16 | (__u32)p[2] << 8 | p[3];
+	return 1;
+}
+
+/*
+ * The auto rules are checked by global functions: the verifier checks a
+ * global function once, on its own, rather than at every call, so 16 slots
+ * of 8 conditions cost it three small functions rather than their product.
+ * A global function cannot take packet pointers: each takes the IP
+ * header's offset and finds the packet in ctx.
+ */
+
+/* l4_auto_cond reports whether condition i of auto rule slot (slotcond =
+ * slot << 8 | i) holds for the packet whose IP header is at ipoff, of
+ * family and protocol famproto (fam << 8 | the rule's proto). */
+__attribute__((noinline)) int l4_auto_cond(struct xdp_md *ctx, __u32 ipoff, __u32 famproto, __u32 slotcond)
+{
+	const uint8_t *data = (const uint8_t *)(long)ctx->data;
+	const uint8_t *end = (const uint8_t *)(long)ctx->data_end;
+	__u32 key = slotcond >> 8, i = slotcond & 0xff, fam = famproto >> 8, proto = famproto & 0xff, v;
+	if (ipoff > L4_MAX_IPOFF || i >= L4_AUTO_CONDS)
+		return 0;
+	const uint8_t *ip = data + ipoff;
+	struct l4_auto_rule *a = bpf_map_lookup_elem(&l4drop_auto, &key);
+	if (!a)
+		return 0;
+	const struct l4_auto_cond *c = &a->cond[i];
+	__u32 base = 0, mask = c->mask;
+	if (c->base == 3) {
+		v = end - ip;
+		mask = 0xffffffffu;
+	} else {
+		if (c->base == 1 || c->base == 2) {
+			if (fam == 4) {
+				/* tcp[] and udp[]: first fragments only. */
+				if (!l4_auto_load(ip, end, 6, 2, &v) || (v & 0x1fff))
+					return 0;
+				base = (ip[0] & 15) * 4;
+			} else {
+				base = 40;
+			}
+			if (c->base == 2) {
+				if (proto == 17) {
+					base += 8;
+				} else {
+					if (!l4_auto_load(ip, end, base + 12, 1, &v))
+						return 0;
+					base += (v >> 4) * 4;
+				}
+			}
+		}
+		if (!l4_auto_load(ip, end, base + c->off, c->size, &v))
+			return 0;
+	}
+	v &= mask;
+	return v >= c->min && v <= c->max;
+}
+
+/* l4_auto_match reports whether auto rule slot matches the packet whose IP
+ * header is at ipoff, of family fam (by its ethertype). */
+__attribute__((noinline)) int l4_auto_match(struct xdp_md *ctx, __u32 ipoff, __u32 fam, __u32 slot)
+{
+	const uint8_t *data = (const uint8_t *)(long)ctx->data;
+	const uint8_t *end = (const uint8_t *)(long)ctx->data_end;
+	__u32 v;
+	if (ipoff > L4_MAX_IPOFF)
+		return 0;
+	const uint8_t *ip = data + ipoff;
+	struct l4_auto_rule *a = bpf_map_lookup_elem(&l4drop_auto, &slot);
+	if (!a || a->family != fam)
+		return 0;
+	__u32 proto = a->proto, n = a->ncond;
+	if (proto && (!l4_auto_load(ip, end, fam == 4 ? 9 : 6, 1, &v) || v != proto))
+		return 0;
+	for (__u32 i = 0; i < L4_AUTO_CONDS; i++) {
+		if (i >= n)
+			break;
+		if (!l4_auto_cond(ctx, ipoff, fam << 8 | proto, slot << 8 | i))
+			return 0;
+	}
+	return 1;
+}
+
+static __attribute__((noinline)) __u32 l4_auto_slots(struct xdp_md *ctx, __u32 ipoff, __u32 fam, __u32 n)
+{
+	for (__u32 k = 0; k < L4_AUTO_SLOTS; k++) {
+		if (k >= n)
+			break;
+		__u32 key = k;
+		struct l4_auto_rule *a = bpf_map_lookup_elem(&l4drop_auto, &key);
+		if (!a)
+			continue;
+		__u32 state = a->state;
+		if ((state != 1 && state != 2) || !l4_auto_match(ctx, ipoff, fam, k))
+			continue;
+		if (state == 1)
+			return k;
+		l4_monitor(ctx, L4_NRULES + 1 + k);
+	}
+	return L4_AUTO_NONE;
+}
+
+/* l4_auto: while the table is empty, one load and a branch. */
+static __always_inline __u32 l4_auto(struct xdp_md *ctx, const uint8_t *data, const uint8_t *ip, int fam)
+{
+	__u32 n = *(volatile __u32 *)&l4drop_auto_n;
+	if (!n)
+		return L4_AUTO_NONE;
+	return l4_auto_slots(ctx, ip - data, fam, n);
+}
+`
