@@ -22,9 +22,9 @@ import (
 // Per source, the buckets live in an LRU hash of MaxSources entries keyed by
 // the source address masked to the prefix (16-byte keys, IPv4 as
 // ::ffff:a.b.c.d): 88 bytes an entry, 88 MiB for the default of 2^20
-// sources (the map's memlock, as bpftool shows it). A source the table has forgotten starts again with a full
-// burst, so MaxSources should exceed the number of sources active within
-// Burst/Rate seconds.
+// sources (the map's memlock, as bpftool shows it). A source the table has
+// forgotten starts again with a full burst, so MaxSources should exceed the
+// number of sources active within Burst/Rate seconds.
 type RateLimit struct {
 	// Rate is the sustained rate in packets a second, at least 1.
 	Rate uint64
