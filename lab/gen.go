@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -26,8 +27,8 @@ import (
 // Generator sends templated traffic out of one interface as fast as the
 // kernel allows, with BPF_PROG_TEST_RUN in live-frames mode: the kernel runs
 // an XDP program over a frame many times, and every run's bpf_redirect puts a
-// real frame on the interface. The program rewrites each frame's random
-// fields and checksums first, and counts what it sent.
+// real frame on the interface. The program writes each frame whole, then its
+// random fields and checksums, and counts what it sent.
 type Generator struct {
 	ns        *netns.NS
 	ifname    string
@@ -448,6 +449,7 @@ func genProgram(ts []Template, ifindex, curFD, stateFD int) (asm.Instructions, e
 			asm.Add.Imm(asm.R2, int32(len(t.Frame))),
 			asm.JGT.Reg(asm.R2, asm.R3, "drop"),
 		)
+		p = append(p, storeFrame(rData, t.Frame)...)
 		for _, f := range t.Fields {
 			if f.Off < 0 || f.Len < 1 || f.Off+f.Len > len(t.Frame) {
 				return nil, fmt.Errorf("generator: template %q: field at %d+%d outside the %d-byte frame", t.Spec, f.Off, f.Len, len(t.Frame))
@@ -507,6 +509,30 @@ func genProgram(ts []Template, ifindex, curFD, stateFD int) (asm.Instructions, e
 		asm.Return(),
 	)
 	return p, nil
+}
+
+// storeFrame writes frame at dst, four bytes a store. Live frames come from
+// a page pool whose pages the kernel fills once and then reuses as they are:
+// a receiver that rewrote a frame in place (XDP_TX turns a SYN into a
+// SYN-ACK in the same buffer) would have its rewrite sent again, the random
+// fields aside. Writing the whole template for every packet is what makes
+// the generator send what it says; it costs a store per 4 bytes.
+func storeFrame(dst asm.Register, frame []byte) asm.Instructions {
+	var p asm.Instructions
+	i := 0
+	for ; i+4 <= len(frame); i += 4 {
+		v := int32(binary.NativeEndian.Uint32(frame[i:]))
+		p = append(p, asm.StoreImm(dst, int16(i), int64(v), asm.Word))
+	}
+	if i+2 <= len(frame) {
+		v := int16(binary.NativeEndian.Uint16(frame[i:]))
+		p = append(p, asm.StoreImm(dst, int16(i), int64(v), asm.Half))
+		i += 2
+	}
+	if i < len(frame) {
+		p = append(p, asm.StoreImm(dst, int16(i), int64(frame[i]), asm.Byte))
+	}
+	return p
 }
 
 // fetchAdd is `src = atomic_fetch_add((u64 *)dst, src)`. cilium/ebpf v0.22
