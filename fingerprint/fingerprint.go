@@ -274,7 +274,7 @@ func splits(g, B []pkt, k groupKey, opts Options) [][]pkt {
 type bitset []uint64
 
 func newBitset(n int) bitset { return make(bitset, (n+63)/64) }
-func (b bitset) set(i int)     { b[i/64] |= 1 << (i % 64) }
+func (b bitset) set(i int)   { b[i/64] |= 1 << (i % 64) }
 func (b bitset) count() int {
 	n := 0
 	for _, w := range b {

@@ -4,8 +4,8 @@ import (
 	"testing"
 
 	"github.com/l4drop/l4drop/cbpf"
-	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/lab"
 )
 
 // scenarioPackets returns n IP packets of templates ts with seed.
