@@ -364,7 +364,7 @@ func fit(A, B []pkt, k groupKey, opts Options) (Rule, bool) {
 	// they keep the rule off legitimate traffic the baseline lacked.
 	extras := make([]*cand, 0, len(cands))
 	for _, c := range cands {
-		if !slices.Contains(chosen, c) && (c.kind == 0 && c.nB*2 <= len(Bk) || c.kind != 0 && c.tight() && c.nB*10 <= len(Bk)) {
+		if !slices.Contains(chosen, c) && (c.kind == 0 && c.nB*2 <= len(Bk) || c.kind != 0 && c.nB*10 <= len(Bk)) {
 			extras = append(extras, c)
 		}
 	}
@@ -509,7 +509,11 @@ func candidates(f *field, A, B []pkt, per float64) []*cand {
 			}
 		}
 		if bi >= 0 {
-			out = append(out, mk(2, f.mask, vals[bi], vals[bi+need-1]))
+			// A wide range is what random values look like: no evidence,
+			// and a condition that excludes the baseline by chance.
+			if c := mk(2, f.mask, vals[bi], vals[bi+need-1]); c.tight() {
+				out = append(out, c)
+			}
 		}
 	}
 	return out
