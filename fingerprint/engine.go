@@ -129,7 +129,7 @@ type Engine struct {
 	pending []Sample
 	spare   []Sample
 
-	samples, lost                                             atomic.Uint64
+	samples, lost                                            atomic.Uint64
 	ticks, anomalies, deployed, refined, removed, none, errs atomic.Uint64
 	nActive                                                  atomic.Int64
 
