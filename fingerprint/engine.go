@@ -133,16 +133,21 @@ type Engine struct {
 	ticks, anomalies, deployed, refined, removed, none, errs atomic.Uint64
 	nActive                                                  atomic.Int64
 
-	start    time.Time
-	batches  []batch // the window and the quarantine, oldest first
-	win      map[featKey]int
-	winN     int // NoRule samples in the window
-	base     map[featKey]*decayed
-	baseN    decayed
+	start   time.Time
+	batches []batch // the window and the quarantine, oldest first
+	win     map[uint64]int32
+	winN    int // NoRule samples in the window
+	// base holds each feature value's decayed count of baseline samples,
+	// baseN all of them, in units that grow by 2 every HalfLife from
+	// epoch: shares need no decay, a ratio of two counts.
+	base     map[uint64]float64
+	baseN    float64
+	epoch    time.Time
 	baseRing []pkt
 	baseNext int
 	slots    []*slot
 	lastNone time.Time
+	retry    time.Time
 
 	rmu    sync.Mutex
 	report []Active
@@ -160,6 +165,7 @@ type rec struct {
 	dec   Decision
 	slot  int
 	feats []uint64 // value, or missing
+	score float64
 }
 
 const missing = 1 << 32
@@ -167,14 +173,17 @@ const missing = 1 << 32
 // minBaseline is the fewest baseline samples detection starts with.
 const minBaseline = 100
 
-type featKey struct {
-	fam, proto, idx uint8
-	v               uint32
-}
+// maxAnalysed bounds the anomalous samples a tick fingerprints;
+// retryAfter is how long the engine waits after an anomaly it could not
+// describe, or a deployment that failed.
+const (
+	maxAnalysed = 2048
+	retryAfter  = 500 * time.Millisecond
+)
 
-type decayed struct {
-	c float64
-	t time.Time
+// featKey is a feature value: family, protocol, field and value.
+func featKey(p *pkt, idx int, v uint64) uint64 {
+	return uint64(p.h.family)<<56 | uint64(p.h.proto)<<48 | uint64(idx)<<40 | v&0xffffffff
 }
 
 type slot struct {
@@ -230,8 +239,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:   cfg,
 		log:   cfg.Logger,
-		win:   map[featKey]int{},
-		base:  map[featKey]*decayed{},
+		win:   map[uint64]int32{},
+		base:  map[uint64]float64{},
 		slots: make([]*slot, cfg.Slots),
 		start: cfg.Now(),
 	}
@@ -343,7 +352,7 @@ func (e *Engine) Tick() {
 				e.winN++
 				for i, v := range r.feats {
 					if v != missing {
-						e.win[featKey{p.h.family, p.h.proto, uint8(i), uint32(v)}]++
+						e.win[featKey(&p, i, v)]++
 					}
 				}
 			}
@@ -353,8 +362,9 @@ func (e *Engine) Tick() {
 	e.mu.Lock()
 	e.spare = in[:0]
 	e.mu.Unlock()
-	e.batches = append(e.batches, b)
 	e.age(now)
+	e.score(b.recs)
+	e.batches = append(e.batches, b)
 	e.maintain(now)
 	// Detection waits for a baseline: Learn's worth of samples out of
 	// quarantine.
@@ -417,7 +427,7 @@ func (e *Engine) age(now time.Time) {
 				e.winN--
 				for j, v := range r.feats {
 					if v != missing {
-						k := featKey{r.p.h.family, r.p.h.proto, uint8(j), uint32(v)}
+						k := featKey(&r.p, j, v)
 						if e.win[k]--; e.win[k] <= 0 {
 							delete(e.win, k)
 						}
@@ -450,18 +460,12 @@ func (e *Engine) admit(r *rec, t time.Time) {
 			return
 		}
 	}
-	e.baseN.add(1, t, e.cfg.HalfLife)
+	w := e.weight(t)
+	e.baseN += w
 	for j, v := range r.feats {
-		if v == missing {
-			continue
+		if v != missing {
+			e.base[featKey(&r.p, j, v)] += w
 		}
-		k := featKey{r.p.h.family, r.p.h.proto, uint8(j), uint32(v)}
-		d := e.base[k]
-		if d == nil {
-			d = &decayed{}
-			e.base[k] = d
-		}
-		d.add(1, t, e.cfg.HalfLife)
 	}
 	if len(e.baseRing) < e.cfg.BaselineSamples {
 		e.baseRing = append(e.baseRing, r.p)
@@ -470,29 +474,35 @@ func (e *Engine) admit(r *rec, t time.Time) {
 		e.baseNext = (e.baseNext + 1) % len(e.baseRing)
 	}
 	if len(e.base) > 1<<18 {
-		e.prune(t)
+		e.prune()
 	}
 }
 
-// prune forgets feature values whose rate has decayed to nothing.
-func (e *Engine) prune(t time.Time) {
-	for k, d := range e.base {
-		if d.at(t, e.cfg.HalfLife) < 0.5 {
+// weight is what a sample at t adds to the baseline's counts.
+func (e *Engine) weight(t time.Time) float64 {
+	if e.epoch.IsZero() {
+		e.epoch = t
+	}
+	x := float64(t.Sub(e.epoch)) / float64(e.cfg.HalfLife)
+	if x > 40 {
+		// Rescale before the counts lose precision.
+		f := math.Exp2(-x)
+		for k, c := range e.base {
+			e.base[k] = c * f
+		}
+		e.baseN *= f
+		e.epoch, x = t, 0
+	}
+	return math.Exp2(x)
+}
+
+// prune forgets feature values whose share has decayed to nothing.
+func (e *Engine) prune() {
+	for k, c := range e.base {
+		if c < e.baseN*1e-6 {
 			delete(e.base, k)
 		}
 	}
-}
-
-func (d *decayed) add(n float64, t time.Time, half time.Duration) {
-	d.c = d.at(t, half) + n
-	d.t = t
-}
-
-func (d *decayed) at(t time.Time, half time.Duration) float64 {
-	if d.t.IsZero() || !t.After(d.t) {
-		return d.c
-	}
-	return d.c * math.Exp2(-float64(t.Sub(d.t))/float64(half))
 }
 
 // pps converts a count of samples in the window to packets per second.
@@ -595,43 +605,49 @@ func (e *Engine) drop(i int, why string, attrs ...any) {
 	e.log.Info("auto: remove", args...)
 }
 
+// score scores new samples against the window they arrived in: how much
+// likelier their values are now than in the baseline (a naive Bayes
+// likelihood ratio), each value's share smoothed by 1% so rare and random
+// values say little. A flash crowd's values keep their shares: its score
+// is near 0.
+func (e *Engine) score(recs []rec) {
+	const eps = 0.01
+	for i := range recs {
+		r := &recs[i]
+		if r.dec != NoRule {
+			continue
+		}
+		score := 0.0
+		for j, v := range r.feats {
+			if v == missing {
+				continue
+			}
+			k := featKey(&r.p, j, v)
+			// Leave the sample out of its own count: a value seen once
+			// in the window (a random port) is no evidence.
+			pw := float64(e.win[k]-1) / float64(e.winN)
+			pb := 0.0
+			if e.baseN > 0 {
+				pb = e.base[k] / e.baseN
+			}
+			score += math.Log((pw + eps) / (pb + eps))
+		}
+		r.score = score
+	}
+}
+
 // detect finds the window's anomalous samples and deploys rules for them.
 func (e *Engine) detect(now time.Time) {
 	if e.pps(e.winN, now) < e.cfg.Threshold {
 		return
 	}
-	// Score the window's unexplained samples: how much likelier their
-	// values are now than in the baseline (a naive Bayes likelihood
-	// ratio), each value's share smoothed by 1% so rare and random values
-	// say little. The flash crowd's values keep their shares: its score is
-	// near 0.
-	const eps = 0.01
-	baseTotal := e.baseN.at(now, e.cfg.HalfLife)
 	var A []pkt
 	for _, b := range e.batches {
 		if !b.inWin {
 			continue
 		}
 		for _, r := range b.recs {
-			if r.dec != NoRule || e.matchedByActive(&r.p) {
-				continue
-			}
-			score := 0.0
-			for j, v := range r.feats {
-				if v == missing {
-					continue
-				}
-				k := featKey{r.p.h.family, r.p.h.proto, uint8(j), uint32(v)}
-				// Leave the sample out of its own count: a value seen
-				// once in the window (a random port) is no evidence.
-				pw := float64(e.win[k]-1) / float64(e.winN)
-				pb := 0.0
-				if d := e.base[k]; d != nil && baseTotal > 0 {
-					pb = d.at(now, e.cfg.HalfLife) / baseTotal
-				}
-				score += math.Log((pw + eps) / (pb + eps))
-			}
-			if score >= math.Log(e.cfg.Ratio) {
+			if r.dec == NoRule && r.score >= math.Log(e.cfg.Ratio) && !e.matchedByActive(&r.p) {
 				A = append(A, r.p)
 			}
 		}
@@ -640,15 +656,31 @@ func (e *Engine) detect(now time.Time) {
 		return
 	}
 	e.anomalies.Add(1)
+	if now.Before(e.retry) {
+		return
+	}
+	// Enough samples to tell a vector of 1%, few enough to bound a tick.
+	if len(A) > maxAnalysed {
+		stride := float64(len(A)) / maxAnalysed
+		for i := range maxAnalysed {
+			A[i] = A[int(float64(i)*stride)]
+		}
+		A = A[:maxAnalysed]
+	}
 	rules, err := Fingerprint(packets(A), packets(e.baseRing), e.cfg.Options)
 	if err != nil {
+		// What no rule describes now, a few more samples will not: the
+		// next try waits, so a long anomaly costs little.
+		e.retry = now.Add(retryAfter)
 		e.noRule(now, len(A), err)
 		return
 	}
-	// The baseline's rate: what the rules may not approach.
+	// The baseline's rate, what the rules may not approach: a decayed
+	// count of a steady rate is rate*HalfLife/ln 2.
 	baseRate := 0.0
-	if span := min(now.Sub(e.start), e.cfg.HalfLife); span > 0 {
-		baseRate = baseTotal * float64(e.cfg.SampleRate) / span.Seconds()
+	if span := min(now.Sub(e.start).Seconds(), e.cfg.HalfLife.Seconds()/math.Ln2); span > 0 && !e.epoch.IsZero() {
+		count := e.baseN * math.Exp2(-float64(now.Sub(e.epoch))/float64(e.cfg.HalfLife))
+		baseRate = count * float64(e.cfg.SampleRate) / span
 	}
 	for _, r := range rules {
 		n := 0
@@ -708,6 +740,7 @@ func (e *Engine) deploy(now time.Time, r Rule, pps float64) {
 	}
 	r.State = e.state()
 	if err := e.cfg.Deployer.Deploy(free, r.AutoRule); err != nil {
+		e.retry = now.Add(retryAfter)
 		e.errs.Add(1)
 		e.log.Error("auto: deploy", "slot", free, "expr", r.Expr(), "error", err)
 		return
