@@ -2,6 +2,7 @@ package lab
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -44,34 +45,52 @@ var ErrSpec = errors.New("bad traffic template")
 
 // TemplateHelp documents the specification ParseTemplate accepts.
 const TemplateHelp = `KIND[,OPTION...] where KIND is
-  dns    a DNS query: name=NAME (a '*' label is 12 random letters per packet), qtype=N (default 1, A)
-  syn    a TCP SYN: port=N (default 80)
-  udp    a UDP datagram: port=N (default 9), size=N payload bytes (default 18)
+  dns    a DNS query: name=NAME (a '*' label is 12 random letters per packet,
+         '*N' N random letters), qtype=N (default 1, A), flags=N (default
+         0x0100, RD), edns (an OPT record), response (an answer from port 53
+         to a random port, as reflected at a victim; answers=N records)
+  ntp    an NTP client request to port 123; response: a server's reply from
+         port 123 to a random port; monlist: a mode 7 monlist reply, as reflected
+  syn    a TCP SYN: port=N (default 80), window=N (default 64240),
+         tcpopts=mss|none|linux|windows (default mss: MSS 1460 alone)
+  udp    a UDP datagram: port=N (default 9), size=N payload bytes (default 18),
+         payload=HEX the payload's first bytes, randpayload (the rest random)
 and OPTION is one of
   v6           IPv6 instead of IPv4
   vlan=ID[.ID] 802.1Q tag(s), outer first
   sport=N      fixed source port (default: random per packet)
   randsrc      random low 16 bits of the source address per packet
+  ttl=N        IPv4 TTL or IPv6 hop limit (default 64)
+  ipid=N|rand  IPv4 identification (default 0)
+  nodf         IPv4 without Don't Fragment
+  len=N        IP packet length: the payload is padded with zeros to it
   weight=N     share of the traffic relative to the other templates (default 1)
-e.g. 'dns,name=*.attack.example,weight=95'  'syn,port=443,v6'  'udp,port=53,vlan=100'`
+e.g. 'dns,name=*.attack.example,weight=95'  'syn,port=443,v6,ttl=111,tcpopts=none'
+     'udp,port=27015,payload=ffffffff54,len=60,ipid=rand'  'ntp,monlist,v6'`
+
+// templateSpec is what the options of a template say.
+type templateSpec struct {
+	v6, randSrc, edns, response, monlist, randPayload, noDF bool
+	vlans                                                   []uint16
+	sport, port, size, qtype, flags, ttl, ipid, length      int
+	window, answers                                         int
+	randID                                                  bool
+	name, tcpopts                                           string
+	payload                                                 []byte
+}
 
 // ParseTemplate parses a template specification (see TemplateHelp).
 func ParseTemplate(spec string) (Template, error) {
 	parts := strings.Split(spec, ",")
 	t := Template{Spec: spec, Weight: 1}
 	kind := parts[0]
-	var (
-		v6      bool
-		vlans   []uint16
-		sport   = -1
-		port    = -1
-		size    = 18
-		name    = ""
-		qtype   = 1
-		randSrc bool
-	)
+	o := templateSpec{sport: -1, port: -1, size: 18, qtype: 1, flags: 0x0100, ttl: 64, length: -1, window: 64240, answers: 1, tcpopts: "mss"}
 	num := func(key, v string, max uint64) (int, error) {
-		n, err := strconv.ParseUint(v, 10, 64)
+		base := 10
+		if strings.HasPrefix(v, "0x") {
+			base, v = 16, v[2:]
+		}
+		n, err := strconv.ParseUint(v, base, 64)
 		if err != nil || n > max {
 			return 0, fmt.Errorf("%w %q: %s=%q: want a number up to %d", ErrSpec, spec, key, v, max)
 		}
@@ -82,35 +101,71 @@ func ParseTemplate(spec string) (Template, error) {
 		var err error
 		switch key {
 		case "v6":
-			v6 = true
+			o.v6 = true
 		case "randsrc":
-			randSrc = true
+			o.randSrc = true
+		case "edns":
+			o.edns = true
+		case "response":
+			o.response = true
+		case "monlist":
+			o.monlist, o.response = true, true
+		case "randpayload":
+			o.randPayload = true
+		case "nodf":
+			o.noDF = true
 		case "vlan":
 			for _, id := range strings.Split(v, ".") {
 				n, err := num("vlan", id, 4095)
 				if err != nil {
 					return t, err
 				}
-				vlans = append(vlans, uint16(n))
+				o.vlans = append(o.vlans, uint16(n))
 			}
-			if len(vlans) > 2 {
+			if len(o.vlans) > 2 {
 				return t, fmt.Errorf("%w %q: at most two VLAN tags", ErrSpec, spec)
 			}
 		case "sport":
-			sport, err = num(key, v, 65535)
+			o.sport, err = num(key, v, 65535)
 		case "port":
-			port, err = num(key, v, 65535)
+			o.port, err = num(key, v, 65535)
 		case "size":
-			size, err = num(key, v, 1400)
+			o.size, err = num(key, v, 1400)
 		case "qtype":
-			qtype, err = num(key, v, 65535)
+			o.qtype, err = num(key, v, 65535)
+		case "flags":
+			o.flags, err = num(key, v, 65535)
+		case "answers":
+			o.answers, err = num(key, v, 20)
+		case "ttl":
+			o.ttl, err = num(key, v, 255)
+		case "ipid":
+			if v == "rand" {
+				o.randID = true
+			} else {
+				o.ipid, err = num(key, v, 65535)
+			}
+		case "len":
+			o.length, err = num(key, v, 1500)
+		case "window":
+			o.window, err = num(key, v, 65535)
+		case "tcpopts":
+			o.tcpopts = v
+			if _, ok := tcpOptions[v]; !ok {
+				err = fmt.Errorf("%w %q: tcpopts=%q: want mss, none, linux or windows", ErrSpec, spec, v)
+			}
+		case "payload":
+			o.payload, err = hex.DecodeString(v)
+			if err != nil || len(o.payload) > 1400 {
+				err = fmt.Errorf("%w %q: payload=%q: want up to 1400 bytes in hex", ErrSpec, spec, v)
+			}
 		case "weight":
 			t.Weight, err = num(key, v, 1<<20)
 			if err == nil && t.Weight == 0 {
 				err = fmt.Errorf("%w %q: weight must be at least 1", ErrSpec, spec)
 			}
-		case "name":
-			name = v
+		case "name", "qname":
+			o.name = v
 		default:
 			return t, fmt.Errorf("%w %q: unknown option %q", ErrSpec, spec, key)
 		}
@@ -118,72 +173,168 @@ func ParseTemplate(spec string) (Template, error) {
 			return t, err
 		}
 	}
-	b := frameBuilder{v6: v6, vlans: vlans}
+	b := frameBuilder{v6: o.v6, vlans: o.vlans, ttl: byte(o.ttl), ipid: uint16(o.ipid), noDF: o.noDF}
+	var payload []byte
+	randDport := false
+	var late []Field // random fields, as offsets in the payload
 	switch kind {
 	case "dns":
-		if name == "" {
+		if o.name == "" {
 			return t, fmt.Errorf("%w %q: dns needs name=NAME", ErrSpec, spec)
 		}
-		payload, letters, err := dnsQuery(name, uint16(qtype))
+		var letters []Field
+		var err error
+		payload, letters, err = dnsMessage(o)
 		if err != nil {
-			return t, fmt.Errorf("%w %q: %v", ErrSpec, spec, err)
+			return t, fmt.Errorf("%w %q: %w", ErrSpec, spec, err)
 		}
-		if port < 0 {
-			port = 53
+		late = append(late, Field{Off: 0, Len: 2, Kind: Bytes}) // query ID
+		late = append(late, letters...)
+		if o.response {
+			randDport = true
+			if o.sport < 0 {
+				o.sport = 53
+			}
+		} else if o.port < 0 {
+			o.port = 53
 		}
-		b.udp(uint16(port), payload)
-		t.Fields = append(t.Fields, Field{Off: b.l4 + 8, Len: 2, Kind: Bytes}) // query ID
-		for _, f := range letters {
-			t.Fields = append(t.Fields, Field{Off: b.l4 + 8 + f.Off, Len: f.Len, Kind: Letters})
+	case "ntp":
+		payload = ntpMessage(o)
+		if o.response {
+			randDport = true
+			if o.sport < 0 {
+				o.sport = 123
+			}
+		} else if o.port < 0 {
+			o.port = 123
 		}
 	case "syn":
-		if port < 0 {
-			port = 80
+		if o.port < 0 {
+			o.port = 80
 		}
-		b.syn(uint16(port))
-		t.Fields = append(t.Fields, Field{Off: b.l4 + 4, Len: 4, Kind: Bytes}) // sequence number
 	case "udp":
-		if port < 0 {
-			port = 9
+		if o.port < 0 {
+			o.port = 9
 		}
-		payload := make([]byte, size)
+		payload = make([]byte, max(o.size, len(o.payload)))
 		for i := range payload {
 			payload[i] = byte('a' + i%26)
 		}
-		b.udp(uint16(port), payload)
+		copy(payload, o.payload)
+		if o.randPayload && len(payload) > len(o.payload) {
+			late = append(late, Field{Off: len(o.payload), Len: len(payload) - len(o.payload), Kind: Bytes})
+		}
 	default:
-		return t, fmt.Errorf("%w %q: unknown kind %q (dns, syn, udp)", ErrSpec, spec, kind)
+		return t, fmt.Errorf("%w %q: unknown kind %q (dns, ntp, syn, udp)", ErrSpec, spec, kind)
 	}
-	if sport >= 0 {
-		binary.BigEndian.PutUint16(b.frame[b.l4:], uint16(sport))
+	if randDport && o.port >= 0 {
+		randDport = false
+	}
+	if kind == "syn" {
+		opts := tcpOptions[o.tcpopts]
+		if o.length >= 0 {
+			hdr := 40 + 20 + len(opts)
+			if !o.v6 {
+				hdr -= 20
+			}
+			if o.length < hdr {
+				return t, fmt.Errorf("%w %q: len=%d shorter than the headers (%d)", ErrSpec, spec, o.length, hdr)
+			}
+			payload = make([]byte, o.length-hdr)
+		}
+		b.syn(uint16(max(o.port, 0)), uint16(o.window), opts, payload)
+		t.Fields = append(t.Fields, Field{Off: b.l4 + 4, Len: 4, Kind: Bytes}) // sequence number
+		if o.tcpopts == "linux" {
+			t.Fields = append(t.Fields, Field{Off: b.l4 + 20 + 8, Len: 4, Kind: Bytes}) // timestamp
+		}
+	} else {
+		if o.length >= 0 {
+			hdr := 28
+			if o.v6 {
+				hdr = 48
+			}
+			if o.length < hdr+len(payload) {
+				return t, fmt.Errorf("%w %q: len=%d shorter than the packet (%d)", ErrSpec, spec, o.length, hdr+len(payload))
+			}
+			payload = append(payload, make([]byte, o.length-hdr-len(payload))...)
+		}
+		b.udp(uint16(max(o.port, 0)), payload)
+		for _, f := range late {
+			f.Off += b.l4 + 8
+			t.Fields = append(t.Fields, f)
+		}
+	}
+	if o.sport >= 0 {
+		binary.BigEndian.PutUint16(b.frame[b.l4:], uint16(o.sport))
 	} else {
 		t.Fields = append(t.Fields, Field{Off: b.l4, Len: 2, Kind: Bytes})
 	}
-	if randSrc {
+	if o.randSrc {
 		// The low 16 bits of the source address.
 		off := b.l3 + 14
-		if v6 {
+		if o.v6 {
 			off = b.l3 + 22
 		}
 		t.Fields = append(t.Fields, Field{Off: off, Len: 2, Kind: Bytes})
+	}
+	if randDport {
+		t.Fields = append(t.Fields, Field{Off: b.l4 + 2, Len: 2, Kind: Bytes})
+	}
+	if o.randID && !o.v6 {
+		t.Fields = append(t.Fields, Field{Off: b.l3 + 4, Len: 2, Kind: Bytes})
 	}
 	t.Frame = b.frame
 	setChecksums(t.Frame)
 	return t, nil
 }
 
-// dnsQuery returns a DNS query payload for name and the ranges of its '*'
-// labels, which become random letters.
-func dnsQuery(name string, qtype uint16) ([]byte, []Field, error) {
-	q := []byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0}
+// tcpOptions are SYN option layouts: what Linux and Windows send, MSS
+// alone (the default), none (as many flood tools).
+var tcpOptions = map[string][]byte{
+	"mss":  {2, 4, 0x05, 0xb4},
+	"none": nil,
+	// MSS 1460, SACK permitted, timestamps, NOP, window scale 7.
+	"linux": {2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7},
+	// MSS 1460, NOP, window scale 8, NOP, NOP, SACK permitted.
+	"windows": {2, 4, 0x05, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2},
+}
+
+// dnsMessage returns a DNS query or response payload for o's name and the
+// ranges of its '*' labels, which become random letters.
+func dnsMessage(o templateSpec) ([]byte, []Field, error) {
+	flags := uint16(o.flags)
+	if o.response {
+		flags |= 0x8080 // QR, RA
+	}
+	q := binary.BigEndian.AppendUint16([]byte{0x12, 0x34}, flags)
+	q = append(q, 0, 1)
+	ans := 0
+	if o.response {
+		ans = o.answers
+	}
+	q = binary.BigEndian.AppendUint16(q, uint16(ans))
+	ar := 0
+	if o.edns {
+		ar = 1
+	}
+	q = append(q, 0, 0)
+	q = binary.BigEndian.AppendUint16(q, uint16(ar))
 	var random []Field
-	name = strings.Trim(name, ".")
+	name := strings.Trim(o.name, ".")
 	if name != "" {
 		for _, label := range strings.Split(name, ".") {
-			if label == "*" {
-				q = append(q, 12)
-				random = append(random, Field{Off: len(q), Len: 12})
-				q = append(q, "xxxxxxxxxxxx"...)
+			if n, ok := strings.CutPrefix(label, "*"); ok {
+				size := 12
+				if n != "" {
+					v, err := strconv.Atoi(n)
+					if err != nil || v < 1 || v > 63 {
+						return nil, nil, fmt.Errorf("name %q: label %q: want * or *N, N from 1 to 63", name, label)
+					}
+					size = v
+				}
+				q = append(q, byte(size))
+				random = append(random, Field{Off: len(q), Len: size, Kind: Letters})
+				q = append(q, strings.Repeat("x", size)...)
 				continue
 			}
 			if label == "" || len(label) > 63 {
@@ -197,14 +348,48 @@ func dnsQuery(name string, qtype uint16) ([]byte, []Field, error) {
 		return nil, nil, fmt.Errorf("name %q longer than 255 bytes", name)
 	}
 	q = append(q, 0)
-	q = binary.BigEndian.AppendUint16(q, qtype)
-	return binary.BigEndian.AppendUint16(q, 1), random, nil
+	q = binary.BigEndian.AppendUint16(q, uint16(o.qtype))
+	q = binary.BigEndian.AppendUint16(q, 1)
+	for i := 0; i < ans; i++ {
+		// A pointer to the question's name, an A record.
+		q = append(q, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0x0e, 0x10, 0, 4, 192, 0, 2, byte(1+i))
+	}
+	if o.edns {
+		// Root name, OPT, 4096-byte UDP payload, DO.
+		q = append(q, 0, 0, 41, 0x10, 0, 0, 0, 0x80, 0, 0, 0)
+	}
+	return q, random, nil
+}
+
+// ntpMessage returns an NTP client request, a server's reply, or a mode 7
+// monlist reply of six entries.
+func ntpMessage(o templateSpec) []byte {
+	if o.monlist {
+		m := []byte{0xd7, 0x00, 0x03, 0x2a, 0x00, 0x06, 0x00, 0x48}
+		for i := 0; i < 6; i++ {
+			e := make([]byte, 72)
+			e[3], e[7] = byte(10+i), byte(i)
+			copy(e[16:], []byte{198, 51, 100, byte(1 + i)})
+			m = append(m, e...)
+		}
+		return m
+	}
+	m := make([]byte, 48)
+	m[0] = 0x23 // version 4, client
+	if o.response {
+		m[0], m[1], m[2], m[3] = 0x24, 2, 3, 0xe9 // server, stratum 2
+		copy(m[12:], "GPS\x00")
+	}
+	return m
 }
 
 // frameBuilder builds frames from the internet side to the server.
 type frameBuilder struct {
 	v6     bool
 	vlans  []uint16
+	ttl    byte
+	ipid   uint16
+	noDF   bool
 	frame  []byte
 	l3, l4 int
 }
@@ -225,7 +410,7 @@ func (b *frameBuilder) ip(proto byte, l4 []byte) {
 		b.l3 = len(f)
 		f = append(f, 0x60, 0, 0, 0)
 		f = binary.BigEndian.AppendUint16(f, uint16(len(l4)))
-		f = append(f, proto, 64)
+		f = append(f, proto, b.ttl)
 		f = append(f, netip.MustParseAddr(InetIPv6).AsSlice()...)
 		f = append(f, netip.MustParseAddr(ServerIPv6).AsSlice()...)
 	} else {
@@ -233,7 +418,12 @@ func (b *frameBuilder) ip(proto byte, l4 []byte) {
 		b.l3 = len(f)
 		f = append(f, 0x45, 0)
 		f = binary.BigEndian.AppendUint16(f, uint16(20+len(l4)))
-		f = append(f, 0, 0, 0x40, 0, 64, proto, 0, 0) // id 0, DF, TTL 64
+		f = binary.BigEndian.AppendUint16(f, b.ipid)
+		df := byte(0x40)
+		if b.noDF {
+			df = 0
+		}
+		f = append(f, df, 0, b.ttl, proto, 0, 0)
 		f = append(f, netip.MustParseAddr(InetIPv4).AsSlice()...)
 		f = append(f, netip.MustParseAddr(ServerIPv4).AsSlice()...)
 	}
@@ -249,15 +439,15 @@ func (b *frameBuilder) udp(dport uint16, payload []byte) {
 	b.ip(17, append(u, payload...))
 }
 
-func (b *frameBuilder) syn(dport uint16) {
+func (b *frameBuilder) syn(dport, window uint16, opts, payload []byte) {
 	t := binary.BigEndian.AppendUint16(nil, 40000)
 	t = binary.BigEndian.AppendUint16(t, dport)
 	t = append(t, 0, 0, 0, 1, 0, 0, 0, 0) // seq 1, ack 0
-	t = append(t, 6<<4, 0x02)             // data offset 24 bytes, SYN
-	t = binary.BigEndian.AppendUint16(t, 64240)
-	t = append(t, 0, 0, 0, 0)       // checksum, urgent pointer
-	t = append(t, 2, 4, 0x05, 0xb4) // MSS 1460
-	b.ip(6, t)
+	t = append(t, byte((20+len(opts))/4)<<4, 0x02)
+	t = binary.BigEndian.AppendUint16(t, window)
+	t = append(t, 0, 0, 0, 0) // checksum, urgent pointer
+	t = append(t, opts...)
+	b.ip(6, append(t, payload...))
 }
 
 // layout is where a frame's headers and checksums are.
@@ -367,4 +557,76 @@ func setChecksums(f []byte) {
 		}
 		binary.LittleEndian.PutUint16(f[lo.l4Csum:], c)
 	}
+}
+
+// Frames returns n frames of ts, by weight, as a Generator seeded with seed
+// sends them: template i's k-th frame is the one the generator sends as
+// that template's k-th. Tests and analyses use them without a kernel.
+func Frames(ts []Template, seed uint64, n int) [][]byte {
+	if len(ts) == 0 || n <= 0 {
+		return nil
+	}
+	counts := shares(uint64(n), ts)
+	seq := make([]uint64, len(ts))
+	seeds := make([]uint64, len(ts))
+	for i := range ts {
+		seeds[i] = splitmix(seed + uint64(i)*0x9e3779b97f4a7c15)
+	}
+	// Smooth weighted round robin: the templates interleave as finely as
+	// their weights allow.
+	credit := make([]int64, len(ts))
+	var wsum int64
+	for _, t := range ts {
+		wsum += int64(t.Weight)
+	}
+	out := make([][]byte, 0, n)
+	for len(out) < n {
+		best := -1
+		for i, t := range ts {
+			if seq[i] >= counts[i] {
+				continue
+			}
+			credit[i] += int64(t.Weight)
+			if best < 0 || credit[i] > credit[best] {
+				best = i
+			}
+		}
+		credit[best] -= wsum
+		out = append(out, ts[best].frame(seeds[best], seq[best]))
+		seq[best]++
+	}
+	return out
+}
+
+// frame is the template's frame with the random fields of sequence number
+// seq, as the generator's program writes them.
+func (t *Template) frame(seed, seq uint64) []byte {
+	f := append([]byte(nil), t.Frame...)
+	h := (seed + seq) * 0x9e3779b97f4a7c15
+	h ^= h >> 31
+	for _, fl := range t.Fields {
+		if fl.Off < 0 || fl.Off+fl.Len > len(f) {
+			continue
+		}
+		for b := fl.Off; b < fl.Off+fl.Len; b++ {
+			h = h*lcgMul + lcgAdd
+			v := h >> 33
+			if fl.Kind == Letters {
+				v = v%26 + 'a'
+			}
+			f[b] = byte(v)
+		}
+	}
+	setChecksums(f)
+	return f
+}
+
+// IPPacket returns the IP packet an Ethernet frame carries (after up to
+// two VLAN tags), or nil.
+func IPPacket(frame []byte) []byte {
+	lo, ok := parseLayout(frame)
+	if !ok {
+		return nil
+	}
+	return frame[lo.l3:lo.end]
 }

@@ -1,0 +1,106 @@
+package fingerprint
+
+import (
+	"testing"
+
+	"github.com/l4drop/l4drop/cbpf"
+	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/lab"
+)
+
+// scenarioPackets returns n IP packets of templates ts with seed.
+func scenarioPackets(tb testing.TB, ts []lab.Template, seed uint64, n int) []Packet {
+	tb.Helper()
+	var out []Packet
+	for _, f := range lab.Frames(ts, seed, n) {
+		ip := lab.IPPacket(f)
+		if ip == nil {
+			tb.Fatalf("frame without an IP packet: % x", f)
+		}
+		out = append(out, Packet{Data: ip})
+	}
+	return out
+}
+
+func scenarioTemplates(tb testing.TB, s lab.Scenario) (attack, legit []lab.Template) {
+	tb.Helper()
+	attack, legit, err := s.Templates()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return attack, legit
+}
+
+// TestFingerprintScenarios fingerprints every scenario from samples (an
+// attack capture with some legitimate traffic in it, and a baseline) and
+// judges the rules on traffic of other seeds: at least 99% of the attack,
+// none of the legitimate traffic, and the same verdicts from libpcap.
+func TestFingerprintScenarios(t *testing.T) {
+	for _, s := range lab.Scenarios() {
+		t.Run(s.Name, func(t *testing.T) {
+			attackT, legitT := scenarioTemplates(t, s)
+			for _, seed := range []uint64{1, 2, 3} {
+				attack := scenarioPackets(t, attackT, seed, 1500)
+				// A capture of an attack holds some legitimate traffic.
+				attack = append(attack, scenarioPackets(t, legitT, seed+100, 30)...)
+				baseline := scenarioPackets(t, legitT, seed+200, 2000)
+				rules, err := Fingerprint(attack, baseline, Options{})
+				if err != nil {
+					t.Fatalf("seed %d: %v", seed, err)
+				}
+				if len(rules) != 1 {
+					for _, r := range rules {
+						t.Logf("rule %s", r.Expr())
+					}
+					t.Fatalf("seed %d: %d rules, want 1", seed, len(rules))
+				}
+				r := rules[0]
+				t.Logf("seed %d: %s (%d samples, coverage %.4f, fields %v)", seed, r.Expr(), r.Samples, r.Coverage, r.Fields)
+				if err := r.Validate(); err != nil {
+					t.Fatal(err)
+				}
+				for i, c := range r.Conds {
+					if c.Base == l4drop.BaseL4 && c.Off == 2 && len(r.Conds) == 1 {
+						t.Errorf("condition %d: the destination port alone", i)
+					}
+				}
+				// Held out: traffic of seeds the rule never saw.
+				heldAttack := scenarioPackets(t, attackT, seed+1000, 5000)
+				heldLegit := scenarioPackets(t, legitT, seed+2000, 20000)
+				lt := cbpf.LinkTypeIPv4
+				if r.Family == 6 {
+					lt = cbpf.LinkTypeIPv6
+				}
+				prog, err := cbpf.Compile(r.Expr(), lt, 0)
+				if err != nil {
+					t.Fatalf("compile %q: %v", r.Expr(), err)
+				}
+				filter, err := cbpf.NewFilter(prog)
+				if err != nil {
+					t.Fatal(err)
+				}
+				judge := func(ps []Packet) (matched int) {
+					for _, p := range ps {
+						m := Match(&r.AutoRule, p.Data, len(p.Data))
+						if pm := filter.Run(p.Data, len(p.Data)) != 0; pm != m {
+							t.Fatalf("evaluator says %v, libpcap %v, for %q on % x", m, pm, r.Expr(), p.Data)
+						}
+						if m {
+							matched++
+						}
+					}
+					return matched
+				}
+				if n := judge(heldAttack); n*100 < len(heldAttack)*99 {
+					t.Errorf("seed %d: matches %d of %d attack packets, want >= 99%%", seed, n, len(heldAttack))
+				}
+				if n := judge(heldLegit); n != 0 {
+					t.Errorf("seed %d: matches %d of %d legitimate packets, want 0", seed, n, len(heldLegit))
+				}
+				if n := judge(baseline); n != 0 {
+					t.Errorf("seed %d: matches %d baseline packets", seed, n)
+				}
+			}
+		})
+	}
+}

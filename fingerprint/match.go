@@ -1,0 +1,123 @@
+// Package fingerprint finds what an attack's packets have in common and
+// the legitimate traffic lacks, as auto rules (l4drop.AutoRule) that a
+// running program evaluates from its MapAuto table, and runs that analysis
+// continuously over a daemon's samples (Engine).
+//
+// Packets here are IP packets: bytes from the IP header on, as the auto
+// table sees them.
+package fingerprint
+
+import (
+	"encoding/binary"
+
+	"github.com/l4drop/l4drop/l4drop"
+)
+
+// Match reports whether rule r matches pkt, the captured bytes of an IP
+// packet whose length on the wire (from the IP header on) was wireLen,
+// with the semantics of the program's auto table: family and protocol
+// first, then every condition; a field beyond the captured bytes, or in a
+// header the packet lacks, is no match. The rule's State is ignored.
+func Match(r *l4drop.AutoRule, pkt []byte, wireLen int) bool {
+	h, ok := parse(pkt)
+	if !ok || h.family != r.Family {
+		return false
+	}
+	if r.Proto != 0 && h.proto != r.Proto {
+		return false
+	}
+	for i := range r.Conds {
+		if !condMatch(&r.Conds[i], r, &h, pkt, wireLen) {
+			return false
+		}
+	}
+	return true
+}
+
+// headers is where an IP packet's headers are; l4 and payload are -1 when
+// the packet has none the auto table would load from.
+type headers struct {
+	family, proto byte
+	l4, payload   int
+}
+
+// parse finds the headers as the auto table does: IPv4 transport header at
+// IHL*4 unless the packet is a non-first fragment, IPv6 at 40 whatever the
+// next header; the payload after an 8-byte UDP or a data-offset TCP header.
+func parse(pkt []byte) (headers, bool) {
+	h := headers{l4: -1, payload: -1}
+	if len(pkt) < 1 {
+		return h, false
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		if len(pkt) < 20 {
+			return h, false
+		}
+		h.family, h.proto = 4, pkt[9]
+		if binary.BigEndian.Uint16(pkt[6:])&0x1fff == 0 {
+			h.l4 = int(pkt[0]&0xf) * 4
+		}
+	case 6:
+		if len(pkt) < 40 {
+			return h, false
+		}
+		h.family, h.proto, h.l4 = 6, pkt[6], 40
+	default:
+		return h, false
+	}
+	if h.l4 >= 0 {
+		switch h.proto {
+		case 17:
+			h.payload = h.l4 + 8
+		case 6:
+			if h.l4+13 <= len(pkt) {
+				h.payload = h.l4 + int(pkt[h.l4+12]>>4)*4
+			}
+		}
+	}
+	return h, true
+}
+
+func condMatch(c *l4drop.AutoCond, r *l4drop.AutoRule, h *headers, pkt []byte, wireLen int) bool {
+	var v uint32
+	if c.Base == l4drop.BaseLen {
+		// The length is compared whole: pcap-filter's len has no mask,
+		// and Expr renders none.
+		v = uint32(wireLen)
+		return v >= c.Min && v <= c.Max
+	}
+	var base int
+	switch c.Base {
+	case l4drop.BaseIP:
+		base = 0
+	case l4drop.BaseL4:
+		base = h.l4
+	case l4drop.BasePayload:
+		if r.Proto != 6 && r.Proto != 17 {
+			return false
+		}
+		base = h.payload
+	default:
+		return false
+	}
+	if base < 0 {
+		return false
+	}
+	off := base + int(c.Off)
+	if off+int(c.Size) > len(pkt) {
+		return false
+	}
+	switch c.Size {
+	case 1:
+		v = uint32(pkt[off])
+	case 2:
+		v = uint32(binary.BigEndian.Uint16(pkt[off:]))
+	case 4:
+		v = binary.BigEndian.Uint32(pkt[off:])
+	default:
+		return false
+	}
+	v &= c.Mask
+	return v >= c.Min && v <= c.Max
+}
