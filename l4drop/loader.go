@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,6 +43,8 @@ var (
 	ErrNotLoaded = errors.New("no L4Drop rule set loaded")
 	// ErrUnknownRule means --enable or --disable named a rule the ELF lacks.
 	ErrUnknownRule = errors.New("no such rule")
+	// ErrUnknownLocation means --location named no rule's location.
+	ErrUnknownLocation = errors.New("unknown location")
 	// ErrVerifier means the kernel refused a program.
 	ErrVerifier = errors.New("the verifier refused the program")
 )
@@ -168,9 +171,19 @@ func currentNetns() string {
 func switches(m *Meta, opts LoadOptions) ([]bool, error) {
 	on := make([]bool, len(m.Rules))
 	byName := make(map[string]int, len(m.Rules))
+	known := opts.Location == ""
 	for i, r := range m.Rules {
 		byName[r.Name] = i
 		on[i] = r.EnabledAt(opts.Location)
+		known = known || slices.Contains(r.Locations, opts.Location)
+	}
+	if !known {
+		return nil, fmt.Errorf("%w: location %q: no rule names it", ErrUnknownLocation, opts.Location)
+	}
+	for _, n := range opts.Enable {
+		if slices.Contains(opts.Disable, n) {
+			return nil, fmt.Errorf("rule %q is both enabled and disabled", n)
+		}
 	}
 	for _, set := range []struct {
 		names []string
@@ -369,7 +382,13 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	}
 	// The sample counters too, so that they only ever grow, as
 	// Prometheus counters should.
-	for _, reuse := range []struct{ name, pin string }{{MapSamples, PinSamples}, {MapConfig, PinConfig}, {MapStats, PinStats}} {
+	// Auto rules deployed at run time survive a reload of the file, as
+	// do their counts' table.
+	reuses := []struct{ name, pin string }{{MapSamples, PinSamples}, {MapConfig, PinConfig}, {MapStats, PinStats}}
+	if spec.Maps[MapAuto] != nil && spec.Maps[MapAutoCount] != nil {
+		reuses = append(reuses, struct{ name, pin string }{MapAuto, PinAuto}, struct{ name, pin string }{MapAutoCount, PinAutoCount})
+	}
+	for _, reuse := range reuses {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, reuse.pin), nil)
 		if err == nil && spec.Maps[reuse.name].Compatible(m) == nil {
 			repl[reuse.name] = m
@@ -379,6 +398,15 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 			m.Close()
 		}
 		newPins = append(newPins, reuse.pin)
+	}
+	// When each auto rule was deployed: user space's alone, so not in
+	// the ELF.
+	var autoSince *ebpf.Map
+	if _, reused := repl[MapAuto]; !reused && spec.Maps[MapAuto] != nil {
+		if autoSince, err = ebpf.NewMap(&ebpf.MapSpec{Name: "l4drop_auto_t", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: AutoSlots}); err != nil {
+			return nil, fmt.Errorf("auto rule times: %w", err)
+		}
+		defer autoSince.Close()
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
@@ -470,9 +498,13 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		obj  interface{ Pin(string) error }
 	}
 	pins := []pin{{PinProg, progs[0]}, {PinCounters, coll.Maps[MapCounters]}, {PinChain, chain}, {PinState, stateMap}}
-	mapOf := map[string]string{PinHook: MapHook, PinSamples: MapSamples, PinConfig: MapConfig, PinStats: MapStats}
+	mapOf := map[string]string{PinHook: MapHook, PinSamples: MapSamples, PinConfig: MapConfig, PinStats: MapStats,
+		PinAuto: MapAuto, PinAutoCount: MapAutoCount}
 	for _, n := range newPins {
 		pins = append(pins, pin{n, coll.Maps[mapOf[n]]})
+	}
+	if autoSince != nil {
+		pins = append(pins, pin{PinAutoSince, autoSince})
 	}
 	for _, p := range pins {
 		path := filepath.Join(dir, p.name)
