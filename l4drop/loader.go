@@ -80,6 +80,7 @@ type State struct {
 	Location string    `json:"location,omitempty"`
 	Iface    string    `json:"iface"`
 	Netns    string    `json:"netns,omitempty"`
+	Mode     string    `json:"mode,omitempty"`
 	LoadedAt time.Time `json:"loaded_at"`
 }
 
@@ -365,6 +366,31 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		return nil, err
 	}
 	dir := Dir(opts.Root, opts.Iface, opts.Netns)
+	unlock, err := lockDir(dir, opts.Iface)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	madeDir := false
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		madeDir = true
+	}
+	var done bool
+	defer func() {
+		// A first load that failed leaves no empty pin directory.
+		if !done && madeDir {
+			os.Remove(dir)
+		}
+	}()
+	old := openPrevious(dir)
+	defer old.close()
+	if old.state != nil && opts.Mode != "" && normMode(old.state.Mode) != normMode(opts.Mode) {
+		was := old.state.Mode
+		if was == "" {
+			was = "the mode the driver chose"
+		}
+		return nil, fmt.Errorf("--mode %s: the rule set on %s is attached in %s; a replace keeps the mode (unload first)", opts.Mode, opts.Iface, was)
+	}
 
 	// Maps that outlive a reload, so readers and captures keep working:
 	// the xdpcap hook, the sample output and the sample config.
@@ -449,7 +475,12 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		return nil, fmt.Errorf("set sample config: %w", err)
 	}
 
-	state := State{Meta: *meta, Enabled: on, Location: opts.Location, Iface: opts.Iface, Netns: opts.Netns, LoadedAt: time.Now().UTC()}
+	mode := opts.Mode
+	if mode == "" && old.state != nil {
+		mode = old.state.Mode
+	}
+	carried := old.carry(meta, coll.Maps[MapCounters])
+	state := State{Meta: *meta, Enabled: on, Location: opts.Location, Iface: opts.Iface, Netns: opts.Netns, Mode: mode, LoadedAt: time.Now().UTC()}
 	stateMap, err := newStateMap(&state)
 	if err != nil {
 		return nil, err
@@ -463,20 +494,22 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	replaced := false
 	linkPath := filepath.Join(dir, PinLink)
 	var l link.Link
-	old, err := link.LoadPinnedLink(linkPath, nil)
-	if err == nil && !AttachedTo(old, ifindex) {
+	oldLink, err := link.LoadPinnedLink(linkPath, nil)
+	if err == nil && !AttachedTo(oldLink, ifindex) {
 		// The interface went away (its namespace was deleted, say):
 		// the pinned link attaches nothing. Start afresh.
-		old.Unpin()
-		old.Close()
+		oldLink.Unpin()
+		oldLink.Close()
 		err = os.ErrNotExist
 	}
 	if err == nil {
-		if err := old.Update(progs[0]); err != nil {
-			old.Close()
+		if err := oldLink.Update(progs[0]); err != nil {
+			oldLink.Close()
 			return nil, fmt.Errorf("replace the loaded rule set: %w", err)
 		}
-		l, replaced = old, true
+		l, replaced = oldLink, true
+		// Counts the old program made since the copy.
+		carried.delta(coll.Maps[MapCounters])
 	} else {
 		err := onNetns(opts.Netns, func() error {
 			var err error
@@ -517,6 +550,7 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	}
 	// The pins hold the objects now; the Collection's Close only drops
 	// our descriptors. Programs stay usable for the caller.
+	done = true
 	out := &Loaded{Dir: dir, State: state, Replaced: replaced}
 	for _, p := range progs {
 		c, err := p.Clone()
