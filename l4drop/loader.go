@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,6 +43,8 @@ var (
 	ErrNotLoaded = errors.New("no L4Drop rule set loaded")
 	// ErrUnknownRule means --enable or --disable named a rule the ELF lacks.
 	ErrUnknownRule = errors.New("no such rule")
+	// ErrUnknownLocation means --location named no rule's location.
+	ErrUnknownLocation = errors.New("unknown location")
 	// ErrVerifier means the kernel refused a program.
 	ErrVerifier = errors.New("the verifier refused the program")
 )
@@ -77,6 +80,7 @@ type State struct {
 	Location string    `json:"location,omitempty"`
 	Iface    string    `json:"iface"`
 	Netns    string    `json:"netns,omitempty"`
+	Mode     string    `json:"mode,omitempty"`
 	LoadedAt time.Time `json:"loaded_at"`
 }
 
@@ -168,9 +172,19 @@ func currentNetns() string {
 func switches(m *Meta, opts LoadOptions) ([]bool, error) {
 	on := make([]bool, len(m.Rules))
 	byName := make(map[string]int, len(m.Rules))
+	known := opts.Location == ""
 	for i, r := range m.Rules {
 		byName[r.Name] = i
 		on[i] = r.EnabledAt(opts.Location)
+		known = known || slices.Contains(r.Locations, opts.Location)
+	}
+	if !known {
+		return nil, fmt.Errorf("%w: location %q: no rule names it", ErrUnknownLocation, opts.Location)
+	}
+	for _, n := range opts.Enable {
+		if slices.Contains(opts.Disable, n) {
+			return nil, fmt.Errorf("rule %q is both enabled and disabled", n)
+		}
 	}
 	for _, set := range []struct {
 		names []string
@@ -352,6 +366,31 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		return nil, err
 	}
 	dir := Dir(opts.Root, opts.Iface, opts.Netns)
+	unlock, err := lockDir(dir, opts.Iface)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	madeDir := false
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		madeDir = true
+	}
+	var done bool
+	defer func() {
+		// A first load that failed leaves no empty pin directory.
+		if !done && madeDir {
+			os.Remove(dir)
+		}
+	}()
+	old := openPrevious(dir)
+	defer old.close()
+	if old.state != nil && opts.Mode != "" && normMode(old.state.Mode) != normMode(opts.Mode) {
+		was := old.state.Mode
+		if was == "" {
+			was = "the mode the driver chose"
+		}
+		return nil, fmt.Errorf("--mode %s: the rule set on %s is attached in %s; a replace keeps the mode (unload first)", opts.Mode, opts.Iface, was)
+	}
 
 	// Maps that outlive a reload, so readers and captures keep working:
 	// the xdpcap hook, the sample output and the sample config.
@@ -369,7 +408,13 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	}
 	// The sample counters too, so that they only ever grow, as
 	// Prometheus counters should.
-	for _, reuse := range []struct{ name, pin string }{{MapSamples, PinSamples}, {MapConfig, PinConfig}, {MapStats, PinStats}} {
+	// Auto rules deployed at run time survive a reload of the file, as
+	// do their counts' table.
+	reuses := []struct{ name, pin string }{{MapSamples, PinSamples}, {MapConfig, PinConfig}, {MapStats, PinStats}}
+	if spec.Maps[MapAuto] != nil && spec.Maps[MapAutoCount] != nil {
+		reuses = append(reuses, struct{ name, pin string }{MapAuto, PinAuto}, struct{ name, pin string }{MapAutoCount, PinAutoCount})
+	}
+	for _, reuse := range reuses {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, reuse.pin), nil)
 		if err == nil && spec.Maps[reuse.name].Compatible(m) == nil {
 			repl[reuse.name] = m
@@ -379,6 +424,15 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 			m.Close()
 		}
 		newPins = append(newPins, reuse.pin)
+	}
+	// When each auto rule was deployed: user space's alone, so not in
+	// the ELF.
+	var autoSince *ebpf.Map
+	if _, reused := repl[MapAuto]; !reused && spec.Maps[MapAuto] != nil {
+		if autoSince, err = ebpf.NewMap(&ebpf.MapSpec{Name: "l4drop_auto_t", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: AutoSlots}); err != nil {
+			return nil, fmt.Errorf("auto rule times: %w", err)
+		}
+		defer autoSince.Close()
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
@@ -421,7 +475,12 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		return nil, fmt.Errorf("set sample config: %w", err)
 	}
 
-	state := State{Meta: *meta, Enabled: on, Location: opts.Location, Iface: opts.Iface, Netns: opts.Netns, LoadedAt: time.Now().UTC()}
+	mode := opts.Mode
+	if mode == "" && old.state != nil {
+		mode = old.state.Mode
+	}
+	carried := old.carry(meta, coll.Maps[MapCounters])
+	state := State{Meta: *meta, Enabled: on, Location: opts.Location, Iface: opts.Iface, Netns: opts.Netns, Mode: mode, LoadedAt: time.Now().UTC()}
 	stateMap, err := newStateMap(&state)
 	if err != nil {
 		return nil, err
@@ -435,20 +494,22 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	replaced := false
 	linkPath := filepath.Join(dir, PinLink)
 	var l link.Link
-	old, err := link.LoadPinnedLink(linkPath, nil)
-	if err == nil && !AttachedTo(old, ifindex) {
+	oldLink, err := link.LoadPinnedLink(linkPath, nil)
+	if err == nil && !AttachedTo(oldLink, ifindex) {
 		// The interface went away (its namespace was deleted, say):
 		// the pinned link attaches nothing. Start afresh.
-		old.Unpin()
-		old.Close()
+		oldLink.Unpin()
+		oldLink.Close()
 		err = os.ErrNotExist
 	}
 	if err == nil {
-		if err := old.Update(progs[0]); err != nil {
-			old.Close()
+		if err := oldLink.Update(progs[0]); err != nil {
+			oldLink.Close()
 			return nil, fmt.Errorf("replace the loaded rule set: %w", err)
 		}
-		l, replaced = old, true
+		l, replaced = oldLink, true
+		// Counts the old program made since the copy.
+		carried.delta(coll.Maps[MapCounters])
 	} else {
 		err := onNetns(opts.Netns, func() error {
 			var err error
@@ -470,9 +531,13 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		obj  interface{ Pin(string) error }
 	}
 	pins := []pin{{PinProg, progs[0]}, {PinCounters, coll.Maps[MapCounters]}, {PinChain, chain}, {PinState, stateMap}}
-	mapOf := map[string]string{PinHook: MapHook, PinSamples: MapSamples, PinConfig: MapConfig, PinStats: MapStats}
+	mapOf := map[string]string{PinHook: MapHook, PinSamples: MapSamples, PinConfig: MapConfig, PinStats: MapStats,
+		PinAuto: MapAuto, PinAutoCount: MapAutoCount}
 	for _, n := range newPins {
 		pins = append(pins, pin{n, coll.Maps[mapOf[n]]})
+	}
+	if autoSince != nil {
+		pins = append(pins, pin{PinAutoSince, autoSince})
 	}
 	for _, p := range pins {
 		path := filepath.Join(dir, p.name)
@@ -485,6 +550,7 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	}
 	// The pins hold the objects now; the Collection's Close only drops
 	// our descriptors. Programs stay usable for the caller.
+	done = true
 	out := &Loaded{Dir: dir, State: state, Replaced: replaced}
 	for _, p := range progs {
 		c, err := p.Clone()

@@ -1,12 +1,15 @@
 package l4drop
 
 import (
+	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf/perf"
@@ -183,3 +186,68 @@ func (sw *SampleWriter) Write(s Sample) error {
 
 // Flush writes buffered output.
 func (sw *SampleWriter) Flush() error { return sw.w.Flush() }
+
+// WriteSamples writes the rule set's samples to w as pcapng until ctx ends
+// or count samples (0: no limit), and returns how many it wrote. A reader
+// of w that goes away (EPIPE) ends it without an error.
+func (h *Handle) WriteSamples(ctx context.Context, w io.Writer, count int) (int, error) {
+	bw := bufio.NewWriter(w)
+	sw, err := NewSampleWriter(bw, h.State.Iface, h.State.Meta.Snaplen)
+	if err != nil {
+		return 0, err
+	}
+	// Wake up per 16 KiB, and flush what is below that twice a second.
+	rd, err := h.NewSampleReader(0, 16<<10)
+	if err != nil {
+		return 0, err
+	}
+	defer rd.Close()
+	flush := func() error {
+		if err := sw.Flush(); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	n := 0
+	var lastFlush time.Time
+	flushed := false
+	for count == 0 || n < count {
+		if ctx.Err() != nil && !flushed {
+			// Read returns what is pending, then ErrFlushed.
+			rd.Flush()
+			flushed = true
+		}
+		rd.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		s, err := rd.Read()
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			rd.Flush()
+			continue
+		case errors.Is(err, ErrFlushed):
+			if flushed {
+				return n, ignorePipe(flush())
+			}
+			continue
+		case err != nil:
+			return n, err
+		}
+		if err := sw.Write(s); err != nil {
+			return n, ignorePipe(err)
+		}
+		n++
+		if time.Since(lastFlush) > 200*time.Millisecond {
+			if err := flush(); err != nil {
+				return n, ignorePipe(err)
+			}
+			lastFlush = time.Now()
+		}
+	}
+	return n, ignorePipe(flush())
+}
+
+func ignorePipe(err error) error {
+	if errors.Is(err, syscall.EPIPE) {
+		return nil
+	}
+	return err
+}

@@ -36,6 +36,21 @@ type Status struct {
 	Unmatched RuleStatus `json:"unmatched"`
 	Samples   uint64     `json:"samples"`
 	Lost      uint64     `json:"lost"`
+	// Auto are the auto rules the daemon deployed, in slot order.
+	Auto []AutoStatus `json:"auto_rules,omitempty"`
+}
+
+// AutoStatus is one auto rule's line in Status.
+type AutoStatus struct {
+	Slot    int       `json:"slot"`
+	Auto    bool      `json:"auto"` // always true: tells auto rules from the file's
+	State   string    `json:"state"`
+	Since   time.Time `json:"since"`
+	Expr    string    `json:"expr"`
+	Packets uint64    `json:"packets"`
+	Bytes   uint64    `json:"bytes"`
+	PPS     float64   `json:"pps"`
+	BPS     float64   `json:"bps"`
 }
 
 // Handle is an open loaded rule set: its pinned maps and state.
@@ -46,6 +61,9 @@ type Handle struct {
 	Stats    *ebpf.Map
 	Config   *ebpf.Map
 	Samples  *ebpf.Map
+	// Auto, AutoCount and AutoSince hold the auto rules; nil for rule sets
+	// built without them.
+	Auto, AutoCount, AutoSince *ebpf.Map
 }
 
 // Open opens the rule set pinned in dir (see Dir).
@@ -68,6 +86,20 @@ func Open(dir string) (*Handle, error) {
 		}
 		*m.dst = mp
 	}
+	for _, m := range []struct {
+		pin string
+		dst **ebpf.Map
+	}{{PinAuto, &h.Auto}, {PinAutoCount, &h.AutoCount}, {PinAutoSince, &h.AutoSince}} {
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, m.pin), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // built without auto rules
+		}
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("open %s: %w", m.pin, err)
+		}
+		*m.dst = mp
+	}
 	sm, err := ebpf.LoadPinnedMap(filepath.Join(dir, PinState), nil)
 	if err != nil {
 		h.Close()
@@ -83,7 +115,7 @@ func Open(dir string) (*Handle, error) {
 
 // Close closes the maps.
 func (h *Handle) Close() error {
-	for _, m := range []*ebpf.Map{h.Counters, h.Stats, h.Config, h.Samples} {
+	for _, m := range []*ebpf.Map{h.Counters, h.Stats, h.Config, h.Samples, h.Auto, h.AutoCount, h.AutoSince} {
 		if m != nil {
 			m.Close()
 		}
@@ -185,6 +217,18 @@ func (h *Handle) Status(interval time.Duration) (*Status, error) {
 	}
 	st.Unmatched = rs(len(h.State.Meta.Rules))
 	st.Unmatched.Name, st.Unmatched.Action, st.Unmatched.Enabled = "(no rule)", "pass", true
+	autos, err := h.AutoRules()
+	if err != nil && !errors.Is(err, ErrNoAuto) {
+		return nil, err
+	}
+	for _, a := range autos {
+		as := AutoStatus{Slot: a.Slot, Auto: true, State: autoStateName(a.Rule.State), Since: a.Since, Expr: a.Rule.Expr()}
+		if i := len(h.State.Meta.Rules) + 1 + a.Slot; i < len(c2) {
+			r := rs(i)
+			as.Packets, as.Bytes, as.PPS, as.BPS = r.Packets, r.Bytes, r.PPS, r.BPS
+		}
+		st.Auto = append(st.Auto, as)
+	}
 	return st, nil
 }
 

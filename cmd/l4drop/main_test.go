@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 }
 
 // run runs the command and returns its combined output and exit code.
-func run(t *testing.T, args ...string) (string, int) {
+func runCmd(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	out, err := exec.Command(binary, args...).CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -74,11 +74,11 @@ func writeFile(t *testing.T, name, text string) string {
 }
 
 func TestHelp(t *testing.T) {
-	out, code := run(t, "-h")
+	out, code := runCmd(t, "-h")
 	if code != 0 || !strings.Contains(out, "l4drop build") || !strings.Contains(out, "Examples:") {
 		t.Errorf("help: exit %d\n%s", code, out)
 	}
-	out, code = run(t, "load", "-h")
+	out, code = runCmd(t, "load", "-h")
 	if code != 0 || !strings.Contains(out, "Example:") {
 		t.Errorf("load -h: exit %d\n%s", code, out)
 	}
@@ -100,15 +100,28 @@ func TestBadInput(t *testing.T) {
 		{"no output", []string{"build", good}, "-o"},
 		{"not an object", []string{"load", good, "--iface", "lo"}, "ELF"},
 		{"no iface", []string{"status"}, "--iface"},
+		{"poll 0", []string{"run", good, "--iface", "lo", "--poll", "0"}, "--poll"},
+		{"poll negative", []string{"run", good, "--iface", "lo", "--poll", "-1s"}, "--poll"},
+		{"keep negative", []string{"run", good, "--iface", "lo", "--dir", t.TempDir(), "--keep", "-2"}, "--keep"},
+		{"rotate 0", []string{"run", good, "--iface", "lo", "--dir", t.TempDir(), "--rotate", "0"}, "--rotate"},
+		{"sample rate too big", []string{"load", good, "--iface", "lo", "--sample-rate", "4294967296"}, "-sample-rate"},
+		{"sample rate negative", []string{"load", good, "--iface", "lo", "--sample-rate", "-7"}, "-sample-rate"},
+		{"samples rate negative", []string{"samples", "--iface", "lo", "--rate", "-1"}, "-rate"},
+		{"samples count negative", []string{"samples", "--iface", "lo", "-w", "-", "--count", "-1"}, "--count"},
+		{"status interval negative", []string{"status", "--iface", "lo", "--interval", "-1s"}, "--interval"},
+		{"bpffs not a bpffs", []string{"status", "--iface", "lo", "--bpffs", filepath.Dir(good)}, "--bpffs"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, code := run(t, tt.args...)
+			out, code := runCmd(t, tt.args...)
 			if code == 0 {
 				t.Fatalf("exit 0\n%s", out)
 			}
 			if !strings.Contains(out, tt.want) {
 				t.Errorf("output lacks %q:\n%s", tt.want, out)
+			}
+			if strings.Contains(out, "panic:") {
+				t.Errorf("panic:\n%s", out)
 			}
 		})
 	}
@@ -150,10 +163,10 @@ func TestBuildLoadStatusTest(t *testing.T) {
 	fixture.RequireRoot(t)
 	rulesFile := writeFile(t, "rules.yaml", rules)
 	obj := filepath.Join(t.TempDir(), "rules.o")
-	if out, code := run(t, "build", rulesFile, "-o", obj); code != 0 || !strings.Contains(out, "3 rules in 1 program") {
+	if out, code := runCmd(t, "build", rulesFile, "-o", obj); code != 0 || !strings.Contains(out, "3 rules in 1 program") {
 		t.Fatalf("build: exit %d\n%s", code, out)
 	}
-	if out, code := run(t, "build", rulesFile, "--emit-c"); code != 0 || !strings.Contains(out, "RULE_0_ENABLED") {
+	if out, code := runCmd(t, "build", rulesFile, "--emit-c"); code != 0 || !strings.Contains(out, "RULE_0_ENABLED") {
 		t.Fatalf("build --emit-c: exit %d", code)
 	}
 	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
@@ -169,7 +182,7 @@ func TestBuildLoadStatusTest(t *testing.T) {
 		fixture.UDP4(c4, s4, 1, 5353, make([]byte, 100000)),
 	}
 	pcap := writePcap(t, frames)
-	out, code := run(t, "test", rulesFile, "-r", pcap, "-v")
+	out, code := runCmd(t, "test", rulesFile, "-r", pcap, "-v")
 	if code != 0 {
 		t.Fatalf("test: exit %d\n%s", code, out)
 	}
@@ -183,13 +196,13 @@ func TestBuildLoadStatusTest(t *testing.T) {
 	lab := fixture.Lab(t)
 	root := fixture.BPFFS(t)
 	where := []string{"--iface", lab.ServerIf, "--netns", lab.Server.Name, "--bpffs", root}
-	if out, code := run(t, append([]string{"load", obj}, where...)...); code != 0 || !strings.Contains(out, "3 of 3 rules on") {
+	if out, code := runCmd(t, append([]string{"load", obj}, where...)...); code != 0 || !strings.Contains(out, "3 of 3 rules on") {
 		t.Fatalf("load: exit %d\n%s", code, out)
 	}
-	if out, code := run(t, append([]string{"load", obj, "--disable", "udp-5353"}, where...)...); code != 0 || !strings.Contains(out, "replaced") {
+	if out, code := runCmd(t, append([]string{"load", obj, "--disable", "udp-5353"}, where...)...); code != 0 || !strings.Contains(out, "replaced") {
 		t.Fatalf("reload: exit %d\n%s", code, out)
 	}
-	out, code = run(t, append([]string{"status", "--json", "--interval", "0"}, where...)...)
+	out, code = runCmd(t, append([]string{"status", "--json", "--interval", "0"}, where...)...)
 	if code != 0 {
 		t.Fatalf("status: exit %d\n%s", code, out)
 	}
@@ -207,13 +220,13 @@ func TestBuildLoadStatusTest(t *testing.T) {
 	if len(st.Rules) != 3 || st.Rules[1].Name != "udp-5353" || st.Rules[1].Enabled || !st.Rules[2].Enabled {
 		t.Errorf("status: %+v", st)
 	}
-	if out, code := run(t, append([]string{"load", obj, "--enable", "nope"}, where...)...); code != 1 || !strings.Contains(out, "nope") {
+	if out, code := runCmd(t, append([]string{"load", obj, "--enable", "nope"}, where...)...); code != 1 || !strings.Contains(out, "nope") {
 		t.Errorf("load --enable nope: exit %d\n%s", code, out)
 	}
-	if out, code := run(t, append([]string{"unload"}, where...)...); code != 0 {
+	if out, code := runCmd(t, append([]string{"unload"}, where...)...); code != 0 {
 		t.Fatalf("unload: exit %d\n%s", code, out)
 	}
-	if out, code := run(t, append([]string{"status"}, where...)...); code != 1 || !strings.Contains(out, "no L4Drop rule set loaded") {
+	if out, code := runCmd(t, append([]string{"status"}, where...)...); code != 1 || !strings.Contains(out, "no L4Drop rule set loaded") {
 		t.Errorf("status after unload: exit %d\n%s", code, out)
 	}
 }
@@ -251,7 +264,7 @@ func TestRun(t *testing.T) {
 	defer func() {
 		cmd.Process.Kill()
 		cmd.Wait()
-		run(t, "unload", "--iface", lab.ServerIf, "--netns", lab.Server.Name, "--bpffs", root)
+		runCmd(t, "unload", "--iface", lab.ServerIf, "--netns", lab.Server.Name, "--bpffs", root)
 	}()
 	waitLog := func(re string) []string {
 		t.Helper()
@@ -288,7 +301,7 @@ func TestRun(t *testing.T) {
 		return string(b)
 	}
 	m := metrics()
-	for _, want := range []string{`rule="udp-5353",action="drop",enabled="true"} 1`, `rule="bad-name",action="drop",enabled="true"} 1`} {
+	for _, want := range []string{`l4drop_rule_packets_total{action="drop",iface="veth0",rule="udp-5353"} 1`, `l4drop_rule_packets_total{action="drop",iface="veth0",rule="bad-name"} 1`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q:\n%s", want, m)
 		}
@@ -297,7 +310,7 @@ func TestRun(t *testing.T) {
 	os.WriteFile(rulesFile, []byte("rules: [\n"), 0o644)
 	waitLog(`reload failed`)
 	sendFrames(t, lab, frames[:1])
-	if m := metrics(); !strings.Contains(m, `rule="udp-5353",action="drop",enabled="true"} 2`) {
+	if m := metrics(); !strings.Contains(m, `l4drop_rule_packets_total{action="drop",iface="veth0",rule="udp-5353"} 2`) {
 		t.Errorf("after a failed reload:\n%s", m)
 	}
 	os.WriteFile(rulesFile, []byte(strings.Replace(rules, "udp-5353", "udp-5353-new", 1)), 0o644)
@@ -353,4 +366,43 @@ func sendFrames(t *testing.T, lab *fixture.LabPair, frames [][]byte) {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond)
+}
+
+// TestLoadOnly: l4drop built with -tags loadonly loads, runs and reads
+// prebuilt rule sets, and links neither cgo nor clang nor the build side.
+func TestLoadOnly(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "l4drop-loadonly")
+	build := exec.Command("go", "build", "-tags", "loadonly", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("CGO_ENABLED=0 go build -tags loadonly: %v\n%s", err, out)
+	}
+	list := exec.Command("go", "list", "-tags", "loadonly", "-deps", "-f", "{{.ImportPath}} {{len .CgoFiles}}", ".")
+	list.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := list.Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	deps := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(deps) < 10 {
+		t.Fatalf("go list -deps gave %d packages", len(deps))
+	}
+	for _, line := range deps {
+		pkg, ncgo, _ := strings.Cut(line, " ")
+		switch {
+		case ncgo != "0", pkg == "runtime/cgo", pkg == "C",
+			strings.HasPrefix(pkg, "github.com/l4drop/l4drop/l4drop/build"),
+			pkg == "github.com/l4drop/l4drop/cbpf", // libpcap
+			pkg == "github.com/l4drop/l4drop/internal/clang":
+			t.Errorf("the load-only l4drop links %s (%s cgo files)", pkg, ncgo)
+		}
+	}
+	cmd := exec.Command(bin, "build", "x.yaml", "-o", "x.o")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), `unknown command "build"`) {
+		t.Errorf("load-only build: %v\n%s", err, out)
+	}
+	cmd = exec.Command(bin, "run", "rules.yaml", "--iface", "lo", "--metrics", "")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "load-only") {
+		t.Errorf("load-only run of a rules file: %v\n%s", err, out)
+	}
 }

@@ -339,7 +339,7 @@ rules:
 	d.claim(dropped >= arrived*99/100 && arrived > 0,
 		"L4Drop dropped %d of the %d attack packets that reached %s (%d sent)", dropped, arrived, l.ServerIf, saved.floodSent)
 	d.claim(saved.udpIn >= saved.legitSent*98/100 && saved.legitSent > 0,
-		"%d of the %d legitimate queries sent reached the server's DNS socket layer (%.1f%%)", saved.udpIn, saved.legitSent, pct(saved.udpIn, saved.legitSent))
+		"%d of the %d legitimate queries sent reached the server's DNS socket layer (%.1f%%)", min(saved.udpIn, saved.legitSent), saved.legitSent, pct(saved.udpIn, saved.legitSent))
 	other := saved.stackPkts - min(saved.stackPkts, saved.udpIn)
 	d.claim(other <= arrived/100,
 		"the attack did not reach the stack: %d other packets did, %.2f%% of the attack", other, pct(other, arrived))
@@ -384,11 +384,16 @@ func countLines(s, sub string) int {
 	return n
 }
 
-func pct(a, b uint64) float64 {
-	if b == 0 {
+// pct returns the share, in percent, of whole that part is. The two come
+// from different counters (the kernel's UDP counters count every datagram
+// delivered, the sender's only its own; they are read at slightly different
+// moments), so part can exceed whole by a few packets: a share is never
+// above 100 %, so part is taken as at most whole.
+func pct(part, whole uint64) float64 {
+	if whole == 0 {
 		return 0
 	}
-	return 100 * float64(a) / float64(b)
+	return 100 * float64(min(part, whole)) / float64(whole)
 }
 
 // listenTCP opens a TCP listener on the server that accepts and closes.

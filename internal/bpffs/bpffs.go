@@ -24,7 +24,8 @@ func IsMounted(dir string) (bool, error) {
 	return uint32(st.Type) == unix.BPF_FS_MAGIC, nil
 }
 
-// Ensure mounts a BPF file system on dir unless one is there already.
+// Ensure mounts a BPF file system on dir unless one is there already. It
+// refuses a directory that is neither a bpffs nor empty.
 // `ip netns exec` gives its command a fresh /sys without the host's bpffs, so
 // commands that pin call this instead of failing with an obscure EPERM.
 func Ensure(dir string) error {
@@ -37,6 +38,15 @@ func Ensure(dir string) error {
 	}
 	if ok {
 		return nil
+	}
+	// Mounting over a directory that holds something would hide it: only
+	// an empty directory becomes a mount point.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("bpffs: %w", err)
+	}
+	if len(entries) > 0 {
+		return fmt.Errorf("bpffs: %s: %w, and not empty: refusing to mount one over it", dir, ErrNotBPFFS)
 	}
 	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("bpffs: mount bpf on %s: %w", dir, err)

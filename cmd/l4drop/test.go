@@ -1,0 +1,108 @@
+//go:build !loadonly
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/l4drop/l4drop/l4drop"
+)
+
+func cmdTest(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("test RULES.yaml -r IN.pcap [--location L] [-v]", stderr)
+	in := fs.String("r", "", "pcap or pcapng capture (Ethernet or raw IP)")
+	loc := fs.String("location", "", "location, as for load")
+	var enable, disable list
+	fs.Var(&enable, "enable", "switch a rule on by name (repeatable)")
+	fs.Var(&disable, "disable", "switch a rule off by name (repeatable)")
+	verbose := fs.Bool("v", false, "print the verdict for every packet")
+	pos, err := parse(fs, args, 1, "l4drop test rules.yaml -r attack.pcap -v")
+	if err != nil {
+		return err
+	}
+	if *in == "" {
+		return errors.New("-r IN.pcap is required")
+	}
+	frames, err := l4drop.ReadFrames(*in)
+	if err != nil {
+		return err
+	}
+	obj, err := object(pos[0])
+	if err != nil {
+		return err
+	}
+	d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{Location: *loc, Enable: enable, Disable: disable})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	type tally struct {
+		action string
+		which  []int
+	}
+	byRule := map[string]*tally{}
+	unseen := 0
+	for i, f := range frames {
+		v, err := d.Run(f)
+		name := v.Name
+		switch {
+		case errors.Is(err, l4drop.ErrPacketSize):
+			// No XDP program ever sees it, so no rule decides it.
+			unseen++
+			v, name = l4drop.Verdict{Action: "-"}, "(never seen by XDP)"
+		case err != nil:
+			return fmt.Errorf("%s: packet %d: %w", *in, i+1, err)
+		case name == "":
+			name = "(no rule)"
+		}
+		if *verbose {
+			fmt.Fprintf(stdout, "%d\t%s\t%s\n", i+1, v.Action, name)
+		}
+		t := byRule[name]
+		if t == nil {
+			t = &tally{action: v.Action}
+			byRule[name] = t
+		}
+		t.which = append(t.which, i+1)
+	}
+	names := make([]string, 0, len(byRule))
+	for n := range byRule {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "rule\taction\tpackets\tpacket numbers\n")
+	for _, n := range names {
+		t := byRule[n]
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", n, t.action, len(t.which), ranges(t.which))
+	}
+	tw.Flush()
+	if unseen > 0 {
+		fmt.Fprintf(stderr, "%d of %d packets are shorter than an Ethernet header or longer than a multi-buffer XDP packet: XDP never sees them\n", unseen, len(frames))
+	}
+	return nil
+}
+
+// ranges prints 1,2,3,5 as 1-3,5.
+func ranges(ns []int) string {
+	var parts []string
+	for i := 0; i < len(ns); {
+		j := i
+		for j+1 < len(ns) && ns[j+1] == ns[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", ns[i], ns[j]))
+		} else {
+			parts = append(parts, fmt.Sprint(ns[i]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
+}

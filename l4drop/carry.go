@@ -1,0 +1,144 @@
+package l4drop
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// ErrBusy is returned by Load while another load on the interface runs.
+var ErrBusy = errors.New("busy")
+
+// lockDir serializes loads on one interface: an advisory lock on a file
+// named after the pin directory, in /run/l4drop (a lock on bpffs itself
+// would be lost with a mount).
+func lockDir(dir, iface string) (func(), error) {
+	const lockRoot = "/run/l4drop"
+	if err := os.MkdirAll(lockRoot, 0o700); err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	name := filepath.Join(lockRoot, strings.ReplaceAll(strings.Trim(dir, "/"), "/", "_")+".lock")
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: another l4drop is loading on %s (lock %s)", ErrBusy, iface, name)
+		}
+		return nil, fmt.Errorf("lock %s: %w", name, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func normMode(m string) string {
+	switch m {
+	case "driver":
+		return "native"
+	case "skb":
+		return "generic"
+	}
+	return m
+}
+
+// previous is the rule set loaded before a Load: its state and counters.
+type previous struct {
+	state    *State
+	counters *ebpf.Map
+}
+
+func openPrevious(dir string) *previous {
+	p := &previous{}
+	sm, err := ebpf.LoadPinnedMap(filepath.Join(dir, PinState), nil)
+	if err != nil {
+		return p
+	}
+	defer sm.Close()
+	if p.state, err = readStateMap(sm); err != nil {
+		p.state = nil
+		return p
+	}
+	if p.counters, err = ebpf.LoadPinnedMap(filepath.Join(dir, PinCounters), nil); err != nil {
+		p.counters = nil
+	}
+	return p
+}
+
+func (p *previous) close() {
+	if p.counters != nil {
+		p.counters.Close()
+	}
+}
+
+// carried are counters copied from the previous rule set: new index, old
+// index, and the per-CPU values copied.
+type carried struct {
+	old   *ebpf.Map
+	pairs [][2]uint32
+	at    [][]Counter
+}
+
+// carry copies the counters of the rules the new set keeps (same name,
+// same matchers), the no-rule counter and the auto rules' into the new
+// counters map, so that counters only ever grow across reloads.
+func (p *previous) carry(meta *Meta, to *ebpf.Map) *carried {
+	c := &carried{old: p.counters}
+	if p.state == nil || p.counters == nil || to == nil {
+		return c
+	}
+	om := &p.state.Meta
+	for i, r := range meta.Rules {
+		j := slices.IndexFunc(om.Rules, func(o MetaRule) bool {
+			return o.Name == r.Name && o.Action == r.Action && slices.Equal(o.Matchers, r.Matchers)
+		})
+		if j >= 0 {
+			c.pairs = append(c.pairs, [2]uint32{uint32(i), uint32(j)})
+		}
+	}
+	for k := 0; k <= AutoSlots; k++ { // no-rule, then the auto rules
+		c.pairs = append(c.pairs, [2]uint32{uint32(len(meta.Rules) + k), uint32(len(om.Rules) + k)})
+	}
+	kept := c.pairs[:0]
+	for _, pr := range c.pairs {
+		if pr[0] >= to.MaxEntries() || pr[1] >= p.counters.MaxEntries() {
+			continue
+		}
+		var per []Counter
+		if p.counters.Lookup(pr[1], &per) != nil || to.Put(pr[0], per) != nil {
+			continue
+		}
+		kept = append(kept, pr)
+		c.at = append(c.at, per)
+	}
+	c.pairs = kept
+	return c
+}
+
+// delta adds what the old program counted since carry, once it is
+// replaced.
+func (c *carried) delta(to *ebpf.Map) {
+	for n, pr := range c.pairs {
+		var now, cur []Counter
+		if c.old.Lookup(pr[1], &now) != nil || to.Lookup(pr[0], &cur) != nil || len(now) != len(cur) {
+			continue
+		}
+		changed := false
+		for cpu := range cur {
+			if cpu < len(c.at[n]) && now[cpu] != c.at[n][cpu] {
+				cur[cpu].Packets += now[cpu].Packets - c.at[n][cpu].Packets
+				cur[cpu].Bytes += now[cpu].Bytes - c.at[n][cpu].Bytes
+				changed = true
+			}
+		}
+		if changed {
+			_ = to.Put(pr[0], cur)
+		}
+	}
+}
