@@ -2,7 +2,6 @@ package fingerprint
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -398,7 +397,7 @@ func BenchmarkEngine(b *testing.B) {
 			perSec := 15625 * float64(b.Elapsed().Nanoseconds()) / float64(b.N) / 1e9
 			b.ReportMetric(perSec*100, "%core@1Mpps")
 			if mode == "attack-dropped" && e.Metrics().Deployed == 0 && b.N > 20000 {
-				b.Error(fmt.Sprintf("no rule: %+v", e.Metrics()))
+				b.Errorf("no rule: %+v", e.Metrics())
 			}
 		})
 	}
