@@ -83,9 +83,23 @@ func disassemble(r bpf.RawInstruction) (bpf.Instruction, error) {
 		if cbpfinsn.IsExtension(r) {
 			return r, nil
 		}
+		if back.Op == r.Op && back.Jt == r.Jt && back.Jf == r.Jf && ignoresK(in) {
+			// The kernel ignores k here, as libpcap does; tools leave
+			// anything in it.
+			return in, nil
+		}
 		return nil, fmt.Errorf("opcode %#02x with k=%d is not supported", r.Op, r.K)
 	}
 	return in, nil
+}
+
+// ignoresK reports whether in's k field means nothing to the interpreters.
+func ignoresK(in bpf.Instruction) bool {
+	switch in.(type) {
+	case bpf.TAX, bpf.TXA, bpf.RetA, bpf.ALUOpX, bpf.NegateA:
+		return true
+	}
+	return false
 }
 
 func unquote(text string) string {

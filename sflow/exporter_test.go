@@ -196,7 +196,12 @@ func TestExporter(t *testing.T) {
 	if fmt.Sprint(gotRules) != fmt.Sprint(rules) {
 		t.Errorf("rules\n got %v\nwant %v", gotRules, rules)
 	}
+	// The collector may hold a datagram before the exporter has counted
+	// it as sent.
 	st := e.Stats()
+	for deadline := time.Now().Add(time.Second); st.Datagrams < uint64(len(ds)) && time.Now().Before(deadline); st = e.Stats() {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if st.Samples != n || st.SamplesLost != 0 || st.CounterSamples != uint64(len(counters)) ||
 		st.Datagrams != uint64(len(ds)) || st.DatagramsLost != 0 {
 		t.Errorf("stats %+v; %d datagrams, %d counter samples", st, len(ds), len(counters))

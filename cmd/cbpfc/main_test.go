@@ -22,8 +22,8 @@ func TestRun(t *testing.T) {
 		{"xdp-c", []string{"-emit", "xdp-c", "ip"}, `section("xdp")`, ""},
 		{"bytecode", []string{"-emit", "c", "4,40 0 0 12,21 0 1 2048,6 0 0 262144,6 0 0 0"}, "return 0x40000;", ""},
 		{"bad expression", []string{"tcp prt 80"}, "", "syntax error"},
-		{"unsupported extension", []string{"-emit", "ebpf", "3,32 0 0 4294963200,21 0 1 44,6 0 0 1"}, "", "instruction 0: unsupported: extension proto"},
-		{"jump past the end", []string{"-emit", "c", "2,21 0 5 1,6 0 0 0"}, "", "instruction 0: invalid instruction: jump to 6"},
+		{"unsupported extension", []string{"-emit", "ebpf", "4,32 0 0 4294963200,21 0 1 44,6 0 0 1,6 0 0 0"}, "", "instruction 0: unsupported: extension proto"},
+		{"jump past the end", []string{"-emit", "c", "2,21 0 5 1,6 0 0 0"}, "", "instruction 0: invalid instruction: jump if false to 6, past the end"},
 		{"bad emit", []string{"-emit", "asm", "ip"}, "", "-emit"},
 		{"nothing", nil, "", "no expression"},
 	}

@@ -94,7 +94,7 @@ func TestBadInput(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
 		{"missing file", []string{"build", "/nonexistent.yaml", "-o", "x.o"}, "nonexistent.yaml"},
 		{"broken yaml", []string{"build", writeFile(t, "b.yaml", "rules: [\n"), "-o", "x.o"}, "b.yaml"},
-		{"unknown field", []string{"build", writeFile(t, "u.yaml", "rules:\n  - name: x\n    exprr: udp\n"), "-o", "x.o"}, "line 3"},
+		{"unknown field", []string{"build", writeFile(t, "u.yaml", "rules:\n  - name: x\n    exprr: udp\n"), "-o", "x.o"}, "u.yaml:3:"},
 		{"bad expr", []string{"build", writeFile(t, "e.yaml", "rules:\n  - name: x\n    expr: \"udp port fish\"\n"), "-o", "x.o"}, `e.yaml:2: rule "x"`},
 		{"bad bytecode", []string{"build", writeFile(t, "c.yaml", "rules:\n  - name: y\n    bpf: \"1,6 0 0\"\n"), "-o", "x.o"}, `c.yaml:2: rule "y"`},
 		{"no output", []string{"build", good}, "-o"},

@@ -410,10 +410,18 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 		if ((flags & (L4_TCP_SYN | L4_TCP_ACK | L4_TCP_RST)) != L4_TCP_ACK)
 			return L4_SC_DROP;
 		long err;
-		if (fam == 4)
+		/* clang drops bounds checks that later ones imply; the helper
+		 * needs its own on ip, which a barrier keeps. */
+		asm volatile("" : "+r"(ip));
+		if (fam == 4) {
+			if (ip + 20 > end)
+				return L4_SC_DROP;
 			err = bpf_tcp_raw_check_syncookie_ipv4(ip, th);
-		else
+		} else {
+			if (ip + 40 > end)
+				return L4_SC_DROP;
 			err = bpf_tcp_raw_check_syncookie_ipv6(ip, th);
+		}
 		return err ? L4_SC_BAD : L4_SC_OK;
 	}
 
@@ -445,10 +453,16 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 	syn[22] = (uint8_t)(o.mss >> 8);
 	syn[23] = (uint8_t)o.mss;
 	long long c;
-	if (fam == 4)
+	asm volatile("" : "+r"(ip)); /* as for the check above */
+	if (fam == 4) {
+		if (ip + 20 > end)
+			return L4_SC_DROP;
 		c = bpf_tcp_raw_gen_syncookie_ipv4(ip, syn, 24);
-	else
+	} else {
+		if (ip + 40 > end)
+			return L4_SC_DROP;
 		c = bpf_tcp_raw_gen_syncookie_ipv6(ip, syn, 24);
+	}
 	if (c < 0)
 		return L4_SC_ERR;
 	__u32 cookie = (__u32)c;

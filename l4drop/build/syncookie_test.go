@@ -45,11 +45,11 @@ int l4t_syncookie(struct xdp_md *ctx)
 	int fam = l4_parse(data, end, &ip);
 	const uint8_t *th;
 	if (fam == 4) {
-		if (ip[9] != 6)
+		if (ip + 20 > end || ip[9] != 6)
 			return XDP_PASS;
 		th = ip + (ip[0] & 15) * 4;
 	} else if (fam == 6) {
-		if (ip[6] != 6)
+		if (ip + 40 > end || ip[6] != 6)
 			return XDP_PASS;
 		th = ip + 40;
 	} else
