@@ -95,9 +95,7 @@ func (p *previous) carry(meta *Meta, to *ebpf.Map) *carried {
 	}
 	om := &p.state.Meta
 	for i, r := range meta.Rules {
-		j := slices.IndexFunc(om.Rules, func(o MetaRule) bool {
-			return o.Name == r.Name && o.Action == r.Action && slices.Equal(o.Matchers, r.Matchers)
-		})
+		j := slices.IndexFunc(om.Rules, func(o MetaRule) bool { return sameRule(&o, &r) })
 		if j >= 0 {
 			c.pairs = append(c.pairs, [2]uint32{uint32(i), uint32(j)})
 		}
@@ -141,4 +139,12 @@ func (c *carried) delta(to *ebpf.Map) {
 			_ = to.Put(pr[0], cur)
 		}
 	}
+}
+
+// sameRule reports whether a rule of a new set is the one of the loaded
+// set, so its counters go on. Meta names the kinds of a rule's matchers,
+// not their constants: a rule whose expression changed but kept its name,
+// action and kinds of matchers keeps its counts.
+func sameRule(a, b *MetaRule) bool {
+	return a.Name == b.Name && a.Action == b.Action && a.Family == b.Family && slices.Equal(a.Matchers, b.Matchers)
 }

@@ -45,6 +45,8 @@ var (
 	ErrUnknownRule = errors.New("no such rule")
 	// ErrUnknownLocation means --location named no rule's location.
 	ErrUnknownLocation = errors.New("unknown location")
+	// ErrIncompatible means the ELF was built by another l4drop.
+	ErrIncompatible = errors.New("rule set built by an incompatible l4drop")
 	// ErrVerifier means the kernel refused a program.
 	ErrVerifier = errors.New("the verifier refused the program")
 )
@@ -304,6 +306,13 @@ func prepare(obj []byte, opts LoadOptions) (*Meta, []bool, *ebpf.CollectionSpec,
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("read ELF: %w", err)
 	}
+	// An ELF from another l4drop with the same metadata version could
+	// still lack a map: say so rather than fail on a nil map later.
+	for _, name := range []string{MapCounters, MapStats, MapConfig, MapSamples, MapChain, MapHook} {
+		if spec.Maps[name] == nil {
+			return nil, nil, nil, fmt.Errorf("%w: map %s missing from the ELF: rebuild the rules with this l4drop", ErrIncompatible, name)
+		}
+	}
 	if err := patchSwitches(spec, meta, on); err != nil {
 		return nil, nil, nil, err
 	}
@@ -490,6 +499,24 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pin directory: %w", err)
 	}
+	pins := []pin{{PinProg, progs[0]}, {PinCounters, coll.Maps[MapCounters]}, {PinChain, chain}, {PinState, stateMap}}
+	mapOf := map[string]string{PinHook: MapHook, PinSamples: MapSamples, PinConfig: MapConfig, PinStats: MapStats,
+		PinAuto: MapAuto, PinAutoCount: MapAutoCount}
+	for _, n := range newPins {
+		pins = append(pins, pin{n, coll.Maps[mapOf[n]]})
+	}
+	if autoSince != nil {
+		pins = append(pins, pin{PinAutoSince, autoSince})
+	}
+	// Everything is pinned beside the live pins before anything live
+	// changes, and renamed over them after the swap; a failure at any
+	// step puts back what was there.
+	tx, err := stagePins(dir, pins)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.close()
+
 	// Attach or swap: the only step that changes what packets meet.
 	replaced := false
 	linkPath := filepath.Join(dir, PinLink)
@@ -525,27 +552,31 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		}
 	}
 	defer l.Close()
-
-	type pin struct {
-		name string
-		obj  interface{ Pin(string) error }
+	err = nil
+	if testHookAfterAttach != nil {
+		err = testHookAfterAttach()
 	}
-	pins := []pin{{PinProg, progs[0]}, {PinCounters, coll.Maps[MapCounters]}, {PinChain, chain}, {PinState, stateMap}}
-	mapOf := map[string]string{PinHook: MapHook, PinSamples: MapSamples, PinConfig: MapConfig, PinStats: MapStats,
-		PinAuto: MapAuto, PinAutoCount: MapAutoCount}
-	for _, n := range newPins {
-		pins = append(pins, pin{n, coll.Maps[mapOf[n]]})
+	if err == nil {
+		err = tx.commit()
 	}
-	if autoSince != nil {
-		pins = append(pins, pin{PinAutoSince, autoSince})
-	}
-	for _, p := range pins {
-		path := filepath.Join(dir, p.name)
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("unpin old %s: %w", p.name, err)
+	if err != nil {
+		// Put back the program that ran, or detach what was attached.
+		if replaced {
+			if rerr := tx.restoreProgram(l); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		} else {
+			l.Unpin()
+			if d, ok := l.(interface{ Detach() error }); ok {
+				_ = d.Detach()
+			}
 		}
-		if err := p.obj.Pin(path); err != nil {
-			return nil, fmt.Errorf("pin %s: %w", p.name, err)
+		return nil, errors.Join(err, tx.rollback())
+	}
+	if spec.Maps[MapAuto] == nil {
+		// Auto rules of an earlier set would be read as this one's.
+		for _, n := range []string{PinAuto, PinAutoCount, PinAutoSince} {
+			unpin(filepath.Join(dir, n))
 		}
 	}
 	// The pins hold the objects now; the Collection's Close only drops
