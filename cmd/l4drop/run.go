@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,6 +24,12 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	keep := fs.Int("keep", 60, "sample files to keep")
 	metrics := fs.String("metrics", "127.0.0.1:9786", "address for Prometheus metrics (/metrics; empty: none)")
 	poll := fs.Duration("poll", 2*time.Second, "how often to check the rules file for changes")
+	sflowTo := fs.String("sflow", "", "send samples as sFlow v5 to HOST:PORT[,HOST:PORT...]")
+	sflowAgent := fs.String("sflow-agent", "", "sFlow agent address (default: the interface's first IPv4 address)")
+	auto := fs.Bool("auto", false, "find attacks in the samples and drop them with rules of their own")
+	autoThreshold := fs.Float64("auto-threshold", 10000, "with --auto: the rate (pps) from which traffic can be an attack")
+	autoExpire := fs.Duration("auto-expire", time.Minute, "with --auto: how long a rule stays once its attack is below the threshold")
+	autoMonitor := fs.Bool("auto-monitor", false, "with --auto: deploy rules that count and sample, never drop")
 	pos, err := parse(fs, args, 1, "l4drop run rules.yaml --iface eth0 --location ams --dir /var/lib/l4drop")
 	if err != nil {
 		return err
@@ -45,6 +52,23 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		}
 		cfg.Components = append(cfg.Components, pd)
+	}
+	cfg.Components = append(cfg.Components, daemon.NewExpiry())
+	if *sflowTo != "" {
+		sf, err := daemon.NewSFlow(strings.Split(*sflowTo, ","), *sflowAgent)
+		if err != nil {
+			return err
+		}
+		cfg.Components = append(cfg.Components, sf)
+	}
+	if *auto {
+		a, err := daemon.NewAuto(*autoThreshold, *autoExpire, *autoMonitor)
+		if err != nil {
+			return err
+		}
+		cfg.Components = append(cfg.Components, a)
+	} else if *autoMonitor {
+		return fmt.Errorf("--auto-monitor needs --auto")
 	}
 	d, err := daemon.New(cfg)
 	if err != nil {

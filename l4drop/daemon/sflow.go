@@ -1,0 +1,191 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/l4drop/l4drop/internal/netns"
+	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/sflow"
+)
+
+// SFlow is the component that sends every sample as an sFlow v5 flow
+// sample, with interface and per-rule counter samples, to collectors.
+type SFlow struct {
+	collectors []string
+	agent      string
+
+	d      *Daemon
+	link   *sflow.Link
+	exp    *sflow.Exporter
+	cancel context.CancelFunc
+	done   chan error
+	mu     sync.Mutex
+}
+
+// NewSFlow returns the sFlow component: collectors are HOST:PORT
+// addresses; agent is the agent address ("" for the interface's first
+// IPv4 address). Nothing is opened until Start.
+func NewSFlow(collectors []string, agent string) (*SFlow, error) {
+	if len(collectors) == 0 {
+		return nil, fmt.Errorf("%w: --sflow: no collector", ErrConfig)
+	}
+	for _, c := range collectors {
+		if _, _, err := net.SplitHostPort(c); err != nil {
+			return nil, fmt.Errorf("%w: --sflow %q: %w", ErrConfig, c, err)
+		}
+	}
+	if agent != "" {
+		if _, err := netip.ParseAddr(agent); err != nil {
+			return nil, fmt.Errorf("%w: --sflow-agent %q: %w", ErrConfig, agent, err)
+		}
+	}
+	return &SFlow{collectors: collectors, agent: agent}, nil
+}
+
+// Name implements Component.
+func (s *SFlow) Name() string { return "sflow" }
+
+// Start implements Component.
+func (s *SFlow) Start(ctx context.Context, d *Daemon) error {
+	s.d = d
+	load := d.Config().Load
+	open := func() error {
+		ifi, err := net.InterfaceByName(load.Iface)
+		if err != nil {
+			return err
+		}
+		s.link, err = sflow.OpenLink(ifi.Index)
+		return err
+	}
+	var err error
+	if load.Netns == "" {
+		err = open()
+	} else {
+		var n *netns.NS
+		if n, err = netns.Open(load.Netns); err == nil {
+			err = n.Do(open)
+			n.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("sflow: interface %s: %w", load.Iface, err)
+	}
+	var agent netip.Addr
+	if s.agent != "" {
+		agent = netip.MustParseAddr(s.agent) // checked by NewSFlow
+	} else if agent, err = s.link.AgentAddress(); err != nil {
+		s.link.Close()
+		return fmt.Errorf("sflow: agent address of %s: %w (give --sflow-agent IP)", load.Iface, err)
+	}
+	var rate uint32
+	if err := d.Do(func(h *l4drop.Handle) error {
+		st, err := h.Status(0)
+		if err == nil {
+			rate = st.SampleRate
+		}
+		return err
+	}); err != nil {
+		s.link.Close()
+		return fmt.Errorf("sflow: %w", err)
+	}
+	if rate == 0 {
+		s.link.Close()
+		return errors.New("sflow: sampling is off (sample_rate: 0 in the rule set)")
+	}
+	s.exp, err = sflow.NewExporter(sflow.Config{
+		Collectors: s.collectors, Agent: agent,
+		SubAgentID: uint32(s.link.Index()), IfIndex: uint32(s.link.Index()), SamplingRate: rate,
+		Counters: s.counters, Sampler: s.sampler, Logger: d.Logger(),
+	})
+	if err != nil {
+		s.link.Close()
+		return fmt.Errorf("sflow: %w", err)
+	}
+	ctx, s.cancel = context.WithCancel(ctx)
+	s.done = make(chan error, 1)
+	go func() { s.done <- s.exp.Run(ctx) }()
+	return nil
+}
+
+// Sample implements SampleSink.
+func (s *SFlow) Sample(smp l4drop.Sample) {
+	s.exp.Sample(sflow.Packet{Frame: smp.Data, Length: smp.Len, Dropped: smp.Action == "drop" || smp.Action == "aborted"})
+}
+
+// Reloaded implements Reloader: the new rule set may sample at another rate.
+func (s *SFlow) Reloaded(st *l4drop.State) {
+	if s.exp != nil && st.Meta.SampleRate > 0 {
+		s.exp.SetSamplingRate(st.Meta.SampleRate)
+	}
+}
+
+// Dropped implements DropCounter.
+func (s *SFlow) Dropped() uint64 {
+	st := s.exp.Stats()
+	return st.SamplesLost
+}
+
+// Stats returns the exporter's counts.
+func (s *SFlow) Stats() sflow.Stats { return s.exp.Stats() }
+
+// Stop implements Component: the exporter sends what it holds.
+func (s *SFlow) Stop() error {
+	if s.cancel == nil {
+		return nil
+	}
+	s.cancel()
+	err := <-s.done
+	s.link.Close()
+	return err
+}
+
+var xdpActionNumbers = map[string]uint32{"aborted": 0, "drop": 1, "pass": 2, "tx": 3, "redirect": 4}
+
+func (s *SFlow) counters() (sflow.Counters, error) {
+	var c sflow.Counters
+	ifc, err := s.link.Counters()
+	if err != nil {
+		return c, err
+	}
+	c.Interface = &ifc
+	err = s.d.Do(func(h *l4drop.Handle) error {
+		counts, err := h.ReadCounters()
+		if err != nil {
+			return err
+		}
+		rules := h.State.Meta.Rules
+		for i, n := range counts {
+			if i > len(rules) {
+				break // auto slots: not rules of the file
+			}
+			r := sflow.Rule{Index: sflow.NoRule, Action: xdpActionNumbers["pass"], Packets: n.Packets, Bytes: n.Bytes}
+			if i < len(rules) {
+				r.Index, r.Action, r.Name = uint32(i), xdpActionNumbers[rules[i].Action], rules[i].Name
+			}
+			c.Rules = append(c.Rules, r)
+		}
+		return nil
+	})
+	return c, err
+}
+
+func (s *SFlow) sampler() (sflow.SamplerStats, error) {
+	var st sflow.SamplerStats
+	err := s.d.Do(func(h *l4drop.Handle) error {
+		counts, err := h.ReadCounters()
+		if err != nil {
+			return err
+		}
+		for _, n := range counts {
+			st.Pool += n.Packets
+		}
+		_, st.Lost, err = h.SampleStats()
+		return err
+	})
+	return st, err
+}
