@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 
 	"github.com/l4drop/l4drop/internal/netns"
 	"github.com/l4drop/l4drop/l4drop"
@@ -24,7 +23,6 @@ type SFlow struct {
 	exp    *sflow.Exporter
 	cancel context.CancelFunc
 	done   chan error
-	mu     sync.Mutex
 }
 
 // NewSFlow returns the sFlow component: collectors are HOST:PORT
