@@ -108,6 +108,9 @@ func TestBadInput(t *testing.T) {
 		{"sample rate negative", []string{"load", good, "--iface", "lo", "--sample-rate", "-7"}, "-sample-rate"},
 		{"samples rate negative", []string{"samples", "--iface", "lo", "--rate", "-1"}, "-rate"},
 		{"samples count negative", []string{"samples", "--iface", "lo", "-w", "-", "--count", "-1"}, "--count"},
+		{"samples -w and --sflow", []string{"samples", "--iface", "lo", "-w", "-", "--sflow", "127.0.0.1:6343"}, "--sflow"},
+		{"run --auto-monitor alone", []string{"run", "x.yaml", "--iface", "lo", "--auto-monitor"}, "--auto"},
+		{"run --sflow bad", []string{"run", "x.yaml", "--iface", "lo", "--sflow", "nohostport"}, "--sflow"},
 		{"status interval negative", []string{"status", "--iface", "lo", "--interval", "-1s"}, "--interval"},
 		{"bpffs not a bpffs", []string{"status", "--iface", "lo", "--bpffs", filepath.Dir(good)}, "--bpffs"},
 	}

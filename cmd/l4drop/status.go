@@ -70,14 +70,19 @@ func cmdSamples(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	count := fs.Int("count", 0, "stop after this many samples (0: until interrupted)")
 	var rate rateFlag
 	fs.Var(&rate, "rate", "set the sample rate first (one in N; 0 off), without reloading")
+	sflowTo := fs.String("sflow", "", "send the samples as sFlow v5 to HOST:PORT[,HOST:PORT...] instead of -w")
+	sflowAgent := fs.String("sflow-agent", "", "sFlow agent address (default: the interface's first IPv4 address)")
 	if _, err := parse(fs, args, 0, "l4drop samples --iface eth0 -w - | tcpdump -nr -"); err != nil {
 		return err
 	}
 	if *count < 0 {
 		return fmt.Errorf("--count %d: want 0 (no limit) or more", *count)
 	}
-	if *out == "" && !rate.set {
-		return errors.New("-w FILE or -w - is required")
+	if *out != "" && *sflowTo != "" {
+		return errors.New("-w and --sflow: give one")
+	}
+	if *out == "" && *sflowTo == "" && !rate.set {
+		return errors.New("-w FILE, -w - or --sflow HOST:PORT is required")
 	}
 	h, err := ifl.open()
 	if err != nil {
@@ -88,10 +93,13 @@ func cmdSamples(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err := h.SetSampleRate(rate.rate); err != nil {
 			return err
 		}
-		if *out == "" {
+		if *out == "" && *sflowTo == "" {
 			fmt.Fprintf(stderr, "sample rate set to 1/%d\n", rate.rate)
 			return nil
 		}
+	}
+	if *sflowTo != "" {
+		return exportSamples(ctx, h, ifl, *sflowTo, *sflowAgent, *count, stderr)
 	}
 	w := stdout
 	if *out != "-" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 
@@ -18,7 +19,7 @@ type SFlow struct {
 	collectors []string
 	agent      string
 
-	d      *Daemon
+	do     func(func(h *l4drop.Handle) error) error
 	link   *sflow.Link
 	exp    *sflow.Exporter
 	cancel context.CancelFunc
@@ -50,8 +51,14 @@ func (s *SFlow) Name() string { return "sflow" }
 
 // Start implements Component.
 func (s *SFlow) Start(ctx context.Context, d *Daemon) error {
-	s.d = d
-	load := d.Config().Load
+	return s.StartWith(ctx, d.Config().Load, d.Do, d.Logger())
+}
+
+// StartWith starts the exporter for the rule set loaded on load.Iface (in
+// load.Netns) without a daemon: do runs a function on the loaded set, as
+// Daemon.Do does. For one-off exports (l4drop samples --sflow).
+func (s *SFlow) StartWith(ctx context.Context, load l4drop.LoadOptions, do func(func(h *l4drop.Handle) error) error, log *slog.Logger) error {
+	s.do = do
 	open := func() error {
 		ifi, err := net.InterfaceByName(load.Iface)
 		if err != nil {
@@ -81,7 +88,7 @@ func (s *SFlow) Start(ctx context.Context, d *Daemon) error {
 		return fmt.Errorf("sflow: agent address of %s: %w (give --sflow-agent IP)", load.Iface, err)
 	}
 	var rate uint32
-	if err := d.Do(func(h *l4drop.Handle) error {
+	if err := do(func(h *l4drop.Handle) error {
 		st, err := h.Status(0)
 		if err == nil {
 			rate = st.SampleRate
@@ -98,7 +105,7 @@ func (s *SFlow) Start(ctx context.Context, d *Daemon) error {
 	s.exp, err = sflow.NewExporter(sflow.Config{
 		Collectors: s.collectors, Agent: agent,
 		SubAgentID: uint32(s.link.Index()), IfIndex: uint32(s.link.Index()), SamplingRate: rate,
-		Counters: s.counters, Sampler: s.sampler, Logger: d.Logger(),
+		Counters: s.counters, Sampler: s.sampler, Logger: log,
 	})
 	if err != nil {
 		s.link.Close()
@@ -151,7 +158,7 @@ func (s *SFlow) counters() (sflow.Counters, error) {
 		return c, err
 	}
 	c.Interface = &ifc
-	err = s.d.Do(func(h *l4drop.Handle) error {
+	err = s.do(func(h *l4drop.Handle) error {
 		counts, err := h.ReadCounters()
 		if err != nil {
 			return err
@@ -174,7 +181,7 @@ func (s *SFlow) counters() (sflow.Counters, error) {
 
 func (s *SFlow) sampler() (sflow.SamplerStats, error) {
 	var st sflow.SamplerStats
-	err := s.d.Do(func(h *l4drop.Handle) error {
+	err := s.do(func(h *l4drop.Handle) error {
 		counts, err := h.ReadCounters()
 		if err != nil {
 			return err
