@@ -40,7 +40,13 @@ type Generator struct {
 	state, cur *ebpf.Map
 	anchor     link.Link
 	anchorIf   string
+	soft       atomic.Bool // live frames refused: frames go out of a packet socket
 }
+
+// PacketSocket reports whether the kernel refused live frames and the
+// generator sends from a packet socket instead: slower, and through the
+// sender's stack, whose backlog can drop frames under load.
+func (g *Generator) PacketSocket() bool { return g.soft.Load() }
 
 // genState is the value of the generator's per-template state map.
 type genState struct {
@@ -290,6 +296,7 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 						if sw, err = newSoftSender(g.ifname); err != nil {
 							return err
 						}
+						g.soft.Store(true)
 						defer sw.close()
 						err = sw.send(g.prog, g.templates[i].Frame, k)
 					}
