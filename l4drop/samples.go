@@ -153,6 +153,27 @@ func ActionName(a uint32) string {
 	return fmt.Sprintf("action%d", a)
 }
 
+// IPOffset returns where the IP header starts in an Ethernet frame, after
+// up to two VLAN tags (802.1Q, 802.1ad), as the program's family dispatch
+// finds it. ok is false for frames that carry no IPv4 or IPv6.
+func IPOffset(frame []byte) (off int, ok bool) {
+	off = 12
+	for tags := 0; ; tags++ {
+		if len(frame) < off+2 {
+			return 0, false
+		}
+		et := uint16(frame[off])<<8 | uint16(frame[off+1])
+		switch {
+		case (et == 0x8100 || et == 0x88a8) && tags < 2:
+			off += 4
+		case et == 0x0800 || et == 0x86dd:
+			return off + 2, true
+		default:
+			return 0, false
+		}
+	}
+}
+
 // SampleWriter writes samples as pcapng, each packet with a comment naming
 // its rule and action ("rule=NAME action=drop", rule=- when none matched).
 type SampleWriter struct {

@@ -682,21 +682,9 @@ type softSender struct {
 }
 
 func newSoftSender(ifname string) (*softSender, error) {
-	ifi, err := net.InterfaceByName(ifname)
+	fd, err := packetSocket(ifname)
 	if err != nil {
 		return nil, err
-	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("packet socket: %w", err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("PACKET_QDISC_BYPASS: %w", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: ifi.Index}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind to %s: %w", ifname, err)
 	}
 	s := &softSender{fd: fd, iovs: make([]unix.Iovec, replayBatch), msgs: make([]unix.Mmsghdr, replayBatch)}
 	for range replayBatch {

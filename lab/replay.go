@@ -36,22 +36,11 @@ func Replay(ctx context.Context, ns *netns.NS, ifname string, frames [][]byte, o
 		count = uint64(len(frames))
 	}
 	err := inNS(ns, func() error {
-		ifi, err := net.InterfaceByName(ifname)
+		fd, err := packetSocket(ifname)
 		if err != nil {
 			return err
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("packet socket: %w", err)
-		}
 		defer unix.Close(fd)
-		// Straight to the driver: no qdisc, no queueing discipline's lock.
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
-			return fmt.Errorf("PACKET_QDISC_BYPASS: %w", err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: ifi.Index}); err != nil {
-			return fmt.Errorf("bind to %s: %w", ifname, err)
-		}
 		iovs := make([]unix.Iovec, replayBatch)
 		msgs := make([]unix.Mmsghdr, replayBatch)
 		pace := newPacer(opts)
@@ -98,6 +87,29 @@ func Replay(ctx context.Context, ns *netns.NS, ifname string, frames [][]byte, o
 		return res, fmt.Errorf("replay: %w", err)
 	}
 	return res, nil
+}
+
+// packetSocket opens a packet socket that sends out of ifname (in the
+// calling thread's namespace) straight to the driver: no qdisc, no
+// queueing discipline's lock.
+func packetSocket(ifname string) (int, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return -1, err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("packet socket: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("PACKET_QDISC_BYPASS: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: ifi.Index}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind to %s: %w", ifname, err)
+	}
+	return fd, nil
 }
 
 // ReadFrames reads the frames of a pcap or pcapng capture of Ethernet

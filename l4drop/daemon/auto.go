@@ -93,10 +93,11 @@ func (a *Auto) Remove(slot int) error {
 
 // Sample implements SampleSink.
 func (a *Auto) Sample(s l4drop.Sample) {
-	ip, off, ok := ipPacket(s.Data)
+	off, ok := l4drop.IPOffset(s.Data)
 	if !ok {
 		return
 	}
+	ip := s.Data[off:]
 	n := a.nrules.Load()
 	fs := fingerprint.Sample{Packet: ip, Len: s.Len - off}
 	switch {
@@ -137,25 +138,4 @@ func (a *Auto) Stop() error {
 		err = nil
 	}
 	return err
-}
-
-// ipPacket returns the IP packet of an Ethernet frame (after up to two VLAN
-// tags) and its offset, as the program's family dispatch finds it.
-func ipPacket(frame []byte) ([]byte, int, bool) {
-	off := 12
-	for i := 0; i < 3; i++ {
-		if len(frame) < off+2 {
-			return nil, 0, false
-		}
-		et := uint16(frame[off])<<8 | uint16(frame[off+1])
-		switch {
-		case (et == 0x8100 || et == 0x88a8) && i < 2:
-			off += 4
-		case et == 0x0800 || et == 0x86dd:
-			return frame[off+2:], off + 2, true
-		default:
-			return nil, 0, false
-		}
-	}
-	return nil, 0, false
 }

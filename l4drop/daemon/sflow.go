@@ -149,7 +149,15 @@ func (s *SFlow) Stop() error {
 	return err
 }
 
-var xdpActionNumbers = map[string]uint32{"aborted": 0, "drop": 1, "pass": 2, "tx": 3, "redirect": 4}
+// actionNumber is the XDP action l4drop.ActionName names (pass if none).
+func actionNumber(name string) uint32 {
+	for a := uint32(0); a <= 4; a++ {
+		if l4drop.ActionName(a) == name {
+			return a
+		}
+	}
+	return 2
+}
 
 func (s *SFlow) counters() (sflow.Counters, error) {
 	var c sflow.Counters
@@ -168,9 +176,9 @@ func (s *SFlow) counters() (sflow.Counters, error) {
 			if i > len(rules) {
 				break // auto slots: not rules of the file
 			}
-			r := sflow.Rule{Index: sflow.NoRule, Action: xdpActionNumbers["pass"], Packets: n.Packets, Bytes: n.Bytes}
+			r := sflow.Rule{Index: sflow.NoRule, Action: actionNumber("pass"), Packets: n.Packets, Bytes: n.Bytes}
 			if i < len(rules) {
-				r.Index, r.Action, r.Name = uint32(i), xdpActionNumbers[rules[i].Action], rules[i].Name
+				r.Index, r.Action, r.Name = uint32(i), actionNumber(rules[i].Action), rules[i].Name
 			}
 			c.Rules = append(c.Rules, r)
 		}
