@@ -24,6 +24,9 @@ DEB_PROBES := tshark:tshark sfacctd:pmacct fastnetmon:fastnetmon clang:clang llv
 STATICCHECK_VERSION := v0.8.2
 GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
 STATICCHECK = $(GOBIN_DIR)/staticcheck
+# goflow2, the collector docs/sflow.md configures; the sFlow interop tests run it.
+# The same version as the decoder in go.mod.
+GOFLOW2_VERSION := v2.2.6
 
 TEST_TIMEOUT ?= 14m
 FUZZTIME ?= 15s
@@ -55,6 +58,10 @@ deps:
 	@if ! $(STATICCHECK) -version 2>/dev/null | grep -qF "($(STATICCHECK_VERSION:v%=%))"; then \
 		echo "installing staticcheck $(STATICCHECK_VERSION)"; \
 		GOBIN=$(GOBIN_DIR) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); \
+	fi
+	@if [[ ! -x $(GOBIN_DIR)/goflow2 ]]; then \
+		echo "installing goflow2 $(GOFLOW2_VERSION)"; \
+		GOBIN=$(GOBIN_DIR) $(GO) install github.com/netsampler/goflow2/v2/cmd/goflow2@$(GOFLOW2_VERSION); \
 	fi
 
 build: deps
