@@ -76,6 +76,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	cbpfcRepeat := fs.Int("cbpfc-repeat", 20000, "test runs per cbpfc timing (0: skip the cbpfc rows)")
 	hookRuns := fs.Int("hook-runs", 100000, "test runs per round of the xdpcap hook cost (0: skip it)")
 	captures := fs.Bool("capture", true, "measure the capture rates")
+	sflowPPS := fs.Int("sflow-pps", 1000000, "packets a second through L4Drop for the sFlow export cost (0: skip it)")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
@@ -197,6 +198,18 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 			rep.HookCost = &h
 		}
 		took("xdpcap hook cost")
+	}
+
+	if *sflowPPS > 0 {
+		c, err := bench.MeasureSFlowExport(ctx, t, dir, *sflowPPS, 64, 5*time.Second, logf)
+		if err != nil {
+			rep.Notes = append(rep.Notes, "sFlow export cost missing: "+err.Error())
+			logf("sflow export: %v", err)
+		} else {
+			logf("sflow export: %d samples, %d received, daemon %.1f%% of one core", c.Samples, c.Exported, c.CoreShare()*100)
+			rep.SFlow = &c
+		}
+		took("sflow export")
 	}
 
 	portObj, _, portErr := t.BuildRules(ctx, dir, "port", bench.PortRuleSet())

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -216,5 +217,74 @@ func TestConfig(t *testing.T) {
 		if _, err := daemon.NewPcapDir(t.TempDir(), tt.rotate, tt.keep); !errors.Is(err, daemon.ErrConfig) {
 			t.Errorf("NewPcapDir(rotate %v, keep %d): %v, want ErrConfig", tt.rotate, tt.keep, err)
 		}
+	}
+}
+
+// TestSFlowMetrics: the sFlow component's counts are served with the
+// daemon's metrics and agree with what the collector received.
+func TestSFlowMetrics(t *testing.T) {
+	fixture.RequireRoot(t)
+	lab := fixture.Lab(t)
+	root := fixture.BPFFS(t)
+	obj := buildYAML(t, rules)
+	col, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer col.Close()
+	sf, err := daemon.NewSFlow([]string{col.LocalAddr().String()}, "192.0.2.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := daemon.New(daemon.Config{
+		Object:  func(context.Context) ([]byte, error) { return obj, nil },
+		Load:    l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root},
+		Metrics: "127.0.0.1:0", Components: []daemon.Component{sf},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer l4drop.Unload(l4drop.Dir(root, lab.ServerIf, lab.Server.Name))
+	defer d.Stop()
+	send(t, lab, 20, 5353)
+	// Datagrams go out at the latest a second after their first sample.
+	datagrams := 0
+	buf := make([]byte, 65536)
+	col.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for {
+		if _, err := col.Read(buf); err != nil {
+			break
+		}
+		datagrams++
+	}
+	resp, err := http.Get("http://" + d.MetricsAddr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if datagrams == 0 {
+		t.Fatal("the collector received no sFlow datagram")
+	}
+	iface := `{iface="` + lab.ServerIf + `"}`
+	for _, want := range []string{
+		fmt.Sprintf("l4drop_sflow_datagrams_total%s %d\n", iface, datagrams),
+		"l4drop_sflow_datagrams_lost_total" + iface + " 0\n",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
+	}
+	var samples int
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "l4drop_sflow_samples_total"+iface+" ") {
+			fmt.Sscan(strings.TrimPrefix(line, "l4drop_sflow_samples_total"+iface+" "), &samples)
+		}
+	}
+	if samples < 20 {
+		t.Errorf("l4drop_sflow_samples_total %d, want >= 20 (sample_rate 1, 20 packets)", samples)
 	}
 }

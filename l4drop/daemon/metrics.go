@@ -103,6 +103,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 func (d *Daemon) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Components with counts of their own (sFlow's datagrams) serve them.
+	for _, c := range d.cfg.Components {
+		if pc, ok := c.(prometheus.Collector); ok {
+			reg.MustRegister(pc)
+		}
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPrinter{d}}))
 	return mux

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/l4drop/l4drop/internal/netns"
 	"github.com/l4drop/l4drop/l4drop"
 	"github.com/l4drop/l4drop/sflow"
@@ -18,6 +20,7 @@ import (
 type SFlow struct {
 	collectors []string
 	agent      string
+	iface      string
 
 	do     func(func(h *l4drop.Handle) error) error
 	link   *sflow.Link
@@ -58,7 +61,7 @@ func (s *SFlow) Start(ctx context.Context, d *Daemon) error {
 // load.Netns) without a daemon: do runs a function on the loaded set, as
 // Daemon.Do does. For one-off exports (l4drop samples --sflow).
 func (s *SFlow) StartWith(ctx context.Context, load l4drop.LoadOptions, do func(func(h *l4drop.Handle) error) error, log *slog.Logger) error {
-	s.do = do
+	s.do, s.iface = do, load.Iface
 	open := func() error {
 		ifi, err := net.InterfaceByName(load.Iface)
 		if err != nil {
@@ -131,12 +134,48 @@ func (s *SFlow) Reloaded(st *l4drop.State) {
 
 // Dropped implements DropCounter.
 func (s *SFlow) Dropped() uint64 {
-	st := s.exp.Stats()
-	return st.SamplesLost
+	if s.exp == nil {
+		return 0
+	}
+	return s.exp.Stats().SamplesLost
 }
 
 // Stats returns the exporter's counts.
 func (s *SFlow) Stats() sflow.Stats { return s.exp.Stats() }
+
+var (
+	descSFlowSamples = prometheus.NewDesc("l4drop_sflow_samples_total",
+		"Flow samples sent to the sFlow collectors.", []string{"iface"}, nil)
+	descSFlowCounterSamples = prometheus.NewDesc("l4drop_sflow_counter_samples_total",
+		"Counter samples sent to the sFlow collectors.", []string{"iface"}, nil)
+	descSFlowDatagrams = prometheus.NewDesc("l4drop_sflow_datagrams_total",
+		"sFlow datagrams sent, counted once per collector.", []string{"iface"}, nil)
+	descSFlowDatagramsLost = prometheus.NewDesc("l4drop_sflow_datagrams_lost_total",
+		"sFlow datagrams whose send failed (collector unreachable, socket buffer full), once per collector.", []string{"iface"}, nil)
+)
+
+// Describe implements prometheus.Collector: the daemon serves the
+// exporter's counts beside its own.
+func (s *SFlow) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSFlowSamples, descSFlowCounterSamples, descSFlowDatagrams, descSFlowDatagramsLost} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (s *SFlow) Collect(ch chan<- prometheus.Metric) {
+	if s.exp == nil {
+		return
+	}
+	st := s.exp.Stats()
+	for _, m := range []struct {
+		d *prometheus.Desc
+		v uint64
+	}{{descSFlowSamples, st.Samples}, {descSFlowCounterSamples, st.CounterSamples},
+		{descSFlowDatagrams, st.Datagrams}, {descSFlowDatagramsLost, st.DatagramsLost}} {
+		ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v), s.iface)
+	}
+}
 
 // Stop implements Component: the exporter sends what it holds.
 func (s *SFlow) Stop() error {

@@ -396,3 +396,31 @@ func TestPortRuleSet(t *testing.T) {
 		}
 	}
 }
+
+// The sFlow export row: every sample the program wrote reaches the
+// collector, and the report shows the row and its target.
+func TestSFlowExport(t *testing.T) {
+	fixture.RequireRoot(t)
+	tools := buildCommands(t)
+	c, err := MeasureSFlowExport(context.Background(), tools, t.TempDir(), 200000, 64, time.Second, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v, %.1f%% of one core", c, c.CoreShare()*100)
+	if c.Packets < 100000 || c.Samples == 0 {
+		t.Fatalf("%d packets, %d samples: the program did not run or sample", c.Packets, c.Samples)
+	}
+	// One in 64 on average: far outside 1/128..1/32 is a broken sampler.
+	if per := c.Packets / c.Samples; per < 32 || per > 128 {
+		t.Errorf("one sample per %d packets, want about 64", per)
+	}
+	if c.Exported+c.SamplesLost+c.SinkDropped < c.Samples || c.Exported > c.Samples {
+		t.Errorf("samples %d, lost %d, exporter dropped %d, but the collector received %d", c.Samples, c.SamplesLost, c.SinkDropped, c.Exported)
+	}
+	md := (&Report{SFlow: &c}).Markdown("")
+	for _, want := range []string{"## sFlow export", "`l4drop run --sflow`'s CPU"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}

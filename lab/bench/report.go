@@ -32,6 +32,8 @@ type Report struct {
 	// HookCost is xdpcap's hook cost; nil if not measured.
 	HookCost   *HookCost
 	BuildLoads []BuildLoad
+	// SFlow is the cost of `l4drop run --sflow`; nil if not measured.
+	SFlow *SFlowCost
 	// CBPFC is cbpfc's corpus table, as its benchmark prints it.
 	CBPFC string
 	Notes []string
@@ -101,6 +103,7 @@ func (r *Report) Markdown(plot string) string {
 			fmt.Fprintf(&b, "| %d | %.2f s | %.2f s |\n", bl.Rules, bl.Build.Seconds(), bl.Load.Seconds())
 		}
 	}
+	r.sflow(&b)
 	if r.CBPFC != "" {
 		fmt.Fprintf(&b, "\n## cbpfc over the corpus filters\n\n```text\n%s\n```\n", strings.TrimSpace(r.CBPFC))
 		b.WriteString("\n" + cbpfcNote + "\n")
@@ -167,6 +170,10 @@ func (r *Report) targets(b *strings.Builder) {
 	if h := r.HookCost; h != nil {
 		lines = append(lines, line{"xdpcap, empty hook, ns/packet above the same program without it", fmt.Sprintf("%.1f ns", h.EmptyExtra), "≤ 2 ns"})
 		lines = append(lines, line{"xdpcap, filter matching nothing, ns/packet above no hook", fmt.Sprintf("%.1f ns", h.NoMatchExtra), "close to the empty hook"})
+	}
+	if c := r.SFlow; c != nil {
+		lines = append(lines, line{fmt.Sprintf("sFlow export, %.2f Mpps, sample_rate %d: `l4drop run --sflow`'s CPU, samples lost", c.PPS/1e6, c.SampleRate),
+			fmt.Sprintf("%.1f %% of one core, %d lost", c.CoreShare()*100, c.lost()), "< 20 %, 0 lost"})
 	}
 	if tcpdump, ok := r.tcpdump(); ok {
 		for _, c := range r.Captures {
@@ -449,4 +456,29 @@ func (r *Report) Plot(png string) error {
 		return fmt.Errorf("gnuplot: %v: %s", err, out)
 	}
 	return nil
+}
+
+func (r *Report) sflow(b *strings.Builder) {
+	c := r.SFlow
+	if c == nil {
+		return
+	}
+	fmt.Fprintf(b, "\n## sFlow export\n\n`l4drop run --sflow` on a lab interface, the rule set sampling one packet in %d. "+
+		"The bench puts the attack traffic through the loaded program by BPF_PROG_TEST_RUN from one CPU, %.2f Mpps for %s "+
+		"(the program samples and counts as for packets from the wire; the veth generator does not reach 1 Mpps here), "+
+		"and a UDP socket in the bench counts the flow samples that arrive. CPU is the daemon process's "+
+		"(/proc/PID/stat), over the run and the 1.5 s after it in which the last datagrams go out.\n\n"+
+		"| packets | samples written | lost in the program | exported (received) | datagrams | dropped by the exporter | datagrams lost | daemon CPU |\n"+
+		"|---:|---:|---:|---:|---:|---:|---:|---:|\n"+
+		"| %d | %d | %d | %d | %d | %d | %d | %.1f %% of one core |\n",
+		c.SampleRate, c.PPS/1e6, (c.Elapsed - 1500*time.Millisecond).Round(time.Millisecond), c.Packets, c.Samples, c.SamplesLost, c.Exported,
+		c.Datagrams, c.SinkDropped, c.DatagramsLost, c.CoreShare()*100)
+}
+
+// lost is every sample that did not reach the collector.
+func (c SFlowCost) lost() uint64 {
+	if c.Samples > c.Exported {
+		return c.SamplesLost + c.Samples - c.Exported
+	}
+	return c.SamplesLost
 }

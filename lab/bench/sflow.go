@@ -1,0 +1,361 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/lab"
+)
+
+// SFlowCost is what exporting samples as sFlow cost `l4drop run`.
+type SFlowCost struct {
+	// Packets went through the loaded program at PPS for Elapsed.
+	Packets    uint64
+	PPS        float64
+	SampleRate int
+	Elapsed    time.Duration
+	// Samples the program wrote and lost (its perf buffers were full).
+	Samples, SamplesLost uint64
+	// Exported are the flow samples the collector received, in Datagrams.
+	Exported, Datagrams uint64
+	// SinkDropped are samples the daemon's sFlow component dropped, and
+	// DatagramsLost datagrams it failed to send (its metrics).
+	SinkDropped, DatagramsLost uint64
+	// CPU is the daemon process's CPU time over Elapsed.
+	CPU time.Duration
+}
+
+// CoreShare is the daemon's CPU time as a share of one core.
+func (c SFlowCost) CoreShare() float64 {
+	if c.Elapsed <= 0 {
+		return 0
+	}
+	return c.CPU.Seconds() / c.Elapsed.Seconds()
+}
+
+// sflowRules is the rule set of the export measurement: the flood matches
+// the drop rule, and every packet is sampled one in rate.
+func sflowRules(rate int) string {
+	return fmt.Sprintf("sample_rate: %d\nrules:\n  - name: dns-flood\n    expr: \"udp dst port 53\"\n", rate)
+}
+
+// MeasureSFlowExport runs `l4drop run --sflow` on a lab's server interface
+// and puts pps packets a second of the bench's attack traffic through the
+// loaded program for d, by BPF_PROG_TEST_RUN from one CPU (the program
+// samples and counts as for packets from the wire; this machine's
+// generator cannot reach 1 Mpps through a veth, test runs can). The
+// collector is a UDP socket here that counts flow samples. It returns
+// what the daemon exported, lost and spent.
+func MeasureSFlowExport(ctx context.Context, t Tools, dir string, pps, sampleRate int, d time.Duration, logf func(string, ...any)) (SFlowCost, error) {
+	res := SFlowCost{SampleRate: sampleRate}
+	if pps <= 0 || sampleRate <= 0 || d <= 0 {
+		return res, fmt.Errorf("sflow export: pps %d, sample rate %d, duration %s: all must be > 0", pps, sampleRate, d)
+	}
+	l, err := lab.New()
+	if err != nil {
+		return res, err
+	}
+	defer l.Close()
+
+	col, err := newSFlowCounter()
+	if err != nil {
+		return res, err
+	}
+	defer col.close()
+
+	rules := filepath.Join(dir, "sflow-export.yaml")
+	if err := os.WriteFile(rules, []byte(sflowRules(sampleRate)), 0o644); err != nil {
+		return res, err
+	}
+	mport, err := freeTCPPort()
+	if err != nil {
+		return res, err
+	}
+	metrics := fmt.Sprintf("127.0.0.1:%d", mport)
+	var stderr strings.Builder
+	cmd := exec.CommandContext(ctx, t.L4Drop, "run", rules, "--iface", l.ServerIf, "--netns", l.Server.Name,
+		"--sflow", col.addr(), "--metrics", metrics)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	if err := waitMetrics(ctx, metrics, 30*time.Second); err != nil {
+		return res, fmt.Errorf("l4drop run: %w; stderr:\n%s", err, stderr.String())
+	}
+	pinDir := l4drop.Dir("", l.ServerIf, l.Server.Name)
+	h, err := l4drop.Open(pinDir)
+	if err != nil {
+		return res, err
+	}
+	defer h.Close()
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, l4drop.PinProg), nil)
+	if err != nil {
+		return res, fmt.Errorf("sflow export: %w", err)
+	}
+	defer prog.Close()
+
+	ts, err := lab.ParseTemplate(DefaultConfig().Traffic[0])
+	if err != nil {
+		return res, err
+	}
+	frames := lab.Frames([]lab.Template{ts}, 1, 64)
+	samples0, lost0, err := h.SampleStats()
+	if err != nil {
+		return res, err
+	}
+	cpu0, err := processCPU(cmd.Process.Pid)
+	if err != nil {
+		return res, err
+	}
+	logf("sflow export: %d pps through the program for %s, sample_rate %d", pps, d, sampleRate)
+	res.Packets, res.Elapsed, err = drive(ctx, prog, frames, pps, d)
+	if err != nil {
+		return res, err
+	}
+	// What the daemon still holds goes out within its flush interval (1 s).
+	time.Sleep(1500 * time.Millisecond)
+	cpu1, err := processCPU(cmd.Process.Pid)
+	if err != nil {
+		return res, err
+	}
+	// The settling time is on the daemon's clock too: it is part of
+	// exporting what was sampled.
+	res.Elapsed += 1500 * time.Millisecond
+	res.CPU = cpu1 - cpu0
+	res.PPS = float64(res.Packets) / (res.Elapsed - 1500*time.Millisecond).Seconds()
+	samples1, lost1, err := h.SampleStats()
+	if err != nil {
+		return res, err
+	}
+	res.Samples, res.SamplesLost = samples1-samples0, lost1-lost0
+	res.Exported, res.Datagrams = col.counts()
+	m, err := scrape(metrics)
+	if err != nil {
+		return res, err
+	}
+	res.SinkDropped = uint64(m[`l4drop_sink_dropped_total{component="sflow"`])
+	res.DatagramsLost = uint64(m["l4drop_sflow_datagrams_lost_total"])
+	return res, nil
+}
+
+// drive runs the program over frames, in test runs of pps/100 packets
+// every 10 ms, for d, from one locked thread.
+func drive(ctx context.Context, prog *ebpf.Program, frames [][]byte, pps int, d time.Duration) (uint64, time.Duration, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	const tick = 10 * time.Millisecond
+	per := max(1, pps/int(time.Second/tick))
+	start := time.Now()
+	var n uint64
+	for i := 0; time.Since(start) < d; i++ {
+		if ctx.Err() != nil {
+			return n, time.Since(start), ctx.Err()
+		}
+		if _, err := prog.Run(&ebpf.RunOptions{Data: frames[i%len(frames)], Repeat: uint32(per)}); err != nil {
+			return n, time.Since(start), fmt.Errorf("sflow export: test run: %w", err)
+		}
+		n += uint64(per)
+		if next := start.Add(time.Duration(i+1) * tick); time.Until(next) > 0 {
+			time.Sleep(time.Until(next))
+		}
+	}
+	return n, time.Since(start), nil
+}
+
+// processCPU is a process's user and system CPU time, from /proc.
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces: fields count from after its ")".
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseUint(f[11], 10, 64)
+	stime, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	// USER_HZ is 100 on every Linux the project runs on.
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+func freeTCPPort() (int, error) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitMetrics(ctx context.Context, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := scrape(addr)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("no metrics on %s after %s: %w", addr, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// scrape returns the daemon's metrics by name and labels as written
+// (without the iface label, which comes first), e.g.
+// `l4drop_sink_dropped_total{component="sflow"`.
+func scrape(addr string) (map[string]float64, error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("metrics: %s", resp.Status)
+	}
+	m := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		sp := strings.LastIndexByte(line, ' ')
+		if sp < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[sp+1:], 64)
+		if err != nil {
+			continue
+		}
+		key := line[:sp]
+		// Drop the iface label: callers name metrics of one interface.
+		if i := strings.Index(key, `{iface="`); i >= 0 {
+			if j := strings.Index(key[i+8:], `"`); j >= 0 {
+				rest := strings.TrimPrefix(key[i+8+j+1:], ",")
+				key = key[:i]
+				if rest != "}" {
+					key += "{" + strings.TrimSuffix(rest, "}")
+				}
+			}
+		}
+		m[key] = v
+	}
+	return m, sc.Err()
+}
+
+// sflowCounter is a collector that counts datagrams and the flow samples
+// in them.
+type sflowCounter struct {
+	conn *net.UDPConn
+	done chan struct{}
+	// Written by the reading goroutine, read after close.
+	flows, datagrams uint64
+}
+
+func newSFlowCounter() (*sflowCounter, error) {
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	// Bursts of datagrams must not overflow the socket while the reader
+	// is off CPU: a lost datagram here would be charged to the daemon.
+	conn.SetReadBuffer(8 << 20)
+	c := &sflowCounter{conn: conn, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		buf := make([]byte, 65536)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			c.datagrams++
+			c.flows += uint64(countFlowSamples(buf[:n]))
+		}
+	}()
+	return c, nil
+}
+
+func (c *sflowCounter) addr() string { return c.conn.LocalAddr().String() }
+
+// counts closes the collector and returns what it received.
+func (c *sflowCounter) counts() (flows, datagrams uint64) {
+	c.close()
+	return c.flows, c.datagrams
+}
+
+func (c *sflowCounter) close() {
+	c.conn.Close()
+	<-c.done
+}
+
+// countFlowSamples counts the flow samples (enterprise 0, format 1 or 3)
+// of an sFlow v5 datagram; a malformed datagram counts what precedes the
+// damage.
+func countFlowSamples(b []byte) int {
+	word := func(at int) (uint32, bool) {
+		if at < 0 || at+4 > len(b) {
+			return 0, false
+		}
+		return uint32(b[at])<<24 | uint32(b[at+1])<<16 | uint32(b[at+2])<<8 | uint32(b[at+3]), true
+	}
+	if v, _ := word(0); v != 5 {
+		return 0
+	}
+	at := 8 // version, address type
+	switch t, _ := word(4); t {
+	case 1:
+		at += 4
+	case 2:
+		at += 16
+	default:
+		return 0
+	}
+	n, ok := word(at + 12) // sub-agent, sequence, uptime, samples
+	if !ok {
+		return 0
+	}
+	at += 16
+	flows := 0
+	for range n {
+		typ, ok1 := word(at)
+		size, ok2 := word(at + 4)
+		if !ok1 || !ok2 || at+8+int(size) > len(b) {
+			break
+		}
+		if typ == 1 || typ == 3 {
+			flows++
+		}
+		at += 8 + int(size)
+	}
+	return flows
+}
