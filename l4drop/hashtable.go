@@ -7,6 +7,8 @@ import (
 	"math/bits"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/l4drop/l4drop/internal/splitmix"
 )
 
 // The generated program's lookup tables (DNS names, constants of rules
@@ -65,7 +67,7 @@ func PlanHash(keys [][]uint64) (HashTable, error) {
 	for ; b <= maxHashBits; b++ {
 		counts := make([]uint8, 1<<b)
 		for try := uint64(1); try <= 64; try++ {
-			t := HashTable{Seed: splitmix(try), Bits: b}
+			t := HashTable{Seed: splitmix.Mix(try), Bits: b}
 			clear(counts)
 			ok := true
 			for _, k := range keys {
@@ -123,11 +125,4 @@ func (f *bucketFill) contents() []ebpf.MapKV {
 		kvs = append(kvs, ebpf.MapKV{Key: i, Value: f.buckets[i]})
 	}
 	return kvs
-}
-
-func splitmix(x uint64) uint64 {
-	x += 0x9e3779b97f4a7c15
-	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
-	x = (x ^ x>>27) * 0x94d049bb133111eb
-	return x ^ x>>31
 }

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/netns"
+	"github.com/l4drop/l4drop/internal/splitmix"
 )
 
 // Generator sends templated traffic out of one interface as fast as the
@@ -224,7 +225,7 @@ func (g *Generator) Run(ctx context.Context, opts RunOptions) (Result, error) {
 		}
 	}
 	for i := range g.templates {
-		s := genState{Limit: targets[i], Seed: splitmix(g.seed + uint64(i)*0x9e3779b97f4a7c15)}
+		s := genState{Limit: targets[i], Seed: splitmix.Mix(g.seed + uint64(i)*0x9e3779b97f4a7c15)}
 		if err := g.state.Update(uint32(i), s, ebpf.UpdateAny); err != nil {
 			return res, fmt.Errorf("generator: %w", err)
 		}
@@ -402,13 +403,6 @@ func shares(count uint64, ts []Template) []uint64 {
 		}
 	}
 	return out
-}
-
-func splitmix(x uint64) uint64 {
-	x += 0x9e3779b97f4a7c15
-	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
-	x = (x ^ x>>27) * 0x94d049bb133111eb
-	return x ^ x>>31
 }
 
 // The per-byte generator is a 64-bit linear congruential step; its top bits

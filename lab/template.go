@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/l4drop/l4drop/internal/splitmix"
 )
 
 // FieldKind says how a randomized field is filled.
@@ -570,7 +572,7 @@ func Frames(ts []Template, seed uint64, n int) [][]byte {
 	seq := make([]uint64, len(ts))
 	seeds := make([]uint64, len(ts))
 	for i := range ts {
-		seeds[i] = splitmix(seed + uint64(i)*0x9e3779b97f4a7c15)
+		seeds[i] = splitmix.Mix(seed + uint64(i)*0x9e3779b97f4a7c15)
 	}
 	// Smooth weighted round robin: the templates interleave as finely as
 	// their weights allow.
