@@ -76,7 +76,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	cbpfcRepeat := fs.Int("cbpfc-repeat", 20000, "test runs per cbpfc timing (0: skip the cbpfc rows)")
 	hookRuns := fs.Int("hook-runs", 100000, "test runs per round of the xdpcap hook cost (0: skip it)")
 	captures := fs.Bool("capture", true, "measure the capture rates")
-	sflowPPS := fs.Int("sflow-pps", 1000000, "packets a second through L4Drop for the sFlow export cost (0: skip it)")
+	daemonPPS := fs.Int("daemon-pps", 1000000, "packets a second through L4Drop for the daemon's cost with --sflow and --auto (0: skip it)")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
@@ -200,17 +200,20 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		took("xdpcap hook cost")
 	}
 
-	if *sflowPPS > 0 {
-		c, err := bench.MeasureSFlowExport(ctx, t, dir, *sflowPPS, 64, 5*time.Second, logf)
-		if err != nil {
-			rep.Notes = append(rep.Notes, "sFlow export cost missing: "+err.Error())
-			logf("sflow export: %v", err)
-		} else {
-			logf("sflow export: %d samples, %d received, daemon %.1f%% of one core", c.Samples, c.Exported, c.CoreShare()*100)
-			rep.SFlow = &c
+	for _, comp := range []string{bench.DaemonSFlow, bench.DaemonAuto} {
+		if *daemonPPS <= 0 || ctx.Err() != nil {
+			break
 		}
-		took("sflow export")
+		c, err := bench.MeasureDaemon(ctx, t, dir, comp, bench.DaemonLoad{PPS: *daemonPPS, SampleRate: 64, Duration: 5 * time.Second}, logf)
+		if err != nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("daemon cost with %s missing: %v", comp, err))
+			logf("daemon cost, %s: %v", comp, err)
+			continue
+		}
+		logf("daemon cost, %s: %d samples, %d lost, %.1f%% of one core", comp, c.Samples, c.Lost(), c.CoreShare()*100)
+		rep.Daemon = append(rep.Daemon, c)
 	}
+	took("daemon cost")
 
 	portObj, _, portErr := t.BuildRules(ctx, dir, "port", bench.PortRuleSet())
 	port := t.PortFilter(portObj)

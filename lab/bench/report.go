@@ -32,8 +32,9 @@ type Report struct {
 	// HookCost is xdpcap's hook cost; nil if not measured.
 	HookCost   *HookCost
 	BuildLoads []BuildLoad
-	// SFlow is the cost of `l4drop run --sflow`; nil if not measured.
-	SFlow *SFlowCost
+	// Daemon is the cost of `l4drop run` with its components (sFlow
+	// export, auto mitigation) under a flood.
+	Daemon []DaemonCost
 	// CBPFC is cbpfc's corpus table, as its benchmark prints it.
 	CBPFC string
 	Notes []string
@@ -103,7 +104,7 @@ func (r *Report) Markdown(plot string) string {
 			fmt.Fprintf(&b, "| %d | %.2f s | %.2f s |\n", bl.Rules, bl.Build.Seconds(), bl.Load.Seconds())
 		}
 	}
-	r.sflow(&b)
+	r.daemon(&b)
 	if r.CBPFC != "" {
 		fmt.Fprintf(&b, "\n## cbpfc over the corpus filters\n\n```text\n%s\n```\n", strings.TrimSpace(r.CBPFC))
 		b.WriteString("\n" + cbpfcNote + "\n")
@@ -171,9 +172,9 @@ func (r *Report) targets(b *strings.Builder) {
 		lines = append(lines, line{"xdpcap, empty hook, ns/packet above the same program without it", fmt.Sprintf("%.1f ns", h.EmptyExtra), "≤ 2 ns"})
 		lines = append(lines, line{"xdpcap, filter matching nothing, ns/packet above no hook", fmt.Sprintf("%.1f ns", h.NoMatchExtra), "close to the empty hook"})
 	}
-	if c := r.SFlow; c != nil {
-		lines = append(lines, line{fmt.Sprintf("sFlow export, %.2f Mpps, sample_rate %d: `l4drop run --sflow`'s CPU, samples lost", c.PPS/1e6, c.SampleRate),
-			fmt.Sprintf("%.1f %% of one core, %d lost", c.CoreShare()*100, c.lost()), "< 20 %, 0 lost"})
+	for _, c := range r.Daemon {
+		lines = append(lines, line{fmt.Sprintf("`l4drop run %s`, %.2f Mpps, sample_rate %d: daemon CPU, samples lost", strings.Join(c.shownArgs(), " "), c.PPS/1e6, c.SampleRate),
+			fmt.Sprintf("%.1f %% of one core, %d lost", c.CoreShare()*100, c.Lost()), "< 20 %, 0 lost"})
 	}
 	if tcpdump, ok := r.tcpdump(); ok {
 		for _, c := range r.Captures {
@@ -458,27 +459,37 @@ func (r *Report) Plot(png string) error {
 	return nil
 }
 
-func (r *Report) sflow(b *strings.Builder) {
-	c := r.SFlow
-	if c == nil {
+func (r *Report) daemon(b *strings.Builder) {
+	if len(r.Daemon) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "\n## sFlow export\n\n`l4drop run --sflow` on a lab interface, the rule set sampling one packet in %d. "+
-		"The bench puts the attack traffic through the loaded program by BPF_PROG_TEST_RUN from one CPU, %.2f Mpps for %s "+
-		"(the program samples and counts as for packets from the wire; the veth generator does not reach 1 Mpps here), "+
-		"and a UDP socket in the bench counts the flow samples that arrive. CPU is the daemon process's "+
-		"(/proc/PID/stat), over the run and the 1.5 s after it in which the last datagrams go out.\n\n"+
-		"| packets | samples written | lost in the program | exported (received) | datagrams | dropped by the exporter | datagrams lost | daemon CPU |\n"+
-		"|---:|---:|---:|---:|---:|---:|---:|---:|\n"+
-		"| %d | %d | %d | %d | %d | %d | %d | %.1f %% of one core |\n",
-		c.SampleRate, c.PPS/1e6, (c.Elapsed - 1500*time.Millisecond).Round(time.Millisecond), c.Packets, c.Samples, c.SamplesLost, c.Exported,
-		c.Datagrams, c.SinkDropped, c.DatagramsLost, c.CoreShare()*100)
+	fmt.Fprintf(b, "\n## The daemon under a flood\n\n`l4drop run` on a lab interface with one component. The bench puts the "+
+		"attack traffic through the loaded program by BPF_PROG_TEST_RUN from one CPU, as many packets a second as the row says, "+
+		"for %s: the program samples and counts as for packets from the wire, and the veth generator does not reach 1 Mpps "+
+		"here. With `--sflow`, a UDP socket in the bench is the collector and counts the flow samples that arrive; with "+
+		"`--auto`, the file's rule does not match the flood, so the daemon has to find it and deploy a rule. CPU is the daemon "+
+		"process's (/proc/PID/stat), over the flood and the 1.5 s after it in which the last datagrams go out.\n\n"+
+		"| daemon | packets | samples written | lost in the program | lost in the daemon | exported (received) | datagrams lost | auto rules | daemon CPU |\n"+
+		"|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", (r.Daemon[0].Elapsed - 1500*time.Millisecond).Round(100*time.Millisecond))
+	for _, c := range r.Daemon {
+		exported := "-"
+		if c.Datagrams > 0 {
+			exported = fmt.Sprintf("%d in %d datagrams", c.Exported, c.Datagrams)
+		}
+		fmt.Fprintf(b, "| `%s`, %.2f Mpps, sample_rate %d | %d | %d | %d | %d | %s | %d | %d | %.1f %% of one core |\n",
+			strings.Join(c.shownArgs(), " "), c.PPS/1e6, c.SampleRate, c.Packets, c.Samples, c.SamplesLost, c.SinkDropped,
+			exported, c.DatagramsLost, c.AutoRules, c.CoreShare()*100)
+	}
 }
 
-// lost is every sample that did not reach the collector.
-func (c SFlowCost) lost() uint64 {
-	if c.Samples > c.Exported {
-		return c.SamplesLost + c.Samples - c.Exported
+// shownArgs are the component's flags with the bench's collector address
+// made generic.
+func (c DaemonCost) shownArgs() []string {
+	out := append([]string(nil), c.Args...)
+	for i := 1; i < len(out); i++ {
+		if out[i-1] == "--sflow" {
+			out[i] = "COLLECTOR"
+		}
 	}
-	return c.SamplesLost
+	return out
 }

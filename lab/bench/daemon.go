@@ -22,8 +22,12 @@ import (
 	"github.com/l4drop/l4drop/lab"
 )
 
-// SFlowCost is what exporting samples as sFlow cost `l4drop run`.
-type SFlowCost struct {
+// DaemonCost is what `l4drop run` with a component (sFlow export, auto
+// mitigation) cost while a flood went through its program.
+type DaemonCost struct {
+	// Name says what ran; Args are the components' flags.
+	Name string
+	Args []string
 	// Packets went through the loaded program at PPS for Elapsed.
 	Packets    uint64
 	PPS        float64
@@ -31,40 +35,61 @@ type SFlowCost struct {
 	Elapsed    time.Duration
 	// Samples the program wrote and lost (its perf buffers were full).
 	Samples, SamplesLost uint64
-	// Exported are the flow samples the collector received, in Datagrams.
+	// Exported are the flow samples the collector received, in Datagrams
+	// (sFlow only).
 	Exported, Datagrams uint64
-	// SinkDropped are samples the daemon's sFlow component dropped, and
-	// DatagramsLost datagrams it failed to send (its metrics).
+	// SinkDropped are samples the daemon's components dropped because they
+	// could not keep up, and DatagramsLost datagrams the sFlow exporter
+	// failed to send (the daemon's metrics).
 	SinkDropped, DatagramsLost uint64
+	// AutoRules are the auto rules deployed when the flood ended.
+	AutoRules int
 	// CPU is the daemon process's CPU time over Elapsed.
 	CPU time.Duration
 }
 
 // CoreShare is the daemon's CPU time as a share of one core.
-func (c SFlowCost) CoreShare() float64 {
+func (c DaemonCost) CoreShare() float64 {
 	if c.Elapsed <= 0 {
 		return 0
 	}
 	return c.CPU.Seconds() / c.Elapsed.Seconds()
 }
 
-// sflowRules is the rule set of the export measurement: the flood matches
-// the drop rule, and every packet is sampled one in rate.
-func sflowRules(rate int) string {
-	return fmt.Sprintf("sample_rate: %d\nrules:\n  - name: dns-flood\n    expr: \"udp dst port 53\"\n", rate)
+// Lost is every sample that went missing: in the program, in the daemon
+// and, with an sFlow collector, on the way to it.
+func (c DaemonCost) Lost() uint64 {
+	lost := c.SamplesLost + c.SinkDropped
+	if c.Datagrams > 0 && c.Samples > c.Exported+lost {
+		lost = c.Samples - c.Exported
+	}
+	return lost
 }
 
-// MeasureSFlowExport runs `l4drop run --sflow` on a lab's server interface
-// and puts pps packets a second of the bench's attack traffic through the
-// loaded program for d, by BPF_PROG_TEST_RUN from one CPU (the program
-// samples and counts as for packets from the wire; this machine's
-// generator cannot reach 1 Mpps through a veth, test runs can). The
-// collector is a UDP socket here that counts flow samples. It returns
-// what the daemon exported, lost and spent.
-func MeasureSFlowExport(ctx context.Context, t Tools, dir string, pps, sampleRate int, d time.Duration, logf func(string, ...any)) (SFlowCost, error) {
-	res := SFlowCost{SampleRate: sampleRate}
-	if pps <= 0 || sampleRate <= 0 || d <= 0 {
-		return res, fmt.Errorf("sflow export: pps %d, sample rate %d, duration %s: all must be > 0", pps, sampleRate, d)
+// DaemonLoad says how MeasureDaemon floods the daemon's program.
+type DaemonLoad struct {
+	PPS, SampleRate int
+	Duration        time.Duration
+}
+
+// Components whose cost MeasureDaemon measures.
+const (
+	DaemonSFlow = "sflow"
+	DaemonAuto  = "auto"
+)
+
+// MeasureDaemon runs `l4drop run` with a component (DaemonSFlow: export
+// to a collector here that counts flow samples; DaemonAuto: --auto with
+// a rule set that does not match the flood, so that the daemon has to
+// find it) on a lab's server interface, and puts load.PPS packets a second
+// of the bench's attack traffic through the loaded program for
+// load.Duration, by BPF_PROG_TEST_RUN from one CPU: the program samples and
+// counts as for packets from the wire, and test runs reach rates the veth
+// generator does not reach here. It returns what the daemon lost and spent.
+func MeasureDaemon(ctx context.Context, t Tools, dir, component string, load DaemonLoad, logf func(string, ...any)) (DaemonCost, error) {
+	res := DaemonCost{Name: component, SampleRate: load.SampleRate}
+	if load.PPS <= 0 || load.SampleRate <= 0 || load.Duration <= 0 {
+		return res, fmt.Errorf("daemon cost: pps %d, sample rate %d, duration %s: all must be > 0", load.PPS, load.SampleRate, load.Duration)
 	}
 	l, err := lab.New()
 	if err != nil {
@@ -72,14 +97,24 @@ func MeasureSFlowExport(ctx context.Context, t Tools, dir string, pps, sampleRat
 	}
 	defer l.Close()
 
-	col, err := newSFlowCounter()
-	if err != nil {
-		return res, err
+	rule := "udp dst port 53" // the flood's: the program drops it
+	var col *sflowCounter
+	switch component {
+	case DaemonSFlow:
+		if col, err = newSFlowCounter(); err != nil {
+			return res, err
+		}
+		defer col.close()
+		res.Args = []string{"--sflow", col.addr()}
+	case DaemonAuto:
+		rule = "udp dst port 5353" // not the flood's: the daemon must find it
+		res.Args = []string{"--auto", "--auto-threshold", "20000"}
+	default:
+		return res, fmt.Errorf("daemon cost: unknown component %q", component)
 	}
-	defer col.close()
-
-	rules := filepath.Join(dir, "sflow-export.yaml")
-	if err := os.WriteFile(rules, []byte(sflowRules(sampleRate)), 0o644); err != nil {
+	rules := filepath.Join(dir, "daemon-"+component+".yaml")
+	yml := fmt.Sprintf("sample_rate: %d\nrules:\n  - name: udp\n    expr: %q\n", load.SampleRate, rule)
+	if err := os.WriteFile(rules, []byte(yml), 0o644); err != nil {
 		return res, err
 	}
 	mport, err := freeTCPPort()
@@ -88,8 +123,8 @@ func MeasureSFlowExport(ctx context.Context, t Tools, dir string, pps, sampleRat
 	}
 	metrics := fmt.Sprintf("127.0.0.1:%d", mport)
 	var stderr strings.Builder
-	cmd := exec.CommandContext(ctx, t.L4Drop, "run", rules, "--iface", l.ServerIf, "--netns", l.Server.Name,
-		"--sflow", col.addr(), "--metrics", metrics)
+	args := append([]string{"run", rules, "--iface", l.ServerIf, "--netns", l.Server.Name, "--metrics", metrics}, res.Args...)
+	cmd := exec.CommandContext(ctx, t.L4Drop, args...)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		return res, err
@@ -109,7 +144,7 @@ func MeasureSFlowExport(ctx context.Context, t Tools, dir string, pps, sampleRat
 	defer h.Close()
 	prog, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, l4drop.PinProg), nil)
 	if err != nil {
-		return res, fmt.Errorf("sflow export: %w", err)
+		return res, fmt.Errorf("daemon cost: %w", err)
 	}
 	defer prog.Close()
 
@@ -126,35 +161,52 @@ func MeasureSFlowExport(ctx context.Context, t Tools, dir string, pps, sampleRat
 	if err != nil {
 		return res, err
 	}
-	logf("sflow export: %d pps through the program for %s, sample_rate %d", pps, d, sampleRate)
-	res.Packets, res.Elapsed, err = drive(ctx, prog, frames, pps, d)
+	logf("daemon cost, %s: %d pps through the program for %s, sample_rate %d", component, load.PPS, load.Duration, load.SampleRate)
+	var ran time.Duration
+	res.Packets, ran, err = drive(ctx, prog, frames, load.PPS, load.Duration)
 	if err != nil {
 		return res, err
 	}
-	// What the daemon still holds goes out within its flush interval (1 s).
-	time.Sleep(1500 * time.Millisecond)
+	if res.AutoRules, err = autoRules(h); err != nil {
+		return res, err
+	}
+	// What the daemon still holds goes out within its flush interval (1 s);
+	// the settling time is on its clock too.
+	const settle = 1500 * time.Millisecond
+	time.Sleep(settle)
 	cpu1, err := processCPU(cmd.Process.Pid)
 	if err != nil {
 		return res, err
 	}
-	// The settling time is on the daemon's clock too: it is part of
-	// exporting what was sampled.
-	res.Elapsed += 1500 * time.Millisecond
-	res.CPU = cpu1 - cpu0
-	res.PPS = float64(res.Packets) / (res.Elapsed - 1500*time.Millisecond).Seconds()
+	res.Elapsed, res.CPU = ran+settle, cpu1-cpu0
+	res.PPS = float64(res.Packets) / ran.Seconds()
 	samples1, lost1, err := h.SampleStats()
 	if err != nil {
 		return res, err
 	}
 	res.Samples, res.SamplesLost = samples1-samples0, lost1-lost0
-	res.Exported, res.Datagrams = col.counts()
+	if col != nil {
+		res.Exported, res.Datagrams = col.counts()
+	}
 	m, err := scrape(metrics)
 	if err != nil {
 		return res, err
 	}
-	res.SinkDropped = uint64(m[`l4drop_sink_dropped_total{component="sflow"`])
+	for k, v := range m {
+		if strings.HasPrefix(k, "l4drop_sink_dropped_total{") {
+			res.SinkDropped += uint64(v)
+		}
+	}
 	res.DatagramsLost = uint64(m["l4drop_sflow_datagrams_lost_total"])
 	return res, nil
+}
+
+func autoRules(h *l4drop.Handle) (int, error) {
+	if h.Auto == nil {
+		return 0, nil
+	}
+	rs, err := h.AutoRules()
+	return len(rs), err
 }
 
 // drive runs the program over frames, in test runs of pps/100 packets
