@@ -153,6 +153,19 @@ func MeasureDaemon(ctx context.Context, t Tools, dir, component string, load Dae
 		return res, err
 	}
 	frames := lab.Frames([]lab.Template{ts}, 1, 64)
+	if component == DaemonAuto {
+		// The engine learns what is normal before it detects (a flood
+		// from the first second would be the baseline): legitimate
+		// queries first, for its learning period and quarantine.
+		lt, err := lab.ParseTemplate(DefaultConfig().Legit[0])
+		if err != nil {
+			return res, err
+		}
+		logf("daemon cost, %s: legitimate queries for 5 s first, the engine's learning period", component)
+		if _, _, err := drive(ctx, prog, lab.Frames([]lab.Template{lt}, 2, 64), 5000, 5*time.Second); err != nil {
+			return res, err
+		}
+	}
 	samples0, lost0, err := h.SampleStats()
 	if err != nil {
 		return res, err
