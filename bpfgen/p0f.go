@@ -134,13 +134,13 @@ func parseP0f(s string) (*p0fSig, error) {
 	}
 	sig.ittl, sig.ttlUnchecked = ittl, m[2] == "-"
 	if sig.olen, err = starOrNumber(f[2], 40); err != nil {
-		return nil, fmt.Errorf("olen: %v", err)
+		return nil, fmt.Errorf("olen: %w", err)
 	}
 	if sig.olen > 0 && sig.olen%4 != 0 {
 		return nil, fmt.Errorf("olen %d: IPv4 options come in 4-byte words", sig.olen)
 	}
 	if sig.mss, err = starOrNumber(f[3], 65535); err != nil {
-		return nil, fmt.Errorf("mss: %v", err)
+		return nil, fmt.Errorf("mss: %w", err)
 	}
 	wsize, scale, ok := strings.Cut(f[4], ",")
 	if !ok {
@@ -161,7 +161,7 @@ func parseP0f(s string) (*p0fSig, error) {
 		}
 	}
 	if sig.scale, err = starOrNumber(scale, 255); err != nil {
-		return nil, fmt.Errorf("scale: %v", err)
+		return nil, fmt.Errorf("scale: %w", err)
 	}
 	at := 20
 	if f[5] != "" {

@@ -140,7 +140,7 @@ func parseCounted(s string) ([]bpf.RawInstruction, error) {
 			return nil, syntaxErr(i, "want \"op jt jf k\", got %s", QuoteExpr(strings.TrimSpace(item)))
 		}
 		if raw[i], err = rawFrom(fields, 10); err != nil {
-			return nil, syntaxErr(i, "%v in %s", err, QuoteExpr(strings.TrimSpace(item)))
+			return nil, syntaxErr(i, "%w in %s", err, QuoteExpr(strings.TrimSpace(item)))
 		}
 	}
 	return raw, nil
@@ -173,7 +173,7 @@ func parseC(s string) ([]bpf.RawInstruction, error) {
 		}
 		var err error
 		if raw[i], err = rawFrom(fields, 0); err != nil {
-			return nil, syntaxErr(i, "%v in %s", err, QuoteExpr(s[loc[0]:loc[1]]))
+			return nil, syntaxErr(i, "%w in %s", err, QuoteExpr(s[loc[0]:loc[1]]))
 		}
 	}
 	return raw, nil
