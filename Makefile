@@ -10,8 +10,7 @@ GO ?= go
 # program includes, tcpdump and iproute2 are used by tests and the lab,
 # iptables and xdp-tools are the peers `make bench` measures against.
 # tshark decodes pcapng verdicts and sFlow; pmacct (sfacctd) and fastnetmon are the
-# sFlow collectors the interop tests feed. FuzzC runs clang per input (seconds each), so
-# -fuzz ends inside a clang run and reports the deadline: its seeds run in every go test.
+# sFlow collectors the interop tests feed.
 DEB_PACKAGES := clang llvm libpcap-dev libbpf-dev tcpdump iproute2 iptables xdp-tools bpftool gnuplot-nox \
 	tshark pmacct fastnetmon
 # The command (or file) whose absence tells that a package is missing.
@@ -87,6 +86,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzInterpret$$' -fuzztime $(FUZZTIME) ./cbpf
 	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) ./cbpfc
 	$(GO) test -run '^$$' -fuzz '^FuzzEBPF$$' -fuzztime $(FUZZTIME) ./cbpfc
+	$(GO) test -run '^$$' -fuzz '^FuzzC$$' -fuzztime $(FUZZTIME) ./cbpfc
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./sflow
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./sflow
 

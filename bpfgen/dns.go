@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/cbpf"
 )
 
 // DNSOptions are the dns generator's own flags.
@@ -36,7 +38,8 @@ const (
 //
 //   - leading and trailing dots are ignored;
 //   - "*" as a whole label matches exactly one label of any length;
-//   - "*{min-max}" as a whole label matches one label of min to max bytes;
+//   - "*{min-max}" as a whole label matches one label of min to max bytes
+//     (1 <= min <= max <= 63);
 //   - "?" matches any one byte of a label;
 //   - a trailing "**" label ("example.**") matches anything after the
 //     labels before it, nothing included; "**" at the end of a label
@@ -44,6 +47,12 @@ const (
 //   - "%XX" is the byte with hex value XX, so "%2e", "%2a" and "%3f" are a
 //     literal dot, star and question mark inside a label; "*" elsewhere in
 //     a label is literal.
+//
+// Patterns that look like mistakes are refused, naming the pattern and the
+// label: a malformed "*{...}", braces elsewhere, "**" before the end, empty
+// labels, blanks, control and non-ASCII bytes (write them as %XX;
+// internationalized names in their xn-- form), labels over 63 bytes and
+// names over 255 bytes in wire format.
 //
 // A compressed name (a pointer in the question) never matches.
 func DNS(opts Options, dns DNSOptions, patterns ...string) (*Program, error) {
@@ -54,7 +63,7 @@ func DNS(opts Options, dns DNSOptions, patterns ...string) (*Program, error) {
 	for i, p := range patterns {
 		segs, err := parseDNSPattern(p, dns.CaseInsensitive)
 		if err != nil {
-			return nil, fmt.Errorf("%w: dns pattern %q: %v", ErrPattern, p, err)
+			return nil, fmt.Errorf("%w: dns pattern %s: %w", ErrPattern, cbpf.QuoteExpr(p), err)
 		}
 		parsed[i] = segs
 	}
@@ -209,7 +218,43 @@ const (
 // (b|fold)&care == val.
 type pbyte struct{ val, care, fold byte }
 
-var starRange = regexp.MustCompile(`^\*\{([0-9]+)-([0-9]+)\}$`)
+var starRange = regexp.MustCompile(`^\*\{([0-9]{1,2})-([0-9]{1,2})\}$`)
+
+// starLengths reads a wildcard label, "*" or "*{min-max}", and returns the
+// label lengths it matches.
+func starLengths(label string) (lo, hi int, err error) {
+	if label == "*" {
+		return 1, maxLabel, nil
+	}
+	m := starRange.FindStringSubmatch(label)
+	if m != nil {
+		lo, _ = strconv.Atoi(m[1]) // two digits at most: no error
+		hi, _ = strconv.Atoi(m[2])
+	}
+	if m == nil || lo < 1 || lo > hi || hi > maxLabel {
+		return 0, 0, fmt.Errorf("label %s: want *{min-max}, 1 <= min <= max <= %d", cbpf.QuoteExpr(label), maxLabel)
+	}
+	return lo, hi, nil
+}
+
+// checkLabelText refuses what in a label other than a wildcard is a
+// mistake rather than a byte to match: "**" before the end of the pattern,
+// braces (a mistyped *{min-max}), blanks, control and non-ASCII bytes.
+// Such bytes can still be matched, written as %XX.
+func checkLabelText(label string) error {
+	if strings.Contains(label, "**") {
+		return fmt.Errorf("label %s: ** only ends a pattern (example.** or ex**)", cbpf.QuoteExpr(label))
+	}
+	for i := 0; i < len(label); i++ {
+		switch c := label[i]; {
+		case c == '{' || c == '}':
+			return fmt.Errorf("label %s: %q outside a *{min-max} label (a literal brace is %%%02x)", cbpf.QuoteExpr(label), c, c)
+		case c <= ' ' || c >= 0x7f:
+			return fmt.Errorf("label %s: byte %#02x: write it as %%%02x (internationalized names: the xn-- form)", cbpf.QuoteExpr(label), c, c)
+		}
+	}
+	return nil
+}
 
 func parseDNSPattern(p string, ci bool) ([]segment, error) {
 	s := strings.Trim(strings.TrimSpace(p), ".")
@@ -243,31 +288,28 @@ func parseDNSPattern(p string, ci bool) ([]segment, error) {
 		if label == "" {
 			return nil, fmt.Errorf("empty label (two dots in a row)")
 		}
-		if m := starRange.FindStringSubmatch(label); label == "*" || m != nil {
+		if label == "*" || strings.HasPrefix(label, "*{") {
 			if last && tail == segPrefix {
-				return nil, fmt.Errorf("label %q: a wildcard cannot start a ** prefix", label+"**")
+				return nil, fmt.Errorf("label %s: a wildcard cannot start a ** prefix", cbpf.QuoteExpr(label+"**"))
 			}
-			lo, hi := 1, maxLabel
-			if m != nil {
-				var err1, err2 error
-				lo, err1 = strconv.Atoi(m[1])
-				hi, err2 = strconv.Atoi(m[2])
-				if err1 != nil || err2 != nil || lo > hi || lo > maxLabel {
-					return nil, fmt.Errorf("label %q: want *{min-max} with min <= max and min <= %d", label, maxLabel)
-				}
-				lo, hi = max(lo, 1), min(hi, maxLabel)
+			lo, hi, err := starLengths(label)
+			if err != nil {
+				return nil, err
 			}
 			flush()
 			segs = append(segs, segment{kind: segStar, min: lo, max: hi, text: label})
 			wire += 1 + lo
 			continue
 		}
+		if err := checkLabelText(label); err != nil {
+			return nil, err
+		}
 		chars, err := decodeLabel(label, ci)
 		if err != nil {
 			return nil, err
 		}
 		if len(chars) > maxLabel {
-			return nil, fmt.Errorf("label %q is %d bytes long, more than %d", label, len(chars), maxLabel)
+			return nil, fmt.Errorf("label %s is %d bytes long, more than %d", cbpf.QuoteExpr(label), len(chars), maxLabel)
 		}
 		if last && tail == segPrefix {
 			flush()
@@ -305,11 +347,11 @@ func decodeLabel(label string, ci bool) ([]pbyte, error) {
 			continue
 		case '%':
 			if i+2 >= len(label) {
-				return nil, fmt.Errorf("label %q: %q is not a %%XX escape", label, label[i:])
+				return nil, fmt.Errorf("label %s: %s is not a %%XX escape", cbpf.QuoteExpr(label), cbpf.QuoteExpr(label[i:]))
 			}
 			v, err := strconv.ParseUint(label[i+1:i+3], 16, 8)
 			if err != nil {
-				return nil, fmt.Errorf("label %q: %q is not a %%XX escape", label, label[i:i+3])
+				return nil, fmt.Errorf("label %s: %q is not a %%XX escape", cbpf.QuoteExpr(label), label[i:i+3])
 			}
 			c = byte(v)
 			i += 2

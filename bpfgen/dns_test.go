@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/l4drop/l4drop/cbpf"
 )
 
 type pkt struct {
@@ -196,10 +198,35 @@ func TestDNSErrors(t *testing.T) {
 		{strings.Repeat("x", 64) + ".com", "more than 63"},
 		{"a%2", "not a %XX escape"},
 		{"a%zz.com", `"%zz" is not a %XX escape`},
-		{"*{5-3}.com", "min <= max"},
-		{"*{64-70}.com", "min <= max and min <= 63"},
+		{"*{5-3}.com", "want *{min-max}, 1 <= min <= max <= 63"},
+		{"*{64-70}.com", "want *{min-max}, 1 <= min <= max <= 63"},
 		{strings.Repeat("abcdefg.", 32) + "com", "more than 255"},
+		{strings.Repeat(strings.Repeat("x", 63)+".", 4), "at least 257 bytes long in wire format, more than 255"},
+		{strings.Repeat("x", 63) + "." + strings.Repeat("y", 63) + ".*{63-63}.*{63-63}", "at least 257 bytes"},
 		{"*{8-9}**", "cannot start a ** prefix"},
+		// Malformed wildcards, refused rather than taken as literal labels.
+		{"*{x-y}.example.com", `label "*{x-y}": want *{min-max}`},
+		{"*{5-2}", `label "*{5-2}": want *{min-max}`},
+		{"*{3", `label "*{3": want *{min-max}`},
+		{"*{-1-2}.com", `label "*{-1-2}": want *{min-max}`},
+		{"*{}.com", "want *{min-max}"},
+		{"*{0-3}.com", "want *{min-max}"},
+		{"*{1-64}.com", "want *{min-max}"},
+		{"*{001-3}.com", "want *{min-max}"},
+		{"*{1-3}x.com", "want *{min-max}"},
+		{"*{1-3}{4}.com", "want *{min-max}"},
+		{"a*{1-2}.com", `'{' outside a *{min-max} label`},
+		{"{1-3}.com", `'{' outside a *{min-max} label`},
+		{"a}.com", `'}' outside a *{min-max} label`},
+		{"**.com", "** only ends a pattern"},
+		{"a.**.b", "** only ends a pattern"},
+		{"a.b.**.**", "** only ends a pattern"},
+		{"a**b.com", "** only ends a pattern"},
+		{"a b.com", "byte 0x20: write it as %20"},
+		{"a. .b", "byte 0x20"},
+		{"a\tb.com", "byte 0x09"},
+		{"bücher.de", "byte 0xc3: write it as %c3 (internationalized names: the xn-- form)"},
+		{"*." + strings.Repeat("a", 1<<20), "(1048578 bytes)"},
 	}
 	for _, tt := range tests {
 		_, err := DNS(Options{}, DNSOptions{}, "ok.com", tt.pattern)
@@ -207,8 +234,9 @@ func TestDNSErrors(t *testing.T) {
 			t.Errorf("DNS(%q): no error", tt.pattern)
 			continue
 		}
-		if !errors.Is(err, ErrPattern) || !strings.Contains(err.Error(), fmt.Sprintf("%q", tt.pattern)) || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("DNS(%q) = %v, want an ErrPattern naming the pattern and saying %q", tt.pattern, err, tt.want)
+		// The pattern is named, quoted only so far.
+		if !errors.Is(err, ErrPattern) || !strings.Contains(err.Error(), "dns pattern "+cbpf.QuoteExpr(tt.pattern)) || !strings.Contains(err.Error(), tt.want) || len(err.Error()) > 500 {
+			t.Errorf("DNS(%.100q) = %.500v, want an ErrPattern naming the pattern and saying %q", tt.pattern, err, tt.want)
 		}
 	}
 	if _, err := DNS(Options{}, DNSOptions{}); !errors.Is(err, ErrPattern) {

@@ -314,7 +314,20 @@ func TestP0f(t *testing.T) {
 			t.Errorf("P0f(%q) = %v, want an ErrPattern naming the signature", bad, err)
 		}
 	}
-	if _, err := P0f(Options{IPv6: true}, "4:64:0:*:*,*:mss::0"); !errors.Is(err, ErrPattern) {
-		t.Errorf("IPv4 signature with -6: %v", err)
+	// The signature's version and -6 must agree: Options.IPv6 places the
+	// TCP header, so neither may be silently dropped.
+	for _, tt := range []struct {
+		opts Options
+		sig  string
+		want string
+	}{
+		{Options{IPv6: true}, "4:64:0:*:*,*:mss::0", "is for IPv4, but -6 asks for IPv6"},
+		{Options{}, "6:64:0:*:*,*:mss::0", "is for IPv6: give -6"},
+		{Options{L3Offset: eth}, "6:64:0:*:mss*4,*:mss,sok,ts,nop,ws:flow:*", "is for IPv6: give -6"},
+	} {
+		_, err := P0f(tt.opts, tt.sig)
+		if !errors.Is(err, ErrPattern) || !strings.Contains(err.Error(), fmt.Sprintf("%q %s", tt.sig, tt.want)) {
+			t.Errorf("P0f(%+v, %q) = %v, want an ErrPattern with %q", tt.opts, tt.sig, err, tt.want)
+		}
 	}
 }

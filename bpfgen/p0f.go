@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/l4drop/l4drop/cbpf"
 )
 
 // P0f returns a rule matching TCP packets with the SYN flag (a SYN or a
@@ -44,15 +46,19 @@ import (
 func P0f(opts Options, signature string) (*Program, error) {
 	sig, err := parseP0f(signature)
 	if err != nil {
-		return nil, fmt.Errorf("%w: p0f signature %q: %v", ErrPattern, signature, err)
+		return nil, fmt.Errorf("%w: p0f signature %s: %w", ErrPattern, cbpf.QuoteExpr(signature), err)
 	}
 	var versions []int
 	switch {
 	case sig.ver == "4" && opts.IPv6:
-		return nil, fmt.Errorf("%w: p0f signature %q is for IPv4, but -6 asks for IPv6", ErrPattern, signature)
+		return nil, fmt.Errorf("%w: p0f signature %s is for IPv4, but -6 asks for IPv6", ErrPattern, cbpf.QuoteExpr(signature))
+	case sig.ver == "6" && !opts.IPv6:
+		// Options.IPv6 also says where the TCP header is: without it the
+		// rule would be written for IPv4 packets.
+		return nil, fmt.Errorf("%w: p0f signature %s is for IPv6: give -6", ErrPattern, cbpf.QuoteExpr(signature))
 	case sig.ver == "4":
 		versions = []int{4}
-	case sig.ver == "6" || opts.IPv6:
+	case opts.IPv6:
 		versions = []int{6}
 	default:
 		versions = []int{4, 6}
@@ -62,7 +68,7 @@ func P0f(opts Options, signature string) (*Program, error) {
 	for _, v := range versions {
 		steps, err := sig.steps(v)
 		if err != nil {
-			return nil, fmt.Errorf("%w: p0f signature %q: %v", ErrPattern, signature, err)
+			return nil, fmt.Errorf("%w: p0f signature %s: %w", ErrPattern, cbpf.QuoteExpr(signature), err)
 		}
 		var exprs []string
 		for _, s := range steps {
@@ -116,52 +122,52 @@ func parseP0f(s string) (*p0fSig, error) {
 	}
 	sig := &p0fSig{ver: f[0], quirks: map[string]bool{}, eolPad: -1}
 	if sig.ver != "4" && sig.ver != "6" && sig.ver != "*" {
-		return nil, fmt.Errorf("ver %q: want 4, 6 or *", f[0])
+		return nil, fmt.Errorf("ver %s: want 4, 6 or *", cbpf.QuoteExpr(f[0]))
 	}
 	m := p0fTTL.FindStringSubmatch(f[1])
 	if m == nil {
-		return nil, fmt.Errorf("ittl %q: want N, N- or N+D", f[1])
+		return nil, fmt.Errorf("ittl %s: want N, N- or N+D", cbpf.QuoteExpr(f[1]))
 	}
 	ittl, err := strconv.Atoi(m[1])
 	if err != nil || ittl < 1 || ittl > 255 {
-		return nil, fmt.Errorf("ittl %q: want 1 to 255", f[1])
+		return nil, fmt.Errorf("ittl %s: want 1 to 255", cbpf.QuoteExpr(f[1]))
 	}
 	sig.ittl, sig.ttlUnchecked = ittl, m[2] == "-"
 	if sig.olen, err = starOrNumber(f[2], 40); err != nil {
-		return nil, fmt.Errorf("olen: %v", err)
+		return nil, fmt.Errorf("olen: %w", err)
 	}
 	if sig.olen > 0 && sig.olen%4 != 0 {
 		return nil, fmt.Errorf("olen %d: IPv4 options come in 4-byte words", sig.olen)
 	}
 	if sig.mss, err = starOrNumber(f[3], 65535); err != nil {
-		return nil, fmt.Errorf("mss: %v", err)
+		return nil, fmt.Errorf("mss: %w", err)
 	}
 	wsize, scale, ok := strings.Cut(f[4], ",")
 	if !ok {
-		return nil, fmt.Errorf("wsize,scale %q: want two fields", f[4])
+		return nil, fmt.Errorf("wsize,scale %s: want two fields", cbpf.QuoteExpr(f[4]))
 	}
 	sig.wsize = -1
 	if wsize != "*" {
 		m := p0fWsize.FindStringSubmatch(wsize)
 		if m == nil {
-			return nil, fmt.Errorf("wsize %q: want N, mss*N, mtu*N, %%N or *", wsize)
+			return nil, fmt.Errorf("wsize %s: want N, mss*N, mtu*N, %%N or *", cbpf.QuoteExpr(wsize))
 		}
 		sig.wsizeKind = m[1]
 		if sig.wsize, err = strconv.Atoi(m[2]); err != nil || sig.wsize > 65535 {
-			return nil, fmt.Errorf("wsize %q: number out of range", wsize)
+			return nil, fmt.Errorf("wsize %s: number out of range", cbpf.QuoteExpr(wsize))
 		}
 		if sig.wsizeKind == "%" && sig.wsize == 0 {
-			return nil, fmt.Errorf("wsize %q: multiple of 0", wsize)
+			return nil, fmt.Errorf("wsize %s: multiple of 0", cbpf.QuoteExpr(wsize))
 		}
 	}
 	if sig.scale, err = starOrNumber(scale, 255); err != nil {
-		return nil, fmt.Errorf("scale: %v", err)
+		return nil, fmt.Errorf("scale: %w", err)
 	}
 	at := 20
 	if f[5] != "" {
 		for _, name := range strings.Split(f[5], ",") {
 			if sig.eolPad >= 0 {
-				return nil, fmt.Errorf("olayout %q: nothing may follow eol", f[5])
+				return nil, fmt.Errorf("olayout %s: nothing may follow eol", cbpf.QuoteExpr(f[5]))
 			}
 			o := tcpOpt{name: name, at: at}
 			switch name {
@@ -178,7 +184,7 @@ func parseP0f(s string) (*p0fSig, error) {
 			default:
 				m := p0fEOL.FindStringSubmatch(name)
 				if m == nil {
-					return nil, fmt.Errorf("olayout %q: option %q: want eol+N, nop, mss, ws, sok or ts (sack and ?N have no fixed length)", f[5], name)
+					return nil, fmt.Errorf("olayout %s: option %s: want eol+N, nop, mss, ws, sok or ts (sack and ?N have no fixed length)", cbpf.QuoteExpr(f[5]), cbpf.QuoteExpr(name))
 				}
 				o.name, o.kind, at = "eol", 0, at+1
 				sig.eolPad, _ = strconv.Atoi(m[1])
@@ -190,12 +196,12 @@ func parseP0f(s string) (*p0fSig, error) {
 	}
 	sig.optLen = at - 20
 	if sig.optLen > 40 {
-		return nil, fmt.Errorf("olayout %q: %d bytes of options, more than 40", f[5], sig.optLen)
+		return nil, fmt.Errorf("olayout %s: %d bytes of options, more than 40", cbpf.QuoteExpr(f[5]), sig.optLen)
 	}
 	if f[6] != "" {
 		for _, q := range strings.Split(f[6], ",") {
 			if !p0fQuirks[q] {
-				return nil, fmt.Errorf("quirk %q unknown", q)
+				return nil, fmt.Errorf("quirk %s unknown", cbpf.QuoteExpr(q))
 			}
 			sig.quirks[q] = true
 		}
@@ -207,7 +213,7 @@ func parseP0f(s string) (*p0fSig, error) {
 	case "0", "+", "*":
 		sig.pclass = f[7]
 	default:
-		return nil, fmt.Errorf("pclass %q: want 0, + or *", f[7])
+		return nil, fmt.Errorf("pclass %s: want 0, + or *", cbpf.QuoteExpr(f[7]))
 	}
 	return sig, nil
 }
@@ -218,7 +224,7 @@ func starOrNumber(s string, limit int) (int, error) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 || n > limit {
-		return 0, fmt.Errorf("%q: want * or 0 to %d", s, limit)
+		return 0, fmt.Errorf("%s: want * or 0 to %d", cbpf.QuoteExpr(s), limit)
 	}
 	return n, nil
 }

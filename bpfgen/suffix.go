@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/cbpf"
 )
 
 // MaxSuffix is the longest suffix, in bytes, a rule may look for.
@@ -21,10 +23,10 @@ func Suffix(opts Options, hex ...string) (*Program, error) {
 		return nil, fmt.Errorf("%w: suffix: no hex bytes given", ErrPattern)
 	}
 	if len(text)%2 != 0 {
-		return nil, fmt.Errorf("%w: suffix %q: odd number of hex digits", ErrPattern, text)
+		return nil, fmt.Errorf("%w: suffix %s: odd number of hex digits", ErrPattern, cbpf.QuoteExpr(text))
 	}
 	if len(text)/2 > MaxSuffix {
-		return nil, fmt.Errorf("%w: suffix %q: %d bytes, more than %d", ErrPattern, text, len(text)/2, MaxSuffix)
+		return nil, fmt.Errorf("%w: suffix %s: %d bytes, more than %d", ErrPattern, cbpf.QuoteExpr(text), len(text)/2, MaxSuffix)
 	}
 	bs := make([]pbyte, len(text)/2)
 	for i := range bs {
@@ -34,7 +36,7 @@ func Suffix(opts Options, hex ...string) (*Program, error) {
 		}
 		v, err := strconv.ParseUint(pair, 16, 8)
 		if err != nil {
-			return nil, fmt.Errorf("%w: suffix %q: %q at byte %d is neither hex nor xx", ErrPattern, text, pair, i)
+			return nil, fmt.Errorf("%w: suffix %s: %q at byte %d is neither hex nor xx", ErrPattern, cbpf.QuoteExpr(text), pair, i)
 		}
 		bs[i] = pbyte{val: byte(v), care: 0xff}
 	}

@@ -47,11 +47,11 @@ func ParseLinkType(name string) (LinkType, error) {
 		s = s[4:]
 	}
 	if s == "" {
-		return 0, fmt.Errorf("link type %q: empty", name)
+		return 0, fmt.Errorf("link type %s: empty", QuoteExpr(name))
 	}
 	v, ok := datalinkValue(s)
 	if !ok {
-		return 0, fmt.Errorf("link type %q: unknown to libpcap (try EN10MB, RAW, IPV4, IPV6, LINUX_SLL or a DLT number)", name)
+		return 0, fmt.Errorf("link type %s: unknown to libpcap (try EN10MB, RAW, IPV4, IPV6, LINUX_SLL or a DLT number)", QuoteExpr(name))
 	}
 	return LinkType(v), nil
 }

@@ -54,7 +54,7 @@ type CompileError struct {
 }
 
 func (e *CompileError) Error() string {
-	return fmt.Sprintf("compile %q: %s", e.Expr, e.Msg)
+	return fmt.Sprintf("compile %s: %s", QuoteExpr(e.Expr), e.Msg)
 }
 
 // Unwrap makes errors.Is(err, ErrCompile) hold.
@@ -70,7 +70,7 @@ func Compile(expr string, lt LinkType, snaplen int) ([]bpf.Instruction, error) {
 		snaplen = DefaultSnaplen
 	}
 	if snaplen < 0 {
-		return nil, fmt.Errorf("compile %q: negative snap length %d", expr, snaplen)
+		return nil, fmt.Errorf("compile %s: negative snap length %d", QuoteExpr(expr), snaplen)
 	}
 	cexpr := C.CString(expr)
 	defer C.free(unsafe.Pointer(cexpr))

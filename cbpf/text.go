@@ -124,7 +124,7 @@ func parseCounted(s string) ([]bpf.RawInstruction, error) {
 	}
 	count, err := parseNumber(strings.TrimSpace(items[0]), 10, 32)
 	if err != nil {
-		return nil, fmt.Errorf("%w: want the instruction count first, got %q", ErrSyntax, strings.TrimSpace(items[0]))
+		return nil, fmt.Errorf("%w: want the instruction count first, got %s", ErrSyntax, QuoteExpr(strings.TrimSpace(items[0])))
 	}
 	items = items[1:]
 	if int(count) != len(items) {
@@ -137,10 +137,10 @@ func parseCounted(s string) ([]bpf.RawInstruction, error) {
 	for i, item := range items {
 		fields := strings.Fields(item)
 		if len(fields) != 4 {
-			return nil, syntaxErr(i, "want \"op jt jf k\", got %q", strings.TrimSpace(item))
+			return nil, syntaxErr(i, "want \"op jt jf k\", got %s", QuoteExpr(strings.TrimSpace(item)))
 		}
 		if raw[i], err = rawFrom(fields, 10); err != nil {
-			return nil, syntaxErr(i, "%v in %q", err, strings.TrimSpace(item))
+			return nil, syntaxErr(i, "%w in %s", err, QuoteExpr(strings.TrimSpace(item)))
 		}
 	}
 	return raw, nil
@@ -161,7 +161,7 @@ func parseC(s string) ([]bpf.RawInstruction, error) {
 	raw := make([]bpf.RawInstruction, len(locs))
 	for i, loc := range locs {
 		if i > 0 && !cBetween.MatchString(s[locs[i-1][1]:loc[0]]) {
-			return nil, syntaxErr(i, "unexpected %q before it", strings.Trim(s[locs[i-1][1]:loc[0]], " \t\r\n,"))
+			return nil, syntaxErr(i, "unexpected %s before it", QuoteExpr(strings.Trim(s[locs[i-1][1]:loc[0]], " \t\r\n,")))
 		}
 		body := s[loc[2]:loc[3]]
 		fields := strings.Split(body, ",")
@@ -169,11 +169,11 @@ func parseC(s string) ([]bpf.RawInstruction, error) {
 			fields[j] = strings.TrimSpace(fields[j])
 		}
 		if len(fields) != 4 {
-			return nil, syntaxErr(i, "want \"{ op, jt, jf, k }\", got %q", s[loc[0]:loc[1]])
+			return nil, syntaxErr(i, "want \"{ op, jt, jf, k }\", got %s", QuoteExpr(s[loc[0]:loc[1]]))
 		}
 		var err error
 		if raw[i], err = rawFrom(fields, 0); err != nil {
-			return nil, syntaxErr(i, "%v in %q", err, s[loc[0]:loc[1]])
+			return nil, syntaxErr(i, "%w in %s", err, QuoteExpr(s[loc[0]:loc[1]]))
 		}
 	}
 	return raw, nil
@@ -218,9 +218,9 @@ func parseNumber(s string, base, bits int) (uint64, error) {
 	if err != nil {
 		var ne *strconv.NumError
 		if errors.As(err, &ne) && errors.Is(ne.Err, strconv.ErrRange) {
-			return 0, fmt.Errorf("%q does not fit in %d bits", s, bits)
+			return 0, fmt.Errorf("%s does not fit in %d bits", QuoteExpr(s), bits)
 		}
-		return 0, fmt.Errorf("%q is not a number", s)
+		return 0, fmt.Errorf("%s is not a number", QuoteExpr(s))
 	}
 	return v, nil
 }

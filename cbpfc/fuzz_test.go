@@ -1,12 +1,17 @@
 package cbpfc
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -242,8 +247,24 @@ func checkRuns(t *testing.T, r *fixture.XDPRunner, prog *ebpf.Program, filter []
 	}
 }
 
-// FuzzC is FuzzEBPF through the C backend and clang: slower, one clang run
-// per input.
+// FuzzC is FuzzEBPF through the C backend and clang.
+//
+// A clang run costs a fixed 0.2 s to a second (starting clang, reading the
+// headers), next to which the programs cost nothing; the fuzz engine ends a
+// worker whose input takes 10 s ("fuzzing process hung or terminated
+// unexpectedly") and minimizes every input with new coverage for up to
+// 60 s. With one program and one clang run per input, a 15 s -fuzztime ran
+// 6 to 9 inputs, then spent the rest minimizing, one clang run per
+// candidate, until the deadline killed the workers inside clang (leaving
+// clang's temporary directories behind); nothing ever reached the fuzz
+// cache. So here:
+//   - an input is a batch of up to cBatch programs, compiled in one clang run;
+//   - compiled batches are kept by C source: minimizing candidates that
+//     change only the packets (which come after the programs) need no clang;
+//   - a clang run stops at the interrupt that ends a worker, and after
+//     cClangTimeout, well below the engine's 10 s: the input is skipped, not
+//     failed, since a busy machine is no compiler bug;
+//   - minimizing lasts cMinimizeTime unless -fuzzminimizetime is given.
 func FuzzC(f *testing.F) {
 	fuzzSeeds(f)
 	fixture.RequireRoot(f)
@@ -251,22 +272,130 @@ func FuzzC(f *testing.F) {
 		f.Skip(err)
 	}
 	r := fixture.NewXDPRunner(f)
+	// While fuzzing, the coordinator interrupts a worker to stop it at the
+	// deadline, and the engine's 10 s watchdog runs; a plain go test has
+	// neither.
+	interrupted := context.Background()
+	var cache cSpecCache
+	if fuzzing() {
+		var stop context.CancelFunc
+		interrupted, stop = signal.NotifyContext(interrupted, os.Interrupt)
+		f.Cleanup(stop)
+		cache.timeout = cClangTimeout
+		limitMinimizing(f, cMinimizeTime)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		br := &byteReader{b: data}
-		prog := genProgram(br, true)
-		pkt := genPacket(br)
-		spec, err := cPrograms(t, [][]bpf.Instruction{prog})
-		if err != nil {
-			t.Fatalf("%v\n%s", err, listing(prog))
+		// Programs first, then packets: trimming the input's tail, as
+		// minimizing does, changes the packets and keeps the programs.
+		progs := make([][]bpf.Instruction, 1+int(br.next())%cBatch)
+		for i := range progs {
+			progs[i] = genProgram(br, true)
 		}
-		cp, err := ebpf.NewProgram(spec.Programs["f0"])
-		if err != nil {
-			src, _ := ToC(prog, COpts{})
-			t.Fatalf("load: %v\n%s\n%s", err, listing(prog), src)
+		pkts := make([][]byte, len(progs))
+		for i := range pkts {
+			pkts[i] = genPacket(br)
 		}
-		defer cp.Close()
-		checkRuns(t, r, cp, prog, pkt)
+		spec, err := cache.get(interrupted, progs)
+		if errors.Is(err, context.DeadlineExceeded) || interrupted.Err() != nil {
+			t.Skipf("clang did not finish in %v (machine busy) or the run ends: input not judged", cClangTimeout)
+		}
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listings(progs))
+		}
+		for i, prog := range progs {
+			cp, err := ebpf.NewProgram(spec.Programs[fmt.Sprintf("f%d", i)])
+			if err != nil {
+				src, _ := ToC(prog, COpts{})
+				t.Fatalf("load program %d: %v\n%s\n%s", i, err, listing(prog), src)
+			}
+			t.Cleanup(func() { cp.Close() })
+			checkRuns(t, r, cp, prog, pkts[i])
+		}
 	})
+}
+
+// cBatch is the most programs one FuzzC input makes; cClangTimeout bounds
+// its clang run, well below the fuzz engine's 10 s per input.
+const (
+	cBatch        = 8
+	cClangTimeout = 4 * time.Second
+)
+
+// fuzzing says whether the test binary runs with -test.fuzz (as the
+// coordinator or a worker).
+func fuzzing() bool {
+	f := flag.Lookup("test.fuzz")
+	return f != nil && f.Value.String() != ""
+}
+
+// cMinimizeTime is how long FuzzC minimizes an input unless
+// -fuzzminimizetime says otherwise: the engine's default, 60 s, is hundreds
+// of clang runs for each input with new coverage, more than a whole
+// `make fuzz` run, and an input not minimized in time is lost to the fuzz
+// cache.
+const cMinimizeTime = "3s"
+
+// limitMinimizing sets -fuzzminimizetime to d unless the command line set
+// it. The engine reads it when F.Fuzz starts coordinating.
+func limitMinimizing(f *testing.F, d string) {
+	f.Helper()
+	set := false
+	flag.Visit(func(fl *flag.Flag) { set = set || fl.Name == "test.fuzzminimizetime" })
+	if set {
+		return
+	}
+	if err := flag.Set("test.fuzzminimizetime", d); err != nil {
+		f.Fatal(err)
+	}
+}
+
+// cSpecCache keeps the compiled batches of a FuzzC worker by C source.
+type cSpecCache struct {
+	specs   map[string]*ebpf.CollectionSpec
+	timeout time.Duration // of a clang run; 0: none
+}
+
+func (c *cSpecCache) get(ctx context.Context, progs [][]bpf.Instruction) (*ebpf.CollectionSpec, error) {
+	var key strings.Builder
+	for _, p := range progs {
+		src, err := ToC(p, COpts{})
+		if err != nil {
+			return nil, err
+		}
+		key.WriteString(src)
+	}
+	if spec, ok := c.specs[key.String()]; ok {
+		return spec.Copy(), nil
+	}
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	spec, err := cProgramsContext(ctx, progs)
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(c.specs) >= 1024 {
+		c.specs = nil // bounded: start over
+	}
+	if c.specs == nil {
+		c.specs = map[string]*ebpf.CollectionSpec{}
+	}
+	c.specs[key.String()] = spec
+	return spec.Copy(), nil
+}
+
+func listings(progs [][]bpf.Instruction) string {
+	var b strings.Builder
+	for i, p := range progs {
+		fmt.Fprintf(&b, "program %d:\n%s", i, listing(p))
+	}
+	return b.String()
 }
 
 // FuzzCompile feeds arbitrary instructions to both backends: they must

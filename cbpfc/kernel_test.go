@@ -86,6 +86,11 @@ const cPrelude = CPrelude
 // is named "f<i>" and writes the filter's result as valueProgram does.
 func cPrograms(tb testing.TB, filters [][]bpf.Instruction) (*ebpf.CollectionSpec, error) {
 	tb.Helper()
+	return cProgramsContext(context.Background(), filters)
+}
+
+// cProgramsContext is cPrograms with a context that ends the clang run.
+func cProgramsContext(ctx context.Context, filters [][]bpf.Instruction) (*ebpf.CollectionSpec, error) {
 	var b strings.Builder
 	b.WriteString(cPrelude)
 	for i, f := range filters {
@@ -111,7 +116,7 @@ func cPrograms(tb testing.TB, filters [][]bpf.Instruction) (*ebpf.CollectionSpec
 `, i, name, ctxArg)
 	}
 	b.WriteString("char _license[] SEC(\"license\") = \"GPL\";\n")
-	obj, err := clang.Compile(context.Background(), b.String())
+	obj, err := clang.Compile(ctx, b.String())
 	if err != nil {
 		return nil, err
 	}

@@ -60,7 +60,7 @@ func tcpdumpMatches(t testing.TB, set *corpusSet, expr string) (map[int]bool, er
 	out := filepath.Join(t.TempDir(), "tcpdump.pcap")
 	cmd := exec.Command("tcpdump", "-n", "-r", set.path, "-w", out, expr)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("tcpdump %q: %v: %s", expr, err, strings.TrimSpace(string(b)))
+		return nil, fmt.Errorf("tcpdump %q: %w: %s", expr, err, strings.TrimSpace(string(b)))
 	}
 	c, err := fixture.ReadCapture(out)
 	if err != nil {

@@ -68,6 +68,8 @@ are compared label by label, as in the packet:
   example.**         example followed by anything: example.com, example.co.uk
   ex**               a first label starting with ex: ex.com, example.org
   a%2eb.com          %XX is a byte in hex: the label "a.b", then com
+Braces outside *{min-max} (1 <= min <= max <= 63), ** before the end, blanks,
+control and non-ASCII bytes are refused: write such bytes as %XX.
 Flags:
   -i, --ignorecase   compare ASCII letters ignoring case
   --no-l4-check      do not check IP version, UDP, first fragment, IPv4
@@ -185,18 +187,18 @@ func parseArgs(args []string) (*command, error) {
 			}
 			n, err := strconv.ParseUint(strings.TrimPrefix(v, "="), 10, 16)
 			if err != nil {
-				return nil, fmt.Errorf("offset %q: want a number of bytes", v)
+				return nil, fmt.Errorf("offset %s: want a number of bytes", cbpf.QuoteExpr(v))
 			}
 			c.opts.L3Offset = uint32(n)
 		case c.gen == "" && !strings.HasPrefix(a, "-"):
 			if _, ok := genHelp[a]; !ok {
-				return nil, fmt.Errorf("unknown generator %q (dns, dns_validate, suffix, p0f, tcpdump)", a)
+				return nil, fmt.Errorf("unknown generator %s (dns, dns_validate, suffix, p0f, tcpdump)", cbpf.QuoteExpr(a))
 			}
 			c.gen = a
 		case c.gen != "":
 			c.args = append(c.args, a) // a generator flag or argument before --
 		default:
-			return nil, fmt.Errorf("unknown option %q", a)
+			return nil, fmt.Errorf("unknown option %s", cbpf.QuoteExpr(a))
 		}
 	}
 	if c.gen == "" {
@@ -222,7 +224,7 @@ func generate(c *command) (*bpfgen.Program, error) {
 				patterns = append(patterns, c.args[i+1:]...)
 			default:
 				if strings.HasPrefix(a, "-") {
-					return nil, fmt.Errorf("dns: unknown flag %q", a)
+					return nil, fmt.Errorf("dns: unknown flag %s", cbpf.QuoteExpr(a))
 				}
 				patterns = append(patterns, a)
 				continue
@@ -243,7 +245,7 @@ func generate(c *command) (*bpfgen.Program, error) {
 			case "-h", "--help":
 				return nil, errHelp
 			default:
-				return nil, fmt.Errorf("dns_validate: unknown argument %q", a)
+				return nil, fmt.Errorf("dns_validate: unknown argument %s", cbpf.QuoteExpr(a))
 			}
 		}
 		return bpfgen.DNSValidate(c.opts, v)

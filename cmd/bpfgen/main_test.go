@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -144,4 +145,63 @@ func splitShell(t *testing.T, s string) []string {
 		args = append(args, cur.String())
 	}
 	return args
+}
+
+// TestBadInput runs the built command on bad options, patterns and
+// signatures: each must end with status 1, nothing on stdout and a message
+// naming what is wrong, never a panic.
+func TestBadInput(t *testing.T) {
+	bin := filepath.Join(fixture.BuildCommands(t, "./cmd/bpfgen"), "bpfgen")
+	// 1 MB in arguments of 100 kB: the kernel takes no longer one.
+	huge := strings.Repeat("a", 100000)
+	hugeArgs := func(first ...string) []string {
+		for range 10 {
+			first = append(first, huge)
+		}
+		return first
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no generator", nil, "no generator given"},
+		{"unknown option", []string{"-x", "dns", "--", "a.com"}, `unknown option "-x"`},
+		{"unknown generator", []string{"dnss", "--", "a.com"}, `unknown generator "dnss"`},
+		{"offset without number", []string{"dns", "-o"}, "-o needs a number"},
+		{"offset not a number", []string{"-o", "x", "dns", "--", "a.com"}, `offset "x"`},
+		{"negative offset", []string{"-o", "-1", "dns", "--", "a.com"}, `offset "-1"`},
+		{"offset too big", []string{"--offset=70000", "dns", "--", "a.com"}, `offset "70000"`},
+		{"tcpdump offset", []string{"-o", "3", "tcpdump", "--", "udp"}, "offset 3"},
+		{"dns flag", []string{"dns", "--", "-q", "a.com"}, `dns: unknown flag "-q"`},
+		{"dns no pattern", []string{"dns"}, "no pattern"},
+		{"dns x-y", []string{"dns", "--", "*{x-y}.example.com"}, `dns pattern "*{x-y}.example.com": label "*{x-y}": want *{min-max}`},
+		{"dns 5-2", []string{"dns", "--", "*{5-2}"}, `dns pattern "*{5-2}"`},
+		{"dns open brace", []string{"dns", "--", "*{3"}, `dns pattern "*{3"`},
+		{"dns negative", []string{"dns", "--", "*{-1-2}"}, `dns pattern "*{-1-2}"`},
+		{"dns empty label", []string{"dns", "--", "a..com"}, "empty label"},
+		{"dns long label", []string{"dns", "--", strings.Repeat("x", 64) + ".com"}, "more than 63"},
+		{"dns long name", []string{"dns", "--", strings.Repeat(strings.Repeat("x", 63)+".", 4)}, "more than 255"},
+		{"dns inner **", []string{"dns", "--", "a.**.com"}, "** only ends a pattern"},
+		{"dns huge", hugeArgs("dns", "--"), "more than 63"},
+		{"dns_validate argument", []string{"dns_validate", "--", "x"}, `unknown argument "x"`},
+		{"suffix odd", []string{"suffix", "--", "abc"}, "odd number of hex digits"},
+		{"suffix huge", hugeArgs("suffix", "--"), "(1000000 bytes)"},
+		{"p0f IPv6 without -6", []string{"p0f", "--", "6:64:0:*:mss*4,*:mss,sok,ts,nop,ws:flow:*"}, "is for IPv6: give -6"},
+		{"p0f IPv4 with -6", []string{"-6", "p0f", "--", "4:64:0:*:*,*:mss::0"}, "is for IPv4, but -6 asks for IPv6"},
+		{"p0f fields", []string{"p0f", "--", "4:64:0"}, "want 8 fields"},
+		{"p0f two", []string{"p0f", "--", "a", "b"}, "want one signature"},
+		{"p0f huge", []string{"p0f", "--", "4:" + huge + ":0:*:*,*:mss::0"}, `ittl "aaaa`},
+		{"tcpdump syntax", []string{"tcpdump", "--", "udp", "port", "x53"}, "unknown port"},
+		{"tcpdump empty", []string{"tcpdump", "--", " "}, "empty expression"},
+		{"tcpdump huge", hugeArgs("tcpdump", "--", "host"), `compile "host aaaa`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := fixture.RunCommand(t, bin, tt.args...)
+			r.WantError(t, tt.want)
+			if r.Code != 1 || !strings.HasPrefix(r.Stderr, "bpfgen: ") {
+				t.Errorf("exit status %d, stderr %q; want 1 and a bpfgen: message", r.Code, fixture.Shorten(r.Stderr))
+			}
+		})
+	}
 }

@@ -48,33 +48,51 @@ Flags:
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "cbpfc:", err)
-		}
+		fmt.Fprintln(os.Stderr, "cbpfc:", err)
 		os.Exit(1)
 	}
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("cbpfc", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
+	// Parse's errors go out once, through main; help goes to stdout.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	printUsage := func(w io.Writer) {
+		fmt.Fprint(w, usage)
+		fs.SetOutput(w)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	linktype := fs.String("linktype", "EN10MB", "link type of the packets for an expression: EN10MB (Ethernet), RAW (from the IP header), IPV4, IPV6, ...")
 	emit := fs.String("emit", "cbpf", "what to print: cbpf, ebpf, c, xdp-c or stats")
 	function := fs.String("function", "filter", "name of the C function (-emit c, xdp-c)")
 	snaplen := fs.Int("snaplen", 262144, "snapshot length libpcap compiles the expression for")
-	if err := fs.Parse(args); err != nil {
-		return err
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		printUsage(stdout)
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("%w (cbpfc -h for usage)", err)
 	}
 	if fs.NArg() == 0 {
-		fs.Usage()
+		printUsage(stderr)
 		return errors.New("no expression or bytecode given")
 	}
+	// Every flag is checked before the input is compiled.
+	switch *emit {
+	case "cbpf", "ebpf", "c", "xdp-c", "stats":
+	default:
+		return fmt.Errorf("-emit %s: want cbpf, ebpf, c, xdp-c or stats", cbpf.QuoteExpr(*emit))
+	}
+	lt, err := cbpf.ParseLinkType(*linktype)
+	if err != nil {
+		return fmt.Errorf("-linktype: %w", err)
+	}
+	if *snaplen < 1 || *snaplen > cbpf.DefaultSnaplen {
+		return fmt.Errorf("-snaplen %d: want 1 to %d", *snaplen, cbpf.DefaultSnaplen)
+	}
 	input := strings.Join(fs.Args(), " ")
-	prog, err := load(input, *linktype, *snaplen)
+	prog, err := load(input, lt, *snaplen)
 	if err != nil {
 		return err
 	}
@@ -106,23 +124,17 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		out, _ := json.Marshal(s)
 		fmt.Fprintln(stdout, string(out))
-	default:
-		return fmt.Errorf("-emit %q: want cbpf, ebpf, c, xdp-c or stats", *emit)
 	}
 	return nil
 }
 
-func load(input, linktype string, snaplen int) ([]bpf.Instruction, error) {
+func load(input string, lt cbpf.LinkType, snaplen int) ([]bpf.Instruction, error) {
 	if cbpf.IsBytecode(input) {
 		prog, err := cbpf.Parse(input)
 		if err != nil {
 			return nil, fmt.Errorf("bytecode: %w", err)
 		}
 		return prog, nil
-	}
-	lt, err := cbpf.ParseLinkType(linktype)
-	if err != nil {
-		return nil, err
 	}
 	prog, err := cbpf.Compile(input, lt, snaplen)
 	if err != nil {

@@ -5,10 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/netns"
 	"github.com/l4drop/l4drop/lab"
@@ -54,6 +57,9 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 	replay := fs.String("r", "", "replay the Ethernet frames of this pcap or pcapng file (AF_PACKET) instead of templates")
 	afpacket := fs.Bool("afpacket", false, "send the templates' frames with AF_PACKET (no random fields; the fallback when live frames are not available)")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := checkGenFlags(*dur, *rate, *batch, *cpu); err != nil {
 		return err
 	}
 	specs := fs.Args()
@@ -164,6 +170,37 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	})
+}
+
+// maxBatch is the kernel's largest live-frames batch (TEST_XDP_MAX_BATCH).
+const maxBatch = 256
+
+// checkGenFlags refuses flag values that would make gen run forever, wrap
+// around or fail once the lab is up: every flag is checked before anything
+// is created.
+func checkGenFlags(dur time.Duration, rate float64, batch uint, cpu int) error {
+	if dur < 0 {
+		return fmt.Errorf("-d %v: want a positive duration, or 0 to send until -n or Ctrl-C", dur)
+	}
+	if rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {
+		return fmt.Errorf("-rate %v: want packets per second, or 0 for full speed", rate)
+	}
+	if batch < 1 || batch > maxBatch {
+		return fmt.Errorf("-batch %d: want 1 to %d frames", batch, maxBatch)
+	}
+	if cpu < -1 {
+		return fmt.Errorf("-cpu %d: want a CPU number, or -1 for any", cpu)
+	}
+	if cpu >= 0 {
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &set); err != nil {
+			return fmt.Errorf("-cpu %d: %w", cpu, err)
+		}
+		if !set.IsSet(cpu) {
+			return fmt.Errorf("-cpu %d: not a CPU this process may run on (%d of them)", cpu, set.Count())
+		}
+	}
+	return nil
 }
 
 func isTerminal(f *os.File) bool {

@@ -228,7 +228,7 @@ func compile(args []string, lt cbpf.LinkType, snapLen int) ([]bpf.Instruction, e
 	if cbpf.IsBytecode(expr) {
 		prog, err := cbpf.Parse(expr)
 		if err != nil {
-			return nil, fmt.Errorf("EXPR (bytecode, %d bytes): %s", len(expr), shorten(err.Error()))
+			return nil, fmt.Errorf("EXPR (bytecode, %d bytes): %w", len(expr), err)
 		}
 		return prog, nil
 	}

@@ -117,7 +117,7 @@ func TestNewPrivate(t *testing.T) {
 	err = ns.Do(func() error {
 		lo, err := net.InterfaceByName("lo")
 		if err != nil || lo.Flags&net.FlagUp == 0 {
-			return fmt.Errorf("lo: %v, %v; want up", lo, err)
+			return fmt.Errorf("lo: %v, %w; want up", lo, err)
 		}
 		_, err = net.InterfaceByName(name)
 		return err

@@ -72,7 +72,7 @@ func compileC(src string) ([]byte, error) {
 	// -mcpu=v3: 32-bit jumps and compares, shorter code.
 	obj, err := clang.Compile(context.Background(), src, "-mcpu=v3", "-Wno-unused-label")
 	if errors.Is(err, clang.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %v", ErrNoClang, err)
+		return nil, fmt.Errorf("%w: %w", ErrNoClang, err)
 	}
 	return obj, err
 }

@@ -77,14 +77,14 @@ func (f *Frontend) matchers(rs *RuleSet, r *Rule) ([]matcher, error) {
 	if r.Bytecode != "" {
 		p, err := f.bytecode(r.Bytecode)
 		if err != nil {
-			return nil, rs.errorf(r, "bpf: %v", err)
+			return nil, rs.errorf(r, "bpf: %w", err)
 		}
 		ms = append(ms, matcher{kind: "bpf", family: FamilyAny, prog: p})
 	}
 	if r.Expr != "" {
 		p, err := f.expr(r.Expr)
 		if err != nil {
-			return nil, rs.errorf(r, "expr: %v", err)
+			return nil, rs.errorf(r, "expr: %w", err)
 		}
 		ms = append(ms, matcher{kind: "expr", family: FamilyAny, prog: p})
 	}
@@ -95,7 +95,7 @@ func (f *Frontend) matchers(rs *RuleSet, r *Rule) ([]matcher, error) {
 			}
 			p, err := f.dns(r.DNS, fam == FamilyIPv6, r.DNSCaseInsensitive)
 			if err != nil {
-				return nil, rs.errorf(r, "dns: %v", err)
+				return nil, rs.errorf(r, "dns: %w", err)
 			}
 			ms = append(ms, matcher{kind: "dns", family: fam, prog: p})
 		}

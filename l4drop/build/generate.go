@@ -401,7 +401,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			m.fn = fmt.Sprintf("r%d_%d", i, j)
 			src, err := cbpfc.ToC(m.prog, cbpfc.COpts{FunctionName: m.fn})
 			if err != nil {
-				return nil, rs.errorf(r, "%s matcher: %v", m.kind, err)
+				return nil, rs.errorf(r, "%s matcher: %w", m.kind, err)
 			}
 			funcs[key] = m.fn
 			w.printf("%s\n", src)

@@ -186,7 +186,7 @@ func setLines(rs *RuleSet, root *yaml.Node) {
 
 // errorf returns an error about rule r of the set, naming file, line and rule.
 func (rs *RuleSet) errorf(r *Rule, format string, args ...any) error {
-	return fmt.Errorf("%s:%d: rule %q: %w: %s", rs.File, r.Line, r.Name, ErrRuleSet, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%s:%d: rule %q: %w: "+format, append([]any{rs.File, r.Line, r.Name, ErrRuleSet}, args...)...)
 }
 
 func (rs *RuleSet) check(root *yaml.Node) error {

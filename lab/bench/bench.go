@@ -485,7 +485,7 @@ func XDPFilter(port int, proto string) Filter {
 func runIn(l *lab.Lab, name string, args ...string) error {
 	out, err := l.Server.Command(name, args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -454,7 +454,7 @@ func (r *Report) Plot(png string) error {
 	c := exec.Command("gnuplot")
 	c.Stdin = strings.NewReader(s.String())
 	if out, err := c.CombinedOutput(); err != nil {
-		return fmt.Errorf("gnuplot: %v: %s", err, out)
+		return fmt.Errorf("gnuplot: %w: %s", err, out)
 	}
 	return nil
 }
