@@ -331,7 +331,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	if n := famNumber(first.rule.Family); n != 0 {
 		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", n)
 	}
-	w.printf("\tstruct l4_cands c = {};\n\tif (%s_c(ip, end, &c) || c.n > %d)\n\t\tgoto one_by_one;\n", m.fn, maxCandidates)
+	w.printf("\tstruct l4_cands c = {};\n\tif (%s_c(L4_FRESH(ip), end, &c) || c.n > %d)\n\t\tgoto one_by_one;\n", m.fn, maxCandidates)
 	// The table first: a candidate no enabled rule has costs no second
 	// run of the matcher.
 	w.printf("\t__u32 best = L4_NRULES;\n#pragma unroll\n\tfor (int i = 0; i < %d; i++) {\n", maxCandidates)
