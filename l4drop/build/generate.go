@@ -35,6 +35,9 @@ type BuildOptions struct {
 	// NoSets makes rules that differ only in a constant run one by one
 	// instead of all at once.
 	NoSets bool
+	// spoil is 1 + the index of a rule whose condition gets a packet read
+	// the verifier refuses, for the tests of the loader's messages.
+	spoil int
 }
 
 // DefaultMaxProgramInsns keeps each generated program well within what the
@@ -426,6 +429,9 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			funcs[key] = m.fn
 			w.printf("%s\n", src)
 		}
+		if opts.spoil == i+1 {
+			w.printf("%s", spoilC)
+		}
 		mr.CLines = append(mr.CLines, [2]int{start, w.line})
 		meta.Rules[i] = mr
 	}
@@ -489,10 +495,14 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			for _, i := range it.rules {
 				cr := rules[i]
 				start := w.next()
+				cond := ruleCondition(i, cr)
+				if opts.spoil == i+1 {
+					cond += " && l4_spoil(ip, end)"
+				}
 				if cr.rule.Action.final() {
-					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\treturn %d;\n", enableSymbol(i), ruleCondition(i, cr), i<<resultShift|cr.rule.Action.code())
+					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\treturn %d;\n", enableSymbol(i), cond, i<<resultShift|cr.rule.Action.code())
 				} else {
-					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\tl4_monitor(ctx, %d);\n", enableSymbol(i), ruleCondition(i, cr), i)
+					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\tl4_monitor(ctx, %d);\n", enableSymbol(i), cond, i)
 				}
 				meta.Rules[i].CLines = append(meta.Rules[i].CLines, [2]int{start, w.line})
 			}
@@ -903,6 +913,15 @@ static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, co
 		bpf_tail_call(ctx, &l4drop_chain, L4_NEXT_SLOT);
 	L4_TAIL_CALL(ctx, xdpcap_hook, 2); /* XDP_PASS */
 	return XDP_PASS;
+}
+`
+
+// spoilC reads a byte the verifier cannot prove is in the packet (see
+// BuildOptions.spoil).
+const spoilC = `
+static __always_inline int l4_spoil(const uint8_t *ip, const uint8_t *end)
+{
+	return end > ip && ip[100];
 }
 `
 
