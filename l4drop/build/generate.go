@@ -263,6 +263,9 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	used, jumps, sets, blocks, blockUsed := 0, 0, 0, 0, 0
 	fns := map[*shape]bool{}
 	for i, cr := range rules {
+		if !cr.hashed && !cr.rule.Action.final() {
+			cr.jumps += monitorJumps
+		}
 		prevSet, prevPlain := "", false
 		if len(cur) > 0 {
 			prev := rules[i-1]
@@ -311,6 +314,12 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	}
 	return progs, nil
 }
+
+// monitorJumps is what a rule that lets the next rules judge (monitor)
+// adds to the verifier's pending branches: its matching paths go on
+// through every later rule, each leaving branches to walk (1,700 monitor
+// rules in one program were over the 8,192 it allows).
+const monitorJumps = 8
 
 // maxSubprogs bounds the functions of one program (blocks, sets, shared
 // functions) below the kernel's 256; fixedSubprogs are those every program

@@ -278,6 +278,7 @@ func TestRuleSetProperty(t *testing.T) {
 	r := rand.New(rand.NewPCG(seed, 0x4c34))
 	corpus := corpusIP(t)
 	start := time.Now()
+	propTimes.build, propTimes.load, propTimes.run, propTimes.ref = 0, 0, 0, 0
 	sets, builds, runs := 0, 0, 0
 	for _, batch := range genSets(r, testing.Short()) {
 		runs += checkBatch(t, batch, r.IntN(3) == 0, corpus)
