@@ -89,6 +89,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzC$$' -fuzztime $(FUZZTIME) ./cbpfc
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./sflow
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./sflow
+	$(GO) test -run '^$$' -fuzz '^FuzzRuleSet$$' -fuzztime $(FUZZTIME) ./l4drop/build
 
 demo: build
 	./bin/l4lab demo

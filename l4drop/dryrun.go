@@ -1,10 +1,16 @@
 package l4drop
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/perf"
@@ -110,6 +116,99 @@ func (d *DryRun) Run(frame []byte) (Verdict, error) {
 		}
 		return v, nil
 	}
+}
+
+// batchLen is how many runs RunBatch makes before it reads their samples:
+// their records (about 40 bytes each, more with monitor rules) must fit a
+// CPU's ring of 64 KiB.
+const batchLen = 256
+
+// RunBatch runs frames through the rule set, as Run does one by one, but
+// reads the samples after a batch of runs: a run costs its test run alone.
+// It tells a packet's samples from the next one's by the time of each run,
+// so it also reports the monitor rules each packet matched, in order.
+func (d *DryRun) RunBatch(frames [][]byte) ([]Verdict, [][]uint32, error) {
+	out := make([]Verdict, 0, len(frames))
+	var mons [][]uint32
+	for len(frames) > 0 {
+		n := min(len(frames), batchLen)
+		vs, ms, err := d.runBatch(frames[:n])
+		if err != nil {
+			return out, mons, err
+		}
+		out, mons, frames = append(out, vs...), append(mons, ms...), frames[n:]
+	}
+	return out, mons, nil
+}
+
+func (d *DryRun) runBatch(frames [][]byte) ([]Verdict, [][]uint32, error) {
+	// starts[k] is when run k began, on the clock of the samples' times.
+	starts := make([]int64, len(frames)+1)
+	vs := make([]Verdict, len(frames))
+	mons := make([][]uint32, len(frames))
+	for k, f := range frames {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			return nil, nil, fmt.Errorf("dry run: %w", err)
+		}
+		starts[k] = ts.Nano()
+		ret, err := d.runner.Run(d.prog, &ebpf.RunOptions{Data: f})
+		if err != nil {
+			return nil, nil, fmt.Errorf("dry run: frame %d: %w", k, err)
+		}
+		vs[k] = Verdict{Action: ActionName(ret), Rule: NoRule}
+	}
+	starts[len(frames)] = math.MaxInt64
+	type rec struct {
+		t    int64
+		rule uint32
+	}
+	var recs []rec
+	d.rd.SetDeadline(time.Now())
+	for {
+		r, err := d.rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("dry run: %w", err)
+		}
+		if r.LostSamples > 0 {
+			return nil, nil, fmt.Errorf("dry run: %d samples lost", r.LostSamples)
+		}
+		if len(r.RawSample) < sampleHeader {
+			continue
+		}
+		recs = append(recs, rec{int64(binary.NativeEndian.Uint64(r.RawSample)), binary.NativeEndian.Uint32(r.RawSample[8:])})
+	}
+	// Per CPU, the records are in order; across CPUs, by time.
+	slices.SortStableFunc(recs, func(a, b rec) int { return cmp.Compare(a.t, b.t) })
+	seen := make([]bool, len(frames))
+	k := 0
+	for _, r := range recs {
+		for k < len(frames) && r.t >= starts[k+1] {
+			k++
+		}
+		if k == len(frames) || r.t < starts[k] {
+			return nil, nil, errors.New("dry run: a sample outside the runs")
+		}
+		// The last sample of a run is its verdict's; those before
+		// are monitor rules'.
+		if seen[k] {
+			mons[k] = append(mons[k], vs[k].Rule)
+		}
+		seen[k] = true
+		vs[k].Rule, vs[k].Name = r.rule, ""
+		if int(r.rule) < len(d.Meta.Rules) {
+			vs[k].Name = d.Meta.Rules[r.rule].Name
+		}
+	}
+	for k := range seen {
+		if !seen[k] {
+			return nil, nil, fmt.Errorf("dry run: no sample for frame %d", k)
+		}
+	}
+	return vs, mons, nil
 }
 
 // Program is the rule set's first program, as attached for the runs;

@@ -171,6 +171,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		rep.BuildLoads[i].Load, rep.BuildLoads[i].Err = d, err
 		logf("load  %6d rules: %.2fs %v", bl.Rules, d.Seconds(), errOrEmpty(err))
 	}
+	scale := t.MixedBuildLoad(ctx, dir)
+	rep.BuildLoads = append(rep.BuildLoads, scale)
+	logf("build+load %d rules of mixed shapes: %.2fs %v", scale.Rules, (scale.Build + scale.Load).Seconds(), errOrEmpty(scale.Err))
 
 	if ctx.Err() != nil {
 		return lab.ErrInterrupted

@@ -33,6 +33,16 @@ func TestRegressions(t *testing.T) {
 				t.Fatalf("%d programs: %v", len(gen.Meta.Programs), err)
 			}
 			d.Close()
+			// How far from the verifier's limit the layout keeps each
+			// program, every rule on.
+			most := 0
+			for _, c := range verifierCosts(t, obj) {
+				if c.err != nil {
+					t.Fatalf("%s: %v", c.name, c.err)
+				}
+				most = max(most, c.processed)
+			}
+			t.Logf("%d rules, %d programs, at most %d instructions processed of %d", len(rs.Rules), len(gen.Meta.Programs), most, verifierLimit)
 		})
 	}
 }

@@ -133,7 +133,7 @@ func templates(rules []compiledRule) (string, error) {
 	for i := range rules {
 		for j := range rules[i].matchers {
 			m := &rules[i].matchers[j]
-			if cbpfc.UsesContext(m.prog) || cbpfc.UsesHelpers(m.prog) {
+			if cbpfc.UsesContext(m.prog) || cbpfc.UsesHelpers(m.prog) || readsLen(m.prog) {
 				continue
 			}
 			key, jumps, ok := shapeKey(m.prog)
@@ -195,6 +195,19 @@ func templates(rules []compiledRule) (string, error) {
 		out.WriteString(src)
 	}
 	return out.String(), nil
+}
+
+// readsLen reports whether prog reads the packet's length. Such a matcher
+// shares no function: clang computes the length in the shared function,
+// from the packet pointer plus an offset, in 32 bits, which the verifier
+// refuses on pointers (5,000 "len > N" rules).
+func readsLen(prog []bpf.Instruction) bool {
+	for _, ins := range prog {
+		if ext, ok := ins.(bpf.LoadExtension); ok && ext.Num == bpf.ExtLen {
+			return true
+		}
+	}
+	return false
 }
 
 // shapeC is the C of a shape's shared functions: the matcher, inlined
@@ -331,7 +344,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	if n := famNumber(first.rule.Family); n != 0 {
 		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", n)
 	}
-	w.printf("\tstruct l4_cands c = {};\n\tif (%s_c(ip, end, &c) || c.n > %d)\n\t\tgoto one_by_one;\n", m.fn, maxCandidates)
+	w.printf("\tstruct l4_cands c = {};\n\tif (%s_c(L4_FRESH(ip), end, &c) || c.n > %d)\n\t\tgoto one_by_one;\n", m.fn, maxCandidates)
 	// The table first: a candidate no enabled rule has costs no second
 	// run of the matcher.
 	w.printf("\t__u32 best = L4_NRULES;\n#pragma unroll\n\tfor (int i = 0; i < %d; i++) {\n", maxCandidates)

@@ -12,6 +12,7 @@ import (
 // BuildLoad is the time l4drop took to build and to load a rule set.
 type BuildLoad struct {
 	Rules       int
+	Shapes      string // what the rules are; "" for the DNS series
 	Build, Load time.Duration
 	Err         error
 }
@@ -98,10 +99,10 @@ func (r *Report) Markdown(plot string) string {
 			"| rules | build | load |\n|---:|---:|---:|\n")
 		for _, bl := range r.BuildLoads {
 			if bl.Err != nil {
-				fmt.Fprintf(&b, "| %d | failed: %s | |\n", bl.Rules, oneLine(bl.Err.Error()))
+				fmt.Fprintf(&b, "| %d %s | failed: %s | |\n", bl.Rules, bl.Shapes, oneLine(bl.Err.Error()))
 				continue
 			}
-			fmt.Fprintf(&b, "| %d | %.2f s | %.2f s |\n", bl.Rules, bl.Build.Seconds(), bl.Load.Seconds())
+			fmt.Fprintf(&b, "| %d %s | %.2f s | %.2f s |\n", bl.Rules, bl.Shapes, bl.Build.Seconds(), bl.Load.Seconds())
 		}
 	}
 	r.daemon(&b)
