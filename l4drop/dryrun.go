@@ -15,9 +15,12 @@ import (
 
 // Verdict is what a rule set does with one packet.
 type Verdict struct {
-	Action string // drop or pass
+	Action string // drop, pass, or tx (a SYN-ACK of the syncookie action)
 	Rule   uint32 // index of the matching rule, or NoRule
 	Name   string // its name, or ""
+	// Detail names the action counter the packet moved
+	// (ActionCounterNames: syncookie_ok, ratelimited...), or "".
+	Detail string
 }
 
 // DryRun runs a built rule set over packets with BPF_PROG_TEST_RUN,
@@ -81,12 +84,36 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 }
 
 // Run runs one Ethernet frame through the rule set.
+//
+// A syncookie rule's decision for an ACK is the kernel's check of the cookie
+// against this host's cookie secret: it passes only ACKs answering a
+// SYN-ACK this host made (in a dry run or live) within about two minutes.
+// Connections a server knows are invisible to a dry run.
 func (d *DryRun) Run(frame []byte) (Verdict, error) {
+	var before ActionCounters
+	acts := d.coll.Maps[MapActions]
+	if acts != nil {
+		var err error
+		if before, err = readActions(acts); err != nil {
+			return Verdict{}, err
+		}
+	}
 	ret, err := d.runner.Run(d.prog, &ebpf.RunOptions{Data: frame})
 	if err != nil {
 		return Verdict{}, err
 	}
 	v := Verdict{Action: ActionName(ret), Rule: NoRule}
+	if acts != nil {
+		after, err := readActions(acts)
+		if err != nil {
+			return v, err
+		}
+		for i := range after {
+			if after[i] != before[i] && i != CountMonitored {
+				v.Detail = ActionCounterNames[i]
+			}
+		}
+	}
 	// The sample was written during the run; it is in the ring now.
 	d.rd.SetDeadline(time.Now().Add(time.Second))
 	for {

@@ -1,20 +1,27 @@
 package build
 
 import (
+	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/l4drop/l4drop/l4drop"
 )
 
 // Action is what happens to a packet a rule matches.
 type Action string
 
 // Actions a rule may take. The first matching rule with a final action
-// (drop, pass) decides; monitor rules count and sample the packets they
-// match and let the next rules judge them.
+// (drop, pass, syncookie) decides; monitor rules count and sample the
+// packets they match and let the next rules judge them; ratelimit rules
+// drop the packets over their limit and let the next rules judge the
+// others.
 const (
-	ActionDrop    Action = "drop"
-	ActionPass    Action = "pass"
-	ActionMonitor Action = "monitor"
+	ActionDrop      Action = "drop"
+	ActionPass      Action = "pass"
+	ActionMonitor   Action = "monitor"
+	ActionSyncookie Action = "syncookie"
+	ActionRatelimit Action = "ratelimit"
 )
 
 // actionKind is how the generator compiles an action. An action is added
@@ -34,6 +41,13 @@ type actionKind struct {
 	verdict func(w *cWriter)
 	// prelude is C the verdict needs, or "".
 	prelude string
+	// cond, if set, returns C that is ANDed to rule i's condition: the
+	// rule decides only the packets for which it holds as well (ip, end
+	// and fam are in scope).
+	cond func(i int, r *Rule) string
+	// ruleC, if set, returns C rule i needs of its own (its maps),
+	// written before the programs.
+	ruleC func(i int, r *Rule) string
 }
 
 // resultShift is how far a rule's index is shifted in a test's result, to
@@ -45,7 +59,12 @@ var actionKinds = map[Action]*actionKind{
 	ActionDrop: {final: true, code: 0, verdict: func(w *cWriter) { w.printf("\t\taction = XDP_DROP;\n") }},
 	ActionPass: {final: true, code: 1, verdict: func(w *cWriter) { w.printf("\t\taction = XDP_PASS;\n") }},
 	// Monitor has a code only for the tables' sake; it never returns it.
-	ActionMonitor: {final: false, code: 2},
+	ActionMonitor:   {final: false, code: 2},
+	ActionSyncookie: {final: true, code: 3, verdict: syncookieVerdict, prelude: syncookieGenC()},
+	// A ratelimit rule matches only the packets over its limit (cond),
+	// which it drops; the others go on to the next rules.
+	ActionRatelimit: {final: true, code: 4, verdict: ratelimitVerdict, prelude: ratelimitSupportC(),
+		cond: ratelimitCond, ruleC: ratelimitRuleC},
 }
 
 // kind returns how a is compiled; nil for an unknown action.
@@ -78,3 +97,93 @@ func actionNames() string {
 	slices.Sort(names)
 	return strings.Join(names, ", ")
 }
+
+// actionCond is the C ANDed to rule i's condition for its action, "" or
+// " && ...".
+func actionCond(i int, r *Rule) string {
+	if k := r.Action.kind(); k != nil && k.cond != nil {
+		return " && " + k.cond(i, r)
+	}
+	return ""
+}
+
+// actionRuleC is the C of rule i's action of its own (maps), or "".
+func actionRuleC(i int, r *Rule) string {
+	if k := r.Action.kind(); k != nil && k.ruleC != nil {
+		return k.ruleC(i, r)
+	}
+	return ""
+}
+
+// checkAction checks the fields that belong to r's action: rate, burst,
+// per and max_sources only with ratelimit.
+func (rs *RuleSet) checkAction(r *Rule) error {
+	if r.Action != ActionRatelimit {
+		if r.Rate != 0 || r.Burst != 0 || r.Per != "" || r.MaxSources != 0 {
+			return rs.errorf(r, "rate, burst, per and max_sources are for action ratelimit, not %s", r.Action)
+		}
+		return nil
+	}
+	rl, err := ParseRateLimit(r.Rate, r.Burst, r.Per)
+	if err != nil {
+		return rs.errorf(r, "%v (ratelimit wants rate: PACKETS_PER_SECOND, optional burst: N, per: rule|source|source/24|source/64)", err)
+	}
+	if rl.Per == PerRule && r.MaxSources != 0 {
+		return rs.errorf(r, "max_sources is for per: source, not per: rule")
+	}
+	if r.MaxSources > maxMaxSources {
+		return rs.errorf(r, "max_sources %d: at most %d", r.MaxSources, maxMaxSources)
+	}
+	rl.MaxSources = r.MaxSources
+	r.ratelimit = rl
+	return nil
+}
+
+// maxMaxSources bounds a per-source table: 2^24 entries are 1.5 GiB.
+const maxMaxSources = 1 << 24
+
+// actionCountC is the per-action counters' map (l4drop.MapActions) and
+// l4_action_count, written after the maps: every program has them, so that
+// status reads the same map whatever the rule set.
+var actionCountC = fmt.Sprintf(`
+/* Per-action counters: l4drop.ActionCounterNames. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, %d);
+	__type(key, __u32);
+	__type(value, __u64);
+} %s SEC(".maps");
+
+#define L4_COUNT_RATELIMITED %d
+#define L4_COUNT_MONITORED %d
+
+static __always_inline void l4_action_count(__u32 slot)
+{
+	__u64 *n = bpf_map_lookup_elem(&%s, &slot);
+	if (n)
+		*n += 1;
+}
+`, l4drop.ActionCounterSlots, l4drop.MapActions, l4drop.CountRatelimited, l4drop.CountMonitored, l4drop.MapActions)
+
+// syncookieVerdict answers a packet of a syncookie rule (SyncookieOptions)
+// and counts the outcome; the SYN-ACK leaves through l4_finish's XDP_TX path.
+func syncookieVerdict(w *cWriter) {
+	w.printf("\t\t{\n\t\t\t__u32 sc;\n")
+	for _, l := range strings.Split(strings.TrimSpace(syncookieCall("ctx", "data", "end", "ip", "fam", "sc", "action")), "\n") {
+		w.printf("\t\t\t%s\n", l)
+	}
+	w.printf("\t\t\tl4_action_count(sc);\n\t\t}\n")
+}
+
+// ratelimitVerdict drops a packet over its rule's limit and counts it.
+func ratelimitVerdict(w *cWriter) {
+	w.printf("\t\taction = XDP_DROP;\n\t\tl4_action_count(L4_COUNT_RATELIMITED);\n")
+}
+
+// ratelimitCond holds for packets over rule i's limit.
+func ratelimitCond(i int, r *Rule) string {
+	return "!" + ratelimitCall(i, r.ratelimit, "ip", "end", "fam")
+}
+
+// ratelimitRuleC is rule i's bucket map.
+func ratelimitRuleC(i int, r *Rule) string { return ratelimitMapC(i, r.ratelimit) }

@@ -322,6 +322,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 	// Counters: the rules, no rule, then the auto rules.
 	w.printf(mapsTemplate, len(rules)+1+l4drop.AutoSlots, len(progs)+1)
 	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n#define L4_NONE 0xffffffffu\n", len(rules), len(progs))
+	w.printf("%s", actionCountC)
 	w.printf("%s", finishTemplate)
 	w.printf("%s", l4drop.AutoC)
 	w.printf("%s", autoEvalC)
@@ -387,6 +388,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			mr.Matchers = append(mr.Matchers, m.kind)
 		}
 		start := w.next()
+		w.printf("%s", actionRuleC(i, r))
 		for j := range cr.matchers {
 			m := &cr.matchers[j]
 			if m.fn != "" {
@@ -470,7 +472,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				cr := rules[i]
 				start := w.next()
 				if cr.rule.Action.final() {
-					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\treturn %d;\n", enableSymbol(i), ruleCondition(i, cr), i<<resultShift|cr.rule.Action.code())
+					w.printf("\tif (L4_ENABLED(%s) && %s%s)\n\t\treturn %d;\n", enableSymbol(i), ruleCondition(i, cr), actionCond(i, cr.rule), i<<resultShift|cr.rule.Action.code())
 				} else {
 					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\tl4_monitor(ctx, %d);\n", enableSymbol(i), ruleCondition(i, cr), i)
 				}
@@ -853,6 +855,7 @@ static __always_inline void l4_count_sample(struct xdp_md *ctx, __u64 len, __u32
  * which lets the next rules judge the packet. */
 static __attribute__((noinline)) int l4_monitor(struct xdp_md *ctx, __u32 rule)
 {
+	l4_action_count(L4_COUNT_MONITORED);
 	l4_count_sample(ctx, ctx->data_end - ctx->data, rule, XDP_PASS);
 	return 0;
 }
@@ -864,6 +867,10 @@ static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, co
 	if (action == XDP_DROP) {
 		L4_TAIL_CALL(ctx, xdpcap_hook, 1); /* XDP_DROP */
 		return XDP_DROP;
+	}
+	if (action == XDP_TX) { /* a SYN-ACK of the syncookie action */
+		L4_TAIL_CALL(ctx, xdpcap_hook, 3); /* XDP_TX */
+		return XDP_TX;
 	}
 	if (L4_ENABLED(L4_NEXT_ENABLED))
 		bpf_tail_call(ctx, &l4drop_chain, L4_NEXT_SLOT);

@@ -75,11 +75,19 @@ type Rule struct {
 	// removes due rules; the build only checks and records them.
 	Expires string `yaml:"expires"`
 	Until   string `yaml:"until"`
+	// Rate (packets a second), Burst, Per (rule, source, source/24,
+	// source/64) and MaxSources (entries of the per-source table) are
+	// action ratelimit's: see RateLimit.
+	Rate       uint64 `yaml:"rate"`
+	Burst      uint64 `yaml:"burst"`
+	Per        string `yaml:"per"`
+	MaxSources uint32 `yaml:"max_sources"`
 	// Line in the file where the rule starts.
 	Line int `yaml:"-"`
 
-	expires time.Duration
-	until   time.Time
+	expires   time.Duration
+	until     time.Time
+	ratelimit RateLimit
 }
 
 // LoadRuleSet reads and checks the rule set in file.
@@ -226,6 +234,9 @@ func (rs *RuleSet) check(root *yaml.Node) error {
 		}
 		if r.Action.kind() == nil {
 			return rs.errorf(r, "action %q: want one of %s", r.Action, actionNames())
+		}
+		if err := rs.checkAction(r); err != nil {
+			return err
 		}
 		if r.Expires != "" {
 			d, err := time.ParseDuration(r.Expires)

@@ -2,7 +2,8 @@ package build
 
 import (
 	"fmt"
-	"math/bits"
+
+	"github.com/l4drop/l4drop/l4drop"
 )
 
 // SyncookieOptions tune the SYN-ACKs the syncookie action sends.
@@ -59,9 +60,7 @@ type SyncookieOptions struct {
 // max(net.ipv4.tcp_rmem[2], net.core.rmem_max), as tcp_select_initial_window
 // does.
 func SyncookieWScale(tcpRmemMax, coreRmemMax uint32) uint8 {
-	space := max(tcpRmemMax, coreRmemMax, 1)
-	ws := bits.Len32(space) - 1 - 15
-	return uint8(min(max(ws, 0), 14))
+	return l4drop.SyncookieWScale(tcpRmemMax, coreRmemMax)
 }
 
 // Syncookie outcomes, as l4_syncookie returns them: the generator counts
@@ -112,8 +111,22 @@ func syncookieC(opts SyncookieOptions) string {
 	if opts.Window == 0 {
 		opts.Window = 64240
 	}
-	return fmt.Sprintf("\n#define L4_SC_MSS4 %d\n#define L4_SC_MSS6 %d\n#define L4_SC_WSCALE %d\n#define L4_SC_WINDOW %d\n#define L4_SC_SLOTS %d\n",
+	return fmt.Sprintf("\n#ifndef L4_SC_MSS4\n#define L4_SC_MSS4 %d\n#define L4_SC_MSS6 %d\n#define L4_SC_WSCALE %d\n#endif\n#define L4_SC_WINDOW %d\n#define L4_SC_SLOTS %d\n",
 		opts.MSS4, opts.MSS6, opts.WScale, opts.Window, syncookieArmedSlots) + syncookieTemplate
+}
+
+// syncookieGenC is the syncookie action's C in generated programs: the
+// MSS and window scale are constants the loader writes (as it writes the
+// rules' switches) from the interface's MTU and its namespace's sysctls,
+// since the window scale must be what that kernel picks when it accepts
+// the cookie, which the build machine cannot know.
+func syncookieGenC() string {
+	return fmt.Sprintf(`
+#define L4_LOADCONST(sym) ({ uint64_t v_; asm volatile("%%0 = " #sym " ll" : "=r"(v_)); v_; })
+#define L4_SC_MSS4 ((uint16_t)L4_LOADCONST(%s))
+#define L4_SC_MSS6 ((uint16_t)L4_LOADCONST(%s))
+#define L4_SC_WSCALE ((uint8_t)L4_LOADCONST(%s))
+`, l4drop.SymSyncookieMSS4, l4drop.SymSyncookieMSS6, l4drop.SymSyncookieWScale) + syncookieC(SyncookieOptions{})
 }
 
 // syncookieCall returns the C statement that applies the syncookie action to
