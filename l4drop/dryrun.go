@@ -18,6 +18,9 @@ type Verdict struct {
 	Action string // drop, pass, or tx (a SYN-ACK of the syncookie action)
 	Rule   uint32 // index of the matching rule, or NoRule
 	Name   string // its name, or ""
+	// Monitors names the monitor rules that matched on the way, in order,
+	// comma-separated ("" for none): a string keeps Verdict comparable.
+	Monitors string
 	// Detail names the action counter the packet moved
 	// (ActionCounterNames: syncookie_ok, ratelimited...), or "".
 	Detail string
@@ -114,12 +117,17 @@ func (d *DryRun) Run(frame []byte) (Verdict, error) {
 			}
 		}
 	}
-	// The sample was written during the run; it is in the ring now.
+	// The samples were written during the run; they are in the ring now:
+	// one per monitor rule that matched, then the final one.
 	d.rd.SetDeadline(time.Now().Add(time.Second))
+	got := false
 	for {
 		rec, err := d.rd.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return v, errors.New("dry run: no sample for the packet")
+			if !got {
+				return v, errors.New("dry run: no sample for the packet")
+			}
+			return v, nil
 		}
 		if err != nil {
 			return v, fmt.Errorf("dry run: %w", err)
@@ -131,11 +139,20 @@ func (d *DryRun) Run(frame []byte) (Verdict, error) {
 		if err != nil {
 			return v, err
 		}
-		v.Rule = s.Rule
+		if got && v.Name != "" {
+			// The sample before was a monitor rule's.
+			if v.Monitors != "" {
+				v.Monitors += ","
+			}
+			v.Monitors += v.Name
+		}
+		got = true
+		v.Rule, v.Name = s.Rule, ""
 		if int(s.Rule) < len(d.Meta.Rules) {
 			v.Name = d.Meta.Rules[s.Rule].Name
 		}
-		return v, nil
+		// The rest, if any, is in the ring already.
+		d.rd.SetDeadline(time.Now())
 	}
 }
 

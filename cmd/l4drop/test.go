@@ -68,7 +68,11 @@ func cmdTest(_ context.Context, args []string, stdout, stderr io.Writer) error {
 			cookies = cookies || strings.HasPrefix(v.Detail, "syncookie_")
 		}
 		if *verbose {
-			fmt.Fprintf(stdout, "%d\t%s\t%s\n", i+1, action, name)
+			mon := ""
+			if v.Monitors != "" {
+				mon = "\tmonitored by " + v.Monitors
+			}
+			fmt.Fprintf(stdout, "%d\t%s\t%s%s\n", i+1, action, name, mon)
 		}
 		key := name + "\x00" + action
 		t := byRule[key]

@@ -2,6 +2,7 @@ package build
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -169,5 +170,125 @@ rules:
 		if v := getSysctl(t, lab.Server, name); v != "1" {
 			t.Errorf("unloaded: %s = %s, want 1 back", name, v)
 		}
+	}
+}
+
+// TestMonitorRule: packets a monitor rule matches are counted (rule and
+// monitored counters) and reach the server unless a later rule drops them.
+func TestMonitorRule(t *testing.T) {
+	fixture.RequireRoot(t)
+	const other = "192.0.2.77" // a source the later drop rule names
+	obj := buildYAML(t, fmt.Sprintf(`
+rules:
+  - name: watch
+    action: monitor
+    expr: udp dst port 9999
+  - name: block-one
+    expr: udp dst port 9999 and src host %s
+`, other))
+	lab := fixture.Lab(t)
+	l := loadOnServer(t, lab, fixture.BPFFS(t), obj, l4drop.LoadOptions{})
+	defer l4drop.Unload(l.Dir)
+	h := openLoaded(t, l)
+	u := listenUDP(t, lab.Server, 9999)
+	const good, bad = 30, 7
+	var frames [][]byte
+	for range good {
+		frames = append(frames, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 9999, []byte("seen")))
+	}
+	for range bad {
+		frames = append(frames, fixture.UDP4(other, fixture.ServerIPv4, 40000, 9999, []byte("dropped")))
+	}
+	sendFrames(t, lab.Client, lab.ClientIf, frames)
+	if got := u.wait(); got != good {
+		t.Errorf("server received %d datagrams, want the %d the monitor rule let through", got, good)
+	}
+	st, err := h.Status(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Rules[0].Packets != good+bad || st.Rules[1].Packets != bad {
+		t.Errorf("counters: watch %d (want %d), block-one %d (want %d)", st.Rules[0].Packets, good+bad, st.Rules[1].Packets, bad)
+	}
+	if st.Actions["monitored"] != good+bad {
+		t.Errorf("monitored %d, want %d", st.Actions["monitored"], good+bad)
+	}
+}
+
+// TestRatelimitRule runs packets from several sources through a built
+// rule set's ratelimit rule, far faster than its limit, for about a
+// second: what each bucket lets through is within 5 % of rate × time +
+// burst, time running from its first packet to its last. Packets within
+// the limit go on to the next rule; those over it are the rule's.
+func TestRatelimitRule(t *testing.T) {
+	fixture.RequireRoot(t)
+	const rate, burst = 300, 40
+	v4 := func(src string) []byte { return fixture.UDP4(src, fixture.ServerIPv4, 1000, 53, []byte("x")) }
+	v6 := func(src string) []byte { return fixture.UDP6(src, fixture.ServerIPv6, 1000, 53, []byte("x")) }
+	type source struct {
+		frame  []byte
+		bucket int
+	}
+	for _, tc := range []struct {
+		per     string
+		sources []source
+		buckets int
+	}{
+		{"rule", []source{{v4("198.18.1.1"), 0}, {v4("198.18.2.1"), 0}, {v6("fd00::1"), 0}}, 1},
+		{"source", []source{{v4("198.18.1.1"), 0}, {v4("198.18.1.2"), 1}, {v6("fd00::1"), 2}, {v6("fd00::2"), 3}}, 4},
+		{"source/24", []source{{v4("198.18.1.1"), 0}, {v4("198.18.1.200"), 0}, {v4("198.18.2.1"), 1},
+			{v6("fd00:0:0:1::1"), 2}, {v6("fd00:0:0:1:ffff::9"), 2}, {v6("fd00:0:0:2::1"), 3}}, 4},
+	} {
+		t.Run(tc.per, func(t *testing.T) {
+			obj := buildYAML(t, fmt.Sprintf(`
+rules:
+  - name: dns-limit
+    action: ratelimit
+    rate: %d
+    burst: %d
+    per: %s%s
+    expr: udp dst port 53
+  - name: dns-after
+    action: pass
+    expr: udp dst port 53
+`, rate, burst, tc.per, map[bool]string{true: "\n    max_sources: 1024"}[tc.per != "rule"]))
+			d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			passed := make([]int, tc.buckets)
+			first := make([]time.Time, tc.buckets)
+			last := make([]time.Time, tc.buckets)
+			start := time.Now()
+			for time.Since(start) < time.Second {
+				for _, s := range tc.sources {
+					before := time.Now()
+					v, err := d.Run(s.frame)
+					if err != nil {
+						t.Fatal(err)
+					}
+					after := time.Now()
+					if first[s.bucket].IsZero() {
+						first[s.bucket] = after
+					}
+					last[s.bucket] = before.Add(after.Sub(before) / 2)
+					switch {
+					case v.Action == "pass" && v.Name == "dns-after":
+						passed[s.bucket]++
+					case v.Action == "drop" && v.Name == "dns-limit" && v.Detail == "ratelimited":
+					default:
+						t.Fatalf("verdict %+v: want pass by dns-after or drop by dns-limit (ratelimited)", v)
+					}
+				}
+			}
+			for b := range passed {
+				want := burst + rate*last[b].Sub(first[b]).Seconds()
+				t.Logf("bucket %d: %d passed, want %.1f", b, passed[b], want)
+				if math.Abs(float64(passed[b])-want) > 0.05*want {
+					t.Errorf("bucket %d: %d passed, want %.1f ± 5 %%", b, passed[b], want)
+				}
+			}
+		})
 	}
 }
