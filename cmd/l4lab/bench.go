@@ -76,6 +76,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	cbpfcRepeat := fs.Int("cbpfc-repeat", 20000, "test runs per cbpfc timing (0: skip the cbpfc rows)")
 	hookRuns := fs.Int("hook-runs", 100000, "test runs per round of the xdpcap hook cost (0: skip it)")
 	captures := fs.Bool("capture", true, "measure the capture rates")
+	actions := fs.Bool("actions", true, "measure actions syncookie and ratelimit against drop-all on a SYN flood")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
@@ -247,6 +248,17 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		took("drop rates with legitimate queries")
+	}
+	if *actions {
+		res, err := t.MeasureActions(ctx, cfg, dir, logf)
+		if ctx.Err() != nil {
+			return lab.ErrInterrupted
+		}
+		if err != nil {
+			res.Drops = []bench.DropRate{{}, {Name: "L4Drop actions", Err: err}}
+		}
+		rep.Notes = append(rep.Notes, res.Notes()...)
+		took("actions on a SYN flood")
 	}
 
 	if *captures {
