@@ -81,7 +81,7 @@ func TestActionsTestStatus(t *testing.T) {
 	}
 	lab := fixture.Lab(t)
 	where := []string{"--iface", lab.ServerIf, "--netns", lab.Server.Name, "--bpffs", fixture.BPFFS(t)}
-	if out, code := runCmd(t, append([]string{"load", obj}, where...)...); code != 0 {
+	if out, code := runCmd(t, append([]string{"load", obj}, where...)...); code != 0 || !strings.Contains(out, "unload puts back net.ipv4.tcp_syncookies=1 net.ipv4.tcp_timestamps=1") {
 		t.Fatalf("load: exit %d\n%s", code, out)
 	}
 	defer runCmd(t, append([]string{"unload"}, where...)...)

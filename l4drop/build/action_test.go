@@ -1,6 +1,7 @@
 package build
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -291,4 +292,57 @@ rules:
 			}
 		})
 	}
+}
+
+// TestSyncookieHostSetupRefused: with tcp_sack off the kernel would refuse
+// the cookies, so load refuses, names the command that fixes it, and
+// leaves nothing behind: no program, no pins, the sysctls as they were.
+func TestSyncookieHostSetupRefused(t *testing.T) {
+	fixture.RequireRoot(t)
+	obj := buildYAML(t, "rules:\n  - name: web\n    action: syncookie\n    expr: tcp dst port 80\n")
+	lab := fixture.Lab(t)
+	setSysctl(t, lab.Server, "net.ipv4.tcp_syncookies", "1")
+	setSysctl(t, lab.Server, "net.ipv4.tcp_sack", "0")
+	root := fixture.BPFFS(t)
+	_, err := l4drop.Load(obj, l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root})
+	want := "ip netns exec " + lab.Server.Name + " sysctl -w net.ipv4.tcp_sack=1"
+	if !errors.Is(err, l4drop.ErrHostSetup) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("load with tcp_sack=0: %v; want ErrHostSetup naming %q", err, want)
+	}
+	if v := getSysctl(t, lab.Server, "net.ipv4.tcp_syncookies"); v != "1" {
+		t.Errorf("tcp_syncookies %s after a refused load, want 1", v)
+	}
+	if _, err := os.Stat(l4drop.Dir(root, lab.ServerIf, lab.Server.Name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory left after a refused load: %v", err)
+	}
+}
+
+// TestSyncookieReloadSysctls: reloading a syncookie set keeps the values
+// saved by the first load, and a reload without syncookie rules (or with
+// them switched off) puts them back.
+func TestSyncookieReloadSysctls(t *testing.T) {
+	fixture.RequireRoot(t)
+	sc := buildYAML(t, "rules:\n  - name: web\n    action: syncookie\n    expr: tcp dst port 80\n")
+	plain := buildYAML(t, "rules:\n  - name: web\n    expr: tcp dst port 80\n")
+	lab := fixture.Lab(t)
+	setSysctl(t, lab.Server, "net.ipv4.tcp_syncookies", "0")
+	setSysctl(t, lab.Server, "net.ipv4.tcp_timestamps", "1")
+	root := fixture.BPFFS(t)
+	check := func(step, cookies, ts string) {
+		t.Helper()
+		if c, s := getSysctl(t, lab.Server, "net.ipv4.tcp_syncookies"), getSysctl(t, lab.Server, "net.ipv4.tcp_timestamps"); c != cookies || s != ts {
+			t.Errorf("%s: tcp_syncookies %s tcp_timestamps %s, want %s and %s", step, c, s, cookies, ts)
+		}
+	}
+	l := loadOnServer(t, lab, root, sc, l4drop.LoadOptions{})
+	defer l4drop.Unload(l.Dir)
+	check("first load", "2", "2")
+	loadOnServer(t, lab, root, sc, l4drop.LoadOptions{})
+	check("reload", "2", "2")
+	loadOnServer(t, lab, root, sc, l4drop.LoadOptions{Disable: []string{"web"}})
+	check("reload with the rule off", "0", "1")
+	loadOnServer(t, lab, root, sc, l4drop.LoadOptions{})
+	check("reload with the rule on", "2", "2")
+	loadOnServer(t, lab, root, plain, l4drop.LoadOptions{})
+	check("reload without syncookie", "0", "1")
 }
