@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,6 +56,12 @@ type SynFloodResult struct {
 	// Actions are the rule set's action counters after the run (nil for
 	// the kernel alone).
 	Actions map[string]uint64
+	// Server and Inet are the TCP counters of the server's and the
+	// internet side's namespace that tell where clients were lost
+	// (/proc/net/netstat's TcpExt and /proc/net/snmp's Tcp: SyncookiesRecv,
+	// SyncookiesFailed, ListenOverflows, ListenDrops, RetransSegs...),
+	// grown during the run.
+	Server, Inet map[string]uint64
 }
 
 // CompletedShare is the share of clients that completed, 0 to 1.
@@ -125,6 +134,14 @@ func SynFlood(ctx context.Context, l *Lab, opts SynFloodOptions) (SynFloodResult
 		defer h.Close()
 	}
 
+	server0, err := tcpStats(l.Server.Do)
+	if err != nil {
+		return res, err
+	}
+	inet0, err := tcpStats(l.Inet.Do)
+	if err != nil {
+		return res, err
+	}
 	stopServer, err := echoServer(l, opts.Port, opts.Timeout)
 	if err != nil {
 		return res, err
@@ -213,6 +230,22 @@ func SynFlood(ctx context.Context, l *Lab, opts SynFloodOptions) (SynFloodResult
 	slices.Sort(times)
 	pct := func(p float64) time.Duration { return times[min(int(p*float64(len(times))), len(times)-1)] }
 	res.ConnectP50, res.ConnectP99, res.ConnectMax = pct(0.50), pct(0.99), times[len(times)-1]
+	for _, side := range []struct {
+		do     func(func() error) error
+		before map[string]uint64
+		dst    *map[string]uint64
+	}{{l.Server.Do, server0, &res.Server}, {l.Inet.Do, inet0, &res.Inet}} {
+		after, err := tcpStats(side.do)
+		if err != nil {
+			return res, err
+		}
+		*side.dst = map[string]uint64{}
+		for k, v := range after {
+			if d := v - side.before[k]; d > 0 {
+				(*side.dst)[k] = d
+			}
+		}
+	}
 	if h != nil {
 		st, err := h.Status(0)
 		if err != nil {
@@ -297,4 +330,40 @@ func shortError(err error) string {
 		return oe.Op + ": " + oe.Err.Error()
 	}
 	return err.Error()
+}
+
+// tcpCounters are the counters tcpStats reads.
+var tcpCounters = []string{"SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed", "ListenOverflows", "ListenDrops",
+	"TCPReqQFullDrop", "TCPReqQFullDoCookies", "RetransSegs", "InErrs", "OutRsts", "AttemptFails", "TCPTimeouts", "TCPBacklogDrop"}
+
+// tcpStats reads tcpCounters of the namespace do runs in. /proc/net
+// follows the process's first thread; /proc/thread-self/net the caller's.
+func tcpStats(do func(func() error) error) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	err := do(func() error {
+		for _, f := range []string{"/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			lines := strings.Split(string(b), "\n")
+			for i := 0; i+1 < len(lines); i += 2 {
+				names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+				if len(names) != len(values) || len(names) == 0 || (names[0] != "TcpExt:" && names[0] != "Tcp:") {
+					continue
+				}
+				for j := 1; j < len(names); j++ {
+					if slices.Contains(tcpCounters, names[j]) {
+						v, _ := strconv.ParseUint(values[j], 10, 64)
+						out[names[j]] = v
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("synflood: TCP counters: %w", err)
+	}
+	return out, nil
 }

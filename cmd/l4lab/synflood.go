@@ -91,6 +91,7 @@ func synfloodCmd(args []string, stdout, stderr io.Writer) error {
 		if len(r.Errors) > 0 {
 			fmt.Fprintf(stdout, "%-22s errors: %v\n", "", r.Errors)
 		}
+		fmt.Fprintf(stdout, "%-22s server TCP: %v\n%-22s clients' TCP: %v\n", "", r.Server, "", r.Inet)
 	}
 	if results[1].PacketSocket {
 		fmt.Fprintln(stdout, "\n(the kernel refuses live-frames test runs here: the generator sent through a packet socket, about ten times slower)")

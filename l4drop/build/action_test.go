@@ -3,6 +3,7 @@ package build
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -140,6 +141,18 @@ rules:
 			}
 		})
 	}
+	// A client that reuses its port while the server still holds the last
+	// connection on it in TIME_WAIT (the server closes first) connects
+	// again: its SYN goes to the stack, which retires the old socket.
+	t.Run("port reused", func(t *testing.T) {
+		for _, addr := range []string{fixture.ServerIPv4, fixture.ServerIPv6} {
+			for i := range 3 {
+				if err := echoFromPort(lab.Client, net.JoinHostPort(addr, fmt.Sprint(syncookiePort)), 41000); err != nil {
+					t.Fatalf("%s, connection %d from port 41000: %v", addr, i, err)
+				}
+			}
+		}
+	})
 	// The SYN-ACKs went out through the hook's XDP_TX slot.
 	pc := make(chan xdpcap.Packet, 1)
 	go func() {
@@ -345,4 +358,41 @@ func TestSyncookieReloadSysctls(t *testing.T) {
 	check("reload with the rule on", "2", "2")
 	loadOnServer(t, lab, root, plain, l4drop.LoadOptions{})
 	check("reload without syncookie", "0", "1")
+}
+
+// echoFromPort connects from ns and local port, sends a line, reads it
+// back and waits for the server to close first, so that the server keeps
+// the connection in TIME_WAIT.
+func echoFromPort(ns *netns.NS, addr string, port int) error {
+	var c net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{Port: port}}
+		var err error
+		c, err = d.Dial("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte("again\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 64)
+	got := 0
+	for {
+		n, err := c.Read(buf[got:])
+		got += n
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read back: %w", err)
+		}
+	}
+	if string(buf[:got]) != "again\n" {
+		return fmt.Errorf("read back %q", buf[:got])
+	}
+	return nil
 }

@@ -71,7 +71,7 @@ const (
 	SyncookieSent   = 0 // SYN answered with a cookie SYN-ACK: XDP_TX
 	SyncookieArmed  = 1 // SYN handed to the stack, to keep its cookie check armed: XDP_PASS
 	SyncookieOK     = 2 // ACK with a valid cookie: XDP_PASS
-	SyncookieKnown  = 3 // packet of a connection the kernel knows: XDP_PASS
+	SyncookieKnown  = 3 // packet (SYN too) of a connection the kernel knows: XDP_PASS
 	SyncookieBad    = 4 // ACK with an invalid cookie: XDP_DROP
 	SyncookieDrop   = 5 // anything else the rule matched: XDP_DROP
 	SyncookieErr    = 6 // a SYN that could not be answered (resize failed, odd headers): XDP_DROP
@@ -437,6 +437,15 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 		}
 		return err ? L4_SC_BAD : L4_SC_OK;
 	}
+
+	/*
+	 * A SYN for a connection the kernel still holds (a TIME_WAIT socket
+	 * of the same addresses and ports, as when a client reuses its port)
+	 * goes to the stack, which retires that socket: answered here, its
+	 * ACK would reach that socket, not the listener, and hang.
+	 */
+	if (l4_sc_known(ctx, &t, tsize))
+		return L4_SC_KNOWN;
 
 	/* A SYN. */
 	__u32 h = fam == 4 ? t.saddr[1] : t.daddr[0] ^ t.daddr[1] ^ t.daddr[2] ^ t.daddr[3];
