@@ -168,10 +168,11 @@ static __always_inline void l4_action_count(__u32 slot)
 // syncookieVerdict answers a packet of a syncookie rule (SyncookieOptions)
 // and counts the outcome; the SYN-ACK leaves through l4_finish's XDP_TX path.
 func syncookieVerdict(w *cWriter) {
-	w.printf("\t\t{\n\t\t\t__u32 sc;\n")
-	for _, l := range strings.Split(strings.TrimSpace(syncookieCall("ctx", "data", "end", "ip", "fam", "sc", "action")), "\n") {
-		w.printf("\t\t\t%s\n", l)
-	}
+	w.printf("\t\t{\n")
+	w.printf("\t\t\t__u32 sc = l4_sc_global(ctx, (__u32)(ip - data), (__u32)fam);\n")
+	w.printf("\t\t\taction = l4_syncookie_action(sc);\n")
+	// The frame may have been resized.
+	w.printf("\t\t\tdata = (const uint8_t *)(long)ctx->data;\n\t\t\tend = (const uint8_t *)(long)ctx->data_end;\n")
 	w.printf("\t\t\tl4_action_count(sc);\n\t\t}\n")
 }
 
@@ -182,8 +183,23 @@ func ratelimitVerdict(w *cWriter) {
 
 // ratelimitCond holds for packets over rule i's limit.
 func ratelimitCond(i int, r *Rule) string {
-	return "!" + ratelimitCall(i, r.ratelimit, "ip", "end", "fam")
+	return fmt.Sprintf("!l4_rl_global_%d(ctx, L4_IPOFF(ctx, ip), (__u32)fam)", i)
 }
 
-// ratelimitRuleC is rule i's bucket map.
-func ratelimitRuleC(i int, r *Rule) string { return ratelimitMapC(i, r.ratelimit) }
+// ratelimitRuleC is rule i's bucket map and a global function that takes
+// a token from it. Global, so that the verifier checks it once: inlined in
+// a block of rules, each of its ways out would have the rest of the block
+// walked again, past the verifier's limit in blocks of many rules.
+func ratelimitRuleC(i int, r *Rule) string {
+	return ratelimitMapC(i, r.ratelimit) + fmt.Sprintf(`
+__attribute__((noinline)) int l4_rl_global_%d(struct xdp_md *ctx, __u32 ip_off, __u32 fam)
+{
+	const uint8_t *data = (const uint8_t *)(long)ctx->data;
+	const uint8_t *end = (const uint8_t *)(long)ctx->data_end;
+	if (ip_off > L4_MAX_IPOFF)
+		return 1;
+	const uint8_t *ip = data + ip_off;
+	return %s;
+}
+`, i, ratelimitCall(i, r.ratelimit, "ip", "end", "(int)fam"))
+}

@@ -396,3 +396,57 @@ func echoFromPort(ns *netns.NS, addr string, port int) error {
 	}
 	return nil
 }
+
+// TestActionsManyRules: syncookie, ratelimit and monitor rules among
+// hundreds of rules tested one by one (no sets) load, and decide as they
+// would alone. Their C is in global functions, which the verifier checks
+// once; inlined, a ratelimit rule had the rest of its block of rules
+// walked once per way out of it, past the verifier's limit.
+func TestActionsManyRules(t *testing.T) {
+	fixture.RequireRoot(t)
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i := range 800 {
+		fmt.Fprintf(&b, "  - name: r%d\n    expr: \"udp dst port %d\"\n", i, 10000+i)
+		if i%200 == 0 {
+			fmt.Fprintf(&b, "  - name: sc%d\n    action: syncookie\n    expr: \"tcp dst port %d\"\n", i, 80+i)
+			fmt.Fprintf(&b, "  - name: rl%d\n    action: ratelimit\n    rate: 1\n    per: source/24\n    max_sources: 1024\n    expr: \"udp dst port %d\"\n", i, 20000+i)
+			fmt.Fprintf(&b, "  - name: mon%d\n    action: monitor\n    expr: \"udp dst port %d and udp[8] = 1\"\n", i, 30000+i)
+		}
+	}
+	rs, err := ParseRuleSet("many.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, _, err := Build(rs, BuildOptions{NoSets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
+	syn := func(port uint16) []byte { return fixture.TCP4SYN(c4, s4, 40000, port) }
+	udp := func(port uint16, payload ...byte) []byte { return fixture.UDP4(c4, s4, 1000, port, payload) }
+	for _, p := range []struct {
+		frame              []byte
+		action, name, want string
+	}{
+		{syn(80 + 600), "pass", "sc600", "syncookie_armed"},
+		{syn(80 + 600), "tx", "sc600", "syncookie_sent"},
+		{udp(20000 + 400), "pass", "", ""},
+		{udp(20000 + 400), "drop", "rl400", "ratelimited"},
+		{udp(30000+200, 1), "pass", "", ""},
+		{udp(10000 + 799), "drop", "r799", ""},
+	} {
+		v, err := d.Run(p.frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Action != p.action || v.Name != p.name || v.Detail != p.want {
+			t.Errorf("verdict %+v, want %s by %q (%s)", v, p.action, p.name, p.want)
+		}
+	}
+}

@@ -126,8 +126,19 @@ func syncookieGenC() string {
 #define L4_SC_MSS4 ((uint16_t)L4_LOADCONST(%s))
 #define L4_SC_MSS6 ((uint16_t)L4_LOADCONST(%s))
 #define L4_SC_WSCALE ((uint8_t)L4_LOADCONST(%s))
-`, l4drop.SymSyncookieMSS4, l4drop.SymSyncookieMSS6, l4drop.SymSyncookieWScale) + syncookieC(SyncookieOptions{})
+`, l4drop.SymSyncookieMSS4, l4drop.SymSyncookieMSS6, l4drop.SymSyncookieWScale) + syncookieC(SyncookieOptions{}) + syncookieGlobalC
 }
+
+// syncookieGlobalC wraps l4_syncookie in a global function, which the
+// verifier checks once: inlined in a program's main function, its code
+// would be walked again for every rule block and set that can match,
+// past the verifier's limit in rule sets of thousands of rules.
+const syncookieGlobalC = `
+__attribute__((noinline)) __u32 l4_sc_global(struct xdp_md *ctx, __u32 ip_off, __u32 fam)
+{
+	return l4_syncookie(ctx, ip_off, (int)fam);
+}
+`
 
 // syncookieCall returns the C statement that applies the syncookie action to
 // the packet in ctx: it sets outcome (a __u32 variable) and action, and
