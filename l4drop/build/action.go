@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/l4drop/l4drop/l4drop"
+
+	"gopkg.in/yaml.v3"
 )
 
 // Action is what happens to a packet a rule matches.
@@ -202,4 +204,62 @@ __attribute__((noinline)) int l4_rl_global_%d(struct xdp_md *ctx, __u32 ip_off, 
 	return %s;
 }
 `, i, ratelimitCall(i, r.ratelimit, "ip", "end", "(int)fam"))
+}
+
+// checkFragments checks the rule set's fragments option: pass (the
+// default), drop, or ratelimit with fragments_rate and fragments_burst.
+func (rs *RuleSet) checkFragments(root *yaml.Node) error {
+	line := keyLine(root, "fragments")
+	switch rs.Fragments {
+	case "":
+		rs.Fragments = ActionPass
+	case ActionPass, ActionDrop:
+	case ActionRatelimit:
+		rl, err := ParseRateLimit(rs.FragmentsRate, rs.FragmentsBurst, "rule")
+		if err != nil {
+			return fmt.Errorf("%s:%d: %w: fragments ratelimit: %w (want fragments_rate: PACKETS_PER_SECOND, optional fragments_burst: N)", rs.File, line, ErrRuleSet, err)
+		}
+		rs.fragmentsLimit = rl
+		return nil
+	default:
+		return fmt.Errorf("%s:%d: %w: fragments %q: want pass, drop or ratelimit", rs.File, line, ErrRuleSet, rs.Fragments)
+	}
+	if rs.FragmentsRate != 0 || rs.FragmentsBurst != 0 {
+		if l := keyLine(root, "fragments_rate"); l != 0 {
+			line = l
+		}
+		return fmt.Errorf("%s:%d: %w: fragments_rate and fragments_burst are for fragments: ratelimit", rs.File, line, ErrRuleSet)
+	}
+	return nil
+}
+
+// fragmentsMapIndex is the bucket map's index for fragments: ratelimit,
+// after any rule's (ratelimitMapName).
+const fragmentsMapIndex = 1 << 30
+
+// fragmentsMapC is the bucket of fragments: ratelimit, and the ratelimit
+// action's shared C unless a rule's use of the action wrote it (ruleLimits).
+func fragmentsMapC(rs *RuleSet, ruleLimits bool) string {
+	if rs.Fragments != ActionRatelimit {
+		return ""
+	}
+	c := "\n/* fragments: ratelimit. */\n"
+	if !ruleLimits {
+		c += ratelimitSupportC()
+	}
+	return c + ratelimitMapC(fragmentsMapIndex, rs.fragmentsLimit)
+}
+
+// fragmentsC is what the last program does, after the rules, with a later
+// fragment no rule matched: drop it, or drop it over the limit (counted
+// as ratelimited); otherwise the auto rules judge it.
+func fragmentsC(rs *RuleSet) string {
+	switch rs.Fragments {
+	case ActionDrop:
+		return "\tif (l4_later_fragment(ip, end, fam)) {\n\t\taction = XDP_DROP;\n\t\tgoto out;\n\t}\n"
+	case ActionRatelimit:
+		return fmt.Sprintf("\tif (l4_later_fragment(ip, end, fam) && !%s) {\n\t\taction = XDP_DROP;\n\t\tl4_action_count(L4_COUNT_RATELIMITED);\n\t\tgoto out;\n\t}\n",
+			ratelimitCall(fragmentsMapIndex, rs.fragmentsLimit, "ip", "end", "fam"))
+	}
+	return ""
 }

@@ -450,3 +450,35 @@ func TestActionsManyRules(t *testing.T) {
 		}
 	}
 }
+
+// TestFragmentsRatelimit: with fragments: ratelimit, later fragments no
+// rule matched pass up to the burst, then at the rate, and the others are
+// dropped and counted as ratelimited; first fragments are not limited.
+func TestFragmentsRatelimit(t *testing.T) {
+	fixture.RequireRoot(t)
+	obj := buildYAML(t, "fragments: ratelimit\nfragments_rate: 1\nfragments_burst: 3\nrules:\n  - name: r\n    expr: udp dst port 7\n")
+	d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	first := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1000, 9, []byte("first"))
+	later := append([]byte(nil), first...)
+	later[14+6], later[14+7] = 0x00, 0x10 // fragment offset 128 bytes
+	v6later := fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1000, 9, nil)
+	// A Fragment header after the fixed header, offset 128 bytes.
+	v6later[14+6] = 44
+	v6later = append(v6later[:54], append([]byte{17, 0, 0x00, 0x80, 0, 0, 0, 1}, v6later[54:]...)...)
+	var got []string
+	for _, f := range [][]byte{later, first, later, v6later, later, later, first} {
+		v, err := d.Run(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, v.Action+" "+v.Detail)
+	}
+	want := []string{"pass ", "pass ", "pass ", "pass ", "drop ratelimited", "drop ratelimited", "pass "}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("verdicts %q, want %q", got, want)
+	}
+}

@@ -341,6 +341,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 	for _, a := range custom {
 		w.printf("\n/* Action %s. */\n%s", a, a.kind().prelude)
 	}
+	w.printf("%s", fragmentsMapC(rs, usedActions[ActionRatelimit]))
 	var dnsSwitches map[int]bool
 	if len(dns) > 0 {
 		maxInline := opts.MaxInlineDNS
@@ -509,9 +510,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		} else {
 			// The end of the rules: later fragments no rule matched,
 			// then the auto rules.
-			if rs.Fragments == ActionDrop {
-				w.printf("\tif (l4_later_fragment(ip, end, fam)) {\n\t\taction = XDP_DROP;\n\t\tgoto out;\n\t}\n")
-			}
+			w.printf("%s", fragmentsC(rs))
 			w.printf("\tr = l4_auto(ctx, data, ip, fam);\n\tif (r != L4_AUTO_NONE) {\n\t\trule = L4_NRULES + 1 + r;\n\t\taction = XDP_DROP;\n\t}\n")
 			w.printf("\tgoto out;\n")
 		}

@@ -43,7 +43,13 @@ type RuleSet struct {
 	// which carry no ports, that no rule matched: pass (the default) or
 	// drop.
 	Fragments Action `yaml:"fragments"`
-	Rules     []Rule `yaml:"rules"`
+	// FragmentsRate and FragmentsBurst are the limit of fragments:
+	// ratelimit (packets a second; one bucket for all of them).
+	FragmentsRate  uint64 `yaml:"fragments_rate"`
+	FragmentsBurst uint64 `yaml:"fragments_burst"`
+	Rules          []Rule `yaml:"rules"`
+
+	fragmentsLimit RateLimit
 }
 
 // MaxSnaplen is the largest sample length: a sample is one perf event.
@@ -201,12 +207,8 @@ func (rs *RuleSet) check(root *yaml.Node) error {
 	if rs.Snaplen > MaxSnaplen {
 		return fmt.Errorf("%s:%d: %w: snaplen %d: at most %d", rs.File, keyLine(root, "snaplen"), ErrRuleSet, rs.Snaplen, MaxSnaplen)
 	}
-	switch rs.Fragments {
-	case "":
-		rs.Fragments = ActionPass
-	case ActionPass, ActionDrop:
-	default:
-		return fmt.Errorf("%s:%d: %w: fragments %q: want pass or drop", rs.File, keyLine(root, "fragments"), ErrRuleSet, rs.Fragments)
+	if err := rs.checkFragments(root); err != nil {
+		return err
 	}
 	if len(rs.Rules) == 0 {
 		return fmt.Errorf("%s: %w: no rules", rs.File, ErrRuleSet)

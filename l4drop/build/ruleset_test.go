@@ -49,6 +49,8 @@ func TestParseRuleSetErrors(t *testing.T) {
 		{"second document", "rules:\n  - name: x\n    expr: udp\n---\nrules:\n  - name: y\n    expr: tcp\n", []string{"bad.yaml:4:", "second YAML document"}},
 		{"huge snaplen", "snaplen: 10000000\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "snaplen 10000000", "65535"}},
 		{"bad fragments", "fragments: reject\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "fragments"}},
+		{"fragments ratelimit without rate", "fragments: ratelimit\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "fragments_rate"}},
+		{"fragments_rate without ratelimit", "fragments: drop\nfragments_rate: 5\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:2:", "fragments: ratelimit"}},
 		{"bad expires", "rules:\n  - name: x\n    expr: udp\n    expires: soon\n", []string{"bad.yaml:2:", "expires"}},
 		{"bad until", "rules:\n  - name: x\n    expr: udp\n    until: tomorrow\n", []string{"bad.yaml:2:", "RFC 3339"}},
 		{"no matcher", "rules:\n  - name: x\n", []string{`"x"`, "no matcher"}},
