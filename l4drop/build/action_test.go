@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket/layers"
 
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/internal/netns"
@@ -480,5 +481,47 @@ func TestFragmentsRatelimit(t *testing.T) {
 	want := []string{"pass ", "pass ", "pass ", "pass ", "drop ratelimited", "drop ratelimited", "pass "}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("verdicts %q, want %q", got, want)
+	}
+}
+
+// TestSyncookieDryRunChecksCookie: offline, an ACK answering a SYN-ACK this
+// host made is checked with the kernel's cookie check and passes; one off
+// by a cookie is dropped as bad.
+func TestSyncookieDryRunChecksCookie(t *testing.T) {
+	fixture.RequireRoot(t)
+	obj := buildYAML(t, fmt.Sprintf("rules:\n  - name: web\n    action: syncookie\n    expr: tcp dst port %d\n", syncookiePort))
+	d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	// A SYN-ACK made on this host (the cookie secret is the kernel's):
+	// by the action's C in a test program, whose output a test run returns.
+	coll := syncookieProgram(t, SyncookieOptions{})
+	r := fixture.NewXDPRunner(t)
+	syn := synFrame(false, 77, nil)
+	ret, out, err := r.RunData(coll.Programs["l4t_syncookie"], syn)
+	if err == nil && ret == 2 { // the second of a second is answered
+		ret, out, err = r.RunData(coll.Programs["l4t_syncookie"], syn)
+	}
+	if err != nil || ret != 3 {
+		t.Fatalf("SYN: action %d, %v; want XDP_TX", ret, err)
+	}
+	synack := checkSynAck(t, syn, out, 0)
+	for _, tc := range []struct {
+		ack          uint32
+		action, want string
+	}{
+		{synack.Seq + 1, "pass", "syncookie_ok"},
+		{synack.Seq + 1 + 1<<20, "drop", "syncookie_bad"},
+	} {
+		ack := tcpFrame(false, &layers.TCP{SrcPort: synack.DstPort, DstPort: synack.SrcPort, ACK: true, Seq: synack.Ack, Ack: tc.ack, Window: 502})
+		v, err := d.Run(ack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Action != tc.action || v.Detail != tc.want || v.Name != "web" {
+			t.Errorf("ACK %#x: verdict %+v, want %s (%s) by web", tc.ack, v, tc.action, tc.want)
+		}
 	}
 }
