@@ -185,7 +185,7 @@ func ratelimitVerdict(w *cWriter) {
 
 // ratelimitCond holds for packets over rule i's limit.
 func ratelimitCond(i int, r *Rule) string {
-	return fmt.Sprintf("!l4_rl_global_%d(ctx, L4_IPOFF(ctx, ip), (__u32)fam)", i)
+	return fmt.Sprintf("!l4_rl_global_%d(ctx, L4_IPOFF(ctx, ip), (__u64)fam)", i)
 }
 
 // ratelimitRuleC is rule i's bucket map and a global function that takes
@@ -194,8 +194,12 @@ func ratelimitCond(i int, r *Rule) string {
 // walked again, past the verifier's limit in blocks of many rules.
 func ratelimitRuleC(i int, r *Rule) string {
 	return ratelimitMapC(i, r.ratelimit) + fmt.Sprintf(`
-__attribute__((noinline)) int l4_rl_global_%d(struct xdp_md *ctx, __u32 ip_off, __u32 fam)
+__attribute__((noinline)) int l4_rl_global_%d(struct xdp_md *ctx, __u64 ip_off, __u64 fam)
 {
+	/* Used, so that clang passes them: a per-rule limit reads neither, and
+	 * the verifier refuses a global function called with an argument unset.
+	 * 64 bits wide, so that the bounds check below covers all of ip_off. */
+	asm volatile("" : : "r"(ip_off), "r"(fam));
 	const uint8_t *data = (const uint8_t *)(long)ctx->data;
 	const uint8_t *end = (const uint8_t *)(long)ctx->data_end;
 	if (ip_off > L4_MAX_IPOFF)
@@ -262,4 +266,16 @@ func fragmentsC(rs *RuleSet) string {
 			ratelimitCall(fragmentsMapIndex, rs.fragmentsLimit, "ip", "end", "fam"))
 	}
 	return ""
+}
+
+// actionCost is what rule r's action adds to its program, for the layout:
+// maps (of the 64 a program may use) and functions (subprograms).
+func actionCost(r *Rule) (maps, funcs int) {
+	switch r.Action {
+	case ActionRatelimit:
+		return 1, 1 // its buckets and l4_rl_global_N
+	case ActionSyncookie:
+		return 0, 2 // l4_sc_global and its option walk's callback, counted once per rule
+	}
+	return 0, 0
 }

@@ -240,6 +240,7 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	var progs [][]int
 	var cur []int
 	used, jumps, sets, blocks, blockUsed := 0, 0, 0, 0, 0
+	actMaps, actFns := 0, 0 // maps and functions of the rules' actions
 	fns := map[*shape]bool{}
 	for i, cr := range rules {
 		prevSet, prevPlain := "", false
@@ -255,14 +256,16 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 				newFns++
 			}
 		}
-		subprogs := fixedSubprogs + sets + blocks + len(fns) + newFns
+		newMaps, newActFns := actionCost(cr.rule)
+		subprogs := fixedSubprogs + sets + blocks + len(fns) + newFns + actFns + newActFns
 		if newSet || newBlock {
 			subprogs++
 		}
 		if len(cur) > 0 && (used+cr.insns > budget || jumps+cr.jumps > maxProgramJumps ||
-			newSet && sets >= maxSetMaps || subprogs > maxSubprogs) {
+			newSet && sets+actMaps >= maxSetMaps || sets+actMaps+newMaps > maxSetMaps || subprogs > maxSubprogs) {
 			progs = append(progs, cur)
 			cur, used, jumps, sets, blocks, blockUsed = nil, 0, 0, 0, 0, 0
+			actMaps, actFns = 0, 0
 			fns = map[*shape]bool{}
 			newSet, newBlock = cr.set != "", !cr.hashed && cr.set == ""
 		}
@@ -274,6 +277,8 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 			blockUsed = 0
 		}
 		blockUsed += cr.insns
+		actMaps += newMaps
+		actFns += newActFns
 		for _, m := range cr.matchers {
 			if m.shape != nil {
 				fns[m.shape] = true
