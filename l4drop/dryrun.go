@@ -21,9 +21,15 @@ import (
 
 // Verdict is what a rule set does with one packet.
 type Verdict struct {
-	Action string // drop or pass
+	Action string // drop, pass, or tx (a SYN-ACK of the syncookie action)
 	Rule   uint32 // index of the matching rule, or NoRule
 	Name   string // its name, or ""
+	// Monitors names the monitor rules that matched on the way, in order,
+	// comma-separated ("" for none): a string keeps Verdict comparable.
+	Monitors string
+	// Detail names the action counter the packet moved
+	// (ActionCounterNames: syncookie_ok, ratelimited...), or "".
+	Detail string
 }
 
 // DryRun runs a built rule set over packets with BPF_PROG_TEST_RUN,
@@ -87,18 +93,47 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 }
 
 // Run runs one Ethernet frame through the rule set.
+//
+// A syncookie rule's decision for an ACK is the kernel's check of the cookie
+// against this host's cookie secret: it passes only ACKs answering a
+// SYN-ACK this host made (in a dry run or live) within about two minutes.
+// Connections a server knows are invisible to a dry run.
 func (d *DryRun) Run(frame []byte) (Verdict, error) {
+	var before ActionCounters
+	acts := d.coll.Maps[MapActions]
+	if acts != nil {
+		var err error
+		if before, err = readActions(acts); err != nil {
+			return Verdict{}, err
+		}
+	}
 	ret, err := d.runner.Run(d.prog, &ebpf.RunOptions{Data: frame})
 	if err != nil {
 		return Verdict{}, err
 	}
 	v := Verdict{Action: ActionName(ret), Rule: NoRule}
-	// The sample was written during the run; it is in the ring now.
+	if acts != nil {
+		after, err := readActions(acts)
+		if err != nil {
+			return v, err
+		}
+		for i := range after {
+			if after[i] != before[i] && i != CountMonitored {
+				v.Detail = ActionCounterNames[i]
+			}
+		}
+	}
+	// The samples were written during the run; they are in the ring now:
+	// one per monitor rule that matched, then the final one.
 	d.rd.SetDeadline(time.Now().Add(time.Second))
+	got := false
 	for {
 		rec, err := d.rd.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return v, errors.New("dry run: no sample for the packet")
+			if !got {
+				return v, errors.New("dry run: no sample for the packet")
+			}
+			return v, nil
 		}
 		if err != nil {
 			return v, fmt.Errorf("dry run: %w", err)
@@ -110,11 +145,20 @@ func (d *DryRun) Run(frame []byte) (Verdict, error) {
 		if err != nil {
 			return v, err
 		}
-		v.Rule = s.Rule
+		if got && v.Name != "" {
+			// The sample before was a monitor rule's.
+			if v.Monitors != "" {
+				v.Monitors += ","
+			}
+			v.Monitors += v.Name
+		}
+		got = true
+		v.Rule, v.Name = s.Rule, ""
 		if int(s.Rule) < len(d.Meta.Rules) {
 			v.Name = d.Meta.Rules[s.Rule].Name
 		}
-		return v, nil
+		// The rest, if any, is in the ring already.
+		d.rd.SetDeadline(time.Now())
 	}
 }
 

@@ -84,6 +84,9 @@ type State struct {
 	Netns    string    `json:"netns,omitempty"`
 	Mode     string    `json:"mode,omitempty"`
 	LoadedAt time.Time `json:"loaded_at"`
+	// Sysctls are the values of the namespace's sysctls before a
+	// syncookie rule needed them changed; unload puts them back.
+	Sysctls map[string]string `json:"sysctls_saved,omitempty"`
 }
 
 // Dir returns the pin directory for an interface (and namespace).
@@ -317,6 +320,9 @@ func prepare(obj []byte, opts LoadOptions) (*Meta, []bool, *ebpf.CollectionSpec,
 		return nil, nil, nil, err
 	}
 	patchSymbol(spec, nextSymbol, opts.Next != "")
+	if err := patchSyncookie(spec, opts.Iface, opts.Netns); err != nil {
+		return nil, nil, nil, err
+	}
 	if err := fillDNS(spec, meta, on); err != nil {
 		return nil, nil, nil, err
 	}
@@ -423,6 +429,9 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	if spec.Maps[MapAuto] != nil && spec.Maps[MapAutoCount] != nil {
 		reuses = append(reuses, struct{ name, pin string }{MapAuto, PinAuto}, struct{ name, pin string }{MapAutoCount, PinAutoCount})
 	}
+	if spec.Maps[MapActions] != nil {
+		reuses = append(reuses, struct{ name, pin string }{MapActions, PinActions})
+	}
 	for _, reuse := range reuses {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, reuse.pin), nil)
 		if err == nil && spec.Maps[reuse.name].Compatible(m) == nil {
@@ -490,6 +499,25 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	}
 	carried := old.carry(meta, coll.Maps[MapCounters])
 	state := State{Meta: *meta, Enabled: on, Location: opts.Location, Iface: opts.Iface, Netns: opts.Netns, Mode: mode, LoadedAt: time.Now().UTC()}
+	// The syncookie action's sysctls: set before the program runs, put
+	// back if the load fails; those an earlier set changed stay saved.
+	var oldSaved map[string]string
+	if old.state != nil {
+		oldSaved = old.state.Sysctls
+	}
+	wantSC := usesSyncookie(meta, on)
+	if wantSC {
+		keep, undo, err := hostSetup(opts.Netns, true, oldSaved)
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			if !done {
+				undo()
+			}
+		}()
+		state.Sysctls = keep
+	}
 	stateMap, err := newStateMap(&state)
 	if err != nil {
 		return nil, err
@@ -501,7 +529,7 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	}
 	pins := []pin{{PinProg, progs[0]}, {PinCounters, coll.Maps[MapCounters]}, {PinChain, chain}, {PinState, stateMap}}
 	mapOf := map[string]string{PinHook: MapHook, PinSamples: MapSamples, PinConfig: MapConfig, PinStats: MapStats,
-		PinAuto: MapAuto, PinAutoCount: MapAutoCount}
+		PinAuto: MapAuto, PinAutoCount: MapAutoCount, PinActions: MapActions}
 	for _, n := range newPins {
 		pins = append(pins, pin{n, coll.Maps[mapOf[n]]})
 	}
@@ -572,6 +600,15 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 			}
 		}
 		return nil, errors.Join(err, tx.rollback())
+	}
+	if !wantSC && len(oldSaved) > 0 {
+		// The last syncookie rule went: put the namespace back.
+		if _, _, err := hostSetup(opts.Netns, false, oldSaved); err != nil {
+			return nil, fmt.Errorf("loaded, but restoring the sysctls the syncookie action changed: %w", err)
+		}
+	}
+	if spec.Maps[MapActions] == nil {
+		unpin(filepath.Join(dir, PinActions))
 	}
 	if spec.Maps[MapAuto] == nil {
 		// Auto rules of an earlier set would be read as this one's.

@@ -38,6 +38,9 @@ type Status struct {
 	Lost      uint64     `json:"lost"`
 	// Auto are the auto rules the daemon deployed, in slot order.
 	Auto []AutoStatus `json:"auto_rules,omitempty"`
+	// Actions are the per-action counters (ActionCounterNames), summed
+	// over CPUs; nil for rule sets built before them.
+	Actions map[string]uint64 `json:"actions,omitempty"`
 }
 
 // AutoStatus is one auto rule's line in Status.
@@ -64,6 +67,9 @@ type Handle struct {
 	// Auto, AutoCount and AutoSince hold the auto rules; nil for rule sets
 	// built without them.
 	Auto, AutoCount, AutoSince *ebpf.Map
+	// Actions holds the per-action counters (MapActions); nil for rule
+	// sets built before them.
+	Actions *ebpf.Map
 }
 
 // Open opens the rule set pinned in dir (see Dir).
@@ -100,6 +106,11 @@ func Open(dir string) (*Handle, error) {
 		}
 		*m.dst = mp
 	}
+	var err error
+	if h.Actions, err = openActions(dir); err != nil {
+		h.Close()
+		return nil, err
+	}
 	sm, err := ebpf.LoadPinnedMap(filepath.Join(dir, PinState), nil)
 	if err != nil {
 		h.Close()
@@ -115,7 +126,7 @@ func Open(dir string) (*Handle, error) {
 
 // Close closes the maps.
 func (h *Handle) Close() error {
-	for _, m := range []*ebpf.Map{h.Counters, h.Stats, h.Config, h.Samples, h.Auto, h.AutoCount, h.AutoSince} {
+	for _, m := range []*ebpf.Map{h.Counters, h.Stats, h.Config, h.Samples, h.Auto, h.AutoCount, h.AutoSince, h.Actions} {
 		if m != nil {
 			m.Close()
 		}
@@ -217,6 +228,13 @@ func (h *Handle) Status(interval time.Duration) (*Status, error) {
 	}
 	st.Unmatched = rs(len(h.State.Meta.Rules))
 	st.Unmatched.Name, st.Unmatched.Action, st.Unmatched.Enabled = "(no rule)", "pass", true
+	if h.Actions != nil {
+		ac, err := readActions(h.Actions)
+		if err != nil {
+			return nil, err
+		}
+		st.Actions = ac.Map()
+	}
 	autos, err := h.AutoRules()
 	if err != nil && !errors.Is(err, ErrNoAuto) {
 		return nil, err
@@ -245,6 +263,15 @@ func Unload(dir string) error {
 	if err != nil {
 		return fmt.Errorf("open link: %w", err)
 	}
+	// The sysctls a syncookie rule changed go back once it is detached.
+	var saved map[string]string
+	var netns string
+	if sm, err := ebpf.LoadPinnedMap(filepath.Join(dir, PinState), nil); err == nil {
+		if st, err := readStateMap(sm); err == nil {
+			saved, netns = st.Sysctls, st.Netns
+		}
+		sm.Close()
+	}
 	// Detach explicitly: the program stays attached while any reference
 	// to the link lives, and a running reader may hold one.
 	if err := l.Unpin(); err != nil {
@@ -257,6 +284,9 @@ func Unload(dir string) error {
 	l.Close()
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove pins: %w", err)
+	}
+	if err := restoreSysctls(netns, saved); err != nil {
+		return fmt.Errorf("unloaded, but restoring the sysctls the syncookie action changed: %w", err)
 	}
 	return nil
 }

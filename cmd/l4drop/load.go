@@ -8,7 +8,9 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/l4drop/l4drop/l4drop"
 )
@@ -120,6 +122,15 @@ func cmdLoad(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		verb = "replaced the rule set on"
 	}
 	fmt.Fprintf(stdout, "%s %s: %d of %d rules on, %d program(s), pinned in %s\n", verb, opts.Iface, on, len(l.State.Enabled), len(l.Programs), l.Dir)
+	if len(l.State.Sysctls) > 0 {
+		var was []string
+		for name, v := range l.State.Sysctls {
+			was = append(was, name+"="+v)
+		}
+		slices.Sort(was)
+		fmt.Fprintf(stdout, "syncookie: set net.ipv4.tcp_syncookies=2 and net.ipv4.tcp_timestamps=2 in the interface's namespace; unload puts back %s\n",
+			strings.Join(was, " "))
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -60,6 +61,31 @@ func printStatus(w io.Writer, st *l4drop.Status) {
 	tw.Flush()
 	for _, a := range st.Auto {
 		fmt.Fprintf(w, "auto-%d: %s\n", a.Slot, a.Expr)
+	}
+	printActions(w, st)
+}
+
+// printActions prints the action counters of the actions the rule set uses,
+// and any other that counted something.
+func printActions(w io.Writer, st *l4drop.Status) {
+	if st.Actions == nil {
+		return
+	}
+	used := map[string]bool{}
+	for _, r := range st.Rules {
+		used[r.Action] = true
+	}
+	var parts []string
+	for _, name := range l4drop.ActionCounterNames {
+		show := st.Actions[name] > 0 ||
+			strings.HasPrefix(name, "syncookie_") && used["syncookie"] ||
+			name == "ratelimited" && used["ratelimit"] || name == "monitored" && used["monitor"]
+		if show {
+			parts = append(parts, fmt.Sprintf("%s %d", name, st.Actions[name]))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(w, "actions: %s\n", strings.Join(parts, ", "))
 	}
 }
 

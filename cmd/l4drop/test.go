@@ -43,11 +43,11 @@ func cmdTest(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer d.Close()
 	type tally struct {
-		action string
-		which  []int
+		name, action string
+		which        []int
 	}
 	byRule := map[string]*tally{}
-	unseen := 0
+	unseen, cookies := 0, false
 	for i, f := range frames {
 		v, err := d.Run(f)
 		name := v.Name
@@ -61,13 +61,24 @@ func cmdTest(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		case name == "":
 			name = "(no rule)"
 		}
-		if *verbose {
-			fmt.Fprintf(stdout, "%d\t%s\t%s\n", i+1, v.Action, name)
+		action := v.Action
+		if v.Detail != "" {
+			// Why a ratelimit or syncookie rule decided so.
+			action += " (" + v.Detail + ")"
+			cookies = cookies || strings.HasPrefix(v.Detail, "syncookie_")
 		}
-		t := byRule[name]
+		if *verbose {
+			mon := ""
+			if v.Monitors != "" {
+				mon = "\tmonitored by " + v.Monitors
+			}
+			fmt.Fprintf(stdout, "%d\t%s\t%s%s\n", i+1, action, name, mon)
+		}
+		key := name + "\x00" + action
+		t := byRule[key]
 		if t == nil {
-			t = &tally{action: v.Action}
-			byRule[name] = t
+			t = &tally{name: name, action: action}
+			byRule[key] = t
 		}
 		t.which = append(t.which, i+1)
 	}
@@ -80,9 +91,13 @@ func cmdTest(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(tw, "rule\taction\tpackets\tpacket numbers\n")
 	for _, n := range names {
 		t := byRule[n]
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", n, t.action, len(t.which), ranges(t.which))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", t.name, t.action, len(t.which), ranges(t.which))
 	}
 	tw.Flush()
+	if cookies {
+		fmt.Fprintf(stderr, "syncookie: an ACK's cookie is checked against this host's secret, so only ACKs answering SYN-ACKs this host made "+
+			"in the last two minutes pass (syncookie_ok); connections a server knows (syncookie_known) cannot be seen offline\n")
+	}
 	if unseen > 0 {
 		fmt.Fprintf(stderr, "%d of %d packets are shorter than an Ethernet header or longer than a multi-buffer XDP packet: XDP never sees them\n", unseen, len(frames))
 	}

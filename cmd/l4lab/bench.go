@@ -77,6 +77,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	hookRuns := fs.Int("hook-runs", 100000, "test runs per round of the xdpcap hook cost (0: skip it)")
 	captures := fs.Bool("capture", true, "measure the capture rates")
 	daemonPPS := fs.Int("daemon-pps", 1000000, "packets a second through L4Drop for the daemon's cost with --sflow and --auto (0: skip it)")
+	actions := fs.Bool("actions", true, "measure actions syncookie and ratelimit against drop-all on a SYN flood")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
@@ -266,6 +267,17 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		took("drop rates with legitimate queries")
+	}
+	if *actions {
+		res, err := t.MeasureActions(ctx, cfg, dir, logf)
+		if ctx.Err() != nil {
+			return lab.ErrInterrupted
+		}
+		if err != nil {
+			res.Drops = []bench.DropRate{{}, {Name: "L4Drop actions", Err: err}}
+		}
+		rep.Notes = append(rep.Notes, res.Notes()...)
+		took("actions on a SYN flood")
 	}
 
 	if *captures {

@@ -4,6 +4,7 @@
 //	l4lab gen [flags] [TEMPLATE...]   send templated traffic
 //	l4lab demo [-short]               mitigate a flood, end to end
 //	l4lab bench [flags]               measure L4Drop, xdpcap and cbpfc against their peers
+//	l4lab synflood [flags]            SYN flood and real clients, kernel alone and behind action syncookie
 //	l4lab clean                       remove labs left by killed runs
 package main
 
@@ -24,6 +25,7 @@ Usage:
   l4lab gen [flags] [TEMPLATE...]   send templated traffic into a lab (or out of -iface)
   l4lab demo [-short]               mitigate a DNS and SYN flood with L4Drop, end to end
   l4lab bench [flags]               measure L4Drop, xdpcap and cbpfc against their peers
+  l4lab synflood [flags]            spoofed SYN flood and real clients, kernel alone and behind action syncookie
   l4lab clean                       remove labs that killed runs left behind
 
 Examples:
@@ -52,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = demoCmd(args[1:], stdout, stderr)
 	case "bench":
 		err = benchCmd(args[1:], stdout, stderr)
+	case "synflood":
+		err = synfloodCmd(args[1:], stdout, stderr)
 	case "clean":
 		var removed []string
 		removed, err = lab.Clean()

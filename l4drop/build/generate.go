@@ -261,6 +261,7 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	var progs [][]int
 	var cur []int
 	used, jumps, sets, blocks, blockUsed := 0, 0, 0, 0, 0
+	actMaps, actFns := 0, 0 // maps and functions of the rules' actions
 	fns := map[*shape]bool{}
 	for i, cr := range rules {
 		if !cr.hashed && !cr.rule.Action.final() {
@@ -279,14 +280,16 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 				newFns++
 			}
 		}
-		subprogs := fixedSubprogs + sets + blocks + len(fns) + newFns
+		newMaps, newActFns := actionCost(cr.rule)
+		subprogs := fixedSubprogs + sets + blocks + len(fns) + newFns + actFns + newActFns
 		if newSet || newBlock {
 			subprogs++
 		}
 		if len(cur) > 0 && (used+cr.insns > budget || jumps+cr.jumps > maxProgramJumps ||
-			newSet && sets >= maxSetMaps || subprogs > maxSubprogs) {
+			newSet && sets+actMaps >= maxSetMaps || sets+actMaps+newMaps > maxSetMaps || subprogs > maxSubprogs) {
 			progs = append(progs, cur)
 			cur, used, jumps, sets, blocks, blockUsed = nil, 0, 0, 0, 0, 0
+			actMaps, actFns = 0, 0
 			fns = map[*shape]bool{}
 			newSet, newBlock = cr.set != "", !cr.hashed && cr.set == ""
 		}
@@ -298,6 +301,8 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 			blockUsed = 0
 		}
 		blockUsed += cr.insns
+		actMaps += newMaps
+		actFns += newActFns
 		for _, m := range cr.matchers {
 			if m.shape != nil {
 				fns[m.shape] = true
@@ -352,6 +357,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 	// Counters: the rules, no rule, then the auto rules.
 	w.printf(mapsTemplate, len(rules)+1+l4drop.AutoSlots, len(progs)+1)
 	w.printf("#define L4_NRULES %du\n#define L4_NEXT_SLOT %du\n#define L4_NONE 0xffffffffu\n", len(rules), len(progs))
+	w.printf("%s", actionCountC)
 	w.printf("%s", finishTemplate)
 	w.printf("%s", freshC)
 	w.printf("%s", l4drop.AutoC)
@@ -371,6 +377,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 	for _, a := range custom {
 		w.printf("\n/* Action %s. */\n%s", a, a.kind().prelude)
 	}
+	w.printf("%s", fragmentsMapC(rs, usedActions[ActionRatelimit]))
 	var dnsSwitches map[int]bool
 	if len(dns) > 0 {
 		maxInline := opts.MaxInlineDNS
@@ -419,6 +426,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			mr.Matchers = append(mr.Matchers, m.kind)
 		}
 		start := w.next()
+		w.printf("%s", actionRuleC(i, r))
 		for j := range cr.matchers {
 			m := &cr.matchers[j]
 			if m.fn != "" {
@@ -509,7 +517,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 					cond += " && l4_spoil(ip, end)"
 				}
 				if cr.rule.Action.final() {
-					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\treturn %d;\n", enableSymbol(i), cond, i<<resultShift|cr.rule.Action.code())
+					w.printf("\tif (L4_ENABLED(%s) && %s%s)\n\t\treturn %d;\n", enableSymbol(i), cond, actionCond(i, cr.rule), i<<resultShift|cr.rule.Action.code())
 				} else {
 					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\tl4_monitor(ctx, %d);\n", enableSymbol(i), cond, i)
 				}
@@ -545,9 +553,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		} else {
 			// The end of the rules: later fragments no rule matched,
 			// then the auto rules.
-			if rs.Fragments == ActionDrop {
-				w.printf("\tif (l4_later_fragment(ip, end, fam)) {\n\t\taction = XDP_DROP;\n\t\tgoto out;\n\t}\n")
-			}
+			w.printf("%s", fragmentsC(rs))
 			w.printf("\tr = l4_auto(ctx, data, ip, fam);\n\tif (r != L4_AUTO_NONE) {\n\t\trule = L4_NRULES + 1 + r;\n\t\taction = XDP_DROP;\n\t}\n")
 			w.printf("\tgoto out;\n")
 		}
@@ -906,6 +912,7 @@ static __always_inline void l4_count_sample(struct xdp_md *ctx, __u64 len, __u32
  * which lets the next rules judge the packet. */
 static __attribute__((noinline)) int l4_monitor(struct xdp_md *ctx, __u32 rule)
 {
+	l4_action_count(L4_COUNT_MONITORED);
 	l4_count_sample(ctx, ctx->data_end - ctx->data, rule, XDP_PASS);
 	return 0;
 }
@@ -917,6 +924,10 @@ static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, co
 	if (action == XDP_DROP) {
 		L4_TAIL_CALL(ctx, xdpcap_hook, 1); /* XDP_DROP */
 		return XDP_DROP;
+	}
+	if (action == XDP_TX) { /* a SYN-ACK of the syncookie action */
+		L4_TAIL_CALL(ctx, xdpcap_hook, 3); /* XDP_TX */
+		return XDP_TX;
 	}
 	if (L4_ENABLED(L4_NEXT_ENABLED))
 		bpf_tail_call(ctx, &l4drop_chain, L4_NEXT_SLOT);

@@ -43,7 +43,13 @@ type RuleSet struct {
 	// which carry no ports, that no rule matched: pass (the default) or
 	// drop.
 	Fragments Action `yaml:"fragments"`
-	Rules     []Rule `yaml:"rules"`
+	// FragmentsRate and FragmentsBurst are the limit of fragments:
+	// ratelimit (packets a second; one bucket for all of them).
+	FragmentsRate  uint64 `yaml:"fragments_rate"`
+	FragmentsBurst uint64 `yaml:"fragments_burst"`
+	Rules          []Rule `yaml:"rules"`
+
+	fragmentsLimit RateLimit
 }
 
 // MaxSnaplen is the largest sample length: a sample is one perf event.
@@ -75,11 +81,19 @@ type Rule struct {
 	// removes due rules; the build only checks and records them.
 	Expires string `yaml:"expires"`
 	Until   string `yaml:"until"`
+	// Rate (packets a second), Burst, Per (rule, source, source/24,
+	// source/64) and MaxSources (entries of the per-source table) are
+	// action ratelimit's: see RateLimit.
+	Rate       uint64 `yaml:"rate"`
+	Burst      uint64 `yaml:"burst"`
+	Per        string `yaml:"per"`
+	MaxSources uint32 `yaml:"max_sources"`
 	// Line in the file where the rule starts.
 	Line int `yaml:"-"`
 
-	expires time.Duration
-	until   time.Time
+	expires   time.Duration
+	until     time.Time
+	ratelimit RateLimit
 }
 
 // LoadRuleSet reads and checks the rule set in file.
@@ -193,12 +207,8 @@ func (rs *RuleSet) check(root *yaml.Node) error {
 	if rs.Snaplen > MaxSnaplen {
 		return fmt.Errorf("%s:%d: %w: snaplen %d: at most %d", rs.File, keyLine(root, "snaplen"), ErrRuleSet, rs.Snaplen, MaxSnaplen)
 	}
-	switch rs.Fragments {
-	case "":
-		rs.Fragments = ActionPass
-	case ActionPass, ActionDrop:
-	default:
-		return fmt.Errorf("%s:%d: %w: fragments %q: want pass or drop", rs.File, keyLine(root, "fragments"), ErrRuleSet, rs.Fragments)
+	if err := rs.checkFragments(root); err != nil {
+		return err
 	}
 	if len(rs.Rules) == 0 {
 		return fmt.Errorf("%s: %w: no rules", rs.File, ErrRuleSet)
@@ -226,6 +236,9 @@ func (rs *RuleSet) check(root *yaml.Node) error {
 		}
 		if r.Action.kind() == nil {
 			return rs.errorf(r, "action %q: want one of %s", r.Action, actionNames())
+		}
+		if err := rs.checkAction(r); err != nil {
+			return err
 		}
 		if r.Expires != "" {
 			d, err := time.ParseDuration(r.Expires)

@@ -49,10 +49,17 @@ func TestParseRuleSetErrors(t *testing.T) {
 		{"second document", "rules:\n  - name: x\n    expr: udp\n---\nrules:\n  - name: y\n    expr: tcp\n", []string{"bad.yaml:4:", "second YAML document"}},
 		{"huge snaplen", "snaplen: 10000000\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "snaplen 10000000", "65535"}},
 		{"bad fragments", "fragments: reject\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "fragments"}},
+		{"fragments ratelimit without rate", "fragments: ratelimit\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:", "fragments_rate"}},
+		{"fragments_rate without ratelimit", "fragments: drop\nfragments_rate: 5\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:2:", "fragments: ratelimit"}},
 		{"bad expires", "rules:\n  - name: x\n    expr: udp\n    expires: soon\n", []string{"bad.yaml:2:", "expires"}},
 		{"bad until", "rules:\n  - name: x\n    expr: udp\n    until: tomorrow\n", []string{"bad.yaml:2:", "RFC 3339"}},
 		{"no matcher", "rules:\n  - name: x\n", []string{`"x"`, "no matcher"}},
 		{"bad rate", "sample_rate: -1\nrules:\n  - name: x\n    expr: udp\n", []string{"bad.yaml:1:"}},
+		{"ratelimit without rate", "rules:\n  - name: x\n    action: ratelimit\n    expr: udp\n", []string{"bad.yaml:2:", `"x"`, "rate 0"}},
+		{"ratelimit bad per", "rules:\n  - name: x\n    action: ratelimit\n    rate: 10\n    per: destination\n    expr: udp\n", []string{"bad.yaml:2:", "destination", "source/24"}},
+		{"rate on drop", "rules:\n  - name: x\n    rate: 10\n    expr: udp\n", []string{"bad.yaml:2:", "action ratelimit"}},
+		{"max_sources per rule", "rules:\n  - name: x\n    action: ratelimit\n    rate: 10\n    max_sources: 100\n    expr: udp\n", []string{"bad.yaml:2:", "max_sources"}},
+		{"huge max_sources", "rules:\n  - name: x\n    action: ratelimit\n    rate: 10\n    per: source\n    max_sources: 100000000\n    expr: udp\n", []string{"bad.yaml:2:", "max_sources 100000000"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

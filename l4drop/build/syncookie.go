@@ -2,7 +2,8 @@ package build
 
 import (
 	"fmt"
-	"math/bits"
+
+	"github.com/l4drop/l4drop/l4drop"
 )
 
 // SyncookieOptions tune the SYN-ACKs the syncookie action sends.
@@ -59,9 +60,7 @@ type SyncookieOptions struct {
 // max(net.ipv4.tcp_rmem[2], net.core.rmem_max), as tcp_select_initial_window
 // does.
 func SyncookieWScale(tcpRmemMax, coreRmemMax uint32) uint8 {
-	space := max(tcpRmemMax, coreRmemMax, 1)
-	ws := bits.Len32(space) - 1 - 15
-	return uint8(min(max(ws, 0), 14))
+	return l4drop.SyncookieWScale(tcpRmemMax, coreRmemMax)
 }
 
 // Syncookie outcomes, as l4_syncookie returns them: the generator counts
@@ -72,7 +71,7 @@ const (
 	SyncookieSent   = 0 // SYN answered with a cookie SYN-ACK: XDP_TX
 	SyncookieArmed  = 1 // SYN handed to the stack, to keep its cookie check armed: XDP_PASS
 	SyncookieOK     = 2 // ACK with a valid cookie: XDP_PASS
-	SyncookieKnown  = 3 // packet of a connection the kernel knows: XDP_PASS
+	SyncookieKnown  = 3 // packet (SYN too) of a connection the kernel knows: XDP_PASS
 	SyncookieBad    = 4 // ACK with an invalid cookie: XDP_DROP
 	SyncookieDrop   = 5 // anything else the rule matched: XDP_DROP
 	SyncookieErr    = 6 // a SYN that could not be answered (resize failed, odd headers): XDP_DROP
@@ -112,9 +111,34 @@ func syncookieC(opts SyncookieOptions) string {
 	if opts.Window == 0 {
 		opts.Window = 64240
 	}
-	return fmt.Sprintf("\n#define L4_SC_MSS4 %d\n#define L4_SC_MSS6 %d\n#define L4_SC_WSCALE %d\n#define L4_SC_WINDOW %d\n#define L4_SC_SLOTS %d\n",
+	return fmt.Sprintf("\n#ifndef L4_SC_MSS4\n#define L4_SC_MSS4 %d\n#define L4_SC_MSS6 %d\n#define L4_SC_WSCALE %d\n#endif\n#define L4_SC_WINDOW %d\n#define L4_SC_SLOTS %d\n",
 		opts.MSS4, opts.MSS6, opts.WScale, opts.Window, syncookieArmedSlots) + syncookieTemplate
 }
+
+// syncookieGenC is the syncookie action's C in generated programs: the
+// MSS and window scale are constants the loader writes (as it writes the
+// rules' switches) from the interface's MTU and its namespace's sysctls,
+// since the window scale must be what that kernel picks when it accepts
+// the cookie, which the build machine cannot know.
+func syncookieGenC() string {
+	return fmt.Sprintf(`
+#define L4_LOADCONST(sym) ({ uint64_t v_; asm volatile("%%0 = " #sym " ll" : "=r"(v_)); v_; })
+#define L4_SC_MSS4 ((uint16_t)L4_LOADCONST(%s))
+#define L4_SC_MSS6 ((uint16_t)L4_LOADCONST(%s))
+#define L4_SC_WSCALE ((uint8_t)L4_LOADCONST(%s))
+`, l4drop.SymSyncookieMSS4, l4drop.SymSyncookieMSS6, l4drop.SymSyncookieWScale) + syncookieC(SyncookieOptions{}) + syncookieGlobalC
+}
+
+// syncookieGlobalC wraps l4_syncookie in a global function, which the
+// verifier checks once: inlined in a program's main function, its code
+// would be walked again for every rule block and set that can match,
+// past the verifier's limit in rule sets of thousands of rules.
+const syncookieGlobalC = `
+__attribute__((noinline)) __u32 l4_sc_global(struct xdp_md *ctx, __u32 ip_off, __u32 fam)
+{
+	return l4_syncookie(ctx, ip_off, (int)fam);
+}
+`
 
 // syncookieCall returns the C statement that applies the syncookie action to
 // the packet in ctx: it sets outcome (a __u32 variable) and action, and
@@ -424,6 +448,15 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 		}
 		return err ? L4_SC_BAD : L4_SC_OK;
 	}
+
+	/*
+	 * A SYN for a connection the kernel still holds (a TIME_WAIT socket
+	 * of the same addresses and ports, as when a client reuses its port)
+	 * goes to the stack, which retires that socket: answered here, its
+	 * ACK would reach that socket, not the listener, and hang.
+	 */
+	if (l4_sc_known(ctx, &t, tsize))
+		return L4_SC_KNOWN;
 
 	/* A SYN. */
 	__u32 h = fam == 4 ? t.saddr[1] : t.daddr[0] ^ t.daddr[1] ^ t.daddr[2] ^ t.daddr[3];

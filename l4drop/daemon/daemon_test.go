@@ -135,6 +135,14 @@ func TestDaemon(t *testing.T) {
 	if !strings.Contains(string(body), want) {
 		t.Errorf("metrics lack %s:\n%s", want, body)
 	}
+	for _, want := range []string{
+		`l4drop_action_packets_total{counter="ratelimited",iface="` + lab.ServerIf + `"} 0`,
+		`l4drop_action_packets_total{counter="syncookie_ok",iface="` + lab.ServerIf + `"} 0`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	// The same rules again: the counters go on from where they were.
 	if err := d.Reload(ctx); err != nil {
 		t.Fatal(err)

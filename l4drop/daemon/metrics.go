@@ -37,6 +37,9 @@ var (
 		"Rule sets this daemon loaded over an earlier one.", []string{"iface"}, nil)
 	descFails = prometheus.NewDesc("l4drop_reload_failures_total",
 		"Reloads that failed; the rule set loaded before stayed.", []string{"iface"}, nil)
+	descActionPackets = prometheus.NewDesc("l4drop_action_packets_total",
+		"Packets per action outcome: syncookie_sent, syncookie_ok, syncookie_bad (and the other syncookie_ outcomes), ratelimited, monitored.",
+		[]string{"iface", "counter"}, nil)
 	descSinkDropped = prometheus.NewDesc("l4drop_sink_dropped_total",
 		"Samples a component dropped because it could not keep up.", []string{"iface", "component"}, nil)
 )
@@ -46,7 +49,7 @@ type collector struct{ d *Daemon }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRulePackets, descRuleBytes, descRuleEnabled, descAutoPackets, descAutoBytes,
-		descSamples, descLost, descSampleRate, descLoaded, descReloads, descFails, descSinkDropped} {
+		descSamples, descLost, descSampleRate, descLoaded, descReloads, descFails, descSinkDropped, descActionPackets} {
 		ch <- d
 	}
 }
@@ -79,6 +82,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			slot := strconv.Itoa(a.Slot)
 			counter(descAutoPackets, a.Packets, iface, slot, a.Expr)
 			counter(descAutoBytes, a.Bytes, iface, slot, a.Expr)
+		}
+		for _, name := range l4drop.ActionCounterNames {
+			if v, ok := st.Actions[name]; ok {
+				counter(descActionPackets, v, iface, name)
+			}
 		}
 		counter(descSamples, st.Samples, iface)
 		counter(descLost, st.Lost, iface)
