@@ -42,7 +42,10 @@ Flags:
 func scenarioCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("scenario", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(stderr, scenarioUsage, strings.Join(lab.ScenarioNames(), ", ")); fs.PrintDefaults() }
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, scenarioUsage, strings.Join(lab.ScenarioNames(), ", "))
+		fs.PrintDefaults()
+	}
 	var o scenario.Options
 	fs.StringVar(&o.Mode, "mode", "auto", "auto, none or rules=FILE")
 	fs.Float64Var(&o.AttackRate, "attack-rate", 25000, "attack rate, packets per second")
