@@ -254,7 +254,7 @@ func TestLoadKeepsAutoRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Auto) != 2 || st.Auto[1].Packets != 3 {
-		t.Errorf("auto rules after a reload: %+v, want slot 1 counting 3 packets", st.Auto)
+	if len(st.Auto) != 1 || st.Auto[0].Slot != 1 || st.Auto[0].Packets != 3 {
+		t.Errorf("auto rules after a reload: %+v, want slot 1 alone, counting 3 packets", st.Auto)
 	}
 }

@@ -19,7 +19,9 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
+	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/l4drop"
 )
 
 var binary string
@@ -205,6 +207,18 @@ func TestBuildLoadStatusTest(t *testing.T) {
 	if out, code := runCmd(t, append([]string{"load", obj, "--disable", "udp-5353"}, where...)...); code != 0 || !strings.Contains(out, "replaced") {
 		t.Fatalf("reload: exit %d\n%s", code, out)
 	}
+	// An auto rule in slot 1 (slot 0 empty), as l4drop run --auto deploys.
+	h, err := l4drop.Open(l4drop.Dir(root, lab.ServerIf, lab.Server.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	auto := l4drop.AutoRule{State: l4drop.AutoDrop, Family: 4, Proto: 17,
+		Conds: []l4drop.AutoCond{{Base: l4drop.BaseIP, Size: 1, Off: 8, Mask: 0xff, Min: 50, Max: 60}}}
+	err = h.SetAutoRule(1, auto)
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, code = runCmd(t, append([]string{"status", "--json", "--interval", "0"}, where...)...)
 	if code != 0 {
 		t.Fatalf("status: exit %d\n%s", code, out)
@@ -215,6 +229,13 @@ func TestBuildLoadStatusTest(t *testing.T) {
 			Enabled bool
 			Packets uint64
 		}
+		AutoRules []struct {
+			Name  string
+			Auto  bool
+			State string
+			Since string
+			Expr  string
+		} `json:"auto_rules"`
 		Samples, Lost uint64
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
@@ -222,6 +243,18 @@ func TestBuildLoadStatusTest(t *testing.T) {
 	}
 	if len(st.Rules) != 3 || st.Rules[1].Name != "udp-5353" || st.Rules[1].Enabled || !st.Rules[2].Enabled {
 		t.Errorf("status: %+v", st)
+	}
+	if len(st.AutoRules) != 1 {
+		t.Fatalf("status: auto rules %+v, want the one in slot 1", st.AutoRules)
+	}
+	a := st.AutoRules[0]
+	since, err := time.Parse(time.RFC3339, a.Since)
+	if a.Name != "auto-1" || !a.Auto || a.State != "drop" || err != nil || time.Since(since) > time.Minute || a.Expr != auto.Expr() {
+		t.Errorf("status: auto rule %+v (since: %v), want auto-1, drop, now, %q", a, err, auto.Expr())
+	}
+	// The expression is one a rules file takes.
+	if _, err := cbpf.Compile(a.Expr, cbpf.LinkTypeRaw, 0); err != nil {
+		t.Errorf("auto rule's expr %q: %v", a.Expr, err)
 	}
 	if out, code := runCmd(t, append([]string{"load", obj, "--enable", "nope"}, where...)...); code != 1 || !strings.Contains(out, "nope") {
 		t.Errorf("load --enable nope: exit %d\n%s", code, out)
