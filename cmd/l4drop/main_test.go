@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -196,6 +197,28 @@ func TestBuildLoadStatusTest(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("test output lacks %q:\n%s", want, out)
 		}
+	}
+
+	out, code = runCmd(t, "test", rulesFile, "-r", pcap, "--json")
+	if code != 0 {
+		t.Fatalf("test --json: exit %d\n%s", code, out)
+	}
+	var tj struct {
+		Packets, Unmatched, Unseen int
+		Rules                      []struct {
+			Name, Action string
+			Packets      int
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &tj); err != nil {
+		t.Fatalf("test --json: %v\n%s", err, out)
+	}
+	got := fmt.Sprintf("%d %d %d %+v", tj.Packets, tj.Unmatched, tj.Unseen, tj.Rules)
+	if want := "7 1 2 [{Name:allow-client Action:pass Packets:1} {Name:udp-5353 Action:drop Packets:2} {Name:bad-name Action:drop Packets:1}]"; got != want {
+		t.Errorf("test --json: %s, want %s", got, want)
+	}
+	if out, code := runCmd(t, "test", rulesFile, "-r", pcap, "--json", "-v"); code == 0 || !strings.Contains(out, "give one") {
+		t.Errorf("test --json -v: exit %d\n%s", code, out)
 	}
 
 	lab := fixture.Lab(t)
