@@ -23,6 +23,7 @@ import (
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/lab"
 )
 
 var binary string
@@ -116,6 +117,11 @@ func TestBadInput(t *testing.T) {
 		{"run --sflow bad", []string{"run", "x.yaml", "--iface", "lo", "--sflow", "nohostport"}, "--sflow"},
 		{"status interval negative", []string{"status", "--iface", "lo", "--interval", "-1s"}, "--interval"},
 		{"bpffs not a bpffs", []string{"status", "--iface", "lo", "--bpffs", filepath.Dir(good)}, "--bpffs"},
+		{"fingerprint without -r", []string{"fingerprint"}, "-r"},
+		{"fingerprint missing capture", []string{"fingerprint", "-r", "/nonexistent.pcap"}, "nonexistent.pcap"},
+		{"fingerprint bad coverage", []string{"fingerprint", "-r", good, "--coverage", "1.5"}, "--coverage"},
+		{"fingerprint bad name", []string{"fingerprint", "-r", good, "--name", "a b"}, "--name"},
+		{"fingerprint not a capture", []string{"fingerprint", "-r", good}, "good.yaml"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -463,5 +469,57 @@ func TestLoadOnly(t *testing.T) {
 	cmd = exec.Command(bin, "run", "rules.yaml", "--iface", "lo", "--metrics", "")
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "load-only") {
 		t.Errorf("load-only run of a rules file: %v\n%s", err, out)
+	}
+}
+
+// TestFingerprint makes captures of a scenario's attack and of its
+// legitimate traffic with the lab's templates, turns them into a rules file
+// with l4drop fingerprint, and judges it with l4drop test --json on traffic
+// of other seeds: every attack packet dropped, no legitimate one.
+func TestFingerprint(t *testing.T) {
+	fixture.RequireRoot(t)
+	sc, err := lab.LookupScenario("dns-random-subdomain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	attackT, legitT, err := sc.Templates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A capture of an attack holds some legitimate traffic too.
+	attack := append(lab.Frames(attackT, 1, 1500), lab.Frames(legitT, 2, 30)...)
+	out, code := runCmd(t, "fingerprint", "-r", writePcap(t, attack), "--baseline", writePcap(t, lab.Frames(legitT, 3, 2000)), "--name", "rsd")
+	if code != 0 || !strings.Contains(out, "- name: rsd-1") {
+		t.Fatalf("fingerprint: exit %d\n%s", code, out)
+	}
+	t.Logf("rules:\n%s", out)
+	rulesFile := writeFile(t, "fp.yaml", out)
+	judge := func(frames [][]byte) (matched, unmatched int) {
+		t.Helper()
+		out, code := runCmd(t, "test", rulesFile, "-r", writePcap(t, frames), "--json")
+		if code != 0 {
+			t.Fatalf("test --json: exit %d\n%s", code, out)
+		}
+		var tj struct {
+			Unmatched int
+			Rules     []struct{ Packets int }
+		}
+		if err := json.Unmarshal([]byte(out), &tj); err != nil {
+			t.Fatalf("test --json: %v\n%s", err, out)
+		}
+		for _, r := range tj.Rules {
+			matched += r.Packets
+		}
+		return matched, tj.Unmatched
+	}
+	if m, _ := judge(lab.Frames(attackT, 11, 3000)); m*100 < 3000*99 {
+		t.Errorf("the rules drop %d of 3000 attack packets of another seed, want 99%%", m)
+	}
+	if m, u := judge(lab.Frames(legitT, 12, 5000)); m != 0 || u != 5000 {
+		t.Errorf("the rules match %d of 5000 legitimate packets of another seed (%d unmatched), want none", m, u)
+	}
+	// No attack in the capture: no rule, and an error saying so.
+	if out, code := runCmd(t, "fingerprint", "-r", writePcap(t, lab.Frames(legitT, 4, 500)), "--baseline", writePcap(t, lab.Frames(legitT, 5, 500))); code == 0 || !strings.Contains(out, "no fingerprint") {
+		t.Errorf("fingerprint of legitimate traffic against itself: exit %d\n%s", code, out)
 	}
 }
