@@ -72,7 +72,7 @@ func TestDemoShort(t *testing.T) {
 	if err != nil {
 		t.Fatalf("l4lab demo -short: %v", err)
 	}
-	for _, claim := range []string{"✔ L4Drop dropped", "legitimate queries sent reached the server", "✔ the attack did not reach the stack", "✔ xdpcap captured"} {
+	for _, claim := range []string{"✔ L4Drop dropped", "legitimate queries sent reached the server", "✔ the attack did not reach the stack", "✔ xdpcap captured", "✔ a rule appeared by itself", "✔ the rule expired by itself"} {
 		if !bytes.Contains(out, []byte(claim)) {
 			t.Errorf("no %q in the output", claim)
 		}

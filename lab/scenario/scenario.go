@@ -81,7 +81,8 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-func (o *Options) defaults() (mode, file string, err error) {
+// WithDefaults returns o with its zero fields set to their defaults.
+func (o Options) WithDefaults() Options {
 	if o.AttackRate == 0 {
 		o.AttackRate = 25000
 	}
@@ -112,6 +113,11 @@ func (o *Options) defaults() (mode, file string, err error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	return o
+}
+
+func (o *Options) defaults() (mode, file string, err error) {
+	*o = o.WithDefaults()
 	switch {
 	case o.AttackRate < 0 || o.LegitRate < 0 || math.IsNaN(o.AttackRate) || math.IsNaN(o.LegitRate):
 		return "", "", fmt.Errorf("%w: rates %v and %v: want more than 0", ErrOptions, o.AttackRate, o.LegitRate)
