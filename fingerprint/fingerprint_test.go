@@ -104,3 +104,34 @@ func TestFingerprintScenarios(t *testing.T) {
 		})
 	}
 }
+
+// TestFingerprintImpostor: a legitimate packet among the attack's samples
+// that shares most of the attack's fixed bytes must not widen the rule to
+// it: the rule keeps every fixed byte of the payload header.
+func TestFingerprintImpostor(t *testing.T) {
+	sc, err := lab.LookupScenario("udp-payload-v6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	attackT, legitT := scenarioTemplates(t, sc)
+	attack := scenarioPackets(t, attackT, 1, 500)
+	// A legitimate datagram of the attack's length and hop limit whose
+	// random payload starts de ad be, not de ad be ef.
+	same, err := lab.ParseTemplate("udp,port=27015,size=32,randpayload,ttl=64,ipid=rand,randsrc,v6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imp := append([]byte(nil), scenarioPackets(t, []lab.Template{same}, 7, 1)[0].Data...)
+	copy(imp[48:], []byte{0xde, 0xad, 0xbe, 0x00})
+	attack = append(attack, Packet{Data: imp})
+	rules, err := Fingerprint(attack, scenarioPackets(t, legitT, 2, 2000), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		t.Logf("%s", r.Expr())
+		if Match(&r.AutoRule, imp, len(imp)) {
+			t.Errorf("%s matches the legitimate datagram", r.Expr())
+		}
+	}
+}

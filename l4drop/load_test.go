@@ -206,3 +206,55 @@ func TestLoadLock(t *testing.T) {
 		t.Errorf("the first load: %v", err)
 	}
 }
+
+// TestLoadKeepsAutoRules: auto rules deployed at run time, their deployment
+// times and their count survive a reload of the rule set (a restarted
+// daemon loads again and adopts them), and keep dropping.
+func TestLoadKeepsAutoRules(t *testing.T) {
+	fixture.RequireRoot(t)
+	lab := fixture.Lab(t)
+	opts := l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: fixture.BPFFS(t), Location: "ams"}
+	obj := buildYAML(t, rules)
+	l, err := l4drop.Load(obj, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	defer l4drop.Unload(l.Dir)
+	h, err := l4drop.Open(l.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp9 := l4drop.AutoRule{State: l4drop.AutoDrop, Family: 4, Proto: 17,
+		Conds: []l4drop.AutoCond{{Base: l4drop.BaseL4, Size: 2, Off: 2, Mask: 0xffff, Min: 9, Max: 9}}}
+	err = h.SetAutoRule(1, udp9)
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err = l4drop.Load(obj, opts); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	h, err = l4drop.Open(l.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	autos, err := h.AutoRules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(autos) != 2 || autos[1].Rule.Expr() != udp9.Expr() || autos[1].Since.IsZero() || autos[0].Rule.State != l4drop.AutoOff {
+		t.Fatalf("after a reload: %+v, want slot 1 = %s", autos, udp9.Expr())
+	}
+	fixture.SendUDP(t, lab.Client, fixture.ServerIPv4, 9, 3)
+	time.Sleep(50 * time.Millisecond)
+	st, err := h.Status(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Auto) != 1 || st.Auto[0].Slot != 1 || st.Auto[0].Packets != 3 {
+		t.Errorf("auto rules after a reload: %+v, want slot 1 alone, counting 3 packets", st.Auto)
+	}
+}

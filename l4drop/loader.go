@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/bpffs"
 	"github.com/l4drop/l4drop/xdpcap"
@@ -434,6 +435,9 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	}
 	for _, reuse := range reuses {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, reuse.pin), nil)
+		if err == nil {
+			mmapable(spec.Maps[reuse.name], m)
+		}
 		if err == nil && spec.Maps[reuse.name].Compatible(m) == nil {
 			repl[reuse.name] = m
 			continue
@@ -752,4 +756,15 @@ func readStateMap(m *ebpf.Map) (*State, error) {
 		return nil, fmt.Errorf("read state: %w", err)
 	}
 	return &s, nil
+}
+
+// mmapable gives spec the BPF_F_MMAPABLE flag the pinned m has: the
+// library creates global data maps (.data.l4auto, the auto rule count)
+// with it where the kernel allows, while their spec in the ELF has no
+// flags, so without this the pinned map never looks compatible and a
+// reload would drop the auto rules.
+func mmapable(spec *ebpf.MapSpec, m *ebpf.Map) {
+	if m.Flags()&unix.BPF_F_MMAPABLE != 0 && strings.HasPrefix(spec.Name, ".") {
+		spec.Flags |= unix.BPF_F_MMAPABLE
+	}
 }

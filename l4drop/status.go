@@ -45,6 +45,8 @@ type Status struct {
 
 // AutoStatus is one auto rule's line in Status.
 type AutoStatus struct {
+	// Name is auto-SLOT, as the daemon's log names the rule.
+	Name    string    `json:"name"`
 	Slot    int       `json:"slot"`
 	Auto    bool      `json:"auto"` // always true: tells auto rules from the file's
 	State   string    `json:"state"`
@@ -240,7 +242,11 @@ func (h *Handle) Status(interval time.Duration) (*Status, error) {
 		return nil, err
 	}
 	for _, a := range autos {
-		as := AutoStatus{Slot: a.Slot, Auto: true, State: autoStateName(a.Rule.State), Since: a.Since, Expr: a.Rule.Expr()}
+		if a.Rule.State == AutoOff {
+			// An empty slot between rules: no rule.
+			continue
+		}
+		as := AutoStatus{Name: fmt.Sprintf("auto-%d", a.Slot), Slot: a.Slot, Auto: true, State: autoStateName(a.Rule.State), Since: a.Since, Expr: a.Rule.Expr()}
 		if i := len(h.State.Meta.Rules) + 1 + a.Slot; i < len(c2) {
 			r := rs(i)
 			as.Packets, as.Bytes, as.PPS, as.BPS = r.Packets, r.Bytes, r.PPS, r.BPS

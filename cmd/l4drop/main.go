@@ -25,7 +25,8 @@ Usage:
   l4drop status --iface IF [--netns NS] [--json] [--interval 1s]
   l4drop samples --iface IF [--netns NS] -w OUT.pcapng|- [--count N] [--rate N]
   l4drop run RULES.yaml|rules.o --iface IF [--location L] [--netns NS] [--dir DIR] [--metrics ADDR]
-  l4drop test RULES.yaml -r IN.pcap [--location L] [-v]
+  l4drop test RULES.yaml -r IN.pcap [--location L] [-v | --json]
+  l4drop fingerprint -r ATTACK.pcap [--baseline NORMAL.pcap] [--name PREFIX]   (rules as YAML)
 
 Pins go under DIR/l4drop/IF/ (IF@NS/ with --netns NS), DIR being
 --bpffs DIR or /sys/fs/bpf. Prefer "l4drop ... --netns NS" to

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -19,7 +20,10 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
+	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/lab"
 )
 
 var binary string
@@ -113,6 +117,11 @@ func TestBadInput(t *testing.T) {
 		{"run --sflow bad", []string{"run", "x.yaml", "--iface", "lo", "--sflow", "nohostport"}, "--sflow"},
 		{"status interval negative", []string{"status", "--iface", "lo", "--interval", "-1s"}, "--interval"},
 		{"bpffs not a bpffs", []string{"status", "--iface", "lo", "--bpffs", filepath.Dir(good)}, "--bpffs"},
+		{"fingerprint without -r", []string{"fingerprint"}, "-r"},
+		{"fingerprint missing capture", []string{"fingerprint", "-r", "/nonexistent.pcap"}, "nonexistent.pcap"},
+		{"fingerprint bad coverage", []string{"fingerprint", "-r", good, "--coverage", "1.5"}, "--coverage"},
+		{"fingerprint bad name", []string{"fingerprint", "-r", good, "--name", "a b"}, "--name"},
+		{"fingerprint not a capture", []string{"fingerprint", "-r", good}, "good.yaml"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -196,6 +205,28 @@ func TestBuildLoadStatusTest(t *testing.T) {
 		}
 	}
 
+	out, code = runCmd(t, "test", rulesFile, "-r", pcap, "--json")
+	if code != 0 {
+		t.Fatalf("test --json: exit %d\n%s", code, out)
+	}
+	var tj struct {
+		Packets, Unmatched, Unseen int
+		Rules                      []struct {
+			Name, Action string
+			Packets      int
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &tj); err != nil {
+		t.Fatalf("test --json: %v\n%s", err, out)
+	}
+	got := fmt.Sprintf("%d %d %d %+v", tj.Packets, tj.Unmatched, tj.Unseen, tj.Rules)
+	if want := "7 1 2 [{Name:allow-client Action:pass Packets:1} {Name:udp-5353 Action:drop Packets:2} {Name:bad-name Action:drop Packets:1}]"; got != want {
+		t.Errorf("test --json: %s, want %s", got, want)
+	}
+	if out, code := runCmd(t, "test", rulesFile, "-r", pcap, "--json", "-v"); code == 0 || !strings.Contains(out, "give one") {
+		t.Errorf("test --json -v: exit %d\n%s", code, out)
+	}
+
 	lab := fixture.Lab(t)
 	root := fixture.BPFFS(t)
 	where := []string{"--iface", lab.ServerIf, "--netns", lab.Server.Name, "--bpffs", root}
@@ -204,6 +235,18 @@ func TestBuildLoadStatusTest(t *testing.T) {
 	}
 	if out, code := runCmd(t, append([]string{"load", obj, "--disable", "udp-5353"}, where...)...); code != 0 || !strings.Contains(out, "replaced") {
 		t.Fatalf("reload: exit %d\n%s", code, out)
+	}
+	// An auto rule in slot 1 (slot 0 empty), as l4drop run --auto deploys.
+	h, err := l4drop.Open(l4drop.Dir(root, lab.ServerIf, lab.Server.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	auto := l4drop.AutoRule{State: l4drop.AutoDrop, Family: 4, Proto: 17,
+		Conds: []l4drop.AutoCond{{Base: l4drop.BaseIP, Size: 1, Off: 8, Mask: 0xff, Min: 50, Max: 60}}}
+	err = h.SetAutoRule(1, auto)
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
 	}
 	out, code = runCmd(t, append([]string{"status", "--json", "--interval", "0"}, where...)...)
 	if code != 0 {
@@ -215,6 +258,13 @@ func TestBuildLoadStatusTest(t *testing.T) {
 			Enabled bool
 			Packets uint64
 		}
+		AutoRules []struct {
+			Name  string
+			Auto  bool
+			State string
+			Since string
+			Expr  string
+		} `json:"auto_rules"`
 		Samples, Lost uint64
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
@@ -222,6 +272,18 @@ func TestBuildLoadStatusTest(t *testing.T) {
 	}
 	if len(st.Rules) != 3 || st.Rules[1].Name != "udp-5353" || st.Rules[1].Enabled || !st.Rules[2].Enabled {
 		t.Errorf("status: %+v", st)
+	}
+	if len(st.AutoRules) != 1 {
+		t.Fatalf("status: auto rules %+v, want the one in slot 1", st.AutoRules)
+	}
+	a := st.AutoRules[0]
+	since, err := time.Parse(time.RFC3339, a.Since)
+	if a.Name != "auto-1" || !a.Auto || a.State != "drop" || err != nil || time.Since(since) > time.Minute || a.Expr != auto.Expr() {
+		t.Errorf("status: auto rule %+v (since: %v), want auto-1, drop, now, %q", a, err, auto.Expr())
+	}
+	// The expression is one a rules file takes.
+	if _, err := cbpf.Compile(a.Expr, cbpf.LinkTypeRaw, 0); err != nil {
+		t.Errorf("auto rule's expr %q: %v", a.Expr, err)
 	}
 	if out, code := runCmd(t, append([]string{"load", obj, "--enable", "nope"}, where...)...); code != 1 || !strings.Contains(out, "nope") {
 		t.Errorf("load --enable nope: exit %d\n%s", code, out)
@@ -407,5 +469,57 @@ func TestLoadOnly(t *testing.T) {
 	cmd = exec.Command(bin, "run", "rules.yaml", "--iface", "lo", "--metrics", "")
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "load-only") {
 		t.Errorf("load-only run of a rules file: %v\n%s", err, out)
+	}
+}
+
+// TestFingerprint makes captures of a scenario's attack and of its
+// legitimate traffic with the lab's templates, turns them into a rules file
+// with l4drop fingerprint, and judges it with l4drop test --json on traffic
+// of other seeds: every attack packet dropped, no legitimate one.
+func TestFingerprint(t *testing.T) {
+	fixture.RequireRoot(t)
+	sc, err := lab.LookupScenario("dns-random-subdomain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	attackT, legitT, err := sc.Templates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A capture of an attack holds some legitimate traffic too.
+	attack := append(lab.Frames(attackT, 1, 1500), lab.Frames(legitT, 2, 30)...)
+	out, code := runCmd(t, "fingerprint", "-r", writePcap(t, attack), "--baseline", writePcap(t, lab.Frames(legitT, 3, 2000)), "--name", "rsd")
+	if code != 0 || !strings.Contains(out, "- name: rsd-1") {
+		t.Fatalf("fingerprint: exit %d\n%s", code, out)
+	}
+	t.Logf("rules:\n%s", out)
+	rulesFile := writeFile(t, "fp.yaml", out)
+	judge := func(frames [][]byte) (matched, unmatched int) {
+		t.Helper()
+		out, code := runCmd(t, "test", rulesFile, "-r", writePcap(t, frames), "--json")
+		if code != 0 {
+			t.Fatalf("test --json: exit %d\n%s", code, out)
+		}
+		var tj struct {
+			Unmatched int
+			Rules     []struct{ Packets int }
+		}
+		if err := json.Unmarshal([]byte(out), &tj); err != nil {
+			t.Fatalf("test --json: %v\n%s", err, out)
+		}
+		for _, r := range tj.Rules {
+			matched += r.Packets
+		}
+		return matched, tj.Unmatched
+	}
+	if m, _ := judge(lab.Frames(attackT, 11, 3000)); m*100 < 3000*99 {
+		t.Errorf("the rules drop %d of 3000 attack packets of another seed, want 99%%", m)
+	}
+	if m, u := judge(lab.Frames(legitT, 12, 5000)); m != 0 || u != 5000 {
+		t.Errorf("the rules match %d of 5000 legitimate packets of another seed (%d unmatched), want none", m, u)
+	}
+	// No attack in the capture: no rule, and an error saying so.
+	if out, code := runCmd(t, "fingerprint", "-r", writePcap(t, lab.Frames(legitT, 4, 500)), "--baseline", writePcap(t, lab.Frames(legitT, 5, 500))); code == 0 || !strings.Contains(out, "no fingerprint") {
+		t.Errorf("fingerprint of legitimate traffic against itself: exit %d\n%s", code, out)
 	}
 }

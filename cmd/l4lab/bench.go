@@ -16,6 +16,7 @@ import (
 
 	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/lab/bench"
+	"github.com/l4drop/l4drop/lab/scenario"
 )
 
 const benchUsage = `Usage: l4lab bench [flags]
@@ -36,7 +37,9 @@ Measures, side by side in one run:
     hook, a filter matching nothing);
   - xdpcap's capture rate, every packet to a file, on a minimal program's
     hook and on L4Drop's, against tcpdump;
-  - l4drop's build and load time; cbpfc over the corpus filters.
+  - l4drop's build and load time; cbpfc over the corpus filters;
+  - the time to mitigate of l4drop run --auto over every attack scenario
+    (l4lab scenario), IPv4 and IPv6.
 Prints a table and writes it, with the machine, kernel, date and command,
 to -o, and a plot of drop rate against rule count to -plot. Needs root,
 and l4drop and xdpcap next to l4lab or on PATH ('make build');
@@ -54,6 +57,7 @@ Examples:
   l4lab bench -rounds 3 -capture-rounds 1 -rules 1,100 -build-rules 1,100 -o /tmp/bench.md
   l4lab bench -capture=false -cbpfc-repeat 0 -hook-runs 0 -o ''     # drop rates only, printed
   l4lab bench -mixed-rounds 0 -o /tmp/bench.md                         # no pass with legitimate queries
+  l4lab bench -auto-d 0 -o /tmp/bench.md                               # no auto-mitigation scenarios
 
 Flags:
 `
@@ -78,6 +82,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	captures := fs.Bool("capture", true, "measure the capture rates")
 	daemonPPS := fs.Int("daemon-pps", 1000000, "packets a second through L4Drop for the daemon's cost with --sflow and --auto (0: skip it)")
 	actions := fs.Bool("actions", true, "measure actions syncookie and ratelimit against drop-all on a SYN flood")
+	autoD := fs.Duration("auto-d", 5*time.Second, "attack duration of each auto-mitigation scenario (0: skip them)")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
@@ -297,6 +302,11 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		took("capture rates")
+	}
+
+	if *autoD > 0 {
+		rep.Auto = bench.MeasureAuto(ctx, scenario.Options{Duration: *autoD}, logf)
+		took("auto-mitigation scenarios")
 	}
 
 	rep.Load = loadBefore + " / " + bench.LoadAverage()

@@ -29,12 +29,16 @@ queries for random names under attack.example and TCP SYNs to port 80,
 shows the server suffering, builds rules with bpfgen and a tcpdump
 expression, loads them with l4drop, shows the rules' counters climbing while
 every legitimate query still arrives, captures dropped packets with xdpcap,
-shows a few samples, and removes everything. Needs root and the l4drop,
+shows a few samples; then runs the daemon with --auto, floods the server
+with an attack no rule knows, and shows a rule appear by itself, the users
+still served, and the rule expire once the attack stops; and removes
+everything. Needs root and the l4drop,
 xdpcap and bpfgen commands (next to l4lab, as 'make build' puts them, or on
 PATH).
 
 -short runs a quick version for CI and checks its claims: attack dropped,
-legitimate traffic delivered, xdpcap captured drops. It exits 1 if one fails.
+legitimate traffic delivered, xdpcap captured drops, an auto rule within
+2 s that expires. It exits 1 if one fails.
 
 Examples:
   make demo
@@ -124,7 +128,7 @@ func findBinary(name string) (string, error) {
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.w, format+"\n", args...) }
 
 func (d *demo) step(n int, title string) {
-	d.say("\n%s", d.bold(fmt.Sprintf("[%d/7] %s", n, title)))
+	d.say("\n%s", d.bold(fmt.Sprintf("[%d/8] %s", n, title)))
 }
 
 // bold marks s bold on a terminal.
@@ -359,6 +363,10 @@ rules:
 	waitBG(bg[1], 5*time.Second)
 	d.cmd("tcpdump", "-nr", "samples.pcapng")
 
+	if err := d.autoPhase(ctx); err != nil {
+		return err
+	}
+
 	d.say("\n%s Removing L4Drop, the namespaces and the veth pair.", d.bold("Done."))
 	return nil
 }
@@ -426,6 +434,12 @@ type statusJSON struct {
 		Packets uint64 `json:"packets"`
 		Bytes   uint64 `json:"bytes"`
 	} `json:"rules"`
+	AutoRules []struct {
+		Name    string    `json:"name"`
+		Since   time.Time `json:"since"`
+		Expr    string    `json:"expr"`
+		Packets uint64    `json:"packets"`
+	} `json:"auto_rules"`
 	Samples uint64 `json:"samples"`
 	Lost    uint64 `json:"lost"`
 }
@@ -517,6 +531,9 @@ func (d *demo) watch(ctx context.Context, dur time.Duration, flood *lab.Generato
 		if status != nil {
 			if st, err := status(); err == nil {
 				for _, r := range st.Rules {
+					line += fmt.Sprintf("  %s %d", r.Name, r.Packets)
+				}
+				for _, r := range st.AutoRules {
 					line += fmt.Sprintf("  %s %d", r.Name, r.Packets)
 				}
 			}

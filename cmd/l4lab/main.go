@@ -3,6 +3,7 @@
 //
 //	l4lab gen [flags] [TEMPLATE...]   send templated traffic
 //	l4lab demo [-short]               mitigate a flood, end to end
+//	l4lab scenario NAME [flags]       an attack scenario against a mitigation, measured
 //	l4lab bench [flags]               measure L4Drop, xdpcap and cbpfc against their peers
 //	l4lab synflood [flags]            SYN flood and real clients, kernel alone and behind action syncookie
 //	l4lab clean                       remove labs left by killed runs
@@ -24,6 +25,7 @@ const usage = `l4lab: L4Drop's lab. Needs root.
 Usage:
   l4lab gen [flags] [TEMPLATE...]   send templated traffic into a lab (or out of -iface)
   l4lab demo [-short]               mitigate a DNS and SYN flood with L4Drop, end to end
+  l4lab scenario NAME [flags]       run an attack scenario against auto rules, a rules file or nothing
   l4lab bench [flags]               measure L4Drop, xdpcap and cbpfc against their peers
   l4lab synflood [flags]            spoofed SYN flood and real clients, kernel alone and behind action syncookie
   l4lab clean                       remove labs that killed runs left behind
@@ -32,6 +34,7 @@ Examples:
   l4lab gen -d 5s 'dns,name=*.attack.example,weight=95' 'dns,name=www.example.org,weight=5'
   l4lab gen -netns NS -iface veth0 -n 1000000 -rate 100000 'syn,port=80,v6'
   l4lab demo
+  l4lab scenario dns-random-subdomain --json
   l4lab bench -o docs/benchmarks.md
 
 Run 'l4lab COMMAND -h' for a command's flags.
@@ -52,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = genCmd(args[1:], stdout, stderr)
 	case "demo":
 		err = demoCmd(args[1:], stdout, stderr)
+	case "scenario":
+		err = scenarioCmd(args[1:], stdout, stderr)
 	case "bench":
 		err = benchCmd(args[1:], stdout, stderr)
 	case "synflood":

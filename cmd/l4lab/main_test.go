@@ -51,6 +51,11 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"gen", "icmp"}, 1, "unknown kind"},
 		{[]string{"gen", "-r", "/nonexistent.pcap"}, 1, "no such file"},
 		{[]string{"bench", "-rules", "0"}, 1, "bad rule count"},
+		{[]string{"scenario"}, 2, "want one scenario name"},
+		{[]string{"scenario", "smurf"}, 1, "unknown scenario"},
+		{[]string{"scenario", "syn-flood", "--mode", "magic"}, 1, "want auto, none or rules=FILE"},
+		{[]string{"scenario", "syn-flood", "--mode", "rules=/nonexistent.yaml"}, 1, "nonexistent.yaml"},
+		{[]string{"scenario", "syn-flood", "--sample-rate", "0"}, 1, "--sample-rate"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(tt.args, &stdout, &stderr)
@@ -72,7 +77,7 @@ func TestDemoShort(t *testing.T) {
 	if err != nil {
 		t.Fatalf("l4lab demo -short: %v", err)
 	}
-	for _, claim := range []string{"✔ L4Drop dropped", "legitimate queries sent reached the server", "✔ the attack did not reach the stack", "✔ xdpcap captured"} {
+	for _, claim := range []string{"✔ L4Drop dropped", "legitimate queries sent reached the server", "✔ the attack did not reach the stack", "✔ xdpcap captured", "✔ a rule appeared by itself", "✔ the rule expired by itself"} {
 		if !bytes.Contains(out, []byte(claim)) {
 			t.Errorf("no %q in the output", claim)
 		}

@@ -28,13 +28,21 @@ type Auto struct {
 // attack (0: the default), monitor to deploy rules that count and sample
 // without dropping.
 func NewAuto(threshold float64, expire time.Duration, monitor bool) (*Auto, error) {
-	if threshold < 0 {
-		return nil, fmt.Errorf("%w: --auto-threshold %v: want more than 0", ErrConfig, threshold)
+	return NewAutoConfig(fingerprint.Config{Threshold: threshold, Expire: expire, Monitor: monitor})
+}
+
+// NewAutoConfig returns the auto-mitigation component with the engine
+// tuned by cfg (learning and quarantine periods, window, ratio...), for
+// labs and tests; the sample rate, deployer, logger and slots are the
+// daemon's, whatever cfg says.
+func NewAutoConfig(cfg fingerprint.Config) (*Auto, error) {
+	if cfg.Threshold < 0 {
+		return nil, fmt.Errorf("%w: --auto-threshold %v: want more than 0", ErrConfig, cfg.Threshold)
 	}
-	if expire < 0 {
-		return nil, fmt.Errorf("%w: --auto-expire %v: want more than 0", ErrConfig, expire)
+	if cfg.Expire < 0 {
+		return nil, fmt.Errorf("%w: --auto-expire %v: want more than 0", ErrConfig, cfg.Expire)
 	}
-	return &Auto{cfg: fingerprint.Config{Threshold: threshold, Expire: expire, Monitor: monitor}}, nil
+	return &Auto{cfg: cfg}, nil
 }
 
 // Name implements Component.

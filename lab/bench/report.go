@@ -38,6 +38,8 @@ type Report struct {
 	Daemon []DaemonCost
 	// CBPFC is cbpfc's corpus table, as its benchmark prints it.
 	CBPFC string
+	// Auto is the time-to-mitigate table; nil if not measured.
+	Auto  *AutoMitigation
 	Notes []string
 }
 
@@ -94,6 +96,7 @@ func (r *Report) Markdown(plot string) string {
 	r.mixed(&b)
 	r.hookCost(&b)
 	r.captures(&b)
+	r.Auto.markdown(&b)
 	if len(r.BuildLoads) > 0 {
 		fmt.Fprintf(&b, "\n## Build and load\n\n`l4drop build` (C generation and clang) and `l4drop load` (verifier, attach, pins), wall time of the commands.\n\n"+
 			"| rules | build | load |\n|---:|---:|---:|\n")
