@@ -21,7 +21,6 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/l4drop/l4drop/internal/bpffs"
-	"github.com/l4drop/l4drop/xdpcap"
 )
 
 // Pin names under the interface's directory (DefaultRoot/l4drop/IF/).
@@ -36,6 +35,12 @@ const (
 	PinChain    = "chain"
 	PinState    = "state"
 )
+
+// ProgBody is the program of a built ELF that the loader puts in the xdpcap
+// hook's body slot (xdpcap.BodySlot): the first program without its
+// xdpcap_entry call, which an entry capture's filter runs once it has
+// recorded the packet. ELFs built before capture at entry lack it.
+const ProgBody = ProgPrefix + "body"
 
 // Errors callers branch on.
 var (
@@ -410,7 +415,11 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 			m.Close()
 		}
 	}()
-	if hook, err := xdpcap.OpenHook(filepath.Join(dir, PinHook)); err == nil {
+	hook, err := reuseHook(filepath.Join(dir, PinHook), spec.Maps[MapHook])
+	if err != nil {
+		return nil, err
+	}
+	if hook != nil {
 		repl[MapHook] = hook
 	} else {
 		newPins = append(newPins, PinHook)
@@ -453,6 +462,18 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The body goes in the hook before the program that calls
+	// xdpcap_entry is attached; a failed load puts back the one before.
+	body, err := setBody(coll.Maps[MapHook], coll.Programs[ProgBody])
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if !done {
+			body.restore()
+		}
+		body.close()
+	}()
 	chain := coll.Maps[MapChain]
 	if opts.Next != "" {
 		next, err := ebpf.LoadPinnedProgram(opts.Next, nil)
