@@ -33,6 +33,17 @@ type CaptureRate struct {
 	// Rates is the rate captured per CPU-second (CPUMpps) of every round,
 	// in round order, for ratios to other rows measured in the same rounds.
 	Rates []float64
+	// Records is the number of packets in the capture's file.
+	Records uint64
+	// Counted is what the XDP program counted of the packets the capture
+	// is after (L4Drop's rule counter), to check the file against; 0 where
+	// the program counts nothing.
+	Counted uint64
+	// Runs are every round's measurements, in round order (MeasureCaptures).
+	Runs []CaptureRate
+	// OwnFlood says the row's packets were not the generator's flood
+	// (XDPcapL4DropTestRuns): its rate is not comparable to tcpdump's.
+	OwnFlood bool
 	// Err is why the row could not be measured.
 	Err error
 }
@@ -99,8 +110,50 @@ func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf f
 		for _, r := range rs {
 			out[i].Rates = append(out[i].Rates, r.CPUMpps())
 		}
+		out[i].Runs = rs
 	}
 	return out, nil
+}
+
+// CaptureTarget is what a capture row must do in every round: lose
+// nothing (and, where the XDP program counts the packets, put as many in
+// the file as it counted) at MinRatio times tcpdump's rate or more.
+type CaptureTarget struct {
+	// MinRatio is the least rate per CPU-second against tcpdump's in the
+	// same round.
+	MinRatio float64
+}
+
+// DefaultCaptureTarget is the issue's: 0 lost at 4 times tcpdump's rate.
+var DefaultCaptureTarget = CaptureTarget{MinRatio: 4}
+
+// Check counts the rounds of c that meet the target against ref's round
+// of the same number, and says for each what it measured.
+func (t CaptureTarget) Check(c, ref CaptureRate) (met int, rounds []string) {
+	for i, r := range c.Runs {
+		var ratio float64
+		if i < len(ref.Runs) && ref.Runs[i].Err == nil && ref.Runs[i].CPUMpps() > 0 {
+			ratio = r.CPUMpps() / ref.Runs[i].CPUMpps()
+		}
+		ok := r.Err == nil && r.Lost == 0 && r.Captured > 0 && r.Records == r.Captured
+		s := fmt.Sprintf("%.3f Mpps, %d lost", r.Mpps(), r.Lost)
+		if !c.OwnFlood {
+			ok = ok && ratio >= t.MinRatio
+			s = fmt.Sprintf("%.1f×, %d lost", ratio, r.Lost)
+		}
+		if r.Counted > 0 {
+			ok = ok && r.Counted == r.Records
+			s += fmt.Sprintf(", %d of %d counted in the file", r.Records, r.Counted)
+		}
+		if r.Err != nil {
+			s = "failed"
+		}
+		if ok {
+			met++
+		}
+		rounds = append(rounds, s)
+	}
+	return met, rounds
 }
 
 func parseUint(b []byte) uint64 {
@@ -156,7 +209,7 @@ func Tcpdump(dir string) Capture {
 		c := l.Server.Command("tcpdump", "-n", "-i", l.ServerIf, "-w", out)
 		c.Stderr = &stderr
 		ready := func() bool { return bytes.Contains(stderr.Bytes(), []byte("listening on")) }
-		err = captureDuring(ctx, cfg, l, c, &stderr, ready, &res, func(s []byte) error {
+		err = captureDuring(ctx, cfg, l, nil, c, &stderr, ready, &res, func(s []byte) error {
 			m := tcpdumpStats.FindSubmatch(s)
 			if m == nil {
 				return fmt.Errorf("tcpdump printed no statistics: %s", s)
@@ -174,9 +227,10 @@ func Tcpdump(dir string) Capture {
 	}}
 }
 
-// captureDuring starts the capture command, floods, stops the capture with
-// SIGINT and parses its statistics.
-func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, stderr *syncBuffer, ready func() bool, res *CaptureRate, parse func([]byte) error) error {
+// captureDuring starts the capture command, floods (send; nil: the
+// generator's flood of l), stops the capture with SIGINT and parses its
+// statistics.
+func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, send func() (lab.Result, error), c *exec.Cmd, stderr *syncBuffer, ready func() bool, res *CaptureRate, parse func([]byte) error) error {
 	awayFrom(c, cfg.CPU)
 	if err := c.Start(); err != nil {
 		return err
@@ -195,7 +249,10 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, std
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r, err := flood(ctx, cfg, l)
+	if send == nil {
+		send = func() (lab.Result, error) { return flood(ctx, cfg, l) }
+	}
+	r, err := send()
 	if err != nil {
 		return err
 	}
@@ -247,4 +304,17 @@ func awayFrom(c *exec.Cmd, cpu int) {
 	}
 	c.Args = append([]string{"taskset", "-c", strings.Join(others, ","), c.Path}, c.Args[1:]...)
 	c.Path = taskset
+}
+
+// captureVsTarget says how capture row c did against DefaultCaptureTarget,
+// tcpdump's row being ref: the median ratio, the rounds that met the
+// target and each round's figures.
+func captureVsTarget(c, ref CaptureRate) string {
+	met, rounds := DefaultCaptureTarget.Check(c, ref)
+	median := c.RatiosTo(ref).format(1, "×")
+	if c.OwnFlood {
+		median = fmt.Sprintf("%.3f Mpps", c.Mpps())
+	}
+	return fmt.Sprintf("%s, %d lost (median run); %d of %d rounds meet it: %s",
+		median, c.Lost, met, len(c.Runs), strings.Join(rounds, "; "))
 }
