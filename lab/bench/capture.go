@@ -41,6 +41,12 @@ type CaptureRate struct {
 	Counted uint64
 	// Runs are every round's measurements, in round order (MeasureCaptures).
 	Runs []CaptureRate
+	// ReaderCPU is the CPU time the capture command had during the flood,
+	// ReaderWaited how long its threads were ready to run but waited for
+	// a CPU (the scheduler's accounting; 0 where not known): a capture
+	// that loses packets while its reader waits lost them to the
+	// machine's other work.
+	ReaderCPU, ReaderWaited time.Duration
 	// OwnFlood says the row's packets were not the generator's flood
 	// (XDPcapL4DropTestRuns): its rate is not comparable to tcpdump's.
 	OwnFlood bool
@@ -93,7 +99,8 @@ func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf f
 				r.Err = err
 				logf("round %d  %-60s failed: %v", round+1, c.Name, err)
 			} else {
-				logf("round %d  %-60s %8.3f Mpps captured, %8.3f per CPU-second, %d lost", round+1, c.Name, r.Mpps(), r.CPUMpps(), r.Lost)
+				logf("round %d  %-60s %8.3f Mpps captured, %8.3f per CPU-second, %d lost; reader on CPU %s, waiting %s",
+					round+1, c.Name, r.Mpps(), r.CPUMpps(), r.Lost, r.ReaderCPU.Round(time.Millisecond), r.ReaderWaited.Round(time.Millisecond))
 			}
 			runs[i] = append(runs[i], r)
 		}
@@ -144,6 +151,10 @@ func (t CaptureTarget) Check(c, ref CaptureRate) (met int, rounds []string) {
 		if r.Counted > 0 {
 			ok = ok && r.Counted == r.Records
 			s += fmt.Sprintf(", %d of %d counted in the file", r.Records, r.Counted)
+		}
+		if r.ReaderCPU > 0 && r.Elapsed > 0 {
+			s += fmt.Sprintf(", reader on a CPU %.0f%% and waiting for one %.0f%% of the flood",
+				100*r.ReaderCPU.Seconds()/r.Elapsed.Seconds(), 100*r.ReaderWaited.Seconds()/r.Elapsed.Seconds())
 		}
 		if r.Err != nil {
 			s = "failed"
@@ -252,9 +263,13 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, send func() (lab
 	if send == nil {
 		send = func() (lab.Result, error) { return flood(ctx, cfg, l) }
 	}
+	cpu0, wait0, ok0 := procSchedStat(c.Process.Pid)
 	r, err := send()
 	if err != nil {
 		return err
+	}
+	if cpu1, wait1, ok1 := procSchedStat(c.Process.Pid); ok0 && ok1 {
+		res.ReaderCPU, res.ReaderWaited = cpu1-cpu0, wait1-wait0
 	}
 	res.Sent, res.Elapsed, res.OnCPU = r.Sent, r.Elapsed, r.OnCPU
 	time.Sleep(300 * time.Millisecond) // let the capture drain its buffer
@@ -265,6 +280,36 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, send func() (lab
 		return fmt.Errorf("%w (exit: %w)", perr, err)
 	}
 	return nil
+}
+
+// procSchedStat sums the time on CPU and the time waiting for one of a
+// process's threads (/proc/PID/task/*/schedstat). Under taskset the
+// capture command is taskset itself first, then the command it became:
+// the same process.
+func procSchedStat(pid int) (onCPU, waited time.Duration, ok bool) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	for _, t := range tasks {
+		buf, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(buf))
+		if len(f) < 2 {
+			continue
+		}
+		run, err1 := strconv.ParseInt(f[0], 10, 64)
+		wait, err2 := strconv.ParseInt(f[1], 10, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		onCPU += time.Duration(run)
+		waited += time.Duration(wait)
+		ok = true
+	}
+	return onCPU, waited, ok
 }
 
 // syncBuffer is a bytes.Buffer that a command's output goroutine may write
