@@ -22,7 +22,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/bpffs"
-	"github.com/l4drop/l4drop/xdpcap"
 )
 
 // Pin names under the interface's directory (DefaultRoot/l4drop/IF/).
@@ -37,6 +36,12 @@ const (
 	PinChain    = "chain"
 	PinState    = "state"
 )
+
+// ProgBody is the program of a built ELF that the loader puts in the xdpcap
+// hook's body slot (xdpcap.BodySlot): the first program without its
+// xdpcap_entry call, which an entry capture's filter runs once it has
+// recorded the packet. ELFs built before capture at entry lack it.
+const ProgBody = ProgPrefix + "body"
 
 // Errors callers branch on.
 var (
@@ -417,7 +422,11 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 			m.Close()
 		}
 	}()
-	if hook, err := xdpcap.OpenHook(filepath.Join(dir, PinHook)); err == nil {
+	hook, err := reuseHook(filepath.Join(dir, PinHook), spec.Maps[MapHook])
+	if err != nil {
+		return nil, err
+	}
+	if hook != nil {
 		repl[MapHook] = hook
 	} else {
 		newPins = append(newPins, PinHook)
@@ -466,6 +475,18 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The body goes in the hook before the program that calls
+	// xdpcap_entry is attached; a failed load puts back the one before.
+	body, err := setBody(coll.Maps[MapHook], coll.Programs[ProgBody])
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if !done {
+			body.restore()
+		}
+		body.close()
+	}()
 	chain := coll.Maps[MapChain]
 	if opts.Next != "" {
 		next, err := ebpf.LoadPinnedProgram(opts.Next, nil)

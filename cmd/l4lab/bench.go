@@ -34,9 +34,10 @@ Measures, side by side in one run:
     next to the ceiling any filter that lets them through has on that mix
     (the stack's cost of a packet, from the no-filter row);
   - xdpcap's hook cost in ns per packet (BPF_PROG_TEST_RUN: no hook, empty
-    hook, a filter matching nothing);
+    hook, a filter matching nothing, an empty entry slot);
   - xdpcap's capture rate, every packet to a file, on a minimal program's
-    hook and on L4Drop's, against tcpdump;
+    hook and on L4Drop's, against tcpdump, and on L4Drop's with test runs
+    of its program as the flood (faster than the generator's fallback);
   - l4drop's build and load time; cbpfc over the corpus filters;
   - the time to mitigate of l4drop run --auto over every attack scenario
     (l4lab scenario), IPv4 and IPv6.
@@ -202,8 +203,8 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 			rep.Notes = append(rep.Notes, "xdpcap hook cost missing: "+err.Error())
 			logf("xdpcap hook cost: %v", err)
 		} else {
-			logf("xdpcap hook cost: no hook %.1f ns, empty hook %+.1f ns, filter matching nothing %+.1f ns",
-				h.NoHook, h.EmptyExtra, h.NoMatchExtra)
+			logf("xdpcap hook cost: no hook %.1f ns, empty hook %+.1f ns, filter matching nothing %+.1f ns, empty entry slot %+.1f ns",
+				h.NoHook, h.EmptyExtra, h.NoMatchExtra, h.EntryExtra)
 			rep.HookCost = &h
 		}
 		took("xdpcap hook cost")
@@ -288,7 +289,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	if *captures {
 		cs := []bench.Capture{t.XDPcapMinimal(dir)}
 		if obj, ok := objs[1]; ok {
-			cs = append(cs, t.XDPcapL4Drop(obj, dir))
+			cs = append(cs, t.XDPcapL4Drop(obj, dir), t.XDPcapL4DropTestRuns(obj, dir))
 		}
 		if bench.Have("tcpdump") {
 			cs = append(cs, bench.Tcpdump(dir))

@@ -526,7 +526,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			w.printf("\treturn L4_NONE;\n}\n")
 		}
 
-		w.printf("\nSEC(\"xdp\")\nint %s(struct xdp_md *ctx)\n{\n", name)
+		openProgram(w, p, name)
 		w.printf("\tconst uint8_t *data = (const uint8_t *)(long)ctx->data;\n")
 		w.printf("\tconst uint8_t *end = (const uint8_t *)(long)ctx->data_end;\n")
 		w.printf("\tconst uint8_t *ip = data;\n")
@@ -574,6 +574,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		}
 		w.printf("\t}\n")
 		w.printf("out:\n\treturn l4_finish(ctx, data, end, rule, action);\n}\n")
+		closeProgram(w, p, name)
 	}
 
 	js, err := meta.Marshal()

@@ -107,7 +107,7 @@ func DefaultConfig() Config {
 		Duration:        time.Second,
 		Rounds:          9,
 		MixedRounds:     7,
-		CaptureDuration: 3 * time.Second,
+		CaptureDuration: 5 * time.Second,
 		CaptureRounds:   3,
 		CPU:             runtime.NumCPU() - 1,
 		Traffic:         []string{"dns,name=*.attack.example,weight=95"},

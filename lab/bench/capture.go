@@ -33,6 +33,23 @@ type CaptureRate struct {
 	// Rates is the rate captured per CPU-second (CPUMpps) of every round,
 	// in round order, for ratios to other rows measured in the same rounds.
 	Rates []float64
+	// Records is the number of packets in the capture's file.
+	Records uint64
+	// Counted is what the XDP program counted of the packets the capture
+	// is after (L4Drop's rule counter), to check the file against; 0 where
+	// the program counts nothing.
+	Counted uint64
+	// Runs are every round's measurements, in round order (MeasureCaptures).
+	Runs []CaptureRate
+	// ReaderCPU is the CPU time the capture command had during the flood,
+	// ReaderWaited how long its threads were ready to run but waited for
+	// a CPU (the scheduler's accounting; 0 where not known): a capture
+	// that loses packets while its reader waits lost them to the
+	// machine's other work.
+	ReaderCPU, ReaderWaited time.Duration
+	// OwnFlood says the row's packets were not the generator's flood
+	// (XDPcapL4DropTestRuns): its rate is not comparable to tcpdump's.
+	OwnFlood bool
 	// Err is why the row could not be measured.
 	Err error
 }
@@ -82,7 +99,8 @@ func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf f
 				r.Err = err
 				logf("round %d  %-60s failed: %v", round+1, c.Name, err)
 			} else {
-				logf("round %d  %-60s %8.3f Mpps captured, %8.3f per CPU-second, %d lost", round+1, c.Name, r.Mpps(), r.CPUMpps(), r.Lost)
+				logf("round %d  %-60s %8.3f Mpps captured, %8.3f per CPU-second, %d lost; reader on CPU %s, waiting %s",
+					round+1, c.Name, r.Mpps(), r.CPUMpps(), r.Lost, r.ReaderCPU.Round(time.Millisecond), r.ReaderWaited.Round(time.Millisecond))
 			}
 			runs[i] = append(runs[i], r)
 		}
@@ -99,8 +117,54 @@ func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf f
 		for _, r := range rs {
 			out[i].Rates = append(out[i].Rates, r.CPUMpps())
 		}
+		out[i].Runs = rs
 	}
 	return out, nil
+}
+
+// CaptureTarget is what a capture row must do in every round: lose
+// nothing (and, where the XDP program counts the packets, put as many in
+// the file as it counted) at MinRatio times tcpdump's rate or more.
+type CaptureTarget struct {
+	// MinRatio is the least rate per CPU-second against tcpdump's in the
+	// same round.
+	MinRatio float64
+}
+
+// DefaultCaptureTarget is the issue's: 0 lost at 4 times tcpdump's rate.
+var DefaultCaptureTarget = CaptureTarget{MinRatio: 4}
+
+// Check counts the rounds of c that meet the target against ref's round
+// of the same number, and says for each what it measured.
+func (t CaptureTarget) Check(c, ref CaptureRate) (met int, rounds []string) {
+	for i, r := range c.Runs {
+		var ratio float64
+		if i < len(ref.Runs) && ref.Runs[i].Err == nil && ref.Runs[i].CPUMpps() > 0 {
+			ratio = r.CPUMpps() / ref.Runs[i].CPUMpps()
+		}
+		ok := r.Err == nil && r.Lost == 0 && r.Captured > 0 && r.Records == r.Captured
+		s := fmt.Sprintf("%.3f Mpps, %d lost", r.Mpps(), r.Lost)
+		if !c.OwnFlood {
+			ok = ok && ratio >= t.MinRatio
+			s = fmt.Sprintf("%.1f×, %d lost", ratio, r.Lost)
+		}
+		if r.Counted > 0 {
+			ok = ok && r.Counted == r.Records
+			s += fmt.Sprintf(", %d of %d counted in the file", r.Records, r.Counted)
+		}
+		if r.ReaderCPU > 0 && r.Elapsed > 0 {
+			s += fmt.Sprintf(", reader on a CPU %.0f%% and waiting for one %.0f%% of the flood",
+				100*r.ReaderCPU.Seconds()/r.Elapsed.Seconds(), 100*r.ReaderWaited.Seconds()/r.Elapsed.Seconds())
+		}
+		if r.Err != nil {
+			s = "failed"
+		}
+		if ok {
+			met++
+		}
+		rounds = append(rounds, s)
+	}
+	return met, rounds
 }
 
 func parseUint(b []byte) uint64 {
@@ -156,7 +220,7 @@ func Tcpdump(dir string) Capture {
 		c := l.Server.Command("tcpdump", "-n", "-i", l.ServerIf, "-w", out)
 		c.Stderr = &stderr
 		ready := func() bool { return bytes.Contains(stderr.Bytes(), []byte("listening on")) }
-		err = captureDuring(ctx, cfg, l, c, &stderr, ready, &res, func(s []byte) error {
+		err = captureDuring(ctx, cfg, l, nil, c, &stderr, ready, &res, func(s []byte) error {
 			m := tcpdumpStats.FindSubmatch(s)
 			if m == nil {
 				return fmt.Errorf("tcpdump printed no statistics: %s", s)
@@ -174,9 +238,10 @@ func Tcpdump(dir string) Capture {
 	}}
 }
 
-// captureDuring starts the capture command, floods, stops the capture with
-// SIGINT and parses its statistics.
-func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, stderr *syncBuffer, ready func() bool, res *CaptureRate, parse func([]byte) error) error {
+// captureDuring starts the capture command, floods (send; nil: the
+// generator's flood of l), stops the capture with SIGINT and parses its
+// statistics.
+func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, send func() (lab.Result, error), c *exec.Cmd, stderr *syncBuffer, ready func() bool, res *CaptureRate, parse func([]byte) error) error {
 	awayFrom(c, cfg.CPU)
 	if err := c.Start(); err != nil {
 		return err
@@ -195,9 +260,16 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, std
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r, err := flood(ctx, cfg, l)
+	if send == nil {
+		send = func() (lab.Result, error) { return flood(ctx, cfg, l) }
+	}
+	cpu0, wait0, ok0 := procSchedStat(c.Process.Pid)
+	r, err := send()
 	if err != nil {
 		return err
+	}
+	if cpu1, wait1, ok1 := procSchedStat(c.Process.Pid); ok0 && ok1 {
+		res.ReaderCPU, res.ReaderWaited = cpu1-cpu0, wait1-wait0
 	}
 	res.Sent, res.Elapsed, res.OnCPU = r.Sent, r.Elapsed, r.OnCPU
 	time.Sleep(300 * time.Millisecond) // let the capture drain its buffer
@@ -208,6 +280,36 @@ func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, c *exec.Cmd, std
 		return fmt.Errorf("%w (exit: %w)", perr, err)
 	}
 	return nil
+}
+
+// procSchedStat sums the time on CPU and the time waiting for one of a
+// process's threads (/proc/PID/task/*/schedstat). Under taskset the
+// capture command is taskset itself first, then the command it became:
+// the same process.
+func procSchedStat(pid int) (onCPU, waited time.Duration, ok bool) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	for _, t := range tasks {
+		buf, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(buf))
+		if len(f) < 2 {
+			continue
+		}
+		run, err1 := strconv.ParseInt(f[0], 10, 64)
+		wait, err2 := strconv.ParseInt(f[1], 10, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		onCPU += time.Duration(run)
+		waited += time.Duration(wait)
+		ok = true
+	}
+	return onCPU, waited, ok
 }
 
 // syncBuffer is a bytes.Buffer that a command's output goroutine may write
@@ -247,4 +349,17 @@ func awayFrom(c *exec.Cmd, cpu int) {
 	}
 	c.Args = append([]string{"taskset", "-c", strings.Join(others, ","), c.Path}, c.Args[1:]...)
 	c.Path = taskset
+}
+
+// captureVsTarget says how capture row c did against DefaultCaptureTarget,
+// tcpdump's row being ref: the median ratio, the rounds that met the
+// target and each round's figures.
+func captureVsTarget(c, ref CaptureRate) string {
+	met, rounds := DefaultCaptureTarget.Check(c, ref)
+	median := c.RatiosTo(ref).format(1, "×")
+	if c.OwnFlood {
+		median = fmt.Sprintf("%.3f Mpps", c.Mpps())
+	}
+	return fmt.Sprintf("%s, %d lost (median run); %d of %d rounds meet it: %s",
+		median, c.Lost, met, len(c.Runs), strings.Join(rounds, "; "))
 }
