@@ -16,7 +16,7 @@ type valKind uint8
 const (
 	vUnknown valKind = iota
 	vConst
-	vAbs // the packet bytes [k:size], as loaded by ld [k]
+	vAbs    // the packet bytes [k:size], as loaded by ld [k]
 	vMsh    // 4*([k]&0xf)
 	vAbsAnd // the packet bytes [k:size] & mask
 )
