@@ -351,10 +351,16 @@ func optimize(p *program) {
 				}
 			}
 		}
+		zero := endsZero(p, states)
 		rewrote := false
 		for i, in := range p.insns {
 			s := states[i]
 			if !s.reached {
+				continue
+			}
+			if zero[i] && (in.kind != kRetK || in.k != 0) {
+				// Whatever it does, the filter ends with 0.
+				p.insns[i], rewrote = insn{kind: kRetK}, true
 				continue
 			}
 			if _, ok := p.params[i]; ok && in.kind == kJcond && in.jt != in.jf {
@@ -369,6 +375,32 @@ func optimize(p *program) {
 			return
 		}
 	}
+}
+
+// endsZero marks the instructions from which every path ends the filter
+// with 0 (a failed load, a division by 0, a return of 0), given the states
+// before each instruction.
+func endsZero(p *program, states []constState) []bool {
+	zero := make([]bool, len(p.insns))
+	for i := len(p.insns) - 1; i >= 0; i-- {
+		in := p.insns[i]
+		switch {
+		case !states[i].reached:
+		case in.alwaysFails():
+			zero[i] = true
+		case in.kind == kRetK:
+			zero[i] = in.k == 0
+		case in.kind == kRetA:
+			zero[i] = states[i].ahi == 0
+		case in.kind == kJa:
+			zero[i] = !in.jback && zero[in.jt]
+		case in.kind == kJcond:
+			zero[i] = zero[in.jt] && zero[in.jf]
+		default:
+			zero[i] = i+1 < len(p.insns) && zero[i+1]
+		}
+	}
+	return zero
 }
 
 // insnSuccs are the successors in the cBPF program as written.
