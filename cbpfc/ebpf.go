@@ -240,16 +240,28 @@ func (f *facts) flow(checked int) []flowState {
 	return states
 }
 
+// interval is a pair of comparisons the eBPF backend emits as one
+// (facts.intervalTest).
+type interval struct {
+	lo, hi          uint32
+	inside, outside int
+}
+
 type ebpfGen struct {
-	f      *facts
-	opts   EBPFOpts
-	out    asm.Instructions
-	labels map[string]int // label -> position in out
-	base   int            // stack offset of our area
-	fail   string
-	a, x   asm.Register
-	tmp    asm.Register
-	px     asm.Register
+	f *facts
+	// intervals are the comparisons emitted with the next one they lead
+	// to, and skip the comparisons left out since nothing else leads
+	// there.
+	intervals map[int]interval
+	skip      []bool
+	opts      EBPFOpts
+	out       asm.Instructions
+	labels    map[string]int // label -> position in out
+	base      int            // stack offset of our area
+	fail      string
+	a, x      asm.Register
+	tmp       asm.Register
+	px        asm.Register
 }
 
 func checkOpts(p *program, o EBPFOpts) error {
@@ -329,7 +341,54 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 	if f.xptr {
 		g.px = g.x
 	}
+	g.findIntervals()
 	return g.compile()
+}
+
+// findIntervals decides which comparisons are emitted as interval tests,
+// in program order: a comparison left out cannot start one, nor be left
+// out when another interval test leads to it.
+func (g *ebpfGen) findIntervals() {
+	f := g.f
+	g.intervals = map[int]interval{}
+	g.skip = make([]bool, len(f.p.insns))
+	dests := map[int]bool{}
+	for i := range f.p.insns {
+		if !f.reachable[i] || g.skip[i] || f.dead[i] || f.fails[i] {
+			continue
+		}
+		lo, hi, inside, outside, ok := f.intervalTest(i)
+		if !ok {
+			continue
+		}
+		in := f.p.insns[i]
+		var skipped []int
+		for _, j := range []int{f.p.target(in.jt), f.p.target(in.jf)} {
+			if j != inside && j != outside && !f.joins[j] && !dests[j] && f.p.insns[in.jt].kind != kJa && f.p.insns[in.jf].kind != kJa {
+				g.skip[j] = true
+				skipped = append(skipped, j)
+			}
+		}
+		// Only where one of the ways falls through: otherwise it
+		// takes a jump more than the two comparisons.
+		if next := g.nextEmitted(i); next != inside && next != outside {
+			for _, j := range skipped {
+				g.skip[j] = false
+			}
+			continue
+		}
+		g.intervals[i] = interval{lo, hi, inside, outside}
+		dests[inside], dests[outside] = true, true
+	}
+}
+
+// nextEmitted is the instruction whose code follows that of instruction i.
+func (g *ebpfGen) nextEmitted(i int) int {
+	n := i + 1
+	for n < len(g.skip) && (g.skip[n] || !g.f.reachable[n]) {
+		n++
+	}
+	return n
 }
 
 func (g *ebpfGen) label(i int) string { return g.opts.LabelPrefix + "L" + strconv.Itoa(i) }
@@ -398,7 +457,7 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 	}
 
 	for i, in := range p.insns {
-		if !f.reachable[i] {
+		if !f.reachable[i] || g.skip[i] {
 			continue
 		}
 		if f.leader[i] {
@@ -770,6 +829,18 @@ func (g *ebpfGen) jcond(i int, in insn) {
 	if jt == jf {
 		if jt != i+1 {
 			g.emit(asm.Ja.Label(g.labelFor(jt)))
+		}
+		return
+	}
+	if iv, ok := g.intervals[i]; ok {
+		lo, hi, inside, outside := iv.lo, iv.hi, iv.inside, iv.outside
+		next := g.nextEmitted(i)
+		g.emit(asm.Sub.Imm32(g.a, int32(lo)))
+		switch {
+		case outside == next:
+			g.emit(asm.JLE.Imm32(g.a, int32(hi-lo), g.labelFor(inside)))
+		case inside == next:
+			g.emit(asm.JGT.Imm32(g.a, int32(hi-lo), g.labelFor(outside)))
 		}
 		return
 	}
