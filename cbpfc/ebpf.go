@@ -639,6 +639,19 @@ func (g *ebpfGen) load(dst, base asm.Register, off uint32, size int) {
 	g.emit(asm.LoadMem(dst, base, int16(off), sizes[size]))
 }
 
+// loadAbs emits dst = *(size *)(PacketStart + off). When the guard
+// register holds PacketStart+cur (cur >= 0), the load goes through it: a
+// filter whose loads all do needs PacketStart only to start the guard
+// register, and the minimal XDP program then loads xdp_md->data straight
+// into the guard register (coalesce).
+func (g *ebpfGen) loadAbs(dst asm.Register, cur int, off uint32, size int) {
+	if rel := int(off) - cur; cur >= 0 && !farOffset(rel) {
+		g.emit(asm.LoadMem(dst, g.tmp, int16(rel), sizes[size]))
+		return
+	}
+	g.load(dst, g.opts.PacketStart, off, size)
+}
+
 // loadRel emits dst = *(size *)(base + off) for an offset that may be
 // negative.
 func (g *ebpfGen) loadRel(dst, base asm.Register, off int, size int) {
@@ -680,17 +693,19 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	case kLdAbs:
 		if s.checkedA < extent(in) {
 			g.guard(s.cur, f.needAbs[i])
+			s.cur = f.needAbs[i]
 		}
 		if f.liveOut[i]&liveA != 0 {
-			g.load(g.a, g.opts.PacketStart, in.k, in.size)
+			g.loadAbs(g.a, s.cur, in.k, in.size)
 			g.swapLoad(i, in)
 		}
 	case kLdMsh:
 		if s.checkedA < extent(in) {
 			g.guard(s.cur, f.needAbs[i])
+			s.cur = f.needAbs[i]
 		}
 		if f.liveOut[i]&liveX != 0 {
-			g.load(g.x, g.opts.PacketStart, in.k, 1)
+			g.loadAbs(g.x, s.cur, in.k, 1)
 			g.emit(asm.And.Imm32(g.x, 0xf), asm.LSh.Imm32(g.x, 2))
 		}
 	case kLdInd:
