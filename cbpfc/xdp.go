@@ -89,6 +89,14 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 			insns, fallsThrough = insns[:last], true
 		}
 	}
+	if presetDrop {
+		// No-match is an exit with R0 preset: a jump there is one.
+		for i, ins := range insns {
+			if ins.OpCode.JumpOp() == asm.Ja && ins.OpCode.Class() == asm.JumpClass && ins.Reference() == "nomatch" {
+				insns[i] = asm.Return().WithSymbol(ins.Symbol())
+			}
+		}
+	}
 	refs := map[string]bool{}
 	for _, ins := range insns {
 		refs[ins.Reference()] = true
