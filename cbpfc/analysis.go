@@ -512,3 +512,15 @@ func (f *facts) intervalTest(i int) (lo, hi uint32, inside, outside int, ok bool
 	}
 	return lo, hi, inside, outside, true
 }
+
+// guardAt says whether absolute load i checks the packet bounds: when the
+// bytes it loads are not known to lie in the packet, or, in eBPF, when
+// more are needed on every path from it than are checked. Checking the
+// most every path needs as early as possible leaves the code after it,
+// which the verifier may walk once per path that leads there, shorter.
+// (clang schedules the C backend's checks its own way.)
+func (f *facts) guardAt(i int, s flowState) bool {
+	in := f.p.insns[i]
+	n := f.needAbs[i]
+	return s.checkedA < extent(in) || f.ebpf && n != zeroAnyway && n <= maxPacketOffset && s.checkedA < n
+}

@@ -87,7 +87,7 @@ func (f *facts) step(i int, s flowState) flowState {
 	}
 	switch in.kind {
 	case kLdAbs, kLdMsh:
-		if s.checkedA < extent(in) {
+		if f.guardAt(i, s) {
 			s.checkedA = f.needAbs[i]
 			s.cur = s.checkedA
 		}
@@ -691,7 +691,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		d := g.dst(in.dst)
 		g.emit(asm.Mov.Reg(d, g.opts.PacketEnd), asm.Sub.Reg(d, g.opts.PacketStart))
 	case kLdAbs:
-		if s.checkedA < extent(in) {
+		if f.guardAt(i, s) {
 			g.guard(s.cur, f.needAbs[i])
 			s.cur = f.needAbs[i]
 		}
@@ -700,7 +700,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			g.swapLoad(i, in)
 		}
 	case kLdMsh:
-		if s.checkedA < extent(in) {
+		if f.guardAt(i, s) {
 			g.guard(s.cur, f.needAbs[i])
 			s.cur = f.needAbs[i]
 		}
