@@ -154,9 +154,19 @@ func (f *facts) step(i int, s flowState) flowState {
 // reaching the loop head (X grown by different headers, say) is a state of
 // its own, which the verifier checks through every later iteration. Loops
 // then cost the verifier a fraction, and the next ld [x+k] checks X's bound
-// again.
+// again. A loop head only one backward jump leads to has one way round:
+// no widening then.
 func (f *facts) widenX(i int) bool {
-	return f.ebpf && !f.xptr && f.liveIn[f.p.insns[i].jt]&liveX != 0
+	t := f.p.insns[i].jt
+	if !f.ebpf || f.xptr || f.liveIn[t]&liveX == 0 {
+		return false
+	}
+	for j, in := range f.p.insns {
+		if j != i && f.reachable[j] && in.kind == kJa && in.jback && in.jt == t {
+			return true
+		}
+	}
+	return false
 }
 
 // farOffset says whether a load offset does not fit the instruction, so
