@@ -264,14 +264,17 @@ type ebpfGen struct {
 	// there.
 	intervals map[int]interval
 	skip      []bool
-	opts      EBPFOpts
-	out       asm.Instructions
-	labels    map[string]int // label -> position in out
-	base      int            // stack offset of our area
-	fail      string
-	a, x      asm.Register
-	tmp       asm.Register
-	px        asm.Register
+	// xArith holds, at a txa, the ALU operation it and the next two
+	// instructions do to X (findXArith).
+	xArith map[int]insn
+	opts   EBPFOpts
+	out    asm.Instructions
+	labels map[string]int // label -> position in out
+	base   int            // stack offset of our area
+	fail   string
+	a, x   asm.Register
+	tmp    asm.Register
+	px     asm.Register
 }
 
 func checkOpts(p *program, o EBPFOpts) error {
@@ -351,6 +354,8 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 	if f.xptr {
 		g.px = g.x
 	}
+	g.skip = make([]bool, len(p.insns))
+	g.findXArith()
 	g.findIntervals()
 	return g.compile()
 }
@@ -361,7 +366,6 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 func (g *ebpfGen) findIntervals() {
 	f := g.f
 	g.intervals = map[int]interval{}
-	g.skip = make([]bool, len(f.p.insns))
 	dests := map[int]bool{}
 	for i := range f.p.insns {
 		if !f.reachable[i] || g.skip[i] || f.dead[i] || f.fails[i] {
@@ -389,6 +393,24 @@ func (g *ebpfGen) findIntervals() {
 		}
 		g.intervals[i] = interval{lo, hi, inside, outside}
 		dests[inside], dests[outside] = true, true
+	}
+}
+
+// findXArith finds "txa; A op k; tax" where A is read by nothing after:
+// X op k in X's register does, and the three emit that one instruction
+// (libpcap's protochain steps X this way).
+func (g *ebpfGen) findXArith() {
+	f, p := g.f, g.f.p
+	g.xArith = map[int]insn{}
+	for i := 0; i+2 < len(p.insns); i++ {
+		alu, tax := p.insns[i+1], p.insns[i+2]
+		if p.insns[i].kind != kTxa || !f.reachable[i] || f.dead[i] || f.leader[i+1] || f.leader[i+2] ||
+			alu.kind != kAlu || alu.useX || f.fails[i+1] || tax.kind != kTax || f.liveOut[i+2]&liveA != 0 {
+			continue
+		}
+		g.xArith[i] = alu
+		g.skip[i+1], g.skip[i+2] = true, true
+		i += 2
 	}
 }
 
@@ -763,6 +785,10 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	case kTax:
 		g.emit(asm.Mov.Reg32(g.x, g.a))
 	case kTxa:
+		if op, ok := g.xArith[i]; ok {
+			g.aluOn(g.x, op)
+			return nil
+		}
 		g.emit(asm.Mov.Reg32(g.a, g.x))
 	case kNop:
 	case kRetA:
@@ -806,7 +832,10 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	return nil
 }
 
-func (g *ebpfGen) alu(in insn) {
+func (g *ebpfGen) alu(in insn) { g.aluOn(g.a, in) }
+
+// aluOn emits dst op= (k or X), as the cBPF ALU instruction in does to A.
+func (g *ebpfGen) aluOn(dst asm.Register, in insn) {
 	var op asm.ALUOp
 	switch in.op {
 	case aluADD:
@@ -834,7 +863,7 @@ func (g *ebpfGen) alu(in insn) {
 		if in.op == aluDIV || in.op == aluMOD {
 			g.emit(asm.JEq.Imm32(g.x, 0, g.fail))
 		}
-		g.emit(op.Reg32(g.a, g.x))
+		g.emit(op.Reg32(dst, g.x))
 		return
 	}
 	k := in.k
@@ -843,7 +872,7 @@ func (g *ebpfGen) alu(in insn) {
 		// interpreter on x86 shifts by k mod 32.
 		k &= 31
 	}
-	g.emit(op.Imm32(g.a, int32(k)))
+	g.emit(op.Imm32(dst, int32(k)))
 }
 
 func (g *ebpfGen) jcond(i int, in insn) {
