@@ -264,6 +264,10 @@ type ebpfGen struct {
 	// there.
 	intervals map[int]interval
 	skip      []bool
+	// deferred marks the instructions of blocks emitted at the end,
+	// blockEnd has for each the instruction the block rejoins.
+	deferred []bool
+	blockEnd map[int]int
 	// xArith holds, at a txa, the ALU operation it and the next two
 	// instructions do to X (findXArith).
 	xArith map[int]insn
@@ -356,7 +360,6 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 	}
 	g.skip = make([]bool, len(p.insns))
 	g.findXArith()
-	g.findIntervals()
 	return g.compile()
 }
 
@@ -414,13 +417,84 @@ func (g *ebpfGen) findXArith() {
 	}
 }
 
-// nextEmitted is the instruction whose code follows that of instruction i.
+// nextEmitted is the instruction whose code follows that of instruction
+// i, -1 if none: the last of a block moved to the end (see findDeferred).
 func (g *ebpfGen) nextEmitted(i int) int {
 	n := i + 1
-	for n < len(g.skip) && (g.skip[n] || !g.f.reachable[n]) {
+	if end, ok := g.blockEnd[i]; ok {
+		for n < end && (g.skip[n] || !g.f.reachable[n]) {
+			n++
+		}
+		if n == end {
+			return -1
+		}
+		return n
+	}
+	for n < len(g.skip) && (g.skip[n] || g.deferred[n] || !g.f.reachable[n]) {
 		n++
 	}
 	return n
+}
+
+// findDeferred finds the blocks the eBPF code moves to its end: the code
+// after a conditional jump that checks more packet bounds and then rejoins
+// the code the jump's other way leads to. The verifier walks the way that
+// falls through first; where the ways meet, it can skip a later way whose
+// state is covered by the first one's, and a packet range that is shorter
+// is covered by a longer one, not the other way round. So the way with
+// fewer bytes checked should come first: it falls through to the join,
+// and the block that checks more comes after the rest, jumping back.
+// It costs a jump and saves walking what follows the join twice.
+func (g *ebpfGen) findDeferred(states []flowState) {
+	f, p := g.f, g.f.p
+	n := len(p.insns)
+	g.deferred = make([]bool, n)
+	g.blockEnd = map[int]int{}
+	preds := f.preds()
+	for i := 0; i < n; i++ {
+		in := p.insns[i]
+		if !f.reachable[i] || g.skip[i] || f.fails[i] || in.kind != kJcond || in.jt == in.jf {
+			continue
+		}
+		if _, _, _, _, ok := f.intervalTest(i); ok {
+			continue
+		}
+		a, end := i+1, in.jf
+		if in.jt != a {
+			end = in.jt
+			if in.jf != a {
+				continue
+			}
+		}
+		if k := p.insns[end].kind; end <= a || !f.joins[end] || k == kJa || k == kRetK || k == kRetA || len(preds[a]) != 1 {
+			continue
+		}
+		ok, guards, rejoins := true, false, false
+		for k := a; k < end && ok; k++ {
+			if !f.reachable[k] {
+				continue
+			}
+			for _, q := range preds[k] {
+				ok = ok && (q >= a && q < end || k == a && q == i)
+			}
+			for _, t := range f.succs[k] {
+				ok = ok && t > k
+				rejoins = rejoins || t == end
+			}
+			ok = ok && !g.skip[k]
+			if kk := p.insns[k].kind; (kk == kLdAbs || kk == kLdMsh) && !f.fails[k] && f.guardAt(k, states[k]) {
+				guards = true
+			}
+		}
+		if !ok || !guards || !rejoins {
+			continue
+		}
+		for k := a; k < end; k++ {
+			g.deferred[k] = true
+			g.blockEnd[k] = end
+		}
+		i = end - 1
+	}
 }
 
 func (g *ebpfGen) label(i int) string { return g.opts.LabelPrefix + "L" + strconv.Itoa(i) }
@@ -488,8 +562,10 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 		g.emit(asm.StoreImm(asm.RFP, g.loopOff(), 0, asm.Word))
 	}
 
+	g.findDeferred(states)
+	g.findIntervals()
 	for i, in := range p.insns {
-		if !f.reachable[i] || g.skip[i] {
+		if !f.reachable[i] || g.skip[i] || g.deferred[i] {
 			continue
 		}
 		if f.leader[i] {
@@ -497,6 +573,25 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 		}
 		if err := g.insn(i, in, states[i]); err != nil {
 			return nil, err
+		}
+	}
+	// The deferred blocks, each jumping back to where it rejoins.
+	for i, in := range p.insns {
+		if !g.deferred[i] || !f.reachable[i] || g.skip[i] {
+			continue
+		}
+		if f.leader[i] {
+			g.mark(g.label(i))
+		}
+		if err := g.insn(i, in, states[i]); err != nil {
+			return nil, err
+		}
+		if g.nextEmitted(i) < 0 {
+			switch {
+			case in.kind == kRetA || in.kind == kRetK || in.kind == kJa || in.kind == kJcond || f.fails[i]:
+			default:
+				g.emit(asm.Ja.Label(g.labelFor(g.blockEnd[i])))
+			}
 		}
 	}
 	if _, ok := g.labels[g.fail]; !ok && g.referenced(g.fail) && g.fail != g.opts.NoMatchLabel {
@@ -821,7 +916,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			)
 			return nil
 		}
-		if t != i+1 {
+		if t != g.nextEmitted(i) {
 			g.emit(asm.Ja.Label(g.labelFor(t)))
 		}
 	case kJcond:
@@ -881,7 +976,7 @@ func (g *ebpfGen) jcond(i int, in insn) {
 	k := in.k
 	k = swapConst(k, f.rawA[i])
 	if jt == jf {
-		if jt != i+1 {
+		if jt != g.nextEmitted(i) {
 			g.emit(asm.Ja.Label(g.labelFor(jt)))
 		}
 		return
@@ -910,7 +1005,7 @@ func (g *ebpfGen) jcond(i int, in insn) {
 		}
 		return op.Imm32(g.a, int32(k), label)
 	}
-	next := i + 1
+	next := g.nextEmitted(i)
 	switch {
 	case jf == next:
 		g.emit(cond(ops[0], g.labelFor(jt)))
