@@ -42,6 +42,10 @@ type facts struct {
 	// ebpf: the analyses serve the eBPF backend, whose code differs a
 	// little (widenX, earlyGuard).
 	ebpf bool
+	// xAdd holds, at a tax that ends "txa; add #k; tax" emitted as
+	// X += k (ebpfGen.findXArith), that k: the flow keeps the ld [x+k]
+	// pointer across it.
+	xAdd map[int]uint32
 	// joins marks instructions that several others lead to.
 	joins []bool
 	// rawA: for a 2- or 4-byte load of A, that every use of the value

@@ -131,6 +131,15 @@ func (f *facts) step(i int, s flowState) flowState {
 			}
 		}
 	}
+	if k, ok := f.xAdd[i]; ok && s.pxValid && int(k) <= s.checkedX {
+		// X grew by k in its register, the ld [x+k] pointer stayed:
+		// it now points k bytes before PacketStart+X+pxOff.
+		s.pxOff -= int(k)
+		s.checkedX -= int(k)
+		s.xMem = 0
+		s.xMax = uint32(min(uint64(s.xMax)+uint64(k), math.MaxUint32))
+		return s
+	}
 	_, def := useDef(in)
 	if def&liveX != 0 {
 		s.pxValid, s.xMixed, s.xMem = false, false, 0
@@ -399,12 +408,17 @@ func (g *ebpfGen) findIntervals() {
 	}
 }
 
+// maxXStep is the largest k by which "X += k" keeps the ld [x+k] pointer
+// (facts.xAdd): it only moves the offsets of the loads through it.
+const maxXStep = 4096
+
 // findXArith finds "txa; A op k; tax" where A is read by nothing after:
 // X op k in X's register does, and the three emit that one instruction
 // (libpcap's protochain steps X this way).
 func (g *ebpfGen) findXArith() {
 	f, p := g.f, g.f.p
 	g.xArith = map[int]insn{}
+	f.xAdd = map[int]uint32{}
 	for i := 0; i+2 < len(p.insns); i++ {
 		alu, tax := p.insns[i+1], p.insns[i+2]
 		if p.insns[i].kind != kTxa || !f.reachable[i] || f.dead[i] || f.leader[i+1] || f.leader[i+2] ||
@@ -413,6 +427,9 @@ func (g *ebpfGen) findXArith() {
 		}
 		g.xArith[i] = alu
 		g.skip[i+1], g.skip[i+2] = true, true
+		if alu.op == aluADD && alu.k <= maxXStep {
+			f.xAdd[i+2] = alu.k
+		}
 		i += 2
 	}
 }
