@@ -861,16 +861,22 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 				g.emit(asm.JGT.Imm32(g.x, int32(f.xBound()), g.fail))
 			}
 			off = f.needInd[i]
+			// From the guard register when it holds PacketStart+cur,
+			// as absolute loads do (loadAbs).
+			base, at := g.opts.PacketStart, 0
+			if s.cur >= 0 {
+				base, at = g.tmp, s.cur
+			}
 			if f.xptr {
 				// X becomes the pointer: scalar += packet pointer.
-				g.emit(asm.Add.Reg(g.x, g.opts.PacketStart))
+				g.emit(asm.Add.Reg(g.x, base))
 			} else {
-				g.emit(asm.Mov.Reg(g.px, g.opts.PacketStart), asm.Add.Reg(g.px, g.x))
+				g.emit(asm.Mov.Reg(g.px, base), asm.Add.Reg(g.px, g.x))
 			}
-			g.emit(
-				asm.Add.Imm(g.px, int32(off)),
-				asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail),
-			)
+			if off != at {
+				g.emit(asm.Add.Imm(g.px, int32(off-at)))
+			}
+			g.emit(asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail))
 		} else if s.checkedX < extent(in) {
 			// Move px on: loads then use offsets from the new place.
 			g.emit(
