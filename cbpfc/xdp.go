@@ -140,9 +140,7 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 	prologue := len(prog)
 	prog = append(prog, insns...)
 	prog = append(prog, code...)
-	if !p.hasLoops {
-		prog = coalesce(prog, prologue)
-	}
+	prog = coalesce(prog, prologue)
 	return prog, nil
 }
 
@@ -180,12 +178,25 @@ func invertLast(insns asm.Instructions) asm.Instructions {
 // coalesce loads a field of the context (data, data_end) straight into the
 // register of the one copy the program makes of it, as clang would: "r5 =
 // r2; r5 += 14" becomes "r5 += 14" with r5 loaded where r2 was. The
-// program's first prologue instructions are those loads; it has no
-// backward jumps, so nothing before the copy in program order runs before
-// it on any path.
+// program's first prologue instructions are those loads. Only in a
+// program without backward jumps, where nothing placed after the copy runs
+// before it on any path.
 func coalesce(prog asm.Instructions, prologue int) asm.Instructions {
 	refs := func(ins asm.Instruction, r asm.Register) bool {
 		return ins.Dst == r || ins.Src == r
+	}
+	// Loops, and blocks the filter moved to the end that jump back, run
+	// code placed later before code placed earlier.
+	at := map[string]int{}
+	for i, ins := range prog {
+		if sym := ins.Symbol(); sym != "" {
+			at[sym] = i
+		}
+	}
+	for i, ins := range prog {
+		if t, ok := at[ins.Reference()]; ok && ins.OpCode.Class().IsJump() && t <= i {
+			return prog
+		}
 	}
 	for k := 0; k < prologue; k++ {
 		ld := prog[k]
