@@ -42,6 +42,10 @@ type facts struct {
 	// ebpf: the analyses serve the eBPF backend, whose code differs a
 	// little (widenX, earlyGuard).
 	ebpf bool
+	// xAdd holds, at a tax that ends "txa; add #k; tax" emitted as
+	// X += k (ebpfGen.findXArith), that k: the flow keeps the ld [x+k]
+	// pointer across it.
+	xAdd map[int]uint32
 	// joins marks instructions that several others lead to.
 	joins []bool
 	// rawA: for a 2- or 4-byte load of A, that every use of the value
@@ -448,4 +452,79 @@ func (f *facts) preds() [][]int {
 		}
 	}
 	return p
+}
+
+// intervalTest finds whether conditional jump i and the comparison of A it
+// leads to straight away send the values of A in one interval [lo, hi]
+// one way (inside) and the rest the other (outside), as libpcap's port
+// ranges do ("jge lo", then "jgt hi"), with A read on neither way: the
+// eBPF backend then tests "A - lo > hi - lo" once, which leaves the
+// verifier one path less to walk than two conditional jumps.
+func (f *facts) intervalTest(i int) (lo, hi uint32, inside, outside int, ok bool) {
+	p := f.p
+	in := p.insns[i]
+	if !mergeable(p, i) {
+		return 0, 0, 0, 0, false
+	}
+	j, other := p.target(in.jt), p.target(in.jf)
+	if !mergeable(p, j) {
+		j, other = other, j
+	}
+	if !mergeable(p, j) || j == i {
+		return 0, 0, 0, 0, false
+	}
+	next := p.insns[j]
+	dest := func(a uint32) int {
+		t := p.target(in.jf)
+		if condConst(in.op, a, in.k) {
+			t = p.target(in.jt)
+		}
+		if t == j {
+			t = p.target(next.jf)
+			if condConst(next.op, a, next.k) {
+				t = p.target(next.jt)
+			}
+		}
+		return t
+	}
+	// The interval's ends are where the outcome changes.
+	var ends []uint32
+	for _, t := range []insn{in, next} {
+		switch t.op {
+		case jmpJGE:
+			ends = append(ends, t.k)
+		case jmpJGT:
+			if t.k == math.MaxUint32 {
+				return 0, 0, 0, 0, false
+			}
+			ends = append(ends, t.k+1)
+		default:
+			return 0, 0, 0, 0, false
+		}
+	}
+	lo, end := min(ends[0], ends[1]), max(ends[0], ends[1])
+	if lo == 0 || lo == end {
+		return 0, 0, 0, 0, false
+	}
+	hi = end - 1
+	inside, outside = dest(lo), dest(lo-1)
+	if inside == outside || dest(hi) != inside || dest(end) != outside || other != outside && other != inside {
+		return 0, 0, 0, 0, false
+	}
+	if f.liveIn[inside]&liveA != 0 || f.liveIn[outside]&liveA != 0 {
+		return 0, 0, 0, 0, false
+	}
+	return lo, hi, inside, outside, true
+}
+
+// guardAt says whether absolute load i checks the packet bounds: when the
+// bytes it loads are not known to lie in the packet, or, in eBPF, when
+// more are needed on every path from it than are checked. Checking the
+// most every path needs as early as possible leaves the code after it,
+// which the verifier may walk once per path that leads there, shorter.
+// (clang schedules the C backend's checks its own way.)
+func (f *facts) guardAt(i int, s flowState) bool {
+	in := f.p.insns[i]
+	n := f.needAbs[i]
+	return s.checkedA < extent(in) || f.ebpf && n != zeroAnyway && n <= maxPacketOffset && s.checkedA < n
 }

@@ -119,12 +119,12 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 	case kLdLen:
 		w("%s = (uint32_t)(data_end - data);", reg(in.dst))
 	case kLdAbs:
-		if s.checkedA < extent(in) {
+		if f.guardAt(i, s) {
 			w("if (data + %d > data_end) return 0;", f.needAbs[i])
 		}
 		w("A = %s;", cLoad(in.size, fmt.Sprintf("data + %d", in.k), f.rawA[i] != 0))
 	case kLdMsh:
-		if s.checkedA < extent(in) {
+		if f.guardAt(i, s) {
 			w("if (data + %d > data_end) return 0;", f.needAbs[i])
 		}
 		w("X = (uint32_t)(data[%d] & 0xf) << 2;", in.k)

@@ -45,10 +45,16 @@
 // Packet bounds are checked as seldom as possible: a check at a load covers
 // the largest extent that every path from there loads (or that ends with 0
 // anyway), so a typical filter checks once or twice. Before code generation
-// the filter is simplified: constants are propagated, jumps whose outcome is
-// known are taken, reloads and dead stores go, and 16- and 32-bit loads that
-// are only compared for equality or tested bitwise stay in network byte
-// order (the constant is swapped instead).
+// the filter is simplified: constants and the ranges of A and X are
+// propagated (narrowed on each way out of a comparison), jumps whose
+// outcome is known are taken, two comparisons in a row that one can do
+// merge, code from which every path ends with 0 becomes "ret #0", reloads,
+// masks that clear nothing and dead stores go, and 16- and 32-bit loads
+// that are only compared for equality or tested bitwise stay in network
+// byte order (the constant is swapped instead). The eBPF backend also tests
+// a port range with one comparison, loads through the register that checks
+// the bounds, and lays out the code so that the verifier, which walks each
+// path, can stop early where paths meet.
 //
 // The C backend emits the same checks as plain C; clang -O2 -target bpf
 // builds it into code the verifier accepts.

@@ -87,7 +87,7 @@ func (f *facts) step(i int, s flowState) flowState {
 	}
 	switch in.kind {
 	case kLdAbs, kLdMsh:
-		if s.checkedA < extent(in) {
+		if f.guardAt(i, s) {
 			s.checkedA = f.needAbs[i]
 			s.cur = s.checkedA
 		}
@@ -131,6 +131,15 @@ func (f *facts) step(i int, s flowState) flowState {
 			}
 		}
 	}
+	if k, ok := f.xAdd[i]; ok && s.pxValid && int(k) <= s.checkedX {
+		// X grew by k in its register, the ld [x+k] pointer stayed:
+		// it now points k bytes before PacketStart+X+pxOff.
+		s.pxOff -= int(k)
+		s.checkedX -= int(k)
+		s.xMem = 0
+		s.xMax = uint32(min(uint64(s.xMax)+uint64(k), math.MaxUint32))
+		return s
+	}
 	_, def := useDef(in)
 	if def&liveX != 0 {
 		s.pxValid, s.xMixed, s.xMem = false, false, 0
@@ -154,9 +163,19 @@ func (f *facts) step(i int, s flowState) flowState {
 // reaching the loop head (X grown by different headers, say) is a state of
 // its own, which the verifier checks through every later iteration. Loops
 // then cost the verifier a fraction, and the next ld [x+k] checks X's bound
-// again.
+// again. A loop head only one backward jump leads to has one way round:
+// no widening then.
 func (f *facts) widenX(i int) bool {
-	return f.ebpf && !f.xptr && f.liveIn[f.p.insns[i].jt]&liveX != 0
+	t := f.p.insns[i].jt
+	if !f.ebpf || f.xptr || f.liveIn[t]&liveX == 0 {
+		return false
+	}
+	for j, in := range f.p.insns {
+		if j != i && f.reachable[j] && in.kind == kJa && in.jback && in.jt == t {
+			return true
+		}
+	}
+	return false
 }
 
 // farOffset says whether a load offset does not fit the instruction, so
@@ -240,8 +259,27 @@ func (f *facts) flow(checked int) []flowState {
 	return states
 }
 
+// interval is a pair of comparisons the eBPF backend emits as one
+// (facts.intervalTest).
+type interval struct {
+	lo, hi          uint32
+	inside, outside int
+}
+
 type ebpfGen struct {
-	f      *facts
+	f *facts
+	// intervals are the comparisons emitted with the next one they lead
+	// to, and skip the comparisons left out since nothing else leads
+	// there.
+	intervals map[int]interval
+	skip      []bool
+	// deferred marks the instructions of blocks emitted at the end,
+	// blockEnd has for each the instruction the block rejoins.
+	deferred []bool
+	blockEnd map[int]int
+	// xArith holds, at a txa, the ALU operation it and the next two
+	// instructions do to X (findXArith).
+	xArith map[int]insn
 	opts   EBPFOpts
 	out    asm.Instructions
 	labels map[string]int // label -> position in out
@@ -329,7 +367,151 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 	if f.xptr {
 		g.px = g.x
 	}
+	g.skip = make([]bool, len(p.insns))
+	g.findXArith()
 	return g.compile()
+}
+
+// findIntervals decides which comparisons are emitted as interval tests,
+// in program order: a comparison left out cannot start one, nor be left
+// out when another interval test leads to it.
+func (g *ebpfGen) findIntervals() {
+	f := g.f
+	g.intervals = map[int]interval{}
+	dests := map[int]bool{}
+	for i := range f.p.insns {
+		if !f.reachable[i] || g.skip[i] || f.dead[i] || f.fails[i] {
+			continue
+		}
+		lo, hi, inside, outside, ok := f.intervalTest(i)
+		if !ok {
+			continue
+		}
+		in := f.p.insns[i]
+		var skipped []int
+		for _, j := range []int{f.p.target(in.jt), f.p.target(in.jf)} {
+			if j != inside && j != outside && !f.joins[j] && !dests[j] && f.p.insns[in.jt].kind != kJa && f.p.insns[in.jf].kind != kJa {
+				g.skip[j] = true
+				skipped = append(skipped, j)
+			}
+		}
+		// Only where one of the ways falls through: otherwise it
+		// takes a jump more than the two comparisons.
+		if next := g.nextEmitted(i); next != inside && next != outside {
+			for _, j := range skipped {
+				g.skip[j] = false
+			}
+			continue
+		}
+		g.intervals[i] = interval{lo, hi, inside, outside}
+		dests[inside], dests[outside] = true, true
+	}
+}
+
+// maxXStep is the largest k by which "X += k" keeps the ld [x+k] pointer
+// (facts.xAdd): it only moves the offsets of the loads through it.
+const maxXStep = 4096
+
+// findXArith finds "txa; A op k; tax" where A is read by nothing after:
+// X op k in X's register does, and the three emit that one instruction
+// (libpcap's protochain steps X this way).
+func (g *ebpfGen) findXArith() {
+	f, p := g.f, g.f.p
+	g.xArith = map[int]insn{}
+	f.xAdd = map[int]uint32{}
+	for i := 0; i+2 < len(p.insns); i++ {
+		alu, tax := p.insns[i+1], p.insns[i+2]
+		if p.insns[i].kind != kTxa || !f.reachable[i] || f.dead[i] || f.leader[i+1] || f.leader[i+2] ||
+			alu.kind != kAlu || alu.useX || f.fails[i+1] || tax.kind != kTax || f.liveOut[i+2]&liveA != 0 {
+			continue
+		}
+		g.xArith[i] = alu
+		g.skip[i+1], g.skip[i+2] = true, true
+		if alu.op == aluADD && alu.k <= maxXStep {
+			f.xAdd[i+2] = alu.k
+		}
+		i += 2
+	}
+}
+
+// nextEmitted is the instruction whose code follows that of instruction
+// i, -1 if none: the last of a block moved to the end (see findDeferred).
+func (g *ebpfGen) nextEmitted(i int) int {
+	n := i + 1
+	if end, ok := g.blockEnd[i]; ok {
+		for n < end && (g.skip[n] || !g.f.reachable[n]) {
+			n++
+		}
+		if n == end {
+			return -1
+		}
+		return n
+	}
+	for n < len(g.skip) && (g.skip[n] || g.deferred[n] || !g.f.reachable[n]) {
+		n++
+	}
+	return n
+}
+
+// findDeferred finds the blocks the eBPF code moves to its end: the code
+// after a conditional jump that checks more packet bounds and then rejoins
+// the code the jump's other way leads to. The verifier walks the way that
+// falls through first; where the ways meet, it can skip a later way whose
+// state is covered by the first one's, and a packet range that is shorter
+// is covered by a longer one, not the other way round. So the way with
+// fewer bytes checked should come first: it falls through to the join,
+// and the block that checks more comes after the rest, jumping back.
+// It costs a jump and saves walking what follows the join twice.
+func (g *ebpfGen) findDeferred(states []flowState) {
+	f, p := g.f, g.f.p
+	n := len(p.insns)
+	g.deferred = make([]bool, n)
+	g.blockEnd = map[int]int{}
+	preds := f.preds()
+	for i := 0; i < n; i++ {
+		in := p.insns[i]
+		if !f.reachable[i] || g.skip[i] || f.fails[i] || in.kind != kJcond || in.jt == in.jf {
+			continue
+		}
+		if _, _, _, _, ok := f.intervalTest(i); ok {
+			continue
+		}
+		a, end := i+1, in.jf
+		if in.jt != a {
+			end = in.jt
+			if in.jf != a {
+				continue
+			}
+		}
+		if k := p.insns[end].kind; end <= a || !f.joins[end] || k == kJa || k == kRetK || k == kRetA || len(preds[a]) != 1 {
+			continue
+		}
+		ok, guards, rejoins := true, false, false
+		for k := a; k < end && ok; k++ {
+			if !f.reachable[k] {
+				continue
+			}
+			for _, q := range preds[k] {
+				ok = ok && (q >= a && q < end || k == a && q == i)
+			}
+			for _, t := range f.succs[k] {
+				ok = ok && t > k
+				rejoins = rejoins || t == end
+			}
+			ok = ok && !g.skip[k]
+			if kk := p.insns[k].kind; (kk == kLdAbs || kk == kLdMsh) && !f.fails[k] && f.guardAt(k, states[k]) {
+				guards = true
+			}
+		}
+		if !ok || !guards || !rejoins {
+			continue
+		}
+		for k := a; k < end; k++ {
+			g.deferred[k] = true
+			g.blockEnd[k] = end
+		}
+		i = end - 1
+	}
 }
 
 func (g *ebpfGen) label(i int) string { return g.opts.LabelPrefix + "L" + strconv.Itoa(i) }
@@ -397,8 +579,10 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 		g.emit(asm.StoreImm(asm.RFP, g.loopOff(), 0, asm.Word))
 	}
 
+	g.findDeferred(states)
+	g.findIntervals()
 	for i, in := range p.insns {
-		if !f.reachable[i] {
+		if !f.reachable[i] || g.skip[i] || g.deferred[i] {
 			continue
 		}
 		if f.leader[i] {
@@ -406,6 +590,25 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 		}
 		if err := g.insn(i, in, states[i]); err != nil {
 			return nil, err
+		}
+	}
+	// The deferred blocks, each jumping back to where it rejoins.
+	for i, in := range p.insns {
+		if !g.deferred[i] || !f.reachable[i] || g.skip[i] {
+			continue
+		}
+		if f.leader[i] {
+			g.mark(g.label(i))
+		}
+		if err := g.insn(i, in, states[i]); err != nil {
+			return nil, err
+		}
+		if g.nextEmitted(i) < 0 {
+			switch {
+			case in.kind == kRetA || in.kind == kRetK || in.kind == kJa || in.kind == kJcond || f.fails[i]:
+			default:
+				g.emit(asm.Ja.Label(g.labelFor(g.blockEnd[i])))
+			}
 		}
 	}
 	if _, ok := g.labels[g.fail]; !ok && g.referenced(g.fail) && g.fail != g.opts.NoMatchLabel {
@@ -580,6 +783,19 @@ func (g *ebpfGen) load(dst, base asm.Register, off uint32, size int) {
 	g.emit(asm.LoadMem(dst, base, int16(off), sizes[size]))
 }
 
+// loadAbs emits dst = *(size *)(PacketStart + off). When the guard
+// register holds PacketStart+cur (cur >= 0), the load goes through it: a
+// filter whose loads all do needs PacketStart only to start the guard
+// register, and the minimal XDP program then loads xdp_md->data straight
+// into the guard register (coalesce).
+func (g *ebpfGen) loadAbs(dst asm.Register, cur int, off uint32, size int) {
+	if rel := int(off) - cur; cur >= 0 && !farOffset(rel) {
+		g.emit(asm.LoadMem(dst, g.tmp, int16(rel), sizes[size]))
+		return
+	}
+	g.load(dst, g.opts.PacketStart, off, size)
+}
+
 // loadRel emits dst = *(size *)(base + off) for an offset that may be
 // negative.
 func (g *ebpfGen) loadRel(dst, base asm.Register, off int, size int) {
@@ -619,19 +835,21 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		d := g.dst(in.dst)
 		g.emit(asm.Mov.Reg(d, g.opts.PacketEnd), asm.Sub.Reg(d, g.opts.PacketStart))
 	case kLdAbs:
-		if s.checkedA < extent(in) {
+		if f.guardAt(i, s) {
 			g.guard(s.cur, f.needAbs[i])
+			s.cur = f.needAbs[i]
 		}
 		if f.liveOut[i]&liveA != 0 {
-			g.load(g.a, g.opts.PacketStart, in.k, in.size)
+			g.loadAbs(g.a, s.cur, in.k, in.size)
 			g.swapLoad(i, in)
 		}
 	case kLdMsh:
-		if s.checkedA < extent(in) {
+		if f.guardAt(i, s) {
 			g.guard(s.cur, f.needAbs[i])
+			s.cur = f.needAbs[i]
 		}
 		if f.liveOut[i]&liveX != 0 {
-			g.load(g.x, g.opts.PacketStart, in.k, 1)
+			g.loadAbs(g.x, s.cur, in.k, 1)
 			g.emit(asm.And.Imm32(g.x, 0xf), asm.LSh.Imm32(g.x, 2))
 		}
 	case kLdInd:
@@ -643,16 +861,22 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 				g.emit(asm.JGT.Imm32(g.x, int32(f.xBound()), g.fail))
 			}
 			off = f.needInd[i]
+			// From the guard register when it holds PacketStart+cur,
+			// as absolute loads do (loadAbs).
+			base, at := g.opts.PacketStart, 0
+			if s.cur >= 0 {
+				base, at = g.tmp, s.cur
+			}
 			if f.xptr {
 				// X becomes the pointer: scalar += packet pointer.
-				g.emit(asm.Add.Reg(g.x, g.opts.PacketStart))
+				g.emit(asm.Add.Reg(g.x, base))
 			} else {
-				g.emit(asm.Mov.Reg(g.px, g.opts.PacketStart), asm.Add.Reg(g.px, g.x))
+				g.emit(asm.Mov.Reg(g.px, base), asm.Add.Reg(g.px, g.x))
 			}
-			g.emit(
-				asm.Add.Imm(g.px, int32(off)),
-				asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail),
-			)
+			if off != at {
+				g.emit(asm.Add.Imm(g.px, int32(off-at)))
+			}
+			g.emit(asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail))
 		} else if s.checkedX < extent(in) {
 			// Move px on: loads then use offsets from the new place.
 			g.emit(
@@ -679,6 +903,10 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	case kTax:
 		g.emit(asm.Mov.Reg32(g.x, g.a))
 	case kTxa:
+		if op, ok := g.xArith[i]; ok {
+			g.aluOn(g.x, op)
+			return nil
+		}
 		g.emit(asm.Mov.Reg32(g.a, g.x))
 	case kNop:
 	case kRetA:
@@ -711,7 +939,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			)
 			return nil
 		}
-		if t != i+1 {
+		if t != g.nextEmitted(i) {
 			g.emit(asm.Ja.Label(g.labelFor(t)))
 		}
 	case kJcond:
@@ -722,7 +950,10 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	return nil
 }
 
-func (g *ebpfGen) alu(in insn) {
+func (g *ebpfGen) alu(in insn) { g.aluOn(g.a, in) }
+
+// aluOn emits dst op= (k or X), as the cBPF ALU instruction in does to A.
+func (g *ebpfGen) aluOn(dst asm.Register, in insn) {
 	var op asm.ALUOp
 	switch in.op {
 	case aluADD:
@@ -750,7 +981,7 @@ func (g *ebpfGen) alu(in insn) {
 		if in.op == aluDIV || in.op == aluMOD {
 			g.emit(asm.JEq.Imm32(g.x, 0, g.fail))
 		}
-		g.emit(op.Reg32(g.a, g.x))
+		g.emit(op.Reg32(dst, g.x))
 		return
 	}
 	k := in.k
@@ -759,7 +990,7 @@ func (g *ebpfGen) alu(in insn) {
 		// interpreter on x86 shifts by k mod 32.
 		k &= 31
 	}
-	g.emit(op.Imm32(g.a, int32(k)))
+	g.emit(op.Imm32(dst, int32(k)))
 }
 
 func (g *ebpfGen) jcond(i int, in insn) {
@@ -768,8 +999,20 @@ func (g *ebpfGen) jcond(i int, in insn) {
 	k := in.k
 	k = swapConst(k, f.rawA[i])
 	if jt == jf {
-		if jt != i+1 {
+		if jt != g.nextEmitted(i) {
 			g.emit(asm.Ja.Label(g.labelFor(jt)))
+		}
+		return
+	}
+	if iv, ok := g.intervals[i]; ok {
+		lo, hi, inside, outside := iv.lo, iv.hi, iv.inside, iv.outside
+		next := g.nextEmitted(i)
+		g.emit(asm.Sub.Imm32(g.a, int32(lo)))
+		switch {
+		case outside == next:
+			g.emit(asm.JLE.Imm32(g.a, int32(hi-lo), g.labelFor(inside)))
+		case inside == next:
+			g.emit(asm.JGT.Imm32(g.a, int32(hi-lo), g.labelFor(outside)))
 		}
 		return
 	}
@@ -785,7 +1028,7 @@ func (g *ebpfGen) jcond(i int, in insn) {
 		}
 		return op.Imm32(g.a, int32(k), label)
 	}
-	next := i + 1
+	next := g.nextEmitted(i)
 	switch {
 	case jf == next:
 		g.emit(cond(ops[0], g.labelFor(jt)))

@@ -57,7 +57,7 @@ func ExampleToEBPF() {
 	//   MovReg dst: r5 src: r2
 	//   AddImm dst: r5 imm: 14
 	//   JGTReg dst: r5 off: -1 src: r3 <nomatch>
-	//   LdXMemH dst: r0 src: r2 off: 12 imm: 0
+	//   LdXMemH dst: r0 src: r5 off: -2 imm: 0
 	//   JNE32Imm dst: r0 off: -1 imm: 8 <nomatch>
 	//   Ja off: -1 <match>
 	// match:

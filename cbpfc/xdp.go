@@ -74,6 +74,7 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 	// The filter ends with a jump; when it goes to the code that follows,
 	// it is not needed.
 	fallsThrough := false
+	insns = invertLast(insns)
 	if last := len(insns) - 1; insns[last].OpCode.JumpOp() == asm.Ja && insns[last].Symbol() == "" {
 		switch insns[last].Reference() {
 		case "match":
@@ -86,6 +87,14 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 		case "nomatch":
 			tail = []block{nomatch, match}
 			insns, fallsThrough = insns[:last], true
+		}
+	}
+	if presetDrop {
+		// No-match is an exit with R0 preset: a jump there is one.
+		for i, ins := range insns {
+			if ins.OpCode.JumpOp() == asm.Ja && ins.OpCode.Class() == asm.JumpClass && ins.Reference() == "nomatch" {
+				insns[i] = asm.Return().WithSymbol(ins.Symbol())
+			}
 		}
 	}
 	refs := map[string]bool{}
@@ -128,8 +137,106 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 	if presetDrop && (refs["nomatch"] || fallsThrough && tail[0].label == "nomatch") {
 		prog = append(prog, asm.Mov.Imm(asm.R0, xdpDrop))
 	}
+	prologue := len(prog)
 	prog = append(prog, insns...)
-	return append(prog, code...), nil
+	prog = append(prog, code...)
+	prog = coalesce(prog, prologue)
+	return prog, nil
+}
+
+// inverse maps a conditional jump to the one taken exactly when it is not.
+var inverse = map[asm.JumpOp]asm.JumpOp{
+	asm.JEq: asm.JNE, asm.JNE: asm.JEq,
+	asm.JGT: asm.JLE, asm.JLE: asm.JGT,
+	asm.JGE: asm.JLT, asm.JLT: asm.JGE,
+	asm.JSGT: asm.JSLE, asm.JSLE: asm.JSGT,
+	asm.JSGE: asm.JSLT, asm.JSLT: asm.JSGE,
+}
+
+// invertLast turns a filter ending "if cond goto match; goto nomatch" into
+// "if !cond goto nomatch; goto match", so that it falls through into the
+// match block, which then needs no exit of its own.
+func invertLast(insns asm.Instructions) asm.Instructions {
+	n := len(insns)
+	if n < 2 {
+		return insns
+	}
+	cond, ja := insns[n-2], insns[n-1]
+	if ja.OpCode.JumpOp() != asm.Ja || ja.Symbol() != "" || ja.Reference() != "nomatch" ||
+		!cond.OpCode.Class().IsJump() || cond.Reference() != "match" {
+		return insns
+	}
+	inv, ok := inverse[cond.OpCode.JumpOp()]
+	if !ok {
+		return insns
+	}
+	cond.OpCode = cond.OpCode.SetJumpOp(inv)
+	out := append(asm.Instructions(nil), insns[:n-2]...)
+	return append(out, cond.WithReference("nomatch"), ja.WithReference("match"))
+}
+
+// coalesce loads a field of the context (data, data_end) straight into the
+// register of the one copy the program makes of it, as clang would: "r5 =
+// r2; r5 += 14" becomes "r5 += 14" with r5 loaded where r2 was. The
+// program's first prologue instructions are those loads. Only in a
+// program without backward jumps, where nothing placed after the copy runs
+// before it on any path.
+func coalesce(prog asm.Instructions, prologue int) asm.Instructions {
+	refs := func(ins asm.Instruction, r asm.Register) bool {
+		return ins.Dst == r || ins.Src == r
+	}
+	// Loops, and blocks the filter moved to the end that jump back, run
+	// code placed later before code placed earlier.
+	at := map[string]int{}
+	for i, ins := range prog {
+		if sym := ins.Symbol(); sym != "" {
+			at[sym] = i
+		}
+	}
+	for i, ins := range prog {
+		if t, ok := at[ins.Reference()]; ok && ins.OpCode.Class().IsJump() && t <= i {
+			return prog
+		}
+	}
+	for k := 0; k < prologue; k++ {
+		ld := prog[k]
+		if ld.OpCode != asm.LoadMemOp(asm.Word) || ld.Src != asm.R1 {
+			continue
+		}
+		r := ld.Dst
+		m := -1
+		for i := prologue; i < len(prog); i++ {
+			if refs(prog[i], r) {
+				if m >= 0 {
+					m = -1
+					break
+				}
+				m = i
+			}
+		}
+		if m < 0 || prog[m].OpCode != asm.Mov.Op(asm.RegSource) || prog[m].Src != r || m+1 >= len(prog) {
+			continue
+		}
+		d := prog[m].Dst
+		if d <= asm.R3 || d == asm.RFP || prog[m].Symbol() != "" && prog[m+1].Symbol() != "" {
+			continue
+		}
+		used := false
+		for _, ins := range prog[:m] {
+			used = used || refs(ins, d)
+		}
+		if used {
+			continue
+		}
+		ld.Dst = d
+		prog[k] = ld
+		next := prog[m+1]
+		if sym := prog[m].Symbol(); sym != "" {
+			next = next.WithSymbol(sym)
+		}
+		prog = append(append(prog[:m:m], next), prog[m+2:]...)
+	}
+	return prog
 }
 
 // XDPProgramC is XDPProgram through the C backend: the source of an XDP

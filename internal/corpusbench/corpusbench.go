@@ -44,6 +44,7 @@ import (
 // Filter is one filter to measure.
 type Filter struct {
 	Name string // say "filters.tsv:12"
+	Expr string // the pcap-filter expression, if any
 	// Raw says the filter expects the packet from the IP header on (RAW),
 	// rather than from the Ethernet header (EN10MB).
 	Raw  bool
@@ -184,7 +185,7 @@ func CorpusFilters(tb testing.TB) []Filter {
 		if err != nil {
 			tb.Fatalf("filters.tsv:%d: %s: %v", f.Line, f.Expr, err)
 		}
-		out = append(out, Filter{Name: fmt.Sprintf("filters.tsv:%d", f.Line), Raw: f.LinkType == "RAW", Prog: prog})
+		out = append(out, Filter{Name: fmt.Sprintf("filters.tsv:%d", f.Line), Expr: f.Expr, Raw: f.LinkType == "RAW", Prog: prog})
 	}
 	return out
 }

@@ -8,8 +8,10 @@ import (
 
 // CBPFC measures cbpfc's two backends over the corpus filters (instruction
 // counts, verifier work, ns/packet above an empty XDP program) with
-// internal/corpusbench, and returns its table. It needs the source tree: the
-// corpus is found from the working directory up.
+// internal/corpusbench, and returns its table, followed by the eBPF backend
+// against the C backend through clang over every corpus expression at each
+// link type: the sums, and the filters where clang does better. It needs
+// the source tree: the corpus is found from the working directory up.
 func CBPFC(repeat int, logf func(string, ...any)) (string, error) {
 	var table string
 	err := runTB("cbpfc", logf, func(tb testing.TB) error {
@@ -19,6 +21,11 @@ func CBPFC(repeat int, logf func(string, ...any)) (string, error) {
 			return err
 		}
 		table = res.Table()
+		v, err := corpusbench.Compare(tb, corpusbench.CorpusFiltersAllLinks(tb))
+		if err != nil {
+			return err
+		}
+		table += "\n" + v.Summary()
 		return nil
 	})
 	return table, err

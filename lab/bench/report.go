@@ -125,7 +125,8 @@ func (r *Report) Markdown(plot string) string {
 // cbpfcNote says how the cbpfc table is measured and what it is compared
 // with: the reference compiler's figures are fixed facts, it does not run
 // here.
-const cbpfcNote = "Measured by internal/corpusbench (also alone: `go test -count=1 -run '^$' -bench Corpus -benchtime 1x ./internal/corpusbench`). " +
+const cbpfcNote = "Measured by internal/corpusbench (also alone: `go test -count=1 -run '^$' -bench Corpus -benchtime 1x ./internal/corpusbench`; " +
+	"the eBPF backend against the C backend filter by filter: `go test -count=1 -run TestCompare -v ./internal/corpusbench`). " +
 	"Instructions are those of a minimal XDP program around each filter (match: XDP_PASS, else XDP_DROP); " +
 	"\"verifier processed\" is the kernel verifier's processed-instruction count on loading it; " +
 	"\"reference's filters\" leaves out the 4 filters the best existing cBPF-to-eBPF compiler refuses (3 protochain loops, 1 `type`). " +

@@ -1,0 +1,226 @@
+package cbpfc
+
+import (
+	"testing"
+
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/internal/fixture"
+)
+
+// TestRewrites checks the rewrites that make the code shorter, each on a
+// filter written for it: the minimal XDP program has the shape the
+// rewrite gives, and the filter, embedded as the kernel tests embed it,
+// returns what the interpreter returns on packets that probe each edge of
+// the values and lengths it tests.
+func TestRewrites(t *testing.T) {
+	fixture.RequireRoot(t)
+	r := fixture.NewXDPRunner(t)
+	ret := func(v uint32) bpf.Instruction { return bpf.RetConstant{Val: v} }
+	jump := func(c bpf.JumpTest, k uint32, jt, jf uint8) bpf.Instruction {
+		return bpf.JumpIf{Cond: c, Val: k, SkipTrue: jt, SkipFalse: jf}
+	}
+	count := func(prog asm.Instructions, match func(asm.Instruction) bool) int {
+		n := 0
+		for _, ins := range prog {
+			if match(ins) {
+				n++
+			}
+		}
+		return n
+	}
+	isJump := func(op asm.JumpOp) func(asm.Instruction) bool {
+		return func(ins asm.Instruction) bool {
+			return ins.OpCode.Class().IsJump() && ins.OpCode.JumpOp() == op
+		}
+	}
+	isALU := func(op asm.ALUOp) func(asm.Instruction) bool {
+		return func(ins asm.Instruction) bool {
+			return ins.OpCode.Class().IsALU() && ins.OpCode.ALUOp() == op
+		}
+	}
+	// Packets whose first two bytes, as a big-endian number, are each of
+	// values, in a 64-byte packet whose other bytes count up.
+	halfwords := func(values ...uint16) [][]byte {
+		var out [][]byte
+		for _, v := range values {
+			p := make([]byte, 64)
+			for i := range p {
+				p[i] = byte(i)
+			}
+			p[0], p[1] = byte(v>>8), byte(v)
+			out = append(out, p)
+		}
+		return out
+	}
+	// Packets of every length from 14 to n, each byte b at offset i
+	// set to i*mul+add.
+	lengths := func(n int, mul, add byte) [][]byte {
+		var out [][]byte
+		for l := minRunLen; l <= n; l++ {
+			p := make([]byte, l)
+			for i := range p {
+				p[i] = byte(i)*mul + add
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name   string
+		filter []bpf.Instruction
+		pkts   [][]byte
+		shape  func(asm.Instructions) bool // what the rewrite leaves
+	}{
+		{
+			name: "port range: one subtraction, one comparison",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 0, Size: 2},
+				jump(bpf.JumpGreaterOrEqual, 25, 0, 1),
+				jump(bpf.JumpGreaterThan, 53, 0, 1),
+				ret(0),
+				ret(7),
+			},
+			pkts: halfwords(0, 24, 25, 26, 52, 53, 54, 0xffff),
+			shape: func(p asm.Instructions) bool {
+				return count(p, isALU(asm.Sub)) == 1 && count(p, isJump(asm.JGT))+count(p, isJump(asm.JLE)) == 2 // the guard and the test
+			},
+		},
+		{
+			name: "range of one port: one equality test on the unswapped load",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 0, Size: 2},
+				jump(bpf.JumpGreaterOrEqual, 25, 0, 2),
+				jump(bpf.JumpGreaterThan, 25, 1, 0),
+				ret(7),
+				ret(0),
+			},
+			pkts: halfwords(0, 24, 25, 26, 0x1900, 0xffff),
+			shape: func(p asm.Instructions) bool {
+				swaps := count(p, func(ins asm.Instruction) bool { return ins.OpCode.Class().IsALU() && ins.OpCode.ALUOp() == asm.Swap })
+				return swaps == 0 && count(p, isJump(asm.JEq))+count(p, isJump(asm.JNE)) == 1
+			},
+		},
+		{
+			name: "bits a byte cannot have: no test, the load's bounds check stays",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 30, Size: 1},
+				jump(bpf.JumpBitsSet, 0xffffff00, 0, 1),
+				ret(0),
+				ret(3),
+			},
+			pkts: lengths(40, 1, 0),
+			shape: func(p asm.Instructions) bool {
+				return count(p, isJump(asm.JSet)) == 0 && count(p, isJump(asm.JGT)) == 1
+			},
+		},
+		{
+			name: "every way ends with 0: ret #0",
+			filter: []bpf.Instruction{
+				bpf.LoadExtension{Num: bpf.ExtType},
+				jump(bpf.JumpEqual, 4, 0, 1),
+				ret(1),
+				ret(0),
+			},
+			pkts: lengths(20, 255, 255),
+			shape: func(p asm.Instructions) bool {
+				return len(p) == 2 // r0 = XDP_DROP; exit
+			},
+		},
+		{
+			name: "masked reload of the version byte goes",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 0, Size: 1},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xf0},
+				jump(bpf.JumpEqual, 0x60, 0, 1),
+				ret(6),
+				bpf.LoadAbsolute{Off: 0, Size: 1},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xf0},
+				jump(bpf.JumpEqual, 0x40, 0, 1),
+				ret(4),
+				ret(0),
+			},
+			pkts: append(halfwords(0x4500, 0x6000, 0x4f00, 0x5000), lengths(16, 16, 0)...),
+			shape: func(p asm.Instructions) bool {
+				return count(p, isALU(asm.And)) == 1
+			},
+		},
+		{
+			// libpcap's protochain steps X by "txa; add #1; tax" between
+			// two loads through X.
+			name: "X += 1 keeps the pointer of ld [x+k]",
+			filter: []bpf.Instruction{
+				bpf.LoadMemShift{Off: 0},
+				bpf.LoadIndirect{Off: 0, Size: 1},
+				bpf.StoreScratch{Src: bpf.RegA, N: 0},
+				bpf.TXA{},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 1},
+				bpf.TAX{},
+				bpf.LoadIndirect{Off: 0, Size: 1},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 1},
+				bpf.LoadScratch{Dst: bpf.RegX, N: 0},
+				bpf.ALUOpX{Op: bpf.ALUOpAdd},
+				bpf.RetA{},
+			},
+			pkts: append(lengths(30, 1, 0x41), lengths(30, 3, 0x45)...),
+			shape: func(p asm.Instructions) bool {
+				// No check of X's bound: X is at most 60, then 61.
+				return count(p, func(ins asm.Instruction) bool {
+					return ins.OpCode.Class().IsJump() && ins.OpCode.JumpOp() == asm.JGT && ins.OpCode.Source() == asm.ImmSource
+				}) == 0
+			},
+		},
+		{
+			// The way that checks more bytes rejoins the other: it goes
+			// to the end, the other falls through to the join.
+			name: "block that checks more bytes moves to the end",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 2, Size: 1},
+				jump(bpf.JumpEqual, 2, 0, 2),
+				bpf.LoadAbsolute{Off: 20, Size: 2},
+				jump(bpf.JumpEqual, 0x1415, 3, 0),
+				bpf.LoadAbsolute{Off: 3, Size: 1},
+				jump(bpf.JumpEqual, 3, 1, 0),
+				ret(0),
+				ret(9),
+			},
+			pkts: append(lengths(24, 1, 0), lengths(24, 0, 2)...),
+			shape: func(p asm.Instructions) bool {
+				// The 2-byte load (the block) comes after the last 1-byte one.
+				last := map[asm.Size]int{}
+				for i, ins := range p {
+					if ins.OpCode.Class() == asm.LdXClass {
+						last[ins.OpCode.Size()] = i
+					}
+				}
+				return last[asm.Half] > last[asm.Byte]
+			},
+		},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			xdp, err := XDPProgram(c.filter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !c.shape(xdp) {
+				t.Errorf("not the shape the rewrite gives:\n%v", xdp)
+			}
+			prog, err := loadEBPF(t, c.filter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prog.Close()
+			for _, pkt := range c.pkts {
+				want := interpret(c.filter, pkt, extValues{ifindex: 1})
+				got, err := runValue(r, prog, pkt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != want {
+					t.Errorf("%d bytes %x: got %#x, want %#x", len(pkt), pkt, got, want)
+				}
+			}
+		})
+	}
+}
