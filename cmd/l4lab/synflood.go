@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/l4drop/l4drop/lab"
+	"github.com/l4drop/l4drop/lab/scenario"
 )
 
 const synfloodUsage = `Usage: l4lab synflood [flags]
@@ -68,12 +69,12 @@ func synfloodCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var results [2]lab.SynFloodResult
+	var results [2]scenario.SynFloodResult
 	err = lab.Run(context.Background(), func(ctx context.Context, l *lab.Lab) error {
 		for i, o := range [][]byte{nil, obj} {
-			opts := lab.SynFloodOptions{Rules: o, Clients: *clients, Parallel: *parallel, Port: *port, FloodRate: *rate}
+			opts := scenario.SynFloodOptions{Rules: o, Clients: *clients, Parallel: *parallel, Port: *port, FloodRate: *rate}
 			var err error
-			if results[i], err = lab.SynFlood(ctx, l, opts); err != nil {
+			if results[i], err = scenario.SynFlood(ctx, l, opts); err != nil {
 				return err
 			}
 		}
@@ -82,7 +83,7 @@ func synfloodCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "spoofed SYN flood (%s) and %d real clients, %d at once\n\n", lab.SynFloodTemplate(*port), *clients, *parallel)
+	fmt.Fprintf(stdout, "spoofed SYN flood (%s) and %d real clients, %d at once\n\n", scenario.SynFloodTemplate(*port), *clients, *parallel)
 	fmt.Fprintf(stdout, "%-22s %10s %10s %10s %10s %12s %10s\n", "", "completed", "p50", "p99", "max", "flood SYNs", "flood pps")
 	for i, name := range []string{"kernel alone", "L4Drop syncookie"} {
 		r := results[i]

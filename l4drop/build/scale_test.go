@@ -1,4 +1,4 @@
-package build
+package build_test
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/l4drop/build"
 	"github.com/l4drop/l4drop/lab/bench"
 )
 
@@ -16,12 +17,12 @@ import (
 // must be judged by them.
 func TestTenThousandMixed(t *testing.T) {
 	fixture.RequireRoot(t)
-	rs, err := ParseRuleSet("mixed.yaml", []byte(bench.MixedRuleSet(bench.MixedRules, 1)))
+	rs, err := build.ParseRuleSet("mixed.yaml", []byte(bench.MixedRuleSet(bench.MixedRules, 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	obj, gen, err := Build(rs, BuildOptions{})
+	obj, gen, err := build.Build(rs, build.BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,11 +34,11 @@ func TestTenThousandMixed(t *testing.T) {
 	defer d.Close()
 	loaded := time.Since(start) - built
 	most := 0
-	for _, c := range verifierCosts(t, obj) {
-		if c.err != nil {
-			t.Fatalf("%s: %v", c.name, c.err)
+	for _, c := range build.VerifierCosts(t, obj) {
+		if c.Err != nil {
+			t.Fatalf("%s: %v", c.Name, c.Err)
 		}
-		most = max(most, c.processed)
+		most = max(most, c.Processed)
 	}
 	// A DNS rule of the set: its name's query is judged by it (or by an
 	// earlier rule of the same name, which MixedRuleSet never makes).
@@ -56,7 +57,7 @@ func TestTenThousandMixed(t *testing.T) {
 		break
 	}
 	t.Logf("%d rules in %d programs, at most %d instructions processed of %d; build %v, load %v (indicative)",
-		len(rs.Rules), len(gen.Meta.Programs), most, verifierLimit, built.Round(time.Millisecond), loaded.Round(time.Millisecond))
+		len(rs.Rules), len(gen.Meta.Programs), most, build.VerifierLimit, built.Round(time.Millisecond), loaded.Round(time.Millisecond))
 }
 
 // BenchmarkBuildLoadMixed measures build (generation and clang) and load
@@ -65,14 +66,14 @@ func BenchmarkBuildLoadMixed(b *testing.B) {
 	fixture.RequireRoot(b)
 	for _, n := range []int{1000, bench.MixedRules} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			rs, err := ParseRuleSet("mixed.yaml", []byte(bench.MixedRuleSet(n, 1)))
+			rs, err := build.ParseRuleSet("mixed.yaml", []byte(bench.MixedRuleSet(n, 1)))
 			if err != nil {
 				b.Fatal(err)
 			}
-			var build, load time.Duration
+			var built, load time.Duration
 			for range b.N {
 				t0 := time.Now()
-				obj, _, err := Build(rs, BuildOptions{})
+				obj, _, err := build.Build(rs, build.BuildOptions{})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -82,10 +83,10 @@ func BenchmarkBuildLoadMixed(b *testing.B) {
 					b.Fatal(err)
 				}
 				load += time.Since(t1)
-				build += t1.Sub(t0)
+				built += t1.Sub(t0)
 				d.Close()
 			}
-			b.ReportMetric(build.Seconds()/float64(b.N), "build-s")
+			b.ReportMetric(built.Seconds()/float64(b.N), "build-s")
 			b.ReportMetric(load.Seconds()/float64(b.N), "load-s")
 		})
 	}

@@ -9,12 +9,13 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/l4drop/l4drop/lab"
+	"github.com/l4drop/l4drop/lab/scenario"
 )
 
 // ActionTraffic is the flood of the action rows: SYNs as Linux sends them
 // to port 80 from 65,536 sources (the generator's randsrc: the low 16 bits
 // of the source address), random ports, sequence numbers and timestamps.
-var ActionTraffic = []string{lab.SynFloodTemplate(80)}
+var ActionTraffic = []string{scenario.SynFloodTemplate(80)}
 
 // SyncookieRuleSet answers the flood's SYNs with cookies.
 const SyncookieRuleSet = "sample_rate: 0\nrules:\n  - name: web\n    action: syncookie\n    expr: \"tcp dst port 80\"\n"

@@ -1,10 +1,12 @@
-package lab
+package scenario
 
 import (
 	"context"
 	"testing"
 
+	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/l4drop/build"
+	"github.com/l4drop/l4drop/lab"
 )
 
 // synfloodRules is the rule set of the SYN flood check: SYN cookies for the
@@ -24,7 +26,7 @@ rules:
 // reported, not asserted (a shared machine); l4lab synflood runs the full
 // check with 2,000 clients and judges them.
 func TestSynFlood(t *testing.T) {
-	l := newLab(t)
+	l := synLab(t)
 	rs, err := build.ParseRuleSet("synflood.yaml", []byte(synfloodRules))
 	if err != nil {
 		t.Fatal(err)
@@ -60,4 +62,19 @@ func TestSynFlood(t *testing.T) {
 			}
 		})
 	}
+}
+
+func synLab(tb testing.TB) *lab.Lab {
+	tb.Helper()
+	fixture.RequireRoot(tb)
+	l, err := lab.New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return l
 }

@@ -1,4 +1,4 @@
-package lab
+package scenario
 
 import (
 	"bufio"
@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/l4drop/l4drop/lab"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -83,7 +85,7 @@ func SynFloodTemplate(port int) string {
 // (the kernel's TCP stack, Go's net.Dial, in the internet namespace)
 // connect to an echo server on the server side, send a line and read it
 // back. It leaves the lab as it found it (the rule set unloaded).
-func SynFlood(ctx context.Context, l *Lab, opts SynFloodOptions) (SynFloodResult, error) {
+func SynFlood(ctx context.Context, l *lab.Lab, opts SynFloodOptions) (SynFloodResult, error) {
 	if opts.Parallel <= 0 {
 		opts.Parallel = 50
 	}
@@ -107,7 +109,7 @@ func SynFlood(ctx context.Context, l *Lab, opts SynFloodOptions) (SynFloodResult
 	}
 	defer pass.Close()
 	var inetLink link.Link
-	if err := inNS(l.Inet, func() error {
+	if err := l.Inet.Do(func() error {
 		var err error
 		inetLink, err = link.AttachXDP(link.XDPOptions{Program: pass, Interface: l.InetIndex})
 		return err
@@ -151,22 +153,22 @@ func SynFlood(ctx context.Context, l *Lab, opts SynFloodOptions) (SynFloodResult
 	floodCtx, stopFlood := context.WithCancel(ctx)
 	defer stopFlood()
 	floodDone := make(chan error, 1)
-	var flood Result
+	var flood lab.Result
 	if opts.NoFlood {
 		floodDone <- nil
 	} else {
-		t, err := ParseTemplate(SynFloodTemplate(opts.Port))
+		t, err := lab.ParseTemplate(SynFloodTemplate(opts.Port))
 		if err != nil {
 			return res, err
 		}
-		g, err := NewGenerator(l.Inet, l.InetIf, []Template{t}, 1)
+		g, err := lab.NewGenerator(l.Inet, l.InetIf, []lab.Template{t}, 1)
 		if err != nil {
 			return res, err
 		}
 		defer g.Close()
 		go func() {
 			var err error
-			flood, err = g.Run(floodCtx, RunOptions{Rate: opts.FloodRate, Duration: time.Hour})
+			flood, err = g.Run(floodCtx, lab.RunOptions{Rate: opts.FloodRate, Duration: time.Hour})
 			res.PacketSocket = g.PacketSocket()
 			if errors.Is(err, context.Canceled) {
 				err = nil
@@ -192,7 +194,7 @@ func SynFlood(ctx context.Context, l *Lab, opts SynFloodOptions) (SynFloodResult
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				d, err := echoClient(l, net.JoinHostPort(ServerIPv4, fmt.Sprint(opts.Port)), i, opts.Timeout)
+				d, err := echoClient(l, net.JoinHostPort(lab.ServerIPv4, fmt.Sprint(opts.Port)), i, opts.Timeout)
 				mu.Lock()
 				if err != nil {
 					if msg := shortError(err); len(res.Errors) < 10 || res.Errors[msg] > 0 {
@@ -258,7 +260,7 @@ func SynFlood(ctx context.Context, l *Lab, opts SynFloodOptions) (SynFloodResult
 
 // echoServer accepts connections on port in the server namespace and
 // echoes one line each; stop closes it and waits for its connections.
-func echoServer(l *Lab, port int, timeout time.Duration) (stop func(), err error) {
+func echoServer(l *lab.Lab, port int, timeout time.Duration) (stop func(), err error) {
 	var ln net.Listener
 	if err := l.Server.Do(func() error {
 		var err error
@@ -293,7 +295,7 @@ func echoServer(l *Lab, port int, timeout time.Duration) (stop func(), err error
 
 // echoClient connects from the internet namespace, sends a line and reads
 // it back; it returns how long the connect took.
-func echoClient(l *Lab, addr string, i int, timeout time.Duration) (time.Duration, error) {
+func echoClient(l *lab.Lab, addr string, i int, timeout time.Duration) (time.Duration, error) {
 	var c net.Conn
 	var took time.Duration
 	err := l.Inet.Do(func() error {
