@@ -18,4 +18,5 @@ func VerifierCosts(tb testing.TB, obj []byte) []ProgCost {
 	}
 	return out
 }
+
 const VerifierLimit = verifierLimit
