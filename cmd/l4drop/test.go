@@ -89,8 +89,8 @@ func cmdTest(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *asJSON {
 		counts := map[string]int{}
-		for n, t := range byRule {
-			counts[n] = len(t.which)
+		for _, t := range byRule {
+			counts[t.name] += len(t.which)
 		}
 		return printTestJSON(stdout, d.Meta, counts, len(frames), unseen)
 	}
