@@ -107,16 +107,7 @@ rules:
 	defer capt.Close()
 
 	const n = 20
-	for _, tc := range []struct {
-		name string
-		addr string
-		ts   string
-	}{
-		{"ipv4 timestamps", fixture.ServerIPv4, "1"},
-		{"ipv4 no timestamps", fixture.ServerIPv4, "0"},
-		{"ipv6 timestamps", fixture.ServerIPv6, "1"},
-		{"ipv6 no timestamps", fixture.ServerIPv6, "0"},
-	} {
+	for _, tc := range syncookieClients {
 		t.Run(tc.name, func(t *testing.T) {
 			setSysctl(t, lab.Client, "net.ipv4.tcp_timestamps", tc.ts)
 			before := actionCounts(t, h)

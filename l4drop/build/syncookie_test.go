@@ -468,16 +468,7 @@ func TestSyncookieTCP(t *testing.T) {
 	echoServer(t, lab.Server, syncookiePort)
 
 	const n = 20
-	for _, tc := range []struct {
-		name string
-		addr string
-		ts   string
-	}{
-		{"ipv4 timestamps", fixture.ServerIPv4, "1"},
-		{"ipv4 no timestamps", fixture.ServerIPv4, "0"},
-		{"ipv6 timestamps", fixture.ServerIPv6, "1"},
-		{"ipv6 no timestamps", fixture.ServerIPv6, "0"},
-	} {
+	for _, tc := range syncookieClients {
 		t.Run(tc.name, func(t *testing.T) {
 			setSysctl(t, lab.Client, "net.ipv4.tcp_timestamps", tc.ts)
 			before := outcomes(t, coll)
@@ -609,4 +600,18 @@ func TestSyncookieCost(t *testing.T) {
 	// more on top, the same for drop-all and syncookie, which brings the
 	// ratio of rates much closer to 1 than this one.
 	t.Logf("program time, parse+drop / SYN-ACK: %.2f", drop/max(cookie, 1))
+}
+
+// syncookieClients are the clients both syncookie tests connect with: each
+// family, with and without TCP timestamps (the cookie encodes options in
+// the timestamp when there is one).
+var syncookieClients = []struct {
+	name string
+	addr string
+	ts   string
+}{
+	{"ipv4 timestamps", fixture.ServerIPv4, "1"},
+	{"ipv4 no timestamps", fixture.ServerIPv4, "0"},
+	{"ipv6 timestamps", fixture.ServerIPv6, "1"},
+	{"ipv6 no timestamps", fixture.ServerIPv6, "0"},
 }
