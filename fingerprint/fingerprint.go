@@ -491,7 +491,14 @@ func candidates(f *field, A, B []pkt, per float64) []*cand {
 			top, topN = v, n
 		}
 	}
-	if topN >= need {
+	// A value most of A shares is a field the attack fixes; the samples
+	// without it are other traffic, not a spread to cover. A class or a
+	// range around such a value widens the rule to the random values of
+	// the few legitimate samples among the attack's: seen live, a rule of
+	// payload ranges around a tool's fixed header that matched one
+	// legitimate datagram in a thousand. The exact value it is, and the
+	// rule's coverage decides.
+	if topN >= need || topN*2 >= len(vals) {
 		return []*cand{mk(0, f.mask, top, top)}
 	}
 	var out []*cand
