@@ -331,15 +331,12 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 	// measured in the same round cancels most of it.
 	out := make([]DropRate, len(filters))
 	for i, rs := range runs {
-		sorted := slices.Clone(rs)
-		slices.SortFunc(sorted, func(a, b DropRate) int { return cmp.Compare(a.CPUMpps(), b.CPUMpps()) })
-		out[i] = sorted[len(sorted)/2]
+		var rates []float64
+		out[i], rates = medianRound(rs, DropRate.CPUMpps)
 		if rs[0].Err != nil {
 			continue
 		}
-		for _, r := range rs {
-			out[i].Rates = append(out[i].Rates, r.CPUMpps())
-		}
+		out[i].Rates = rates
 	}
 	if len(out) > 0 {
 		for i := range out {
@@ -347,6 +344,18 @@ func MeasureDrops(ctx context.Context, cfg Config, filters []Filter, logf func(s
 		}
 	}
 	return out, nil
+}
+
+// medianRound returns the round of rs with the median rate, and each
+// round's rate in the order measured.
+func medianRound[T any](rs []T, rate func(T) float64) (T, []float64) {
+	rates := make([]float64, len(rs))
+	for i, r := range rs {
+		rates[i] = rate(r)
+	}
+	sorted := slices.Clone(rs)
+	slices.SortFunc(sorted, func(a, b T) int { return cmp.Compare(rate(a), rate(b)) })
+	return sorted[len(sorted)/2], rates
 }
 
 // RatioTo is the median, over the rounds both were measured in, of d's

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,17 +105,13 @@ func MeasureCaptures(ctx context.Context, cfg Config, captures []Capture, logf f
 	}
 	out := make([]CaptureRate, len(captures))
 	for i, rs := range runs {
-		sorted := slices.Clone(rs)
-		slices.SortFunc(sorted, func(a, b CaptureRate) int { return cmp.Compare(a.CPUMpps(), b.CPUMpps()) })
-		out[i] = sorted[len(sorted)/2]
+		var rates []float64
+		out[i], rates = medianRound(rs, CaptureRate.CPUMpps)
 		if rs[0].Err != nil {
 			out[i] = rs[0]
 			continue
 		}
-		for _, r := range rs {
-			out[i].Rates = append(out[i].Rates, r.CPUMpps())
-		}
-		out[i].Runs = rs
+		out[i].Rates, out[i].Runs = rates, rs
 	}
 	return out, nil
 }
