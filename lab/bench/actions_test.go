@@ -32,6 +32,19 @@ func TestMeasureActions(t *testing.T) {
 			t.Errorf("%s: sent %d, received %d, %v", d.Name, d.Sent, d.Received, d.Err)
 		}
 	}
+	if len(res.Sources) != 2 {
+		t.Fatalf("%d per-source rows, want 2", len(res.Sources))
+	}
+	for _, s := range res.Sources {
+		if s.Err != nil || len(s.NS) == 0 || s.Median() <= 0 {
+			t.Errorf("%s: %v ns, %v", s.Name, s.NS, s.Err)
+		}
+	}
+	// Every packet came from another source: the table holds them all
+	// but what the LRU's per-CPU lists keep apart.
+	if n := res.Sources[1].Entries; n < 1<<SourceBits*9/10 {
+		t.Errorf("the per-source table held %d sources after the rounds, want about %d", n, 1<<SourceBits)
+	}
 	notes := res.Notes()
 	for _, want := range []string{syncookieRow, ratelimitRow} {
 		if !strings.Contains(strings.Join(notes, "\n"), want+": ") {
