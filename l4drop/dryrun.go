@@ -60,6 +60,10 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The hook's body is for captures at entry, which a dry run has
+	// none of: it is the first program again, and the verifier would
+	// check it twice (as long again for large rule sets).
+	delete(spec.Programs, ProgBody)
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		return nil, verifierError(err, meta)

@@ -125,39 +125,61 @@ type SetGroup struct {
 	Map     string      `json:"map"`
 	Members []SetMember `json:"members"`
 	Hash    HashTable   `json:"hash"`
+	// Keys is the number of constants of a member when the table is
+	// keyed by several (a keyed set); 0 means one.
+	Keys int `json:"keys,omitempty"`
 }
 
-// SetMember is a rule of a SetGroup and its constant.
+// SetMember is a rule of a SetGroup and its constant; Rest are the
+// constants after the first of a keyed set's member.
 type SetMember struct {
-	Rule  int    `json:"rule"`
-	Value uint32 `json:"value"`
+	Rule  int      `json:"rule"`
+	Value uint32   `json:"value"`
+	Rest  []uint32 `json:"rest,omitempty"`
 }
 
-// fillSets fills the maps of rules tested at once: each constant gives
-// its first enabled rule.
+// maxSetKeys is the most constants a set's table is keyed by.
+const maxSetKeys = 3
+
+// fillSets fills the maps of rules tested at once: each constant (or
+// tuple of them) gives its first enabled rule. A slot is the constants,
+// then the rule + 1.
 func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 	for _, g := range m.Sets {
 		ms := spec.Maps[g.Map]
 		if ms == nil {
 			return fmt.Errorf("%s: map %s missing from the ELF", MetaSection, g.Map)
 		}
-		if ms.Type != ebpf.Array || ms.ValueSize != 8*hashSlots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
+		n := max(1, g.Keys)
+		slotSize := 4 * (n + 1)
+		if n > maxSetKeys || ms.Type != ebpf.Array || ms.ValueSize != uint32(slotSize*hashSlots) || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
 			return fmt.Errorf("%s: map %s: unknown layout", MetaSection, g.Map)
 		}
-		seen := map[uint32]bool{}
-		fill := newBucketFill(8, 4) // value, rule+1
+		seen := map[[maxSetKeys]uint32]bool{}
+		fill := newBucketFill(slotSize, 4*n)
 		for _, mb := range g.Members {
-			if mb.Rule < 0 || mb.Rule >= len(on) || !on[mb.Rule] || seen[mb.Value] {
+			if len(mb.Rest) != n-1 {
+				return fmt.Errorf("%s: map %s: rule %d has %d constants, want %d", MetaSection, g.Map, mb.Rule, 1+len(mb.Rest), n)
+			}
+			key := [maxSetKeys]uint32{mb.Value}
+			copy(key[1:], mb.Rest)
+			if mb.Rule < 0 || mb.Rule >= len(on) || !on[mb.Rule] || seen[key] {
 				continue
 			}
-			seen[mb.Value] = true
-			i := g.Hash.bucket([]uint64{uint64(mb.Value)})
+			seen[key] = true
+			words := make([]uint64, n)
+			for k := range words {
+				words[k] = uint64(key[k])
+			}
+			i := g.Hash.bucket(words)
 			slot := fill.slot(i)
 			if slot == nil {
 				return fmt.Errorf("%s: map %s: bucket %d overflows", MetaSection, g.Map, i)
 			}
-			binary.NativeEndian.PutUint32(slot, mb.Value)
-			binary.NativeEndian.PutUint32(slot[4:], uint32(mb.Rule)+1)
+			for k := range n {
+				binary.NativeEndian.PutUint32(slot[4*k:], key[k])
+			}
+			binary.NativeEndian.PutUint32(slot[4*n:], uint32(mb.Rule)+1)
 		}
 		ms.Contents = fill.contents()
 	}

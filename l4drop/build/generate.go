@@ -208,7 +208,7 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 		if noSets || len(cr.matchers) != 1 || !cr.rule.Action.simple() {
 			continue
 		}
-		if sh := cr.matchers[0].shape; sh != nil && sh.set {
+		if sh := cr.matchers[0].shape; sh != nil && (sh.set || sh.keyed) {
 			cr.set = fmt.Sprintf("%s/%s/%s", sh.fn, cr.rule.Family, cr.rule.Action)
 		}
 	}
@@ -231,11 +231,12 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 			continue
 		}
 		m := rules[i].matchers[0]
-		direct := equalMatches(m.prog, m.shape.isParam)
+		keyed := m.shape.keyed
+		direct := keyed || equalMatches(m.prog, m.shape.isParam)
 		// A set whose table always decides has no one by one fallback:
 		// its rules are table entries, no code, and the set costs its
-		// few matcher runs.
-		decides := tableDecides(m.prog, m.shape.isParam)
+		// few matcher runs (a keyed set's one, inlined, and a lookup).
+		decides := keyed || tableDecides(m.prog, m.shape.isParam)
 		for k := i; k < j; k++ {
 			cr := &rules[k]
 			cr.direct = direct
@@ -243,9 +244,13 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 				continue
 			}
 			cr.tableOnly = true
-			if k == i {
+			switch {
+			case k == i && keyed:
+				n, jumps := countInsns(m.prog)
+				cr.insns, cr.jumps = n+callCost, jumps+1
+			case k == i:
 				cr.insns, cr.jumps = cr.insns*(maxCandidates+1), cr.jumps*(maxCandidates+1)
-			} else {
+			default:
 				cr.insns, cr.jumps = 0, 0
 			}
 		}
@@ -401,6 +406,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 
 	if tsrc != "" {
 		w.printf("%s", candsPrelude)
+		w.printf("%s", keysPrelude)
 		w.printf("\n/* Matchers shared by rules that differ only in constants. */\n%s", tsrc)
 	}
 	funcs := make(map[string]string) // matcher program -> C function

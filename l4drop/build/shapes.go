@@ -52,6 +52,9 @@ type shape struct {
 	// isParam marks those instructions.
 	isParam []bool
 	set     bool // one parameter, tested for equality only
+	// keyed: several parameters, and a run that takes every test of them
+	// as equal finds the only constants that can match (keyedDecides).
+	keyed bool
 }
 
 // shapeKey is prog's instructions with the constants of conditional jumps
@@ -129,15 +132,25 @@ func templates(rules []compiledRule) (string, error) {
 		jumps []int
 	}
 	classes := map[string][]member{}
+	// Whether a class may share a function: what rules this out is in
+	// the instructions a shape key keeps (extensions, loads), so the
+	// first member of a class answers for all; cbpfc parses a program to
+	// tell, which thousands of rules would pay each.
+	shareable := map[string]bool{}
 	var order []string
 	for i := range rules {
 		for j := range rules[i].matchers {
 			m := &rules[i].matchers[j]
-			if cbpfc.UsesContext(m.prog) || cbpfc.UsesHelpers(m.prog) || readsLen(m.prog) {
-				continue
-			}
 			key, jumps, ok := shapeKey(m.prog)
 			if !ok || len(jumps) == 0 {
+				continue
+			}
+			can, seen := shareable[key]
+			if !seen {
+				can = !cbpfc.UsesContext(m.prog) && !cbpfc.UsesHelpers(m.prog) && !readsLen(m.prog)
+				shareable[key] = can
+			}
+			if !can {
 				continue
 			}
 			if _, ok := classes[key]; !ok {
@@ -168,16 +181,18 @@ func templates(rules []compiledRule) (string, error) {
 				sh.isParam[pc] = true
 			}
 		}
-		sh.set = len(params) == 1
-		for _, pc := range params[0] {
-			if !isJEQ(first, pc) {
-				sh.set = false
+		allJEQ := true
+		for _, pcs := range params {
+			for _, pc := range pcs {
+				allJEQ = allJEQ && isJEQ(first, pc)
 			}
 		}
-		if len(ms) < minSet && !(sh.set && tableDecides(first, sh.isParam)) {
+		sh.set = len(params) == 1 && allJEQ
+		sh.keyed = len(params) > 1 && allJEQ && keyedDecides(first, params)
+		if len(ms) < minSet && !(sh.set && tableDecides(first, sh.isParam)) && !sh.keyed {
 			continue
 		}
-		if !sh.set && len(ms) < minTemplate {
+		if !sh.set && !sh.keyed && len(ms) < minTemplate {
 			continue
 		}
 		n++
@@ -245,6 +260,20 @@ func shapeC(sh *shape, prog []bpf.Instruction) (string, error) {
 		}
 		c, err := cbpfc.ToC(prog, cbpfc.COpts{FunctionName: sh.fn + "_c", Params: cands,
 			ParamType: "struct l4_cands *", ParamTest: "l4_cand"})
+		if err != nil {
+			return "", err
+		}
+		b.WriteString("\n" + c)
+	}
+	if sh.keyed {
+		keys := map[int]string{}
+		for k, pcs := range sh.params {
+			for _, pc := range pcs {
+				keys[pc] = fmt.Sprintf("k%d", k)
+			}
+		}
+		c, err := cbpfc.ToC(prog, cbpfc.COpts{FunctionName: sh.fn + "_k", Params: keys,
+			ParamType: "struct l4_kv *", ParamTest: "l4_key"})
 		if err != nil {
 			return "", err
 		}
@@ -321,6 +350,9 @@ static __always_inline int l4_cand(struct l4_cands *c, __u32 a)
 func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p, b int, inline string) (l4drop.SetGroup, error) {
 	first := rules[idx[0]]
 	m := first.matchers[0]
+	if m.shape.keyed {
+		return writeKeyedSet(w, meta, rules, idx, p, b, inline)
+	}
 	g := l4drop.SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b)}
 	for _, i := range idx {
 		g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: rules[i].matchers[0].args[0]})
@@ -462,4 +494,204 @@ func equalMatches(prog []bpf.Instruction, isParam []bool) bool {
 		}
 	}
 	return true
+}
+
+// A shape with several parameters, all tested for equality only, lets a
+// run of its rules be one table too, keyed by all of them, when
+// keyedDecides holds: on every path to a match, every parameter is tested
+// and every test of one is equal (a failed test leads to no match). Run
+// the matcher taking each test of a parameter as equal, the first time
+// recording the value A has, later times comparing A with it (l4_key).
+// A rule whose constants match the packet takes the same path (its tests
+// are all equal), so the run matches too, having recorded those
+// constants; and if the run matches, the rule with the recorded constants
+// matches, down the same path. So the recorded constants are the only
+// ones that can match, and the table says which rule has them first.
+
+// keyedDecides reports whether every path of prog that may match meets
+// a test of each of params, and whether the failing branch of every such
+// test never matches (see above). Other tests may go either way.
+func keyedDecides(prog []bpf.Instruction, params [][]int) bool {
+	paramOf := make([]int, len(prog))
+	for i := range paramOf {
+		paramOf[i] = -1
+	}
+	for k, pcs := range params {
+		for _, pc := range pcs {
+			paramOf[pc] = k
+		}
+	}
+	all := uint32(1)<<len(params) - 1
+	type result struct {
+		done, match, bad bool
+		tested           uint32 // parameters tested on every path that may match
+	}
+	memo := make([]result, len(prog))
+	// Jumps go forward (anything else is refused as bad): the walk ends.
+	var walk func(pc int) result
+	walk = func(pc int) result {
+		if pc < 0 || pc >= len(prog) {
+			return result{bad: true}
+		}
+		if memo[pc].done {
+			return memo[pc]
+		}
+		res := result{done: true, tested: all}
+		raw, err := prog[pc].Assemble()
+		merge := func(r result) {
+			res.bad = res.bad || r.bad
+			if r.match {
+				res.match = true
+				res.tested &= r.tested
+			}
+		}
+		switch {
+		case err != nil:
+			res.bad = true
+		case raw.Op == 0x06: // ret #k
+			res.match, res.tested = raw.K != 0, 0
+		case raw.Op&0x07 == 0x06: // ret a
+			res.match, res.tested = true, 0
+		case raw.Op == 0x05: // ja
+			if int32(raw.K) < 0 {
+				res.bad = true
+				break
+			}
+			merge(walk(pc + 1 + int(raw.K)))
+		case raw.Op&0x07 == 0x05:
+			t, f := walk(pc+1+int(raw.Jt)), walk(pc+1+int(raw.Jf))
+			if k := paramOf[pc]; k >= 0 {
+				if f.match {
+					res.bad = true
+				}
+				merge(t)
+				res.tested |= 1 << k
+				break
+			}
+			merge(t)
+			merge(f)
+		default:
+			merge(walk(pc + 1))
+		}
+		if !res.match {
+			res.tested = all
+		}
+		memo[pc] = res
+		return res
+	}
+	r := walk(0)
+	return !r.bad && r.match && r.tested == all
+}
+
+// keysPrelude is what keyed sets need: the key a run records, and per
+// number of parameters the buckets of a table and their lookup.
+const keysPrelude = `
+struct l4_kv {
+	__u32 v;
+	__u32 set;
+};
+
+/* l4_key takes a test of a parameter as equal the first time, recording
+ * A, and compares A with what it recorded afterwards. */
+static __always_inline int l4_key(struct l4_kv *k, __u32 a)
+{
+	if (!k->set) {
+		k->v = a;
+		k->set = 1;
+		return 1;
+	}
+	return k->v == a;
+}
+
+struct l4s2_bucket {
+	struct {
+		__u32 key[2];
+		__u32 rule1;
+	} s[L4_HASH_SLOTS];
+};
+
+/* l4s2_find returns the rule the table gives for k[0], k[1], or L4_NRULES. */
+static __always_inline __u32 l4s2_find(void *map, const struct l4_kv *k, __u64 seed, int shift)
+{
+	__u32 idx = L4_HASH(L4_HASH(seed, (__u64)k[0].v), (__u64)k[1].v) >> shift;
+	struct l4s2_bucket *bk = bpf_map_lookup_elem(map, &idx);
+	if (!bk)
+		return L4_NRULES;
+#pragma unroll
+	for (int s = 0; s < L4_HASH_SLOTS; s++)
+		if (bk->s[s].rule1 && bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v)
+			return bk->s[s].rule1 - 1;
+	return L4_NRULES;
+}
+
+struct l4s3_bucket {
+	struct {
+		__u32 key[3];
+		__u32 rule1;
+	} s[L4_HASH_SLOTS];
+};
+
+/* l4s3_find returns the rule the table gives for k[0] to k[2], or L4_NRULES. */
+static __always_inline __u32 l4s3_find(void *map, const struct l4_kv *k, __u64 seed, int shift)
+{
+	__u32 idx = L4_HASH(L4_HASH(L4_HASH(seed, (__u64)k[0].v), (__u64)k[1].v), (__u64)k[2].v) >> shift;
+	struct l4s3_bucket *bk = bpf_map_lookup_elem(map, &idx);
+	if (!bk)
+		return L4_NRULES;
+#pragma unroll
+	for (int s = 0; s < L4_HASH_SLOTS; s++)
+		if (bk->s[s].rule1 && bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v &&
+		    bk->s[s].key[2] == k[2].v)
+			return bk->s[s].rule1 - 1;
+	return L4_NRULES;
+}
+`
+
+// writeKeyedSet writes the function testing rules idx (one run of a keyed
+// set, in order) at once, as item b of program p, with its map.
+func writeKeyedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p, b int, inline string) (l4drop.SetGroup, error) {
+	first := rules[idx[0]]
+	m := first.matchers[0]
+	n := len(m.shape.params)
+	g := l4drop.SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b), Keys: n}
+	var keys [][]uint64
+	seen := map[[maxParams]uint32]bool{}
+	for _, i := range idx {
+		args := rules[i].matchers[0].args
+		g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: args[0], Rest: args[1:]})
+		var key [maxParams]uint32
+		copy(key[:], args)
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		words := make([]uint64, len(args))
+		for k, a := range args {
+			words[k] = uint64(a)
+		}
+		keys = append(keys, words)
+	}
+	h, err := l4drop.PlanHash(keys)
+	if err != nil {
+		return g, fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
+	}
+	g.Hash = h
+	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct l4s%d_bucket);\n} %s SEC(\".maps\");\n", 1<<h.Bits, n, g.Map)
+	w.printf("\n/* Rules %d to %d, tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1])
+	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
+	if f := famNumber(first.rule.Family); f != 0 {
+		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", f)
+	}
+	var args []string
+	for k := 0; k < n; k++ {
+		args = append(args, fmt.Sprintf("&k[%d]", k))
+	}
+	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip), end, %s))\n\t\treturn L4_NONE;\n", n, m.fn, strings.Join(args, ", "))
+	w.printf("\t__u32 r = l4s%d_find(&%s, k, 0x%xULL, %d);\n", n, g.Map, h.Seed, 64-h.Bits)
+	w.printf("\tif (r == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn r << %d | %d;\n}\n", resultShift, first.rule.Action.code())
+	// No rule runs one by one: their switches are the table's entries.
+	for _, i := range idx {
+		meta.Rules[i].Symbol = ""
+	}
+	return g, nil
 }

@@ -154,3 +154,123 @@ func sameVerdicts(t *testing.T, what string, d, ref *l4drop.DryRun, pkts [][]byt
 	}
 	return matched
 }
+
+// TestKeyedSets: rules that differ in two constants, tested at once as one
+// table keyed by both, decide every packet as the same rules tried one by
+// one: order, duplicates, switches, families and actions.
+func TestKeyedSets(t *testing.T) {
+	fixture.RequireRoot(t)
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i := 0; i < 12; i++ {
+		ttl, port := 60+i%3, 4000+i
+		if i == 7 {
+			ttl, port = 62, 4002 // a duplicate of rule ttl-2
+		}
+		fmt.Fprintf(&b, "  - name: ttl-%d\n    expr: \"ip[8] = %d and udp dst port %d\"\n", i, ttl, port)
+	}
+	for i := 0; i < 8; i++ {
+		fmt.Fprintf(&b, "  - name: src-%d\n    action: pass\n    expr: \"tcp dst port %d and src host 10.0.0.%d\"\n", i, 80+i%2, 1+i)
+	}
+	for i := 0; i < 6; i++ {
+		fmt.Fprintf(&b, "  - name: net-%d\n    family: ipv4\n    expr: \"dst net 10.1.%d.0/24 and ip proto %d\"\n", i, i, []int{6, 17}[i%2])
+	}
+	rs, err := ParseRuleSet("keyed.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, gen, err := Build(rs, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyed := 0
+	for _, g := range gen.Meta.Sets {
+		if g.Keys == 2 {
+			keyed++
+		}
+	}
+	if keyed != 3 {
+		t.Fatalf("%d sets keyed by two constants (%+v); want the ttl, src and net rules tested at once", keyed, gen.Meta.Sets)
+	}
+	ref, _, err := Build(rs, BuildOptions{NoSets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pkts [][]byte
+	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
+	for ttl := 59; ttl <= 63; ttl++ {
+		for port := uint16(3999); port < 4013; port++ {
+			pkt := fixture.UDP4(c4, s4, 1, port, nil)
+			pkt[14+8] = byte(ttl)
+			pkts = append(pkts, pkt)
+		}
+	}
+	for src := 0; src <= 9; src++ {
+		for port := uint16(79); port <= 82; port++ {
+			pkts = append(pkts, fixture.TCP4SYN(fmt.Sprintf("10.0.0.%d", src), s4, 1, port))
+		}
+	}
+	for net := 0; net <= 6; net++ {
+		dst := fmt.Sprintf("10.1.%d.5", net)
+		pkts = append(pkts, fixture.UDP4(c4, dst, 1, 53, nil), fixture.TCP4SYN(c4, dst, 1, 80))
+	}
+	pkts = append(pkts, fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, 4000, nil))
+	for _, opts := range []l4drop.LoadOptions{{}, {Disable: []string{"ttl-2", "ttl-5", "src-0", "net-3"}}, {Disable: []string{"ttl-7"}}} {
+		d, err := l4drop.NewDryRun(obj, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := l4drop.NewDryRun(ref, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		matched := sameVerdicts(t, fmt.Sprint(opts.Disable), d, r, pkts)
+		if matched < 20 {
+			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
+		}
+		d.Close()
+		r.Close()
+	}
+}
+
+func TestKeyedDecides(t *testing.T) {
+	tests := []struct {
+		expr string // with %[1]d, %[2]d... for the constants
+		want bool
+	}{
+		{"ip[8] = %[1]d and udp dst port %[2]d", true},
+		{"tcp dst port %[1]d and src host 10.0.%[2]d.1", true},
+		{"dst net 10.%[1]d.0.0/16 and ip proto %[2]d", true},
+		{"udp dst port %[1]d and udp src port %[2]d and ip[8] = %[3]d", true},
+		{"udp dst port %[1]d or ip[8] = %[2]d", false},      // a failed test leads to a match
+		{"ip[8] = %[1]d and not udp dst port %[2]d", false}, // matches when a test fails
+		// The IPv6 path tests no TTL.
+		{"(ip and ip[8] = %[1]d and udp dst port %[2]d) or (ip6 and udp dst port %[3]d)", false},
+	}
+	for _, tt := range tests {
+		var progs [][]bpf.Instruction
+		for k := 0; k < 3; k++ {
+			text := fmt.Sprintf("rules:\n  - name: r\n    expr: %q\n", fmt.Sprintf(tt.expr, 10+k, 20+2*k, 30+3*k))
+			rs, err := ParseRuleSet("t.yaml", []byte(text))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms, err := (*Frontend)(nil).matchers(rs, &rs.Rules[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			progs = append(progs, ms[0].prog)
+		}
+		_, jumps, ok := shapeKey(progs[0])
+		if !ok {
+			t.Fatalf("%q: no shape", tt.expr)
+		}
+		params := shapeParams(progs, jumps)
+		if want := strings.Count(tt.expr, "%["); len(params) != want {
+			t.Fatalf("%q: %d parameters, want %d", tt.expr, len(params), want)
+		}
+		if got := keyedDecides(progs[0], params); got != tt.want {
+			t.Errorf("%q: keyedDecides = %v, want %v", tt.expr, got, tt.want)
+		}
+	}
+}
