@@ -178,6 +178,101 @@ func (f *facts) widenX(i int) bool {
 	return false
 }
 
+// loopsConverge says whether, at every backward jump, each of A, X and
+// M[] that the loop head reads holds a value that does not depend on
+// earlier iterations (from the packet, a constant, the length, or
+// computed from such values only in this iteration), or is X passed
+// through the stack (widenX). The verifier's state at the back edge then
+// repeats after an iteration or two, so that it can stop there at a
+// may_goto; a value that grows each iteration (X += 8 with nothing reset)
+// would instead make it walk until its complexity limit.
+func (f *facts) loopsConverge() bool {
+	if f.xptr {
+		return false
+	}
+	n := len(f.p.insns)
+	head := make([]bool, n)
+	for i, in := range f.p.insns {
+		if f.reachable[i] && in.kind == kJa && in.jback {
+			head[in.jt] = true
+		}
+	}
+	for i, in := range f.p.insns {
+		if !f.reachable[i] || in.kind != kJa || !in.jback {
+			continue
+		}
+		t := in.jt
+		// fresh[j]: the values that are fresh on every way from the
+		// loop head to j within this iteration.
+		fresh := make([]uint32, i+1)
+		seen := make([]bool, i+1)
+		seen[t] = true
+		for j := t; j <= i; j++ {
+			if !seen[j] {
+				continue
+			}
+			if head[j] && j != t {
+				fresh[j] = 0
+			}
+			out := freshAfter(f.p.insns[j], fresh[j])
+			if j == i {
+				need := f.liveIn[t] &^ out
+				if need&^liveX != 0 || need&liveX != 0 && !f.widenX(i) {
+					return false
+				}
+				break
+			}
+			for _, s := range f.succs[j] {
+				if s <= j || s > i {
+					continue
+				}
+				if seen[s] {
+					fresh[s] &= out
+				} else {
+					seen[s], fresh[s] = true, out
+				}
+			}
+		}
+	}
+	return true
+}
+
+// freshAfter is loopsConverge's transfer function: which of A, X and M[]
+// are fresh after in, given those fresh before it.
+func freshAfter(in insn, fresh uint32) uint32 {
+	bit := func(r reg) uint32 {
+		if r == regA {
+			return liveA
+		}
+		return liveX
+	}
+	set := func(b uint32, ok bool) uint32 {
+		if ok {
+			return fresh | b
+		}
+		return fresh &^ b
+	}
+	switch in.kind {
+	case kLdImm, kLdLen:
+		return set(bit(in.dst), true)
+	case kLdAbs, kLdInd, kLdExt:
+		return set(liveA, true)
+	case kLdMsh:
+		return set(liveX, true)
+	case kLdMem:
+		return set(bit(in.dst), fresh&liveM(in.k) != 0)
+	case kSt:
+		return set(liveM(in.k), fresh&bit(in.dst) != 0)
+	case kAlu:
+		return set(liveA, fresh&liveA != 0 && (!in.useX || fresh&liveX != 0))
+	case kTax:
+		return set(liveX, fresh&liveA != 0)
+	case kTxa:
+		return set(liveA, fresh&liveX != 0)
+	}
+	return fresh
+}
+
 // farOffset says whether a load offset does not fit the instruction, so
 // the load goes through the guard register.
 func farOffset(off int) bool { return off > math.MaxInt16 || off < math.MinInt16 }
@@ -288,6 +383,10 @@ type ebpfGen struct {
 	a, x   asm.Register
 	tmp    asm.Register
 	px     asm.Register
+	// mayGoto: loops converge (facts.loopsConverge), so back edges pass
+	// a may_goto and the loop counter is kept where the verifier does not
+	// track it.
+	mayGoto bool
 }
 
 func checkOpts(p *program, o EBPFOpts) error {
@@ -368,6 +467,7 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 		g.px = g.x
 	}
 	g.skip = make([]bool, len(p.insns))
+	g.mayGoto = p.hasLoops && f.loopsConverge()
 	g.findXArith()
 	return g.compile()
 }
@@ -521,8 +621,20 @@ func (g *ebpfGen) emit(ins ...asm.Instruction) { g.out = append(g.out, ins...) }
 func (g *ebpfGen) mark(label string) { g.labels[label] = len(g.out) }
 
 func (g *ebpfGen) memOff(n uint32) int16 { return int16(-(g.base + stackMem + 4*int(n) + 4)) }
-func (g *ebpfGen) loopOff() int16        { return int16(-(g.base + stackLoop + 8)) }
-func (g *ebpfGen) spillOff(j int) int16  { return int16(-(g.base + stackSpill + 8*j + 8)) }
+
+// loopOff is the loop counter's slot. With may_goto it is, like widenOff,
+// never 8-byte aligned: the verifier then keeps no count of iterations, and
+// at the may_goto on the back edge prunes an iteration whose state an
+// earlier one covers. Without, the verifier counts, and walks every
+// iteration.
+func (g *ebpfGen) loopOff() int16 {
+	if g.mayGoto {
+		return int16(-(g.base + stackLoop + 4))
+	}
+	return int16(-(g.base + stackLoop + 8))
+}
+
+func (g *ebpfGen) spillOff(j int) int16 { return int16(-(g.base + stackSpill + 8*j + 8)) }
 
 // widenOff is the upper half of an 8-byte stack slot: never 8-byte
 // aligned, so the verifier keeps no register state for what is stored
@@ -935,8 +1047,13 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 				asm.Add.Imm32(g.tmp, 1),
 				asm.JGT.Imm32(g.tmp, MaxBackwardJumps, g.fail),
 				asm.StoreMem(asm.RFP, g.loopOff(), g.tmp, asm.Word),
-				asm.Ja.Label(g.label(in.jt)),
 			)
+			if g.mayGoto {
+				// may_goto jumps only once the kernel's own budget
+				// (millions of iterations) is spent.
+				g.emit(asm.JCOND.Label(g.fail))
+			}
+			g.emit(asm.Ja.Label(g.label(in.jt)))
 			return nil
 		}
 		if t != g.nextEmitted(i) {
