@@ -832,7 +832,32 @@ func (g *ebpfGen) link() (asm.Instructions, error) {
 		}
 		g.out[i] = ins.WithReference(ref)
 	}
-	return g.out, nil
+	return dropJumpsToNext(g.out), nil
+}
+
+// dropJumpsToNext removes jumps, conditional or not, to the instruction
+// right after them: a comparison has no effect of its own, and both its
+// ways lead there (a test whose one way only did what nothing reads, say).
+// A label on a removed jump moves to the instruction after it.
+func dropJumpsToNext(insns asm.Instructions) asm.Instructions {
+	for i := 0; i+1 < len(insns); i++ {
+		ins, next := insns[i], insns[i+1]
+		op := ins.OpCode.JumpOp()
+		if !ins.OpCode.Class().IsJump() || op == asm.Call || op == asm.Exit || op == asm.JCOND ||
+			ins.Reference() == "" || ins.Reference() != next.Symbol() {
+			continue
+		}
+		if sym := ins.Symbol(); sym != "" {
+			for j := range insns {
+				if insns[j].Reference() == sym {
+					insns[j] = insns[j].WithReference(next.Symbol())
+				}
+			}
+		}
+		insns = append(insns[:i], insns[i+1:]...)
+		i = max(i-2, -1) // a jump before it may now lead to the next one
+	}
+	return insns
 }
 
 func (g *ebpfGen) referenced(label string) bool {
