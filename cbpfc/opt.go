@@ -351,6 +351,22 @@ func optimize(p *program) {
 				}
 			}
 		}
+		// A test whose two ways do the same is for nothing. That
+		// changes what the states say further on (the code it skips set
+		// values nothing reads, but set them), so it is a round of its
+		// own.
+		f := analyze(p)
+		skipped := false
+		for i, in := range p.insns {
+			if _, param := p.params[i]; !param && states[i].reached && in.kind == kJcond && in.jt != in.jf {
+				if t := skipDead(p, f, in.jt); t == skipDead(p, f, in.jf) {
+					p.insns[i], skipped = insn{kind: kJa, jt: t}, true
+				}
+			}
+		}
+		if skipped {
+			continue
+		}
 		zero := endsZero(p, states)
 		rewrote := false
 		for i, in := range p.insns {
@@ -524,6 +540,23 @@ func (p *program) resolve(t int) int {
 	for n := 0; n < 64 && t < len(p.insns); n++ {
 		switch in := p.insns[t]; {
 		case in.kind == kNop:
+			t++
+		case in.kind == kJa && !in.jback:
+			t = in.jt
+		default:
+			return t
+		}
+	}
+	return t
+}
+
+// skipDead is resolve that also steps over what sets only values nothing
+// reads (f.dead): where a jump's two ways differ only by such code, they
+// lead to the same place.
+func skipDead(p *program, f *facts, t int) int {
+	for n := 0; n < 64 && t < len(p.insns); n++ {
+		switch in := p.insns[t]; {
+		case in.kind == kNop || f.dead[t] && pure(in):
 			t++
 		case in.kind == kJa && !in.jback:
 			t = in.jt

@@ -116,6 +116,21 @@ func TestRewrites(t *testing.T) {
 			},
 		},
 		{
+			name: "a test whose ways differ by what nothing reads: no test, no load, the bounds check stays",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 20, Size: 2},
+				jump(bpf.JumpEqual, 0x6558, 0, 2),
+				bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 12},
+				bpf.TAX{},
+				ret(3),
+			},
+			pkts: lengths(30, 1, 0),
+			shape: func(p asm.Instructions) bool {
+				loads := count(p, func(ins asm.Instruction) bool { return ins.OpCode.Class().IsLoad() && ins.OpCode.Size() == asm.Half })
+				return loads == 0 && count(p, isJump(asm.JEq))+count(p, isJump(asm.JNE)) == 0 && count(p, isJump(asm.JGT)) == 1
+			},
+		},
+		{
 			name: "every way ends with 0: ret #0",
 			filter: []bpf.Instruction{
 				bpf.LoadExtension{Num: bpf.ExtType},
