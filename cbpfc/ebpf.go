@@ -11,14 +11,16 @@ import (
 )
 
 // Stack layout below the rounded StackOffset: M[] (64 bytes), the loop
-// counter (8), saved registers (8 each), then 8 bytes through which loops
-// pass X (see widenX).
+// counter (8), saved registers (8 each), 8 bytes through which loops pass
+// X (see widenX), then the ld [x+k] pointers for X = M[k] of two k (see
+// facts.ptrSlots).
 const (
 	stackMem     = 0
 	stackLoop    = 64
 	stackSpill   = 72
 	stackWiden   = stackSpill + 4*8
-	maxStackUsed = stackWiden + 8
+	stackPtr     = stackWiden + 8
+	maxStackUsed = stackPtr + 2*8
 )
 
 // flowState is what the code emitted so far guarantees at an instruction,
@@ -40,6 +42,10 @@ type flowState struct {
 	// xMem is k+1 when X equals M[k] on every path (0: no such k), so
 	// that ldx M[k] has nothing to do.
 	xMem uint32
+	// ptrValid[j] says that stack slot j holds PacketStart+M[k]+ptrOff[j]
+	// for its k (facts.ptrSlots), checked against PacketEnd.
+	ptrValid [2]bool
+	ptrOff   [2]int
 }
 
 func join(a, b flowState) flowState {
@@ -57,6 +63,11 @@ func join(a, b flowState) flowState {
 	if a.xMem == b.xMem {
 		out.xMem = a.xMem
 	}
+	for j := range a.ptrValid {
+		if a.ptrValid[j] && b.ptrValid[j] && a.ptrOff[j] == b.ptrOff[j] {
+			out.ptrValid[j], out.ptrOff[j] = true, a.ptrOff[j]
+		}
+	}
 	if a.pxValid && b.pxValid && a.pxOff == b.pxOff {
 		out.pxOff = a.pxOff
 		out.pxValid, out.checkedX = true, min(a.checkedX, b.checkedX)
@@ -67,6 +78,25 @@ func join(a, b flowState) flowState {
 // xBound is the largest X the code allows for ld [x+k]: PacketStart+X plus
 // the largest extent must stay within the offsets the verifier tracks.
 func (f *facts) xBound() uint32 { return uint32(maxPacketOffset - f.maxIndExtent) }
+
+// ptrSlot is the stack slot that keeps the ld [x+k] pointer for X = M[k],
+// given k+1 (flowState.xMem); -1 for none.
+func (f *facts) ptrSlot(mem uint32) int {
+	for j, m := range f.ptrSlots {
+		if m != 0 && m == mem {
+			return j
+		}
+	}
+	return -1
+}
+
+// ptrHit says whether ld [x+k] takes its pointer from the stack: X is
+// M[k], whose pointer is kept there. X's register then still holds what
+// the stack gave, which the verifier knows no bound of.
+func (f *facts) ptrHit(s flowState) bool {
+	j := f.ptrSlot(s.xMem)
+	return j >= 0 && s.ptrValid[j]
+}
 
 // earlyGuard says whether the eBPF code checks the packet bounds before
 // instruction i, ahead of the load that needs it: where paths meet, so
@@ -95,9 +125,17 @@ func (f *facts) step(i int, s flowState) flowState {
 			s.cur = -1
 		}
 	case kLdInd:
-		if !s.pxValid {
+		switch {
+		case s.pxValid:
+		case f.ptrHit(s):
+			j := f.ptrSlot(s.xMem)
+			s.pxValid, s.checkedX, s.pxOff = true, s.ptrOff[j], s.ptrOff[j]
+		default:
 			s.pxValid, s.checkedX, s.pxOff = true, f.needInd[i], f.needInd[i]
 			s.xMax = min(s.xMax, f.xBound())
+			if j := f.ptrSlot(s.xMem); j >= 0 {
+				s.ptrValid[j], s.ptrOff[j] = true, s.pxOff
+			}
 		}
 		if s.checkedX < extent(in) {
 			s.checkedX, s.pxOff = f.needInd[i], f.needInd[i]
@@ -117,6 +155,9 @@ func (f *facts) step(i int, s flowState) flowState {
 			return s // X holds M[k] already: no code
 		}
 	case kSt:
+		if j := f.ptrSlot(in.k + 1); j >= 0 {
+			s.ptrValid[j] = false
+		}
 		switch {
 		case in.dst == regX && !f.dead[i]:
 			s.xMem = in.k + 1
@@ -453,6 +494,26 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 		f.joins[i] = len(ps) > 1
 	}
 	f.useXPtr(opts.Checked)
+	if !f.xptr && !p.hasLoops {
+		// The two M[k] loaded into X most often, more than once.
+		var loads [16]int
+		for i, in := range p.insns {
+			if f.reachable[i] && !f.dead[i] && in.kind == kLdMem && in.dst == regX {
+				loads[in.k]++
+			}
+		}
+		for j := range f.ptrSlots {
+			best := -1
+			for k, n := range loads {
+				if n > 1 && (best < 0 || n > loads[best]) {
+					best = k
+				}
+			}
+			if best >= 0 {
+				f.ptrSlots[j], loads[best] = uint32(best)+1, 0
+			}
+		}
+	}
 	g := &ebpfGen{
 		f:      f,
 		opts:   opts,
@@ -640,6 +701,9 @@ func (g *ebpfGen) spillOff(j int) int16 { return int16(-(g.base + stackSpill + 8
 // aligned, so the verifier keeps no register state for what is stored
 // there.
 func (g *ebpfGen) widenOff() int16 { return int16(-(g.base + stackWiden + 4)) }
+
+// ptrOff is 8-byte slot j: the verifier keeps a pointer spilled there.
+func (g *ebpfGen) ptrOff(j int) int16 { return int16(-(g.base + stackPtr + 8*j + 8)) }
 
 func (g *ebpfGen) matchMode() bool { return g.opts.MatchLabel != "" }
 
@@ -993,7 +1057,18 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		// px = PacketStart + X + off, checked right away: the first
 		// load needs it anyway.
 		off := s.pxOff
-		if !s.pxValid {
+		if !s.pxValid && f.ptrHit(s) {
+			j := f.ptrSlot(s.xMem)
+			g.emit(asm.LoadMem(g.px, asm.RFP, g.ptrOff(j), asm.DWord))
+			off = s.ptrOff[j]
+			if off < extent(in) {
+				g.emit(
+					asm.Add.Imm(g.px, int32(f.needInd[i]-off)),
+					asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail),
+				)
+				off = f.needInd[i]
+			}
+		} else if !s.pxValid {
 			if s.xMax > f.xBound() {
 				g.emit(asm.JGT.Imm32(g.x, int32(f.xBound()), g.fail))
 			}
@@ -1014,6 +1089,9 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 				g.emit(asm.Add.Imm(g.px, int32(off-at)))
 			}
 			g.emit(asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail))
+			if j := f.ptrSlot(s.xMem); j >= 0 {
+				g.emit(asm.StoreMem(asm.RFP, g.ptrOff(j), g.px, asm.DWord))
+			}
 		} else if s.checkedX < extent(in) {
 			// Move px on: loads then use offsets from the new place.
 			g.emit(

@@ -131,6 +131,51 @@ func TestRewrites(t *testing.T) {
 			},
 		},
 		{
+			name: "X = M[k] loaded twice: the ld [x+k] pointer comes back from the stack",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 14, Size: 1},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0x1f},
+				bpf.StoreScratch{Src: bpf.RegA, N: 3},
+				bpf.LoadScratch{Dst: bpf.RegX, N: 3},
+				bpf.LoadIndirect{Off: 20, Size: 1},
+				jump(bpf.JumpEqual, 7, 0, 6),
+				bpf.LoadAbsolute{Off: 15, Size: 1},
+				bpf.TAX{},
+				bpf.LoadScratch{Dst: bpf.RegX, N: 3},
+				bpf.LoadIndirect{Off: 21, Size: 2},
+				bpf.ALUOpX{Op: bpf.ALUOpAdd}, // X as a number: not xptr
+				bpf.RetA{},
+				ret(5),
+			},
+			pkts: func() [][]byte {
+				// X from 0 to 31 with [x + 20] = 7, at every length
+				// round the loads' ends.
+				var out [][]byte
+				for _, x := range []int{0, 1, 9, 31} {
+					for l := minRunLen + 1; l <= x+26; l++ {
+						p := make([]byte, l)
+						for i := range p {
+							p[i] = byte(i)
+						}
+						p[14] = byte(x)
+						if x+20 < l {
+							p[x+20] = 7
+						}
+						out = append(out, p)
+					}
+				}
+				return out
+			}(),
+			shape: func(p asm.Instructions) bool {
+				stack := func(class asm.Class) func(asm.Instruction) bool {
+					return func(ins asm.Instruction) bool {
+						return ins.OpCode.Class() == class && ins.OpCode.Size() == asm.DWord && (ins.Src == asm.RFP || ins.Dst == asm.RFP)
+					}
+				}
+				return count(p, stack(asm.StXClass)) == 1 && count(p, stack(asm.LdXClass)) == 1
+			},
+		},
+		{
 			name: "every way ends with 0: ret #0",
 			filter: []bpf.Instruction{
 				bpf.LoadExtension{Num: bpf.ExtType},
