@@ -22,7 +22,8 @@ const MaxBackwardJumps = 8
 
 // StackSize is the number of bytes of stack below EBPFOpts.StackOffset (rounded up
 // to a multiple of 8) that compiled filters may use: scratch memory M[],
-// the loop counter, and registers saved around helper calls.
+// the loop counter, registers saved around helper calls, and packet
+// pointers kept for X = M[k].
 const StackSize = 128
 
 // EBPFOpts says how a compiled filter fits into the caller's eBPF program.

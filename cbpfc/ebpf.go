@@ -46,6 +46,9 @@ type flowState struct {
 	// for its k (facts.ptrSlots), checked against PacketEnd.
 	ptrValid [2]bool
 	ptrOff   [2]int
+	// xStale: X's register was left as it was by an ldx M[k] whose one
+	// reader, the next ld [x+k], takes the pointer from the stack.
+	xStale bool
 }
 
 func join(a, b flowState) flowState {
@@ -90,6 +93,20 @@ func (f *facts) ptrSlot(mem uint32) int {
 	return -1
 }
 
+// xPtrOnly says whether ldx M[k] at i needs no code when the stack holds
+// the ld [x+k] pointer for M[k]: the load right after it, which nothing
+// else leads to, is all that reads X. It returns the stack slot, or -1.
+func (f *facts) xPtrOnly(i int) int {
+	in := f.p.insns[i]
+	if !f.ebpf || f.xptr || in.kind != kLdMem || in.dst != regX || f.dead[i] || i+1 >= len(f.p.insns) {
+		return -1
+	}
+	if next := f.p.insns[i+1]; next.kind != kLdInd || f.joins[i+1] || f.liveOut[i+1]&liveX != 0 {
+		return -1
+	}
+	return f.ptrSlot(in.k + 1)
+}
+
 // ptrHit says whether ld [x+k] takes its pointer from the stack: X is
 // M[k], whose pointer is kept there. X's register then still holds what
 // the stack gave, which the verifier knows no bound of.
@@ -110,6 +127,23 @@ func (f *facts) earlyGuard(i int, s flowState) bool {
 
 // step applies instruction i to the state, as the emitted code does.
 func (f *facts) step(i int, s flowState) flowState {
+	out := f.stepCode(i, s)
+	if f.p.insns[i].kind == kLdInd && (s.xStale || f.xIntoPtr(i, s)) {
+		// X's register does not hold X any more (or never got it): the
+		// next ldx M[k] must load it.
+		out.xMem, out.pxValid, out.xStale = 0, false, false
+	}
+	return out
+}
+
+// xIntoPtr says whether ld [x+k] makes X's register the pointer, as with
+// xptr, since nothing reads X after it (and X is no M[k] a later ldx
+// would find there).
+func (f *facts) xIntoPtr(i int, s flowState) bool {
+	return !f.xptr && !s.pxValid && !f.ptrHit(s) && s.xMem == 0 && f.liveOut[i]&liveX == 0
+}
+
+func (f *facts) stepCode(i int, s flowState) flowState {
 	in := f.p.insns[i]
 	if f.earlyGuard(i, s) {
 		s.checkedA = f.needAbs[i]
@@ -153,6 +187,9 @@ func (f *facts) step(i int, s flowState) flowState {
 	case kLdMem:
 		if in.dst == regX && s.xMem == in.k+1 {
 			return s // X holds M[k] already: no code
+		}
+		if j := f.xPtrOnly(i); j >= 0 && s.ptrValid[j] {
+			s.xStale = true // no code: the next load needs only the pointer
 		}
 	case kSt:
 		if j := f.ptrSlot(in.k + 1); j >= 0 {
@@ -1029,6 +1066,9 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		if in.dst == regX && s.xMem == in.k+1 {
 			return nil // X holds M[k] already
 		}
+		if j := f.xPtrOnly(i); j >= 0 && s.ptrValid[j] {
+			return nil // the next load takes the pointer from the stack
+		}
 		g.emit(asm.LoadMem(g.dst(in.dst), asm.RFP, g.memOff(in.k), asm.Word))
 	case kLdLen:
 		if in.dst == regA {
@@ -1056,7 +1096,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	case kLdInd:
 		// px = PacketStart + X + off, checked right away: the first
 		// load needs it anyway.
-		off := s.pxOff
+		off, px := s.pxOff, g.px
 		if !s.pxValid && f.ptrHit(s) {
 			j := f.ptrSlot(s.xMem)
 			g.emit(asm.LoadMem(g.px, asm.RFP, g.ptrOff(j), asm.DWord))
@@ -1070,7 +1110,11 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			}
 		} else if !s.pxValid {
 			if s.xMax > f.xBound() {
-				g.emit(asm.JGT.Imm32(g.x, int32(f.xBound()), g.fail))
+				// A 64-bit comparison: X's register holds a
+				// zero-extended 32-bit value, and the verifier then
+				// bounds all of it (after a 32-bit mod it bounds only
+				// the low half from a 32-bit one, and refuses the add).
+				g.emit(asm.JGT.Imm(g.x, int32(f.xBound()), g.fail))
 			}
 			off = f.needInd[i]
 			// From the guard register when it holds PacketStart+cur,
@@ -1079,18 +1123,20 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			if s.cur >= 0 {
 				base, at = g.tmp, s.cur
 			}
-			if f.xptr {
-				// X becomes the pointer: scalar += packet pointer.
+			if f.xptr || f.xIntoPtr(i, s) {
+				// X becomes the pointer: scalar += packet pointer
+				// (nothing reads X after this load otherwise).
 				g.emit(asm.Add.Reg(g.x, base))
+				px = g.x
 			} else {
-				g.emit(asm.Mov.Reg(g.px, base), asm.Add.Reg(g.px, g.x))
+				g.emit(asm.Mov.Reg(px, base), asm.Add.Reg(px, g.x))
 			}
 			if off != at {
-				g.emit(asm.Add.Imm(g.px, int32(off-at)))
+				g.emit(asm.Add.Imm(px, int32(off-at)))
 			}
-			g.emit(asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail))
+			g.emit(asm.JGT.Reg(px, g.opts.PacketEnd, g.fail))
 			if j := f.ptrSlot(s.xMem); j >= 0 {
-				g.emit(asm.StoreMem(asm.RFP, g.ptrOff(j), g.px, asm.DWord))
+				g.emit(asm.StoreMem(asm.RFP, g.ptrOff(j), px, asm.DWord))
 			}
 		} else if s.checkedX < extent(in) {
 			// Move px on: loads then use offsets from the new place.
@@ -1101,7 +1147,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			off = f.needInd[i]
 		}
 		if f.liveOut[i]&liveA != 0 {
-			g.loadRel(g.a, g.px, int(in.k)-off, in.size)
+			g.loadRel(g.a, px, int(in.k)-off, in.size)
 			g.swapLoad(i, in)
 		}
 	case kLdExt:
