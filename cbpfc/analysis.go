@@ -46,6 +46,12 @@ type facts struct {
 	// X += k (ebpfGen.findXArith), that k: the flow keeps the ld [x+k]
 	// pointer across it.
 	xAdd map[int]uint32
+	// ptrSlots holds k+1 for the M[k] whose ld [x+k] pointer for X =
+	// M[k] the eBPF code keeps in each of two stack slots (0: none): X
+	// is loaded from M[k] more than once (libpcap's geneve), each time
+	// to be bound-checked and added to PacketStart again otherwise. Not
+	// with loops or with X's register as the pointer (xptr).
+	ptrSlots [2]uint32
 	// joins marks instructions that several others lead to.
 	joins []bool
 	// rawA: for a 2- or 4-byte load of A, that every use of the value

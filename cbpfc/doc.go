@@ -21,8 +21,10 @@
 //
 // Backward jumps, which libpcap emits for "protochain" (a "ja" whose offset
 // wraps around 2^32), are compiled as bounded loops: a filter that takes
-// backward jumps more than [MaxBackwardJumps] times ends with 0. Kernels since
-// 5.3 accept such loops.
+// backward jumps more than [MaxBackwardJumps] times ends with 0. Each back
+// edge also passes a may_goto (which never jumps that soon), so that the
+// verifier checks a few iterations rather than all: filters with loops need
+// Linux 6.9 or later.
 //
 // The extensions XDP can answer are supported:
 //

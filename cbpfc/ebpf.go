@@ -11,14 +11,16 @@ import (
 )
 
 // Stack layout below the rounded StackOffset: M[] (64 bytes), the loop
-// counter (8), saved registers (8 each), then 8 bytes through which loops
-// pass X (see widenX).
+// counter (8), saved registers (8 each), 8 bytes through which loops pass
+// X (see widenX), then the ld [x+k] pointers for X = M[k] of two k (see
+// facts.ptrSlots).
 const (
 	stackMem     = 0
 	stackLoop    = 64
 	stackSpill   = 72
 	stackWiden   = stackSpill + 4*8
-	maxStackUsed = stackWiden + 8
+	stackPtr     = stackWiden + 8
+	maxStackUsed = stackPtr + 2*8
 )
 
 // flowState is what the code emitted so far guarantees at an instruction,
@@ -40,6 +42,13 @@ type flowState struct {
 	// xMem is k+1 when X equals M[k] on every path (0: no such k), so
 	// that ldx M[k] has nothing to do.
 	xMem uint32
+	// ptrValid[j] says that stack slot j holds PacketStart+M[k]+ptrOff[j]
+	// for its k (facts.ptrSlots), checked against PacketEnd.
+	ptrValid [2]bool
+	ptrOff   [2]int
+	// xStale: X's register was left as it was by an ldx M[k] whose one
+	// reader, the next ld [x+k], takes the pointer from the stack.
+	xStale bool
 }
 
 func join(a, b flowState) flowState {
@@ -57,6 +66,11 @@ func join(a, b flowState) flowState {
 	if a.xMem == b.xMem {
 		out.xMem = a.xMem
 	}
+	for j := range a.ptrValid {
+		if a.ptrValid[j] && b.ptrValid[j] && a.ptrOff[j] == b.ptrOff[j] {
+			out.ptrValid[j], out.ptrOff[j] = true, a.ptrOff[j]
+		}
+	}
 	if a.pxValid && b.pxValid && a.pxOff == b.pxOff {
 		out.pxOff = a.pxOff
 		out.pxValid, out.checkedX = true, min(a.checkedX, b.checkedX)
@@ -67,6 +81,39 @@ func join(a, b flowState) flowState {
 // xBound is the largest X the code allows for ld [x+k]: PacketStart+X plus
 // the largest extent must stay within the offsets the verifier tracks.
 func (f *facts) xBound() uint32 { return uint32(maxPacketOffset - f.maxIndExtent) }
+
+// ptrSlot is the stack slot that keeps the ld [x+k] pointer for X = M[k],
+// given k+1 (flowState.xMem); -1 for none.
+func (f *facts) ptrSlot(mem uint32) int {
+	for j, m := range f.ptrSlots {
+		if m != 0 && m == mem {
+			return j
+		}
+	}
+	return -1
+}
+
+// xPtrOnly says whether ldx M[k] at i needs no code when the stack holds
+// the ld [x+k] pointer for M[k]: the load right after it, which nothing
+// else leads to, is all that reads X. It returns the stack slot, or -1.
+func (f *facts) xPtrOnly(i int) int {
+	in := f.p.insns[i]
+	if !f.ebpf || f.xptr || in.kind != kLdMem || in.dst != regX || f.dead[i] || i+1 >= len(f.p.insns) {
+		return -1
+	}
+	if next := f.p.insns[i+1]; next.kind != kLdInd || f.joins[i+1] || f.liveOut[i+1]&liveX != 0 {
+		return -1
+	}
+	return f.ptrSlot(in.k + 1)
+}
+
+// ptrHit says whether ld [x+k] takes its pointer from the stack: X is
+// M[k], whose pointer is kept there. X's register then still holds what
+// the stack gave, which the verifier knows no bound of.
+func (f *facts) ptrHit(s flowState) bool {
+	j := f.ptrSlot(s.xMem)
+	return j >= 0 && s.ptrValid[j]
+}
 
 // earlyGuard says whether the eBPF code checks the packet bounds before
 // instruction i, ahead of the load that needs it: where paths meet, so
@@ -80,6 +127,23 @@ func (f *facts) earlyGuard(i int, s flowState) bool {
 
 // step applies instruction i to the state, as the emitted code does.
 func (f *facts) step(i int, s flowState) flowState {
+	out := f.stepCode(i, s)
+	if f.p.insns[i].kind == kLdInd && (s.xStale || f.xIntoPtr(i, s)) {
+		// X's register does not hold X any more (or never got it): the
+		// next ldx M[k] must load it.
+		out.xMem, out.pxValid, out.xStale = 0, false, false
+	}
+	return out
+}
+
+// xIntoPtr says whether ld [x+k] makes X's register the pointer, as with
+// xptr, since nothing reads X after it (and X is no M[k] a later ldx
+// would find there).
+func (f *facts) xIntoPtr(i int, s flowState) bool {
+	return !f.xptr && !s.pxValid && !f.ptrHit(s) && s.xMem == 0 && f.liveOut[i]&liveX == 0
+}
+
+func (f *facts) stepCode(i int, s flowState) flowState {
 	in := f.p.insns[i]
 	if f.earlyGuard(i, s) {
 		s.checkedA = f.needAbs[i]
@@ -95,9 +159,17 @@ func (f *facts) step(i int, s flowState) flowState {
 			s.cur = -1
 		}
 	case kLdInd:
-		if !s.pxValid {
+		switch {
+		case s.pxValid:
+		case f.ptrHit(s):
+			j := f.ptrSlot(s.xMem)
+			s.pxValid, s.checkedX, s.pxOff = true, s.ptrOff[j], s.ptrOff[j]
+		default:
 			s.pxValid, s.checkedX, s.pxOff = true, f.needInd[i], f.needInd[i]
 			s.xMax = min(s.xMax, f.xBound())
+			if j := f.ptrSlot(s.xMem); j >= 0 {
+				s.ptrValid[j], s.ptrOff[j] = true, s.pxOff
+			}
 		}
 		if s.checkedX < extent(in) {
 			s.checkedX, s.pxOff = f.needInd[i], f.needInd[i]
@@ -116,7 +188,13 @@ func (f *facts) step(i int, s flowState) flowState {
 		if in.dst == regX && s.xMem == in.k+1 {
 			return s // X holds M[k] already: no code
 		}
+		if j := f.xPtrOnly(i); j >= 0 && s.ptrValid[j] {
+			s.xStale = true // no code: the next load needs only the pointer
+		}
 	case kSt:
+		if j := f.ptrSlot(in.k + 1); j >= 0 {
+			s.ptrValid[j] = false
+		}
 		switch {
 		case in.dst == regX && !f.dead[i]:
 			s.xMem = in.k + 1
@@ -176,6 +254,101 @@ func (f *facts) widenX(i int) bool {
 		}
 	}
 	return false
+}
+
+// loopsConverge says whether, at every backward jump, each of A, X and
+// M[] that the loop head reads holds a value that does not depend on
+// earlier iterations (from the packet, a constant, the length, or
+// computed from such values only in this iteration), or is X passed
+// through the stack (widenX). The verifier's state at the back edge then
+// repeats after an iteration or two, so that it can stop there at a
+// may_goto; a value that grows each iteration (X += 8 with nothing reset)
+// would instead make it walk until its complexity limit.
+func (f *facts) loopsConverge() bool {
+	if f.xptr {
+		return false
+	}
+	n := len(f.p.insns)
+	head := make([]bool, n)
+	for i, in := range f.p.insns {
+		if f.reachable[i] && in.kind == kJa && in.jback {
+			head[in.jt] = true
+		}
+	}
+	for i, in := range f.p.insns {
+		if !f.reachable[i] || in.kind != kJa || !in.jback {
+			continue
+		}
+		t := in.jt
+		// fresh[j]: the values that are fresh on every way from the
+		// loop head to j within this iteration.
+		fresh := make([]uint32, i+1)
+		seen := make([]bool, i+1)
+		seen[t] = true
+		for j := t; j <= i; j++ {
+			if !seen[j] {
+				continue
+			}
+			if head[j] && j != t {
+				fresh[j] = 0
+			}
+			out := freshAfter(f.p.insns[j], fresh[j])
+			if j == i {
+				need := f.liveIn[t] &^ out
+				if need&^liveX != 0 || need&liveX != 0 && !f.widenX(i) {
+					return false
+				}
+				break
+			}
+			for _, s := range f.succs[j] {
+				if s <= j || s > i {
+					continue
+				}
+				if seen[s] {
+					fresh[s] &= out
+				} else {
+					seen[s], fresh[s] = true, out
+				}
+			}
+		}
+	}
+	return true
+}
+
+// freshAfter is loopsConverge's transfer function: which of A, X and M[]
+// are fresh after in, given those fresh before it.
+func freshAfter(in insn, fresh uint32) uint32 {
+	bit := func(r reg) uint32 {
+		if r == regA {
+			return liveA
+		}
+		return liveX
+	}
+	set := func(b uint32, ok bool) uint32 {
+		if ok {
+			return fresh | b
+		}
+		return fresh &^ b
+	}
+	switch in.kind {
+	case kLdImm, kLdLen:
+		return set(bit(in.dst), true)
+	case kLdAbs, kLdInd, kLdExt:
+		return set(liveA, true)
+	case kLdMsh:
+		return set(liveX, true)
+	case kLdMem:
+		return set(bit(in.dst), fresh&liveM(in.k) != 0)
+	case kSt:
+		return set(liveM(in.k), fresh&bit(in.dst) != 0)
+	case kAlu:
+		return set(liveA, fresh&liveA != 0 && (!in.useX || fresh&liveX != 0))
+	case kTax:
+		return set(liveX, fresh&liveA != 0)
+	case kTxa:
+		return set(liveA, fresh&liveX != 0)
+	}
+	return fresh
 }
 
 // farOffset says whether a load offset does not fit the instruction, so
@@ -288,6 +461,10 @@ type ebpfGen struct {
 	a, x   asm.Register
 	tmp    asm.Register
 	px     asm.Register
+	// mayGoto: loops converge (facts.loopsConverge), so back edges pass
+	// a may_goto and the loop counter is kept where the verifier does not
+	// track it.
+	mayGoto bool
 }
 
 func checkOpts(p *program, o EBPFOpts) error {
@@ -354,6 +531,26 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 		f.joins[i] = len(ps) > 1
 	}
 	f.useXPtr(opts.Checked)
+	if !f.xptr && !p.hasLoops {
+		// The two M[k] loaded into X most often, more than once.
+		var loads [16]int
+		for i, in := range p.insns {
+			if f.reachable[i] && !f.dead[i] && in.kind == kLdMem && in.dst == regX {
+				loads[in.k]++
+			}
+		}
+		for j := range f.ptrSlots {
+			best := -1
+			for k, n := range loads {
+				if n > 1 && (best < 0 || n > loads[best]) {
+					best = k
+				}
+			}
+			if best >= 0 {
+				f.ptrSlots[j], loads[best] = uint32(best)+1, 0
+			}
+		}
+	}
 	g := &ebpfGen{
 		f:      f,
 		opts:   opts,
@@ -368,6 +565,7 @@ func compileEBPF(p *program, opts EBPFOpts) (asm.Instructions, error) {
 		g.px = g.x
 	}
 	g.skip = make([]bool, len(p.insns))
+	g.mayGoto = p.hasLoops && f.loopsConverge()
 	g.findXArith()
 	return g.compile()
 }
@@ -521,13 +719,28 @@ func (g *ebpfGen) emit(ins ...asm.Instruction) { g.out = append(g.out, ins...) }
 func (g *ebpfGen) mark(label string) { g.labels[label] = len(g.out) }
 
 func (g *ebpfGen) memOff(n uint32) int16 { return int16(-(g.base + stackMem + 4*int(n) + 4)) }
-func (g *ebpfGen) loopOff() int16        { return int16(-(g.base + stackLoop + 8)) }
-func (g *ebpfGen) spillOff(j int) int16  { return int16(-(g.base + stackSpill + 8*j + 8)) }
+
+// loopOff is the loop counter's slot. With may_goto it is, like widenOff,
+// never 8-byte aligned: the verifier then keeps no count of iterations, and
+// at the may_goto on the back edge prunes an iteration whose state an
+// earlier one covers. Without, the verifier counts, and walks every
+// iteration.
+func (g *ebpfGen) loopOff() int16 {
+	if g.mayGoto {
+		return int16(-(g.base + stackLoop + 4))
+	}
+	return int16(-(g.base + stackLoop + 8))
+}
+
+func (g *ebpfGen) spillOff(j int) int16 { return int16(-(g.base + stackSpill + 8*j + 8)) }
 
 // widenOff is the upper half of an 8-byte stack slot: never 8-byte
 // aligned, so the verifier keeps no register state for what is stored
 // there.
 func (g *ebpfGen) widenOff() int16 { return int16(-(g.base + stackWiden + 4)) }
+
+// ptrOff is 8-byte slot j: the verifier keeps a pointer spilled there.
+func (g *ebpfGen) ptrOff(j int) int16 { return int16(-(g.base + stackPtr + 8*j + 8)) }
 
 func (g *ebpfGen) matchMode() bool { return g.opts.MatchLabel != "" }
 
@@ -720,7 +933,32 @@ func (g *ebpfGen) link() (asm.Instructions, error) {
 		}
 		g.out[i] = ins.WithReference(ref)
 	}
-	return g.out, nil
+	return dropJumpsToNext(g.out), nil
+}
+
+// dropJumpsToNext removes jumps, conditional or not, to the instruction
+// right after them: a comparison has no effect of its own, and both its
+// ways lead there (a test whose one way only did what nothing reads, say).
+// A label on a removed jump moves to the instruction after it.
+func dropJumpsToNext(insns asm.Instructions) asm.Instructions {
+	for i := 0; i+1 < len(insns); i++ {
+		ins, next := insns[i], insns[i+1]
+		op := ins.OpCode.JumpOp()
+		if !ins.OpCode.Class().IsJump() || op == asm.Call || op == asm.Exit || op == asm.JCOND ||
+			ins.Reference() == "" || ins.Reference() != next.Symbol() {
+			continue
+		}
+		if sym := ins.Symbol(); sym != "" {
+			for j := range insns {
+				if insns[j].Reference() == sym {
+					insns[j] = insns[j].WithReference(next.Symbol())
+				}
+			}
+		}
+		insns = append(insns[:i], insns[i+1:]...)
+		i = max(i-2, -1) // a jump before it may now lead to the next one
+	}
+	return insns
 }
 
 func (g *ebpfGen) referenced(label string) bool {
@@ -828,6 +1066,9 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		if in.dst == regX && s.xMem == in.k+1 {
 			return nil // X holds M[k] already
 		}
+		if j := f.xPtrOnly(i); j >= 0 && s.ptrValid[j] {
+			return nil // the next load takes the pointer from the stack
+		}
 		g.emit(asm.LoadMem(g.dst(in.dst), asm.RFP, g.memOff(in.k), asm.Word))
 	case kLdLen:
 		if in.dst == regA {
@@ -855,10 +1096,25 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 	case kLdInd:
 		// px = PacketStart + X + off, checked right away: the first
 		// load needs it anyway.
-		off := s.pxOff
-		if !s.pxValid {
+		off, px := s.pxOff, g.px
+		if !s.pxValid && f.ptrHit(s) {
+			j := f.ptrSlot(s.xMem)
+			g.emit(asm.LoadMem(g.px, asm.RFP, g.ptrOff(j), asm.DWord))
+			off = s.ptrOff[j]
+			if off < extent(in) {
+				g.emit(
+					asm.Add.Imm(g.px, int32(f.needInd[i]-off)),
+					asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail),
+				)
+				off = f.needInd[i]
+			}
+		} else if !s.pxValid {
 			if s.xMax > f.xBound() {
-				g.emit(asm.JGT.Imm32(g.x, int32(f.xBound()), g.fail))
+				// A 64-bit comparison: X's register holds a
+				// zero-extended 32-bit value, and the verifier then
+				// bounds all of it (after a 32-bit mod it bounds only
+				// the low half from a 32-bit one, and refuses the add).
+				g.emit(asm.JGT.Imm(g.x, int32(f.xBound()), g.fail))
 			}
 			off = f.needInd[i]
 			// From the guard register when it holds PacketStart+cur,
@@ -867,16 +1123,21 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			if s.cur >= 0 {
 				base, at = g.tmp, s.cur
 			}
-			if f.xptr {
-				// X becomes the pointer: scalar += packet pointer.
+			if f.xptr || f.xIntoPtr(i, s) {
+				// X becomes the pointer: scalar += packet pointer
+				// (nothing reads X after this load otherwise).
 				g.emit(asm.Add.Reg(g.x, base))
+				px = g.x
 			} else {
-				g.emit(asm.Mov.Reg(g.px, base), asm.Add.Reg(g.px, g.x))
+				g.emit(asm.Mov.Reg(px, base), asm.Add.Reg(px, g.x))
 			}
 			if off != at {
-				g.emit(asm.Add.Imm(g.px, int32(off-at)))
+				g.emit(asm.Add.Imm(px, int32(off-at)))
 			}
-			g.emit(asm.JGT.Reg(g.px, g.opts.PacketEnd, g.fail))
+			g.emit(asm.JGT.Reg(px, g.opts.PacketEnd, g.fail))
+			if j := f.ptrSlot(s.xMem); j >= 0 {
+				g.emit(asm.StoreMem(asm.RFP, g.ptrOff(j), px, asm.DWord))
+			}
 		} else if s.checkedX < extent(in) {
 			// Move px on: loads then use offsets from the new place.
 			g.emit(
@@ -886,7 +1147,7 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 			off = f.needInd[i]
 		}
 		if f.liveOut[i]&liveA != 0 {
-			g.loadRel(g.a, g.px, int(in.k)-off, in.size)
+			g.loadRel(g.a, px, int(in.k)-off, in.size)
 			g.swapLoad(i, in)
 		}
 	case kLdExt:
@@ -935,8 +1196,13 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 				asm.Add.Imm32(g.tmp, 1),
 				asm.JGT.Imm32(g.tmp, MaxBackwardJumps, g.fail),
 				asm.StoreMem(asm.RFP, g.loopOff(), g.tmp, asm.Word),
-				asm.Ja.Label(g.label(in.jt)),
 			)
+			if g.mayGoto {
+				// may_goto jumps only once the kernel's own budget
+				// (millions of iterations) is spent.
+				g.emit(asm.JCOND.Label(g.fail))
+			}
+			g.emit(asm.Ja.Label(g.label(in.jt)))
 			return nil
 		}
 		if t != g.nextEmitted(i) {

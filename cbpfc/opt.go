@@ -351,6 +351,36 @@ func optimize(p *program) {
 				}
 			}
 		}
+		// A test whose two ways do the same is for nothing. That
+		// changes what the states say further on (the code it skips set
+		// values nothing reads, but set them), so it is a round of its
+		// own.
+		// So is "and #m; jeq #0" with A read on neither way: jset #m
+		// with the ways swapped tests the same bits.
+		f := analyze(p)
+		preds := f.preds()
+		skipped := false
+		for i, in := range p.insns {
+			if _, param := p.params[i]; !param && states[i].reached && in.kind == kJcond && in.jt != in.jf {
+				if t := skipDead(p, f, in.jt); t == skipDead(p, f, in.jf) {
+					p.insns[i], skipped = insn{kind: kJa, jt: t}, true
+					continue
+				}
+			}
+			if i+1 < len(p.insns) && states[i].reached && in.kind == kAlu && !in.useX && in.op == aluAND {
+				next := p.insns[i+1]
+				_, param := p.params[i+1]
+				if !param && next.kind == kJcond && !next.useX && next.op == jmpJEQ && next.k == 0 && next.jt != next.jf &&
+					len(preds[i+1]) == 1 && (f.liveIn[next.jt]|f.liveIn[next.jf])&liveA == 0 {
+					p.insns[i] = insn{kind: kNop}
+					p.insns[i+1] = insn{kind: kJcond, op: jmpJSET, k: in.k, jt: next.jf, jf: next.jt}
+					skipped = true
+				}
+			}
+		}
+		if skipped {
+			continue
+		}
 		zero := endsZero(p, states)
 		rewrote := false
 		for i, in := range p.insns {
@@ -524,6 +554,23 @@ func (p *program) resolve(t int) int {
 	for n := 0; n < 64 && t < len(p.insns); n++ {
 		switch in := p.insns[t]; {
 		case in.kind == kNop:
+			t++
+		case in.kind == kJa && !in.jback:
+			t = in.jt
+		default:
+			return t
+		}
+	}
+	return t
+}
+
+// skipDead is resolve that also steps over what sets only values nothing
+// reads (f.dead): where a jump's two ways differ only by such code, they
+// lead to the same place.
+func skipDead(p *program, f *facts, t int) int {
+	for n := 0; n < 64 && t < len(p.insns); n++ {
+		switch in := p.insns[t]; {
+		case in.kind == kNop || f.dead[t] && pure(in):
 			t++
 		case in.kind == kJa && !in.jback:
 			t = in.jt

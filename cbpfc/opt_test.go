@@ -67,6 +67,30 @@ func TestRewrites(t *testing.T) {
 		}
 		return out
 	}
+	// Stack stores or loads of a size.
+	stackOp := func(class asm.Class, size asm.Size) func(asm.Instruction) bool {
+		return func(ins asm.Instruction) bool {
+			return ins.OpCode.Class() == class && ins.OpCode.Size() == size && (ins.Src == asm.RFP || ins.Dst == asm.RFP)
+		}
+	}
+	// Packets with X = [14] from 0 to 31 and [x + 20] = 7 (or 7 - X), at
+	// every length round the loads' ends.
+	var mPackets [][]byte
+	for _, x := range []int{0, 1, 3, 9, 31} {
+		for _, v := range []int{7, 7 - x} {
+			for l := minRunLen + 1; l <= x+26; l++ {
+				p := make([]byte, l)
+				for i := range p {
+					p[i] = byte(i)
+				}
+				p[14] = byte(x)
+				if x+20 < l {
+					p[x+20] = byte(v)
+				}
+				mPackets = append(mPackets, p)
+			}
+		}
+	}
 	for _, c := range []struct {
 		name   string
 		filter []bpf.Instruction
@@ -113,6 +137,80 @@ func TestRewrites(t *testing.T) {
 			pkts: lengths(40, 1, 0),
 			shape: func(p asm.Instructions) bool {
 				return count(p, isJump(asm.JSet)) == 0 && count(p, isJump(asm.JGT)) == 1
+			},
+		},
+		{
+			name: "a test whose ways differ by what nothing reads: no test, no load, the bounds check stays",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 20, Size: 2},
+				jump(bpf.JumpEqual, 0x6558, 0, 2),
+				bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 12},
+				bpf.TAX{},
+				ret(3),
+			},
+			pkts: lengths(30, 1, 0),
+			shape: func(p asm.Instructions) bool {
+				loads := count(p, func(ins asm.Instruction) bool { return ins.OpCode.Class().IsLoad() && ins.OpCode.Size() == asm.Half })
+				return loads == 0 && count(p, isJump(asm.JEq))+count(p, isJump(asm.JNE)) == 0 && count(p, isJump(asm.JGT)) == 1
+			},
+		},
+		{
+			name: "X = M[k] loaded twice: the ld [x+k] pointer comes back from the stack",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 14, Size: 1},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0x1f},
+				bpf.StoreScratch{Src: bpf.RegA, N: 3},
+				bpf.LoadScratch{Dst: bpf.RegX, N: 3},
+				bpf.LoadIndirect{Off: 20, Size: 1},
+				jump(bpf.JumpEqual, 7, 0, 6),
+				bpf.LoadAbsolute{Off: 15, Size: 1},
+				bpf.TAX{},
+				bpf.LoadScratch{Dst: bpf.RegX, N: 3},
+				bpf.LoadIndirect{Off: 21, Size: 2},
+				bpf.ALUOpX{Op: bpf.ALUOpAdd}, // X as a number: not xptr
+				bpf.RetA{},
+				ret(5),
+			},
+			pkts: mPackets,
+			shape: func(p asm.Instructions) bool {
+				return count(p, stackOp(asm.StXClass, asm.DWord)) == 1 && count(p, stackOp(asm.LdXClass, asm.DWord)) == 1
+			},
+		},
+		{
+			name: "X = M[k] loaded again only for a load: no code for it, the pointer comes from the stack",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 14, Size: 1},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0x1f},
+				bpf.StoreScratch{Src: bpf.RegA, N: 3},
+				bpf.LoadScratch{Dst: bpf.RegX, N: 3},
+				bpf.LoadIndirect{Off: 20, Size: 1},
+				bpf.ALUOpX{Op: bpf.ALUOpAdd}, // X as a number: not xptr
+				jump(bpf.JumpEqual, 7, 0, 5),
+				bpf.LoadAbsolute{Off: 15, Size: 1},
+				bpf.TAX{},
+				bpf.LoadScratch{Dst: bpf.RegX, N: 3},
+				bpf.LoadIndirect{Off: 21, Size: 2},
+				bpf.RetA{},
+				ret(5),
+			},
+			pkts: mPackets,
+			shape: func(p asm.Instructions) bool {
+				return count(p, stackOp(asm.StXClass, asm.DWord)) == 1 && count(p, stackOp(asm.LdXClass, asm.DWord)) == 1 &&
+					count(p, stackOp(asm.LdXClass, asm.Word)) == 1
+			},
+		},
+		{
+			name: "and #m, jeq #0, A read on neither way: one jset",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 20, Size: 1},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xc0},
+				jump(bpf.JumpEqual, 0, 0, 1),
+				ret(3),
+				ret(0),
+			},
+			pkts: append(lengths(24, 1, 0), lengths(24, 0x40, 0x3f)...),
+			shape: func(p asm.Instructions) bool {
+				return count(p, isJump(asm.JSet)) == 1 && count(p, isALU(asm.And)) == 0
 			},
 		},
 		{

@@ -141,7 +141,7 @@ func XDPProgram(filter []bpf.Instruction) (asm.Instructions, error) {
 	prog = append(prog, insns...)
 	prog = append(prog, code...)
 	prog = coalesce(prog, prologue)
-	return prog, nil
+	return dropJumpsToNext(prog), nil
 }
 
 // inverse maps a conditional jump to the one taken exactly when it is not.
