@@ -53,7 +53,8 @@ func TestAutoSummary(t *testing.T) {
 func TestHeldOut(t *testing.T) {
 	fixture.RequireRoot(t)
 	tools := buildCommands(t)
-	o := HeldOutOptions{Cases: []HeldOutCase{heldOutCase(t, "udp-game-v6")}, Crowd: time.Second, Attack: 3 * time.Second, JudgePackets: 10000}
+	o := HeldOutOptions{Cases: []HeldOutCase{heldOutCase(t, "udp-game-v6")}, Learn: 4500 * time.Millisecond, Crowd: time.Second,
+		Attack: 2 * time.Second, JudgePackets: 10000}
 	h := MeasureHeldOut(context.Background(), tools, t.TempDir(), o, t.Logf)
 	var b strings.Builder
 	h.Markdown(&b)
