@@ -58,6 +58,12 @@ type Config struct {
 	// Ratio times its baseline rate (default 10).
 	Threshold float64
 	Ratio     float64
+	// Ceiling is the rate from which a single vector is an attack even if
+	// the baseline holds it, as it does a flood that was running when the
+	// engine started (default Ratio × Threshold; below 0: never). Such a
+	// vector must be told from the rest of the traffic by more than one
+	// field, or it gets no rule.
+	Ceiling float64
 	// Expire removes a rule once what it matches has stayed below
 	// Threshold that long (default 60 s).
 	Expire time.Duration
@@ -148,6 +154,9 @@ type Engine struct {
 	slots    []*slot
 	lastNone time.Time
 	retry    time.Time
+	// standRetry is when standing may look for a flood above the ceiling
+	// again after finding none.
+	standRetry time.Time
 
 	rmu    sync.Mutex
 	report []Active
@@ -213,6 +222,9 @@ func NewEngine(cfg Config) (*Engine, error) {
 	}
 	if cfg.Ratio <= 0 {
 		cfg.Ratio = 10
+	}
+	if cfg.Ceiling == 0 {
+		cfg.Ceiling = cfg.Ratio * cfg.Threshold
 	}
 	def(&cfg.Expire, 60*time.Second)
 	def(&cfg.Window, 500*time.Millisecond)
@@ -370,6 +382,11 @@ func (e *Engine) Tick() {
 	// quarantine.
 	if now.Sub(e.start) >= e.cfg.Learn+e.cfg.Quarantine && len(e.baseRing) >= minBaseline {
 		e.detect(now)
+	} else {
+		// A flood above the ceiling needs no learning period: one
+		// running when the engine started is found once the first
+		// samples leave the quarantine.
+		e.standing(now)
 	}
 	e.publish(now)
 }
@@ -653,6 +670,7 @@ func (e *Engine) detect(now time.Time) {
 		}
 	}
 	if e.pps(len(A), now) < e.cfg.Threshold {
+		e.standing(now)
 		return
 	}
 	e.anomalies.Add(1)
@@ -769,4 +787,92 @@ func (e *Engine) publish(now time.Time) {
 	e.rmu.Lock()
 	e.report = out
 	e.rmu.Unlock()
+}
+
+// standing deploys a rule for a flood above the ceiling that the scores
+// do not show, because the baseline holds it (it ran when the engine
+// started, or grew slowly): a single vector of the window's samples,
+// told from the rest of them (see standing in standing.go). The samples
+// the rule matches leave the baseline, which never vouched for them.
+func (e *Engine) standing(now time.Time) {
+	// The baseline's samples without the vector are what a rule must
+	// not match: the window alone holds too few.
+	if e.cfg.Ceiling <= 0 || now.Before(e.standRetry) || len(e.baseRing) < minBaseline || e.pps(e.winN, now) < e.cfg.Ceiling {
+		return
+	}
+	var W []pkt
+	for _, b := range e.batches {
+		if !b.inWin {
+			continue
+		}
+		for _, r := range b.recs {
+			if r.dec == NoRule && !e.matchedByActive(&r.p) {
+				W = append(W, r.p)
+			}
+		}
+	}
+	// The samples of the ceiling's rate, in what is analysed.
+	need := e.cfg.Ceiling / e.pps(1, now)
+	all := len(W)
+	if len(W) > maxAnalysed {
+		need *= maxAnalysed / float64(len(W))
+		stride := float64(len(W)) / maxAnalysed
+		for i := range maxAnalysed {
+			W[i] = W[int(float64(i)*stride)]
+		}
+		W = W[:maxAnalysed]
+	}
+	r, ok := standing(W, e.baseRing, int(math.Ceil(need)), e.cfg.Options)
+	if !ok {
+		// A busy but legitimate mix stays so: looking again every tick
+		// would cost a fit per tick for nothing.
+		e.standRetry = now.Add(4 * retryAfter)
+		return
+	}
+	n := 0
+	for _, p := range W {
+		if Match(&r.AutoRule, p.data, p.wire) {
+			n++
+		}
+	}
+	pps := e.pps(n, now) * float64(all) / float64(max(1, len(W)))
+	e.anomalies.Add(1)
+	e.log.Info("auto: flood above the ceiling, learned as normal until now", "expr", r.Expr(), "pps", math.Round(pps), "ceiling", e.cfg.Ceiling)
+	before := e.nActive.Load()
+	e.deploy(now, r, pps)
+	if e.nActive.Load() > before {
+		e.unlearn(&r.AutoRule)
+	}
+}
+
+// unlearn takes the samples r matches out of the baseline: the ring loses
+// them and the feature counts are made again from what it keeps (the
+// counts cannot forget single samples).
+func (e *Engine) unlearn(r *l4drop.AutoRule) {
+	kept := e.baseRing[:0]
+	// The ring's order from its oldest sample on.
+	ring := append(append([]pkt(nil), e.baseRing[e.baseNext:]...), e.baseRing[:e.baseNext]...)
+	for _, p := range ring {
+		if !Match(r, p.data, p.wire) {
+			kept = append(kept, p)
+		}
+	}
+	// Oldest first: admit appends the newest, or overwrites the oldest
+	// at baseNext once the ring is full.
+	e.baseRing, e.baseNext = kept, 0
+	clear(e.base)
+	e.baseN = 0
+	w := 1.0
+	if !e.epoch.IsZero() {
+		w = e.weight(e.cfg.Now())
+	}
+	for i := range e.baseRing {
+		p := &e.baseRing[i]
+		e.baseN += w
+		for j, v := range e.features(p) {
+			if v != missing {
+				e.base[featKey(p, j, v)] += w
+			}
+		}
+	}
 }

@@ -3,6 +3,7 @@ package fingerprint
 import (
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -409,4 +410,66 @@ func scenarioTemplatesB(b *testing.B, name string) (attack, legit []lab.Template
 		b.Fatal(err)
 	}
 	return scenarioTemplates(b, sc)
+}
+
+// TestEngineStandingFlood: a flood of 150 kpps already running when the
+// engine starts (the default ceiling is 100 kpps) is in its baseline from
+// the first sample; it still gets a rule once the first samples leave the
+// quarantine (2 s), and no legitimate packet is matched. The random-subdomain flood
+// has no vector that more than one field tells from the users' queries
+// (its names vary in length, their TTLs are the attack's): no rule, no
+// collateral.
+func TestEngineStandingFlood(t *testing.T) {
+	for _, sc := range lab.Scenarios() {
+		t.Run(sc.Name, func(t *testing.T) {
+			attackT, legitT := scenarioTemplates(t, sc)
+			s := newSim(t, Config{Expire: 2 * time.Second})
+			s.sources = []*source{
+				newSource(t, "legit", legitT, 1, 20000, 0, time.Hour, true),
+				newSource(t, "attack", attackT, 2, 150000, 0, 6*time.Second, false),
+			}
+			s.mitigateFrom = 3 * time.Second
+			s.run(9 * time.Second)
+			if strings.HasPrefix(sc.Name, "dns-random-subdomain") {
+				if len(s.tab.events) != 0 {
+					t.Errorf("random subdomains from the start got %s", s.tab.events[0].rule.Expr())
+				}
+				return
+			}
+			if len(s.tab.events) == 0 {
+				t.Fatal("no rule")
+			}
+			first := s.tab.events[0]
+			t.Logf("deployed %v after the start: %s", first.t.Sub(s.start), first.rule.Expr())
+			if first.remove || first.t.Sub(s.start) > 2500*time.Millisecond {
+				t.Errorf("first event %+v at %v, want a deploy within 2.5 s", first, first.t.Sub(s.start))
+			}
+			if s.attackMatched*100 < s.attackSent*99 {
+				t.Errorf("matched %d of %d attack samples from 3 s on", s.attackMatched, s.attackSent)
+			}
+			if last := s.tab.events[len(s.tab.events)-1]; !last.remove {
+				t.Errorf("last event %+v, want the rule expired after the flood", last)
+			}
+		})
+	}
+}
+
+// TestEngineStandingLegit: legitimate traffic above the ceiling from the
+// start, then six times as much, gets no rule: its vectors are one
+// template each, each told from the others by one field at most.
+func TestEngineStandingLegit(t *testing.T) {
+	for _, sc := range lab.Scenarios() {
+		t.Run(sc.Name, func(t *testing.T) {
+			_, legitT := scenarioTemplates(t, sc)
+			s := newSim(t, Config{Threshold: 5000})
+			s.sources = []*source{
+				newSource(t, "legit", legitT, 1, 60000, 0, time.Hour, true),
+				newSource(t, "crowd", legitT, 5, 300000, 5*time.Second, 9*time.Second, true),
+			}
+			s.run(10 * time.Second)
+			if len(s.tab.events) != 0 {
+				t.Errorf("legitimate traffic got %s", s.tab.events[0].rule.Expr())
+			}
+		})
+	}
 }

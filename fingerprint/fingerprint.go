@@ -250,13 +250,27 @@ func splits(g, B []pkt, k groupKey, opts Options) [][]pkt {
 		return n
 	}
 	sort.SliceStable(seeds, func(i, j int) bool { return seeds[i].count > seeds[j].count })
+	// Seeds the baseline rarely has first; then, if none fitted, those it
+	// has plenty of: a tool's header that legitimate replies share too
+	// can still gather the attack's samples apart from lookalikes of
+	// another field (fit keeps every rule off the baseline).
+	common := make([]bool, len(seeds))
+	for i, s := range seeds {
+		common[i] = bshare(s)*100 > len(B)
+	}
+	order := make([]int, 0, len(seeds))
+	for _, pass := range []bool{false, true} {
+		for i := range seeds {
+			if common[i] == pass {
+				order = append(order, i)
+			}
+		}
+	}
 	tried := 0
-	for _, s := range seeds {
+	for _, i := range order {
+		s := seeds[i]
 		if tried == 4 {
 			break
-		}
-		if bshare(s)*100 > len(B) {
-			continue
 		}
 		tried++
 		var sub []pkt

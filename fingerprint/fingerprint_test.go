@@ -180,3 +180,49 @@ func TestFingerprintFewLegit(t *testing.T) {
 		}
 	}
 }
+
+// TestFingerprintSharedHeader: a tool's header that legitimate replies
+// share too, and legitimate datagrams of the attack's length and TTL
+// among its samples (2%): no single value of the attack is rare in the
+// baseline, yet its conjunction is; a rule covers it and no legitimate
+// packet.
+func TestFingerprintSharedHeader(t *testing.T) {
+	parse := func(specs ...string) []lab.Template {
+		var ts []lab.Template
+		for _, s := range specs {
+			tp, err := lab.ParseTemplate(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts = append(ts, tp)
+		}
+		return ts
+	}
+	attack := parse("udp,port=5683,sport=5683,payload=4001abcd77,size=200,randpayload,ttl=99,ipid=rand,randsrc")
+	lookalike := parse("udp,port=5683,size=200,randpayload,ttl=99,ipid=rand,randsrc")
+	legit := parse("udp,port=5683,size=32,randpayload,ttl=99,ipid=rand,randsrc,weight=40",
+		"udp,port=5683,sport=5683,payload=4001abcd77,size=60,randpayload,ttl=70,ipid=rand,randsrc,weight=10",
+		"udp,port=5683,size=200,randpayload,ttl=99,ipid=rand,randsrc,weight=30",
+		"udp,port=5683,size=90,randpayload,ttl=64,ipid=rand,randsrc,weight=20")
+	A := append(scenarioPackets(t, attack, 1, 1000), scenarioPackets(t, lookalike, 2, 20)...)
+	rs, err := Fingerprint(A, scenarioPackets(t, legit, 3, 4096), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rs[0]
+	t.Logf("%s", r.Expr())
+	for _, p := range scenarioPackets(t, legit, 4, 20000) {
+		if Match(&r.AutoRule, p.Data, len(p.Data)) {
+			t.Fatalf("rule %s matches legitimate % x", r.Expr(), p.Data)
+		}
+	}
+	n := 0
+	for _, p := range scenarioPackets(t, attack, 5, 5000) {
+		if Match(&r.AutoRule, p.Data, len(p.Data)) {
+			n++
+		}
+	}
+	if n*100 < 5000*99 {
+		t.Errorf("rule %s matches %d of 5000 attack packets", r.Expr(), n)
+	}
+}

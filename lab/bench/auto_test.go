@@ -1,10 +1,16 @@
 package bench
 
 import (
+	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/lab/scenario"
 )
 
@@ -39,5 +45,66 @@ func TestAutoSummary(t *testing.T) {
 				t.Errorf("table lacks %q or has %q:\n%s", tt.wantInTable, tt.wantNotInTable, b.String())
 			}
 		})
+	}
+}
+
+// TestHeldOut: one held-out case, end to end against `l4drop run --auto`
+// at 200 kpps of attack; BenchmarkHeldOut runs them all.
+func TestHeldOut(t *testing.T) {
+	fixture.RequireRoot(t)
+	tools := buildCommands(t)
+	o := HeldOutOptions{Cases: []HeldOutCase{heldOutCase(t, "udp-game-v6")}, Learn: 4500 * time.Millisecond, Crowd: time.Second,
+		Attack: 2 * time.Second, JudgePackets: 10000}
+	h := MeasureHeldOut(context.Background(), tools, t.TempDir(), o, t.Logf)
+	var b strings.Builder
+	h.Markdown(&b)
+	t.Log("\n" + b.String())
+	if len(h.Runs) != 1 {
+		t.Fatalf("%d runs", len(h.Runs))
+	}
+	r := h.Runs[0]
+	if len(r.Sets) == 0 || r.LegitSent == 0 || r.AttackPPS < 100000 {
+		t.Fatalf("run %+v: no rule set, no legitimate traffic or too slow an attack", r)
+	}
+	for _, f := range r.Failures(h.Options.Expire) {
+		t.Error(f)
+	}
+}
+
+func heldOutCase(t *testing.T, name string) HeldOutCase {
+	t.Helper()
+	for _, c := range HeldOut {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no held-out case %q", name)
+	return HeldOutCase{}
+}
+
+// BenchmarkHeldOut runs every held-out case (b.N is ignored: the run is
+// the measurement) and reports the median and largest time to mitigate
+// and the goals missed. HELDOUT_SEED sets the seed.
+func BenchmarkHeldOut(b *testing.B) {
+	fixture.RequireRoot(b)
+	bin := fixture.BuildCommands(b, "./cmd/l4drop")
+	tools := Tools{L4Drop: filepath.Join(bin, "l4drop")}
+	o := HeldOutOptions{}
+	if s := os.Getenv("HELDOUT_SEED"); s != "" {
+		seed, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			b.Fatalf("HELDOUT_SEED: %v", err)
+		}
+		o.Seed = seed
+	}
+	for range b.N {
+		h := MeasureHeldOut(context.Background(), tools, b.TempDir(), o, b.Logf)
+		var sb strings.Builder
+		h.Markdown(&sb)
+		b.Log("\n" + sb.String())
+		med, worst, fails := h.Summary()
+		b.ReportMetric(med, "ttm-median-s")
+		b.ReportMetric(worst, "ttm-max-s")
+		b.ReportMetric(float64(len(fails)), "goals-missed")
 	}
 }

@@ -117,36 +117,12 @@ func MeasureDaemon(ctx context.Context, t Tools, dir, component string, load Dae
 	if err := os.WriteFile(rules, []byte(yml), 0o644); err != nil {
 		return res, err
 	}
-	mport, err := freeTCPPort()
+	dp, err := startDaemon(ctx, t, l, rules, res.Args)
 	if err != nil {
 		return res, err
 	}
-	metrics := fmt.Sprintf("127.0.0.1:%d", mport)
-	var stderr strings.Builder
-	args := append([]string{"run", rules, "--iface", l.ServerIf, "--netns", l.Server.Name, "--metrics", metrics}, res.Args...)
-	cmd := exec.CommandContext(ctx, t.L4Drop, args...)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return res, err
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
-	if err := waitMetrics(ctx, metrics, 30*time.Second); err != nil {
-		return res, fmt.Errorf("l4drop run: %w; stderr:\n%s", err, stderr.String())
-	}
-	pinDir := l4drop.Dir("", l.ServerIf, l.Server.Name)
-	h, err := l4drop.Open(pinDir)
-	if err != nil {
-		return res, err
-	}
-	defer h.Close()
-	prog, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, l4drop.PinProg), nil)
-	if err != nil {
-		return res, fmt.Errorf("daemon cost: %w", err)
-	}
-	defer prog.Close()
+	defer dp.stop()
+	h, prog, cmd, metrics := dp.h, dp.prog, dp.cmd, dp.metrics
 
 	ts, err := lab.ParseTemplate(DefaultConfig().Traffic[0])
 	if err != nil {
@@ -214,6 +190,69 @@ func MeasureDaemon(ctx context.Context, t Tools, dir, component string, load Dae
 	return res, nil
 }
 
+// daemonProc is `l4drop run` on a lab's server interface, as a
+// subprocess, with its pinned program and handle open.
+type daemonProc struct {
+	cmd     *exec.Cmd
+	stderr  *strings.Builder
+	metrics string
+	h       *l4drop.Handle
+	prog    *ebpf.Program
+	stopped bool
+}
+
+// startDaemon runs `l4drop run RULES --iface --netns --metrics ARGS...` and
+// returns once its metrics answer, with its program's pins open.
+func startDaemon(ctx context.Context, t Tools, l *lab.Lab, rules string, args []string) (*daemonProc, error) {
+	mport, err := freeTCPPort()
+	if err != nil {
+		return nil, err
+	}
+	dp := &daemonProc{stderr: &strings.Builder{}, metrics: fmt.Sprintf("127.0.0.1:%d", mport)}
+	args = append([]string{"run", rules, "--iface", l.ServerIf, "--netns", l.Server.Name, "--metrics", dp.metrics}, args...)
+	dp.cmd = exec.CommandContext(ctx, t.L4Drop, args...)
+	dp.cmd.Stderr = dp.stderr
+	if err := dp.cmd.Start(); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			dp.stop()
+		}
+	}()
+	if err := waitMetrics(ctx, dp.metrics, 30*time.Second); err != nil {
+		dp.stop()
+		return nil, fmt.Errorf("l4drop run: %w; stderr:\n%s", err, dp.stderr.String())
+	}
+	pinDir := l4drop.Dir("", l.ServerIf, l.Server.Name)
+	if dp.h, err = l4drop.Open(pinDir); err != nil {
+		return nil, err
+	}
+	if dp.prog, err = ebpf.LoadPinnedProgram(filepath.Join(pinDir, l4drop.PinProg), nil); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	ok = true
+	return dp, nil
+}
+
+// stop ends the daemon (SIGTERM) and closes the pins; its log is complete
+// once stop returns.
+func (dp *daemonProc) stop() {
+	if dp.stopped {
+		return
+	}
+	dp.stopped = true
+	dp.cmd.Process.Signal(syscall.SIGTERM)
+	dp.cmd.Wait()
+	if dp.prog != nil {
+		dp.prog.Close()
+	}
+	if dp.h != nil {
+		dp.h.Close()
+	}
+}
+
 func autoRules(h *l4drop.Handle) (int, error) {
 	if h.Auto == nil {
 		return 0, nil
@@ -225,25 +264,64 @@ func autoRules(h *l4drop.Handle) (int, error) {
 // drive runs the program over frames, in test runs of pps/100 packets
 // every 10 ms, for d, from one locked thread.
 func drive(ctx context.Context, prog *ebpf.Program, frames [][]byte, pps int, d time.Duration) (uint64, time.Duration, error) {
+	st := &stream{frames: frames, pps: pps}
+	ran, err := driveStreams(ctx, prog, []*stream{st}, d, nil)
+	return st.sent, ran, err
+}
+
+// stream is traffic driveStreams puts through a program: frames in turn,
+// pps a second, in test runs of chunk packets (0: a tick's packets in one
+// run of one frame). It counts the packets sent and those the program
+// dropped.
+type stream struct {
+	frames        [][]byte
+	pps, chunk    int
+	next          int
+	sent, dropped uint64
+}
+
+// xdpDrop is XDP_DROP, what a test run returns for a dropped packet.
+const xdpDrop = 1
+
+// driveStreams runs the program over the streams for d, every 10 ms each
+// stream's share of packets, from one locked thread; tick, if not nil, is
+// called after each 10 ms with the time.
+func driveStreams(ctx context.Context, prog *ebpf.Program, streams []*stream, d time.Duration, tick func(time.Time)) (time.Duration, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	const tick = 10 * time.Millisecond
-	per := max(1, pps/int(time.Second/tick))
+	const every = 10 * time.Millisecond
 	start := time.Now()
-	var n uint64
 	for i := 0; time.Since(start) < d; i++ {
 		if ctx.Err() != nil {
-			return n, time.Since(start), ctx.Err()
+			return time.Since(start), ctx.Err()
 		}
-		if _, err := prog.Run(&ebpf.RunOptions{Data: frames[i%len(frames)], Repeat: uint32(per)}); err != nil {
-			return n, time.Since(start), fmt.Errorf("sflow export: test run: %w", err)
+		for _, st := range streams {
+			per := max(1, st.pps/int(time.Second/every))
+			chunk := st.chunk
+			if chunk <= 0 {
+				chunk = per
+			}
+			for n := 0; n < per; n += chunk {
+				k := min(chunk, per-n)
+				ret, err := prog.Run(&ebpf.RunOptions{Data: st.frames[st.next%len(st.frames)], Repeat: uint32(k)})
+				if err != nil {
+					return time.Since(start), fmt.Errorf("daemon: test run: %w", err)
+				}
+				st.next++
+				st.sent += uint64(k)
+				if ret == xdpDrop {
+					st.dropped += uint64(k)
+				}
+			}
 		}
-		n += uint64(per)
-		if next := start.Add(time.Duration(i+1) * tick); time.Until(next) > 0 {
+		if tick != nil {
+			tick(time.Now())
+		}
+		if next := start.Add(time.Duration(i+1) * every); time.Until(next) > 0 {
 			time.Sleep(time.Until(next))
 		}
 	}
-	return n, time.Since(start), nil
+	return time.Since(start), nil
 }
 
 // processCPU is a process's user and system CPU time, from /proc.
