@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -104,6 +105,27 @@ func ParseAction(s string) (Action, error) {
 		}
 	}
 	return 0, fmt.Errorf("unknown XDP action %q (want aborted, drop, pass, tx or redirect)", s)
+}
+
+// ParseActions parses a comma-separated list of action names
+// (ParseAction), or "none" for an empty list; an action named twice is an
+// error.
+func ParseActions(list string) ([]Action, error) {
+	actions := []Action{}
+	if strings.TrimSpace(list) == "none" {
+		return actions, nil
+	}
+	for _, name := range strings.Split(list, ",") {
+		a, err := ParseAction(strings.TrimSpace(name))
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(actions, a) {
+			return nil, fmt.Errorf("%s given twice", a.KernelName())
+		}
+		actions = append(actions, a)
+	}
+	return actions, nil
 }
 
 // ErrNotHook is returned when a map, or a pinned object, is not an xdpcap
