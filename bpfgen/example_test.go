@@ -66,3 +66,17 @@ func ExampleSuffix() {
 	// Output:
 	// 9,128 0 0 0,53 0 6 4,20 0 0 4,7 0 0 0,64 0 0 0,84 0 0 4294902015,21 0 1 3735879919,6 0 0 65535,6 0 0 0
 }
+
+// Generate takes a generator's name and arguments as bpfgen's command line
+// does.
+func ExampleGenerate() {
+	p, err := bpfgen.Generate(bpfgen.Options{}, "suffix", []string{"de ad xx ef"})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	text, _ := cbpf.Format(p.Insns)
+	fmt.Println(text)
+	// Output:
+	// 9,128 0 0 0,53 0 6 4,20 0 0 4,7 0 0 0,64 0 0 0,84 0 0 4294902015,21 0 1 3735879919,6 0 0 65535,6 0 0 0
+}

@@ -17,6 +17,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
+
+	"github.com/l4drop/l4drop/xdpcap"
 )
 
 // sampleHeader is the size of struct l4_sample, before the packet bytes.
@@ -136,21 +138,13 @@ func (r *SampleReader) decode(cpu int, raw []byte) (Sample, error) {
 // Close stops reading.
 func (r *SampleReader) Close() error { return r.rd.Close() }
 
-// ActionName names an XDP action as rules do.
+// ActionName names an XDP action as rules do: "drop", "pass", and so on;
+// "action7" for a value that is no XDP action.
 func ActionName(a uint32) string {
-	switch a {
-	case 0:
-		return "aborted"
-	case 1:
-		return "drop"
-	case 2:
-		return "pass"
-	case 3:
-		return "tx"
-	case 4:
-		return "redirect"
+	if a >= xdpcap.NumActions {
+		return fmt.Sprintf("action%d", a)
 	}
-	return fmt.Sprintf("action%d", a)
+	return xdpcap.Action(a).Name()
 }
 
 // IPOffset returns where the IP header starts in an Ethernet frame, after

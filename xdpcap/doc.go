@@ -45,6 +45,10 @@
 // with SIGKILL loses it, and the next capture on the hook, or [Clear],
 // removes the filters it left.
 //
+// [Record] runs a capture into a writer until a count of packets or an
+// interrupt, and drains it, as the xdpcap command does.
+//
 // [TestFilter] runs the same filter program over packets with
-// BPF_PROG_TEST_RUN, for testing a filter on a capture file offline.
+// BPF_PROG_TEST_RUN, for testing a filter on a capture file offline;
+// package filter (xdpcap/filter) runs it over a whole capture file.
 package xdpcap

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -113,4 +114,54 @@ func ExampleStart() {
 	}
 	s, _ := c.Stats()
 	fmt.Println(s.Action(xdpcap.Drop))
+}
+
+// Record writes a capture to a file until Ctrl-C, then takes the filters
+// out, writes what is still buffered and reports the counters: xdpcap's
+// live capture in a few lines.
+func ExampleRecord() {
+	filter, err := cbpf.Compile("udp port 53", cbpf.LinkTypeEthernet, xdpcap.DefaultSnapLen)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	hooks, names, err := xdpcap.OpenHooks([]string{"/sys/fs/bpf/example_hook"})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	f, err := os.Create("dns.pcapng")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer f.Close()
+	w, err := xdpcap.NewWriter(f, xdpcap.OutputFormat(f.Name(), ""), layers.LinkTypeEthernet, xdpcap.DefaultSnapLen, names)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	c, err := xdpcap.Start(hooks, xdpcap.Options{Filter: filter})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt)
+	res, err := xdpcap.Record(c, w, xdpcap.RecordOptions{Interrupt: sigs})
+	if err != nil {
+		fmt.Println(err)
+	}
+	fmt.Println(res.Packets, "packets;", res.Stats)
+}
+
+// ParseActions reads xdpcap's -actions list.
+func ExampleParseActions() {
+	actions, err := xdpcap.ParseActions("drop, XDP_TX")
+	fmt.Println(actions, err)
+	_, err = xdpcap.ParseActions("drop,drop")
+	fmt.Println(err)
+	// Output:
+	// [XDPDrop XDPTx] <nil>
+	// XDP_DROP given twice
 }

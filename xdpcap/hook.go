@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -54,48 +55,77 @@ const (
 // entry, the stride of the capture's counters.
 const numPoints = NumActions + 1
 
-var actionNames = [numPoints]string{"XDPAborted", "XDPDrop", "XDPPass", "XDPTx", "XDPRedirect", "Entry"}
+// actionNames is the one table of the actions' names, by capture point:
+// the name xdpcap prints, the name linux/bpf.h gives, and the lower-case
+// name rules, -actions and filter program names use.
+var actionNames = [numPoints]struct{ print, kernel, short string }{
+	{"XDPAborted", "XDP_ABORTED", "aborted"},
+	{"XDPDrop", "XDP_DROP", "drop"},
+	{"XDPPass", "XDP_PASS", "pass"},
+	{"XDPTx", "XDP_TX", "tx"},
+	{"XDPRedirect", "XDP_REDIRECT", "redirect"},
+	{"Entry", "entry", "entry"},
+}
 
 // String returns the name xdpcap prints for the action, such as "XDPPass",
 // or "Entry".
 func (a Action) String() string {
 	if a < numPoints {
-		return actionNames[a]
+		return actionNames[a].print
 	}
 	return fmt.Sprintf("XDPAction(%d)", uint32(a))
 }
 
 // KernelName returns the name linux/bpf.h gives the action, such as "XDP_PASS".
 func (a Action) KernelName() string {
-	switch a {
-	case Aborted:
-		return "XDP_ABORTED"
-	case Drop:
-		return "XDP_DROP"
-	case Pass:
-		return "XDP_PASS"
-	case TX:
-		return "XDP_TX"
-	case Redirect:
-		return "XDP_REDIRECT"
-	case Entry:
-		return "entry"
+	if a < numPoints {
+		return actionNames[a].kernel
 	}
 	return fmt.Sprintf("XDP_%d", uint32(a))
+}
+
+// Name returns the action's lower-case name, such as "pass" (or "entry"),
+// as L4Drop's rules and xdpcap's -actions flag spell it; "action7" for an
+// action with no name.
+func (a Action) Name() string {
+	if a < numPoints {
+		return actionNames[a].short
+	}
+	return fmt.Sprintf("action%d", uint32(a))
 }
 
 // ParseAction parses an action name: "pass", "XDP_PASS", "XDPPass" and "2"
 // all name XDP_PASS; case does not matter.
 func ParseAction(s string) (Action, error) {
 	for _, a := range Actions {
-		short := a.KernelName()[len("XDP_"):]
-		for _, name := range []string{short, a.KernelName(), a.String(), fmt.Sprint(uint32(a))} {
+		for _, name := range []string{a.Name(), a.KernelName(), a.String(), fmt.Sprint(uint32(a))} {
 			if strings.EqualFold(s, name) {
 				return a, nil
 			}
 		}
 	}
 	return 0, fmt.Errorf("unknown XDP action %q (want aborted, drop, pass, tx or redirect)", s)
+}
+
+// ParseActions parses a comma-separated list of action names
+// (ParseAction), or "none" for an empty list; an action named twice is an
+// error.
+func ParseActions(list string) ([]Action, error) {
+	actions := []Action{}
+	if strings.TrimSpace(list) == "none" {
+		return actions, nil
+	}
+	for _, name := range strings.Split(list, ",") {
+		a, err := ParseAction(strings.TrimSpace(name))
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(actions, a) {
+			return nil, fmt.Errorf("%s given twice", a.KernelName())
+		}
+		actions = append(actions, a)
+	}
+	return actions, nil
 }
 
 // ErrNotHook is returned when a map, or a pinned object, is not an xdpcap

@@ -36,6 +36,40 @@ func TestParseAction(t *testing.T) {
 	}
 }
 
+func TestActionNames(t *testing.T) {
+	for _, tc := range []struct {
+		a                 Action
+		str, kernel, name string
+	}{
+		{Aborted, "XDPAborted", "XDP_ABORTED", "aborted"},
+		{Drop, "XDPDrop", "XDP_DROP", "drop"},
+		{Pass, "XDPPass", "XDP_PASS", "pass"},
+		{TX, "XDPTx", "XDP_TX", "tx"},
+		{Redirect, "XDPRedirect", "XDP_REDIRECT", "redirect"},
+		{Entry, "Entry", "entry", "entry"},
+		{Action(9), "XDPAction(9)", "XDP_9", "action9"},
+	} {
+		if got := tc.a.String(); got != tc.str {
+			t.Errorf("Action(%d).String() = %q, want %q", uint32(tc.a), got, tc.str)
+		}
+		if got := tc.a.KernelName(); got != tc.kernel {
+			t.Errorf("Action(%d).KernelName() = %q, want %q", uint32(tc.a), got, tc.kernel)
+		}
+		if got := tc.a.Name(); got != tc.name {
+			t.Errorf("Action(%d).Name() = %q, want %q", uint32(tc.a), got, tc.name)
+		}
+		if tc.a >= NumActions {
+			continue
+		}
+		// Every name an action prints is one ParseAction takes back.
+		for _, n := range []string{tc.str, tc.kernel, tc.name} {
+			if got, err := ParseAction(n); err != nil || got != tc.a {
+				t.Errorf("ParseAction(%q) = %v, %v; want %v", n, got, err, tc.a)
+			}
+		}
+	}
+}
+
 func TestOpenHook(t *testing.T) {
 	fixture.RequireRoot(t)
 	dir := fixture.BPFFS(t)

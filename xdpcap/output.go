@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
@@ -222,3 +223,24 @@ func (w *PcapngWriter) WritePacket(p Packet) error {
 
 // Flush implements PacketWriter.
 func (w *PcapngWriter) Flush() error { return w.buf.Flush() }
+
+// NewWriter returns a PcapngWriter for format "pcapng" and a PcapWriter for
+// any other; see those for the arguments.
+func NewWriter(w io.Writer, format string, lt layers.LinkType, snapLen int, hookNames []string) (PacketWriter, error) {
+	if format == "pcapng" {
+		return NewPcapngWriter(w, lt, snapLen, hookNames)
+	}
+	return NewPcapWriter(w, lt, snapLen)
+}
+
+// OutputFormat returns format, or if it is empty the format path's name
+// asks for: pcapng for a name ending in .pcapng, else pcap.
+func OutputFormat(path, format string) string {
+	if format != "" {
+		return format
+	}
+	if strings.HasSuffix(path, ".pcapng") {
+		return "pcapng"
+	}
+	return "pcap"
+}

@@ -109,7 +109,7 @@ func (p *progSpec) maxCapture() int {
 }
 
 func (p *progSpec) name() string {
-	return progNamePrefix + [...]string{"aborted", "drop", "pass", "tx", "redirect", "entry"}[p.action]
+	return progNamePrefix + p.action.Name()
 }
 
 // instructions builds the filter program. Registers: R6 ctx, R7 counters

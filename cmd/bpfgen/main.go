@@ -56,63 +56,9 @@ iptables checks UDP and the port, dns --no-l4-check saves 9):
       --bytecode "$(bpfgen dns -- --no-l4-check '*.example.com')" -j DROP
 `
 
-var genHelp = map[string]string{
-	"dns": `Usage: bpfgen [OPTIONS] dns -- [-i] [--no-l4-check] PATTERN...
-
-Matches DNS queries whose first question name matches any PATTERN. Names
-are compared label by label, as in the packet:
-  example.com        exactly example.com (leading and trailing dots ignored)
-  *.example.com      one label of any length, then example.com
-  *{4-10}.example.com  one label of 4 to 10 bytes, then example.com
-  fin?.me            ? is any one character: fint.me, finX.me, not fin.me
-  example.**         example followed by anything: example.com, example.co.uk
-  ex**               a first label starting with ex: ex.com, example.org
-  a%2eb.com          %XX is a byte in hex: the label "a.b", then com
-Braces outside *{min-max} (1 <= min <= max <= 63), ** before the end, blanks,
-control and non-ASCII bytes are refused: write such bytes as %XX.
-Flags:
-  -i, --ignorecase   compare ASCII letters ignoring case
-  --no-l4-check      do not check IP version, UDP, first fragment, IPv4
-                     header length and destination port 53 (the original
-                     left that to iptables -p udp --dport 53)
-Compressed names (a pointer in the question) never match.
-`,
-	"dns_validate": `Usage: bpfgen [OPTIONS] dns_validate -- [--strict] [--no-l4-check]
-
-Matches malformed DNS queries to UDP port 53: a UDP length below 29 bytes
-(shorter than a query for "a.b"), flags other than CD, AD and Z (RD and RA
-are allowed too unless --strict), QDCOUNT other than 1, ANCOUNT or NSCOUNT
-other than 0, ARCOUNT above 1.
-Flags:
-  -s, --strict       RD and RA count as malformed too
-  --no-l4-check      do not check IP version, UDP and destination port 53
-`,
-	"suffix": `Usage: bpfgen [OPTIONS] suffix -- HEX...
-
-Matches packets whose last bytes are HEX (the arguments joined, spaces
-ignored); xx is a byte of any value. Example: bpfgen suffix -- 0102xx04
-`,
-	"p0f": `Usage: bpfgen [OPTIONS] p0f -- SIGNATURE
-
-Matches TCP SYN and SYN+ACK packets fitting a p0f v3 signature
-ver:ittl:olen:mss:wsize,scale:olayout:quirks:pclass, as in p0f.fp.
-Example (Linux 3.11 and newer):
-  bpfgen p0f -- '*:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0'
-`,
-	"tcpdump": `Usage: bpfgen [OPTIONS] tcpdump -- EXPRESSION...
-
-Compiles a pcap-filter expression with libpcap for the link type -o implies:
-0 raw IP (IPv6 with -6), 14 Ethernet, 16 Linux cooked, 18 Ethernet with a
-VLAN tag. Example: bpfgen -o 14 tcpdump -- 'tcp dst port 80'
-`,
-}
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
-
-// errHelp ends a run that printed help.
-var errHelp = errors.New("help")
 
 type command struct {
 	opts     bpfgen.Options
@@ -123,9 +69,9 @@ type command struct {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd, err := parseArgs(args)
-	if errors.Is(err, errHelp) {
+	if errors.Is(err, bpfgen.ErrHelp) {
 		if cmd != nil && cmd.gen != "" {
-			fmt.Fprint(stdout, genHelp[cmd.gen])
+			fmt.Fprint(stdout, bpfgen.GeneratorHelp(cmd.gen))
 		} else {
 			fmt.Fprint(stdout, usage)
 		}
@@ -135,9 +81,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bpfgen: %v\nRun 'bpfgen -h' for usage.\n", err)
 		return 1
 	}
-	prog, err := generate(cmd)
-	if errors.Is(err, errHelp) {
-		fmt.Fprint(stdout, genHelp[cmd.gen])
+	prog, err := bpfgen.Generate(cmd.opts, cmd.gen, cmd.args)
+	if errors.Is(err, bpfgen.ErrHelp) {
+		fmt.Fprint(stdout, bpfgen.GeneratorHelp(cmd.gen))
 		return 0
 	}
 	if err != nil {
@@ -169,7 +115,7 @@ func parseArgs(args []string) (*command, error) {
 		}
 		switch {
 		case a == "-h" || a == "--help" || a == "-help":
-			return c, errHelp
+			return c, bpfgen.ErrHelp
 		case a == "-6" || a == "--inet6":
 			c.opts.IPv6 = true
 		case a == "-n" || a == "--negate":
@@ -191,7 +137,7 @@ func parseArgs(args []string) (*command, error) {
 			}
 			c.opts.L3Offset = uint32(n)
 		case c.gen == "" && !strings.HasPrefix(a, "-"):
-			if _, ok := genHelp[a]; !ok {
+			if bpfgen.GeneratorHelp(a) == "" {
 				return nil, fmt.Errorf("unknown generator %s (dns, dns_validate, suffix, p0f, tcpdump)", cbpf.QuoteExpr(a))
 			}
 			c.gen = a
@@ -205,72 +151,4 @@ func parseArgs(args []string) (*command, error) {
 		return nil, errors.New("no generator given")
 	}
 	return c, nil
-}
-
-func generate(c *command) (*bpfgen.Program, error) {
-	switch c.gen {
-	case "dns":
-		var d bpfgen.DNSOptions
-		var patterns []string
-		for i, a := range c.args {
-			switch a {
-			case "-i", "--ignorecase":
-				d.CaseInsensitive = true
-			case "--no-l4-check":
-				d.NoL4Check = true
-			case "-h", "--help":
-				return nil, errHelp
-			case "--":
-				patterns = append(patterns, c.args[i+1:]...)
-			default:
-				if strings.HasPrefix(a, "-") {
-					return nil, fmt.Errorf("dns: unknown flag %s", cbpf.QuoteExpr(a))
-				}
-				patterns = append(patterns, a)
-				continue
-			}
-			if a == "--" {
-				break
-			}
-		}
-		return bpfgen.DNS(c.opts, d, patterns...)
-	case "dns_validate":
-		var v bpfgen.DNSValidateOptions
-		for _, a := range c.args {
-			switch a {
-			case "-s", "--strict":
-				v.Strict = true
-			case "--no-l4-check":
-				v.NoL4Check = true
-			case "-h", "--help":
-				return nil, errHelp
-			default:
-				return nil, fmt.Errorf("dns_validate: unknown argument %s", cbpf.QuoteExpr(a))
-			}
-		}
-		return bpfgen.DNSValidate(c.opts, v)
-	case "suffix":
-		if helpAsked(c.args) {
-			return nil, errHelp
-		}
-		return bpfgen.Suffix(c.opts, c.args...)
-	case "p0f":
-		if helpAsked(c.args) {
-			return nil, errHelp
-		}
-		if len(c.args) != 1 {
-			return nil, fmt.Errorf("p0f: want one signature, got %d arguments", len(c.args))
-		}
-		return bpfgen.P0f(c.opts, c.args[0])
-	case "tcpdump":
-		if helpAsked(c.args) {
-			return nil, errHelp
-		}
-		return bpfgen.Tcpdump(c.opts, strings.Join(c.args, " "))
-	}
-	return nil, fmt.Errorf("unknown generator %q", c.gen)
-}
-
-func helpAsked(args []string) bool {
-	return len(args) == 1 && (args[0] == "-h" || args[0] == "--help")
 }

@@ -11,8 +11,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/net/bpf"
 
 	"github.com/l4drop/l4drop/cbpf"
@@ -118,7 +116,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprint(stdout, cbpfc.CPrelude+src+"\nchar _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n")
 	case "stats":
-		s, err := stats(prog)
+		s, err := cbpfc.VerifierStats(prog)
 		if err != nil {
 			return err
 		}
@@ -143,32 +141,5 @@ func load(input string, lt cbpf.LinkType, snaplen int) ([]bpf.Instruction, error
 	return prog, nil
 }
 
-type statsLine struct {
-	CBPF      int `json:"cbpf"`
-	EBPF      int `json:"ebpf"`
-	Processed int `json:"processed"`
-}
-
-func stats(prog []bpf.Instruction) (*statsLine, error) {
-	insns, err := cbpfc.XDPProgram(prog)
-	if err != nil {
-		return nil, err
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("memlock limit: %w", err)
-	}
-	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "cbpfc", Type: ebpf.XDP, License: "GPL", Instructions: insns})
-	if err != nil {
-		return nil, fmt.Errorf("load into the kernel: %w", err)
-	}
-	defer p.Close()
-	info, err := p.Info()
-	if err != nil {
-		return nil, fmt.Errorf("program info: %w", err)
-	}
-	processed, ok := info.VerifiedInstructions()
-	if !ok {
-		return nil, errors.New("the kernel does not report verified instructions (needs Linux 5.16)")
-	}
-	return &statsLine{CBPF: len(prog), EBPF: int(insns.Size() / 8), Processed: int(processed)}, nil
-}
+// statsLine is the line -emit stats prints.
+type statsLine = cbpfc.Stats

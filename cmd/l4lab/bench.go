@@ -8,15 +8,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/lab/bench"
-	"github.com/l4drop/l4drop/lab/scenario"
 )
 
 const benchUsage = `Usage: l4lab bench [flags]
@@ -118,199 +115,16 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	t.BPFgen, _ = findBinary("bpfgen")
-	dir, err := os.MkdirTemp("", "l4lab-bench-")
+	command := "l4lab bench " + strings.Join(args, " ")
+	if len(args) == 0 {
+		command = "make bench"
+	}
+	rep, err := bench.Run(ctx, bench.RunOptions{Config: cfg, Tools: t, BuildRules: buildCounts, CBPFCRepeat: *cbpfcRepeat,
+		HookRuns: *hookRuns, Capture: *captures, DaemonPPS: *daemonPPS, Actions: *actions, AutoDuration: *autoD,
+		Command: command}, logf)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	loadBefore := bench.LoadAverage()
-	// Each part says how long it took: the whole run should stay within a
-	// few minutes.
-	start := time.Now()
-	phase := start
-	took := func(what string) {
-		logf("-- %s took %s (%s so far)", what, time.Since(phase).Round(100*time.Millisecond), time.Since(start).Round(time.Second))
-		phase = time.Now()
-	}
-	rep := &bench.Report{Date: time.Now(), Machine: bench.Machine(), Config: cfg,
-		Command: "l4lab bench " + strings.Join(args, " ")}
-	if len(args) == 0 {
-		rep.Command = "make bench"
-	}
-	t.DNSRules = t.HasDNSRules(dir)
-	if !t.DNSRules {
-		rep.Notes = append(rep.Notes, "l4drop could not build `dns:` rules here; the rules are equivalent tcpdump expressions on the query name's labels.")
-	}
-
-	// Build every rule set first; the build times are a row of their own.
-	objs := map[int]string{}
-	buildErrs := map[int]error{}
-	for _, n := range append(append([]int(nil), cfg.Rules...), buildCounts...) {
-		if _, ok := objs[n]; ok {
-			continue
-		}
-		if ctx.Err() != nil {
-			return lab.ErrInterrupted
-		}
-		obj, d, err := t.Build(ctx, dir, n)
-		if err != nil {
-			logf("build %6d rules: %v", n, err)
-			buildErrs[n] = err
-			if contains(buildCounts, n) {
-				rep.BuildLoads = append(rep.BuildLoads, bench.BuildLoad{Rules: n, Err: err})
-			}
-			continue
-		}
-		objs[n] = obj
-		if contains(buildCounts, n) {
-			logf("build %6d rules: %.2fs", n, d.Seconds())
-			rep.BuildLoads = append(rep.BuildLoads, bench.BuildLoad{Rules: n, Build: d})
-		}
-	}
-	for i, bl := range rep.BuildLoads {
-		if ctx.Err() != nil {
-			return lab.ErrInterrupted
-		}
-		if bl.Err != nil {
-			continue
-		}
-		d, err := bench.MeasureLoad(t, objs[bl.Rules])
-		rep.BuildLoads[i].Load, rep.BuildLoads[i].Err = d, err
-		logf("load  %6d rules: %.2fs %v", bl.Rules, d.Seconds(), errOrEmpty(err))
-	}
-	scale := t.MixedBuildLoad(ctx, dir)
-	rep.BuildLoads = append(rep.BuildLoads, scale)
-	logf("build+load %d rules of mixed shapes: %.2fs %v", scale.Rules, (scale.Build + scale.Load).Seconds(), errOrEmpty(scale.Err))
-
-	if ctx.Err() != nil {
-		return lab.ErrInterrupted
-	}
-	took("build and load")
-	if *cbpfcRepeat > 0 {
-		logf("cbpfc over the corpus filters...")
-		table, err := bench.CBPFC(*cbpfcRepeat, func(string, ...any) {})
-		if err != nil {
-			rep.Notes = append(rep.Notes, "cbpfc rows missing: "+err.Error())
-			logf("cbpfc: %v", err)
-		}
-		rep.CBPFC = table
-		took("cbpfc")
-	}
-
-	if *hookRuns > 0 {
-		h, err := bench.MeasureHookCost(61, *hookRuns)
-		if err != nil {
-			rep.Notes = append(rep.Notes, "xdpcap hook cost missing: "+err.Error())
-			logf("xdpcap hook cost: %v", err)
-		} else {
-			logf("xdpcap hook cost: no hook %.1f ns, empty hook %+.1f ns, filter matching nothing %+.1f ns, empty entry slot %+.1f ns",
-				h.NoHook, h.EmptyExtra, h.NoMatchExtra, h.EntryExtra)
-			rep.HookCost = &h
-		}
-		took("xdpcap hook cost")
-	}
-
-	for _, comp := range []string{bench.DaemonSFlow, bench.DaemonAuto} {
-		if *daemonPPS <= 0 || ctx.Err() != nil {
-			break
-		}
-		c, err := bench.MeasureDaemon(ctx, t, dir, comp, bench.DaemonLoad{PPS: *daemonPPS, SampleRate: 64, Duration: 5 * time.Second}, logf)
-		if err != nil {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("daemon cost with %s missing: %v", comp, err))
-			logf("daemon cost, %s: %v", comp, err)
-			continue
-		}
-		logf("daemon cost, %s: %d samples, %d lost, %.1f%% of one core", comp, c.Samples, c.Lost(), c.CoreShare()*100)
-		rep.Daemon = append(rep.Daemon, c)
-	}
-	took("daemon cost")
-
-	portObj, _, portErr := t.BuildRules(ctx, dir, "port", bench.PortRuleSet())
-	port := t.PortFilter(portObj)
-	if portErr != nil {
-		logf("build port rule: %v", portErr)
-		port.Setup = func(*lab.Lab) (func(), error) { return nil, portErr }
-	}
-	filters := []bench.Filter{bench.DropAll(), port}
-	// The mixed pass: the ends of L4Drop's series, iptables, and the two
-	// rows the ceiling is computed from.
-	mixed := []bench.Filter{bench.DropAll()}
-	if bench.Have("xdp-filter") {
-		filters = append(filters, bench.XDPFilter(53, "udp"))
-	} else {
-		rep.Notes = append(rep.Notes, "xdp-filter (xdp-tools) not installed: its row is missing.")
-	}
-	for _, n := range cfg.Rules {
-		f := t.DropFilter(n, objs[n])
-		if err := buildErrs[n]; err != nil {
-			f.Setup = func(*lab.Lab) (func(), error) { return nil, err }
-		}
-		filters = append(filters, f)
-		if n == cfg.Rules[0] || n == slices.Max(cfg.Rules) {
-			mixed = append(mixed, f)
-		}
-	}
-	if bc, err := t.AttackBytecode(); err == nil && bench.Have("iptables") {
-		filters = append(filters, bench.IPTables(bc))
-		mixed = append(mixed, bench.IPTables(bc))
-	} else {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("iptables row missing: %v", errOrEmpty(err)))
-	}
-	filters = append(filters, bench.NoFilter())
-	mixed = append(mixed, bench.NoFilter())
-	if rep.Drops, err = bench.MeasureDrops(ctx, cfg, filters, logf); err != nil {
-		if ctx.Err() != nil {
-			return lab.ErrInterrupted
-		}
-		return err
-	}
-	took("drop rates, attack flood alone")
-	if cfg.MixedRounds > 0 && len(cfg.Legit) > 0 {
-		if rep.Mixed, err = bench.MeasureDrops(ctx, cfg.Mixed(), mixed, logf); err != nil {
-			if ctx.Err() != nil {
-				return lab.ErrInterrupted
-			}
-			return err
-		}
-		took("drop rates with legitimate queries")
-	}
-	if *actions {
-		res, err := t.MeasureActions(ctx, cfg, dir, logf)
-		if ctx.Err() != nil {
-			return lab.ErrInterrupted
-		}
-		if err != nil {
-			res.Drops = []bench.DropRate{{}, {Name: "L4Drop actions", Err: err}}
-		}
-		rep.Notes = append(rep.Notes, res.Notes()...)
-		took("actions on a SYN flood")
-	}
-
-	if *captures {
-		cs := []bench.Capture{t.XDPcapMinimal(dir)}
-		if obj, ok := objs[1]; ok {
-			cs = append(cs, t.XDPcapL4Drop(obj, dir), t.XDPcapL4DropTestRuns(obj, dir))
-		}
-		if bench.Have("tcpdump") {
-			cs = append(cs, bench.Tcpdump(dir))
-		} else {
-			rep.Notes = append(rep.Notes, "tcpdump not installed: its capture row is missing.")
-		}
-		if rep.Captures, err = bench.MeasureCaptures(ctx, cfg, cs, logf); err != nil {
-			if ctx.Err() != nil {
-				return lab.ErrInterrupted
-			}
-			return err
-		}
-		took("capture rates")
-	}
-
-	if *autoD > 0 {
-		rep.Auto = bench.MeasureAuto(ctx, scenario.Options{Duration: *autoD}, logf)
-		took("auto-mitigation scenarios")
-	}
-
-	rep.Load = loadBefore + " / " + bench.LoadAverage()
 	plotRef := ""
 	if *plot != "" {
 		if err := rep.Plot(*plot); err != nil {
@@ -344,20 +158,4 @@ func intList(s string) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
-}
-
-func contains(v []int, n int) bool {
-	for _, x := range v {
-		if x == n {
-			return true
-		}
-	}
-	return false
-}
-
-func errOrEmpty(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }

@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/l4drop/l4drop/internal/netns"
 	"github.com/l4drop/l4drop/lab"
 )
 
@@ -72,13 +71,9 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 	if len(specs) == 0 {
 		specs = []string{"udp,port=9"}
 	}
-	var ts []lab.Template
-	for _, s := range specs {
-		t, err := lab.ParseTemplate(s)
-		if err != nil {
-			return err
-		}
-		ts = append(ts, t)
+	ts, err := lab.ParseTemplates(specs)
+	if err != nil {
+		return err
 	}
 	if *count == 0 && *dur == 0 && *iface != "" && !isTerminal(os.Stdin) {
 		// Nothing would stop it but a signal; fine, but say so.
@@ -98,45 +93,19 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	var frames [][]byte
+	traffic := lab.Traffic{Templates: ts, Seed: *seed}
 	if *replay != "" {
-		var err error
-		if frames, err = lab.ReadFrames(*replay); err != nil {
+		if traffic.Frames, err = lab.ReadFrames(*replay); err != nil {
 			return err
 		}
 		ts = nil
 	} else if *afpacket {
-		for _, t := range ts {
-			for range t.Weight {
-				frames = append(frames, t.Frame)
-			}
-		}
-		ts = nil
-	}
-	// send sends from ns (nil: the current namespace) out of ifname.
-	send := func(ctx context.Context, ns *netns.NS, ifname string) (lab.Result, error) {
-		if frames != nil {
-			return lab.Replay(ctx, ns, ifname, frames, opts)
-		}
-		g, err := lab.NewGenerator(ns, ifname, ts, *seed)
-		if err != nil {
-			return lab.Result{}, fmt.Errorf("%w (try -afpacket)", err)
-		}
-		defer g.Close()
-		return g.Run(ctx, opts)
+		traffic.Frames, ts = lab.TemplateFrames(ts), nil
 	}
 	if *iface != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		var ns *netns.NS
-		if *nsName != "" {
-			var err error
-			if ns, err = netns.Open(*nsName); err != nil {
-				return err
-			}
-			defer ns.Close()
-		}
-		r, err := send(ctx, ns, *iface)
+		r, err := traffic.SendFrom(ctx, *nsName, *iface, opts)
 		if err != nil {
 			return err
 		}
@@ -144,32 +113,20 @@ func genCmd(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if *count == 0 && *dur == 0 {
-		*dur = 5 * time.Second
-		opts.Duration = *dur
+		opts.Duration = 5 * time.Second
 	}
-	return lab.Run(context.Background(), func(ctx context.Context, l *lab.Lab) error {
-		before, err := l.ServerCounters()
-		if err != nil {
-			return err
-		}
-		r, err := send(ctx, l.Inet, l.InetIf)
-		if err != nil {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond) // let the receiver drain
-		after, err := l.ServerCounters()
-		if err != nil {
-			return err
-		}
-		report(r)
-		d := after.Sub(before)
-		fmt.Fprintf(stdout, "server %s: received %d, dropped at the interface %d, reached the IP stack %d\n",
-			l.ServerIf, d.RxPackets, d.RxDropped, d.IPIn)
-		if lost := r.Sent - min(r.Sent, d.RxPackets+d.RxDropped); lost > 0 {
-			fmt.Fprintf(stdout, "  %d frames were lost in the veth (receiver too slow for the sender)\n", lost)
-		}
-		return nil
-	})
+	res, err := traffic.SendInLab(opts)
+	if err != nil {
+		return err
+	}
+	report(res.Result)
+	d, r := res.Server, res.Result
+	fmt.Fprintf(stdout, "server %s: received %d, dropped at the interface %d, reached the IP stack %d\n",
+		res.ServerIf, d.RxPackets, d.RxDropped, d.IPIn)
+	if lost := r.Sent - min(r.Sent, d.RxPackets+d.RxDropped); lost > 0 {
+		fmt.Fprintf(stdout, "  %d frames were lost in the veth (receiver too slow for the sender)\n", lost)
+	}
+	return nil
 }
 
 // maxBatch is the kernel's largest live-frames batch (TEST_XDP_MAX_BATCH).
@@ -201,9 +158,4 @@ func checkGenFlags(dur time.Duration, rate float64, batch uint, cpu int) error {
 		}
 	}
 	return nil
-}
-
-func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

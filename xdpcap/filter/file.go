@@ -1,0 +1,95 @@
+package filter
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/gopacket/gopacket"
+	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/cbpf"
+	"github.com/l4drop/l4drop/xdpcap"
+)
+
+// Options say what Apply does with the packets of a
+// capture file.
+type Options struct {
+	// Filter is the capture filter (nil: every packet matches).
+	Filter []bpf.Instruction
+	// SnapLen is the snap length (0: xdpcap.DefaultSnapLen).
+	SnapLen int
+	// Count stops after this many matching packets (0: never).
+	Count int
+	// Output, if not nil, gets the matching packets, and is flushed at
+	// the end.
+	Output xdpcap.PacketWriter
+	// Name names the input in errors about its packets: "NAME: packet 3:
+	// ...".
+	Name string
+}
+
+// Result counts what Apply saw.
+type Result struct {
+	// Packets counts the packets read, Matched those the filter matched.
+	Packets, Matched int
+	// Interpreted counts the packets too short or too long for XDP, which
+	// libpcap's interpreter filtered instead of the kernel.
+	Interpreted int
+}
+
+// Apply runs the capture filter, as an xdpcap.TestFilter, over the
+// packets src gives until its end, and writes those that match. Packets
+// no XDP program could see (xdpcap.ErrPacketSize) are filtered by libpcap's
+// interpreter, so that the output still answers the filter. Errors about
+// a packet name it by number, from 1, after o.Name.
+func Apply(src gopacket.PacketDataSource, o Options) (Result, error) {
+	var res Result
+	snapLen := o.SnapLen
+	if snapLen == 0 {
+		snapLen = xdpcap.DefaultSnapLen
+	}
+	tf, err := xdpcap.NewTestFilter(o.Filter, snapLen)
+	if err != nil {
+		return res, err
+	}
+	defer tf.Close()
+	for o.Count == 0 || res.Matched < o.Count {
+		data, ci, err := src.ReadPacketData()
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			return res, fmt.Errorf("%s: packet %d: %w", o.Name, res.Packets+1, err)
+		}
+		res.Packets++
+		ok, p, err := tf.Match(data)
+		if errors.Is(err, xdpcap.ErrPacketSize) {
+			res.Interpreted++
+			ok = o.Filter == nil || cbpf.Interpret(o.Filter, data, max(ci.Length, len(data))) != 0
+			p = xdpcap.Packet{Action: xdpcap.Pass, Data: data[:min(len(data), snapLen)]}
+			err = nil
+		}
+		if err != nil {
+			return res, fmt.Errorf("%s: packet %d: %w", o.Name, res.Packets, err)
+		}
+		if !ok {
+			continue
+		}
+		res.Matched++
+		if o.Output == nil {
+			continue
+		}
+		p.Time = ci.Timestamp
+		p.Length = max(ci.Length, len(data))
+		if err := o.Output.WritePacket(p); err != nil {
+			return res, err
+		}
+	}
+	if o.Output != nil {
+		if err := o.Output.Flush(); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
