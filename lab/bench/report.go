@@ -86,6 +86,10 @@ func (r *Report) Markdown(plot string) string {
 		"of the ratio between two rows in the same round, which cancels most of the drift of the machine's other work, "+
 		"with the quartiles of those ratios in parentheses: how much the machine's other work moved them.",
 		r.Config.CPU, strings.Join(quote(attackOnly(r.Config.Traffic)), " + "), r.Config.Duration, r.Config.Rounds)
+	b.WriteString(" Where the kernel refuses live-frames test runs (they need CAP_SYS_RESOURCE, which some sandboxes withhold), " +
+		"the generator makes the same frames with test runs and sends them from a packet socket, about ten times slower: " +
+		"then the generator's own cost is most of every row's and the ratios between rows come out near 1; the rows measured " +
+		"in BPF_PROG_TEST_RUN (hook cost, per-source cost, the daemon's cost) show the programs' costs alone.")
 	if len(r.Mixed) > 0 {
 		fmt.Fprintf(&b, " A second pass, %d rounds, adds legitimate queries that no rule matches (%s) and compares with "+
 			"the best any correct filter can do on that mix.", r.Config.MixedRounds, strings.Join(quote(r.Config.Legit), " + "))
