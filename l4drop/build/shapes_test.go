@@ -99,16 +99,7 @@ func TestTableDecides(t *testing.T) {
 	for _, tt := range tests {
 		var progs [][]bpf.Instruction
 		for _, port := range []int{1000, 2000, 3000} {
-			text := fmt.Sprintf("rules:\n  - name: r\n    expr: %q\n", fmt.Sprintf(tt.expr, port))
-			rs, err := ParseRuleSet("t.yaml", []byte(text))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ms, err := (*Frontend)(nil).matchers(rs, &rs.Rules[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			progs = append(progs, ms[0].prog)
+			progs = append(progs, ruleProg(t, fmt.Sprintf(tt.expr, port)))
 		}
 		_, jumps, ok := shapeKey(progs[0])
 		if !ok {
@@ -250,16 +241,7 @@ func TestKeyedDecides(t *testing.T) {
 	for _, tt := range tests {
 		var progs [][]bpf.Instruction
 		for k := 0; k < 3; k++ {
-			text := fmt.Sprintf("rules:\n  - name: r\n    expr: %q\n", fmt.Sprintf(tt.expr, 10+k, 20+2*k, 30+3*k))
-			rs, err := ParseRuleSet("t.yaml", []byte(text))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ms, err := (*Frontend)(nil).matchers(rs, &rs.Rules[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			progs = append(progs, ms[0].prog)
+			progs = append(progs, ruleProg(t, fmt.Sprintf(tt.expr, 10+k, 20+2*k, 30+3*k)))
 		}
 		_, jumps, ok := shapeKey(progs[0])
 		if !ok {
@@ -273,4 +255,19 @@ func TestKeyedDecides(t *testing.T) {
 			t.Errorf("%q: keyedDecides = %v, want %v", tt.expr, got, tt.want)
 		}
 	}
+}
+
+// ruleProg returns the cBPF of a one-rule set's expression, as the
+// generator lowers it.
+func ruleProg(t *testing.T, expr string) []bpf.Instruction {
+	t.Helper()
+	rs, err := ParseRuleSet("t.yaml", []byte(fmt.Sprintf("rules:\n  - name: r\n    expr: %q\n", expr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := (*Frontend)(nil).matchers(rs, &rs.Rules[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms[0].prog
 }
