@@ -550,27 +550,15 @@ func rewrite(p *program, i int, s constState, states []constState) (insn, bool) 
 
 // resolve follows t through removed instructions and forward jumps to the
 // instruction that does something.
-func (p *program) resolve(t int) int {
-	for n := 0; n < 64 && t < len(p.insns); n++ {
-		switch in := p.insns[t]; {
-		case in.kind == kNop:
-			t++
-		case in.kind == kJa && !in.jback:
-			t = in.jt
-		default:
-			return t
-		}
-	}
-	return t
-}
+func (p *program) resolve(t int) int { return skipDead(p, nil, t) }
 
 // skipDead is resolve that also steps over what sets only values nothing
-// reads (f.dead): where a jump's two ways differ only by such code, they
-// lead to the same place.
+// reads (f.dead; none when f is nil): where a jump's two ways differ only
+// by such code, they lead to the same place.
 func skipDead(p *program, f *facts, t int) int {
 	for n := 0; n < 64 && t < len(p.insns); n++ {
 		switch in := p.insns[t]; {
-		case in.kind == kNop || f.dead[t] && pure(in):
+		case in.kind == kNop || f != nil && f.dead[t] && pure(in):
 			t++
 		case in.kind == kJa && !in.jback:
 			t = in.jt
