@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l4drop/l4drop/fingerprint"
 	"github.com/l4drop/l4drop/l4drop/daemon"
 )
 
@@ -28,6 +29,7 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	sflowAgent := fs.String("sflow-agent", "", "sFlow agent address (default: the interface's first IPv4 address)")
 	auto := fs.Bool("auto", false, "find attacks in the samples and drop them with rules of their own")
 	autoThreshold := fs.Float64("auto-threshold", 10000, "with --auto: the rate (pps) from which traffic can be an attack")
+	autoCeiling := fs.Float64("auto-ceiling", 0, "with --auto: the rate (pps) from which one packet template is an attack even if learned as normal, as a flood running when the daemon starts (0: 10 x --auto-threshold, < 0: never)")
 	autoExpire := fs.Duration("auto-expire", time.Minute, "with --auto: how long a rule stays once its attack is below the threshold")
 	autoMonitor := fs.Bool("auto-monitor", false, "with --auto: deploy rules that count and sample, never drop")
 	pos, err := parse(fs, args, 1, "l4drop run rules.yaml --iface eth0 --location ams --dir /var/lib/l4drop")
@@ -62,7 +64,7 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 		cfg.Components = append(cfg.Components, sf)
 	}
 	if *auto {
-		a, err := daemon.NewAuto(*autoThreshold, *autoExpire, *autoMonitor)
+		a, err := daemon.NewAutoConfig(fingerprint.Config{Threshold: *autoThreshold, Ceiling: *autoCeiling, Expire: *autoExpire, Monitor: *autoMonitor})
 		if err != nil {
 			return err
 		}
