@@ -157,7 +157,7 @@ func TestFingerprintFewLegit(t *testing.T) {
 			t.Fatal(err)
 		}
 		held := scenarioPackets(t, []lab.Template{same}, 99, 50000)
-		for _, mix := range []int{5, 8, 15, 45} {
+		for _, mix := range []int{5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 45} {
 			for seed := uint64(1); seed <= 3; seed++ {
 				attack := scenarioPackets(t, attackT, seed, 1500)
 				attack = append(attack, scenarioPackets(t, []lab.Template{same}, seed+100, mix)...)
