@@ -452,8 +452,7 @@ func LoadAverage() string {
 // DropAll is the baseline: an XDP program that drops everything.
 func DropAll() Filter {
 	return Filter{Name: "XDP drop-all (baseline)", Kind: KindBaseline, Setup: func(l *lab.Lab) (func(), error) {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "drop_all", Type: ebpf.XDP, License: "GPL",
-			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}})
+		prog, err := newDropAll()
 		if err != nil {
 			return nil, err
 		}
@@ -464,6 +463,12 @@ func DropAll() Filter {
 		}
 		return func() { lk.Close(); prog.Close() }, nil
 	}}
+}
+
+// newDropAll loads the baseline: an XDP program that returns XDP_DROP.
+func newDropAll() (*ebpf.Program, error) {
+	return ebpf.NewProgram(&ebpf.ProgramSpec{Name: "drop_all", Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}})
 }
 
 // NoFilter lets the stack drop the flood (no listener on the port).

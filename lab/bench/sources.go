@@ -50,8 +50,7 @@ func (t Tools) MeasureSourceCost(ctx context.Context, obj string, rounds, runs i
 		return nil, err
 	}
 	defer l.Close()
-	drop, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "drop_all", Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()}})
+	drop, err := newDropAll()
 	if err != nil {
 		return nil, fmt.Errorf("drop-all: %w", err)
 	}
