@@ -397,6 +397,7 @@ func fit(A, B []pkt, k groupKey, opts Options) (Rule, bool) {
 		return true
 	}
 	cut := false // an exact extra took the rule below need
+	exactFloor := int((1-2*(1-opts.Coverage))*float64(len(A)) + 0.999999)
 	for _, c := range extras {
 		// An extra may cost samples, as long as the rule still covers
 		// need: those it leaves out differ from the rest in a field the
@@ -414,7 +415,7 @@ func fit(A, B []pkt, k groupKey, opts Options) (Rule, bool) {
 		// 99.0% matched 22 users).
 		floor := need
 		if c.kind == 0 {
-			floor = int((1-2*(1-opts.Coverage))*float64(len(A)) + 0.999999)
+			floor = exactFloor
 		}
 		cov := andCount(cover, c.cover)
 		if cov < floor {
@@ -455,7 +456,7 @@ func fit(A, B []pkt, k groupKey, opts Options) (Rule, bool) {
 	}
 	r.Samples = len(A)
 	r.Coverage = float64(r.Matched) / float64(len(A))
-	if r.Matched < need && !(cut && float64(r.Matched) >= (1-2*(1-opts.Coverage))*float64(len(A))) {
+	if r.Matched < need && !(cut && r.Matched >= exactFloor) {
 		return Rule{}, false
 	}
 	return r, true
