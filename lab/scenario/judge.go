@@ -99,8 +99,12 @@ func (r *runner) judge(attackStart, attackEnd time.Time, attackRes, legitRes lab
 		res.ExpiredAfter = secs(lastRemoved.Sub(attackEnd))
 	}
 	if len(r.rules) > 0 {
-		n, allowed := tp.attackSince(r.rules[0].since.Add(100 * time.Millisecond).Sub(tp.start))
+		since := r.rules[0].since.Sub(tp.start)
+		n, allowed, last := tp.attackSince(since + 100*time.Millisecond)
 		res.AttackAtServer, res.AllowedAtServer = n, allowed
+		if n > allowed {
+			res.LastOtherAtServer = secs(last - since)
+		}
 	}
 
 	// Every legitimate packet sent, against every auto rule.

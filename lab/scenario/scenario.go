@@ -179,10 +179,15 @@ type Result struct {
 	AttackSent    uint64 `json:"attack_sent"`
 	AttackDropped uint64 `json:"attack_dropped"`
 	// AttackAtServer counts the attack packets that reached the server
-	// after the first rule appeared; AllowedAtServer those of them the
-	// allow rule (Options.Allow) matches.
-	AttackAtServer  uint64 `json:"attack_at_server_after_rule"`
-	AllowedAtServer uint64 `json:"allowed_at_server_after_rule,omitempty"`
+	// (by the kernel's receive time) from 100 ms after the first rule
+	// appeared; AllowedAtServer those of them the allow rule
+	// (Options.Allow) matches. LastOtherAtServer is when the last of the
+	// others arrived, in seconds after the rule: a leak that stops soon
+	// after the rule is the rule landing, one that goes on is the rule
+	// missing packets.
+	AttackAtServer    uint64   `json:"attack_at_server_after_rule"`
+	AllowedAtServer   uint64   `json:"allowed_at_server_after_rule,omitempty"`
+	LastOtherAtServer *float64 `json:"last_other_at_server_s,omitempty"`
 	// LegitLost counts legitimate packets sent that did not reach the
 	// server, whatever the cause (the sender's backlog included).
 	LegitLost uint64 `json:"legit_lost"`

@@ -149,7 +149,7 @@ func TestAllowListWins(t *testing.T) {
 	// About a sixteenth of the attack is allow-listed; the rest must not
 	// reach the server once the rule is there.
 	if other := res.AttackAtServer - res.AllowedAtServer; other*100 > res.AttackSent {
-		t.Errorf("%d attack packets outside the allow list reached the server after the rule (of %d sent)", other, res.AttackSent)
+		t.Errorf("%d attack packets outside the allow list reached the server after the rule (of %d sent), the last %.3fs after it", other, res.AttackSent, *res.LastOtherAtServer)
 	}
 	if res.AllowedAtServer*100 < res.AttackSent*2 {
 		t.Errorf("%d allow-listed attack packets reached the server, want about 1/16 of %d", res.AllowedAtServer, res.AttackSent)

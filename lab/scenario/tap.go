@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -59,6 +60,12 @@ func openTap(l *lab.Lab, attack, legit []lab.Template, allow *cbpf.Filter) (*tap
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 32<<20); err != nil {
 			return fmt.Errorf("SO_RCVBUFFORCE: %w", err)
 		}
+		// Arrival times from the kernel: the reader may run late on a busy
+		// machine, and a backlog read after the rule landed must not count
+		// as packets that got past it.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+			return fmt.Errorf("SO_TIMESTAMPNS: %w", err)
+		}
 		tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 			return err
@@ -79,8 +86,9 @@ func openTap(l *lab.Lab, attack, legit []lab.Template, allow *cbpf.Filter) (*tap
 func (t *tap) read() {
 	defer close(t.done)
 	buf := make([]byte, 2048)
+	oob := make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))
 	for !t.stop.Load() {
-		n, _, err := unix.Recvfrom(t.fd, buf, 0)
+		n, oobn, _, _, err := unix.Recvmsg(t.fd, buf, oob, 0)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				continue
@@ -96,7 +104,7 @@ func (t *tap) read() {
 				}
 			}
 			t.mu.Lock()
-			t.attackAt = append(t.attackAt, time.Since(t.start))
+			t.attackAt = append(t.attackAt, arrival(oob[:oobn]).Sub(t.start))
 			t.allowed = append(t.allowed, ok)
 			t.mu.Unlock()
 			continue
@@ -105,6 +113,21 @@ func (t *tap) read() {
 			t.legitN.Add(1)
 		}
 	}
+}
+
+// arrival returns the kernel's receive time from a message's control data,
+// or now if it has none.
+func arrival(oob []byte) time.Time {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err == nil {
+		for _, m := range msgs {
+			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})) {
+				ts := *(*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+				return time.Unix(ts.Unix())
+			}
+		}
+	}
+	return time.Now()
 }
 
 // close stops the tap and returns how many frames its socket lost.
@@ -120,19 +143,23 @@ func (t *tap) close() uint64 {
 }
 
 // attackSince counts the attack packets that reached the server from d
-// after the tap opened, and of those the ones the pass rule matched.
-func (t *tap) attackSince(d time.Duration) (n, allowed uint64) {
+// after the tap opened, and of those the ones the pass rule matched; last
+// is when the last of the others arrived.
+func (t *tap) attackSince(d time.Duration) (n, allowed uint64, last time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for i, at := range t.attackAt {
-		if at >= d {
-			n++
-			if t.allowed[i] {
-				allowed++
-			}
+		if at < d {
+			continue
+		}
+		n++
+		if t.allowed[i] {
+			allowed++
+		} else {
+			last = max(last, at)
 		}
 	}
-	return n, allowed
+	return n, allowed, last
 }
 
 // compileAllow compiles a pcap-filter expression over IP packets.
