@@ -81,6 +81,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	daemonPPS := fs.Int("daemon-pps", 1000000, "packets a second through L4Drop for the daemon's cost with --sflow and --auto (0: skip it)")
 	actions := fs.Bool("actions", true, "measure actions syncookie and ratelimit against drop-all on a SYN flood")
 	autoD := fs.Duration("auto-d", 5*time.Second, "attack duration of each auto-mitigation scenario (0: skip them)")
+	heldOut := fs.Uint64("held-out-seed", 1, "seed of the held-out auto-mitigation check (0: skip it)")
 	out := fs.String("o", "docs/benchmarks.md", "write the table here (empty: print only)")
 	plot := fs.String("plot", "", "write the plot here (default: benchmarks.png next to -o)")
 	if err := parseFlags(fs, args); err != nil {
@@ -120,7 +121,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		command = "make bench"
 	}
 	rep, err := bench.Run(ctx, bench.RunOptions{Config: cfg, Tools: t, BuildRules: buildCounts, CBPFCRepeat: *cbpfcRepeat,
-		HookRuns: *hookRuns, Capture: *captures, DaemonPPS: *daemonPPS, Actions: *actions, AutoDuration: *autoD,
+		HookRuns: *hookRuns, Capture: *captures, DaemonPPS: *daemonPPS, Actions: *actions, AutoDuration: *autoD, HeldOutSeed: *heldOut,
 		Command: command}, logf)
 	if err != nil {
 		return err

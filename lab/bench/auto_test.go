@@ -69,6 +69,14 @@ func TestHeldOut(t *testing.T) {
 	for _, f := range r.Failures(h.Options.Expire) {
 		t.Error(f)
 	}
+	// make bench's report: a section of its own and a line against the
+	// targets.
+	md := (&Report{Config: DefaultConfig(), HeldOut: h}).Markdown("")
+	for _, want := range []string{"## Auto-mitigation: held-out check", "| udp-game-v6 |", "| held-out auto check, 1 case at 200000 pps"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("the report lacks %q:\n%s", want, md)
+		}
+	}
 }
 
 func heldOutCase(t *testing.T, name string) HeldOutCase {

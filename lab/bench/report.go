@@ -39,8 +39,11 @@ type Report struct {
 	// CBPFC is cbpfc's corpus table, as its benchmark prints it.
 	CBPFC string
 	// Auto is the time-to-mitigate table; nil if not measured.
-	Auto  *AutoMitigation
-	Notes []string
+	Auto *AutoMitigation
+	// HeldOut is the held-out check of auto mitigation; nil if not
+	// measured.
+	HeldOut *HeldOutResult
+	Notes   []string
 }
 
 // row returns the first measured drop-rate row of the attack-only pass of
@@ -101,6 +104,7 @@ func (r *Report) Markdown(plot string) string {
 	r.hookCost(&b)
 	r.captures(&b)
 	r.Auto.markdown(&b)
+	r.heldOut(&b)
 	if len(r.BuildLoads) > 0 {
 		fmt.Fprintf(&b, "\n## Build and load\n\n`l4drop build` (C generation and clang) and `l4drop load` (verifier, attach, pins), wall time of the commands.\n\n"+
 			"| rules | build | load |\n|---:|---:|---:|\n")
@@ -185,6 +189,11 @@ func (r *Report) targets(b *strings.Builder) {
 	for _, c := range r.Daemon {
 		lines = append(lines, line{fmt.Sprintf("`l4drop run %s`, %.2f Mpps, sample_rate %d: daemon CPU, samples lost", strings.Join(c.shownArgs(), " "), c.PPS/1e6, c.SampleRate),
 			fmt.Sprintf("%.1f %% of one core, %d lost", c.CoreShare()*100, c.Lost()), "< 20 %, 0 lost"})
+	}
+	if h := r.HeldOut; h != nil && len(h.Runs) > 0 {
+		med, worst, fails := h.Summary()
+		lines = append(lines, line{fmt.Sprintf("held-out auto check, %d case%s at %d pps: median / largest time to mitigate, goals missed", len(h.Runs), plural(len(h.Runs)), h.Options.AttackPPS),
+			fmt.Sprintf("%.2f s / %.2f s, %d missed", med, worst, len(fails)), "≤ 1.0 s / ≤ 2.0 s, 0 missed"})
 	}
 	if tcpdump, ok := r.tcpdump(); ok {
 		for _, c := range r.Captures {
@@ -507,4 +516,22 @@ func (c DaemonCost) shownArgs() []string {
 		}
 	}
 	return out
+}
+
+// heldOut writes the held-out check's section.
+func (r *Report) heldOut(b *strings.Builder) {
+	h := r.HeldOut
+	if h == nil || len(h.Runs) == 0 {
+		return
+	}
+	b.WriteString("\n## Auto-mitigation: held-out check\n\n" +
+		"Cases unlike the scenarios above (other zones, ports, TTLs, headers, lengths, both families, users at 12-30 kpps), " +
+		"each in a lab of its own against `l4drop run --auto` as a subprocess, all traffic put through its loaded program by " +
+		"BPF_PROG_TEST_RUN: the case's legitimate traffic alone, then six times as much of it (a flash crowd: no rule may come), " +
+		"then the attack with it, then the legitimate traffic until the rules expire. Every rule set the daemon's log shows is " +
+		"judged offline with `l4drop test --json` on fresh packets of other seeds. Goals per case: time to mitigate ≤ 2 s, " +
+		"≥ 99% of the attack dropped from then, 0 legitimate packets dropped live or matched offline, no rule in the flash crowd, " +
+		"rules gone within --auto-expire + 5 s of the attack's end; the median time to mitigate ≤ 1 s. Alone: " +
+		"`HELDOUT_SEED=N go test ./lab/bench -run '^$' -bench HeldOut -benchtime 1x -v`.\n\n")
+	h.Markdown(b)
 }

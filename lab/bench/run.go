@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -35,6 +36,9 @@ type RunOptions struct {
 	// AutoDuration is the attack duration of each auto-mitigation
 	// scenario (0: skip them).
 	AutoDuration time.Duration
+	// HeldOutSeed seeds the held-out check of auto mitigation (0: skip
+	// it).
+	HeldOutSeed uint64
 	// Command is the command line the report names.
 	Command string
 }
@@ -232,6 +236,13 @@ func Run(ctx context.Context, o RunOptions, logf func(format string, args ...any
 	if o.AutoDuration > 0 {
 		rep.Auto = MeasureAuto(ctx, scenario.Options{Duration: o.AutoDuration}, logf)
 		took("auto-mitigation scenarios")
+	}
+	if o.HeldOutSeed > 0 {
+		rep.HeldOut = MeasureHeldOut(ctx, t, filepath.Join(dir, "held-out"), HeldOutOptions{Seed: o.HeldOutSeed}, logf)
+		if ctx.Err() != nil {
+			return nil, lab.ErrInterrupted
+		}
+		took("held-out auto check")
 	}
 
 	rep.Load = loadBefore + " / " + LoadAverage()
