@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/l4drop/l4drop/lab"
@@ -210,7 +209,7 @@ func Tcpdump(dir string) Capture {
 		defer l.Close()
 		out := filepath.Join(dir, "tcpdump-"+l.ID+".pcap")
 		defer os.Remove(out)
-		var stderr syncBuffer
+		var stderr lab.Output
 		c := l.Server.Command("tcpdump", "-n", "-i", l.ServerIf, "-w", out)
 		c.Stderr = &stderr
 		ready := func() bool { return bytes.Contains(stderr.Bytes(), []byte("listening on")) }
@@ -235,7 +234,7 @@ func Tcpdump(dir string) Capture {
 // captureDuring starts the capture command, floods (send; nil: the
 // generator's flood of l), stops the capture with SIGINT and parses its
 // statistics.
-func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, send func() (lab.Result, error), c *exec.Cmd, stderr *syncBuffer, ready func() bool, res *CaptureRate, parse func([]byte) error) error {
+func captureDuring(ctx context.Context, cfg Config, l *lab.Lab, send func() (lab.Result, error), c *exec.Cmd, stderr *lab.Output, ready func() bool, res *CaptureRate, parse func([]byte) error) error {
 	awayFrom(c, cfg.CPU)
 	if err := c.Start(); err != nil {
 		return err
@@ -304,26 +303,6 @@ func procSchedStat(pid int) (onCPU, waited time.Duration, ok bool) {
 		ok = true
 	}
 	return onCPU, waited, ok
-}
-
-// syncBuffer is a bytes.Buffer that a command's output goroutine may write
-// while another goroutine reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// Bytes returns a copy of what was written so far.
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
 }
 
 // awayFrom makes c run on every CPU but cpu, with taskset, when there is

@@ -412,7 +412,7 @@ func (t Tools) runXDPcap(ctx context.Context, cfg Config, l *lab.Lab, send func(
 		return res, err
 	}
 	defer h.Close()
-	var stderr syncBuffer
+	var stderr lab.Output
 	c := exec.Command(t.XDPcap, "-q", "-actions", "drop", hook, out)
 	c.Stderr = &stderr
 	// xdpcap captures once its filter is in the hook's XDP_DROP slot.

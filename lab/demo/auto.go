@@ -1,7 +1,6 @@
 package demo
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/l4drop/l4drop/lab"
@@ -18,24 +16,6 @@ import (
 // autoAttack is the auto phase's attack: queries for random names of 8
 // letters under the zone users query, from random sources.
 const autoAttack = "dns,name=*8.example.org,ipid=rand,randsrc"
-
-// lockedBuffer collects a command's output while the demo reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // autoPhase replaces the hand-written rules with l4drop run --auto, floods
 // the server again with an attack no rule knows, and shows the daemon
@@ -58,7 +38,7 @@ func (d *demo) autoPhase(ctx context.Context) (err error) {
 	d.say("  $ l4drop %s &", strings.Join(args, " "))
 	run := exec.Command(d.bins["l4drop"], args...)
 	run.Dir = d.dir
-	var log lockedBuffer
+	var log lab.Output
 	run.Stdout, run.Stderr = &log, &log
 	if err := run.Start(); err != nil {
 		return err
