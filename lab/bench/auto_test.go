@@ -2,15 +2,18 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/lab/scenario"
 )
 
@@ -76,6 +79,30 @@ func TestHeldOut(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("the report lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// TestUnlikeAttack: a users' SYN whose random IP id happens to be the
+// attack's fixed one is a packet the attack could have sent; the held-out
+// check leaves it out (and counts it), and keeps the same SYN with any
+// other IP id.
+func TestUnlikeAttack(t *testing.T) {
+	c := heldOutCase(t, "syn-fixed-ipid")
+	attackT, err := parseTemplates(c.Attack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legitT, err := parseTemplates(c.Legit[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := lab.Frames(legitT, 1, 2)
+	const ipid = 14 + 4 // Ethernet, then the IPv4 header's identification
+	binary.BigEndian.PutUint16(frames[0][ipid:], 1234)
+	binary.BigEndian.PutUint16(frames[1][ipid:], 1235)
+	kept, n := unlike(slices.Clone(frames), lab.NewMatcher(attackT))
+	if n != 1 || len(kept) != 1 || binary.BigEndian.Uint16(kept[0][ipid:]) != 1235 {
+		t.Errorf("left out %d, kept %d frames; want the one with the attack's IP id left out", n, len(kept))
 	}
 }
 

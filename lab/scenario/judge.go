@@ -119,7 +119,14 @@ func (r *runner) judge(attackStart, attackEnd time.Time, attackRes, legitRes lab
 		return any
 	}
 	if len(r.rules) > 0 {
+		// A legitimate packet the attack's templates could have sent is
+		// one no rule can tell apart: counted, not judged.
+		likeAttack := lab.NewMatcher(r.attackT)
 		lab.SentFrames(r.legitT, r.opts.Seed, legitRes.PerTemplate, func(_ int, f []byte) bool {
+			if likeAttack.Match(f, len(f)) >= 0 {
+				res.LegitLikeAttack++
+				return true
+			}
 			if ip := lab.IPPacket(f); ip != nil && autoMatches(ip, func(k int) { r.rules[k].LegitMatched++ }) {
 				res.LegitDropped++
 			}

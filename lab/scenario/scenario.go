@@ -169,7 +169,13 @@ type Result struct {
 	// any moment (so it is an upper bound); with a rules file, the file's
 	// rules, run by the kernel over each packet.
 	LegitDropped uint64 `json:"legit_dropped"`
-	Rules        []Rule `json:"rules"`
+	// LegitLikeAttack counts the legitimate packets sent that the
+	// attack's own templates could have sent, byte for byte outside their
+	// random fields (a users' template with a random field the attack
+	// fixes sends the attack's value now and then): no rule can tell them
+	// apart, so LegitDropped leaves them out.
+	LegitLikeAttack uint64 `json:"legit_like_attack,omitempty"`
+	Rules           []Rule `json:"rules"`
 	// ExpiredAfter is from the attack's end to the removal of the last
 	// auto rule; nil if a rule was still there at the end (or none came).
 	ExpiredAfter *float64 `json:"expired_after_s"`
