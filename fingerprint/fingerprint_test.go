@@ -250,7 +250,8 @@ func TestFingerprintExactAtTheEdge(t *testing.T) {
 	attack := parse("udp,port=27015,payload=" + header + ",size=32,randpayload,ttl=64,ipid=rand,randsrc")
 	same := parse("udp,port=27015,size=32,randpayload,ttl=64,ipid=rand,randsrc")
 	const payload = 20 + 8 // IPv4 and UDP headers
-	for _, n := range []int{989, 985, 981} { // 1.1%, 1.5%, 1.9% lookalikes
+	// 1.1%, 1.5% and 1.9% lookalikes.
+	for _, n := range []int{989, 985, 981} {
 		A := scenarioPackets(t, attack, 1, n)
 		for _, p := range scenarioPackets(t, same, 2, 1000-n) {
 			p.Data[payload+2] = 0xbe // the header's third byte
@@ -261,10 +262,7 @@ func TestFingerprintExactAtTheEdge(t *testing.T) {
 		}
 		// Users of other lengths, and a few of the attack's length, none
 		// with the shared byte.
-		var B []Packet
-		for _, p := range scenarioPackets(t, parse("udp,port=27015,size=120,randpayload,ttl=64,ipid=rand,randsrc"), 3, 2000) {
-			B = append(B, p)
-		}
+		B := scenarioPackets(t, parse("udp,port=27015,size=120,randpayload,ttl=64,ipid=rand,randsrc"), 3, 2000)
 		for _, p := range scenarioPackets(t, same, 4, 40) {
 			if p.Data[payload+2] == 0xbe {
 				p.Data[payload+2]++
