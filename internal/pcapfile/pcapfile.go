@@ -38,6 +38,7 @@ type Reader struct {
 	r    *bufio.Reader
 	ord  binary.ByteOrder
 	nano bool
+	snap int    // the file header's snap length
 	n    int    // records read, for errors
 	big  []byte // ZeroCopyReadPacketData's records too long for r's buffer
 }
@@ -77,6 +78,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	}
 	// The upper bits of the link type field carry FCS information.
 	rd.lt = layers.LinkType(rd.ord.Uint32(fh[20:]) & 0x0fffffff)
+	rd.snap = int(rd.ord.Uint32(fh[16:]))
 	return rd, nil
 }
 
@@ -93,6 +95,27 @@ func Open(path string) (*Reader, io.Closer, error) {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return r, f, nil
+}
+
+// maxSnapLen is libpcap's largest snap length for most link types: a
+// header's snap length of 0 or above it counts as this.
+const maxSnapLen = 262144
+
+// SnapLen returns the file's snap length as libpcap takes it (pcapng:
+// its first interface's), or 0 if it sets no limit below maxSnapLen.
+// libpcap, and so tcpdump -r, cuts records captured longer than it to
+// it; this reader does not.
+func (r *Reader) SnapLen() int {
+	snap := r.snap
+	if r.ng != nil {
+		if i, err := r.ng.Interface(0); err == nil {
+			snap = int(i.SnapLength)
+		}
+	}
+	if snap <= 0 || snap >= maxSnapLen {
+		return 0
+	}
+	return snap
 }
 
 // LinkType returns the link type of the packets (of the first interface, for

@@ -151,3 +151,35 @@ func TestZeroCopy(t *testing.T) {
 		})
 	}
 }
+
+// TestSnapLen reads the snap length of pcap and pcapng headers: 0 when it
+// sets no limit below libpcap's largest.
+func TestSnapLen(t *testing.T) {
+	pkts := [][]byte{bytes.Repeat([]byte{1}, 60)}
+	for _, tc := range []struct {
+		snap uint32
+		want int
+	}{{0, 0}, {72, 72}, {65535, 65535}, {262144, 0}, {300000, 0}} {
+		files := map[string][]byte{
+			"pcap": write(t, pkts, func(w io.Writer) (packetWriter, error) {
+				pw := pcapgo.NewWriter(w)
+				return pw, pw.WriteFileHeader(tc.snap, layers.LinkTypeEthernet)
+			}),
+			"pcapng": write(t, pkts, func(w io.Writer) (packetWriter, error) {
+				return pcapgo.NewNgWriterInterface(w, pcapgo.NgInterface{LinkType: layers.LinkTypeEthernet, SnapLength: tc.snap}, pcapgo.DefaultNgWriterOptions)
+			}),
+		}
+		for name, file := range files {
+			r, err := pcapfile.NewReader(bytes.NewReader(file))
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if _, _, err := r.ReadPacketData(); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if got := r.SnapLen(); got != tc.want {
+				t.Errorf("%s, snap length %d in the header: SnapLen %d, want %d", name, tc.snap, got, tc.want)
+			}
+		}
+	}
+}

@@ -27,6 +27,10 @@ type Options struct {
 	// Name names the input in errors about its packets: "NAME: packet 3:
 	// ...".
 	Name string
+	// FileSnapLen, if not 0, cuts packets captured longer than it to it
+	// before the filter sees them, as libpcap (and so tcpdump -r) does
+	// with records longer than their file's snap length.
+	FileSnapLen int
 }
 
 // Result counts what Apply saw.
@@ -70,6 +74,9 @@ func Apply(src gopacket.PacketDataSource, o Options) (Result, error) {
 			return res, fmt.Errorf("%s: packet %d: %w", o.Name, res.Packets+1, err)
 		}
 		res.Packets++
+		if o.FileSnapLen > 0 && len(data) > o.FileSnapLen {
+			data = data[:o.FileSnapLen]
+		}
 		ok, p, err := tf.Match(data)
 		if errors.Is(err, xdpcap.ErrPacketSize) {
 			res.Interpreted++
