@@ -38,6 +38,8 @@ type Report struct {
 	Daemon []DaemonCost
 	// CBPFC is cbpfc's corpus table, as its benchmark prints it.
 	CBPFC string
+	// Offline is xdpcap -r against tcpdump -r; nil if not measured.
+	Offline *Offline
 	// Auto is the time-to-mitigate table; nil if not measured.
 	Auto  *AutoMitigation
 	Notes []string
@@ -100,6 +102,7 @@ func (r *Report) Markdown(plot string) string {
 	r.mixed(&b)
 	r.hookCost(&b)
 	r.captures(&b)
+	r.Offline.markdown(&b)
 	r.Auto.markdown(&b)
 	if len(r.BuildLoads) > 0 {
 		fmt.Fprintf(&b, "\n## Build and load\n\n`l4drop build` (C generation and clang) and `l4drop load` (verifier, attach, pins), wall time of the commands.\n\n"+
@@ -196,6 +199,9 @@ func (r *Report) targets(b *strings.Builder) {
 				lines = append(lines, line{what, captureVsTarget(c, tcpdump), target})
 			}
 		}
+	}
+	for _, l := range r.Offline.targets() {
+		lines = append(lines, line{l[0], l[1], l[2]})
 	}
 	if len(lines) == 0 {
 		return
