@@ -36,8 +36,8 @@ import (
 // Packets longer than the first buffer of a test run (about 3.5 KiB) are
 // passed as multi-buffer packets; like live XDP the filter then reads
 // only the first buffer. The interpreter learns that buffer's length from
-// a test run of a page-long packet, the context the kernel gives back;
-// every run the interpreter is checked by checks it again.
+// the context the kernel gives back after a test run of a page-long
+// packet, and every checked packet checks it again.
 type TestFilter struct {
 	interp  *interpreter // nil: every packet goes to the kernel
 	all     bool         // no filter: every packet matches
