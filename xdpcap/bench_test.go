@@ -6,6 +6,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/gopacket/gopacket/layers"
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
@@ -173,4 +174,44 @@ func BenchmarkHookOverhead(b *testing.B) {
 	b.ReportMetric((vs[1].total-vs[0].total)/rounds, "empty-hook-extra-ns/pkt")
 	b.ReportMetric((vs[2].total-vs[0].total)/rounds, "no-match-extra-ns/pkt")
 	b.ReportMetric((vs[3].total-vs[1].total)/rounds, "empty-entry-extra-ns/pkt")
+}
+
+// BenchmarkInterpreter measures xdpcap's interpreter of a filter's eBPF
+// code alone (what xdpcap -r spends a packet on the filter) over the
+// corpus's Ethernet frames, in ns per packet.
+func BenchmarkInterpreter(b *testing.B) {
+	var frames [][]byte
+	for _, c := range fixture.CorpusCaptures(b) {
+		if c.LinkType != layers.LinkTypeEthernet {
+			continue
+		}
+		for _, p := range c.Packets {
+			// Packets that fit a test run's first buffer.
+			if len(p.Data) >= MinPacketLen && len(p.Data) <= 3000 {
+				frames = append(frames, p.Data)
+			}
+		}
+	}
+	if len(frames) == 0 {
+		b.Skip("no Ethernet frames in the corpus")
+	}
+	for _, expr := range []string{"udp", "tcp[tcpflags] & tcp-syn != 0", "ip6 and not icmp6", "host 192.168.1.1 or port 53"} {
+		b.Run(expr, func(b *testing.B) {
+			filter, err := cbpf.Compile(expr, cbpf.LinkTypeEthernet, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			it, err := newInterpreter(filter)
+			if err != nil {
+				b.Fatal(err)
+			}
+			i := 0
+			for b.Loop() {
+				if _, err := it.match(frames[i%len(frames)]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
 }

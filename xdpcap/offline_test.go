@@ -179,7 +179,7 @@ func TestInterpreterAgreesWithKernel(t *testing.T) {
 		"RAW":    mergeCorpus(t, layers.LinkTypeRaw),
 	}
 	const maxPackets = 1500
-	interpreted, pairs := 0, 0
+	interpreted, pairs, split := 0, 0, 0
 	for _, flt := range fixture.CorpusFilters(t) {
 		set := sets[flt.LinkType]
 		if set == nil {
@@ -205,28 +205,117 @@ func TestInterpreterAgreesWithKernel(t *testing.T) {
 			continue
 		}
 		interpreted++
-		for i, p := range set.packets[:min(len(set.packets), maxPackets)] {
-			if len(p.Data) < MinPacketLen || len(p.Data) > interpMaxLen {
+		for i, p := range set.packets {
+			// The first maxPackets, and every packet longer than a page:
+			// multi-buffer packets, or too long for one.
+			if len(p.Data) < MinPacketLen || i >= maxPackets && len(p.Data) <= os.Getpagesize() {
 				continue
 			}
-			res, err := tf.interp.match(p.Data)
+			// The kernel first: its runs teach the filter the length of
+			// the first buffer.
+			kernel, _, kfirst, err := tf.matchKernel(p.Data)
+			if errors.Is(err, ErrPacketSize) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, known := tf.firstBuffer(len(p.Data))
+			if !known {
+				t.Fatalf("packet %d (%d bytes): length of the first buffer unknown after a test run", i, len(p.Data))
+			}
+			res, err := tf.interp.match(p.Data[:first])
 			if err != nil {
 				t.Errorf("filters.tsv:%d %q packet %d: interpreter: %v", flt.Line, flt.Expr, i, err)
 				continue
 			}
-			kernel, _, err := tf.matchKernel(p.Data)
-			if err != nil {
-				t.Fatal(err)
-			}
 			pairs++
-			if (res != 0) != kernel {
-				t.Errorf("filters.tsv:%d %q packet %d: interpreter %v, kernel %v", flt.Line, flt.Expr, i, res != 0, kernel)
+			if (res != 0) != kernel || kfirst != first {
+				t.Errorf("filters.tsv:%d %q packet %d (%d bytes): interpreter %v on %d bytes, kernel %v on %d", flt.Line, flt.Expr, i, len(p.Data), res != 0, first, kernel, kfirst)
+			}
+			if first < len(p.Data) {
+				split++
 			}
 		}
 		tf.Close()
 	}
-	t.Logf("%d filters interpreted, %d (filter, packet) pairs agree with the kernel", interpreted, pairs)
-	if pairs == 0 {
-		t.Fatal("nothing compared")
+	t.Logf("%d filters interpreted, %d (filter, packet) pairs agree with the kernel, %d of them on multi-buffer packets", interpreted, pairs, split)
+	if pairs == 0 || split == 0 {
+		t.Fatal("nothing compared, or no multi-buffer packet")
 	}
+}
+
+// TestMatchChecked makes the interpreter wrong on purpose, in each way
+// the kernel's runs check it, and expects Match to say so; and expects a
+// packet the kernel refused as too long to be refused at once after.
+func TestMatchChecked(t *testing.T) {
+	fixture.RequireRoot(t)
+	udp := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1234, 53, make([]byte, 18))
+	big := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1234, 53, make([]byte, 5000))
+	wrongVerdict := func(t *testing.T, tf *TestFilter) {
+		t.Helper()
+		tcp, err := cbpf.Compile("tcp", cbpf.LinkTypeEthernet, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tf.interp, err = newInterpreter(tcp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		pkt   []byte
+		spoil func(t *testing.T, tf *TestFilter)
+	}{
+		{"verdict", udp, wrongVerdict},
+		{"first buffer", big, func(t *testing.T, tf *TestFilter) {
+			if tf.linear == 0 || tf.linear >= len(big) {
+				t.Fatalf("first buffer of a test run: %d bytes, want fewer than %d", tf.linear, len(big))
+			}
+			tf.accepted = len(big)
+			tf.linear--
+		}},
+		// Past the first packets, one in verifyEvery is checked.
+		{"sampled", udp, func(t *testing.T, tf *TestFilter) {
+			wrongVerdict(t, tf)
+			tf.runs = verifyEvery - 1
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			filter, err := cbpf.Compile("udp", cbpf.LinkTypeEthernet, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tf, err := NewTestFilter(filter, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tf.Close()
+			// Sound, the filter agrees with the kernel.
+			if ok, _, err := tf.Match(tc.pkt); !ok || err != nil {
+				t.Fatalf("before: match %v, %v; want a match", ok, err)
+			}
+			tc.spoil(t, tf)
+			if _, _, err := tf.Match(tc.pkt); !errors.Is(err, ErrInterpreter) {
+				t.Errorf("after: %v, want ErrInterpreter", err)
+			}
+		})
+	}
+
+	t.Run("too long", func(t *testing.T) {
+		tf, err := NewTestFilter(nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tf.Close()
+		huge := make([]byte, 1<<17)
+		for i := range 2 {
+			if _, _, err := tf.Match(huge); !errors.Is(err, ErrPacketSize) {
+				t.Fatalf("run %d: %v, want ErrPacketSize", i, err)
+			}
+			if tf.tooBig != len(huge) {
+				t.Errorf("run %d: refused from %d bytes, want %d", i, tf.tooBig, len(huge))
+			}
+		}
+	})
 }

@@ -37,7 +37,7 @@ func offline(in, out string, exprArgs []string, cfg config, stdout, stderr io.Wr
 		return err
 	}
 
-	o := filter.Options{Filter: prog, SnapLen: cfg.snapLen, Count: cfg.count, Name: in}
+	o := filter.Options{Filter: prog, SnapLen: cfg.snapLen, Count: cfg.count, Name: in, FileSnapLen: r.SnapLen()}
 	if out != "" {
 		var dst io.Writer = stdout
 		if out != "-" {

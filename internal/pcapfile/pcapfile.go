@@ -9,6 +9,7 @@ package pcapfile
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -35,16 +36,22 @@ type Reader struct {
 	lt   layers.LinkType
 	ng   *pcapgo.NgReader
 	r    *bufio.Reader
-	hdr  [16]byte
 	ord  binary.ByteOrder
 	nano bool
-	n    int // records read, for errors
+	snap int    // the file header's snap length
+	n    int    // records read, for errors
+	big  []byte // ZeroCopyReadPacketData's records too long for r's buffer
 }
+
+// bufferSize is the reader's buffer: records up to its size are read
+// without a copy of their own (ZeroCopyReadPacketData), and a file in
+// reads of this size.
+const bufferSize = 1 << 18
 
 // NewReader reads the file header from r and returns a Reader for the
 // packets that follow.
 func NewReader(r io.Reader) (*Reader, error) {
-	br := bufio.NewReaderSize(r, 1<<16)
+	br := bufio.NewReaderSize(r, bufferSize)
 	head, err := br.Peek(4)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
@@ -71,6 +78,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	}
 	// The upper bits of the link type field carry FCS information.
 	rd.lt = layers.LinkType(rd.ord.Uint32(fh[20:]) & 0x0fffffff)
+	rd.snap = int(rd.ord.Uint32(fh[16:]))
 	return rd, nil
 }
 
@@ -89,6 +97,27 @@ func Open(path string) (*Reader, io.Closer, error) {
 	return r, f, nil
 }
 
+// maxSnapLen is libpcap's largest snap length for most link types: a
+// header's snap length of 0 or above it counts as this.
+const maxSnapLen = 262144
+
+// SnapLen returns the file's snap length as libpcap takes it (pcapng:
+// its first interface's), or 0 if it sets no limit below maxSnapLen.
+// libpcap, and so tcpdump -r, cuts records captured longer than it to
+// it; this reader does not.
+func (r *Reader) SnapLen() int {
+	snap := r.snap
+	if r.ng != nil {
+		if i, err := r.ng.Interface(0); err == nil {
+			snap = int(i.SnapLength)
+		}
+	}
+	if snap <= 0 || snap >= maxSnapLen {
+		return 0
+	}
+	return snap
+}
+
 // LinkType returns the link type of the packets (of the first interface, for
 // pcapng).
 func (r *Reader) LinkType() layers.LinkType { return r.lt }
@@ -99,18 +128,52 @@ func (r *Reader) ReadPacketData() ([]byte, gopacket.CaptureInfo, error) {
 	if r.ng != nil {
 		return r.ng.ReadPacketData()
 	}
+	data, ci, err := r.read()
+	if err != nil {
+		return nil, ci, err
+	}
+	return bytes.Clone(data), ci, nil
+}
+
+// ZeroCopyReadPacketData is ReadPacketData without a copy of the packet:
+// its data is valid until the next call only.
+func (r *Reader) ZeroCopyReadPacketData() ([]byte, gopacket.CaptureInfo, error) {
+	if r.ng != nil {
+		return r.ng.ZeroCopyReadPacketData()
+	}
+	return r.read()
+}
+
+// read reads a pcap record, whose data lies in r's buffer (or r.big) until
+// the next read.
+func (r *Reader) read() ([]byte, gopacket.CaptureInfo, error) {
 	var ci gopacket.CaptureInfo
-	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+	hdr, err := r.r.Peek(16)
+	if err != nil {
+		if len(hdr) > 0 && errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
 		return nil, ci, err
 	}
 	r.n++
-	sec, frac := r.ord.Uint32(r.hdr[0:]), r.ord.Uint32(r.hdr[4:])
-	caplen, length := r.ord.Uint32(r.hdr[8:]), r.ord.Uint32(r.hdr[12:])
+	sec, frac := r.ord.Uint32(hdr[0:]), r.ord.Uint32(hdr[4:])
+	caplen, length := r.ord.Uint32(hdr[8:]), r.ord.Uint32(hdr[12:])
 	if caplen > MaxRecord {
 		return nil, ci, fmt.Errorf("pcap record %d: captured length %d is implausible", r.n, caplen)
 	}
-	data := make([]byte, caplen)
-	if _, err := io.ReadFull(r.r, data); err != nil {
+	r.r.Discard(16)
+	var data []byte
+	if int(caplen) <= r.r.Size() {
+		data, err = r.r.Peek(int(caplen))
+		r.r.Discard(len(data))
+	} else {
+		if cap(r.big) < int(caplen) {
+			r.big = make([]byte, caplen)
+		}
+		data = r.big[:caplen]
+		_, err = io.ReadFull(r.r, data)
+	}
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}

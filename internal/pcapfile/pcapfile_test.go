@@ -104,3 +104,82 @@ func TestFormats(t *testing.T) {
 		t.Errorf("text: %v, want ErrFormat", err)
 	}
 }
+
+// TestZeroCopy reads the same file with ReadPacketData and
+// ZeroCopyReadPacketData, with a record longer than the reader's buffer
+// and an empty one: the packets must agree, and ReadPacketData's must
+// stay intact after later reads.
+func TestZeroCopy(t *testing.T) {
+	pkts := [][]byte{bytes.Repeat([]byte{1}, 60), {}, bytes.Repeat([]byte{2}, 300000), bytes.Repeat([]byte{3}, 1500), bytes.Repeat([]byte{4}, 14)}
+	for _, tc := range []struct {
+		name      string
+		newWriter func(io.Writer) (packetWriter, error)
+	}{
+		{"pcap", func(w io.Writer) (packetWriter, error) {
+			pw := pcapgo.NewWriter(w)
+			return pw, pw.WriteFileHeader(400000, layers.LinkTypeEthernet)
+		}},
+		{"pcapng", func(w io.Writer) (packetWriter, error) {
+			return pcapgo.NewNgWriter(w, layers.LinkTypeEthernet)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := write(t, pkts, tc.newWriter)
+			_, copied, err := readAll(t, file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := pcapfile.NewReader(bytes.NewReader(file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; ; i++ {
+				data, ci, err := r.ZeroCopyReadPacketData()
+				if errors.Is(err, io.EOF) {
+					if i != len(pkts) {
+						t.Errorf("%d packets, want %d", i, len(pkts))
+					}
+					break
+				}
+				if err != nil {
+					t.Fatalf("packet %d: %v", i, err)
+				}
+				if i >= len(pkts) || !bytes.Equal(data, pkts[i]) || !bytes.Equal(copied[i], pkts[i]) || ci.CaptureLength != len(pkts[i]) {
+					t.Fatalf("packet %d: %d bytes (copied: %d), want %d", i, len(data), len(copied[min(i, len(copied)-1)]), len(pkts[min(i, len(pkts)-1)]))
+				}
+			}
+		})
+	}
+}
+
+// TestSnapLen reads the snap length of pcap and pcapng headers: 0 when it
+// sets no limit below libpcap's largest.
+func TestSnapLen(t *testing.T) {
+	pkts := [][]byte{bytes.Repeat([]byte{1}, 60)}
+	for _, tc := range []struct {
+		snap uint32
+		want int
+	}{{0, 0}, {72, 72}, {65535, 65535}, {262144, 0}, {300000, 0}} {
+		files := map[string][]byte{
+			"pcap": write(t, pkts, func(w io.Writer) (packetWriter, error) {
+				pw := pcapgo.NewWriter(w)
+				return pw, pw.WriteFileHeader(tc.snap, layers.LinkTypeEthernet)
+			}),
+			"pcapng": write(t, pkts, func(w io.Writer) (packetWriter, error) {
+				return pcapgo.NewNgWriterInterface(w, pcapgo.NgInterface{LinkType: layers.LinkTypeEthernet, SnapLength: tc.snap}, pcapgo.DefaultNgWriterOptions)
+			}),
+		}
+		for name, file := range files {
+			r, err := pcapfile.NewReader(bytes.NewReader(file))
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if _, _, err := r.ReadPacketData(); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if got := r.SnapLen(); got != tc.want {
+				t.Errorf("%s, snap length %d in the header: SnapLen %d, want %d", name, tc.snap, got, tc.want)
+			}
+		}
+	}
+}

@@ -38,6 +38,8 @@ type Report struct {
 	Daemon []DaemonCost
 	// CBPFC is cbpfc's corpus table, as its benchmark prints it.
 	CBPFC string
+	// Offline is xdpcap -r against tcpdump -r; nil if not measured.
+	Offline *Offline
 	// Auto is the time-to-mitigate table; nil if not measured.
 	Auto *AutoMitigation
 	// HeldOut is the held-out check of auto mitigation; nil if not
@@ -103,6 +105,7 @@ func (r *Report) Markdown(plot string) string {
 	r.mixed(&b)
 	r.hookCost(&b)
 	r.captures(&b)
+	r.Offline.markdown(&b)
 	r.Auto.markdown(&b)
 	r.heldOut(&b)
 	if len(r.BuildLoads) > 0 {
@@ -205,6 +208,9 @@ func (r *Report) targets(b *strings.Builder) {
 				lines = append(lines, line{what, captureVsTarget(c, tcpdump), target})
 			}
 		}
+	}
+	for _, l := range r.Offline.targets() {
+		lines = append(lines, line{l[0], l[1], l[2]})
 	}
 	if len(lines) == 0 {
 		return

@@ -26,7 +26,8 @@ type RunOptions struct {
 	// HookRuns is the test runs per round of the xdpcap hook cost (0:
 	// skip it).
 	HookRuns int
-	// Capture measures the capture rates.
+	// Capture measures the capture rates, and xdpcap -r against tcpdump -r
+	// (DefaultOfflineOptions).
 	Capture bool
 	// DaemonPPS is the rate through L4Drop for the daemon's cost with
 	// --sflow and --auto (0: skip it).
@@ -231,6 +232,15 @@ func Run(ctx context.Context, o RunOptions, logf func(format string, args ...any
 			return nil, err
 		}
 		took("capture rates")
+		if Have("tcpdump") {
+			if rep.Offline, err = t.MeasureOffline(ctx, dir, DefaultOfflineOptions(), logf); err != nil {
+				if ctx.Err() != nil {
+					return nil, lab.ErrInterrupted
+				}
+				rep.Notes = append(rep.Notes, "xdpcap -r against tcpdump -r missing: "+err.Error())
+			}
+			took("xdpcap -r against tcpdump -r")
+		}
 	}
 
 	if o.AutoDuration > 0 {

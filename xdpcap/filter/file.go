@@ -27,6 +27,10 @@ type Options struct {
 	// Name names the input in errors about its packets: "NAME: packet 3:
 	// ...".
 	Name string
+	// FileSnapLen, if not 0, cuts packets captured longer than it to it
+	// before the filter sees them, as libpcap (and so tcpdump -r) does
+	// with records longer than their file's snap length.
+	FileSnapLen int
 }
 
 // Result counts what Apply saw.
@@ -42,7 +46,9 @@ type Result struct {
 // packets src gives until its end, and writes those that match. Packets
 // no XDP program could see (xdpcap.ErrPacketSize) are filtered by libpcap's
 // interpreter, so that the output still answers the filter. Errors about
-// a packet name it by number, from 1, after o.Name.
+// a packet name it by number, from 1, after o.Name. A src that can
+// (gopacket.ZeroCopyPacketDataSource) lends the packets rather than
+// copying them.
 func Apply(src gopacket.PacketDataSource, o Options) (Result, error) {
 	var res Result
 	snapLen := o.SnapLen
@@ -54,8 +60,13 @@ func Apply(src gopacket.PacketDataSource, o Options) (Result, error) {
 		return res, err
 	}
 	defer tf.Close()
+	var pcap *cbpf.Filter // libpcap's interpreter, made for the first packet it judges
+	read := src.ReadPacketData
+	if zc, ok := src.(gopacket.ZeroCopyPacketDataSource); ok {
+		read = zc.ZeroCopyReadPacketData
+	}
 	for o.Count == 0 || res.Matched < o.Count {
-		data, ci, err := src.ReadPacketData()
+		data, ci, err := read()
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			break
 		}
@@ -63,10 +74,18 @@ func Apply(src gopacket.PacketDataSource, o Options) (Result, error) {
 			return res, fmt.Errorf("%s: packet %d: %w", o.Name, res.Packets+1, err)
 		}
 		res.Packets++
+		if o.FileSnapLen > 0 && len(data) > o.FileSnapLen {
+			data = data[:o.FileSnapLen]
+		}
 		ok, p, err := tf.Match(data)
 		if errors.Is(err, xdpcap.ErrPacketSize) {
 			res.Interpreted++
-			ok = o.Filter == nil || cbpf.Interpret(o.Filter, data, max(ci.Length, len(data))) != 0
+			if o.Filter != nil && pcap == nil {
+				if pcap, err = cbpf.NewFilter(o.Filter); err != nil {
+					return res, fmt.Errorf("%s: packet %d: %w", o.Name, res.Packets, err)
+				}
+			}
+			ok = o.Filter == nil || pcap.Run(data, max(ci.Length, len(data))) != 0
 			p = xdpcap.Packet{Action: xdpcap.Pass, Data: data[:min(len(data), snapLen)]}
 			err = nil
 		}

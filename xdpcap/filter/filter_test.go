@@ -2,6 +2,7 @@ package filter
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -148,6 +149,27 @@ func TestApply(t *testing.T) {
 			}
 			if res.Interpreted != tc.interpreted {
 				t.Errorf("interpreted %d packets, want %d", res.Interpreted, tc.interpreted)
+			}
+		})
+	}
+	// Cut to the file's snap length, the payload ("query", from byte 42
+	// on) is gone: a filter on it matches only uncut packets.
+	payload, err := Parse("udp[8:4] = 0x71756572", cbpf.LinkType(layers.LinkTypeEthernet), xdpcap.DefaultSnapLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		snap, matched, captured int
+	}{{0, 1, len(udp)}, {44, 0, 0}, {40, 0, 0}} {
+		t.Run(fmt.Sprintf("file snap length %d", tc.snap), func(t *testing.T) {
+			src := packets([][]byte{udp})
+			out := &collect{}
+			res, err := Apply(&src, Options{Filter: payload, Output: out, FileSnapLen: tc.snap})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Matched != tc.matched || len(out.pkts) != tc.matched || tc.matched > 0 && len(out.pkts[0].Data) != tc.captured {
+				t.Errorf("matched %d, wrote %v; want %d of %d bytes", res.Matched, out.pkts, tc.matched, tc.captured)
 			}
 		})
 	}
