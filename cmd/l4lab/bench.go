@@ -35,9 +35,11 @@ Measures, side by side in one run:
   - xdpcap's capture rate, every packet to a file, on a minimal program's
     hook and on L4Drop's, against tcpdump, and on L4Drop's with test runs
     of its program as the flood (faster than the generator's fallback);
+    xdpcap -r against tcpdump -r on a 1M-packet capture and the corpus;
   - l4drop's build and load time; cbpfc over the corpus filters;
   - the time to mitigate of l4drop run --auto over every attack scenario
-    (l4lab scenario), IPv4 and IPv6.
+    (l4lab scenario), IPv4 and IPv6, and the held-out check: ten cases
+    it was not tuned on, rule sets judged offline.
 Prints a table and writes it, with the machine, kernel, date and command,
 to -o, and a plot of drop rate against rule count to -plot. Needs root,
 and l4drop and xdpcap next to l4lab or on PATH ('make build');
@@ -55,7 +57,7 @@ Examples:
   l4lab bench -rounds 3 -capture-rounds 1 -rules 1,100 -build-rules 1,100 -o /tmp/bench.md
   l4lab bench -capture=false -cbpfc-repeat 0 -hook-runs 0 -o ''     # drop rates only, printed
   l4lab bench -mixed-rounds 0 -o /tmp/bench.md                         # no pass with legitimate queries
-  l4lab bench -auto-d 0 -o /tmp/bench.md                               # no auto-mitigation scenarios
+  l4lab bench -auto-d 0 -held-out-seed 0 -o /tmp/bench.md             # no auto-mitigation rows
 
 Flags:
 `
