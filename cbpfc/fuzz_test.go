@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -199,6 +200,132 @@ func FuzzEBPF(f *testing.F) {
 }
 
 func listing(prog []bpf.Instruction) string { return cbpf.Listing(prog) }
+
+// genTests makes, from fuzz input, a packet of 64 bytes and a chain of up to
+// 6 libpcap-style tests of its bytes ("ld [k]; and #m; jeq #v" or "jset #m"
+// away), each passing into the next and most failing to the same return,
+// all passing on the packet: what the eBPF backend merges into wide tests.
+// Before them, maybe a load that only sets how many bytes are checked.
+func genTests(r *byteReader) (prog []bpf.Instruction, pkt []byte, base int) {
+	pkt = make([]byte, 64)
+	for i := range pkt {
+		pkt[i] = r.next()
+	}
+	if r.next()%2 == 0 {
+		prog = append(prog, bpf.LoadAbsolute{Off: uint32(r.next() % 64), Size: 1}, bpf.JumpIf{Cond: bpf.JumpEqual})
+	}
+	n := 1 + int(r.next()%6)
+	base = int(r.next() % 48)
+	type test struct {
+		ins    []bpf.Instruction
+		breaks bool // fails to the passing return, not the failing one
+	}
+	var tests []test
+	for range n {
+		size := []int{1, 2, 4}[r.next()%3]
+		off := min(base+int(r.next()%10), len(pkt)-size)
+		var v uint32
+		for b := range size {
+			v = v<<8 | uint32(pkt[off+b])
+		}
+		t := test{ins: []bpf.Instruction{bpf.LoadAbsolute{Off: uint32(off), Size: size}}, breaks: r.next()%8 == 0}
+		mask := uint32(math.MaxUint32)
+		switch r.next() % 4 {
+		case 0:
+			mask = r.u32()
+		case 1:
+			mask = []uint32{0xff, 0xff00, 0xffff, 0xffff0000, 0xff000000, 0xffffff00}[r.next()%6]
+		}
+		if mask != math.MaxUint32 {
+			t.ins = append(t.ins, bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: mask})
+		}
+		if r.next()%3 == 0 {
+			t.ins = append(t.ins, bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: r.u32() &^ (v & mask)})
+		} else {
+			t.ins = append(t.ins, bpf.JumpIf{Cond: bpf.JumpEqual, Val: v & mask})
+		}
+		tests = append(tests, t)
+	}
+	for _, t := range tests {
+		prog = append(prog, t.ins...)
+	}
+	// The returns: passing, then failing.
+	pass := len(prog)
+	prog = append(prog, bpf.RetConstant{Val: 7}, bpf.RetConstant{Val: uint32(r.next() % 2)})
+	at := pass - 1
+	for k := len(tests) - 1; k >= 0; k-- {
+		j := prog[at].(bpf.JumpIf)
+		skip := uint8(pass + 1 - at - 1)
+		if tests[k].breaks {
+			skip--
+		}
+		if j.Cond == bpf.JumpBitsSet {
+			j.SkipTrue = skip
+		} else {
+			j.SkipFalse = skip
+		}
+		prog[at] = j
+		at -= len(tests[k].ins)
+	}
+	return prog, pkt, base
+}
+
+// FuzzTests runs chains of packet tests (genTests), compiled to eBPF and to
+// the minimal XDP program, in the kernel, against the reference
+// interpreter: on the packet at every length (the bytes checked decide
+// which tests merge), and with each byte changed in its lowest or highest
+// bit. The seeds in testdata: an IPv6 address's last 12 bytes (::1),
+// the IPv4 protocol and fragment offset, an IPv4 /16.
+func FuzzTests(f *testing.F) {
+	fixture.RequireRoot(f)
+	r := fixture.NewXDPRunner(f)
+	if fuzzing() {
+		// An input costs a few hundred test runs.
+		limitMinimizing(f, cMinimizeTime)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		prog, pkt, base := genTests(&byteReader{b: data})
+		ep, err := loadEBPF(t, prog)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer ep.Close()
+		mp, err := loadMatch(t, prog)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer mp.Close()
+		var pkts [][]byte
+		for n := minRunLen; n <= len(pkt); n++ {
+			pkts = append(pkts, pkt[:n])
+		}
+		// The bytes tested, and those a wide load may read round them.
+		for i := max(0, base-8); i < min(len(pkt), base+18); i++ {
+			for _, bit := range []byte{0x01, 0x80} {
+				p := append([]byte(nil), pkt...)
+				p[i] ^= bit
+				pkts = append(pkts, p)
+			}
+		}
+		for _, p := range pkts {
+			want := interpret(prog, p, extValues{ifindex: 1})
+			got, err := runValue(r, ep, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Fatalf("kernel %#x, want %#x on %d bytes %x\n%s", got, want, len(p), p, listing(prog))
+			}
+			ret, err := r.Run(mp, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (ret == 2) != (want != 0) {
+				t.Fatalf("minimal XDP program returns %d, filter %#x on %d bytes %x\n%s", ret, want, len(p), p, listing(prog))
+			}
+		}
+	})
+}
 
 // shiftsByX says whether prog shifts A by X, where libpcap and the kernel
 // differ for X >= 32.

@@ -91,6 +91,36 @@ func TestRewrites(t *testing.T) {
 			}
 		}
 	}
+	// Packets of every length from 14 to n whose bytes at the offsets
+	// in set are as set and the others count up, then packets of n
+	// bytes with each byte in turn changed in its lowest or highest bit.
+	probe := func(n int, set map[int]byte) [][]byte {
+		base := make([]byte, n)
+		for i := range base {
+			base[i] = byte(i)
+		}
+		for i, b := range set {
+			base[i] = b
+		}
+		var out [][]byte
+		for l := minRunLen; l <= n; l++ {
+			out = append(out, base[:l])
+		}
+		for i := range base {
+			for _, bit := range []byte{0x01, 0x80} {
+				p := append([]byte(nil), base...)
+				p[i] ^= bit
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	loads := func(size asm.Size) func(asm.Instruction) bool {
+		return func(ins asm.Instruction) bool {
+			return ins.OpCode.Class() == asm.LdXClass && ins.OpCode.Size() == size && ins.Src != asm.R1 && ins.Src != asm.RFP
+		}
+	}
+	isSwap := func(ins asm.Instruction) bool { return ins.OpCode.Class().IsALU() && ins.OpCode.ALUOp() == asm.Swap }
 	for _, c := range []struct {
 		name   string
 		filter []bpf.Instruction
@@ -293,6 +323,82 @@ func TestRewrites(t *testing.T) {
 					}
 				}
 				return last[asm.Half] > last[asm.Byte]
+			},
+		},
+		{
+			name: "two 4-byte tests for zero: one 8-byte load and comparison",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 22, Size: 4},
+				jump(bpf.JumpEqual, 0, 0, 3),
+				bpf.LoadAbsolute{Off: 26, Size: 4},
+				jump(bpf.JumpEqual, 0, 0, 1),
+				ret(7),
+				ret(0),
+			},
+			pkts: probe(34, map[int]byte{22: 0, 23: 0, 24: 0, 25: 0, 26: 0, 27: 0, 28: 0, 29: 0}),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.DWord)) == 1 && count(p, loads(asm.Word)) == 0 && count(p, isJump(asm.JNE))+count(p, isJump(asm.JEq)) == 1
+			},
+		},
+		{
+			name: "two 4-byte tests whose bytes fit an immediate big-endian: one 8-byte load, swapped",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 30, Size: 4},
+				jump(bpf.JumpEqual, 0, 0, 3),
+				bpf.LoadAbsolute{Off: 34, Size: 4},
+				jump(bpf.JumpEqual, 1, 0, 1),
+				ret(7),
+				ret(0),
+			},
+			pkts: probe(40, map[int]byte{30: 0, 31: 0, 32: 0, 33: 0, 34: 0, 35: 0, 36: 0, 37: 1}),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.DWord)) == 1 && count(p, loads(asm.Word)) == 0 && count(p, isSwap) == 1
+			},
+		},
+		{
+			name: "IPv4 protocol, then fragment offset: one 4-byte load, masked",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 23, Size: 1},
+				jump(bpf.JumpEqual, 6, 0, 3),
+				bpf.LoadAbsolute{Off: 20, Size: 2},
+				jump(bpf.JumpBitsSet, 0x1fff, 1, 0),
+				ret(7),
+				ret(0),
+			},
+			pkts: probe(30, map[int]byte{20: 0x40, 21: 0, 23: 6}),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.Word)) == 1 && count(p, loads(asm.Byte))+count(p, loads(asm.Half)) == 0 && count(p, isALU(asm.And)) == 1
+			},
+		},
+		{
+			name: "a mask of whole bytes: a narrower load, no mask",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 26, Size: 4},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xffff0000},
+				jump(bpf.JumpEqual, 0xc0a80000, 0, 1),
+				ret(7),
+				ret(0),
+			},
+			pkts: probe(34, map[int]byte{26: 0xc0, 27: 0xa8}),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.Half)) == 1 && count(p, loads(asm.Word)) == 0 && count(p, isALU(asm.And)) == 0
+			},
+		},
+		{
+			// The first test's bounds check covers 24 bytes, which every
+			// way loads; the second test's bytes lie past them.
+			name: "a test whose bytes lie past those checked stays apart",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 20, Size: 4},
+				jump(bpf.JumpEqual, 0x14151617, 0, 3),
+				bpf.LoadAbsolute{Off: 24, Size: 4},
+				jump(bpf.JumpEqual, 0x18191a1b, 0, 1),
+				ret(0),
+				ret(7),
+			},
+			pkts: probe(32, nil),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.Word)) == 2 && count(p, isJump(asm.JGT)) == 2
 			},
 		},
 	} {
