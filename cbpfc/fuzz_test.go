@@ -270,6 +270,159 @@ func genTests(r *byteReader) (prog []bpf.Instruction, pkt []byte, base int) {
 	return prog, pkt, base
 }
 
+// genTails makes, from fuzz input, a packet of 64 bytes and a program
+// that tests one of its bytes, then runs one of two copies of a piece of
+// code: one with absolute loads, the other, after setting X, with ld
+// [x+k] at c bytes less, as libpcap compiles a port test for IPv6 and for
+// IPv4: what the optimizer shares. Sometimes the copies differ in one
+// constant, and must not be shared. sel is the offset of the byte the
+// program tests first.
+func genTails(r *byteReader) (prog []bpf.Instruction, pkt []byte, sel int) {
+	pkt = make([]byte, 64)
+	for i := range pkt {
+		pkt[i] = r.next()
+	}
+	sel = int(r.next() % 64)
+	c := uint32(r.next() % 48)
+	// The X-setter of the second copy.
+	var setX []bpf.Instruction
+	switch r.next() % 3 {
+	case 0:
+		setX = []bpf.Instruction{bpf.LoadMemShift{Off: uint32(r.next() % 64)}}
+	case 1:
+		setX = []bpf.Instruction{bpf.LoadConstant{Dst: bpf.RegX, Val: uint32(r.next() % 64)}}
+	default:
+		setX = []bpf.Instruction{bpf.LoadAbsolute{Off: uint32(r.next() % 64), Size: 1}, bpf.TAX{}}
+	}
+	type op struct {
+		k, size int
+		alu     *bpf.ALUOpConstant
+		cond    bpf.JumpTest
+		val     uint32
+		jt, jf  int // -1: the next op; 0 to 2: an exit
+	}
+	n := 1 + int(r.next()%6)
+	ops := make([]op, n)
+	for i := range ops {
+		o := op{k: int(r.next() % 24), size: []int{1, 2, 4}[r.next()%3], jt: -1, jf: -1}
+		if r.next()%3 == 0 {
+			o.alu = &bpf.ALUOpConstant{Op: []bpf.ALUOp{bpf.ALUOpAnd, bpf.ALUOpAdd, bpf.ALUOpShiftRight}[r.next()%3], Val: uint32(r.next() % 16)}
+		}
+		o.cond = []bpf.JumpTest{bpf.JumpEqual, bpf.JumpGreaterThan, bpf.JumpGreaterOrEqual, bpf.JumpBitsSet}[r.next()%4]
+		o.val = uint32(r.next())
+		if b := r.next(); b%3 != 0 || i == n-1 {
+			o.jt = int(b/3) % 3
+		}
+		if b := r.next(); b%3 != 0 || i == n-1 {
+			o.jf = int(b/3) % 3
+		}
+		ops[i] = o
+	}
+	differ := r.next()%4 == 0
+	// Each copy, with its jumps as (target kind, op index or exit).
+	copyOf := func(ind bool) (code []bpf.Instruction, starts []int, jumps []int) {
+		for i, o := range ops {
+			starts = append(starts, len(code))
+			if ind {
+				code = append(code, bpf.LoadIndirect{Off: uint32(o.k), Size: o.size})
+			} else {
+				code = append(code, bpf.LoadAbsolute{Off: uint32(o.k) + c, Size: o.size})
+			}
+			if o.alu != nil {
+				code = append(code, *o.alu)
+			}
+			val := o.val
+			if differ && !ind && i == n-1 {
+				val++
+			}
+			jumps = append(jumps, len(code))
+			code = append(code, bpf.JumpIf{Cond: o.cond, Val: val})
+		}
+		return code, starts, jumps
+	}
+	abs, absStarts, absJumps := copyOf(false)
+	ind, indStarts, indJumps := copyOf(true)
+	// ldb [sel]; jeq #v: the absolute copy when equal.
+	prog = []bpf.Instruction{bpf.LoadAbsolute{Off: uint32(sel), Size: 1}, bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(pkt[sel])}}
+	absAt := len(prog)
+	prog = append(prog, abs...)
+	indAt := len(prog) + len(setX)
+	prog = append(prog, setX...)
+	prog = append(prog, ind...)
+	exits := len(prog)
+	prog = append(prog, bpf.RetConstant{Val: 7}, bpf.RetConstant{Val: 0}, bpf.RetA{})
+	j := prog[1].(bpf.JumpIf)
+	j.SkipFalse = uint8(indAt - len(setX) - 2)
+	prog[1] = j
+	patch := func(at int, starts, jumps []int) {
+		for i, o := range ops {
+			pos := at + jumps[i]
+			target := func(t int) uint8 {
+				to := exits + t
+				switch {
+				case t < 0 && i+1 < n:
+					to = at + starts[i+1]
+				case t < 0:
+					to = exits + 1
+				}
+				return uint8(to - pos - 1)
+			}
+			jc := prog[pos].(bpf.JumpIf)
+			jc.SkipTrue, jc.SkipFalse = target(o.jt), target(o.jf)
+			prog[pos] = jc
+		}
+	}
+	patch(absAt, absStarts, absJumps)
+	patch(indAt, indStarts, indJumps)
+	return prog, pkt, sel
+}
+
+// FuzzTails runs the programs of genTails, compiled to eBPF and to the
+// minimal XDP program, in the kernel against the reference interpreter,
+// each copy at every packet length.
+func FuzzTails(f *testing.F) {
+	f.Add([]byte("\x00"))
+	fixture.RequireRoot(f)
+	r := fixture.NewXDPRunner(f)
+	if fuzzing() {
+		limitMinimizing(f, cMinimizeTime)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		prog, pkt, sel := genTails(&byteReader{b: data})
+		ep, err := loadEBPF(t, prog)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer ep.Close()
+		mp, err := loadMatch(t, prog)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer mp.Close()
+		for _, flip := range []byte{0, 1} {
+			p := append([]byte(nil), pkt...)
+			p[sel] ^= flip
+			for n := minRunLen; n <= len(p); n++ {
+				want := interpret(prog, p[:n], extValues{ifindex: 1})
+				got, err := runValue(r, ep, p[:n])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != want {
+					t.Fatalf("kernel %#x, want %#x on %d bytes %x\n%s", got, want, n, p[:n], listing(prog))
+				}
+				ret, err := r.Run(mp, p[:n])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if (ret == 2) != (want != 0) {
+					t.Fatalf("minimal XDP program returns %d, filter %#x on %d bytes %x\n%s", ret, want, n, p[:n], listing(prog))
+				}
+			}
+		}
+	})
+}
+
 // FuzzTests runs chains of packet tests (genTests), compiled to eBPF and to
 // the minimal XDP program, in the kernel, against the reference
 // interpreter: on the packet at every length (the bytes checked decide

@@ -115,9 +115,12 @@ func TestRewrites(t *testing.T) {
 		}
 		return out
 	}
+	// Packet loads of a size: not from the stack, nor xdp_md->data and
+	// data_end from the context in R1.
 	loads := func(size asm.Size) func(asm.Instruction) bool {
 		return func(ins asm.Instruction) bool {
-			return ins.OpCode.Class() == asm.LdXClass && ins.OpCode.Size() == size && ins.Src != asm.R1 && ins.Src != asm.RFP
+			ctx := ins.Src == asm.R1 && size == asm.Word && (ins.Offset == 0 || ins.Offset == 4)
+			return ins.OpCode.Class() == asm.LdXClass && ins.OpCode.Size() == size && !ctx && ins.Src != asm.RFP
 		}
 	}
 	isSwap := func(ins asm.Instruction) bool { return ins.OpCode.Class().IsALU() && ins.OpCode.ALUOp() == asm.Swap }
@@ -399,6 +402,26 @@ func TestRewrites(t *testing.T) {
 			pkts: probe(32, nil),
 			shape: func(p asm.Instructions) bool {
 				return count(p, loads(asm.Word)) == 2 && count(p, isJump(asm.JGT)) == 2
+			},
+		},
+		{
+			// libpcap's "port 53" for IPv6, then IPv4.
+			name: "the same test at a fixed offset and through X: one copy",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 12, Size: 2},
+				jump(bpf.JumpEqual, 0x86dd, 0, 2),
+				bpf.LoadAbsolute{Off: 54, Size: 2},
+				jump(bpf.JumpEqual, 53, 4, 5),
+				jump(bpf.JumpEqual, 0x800, 0, 4),
+				bpf.LoadMemShift{Off: 14},
+				bpf.LoadIndirect{Off: 14, Size: 2},
+				jump(bpf.JumpEqual, 53, 0, 1),
+				ret(7),
+				ret(0),
+			},
+			pkts: append(probe(58, map[int]byte{12: 0x86, 13: 0xdd, 54: 0, 55: 53}), probe(38, map[int]byte{12: 8, 13: 0, 14: 0x45, 34: 0, 35: 53})...),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.Half)) == 2 // the ethertype and one port
 			},
 		},
 	} {
