@@ -121,7 +121,7 @@ func (f *facts) ptrHit(s flowState) bool {
 // whichever way it came. Not at a jump, which jumps to it skip (see
 // target).
 func (f *facts) earlyGuard(i int, s flowState) bool {
-	n := f.needAbs[i]
+	n := f.needLoads[i]
 	return f.ebpf && f.joins[i] && f.p.insns[i].kind != kJa && n != zeroAnyway && n <= maxPacketOffset && s.checkedA < n
 }
 
