@@ -9,8 +9,13 @@ package cbpfc
 // the IPv4 code, when X is read nowhere after it: one copy of the tests
 // instead of two.
 
-// maxTail bounds the instructions a shared tail compares.
-const maxTail = 64
+// maxTail bounds the instructions a shared tail compares, and
+// maxTailWork the pairs of instructions one search compares in all, so
+// that a large filter still compiles quickly.
+const (
+	maxTail     = 1024
+	maxTailWork = 1 << 18
+)
 
 // mergeTails replaces one piece of code that loads at fixed offsets by a
 // jump to code that does the same through X (see above), and reports
@@ -21,6 +26,7 @@ func mergeTails(p *program) bool {
 	}
 	f := analyze(p)
 	preds := f.preds()
+	work := maxTailWork
 	for a, in := range p.insns {
 		// a becomes ldx #c, a+1 the jump: nothing else may lead to a+1.
 		if !f.reachable[a] || f.fails[a] || in.kind != kLdAbs || f.liveIn[a]&liveX != 0 ||
@@ -36,7 +42,10 @@ func mergeTails(p *program) bool {
 				continue
 			}
 			c := in.k - ind.k
-			if !sameTail(p, f, a, b, c) {
+			if work <= 0 {
+				return false
+			}
+			if !sameTail(p, f, a, b, c, &work) {
 				continue
 			}
 			p.insns[a] = insn{kind: kLdImm, dst: regX, k: c}
@@ -51,10 +60,15 @@ func mergeTails(p *program) bool {
 // code from b does run with X = c: instruction for instruction the same up
 // to where the two meet, but for the loads, absolute ones from a where b
 // has ld [x+k] at c bytes less; neither reads or writes X otherwise.
-func sameTail(p *program, f *facts, a, b int, c uint32) bool {
+//
+// budget counts down the pairs compared.
+func sameTail(p *program, f *facts, a, b int, c uint32, budget *int) bool {
 	pairs := map[int]int{}
 	work := [][2]int{{a, b}}
 	for len(work) > 0 {
+		if *budget--; *budget < 0 {
+			return false
+		}
 		u, v := p.resolve(work[0][0]), p.resolve(work[0][1])
 		work = work[1:]
 		if u == v {
