@@ -32,6 +32,12 @@ type facts struct {
 	// needInd: the same for ld [x+k] on the value X has at the
 	// instruction (0 if the instruction sets X).
 	needInd []int
+	// needLoads is needAbs without the ld [x+k] that follow ldx #c,
+	// which needAbs counts as absolute loads of c+k: the bytes absolute
+	// loads themselves need. The eBPF code checks bounds early only when
+	// these are not checked yet (the ld [x+k] check their own), but then
+	// checks needAbs.
+	needLoads []int
 	// dead marks instructions whose only effect is on values nothing
 	// reads: they emit no code.
 	dead []bool
@@ -71,38 +77,46 @@ const zeroAnyway = math.MaxInt
 func (f *facts) guards() {
 	p := f.p
 	n := len(p.insns)
-	reachA, reachI := make([]int, n), make([]int, n)
+	reachA, reachI, reachL := make([]int, n), make([]int, n), make([]int, n)
 	for i := n - 1; i >= 0; i-- {
 		in := p.insns[i]
-		if f.fails[i] {
-			f.needAbs[i], f.needInd[i] = zeroAnyway, zeroAnyway
+		if f.fails[i] || in.kind == kRetK && in.k == 0 {
+			f.needAbs[i], f.needInd[i], f.needLoads[i] = zeroAnyway, zeroAnyway, zeroAnyway
 			continue
 		}
-		if in.kind == kRetK && in.k == 0 {
-			f.needAbs[i], f.needInd[i] = zeroAnyway, zeroAnyway
-			continue
-		}
-		needA, needI := zeroAnyway, zeroAnyway
-		var rA, rI int
+		needA, needI, needL := zeroAnyway, zeroAnyway, zeroAnyway
+		var rA, rI, rL int
 		for _, s := range f.succs[i] {
 			if s <= i {
 				// Backward: the loop may go on; count on nothing.
-				needA, needI = 0, 0
+				needA, needI, needL = 0, 0, 0
 				continue
 			}
-			needA, needI = min(needA, f.needAbs[s]), min(needI, f.needInd[s])
-			rA, rI = max(rA, reachA[s]), max(rI, reachI[s])
+			needA, needI, needL = min(needA, f.needAbs[s]), min(needI, f.needInd[s]), min(needL, f.needLoads[s])
+			rA, rI, rL = max(rA, reachA[s]), max(rI, reachI[s]), max(rL, reachL[s])
 		}
 		if len(f.succs[i]) == 0 {
-			needA, needI = 0, 0 // a return of a value that may be non-zero
+			needA, needI, needL = 0, 0, 0 // a return of a value that may be non-zero
 		}
 		switch in.kind {
 		case kLdAbs, kLdMsh:
-			needA = max(needA, extent(in))
-			rA = max(rA, extent(in))
+			needA, needL = max(needA, extent(in)), max(needL, extent(in))
+			rA, rL = max(rA, extent(in)), max(rL, extent(in))
 		}
 		_, def := useDef(in)
 		switch {
+		case in.kind == kLdImm && in.dst == regX:
+			// ld [x+k] after ldx #c loads up to c+k+size from
+			// PacketStart, as an absolute load would (libpcap's IPv6
+			// port test sharing the IPv4 one's code). Not past the
+			// offsets the verifier tracks: such loads always fail.
+			if c := int(in.k); needI > 0 && needI != zeroAnyway && needI+c <= maxPacketOffset {
+				needA = max(needA, needI+c)
+			}
+			if c := int(in.k); rI > 0 && rI+c <= maxPacketOffset {
+				rA = max(rA, rI+c)
+			}
+			needI, rI = 0, 0
 		case def&liveX != 0:
 			needI, rI = 0, 0
 		case in.kind == kLdInd:
@@ -111,8 +125,8 @@ func (f *facts) guards() {
 		}
 		// Never check more than some path loads: past that, a check
 		// only costs.
-		f.needAbs[i], f.needInd[i] = min(needA, rA), min(needI, rI)
-		reachA[i], reachI[i] = rA, rI
+		f.needAbs[i], f.needInd[i], f.needLoads[i] = min(needA, rA), min(needI, rI), min(needL, rL)
+		reachA[i], reachI[i], reachL[i] = rA, rI, rL
 	}
 }
 
@@ -362,6 +376,7 @@ func analyze(p *program) *facts {
 		liveOut:   make([]uint32, n),
 		needAbs:   make([]int, n),
 		needInd:   make([]int, n),
+		needLoads: make([]int, n),
 		dead:      make([]bool, n),
 	}
 	f.leader[0] = true
@@ -531,6 +546,6 @@ func (f *facts) intervalTest(i int) (lo, hi uint32, inside, outside int, ok bool
 // (clang schedules the C backend's checks its own way.)
 func (f *facts) guardAt(i int, s flowState) bool {
 	in := f.p.insns[i]
-	n := f.needAbs[i]
+	n := f.needLoads[i]
 	return s.checkedA < extent(in) || f.ebpf && n != zeroAnyway && n <= maxPacketOffset && s.checkedA < n
 }

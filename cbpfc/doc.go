@@ -51,12 +51,18 @@
 // propagated (narrowed on each way out of a comparison), jumps whose
 // outcome is known are taken, two comparisons in a row that one can do
 // merge, code from which every path ends with 0 becomes "ret #0", reloads,
-// masks that clear nothing and dead stores go, and 16- and 32-bit loads
-// that are only compared for equality or tested bitwise stay in network
-// byte order (the constant is swapped instead). The eBPF backend also tests
+// masks that clear nothing and dead stores go, code that tests at fixed
+// offsets what other code tests through X becomes a jump into that code
+// with X set (libpcap's port tests for IPv6 and for IPv4: one copy), and
+// 16- and 32-bit loads that are only compared for equality or tested
+// bitwise stay in network byte order (the constant is swapped instead). The eBPF backend also tests
 // a port range with one comparison, loads through the register that checks
-// the bounds, and lays out the code so that the verifier, which walks each
-// path, can stop early where paths meet.
+// the bounds, merges tests of packet bytes already checked that pass into
+// one another and fail alike into one load of up to 8 bytes, masked and
+// compared once (an IPv6 address in two, the IPv4 protocol and fragment
+// offset in one), loads only the bytes a mask keeps, and lays out the code
+// so that the verifier, which walks each path, can stop early where paths
+// meet.
 //
 // The C backend emits the same checks as plain C; clang -O2 -target bpf
 // builds it into code the verifier accepts.

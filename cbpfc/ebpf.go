@@ -121,7 +121,7 @@ func (f *facts) ptrHit(s flowState) bool {
 // whichever way it came. Not at a jump, which jumps to it skip (see
 // target).
 func (f *facts) earlyGuard(i int, s flowState) bool {
-	n := f.needAbs[i]
+	n := f.needLoads[i]
 	return f.ebpf && f.joins[i] && f.p.insns[i].kind != kJa && n != zeroAnyway && n <= maxPacketOffset && s.checkedA < n
 }
 
@@ -453,6 +453,9 @@ type ebpfGen struct {
 	// xArith holds, at a txa, the ALU operation it and the next two
 	// instructions do to X (findXArith).
 	xArith map[int]insn
+	// wide holds, at the first load of a run of packet tests emitted as
+	// one, that test (findWide).
+	wide   map[int]wideTest
 	opts   EBPFOpts
 	out    asm.Instructions
 	labels map[string]int // label -> position in out
@@ -794,6 +797,7 @@ func (g *ebpfGen) compile() (asm.Instructions, error) {
 
 	g.findDeferred(states)
 	g.findIntervals()
+	g.findWide(states)
 	for i, in := range p.insns {
 		if !f.reachable[i] || g.skip[i] || g.deferred[i] {
 			continue
@@ -997,7 +1001,7 @@ func (g *ebpfGen) dst(r reg) asm.Register {
 	return g.x
 }
 
-var sizes = map[int]asm.Size{1: asm.Byte, 2: asm.Half, 4: asm.Word}
+var sizes = map[int]asm.Size{1: asm.Byte, 2: asm.Half, 4: asm.Word, 8: asm.DWord}
 
 // guard returns 0 unless PacketStart+n is within the packet. When the
 // guard register already holds PacketStart+cur, adding to it is enough.
@@ -1079,6 +1083,10 @@ func (g *ebpfGen) insn(i int, in insn, s flowState) error {
 		if f.guardAt(i, s) {
 			g.guard(s.cur, f.needAbs[i])
 			s.cur = f.needAbs[i]
+		}
+		if w, ok := g.wide[i]; ok {
+			g.emitWide(w, s.cur)
+			return nil
 		}
 		if f.liveOut[i]&liveA != 0 {
 			g.loadAbs(g.a, s.cur, in.k, in.size)

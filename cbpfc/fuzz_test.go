@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -199,6 +200,285 @@ func FuzzEBPF(f *testing.F) {
 }
 
 func listing(prog []bpf.Instruction) string { return cbpf.Listing(prog) }
+
+// genTests makes, from fuzz input, a packet of 64 bytes and a chain of up to
+// 6 libpcap-style tests of its bytes ("ld [k]; and #m; jeq #v" or "jset #m"
+// away), each passing into the next and most failing to the same return,
+// all passing on the packet: what the eBPF backend merges into wide tests.
+// Before them, maybe a load that only sets how many bytes are checked.
+func genTests(r *byteReader) (prog []bpf.Instruction, pkt []byte, base int) {
+	pkt = make([]byte, 64)
+	for i := range pkt {
+		pkt[i] = r.next()
+	}
+	if r.next()%2 == 0 {
+		prog = append(prog, bpf.LoadAbsolute{Off: uint32(r.next() % 64), Size: 1}, bpf.JumpIf{Cond: bpf.JumpEqual})
+	}
+	n := 1 + int(r.next()%6)
+	base = int(r.next() % 48)
+	type test struct {
+		ins    []bpf.Instruction
+		breaks bool // fails to the passing return, not the failing one
+	}
+	var tests []test
+	for range n {
+		size := []int{1, 2, 4}[r.next()%3]
+		off := min(base+int(r.next()%10), len(pkt)-size)
+		var v uint32
+		for b := range size {
+			v = v<<8 | uint32(pkt[off+b])
+		}
+		t := test{ins: []bpf.Instruction{bpf.LoadAbsolute{Off: uint32(off), Size: size}}, breaks: r.next()%8 == 0}
+		mask := uint32(math.MaxUint32)
+		switch r.next() % 4 {
+		case 0:
+			mask = r.u32()
+		case 1:
+			mask = []uint32{0xff, 0xff00, 0xffff, 0xffff0000, 0xff000000, 0xffffff00}[r.next()%6]
+		}
+		if mask != math.MaxUint32 {
+			t.ins = append(t.ins, bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: mask})
+		}
+		if r.next()%3 == 0 {
+			t.ins = append(t.ins, bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: r.u32() &^ (v & mask)})
+		} else {
+			t.ins = append(t.ins, bpf.JumpIf{Cond: bpf.JumpEqual, Val: v & mask})
+		}
+		tests = append(tests, t)
+	}
+	for _, t := range tests {
+		prog = append(prog, t.ins...)
+	}
+	// The returns: passing, then failing.
+	pass := len(prog)
+	prog = append(prog, bpf.RetConstant{Val: 7}, bpf.RetConstant{Val: uint32(r.next() % 2)})
+	at := pass - 1
+	for k := len(tests) - 1; k >= 0; k-- {
+		j := prog[at].(bpf.JumpIf)
+		skip := uint8(pass + 1 - at - 1)
+		if tests[k].breaks {
+			skip--
+		}
+		if j.Cond == bpf.JumpBitsSet {
+			j.SkipTrue = skip
+		} else {
+			j.SkipFalse = skip
+		}
+		prog[at] = j
+		at -= len(tests[k].ins)
+	}
+	return prog, pkt, base
+}
+
+// genTails makes, from fuzz input, a packet of 64 bytes and a program
+// that tests one of its bytes, then runs one of two copies of a piece of
+// code: one with absolute loads, the other, after setting X, with ld
+// [x+k] at c bytes less, as libpcap compiles a port test for IPv6 and for
+// IPv4: what the optimizer shares. Sometimes the copies differ in one
+// constant, and must not be shared. sel is the offset of the byte the
+// program tests first.
+func genTails(r *byteReader) (prog []bpf.Instruction, pkt []byte, sel int) {
+	pkt = make([]byte, 64)
+	for i := range pkt {
+		pkt[i] = r.next()
+	}
+	sel = int(r.next() % 64)
+	c := uint32(r.next() % 48)
+	// The X-setter of the second copy.
+	var setX []bpf.Instruction
+	switch r.next() % 3 {
+	case 0:
+		setX = []bpf.Instruction{bpf.LoadMemShift{Off: uint32(r.next() % 64)}}
+	case 1:
+		setX = []bpf.Instruction{bpf.LoadConstant{Dst: bpf.RegX, Val: uint32(r.next() % 64)}}
+	default:
+		setX = []bpf.Instruction{bpf.LoadAbsolute{Off: uint32(r.next() % 64), Size: 1}, bpf.TAX{}}
+	}
+	type op struct {
+		k, size int
+		alu     *bpf.ALUOpConstant
+		cond    bpf.JumpTest
+		val     uint32
+		jt, jf  int // -1: the next op; 0 to 2: an exit
+	}
+	n := 1 + int(r.next()%6)
+	ops := make([]op, n)
+	for i := range ops {
+		o := op{k: int(r.next() % 24), size: []int{1, 2, 4}[r.next()%3], jt: -1, jf: -1}
+		if r.next()%3 == 0 {
+			o.alu = &bpf.ALUOpConstant{Op: []bpf.ALUOp{bpf.ALUOpAnd, bpf.ALUOpAdd, bpf.ALUOpShiftRight}[r.next()%3], Val: uint32(r.next() % 16)}
+		}
+		o.cond = []bpf.JumpTest{bpf.JumpEqual, bpf.JumpGreaterThan, bpf.JumpGreaterOrEqual, bpf.JumpBitsSet}[r.next()%4]
+		o.val = uint32(r.next())
+		if b := r.next(); b%3 != 0 || i == n-1 {
+			o.jt = int(b/3) % 3
+		}
+		if b := r.next(); b%3 != 0 || i == n-1 {
+			o.jf = int(b/3) % 3
+		}
+		ops[i] = o
+	}
+	differ := r.next()%4 == 0
+	// Each copy, with its jumps as (target kind, op index or exit).
+	copyOf := func(ind bool) (code []bpf.Instruction, starts []int, jumps []int) {
+		for i, o := range ops {
+			starts = append(starts, len(code))
+			if ind {
+				code = append(code, bpf.LoadIndirect{Off: uint32(o.k), Size: o.size})
+			} else {
+				code = append(code, bpf.LoadAbsolute{Off: uint32(o.k) + c, Size: o.size})
+			}
+			if o.alu != nil {
+				code = append(code, *o.alu)
+			}
+			val := o.val
+			if differ && !ind && i == n-1 {
+				val++
+			}
+			jumps = append(jumps, len(code))
+			code = append(code, bpf.JumpIf{Cond: o.cond, Val: val})
+		}
+		return code, starts, jumps
+	}
+	abs, absStarts, absJumps := copyOf(false)
+	ind, indStarts, indJumps := copyOf(true)
+	// ldb [sel]; jeq #v: the absolute copy when equal.
+	prog = []bpf.Instruction{bpf.LoadAbsolute{Off: uint32(sel), Size: 1}, bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(pkt[sel])}}
+	absAt := len(prog)
+	prog = append(prog, abs...)
+	indAt := len(prog) + len(setX)
+	prog = append(prog, setX...)
+	prog = append(prog, ind...)
+	exits := len(prog)
+	prog = append(prog, bpf.RetConstant{Val: 7}, bpf.RetConstant{Val: 0}, bpf.RetA{})
+	j := prog[1].(bpf.JumpIf)
+	j.SkipFalse = uint8(indAt - len(setX) - 2)
+	prog[1] = j
+	patch := func(at int, starts, jumps []int) {
+		for i, o := range ops {
+			pos := at + jumps[i]
+			target := func(t int) uint8 {
+				to := exits + t
+				switch {
+				case t < 0 && i+1 < n:
+					to = at + starts[i+1]
+				case t < 0:
+					to = exits + 1
+				}
+				return uint8(to - pos - 1)
+			}
+			jc := prog[pos].(bpf.JumpIf)
+			jc.SkipTrue, jc.SkipFalse = target(o.jt), target(o.jf)
+			prog[pos] = jc
+		}
+	}
+	patch(absAt, absStarts, absJumps)
+	patch(indAt, indStarts, indJumps)
+	return prog, pkt, sel
+}
+
+// FuzzTails runs the programs of genTails, compiled to eBPF and to the
+// minimal XDP program, in the kernel against the reference interpreter,
+// each copy at every packet length.
+func FuzzTails(f *testing.F) {
+	f.Add([]byte("\x00"))
+	fixture.RequireRoot(f)
+	r := fixture.NewXDPRunner(f)
+	if fuzzing() {
+		limitMinimizing(f, cMinimizeTime)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		prog, pkt, sel := genTails(&byteReader{b: data})
+		ep, err := loadEBPF(t, prog)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer ep.Close()
+		mp, err := loadMatch(t, prog)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer mp.Close()
+		for _, flip := range []byte{0, 1} {
+			p := append([]byte(nil), pkt...)
+			p[sel] ^= flip
+			for n := minRunLen; n <= len(p); n++ {
+				want := interpret(prog, p[:n], extValues{ifindex: 1})
+				got, err := runValue(r, ep, p[:n])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != want {
+					t.Fatalf("kernel %#x, want %#x on %d bytes %x\n%s", got, want, n, p[:n], listing(prog))
+				}
+				ret, err := r.Run(mp, p[:n])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if (ret == 2) != (want != 0) {
+					t.Fatalf("minimal XDP program returns %d, filter %#x on %d bytes %x\n%s", ret, want, n, p[:n], listing(prog))
+				}
+			}
+		}
+	})
+}
+
+// FuzzTests runs chains of packet tests (genTests), compiled to eBPF and to
+// the minimal XDP program, in the kernel, against the reference
+// interpreter: on the packet at every length (the bytes checked decide
+// which tests merge), and with each byte changed in its lowest or highest
+// bit. The seeds in testdata: an IPv6 address's last 12 bytes (::1),
+// the IPv4 protocol and fragment offset, an IPv4 /16.
+func FuzzTests(f *testing.F) {
+	fixture.RequireRoot(f)
+	r := fixture.NewXDPRunner(f)
+	if fuzzing() {
+		// An input costs a few hundred test runs.
+		limitMinimizing(f, cMinimizeTime)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		prog, pkt, base := genTests(&byteReader{b: data})
+		ep, err := loadEBPF(t, prog)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer ep.Close()
+		mp, err := loadMatch(t, prog)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, listing(prog))
+		}
+		defer mp.Close()
+		var pkts [][]byte
+		for n := minRunLen; n <= len(pkt); n++ {
+			pkts = append(pkts, pkt[:n])
+		}
+		// The bytes tested, and those a wide load may read round them.
+		for i := max(0, base-8); i < min(len(pkt), base+18); i++ {
+			for _, bit := range []byte{0x01, 0x80} {
+				p := append([]byte(nil), pkt...)
+				p[i] ^= bit
+				pkts = append(pkts, p)
+			}
+		}
+		for _, p := range pkts {
+			want := interpret(prog, p, extValues{ifindex: 1})
+			got, err := runValue(r, ep, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Fatalf("kernel %#x, want %#x on %d bytes %x\n%s", got, want, len(p), p, listing(prog))
+			}
+			ret, err := r.Run(mp, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (ret == 2) != (want != 0) {
+				t.Fatalf("minimal XDP program returns %d, filter %#x on %d bytes %x\n%s", ret, want, len(p), p, listing(prog))
+			}
+		}
+	})
+}
 
 // shiftsByX says whether prog shifts A by X, where libpcap and the kernel
 // differ for X >= 32.

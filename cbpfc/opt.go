@@ -401,7 +401,7 @@ func optimize(p *program) {
 				rewrote = true
 			}
 		}
-		if !rewrote {
+		if !rewrote && !mergeTails(p) {
 			return
 		}
 	}

@@ -91,6 +91,39 @@ func TestRewrites(t *testing.T) {
 			}
 		}
 	}
+	// Packets of every length from 14 to n whose bytes at the offsets
+	// in set are as set and the others count up, then packets of n
+	// bytes with each byte in turn changed in its lowest or highest bit.
+	probe := func(n int, set map[int]byte) [][]byte {
+		base := make([]byte, n)
+		for i := range base {
+			base[i] = byte(i)
+		}
+		for i, b := range set {
+			base[i] = b
+		}
+		var out [][]byte
+		for l := minRunLen; l <= n; l++ {
+			out = append(out, base[:l])
+		}
+		for i := range base {
+			for _, bit := range []byte{0x01, 0x80} {
+				p := append([]byte(nil), base...)
+				p[i] ^= bit
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	// Packet loads of a size: not from the stack, nor xdp_md->data and
+	// data_end from the context in R1.
+	loads := func(size asm.Size) func(asm.Instruction) bool {
+		return func(ins asm.Instruction) bool {
+			ctx := ins.Src == asm.R1 && size == asm.Word && (ins.Offset == 0 || ins.Offset == 4)
+			return ins.OpCode.Class() == asm.LdXClass && ins.OpCode.Size() == size && !ctx && ins.Src != asm.RFP
+		}
+	}
+	isSwap := func(ins asm.Instruction) bool { return ins.OpCode.Class().IsALU() && ins.OpCode.ALUOp() == asm.Swap }
 	for _, c := range []struct {
 		name   string
 		filter []bpf.Instruction
@@ -293,6 +326,105 @@ func TestRewrites(t *testing.T) {
 					}
 				}
 				return last[asm.Half] > last[asm.Byte]
+			},
+		},
+		{
+			name: "two 4-byte tests for zero: one 8-byte load and comparison",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 22, Size: 4},
+				jump(bpf.JumpEqual, 0, 0, 3),
+				bpf.LoadAbsolute{Off: 26, Size: 4},
+				jump(bpf.JumpEqual, 0, 0, 1),
+				ret(7),
+				ret(0),
+			},
+			pkts: probe(34, map[int]byte{22: 0, 23: 0, 24: 0, 25: 0, 26: 0, 27: 0, 28: 0, 29: 0}),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.DWord)) == 1 && count(p, loads(asm.Word)) == 0 && count(p, isJump(asm.JNE))+count(p, isJump(asm.JEq)) == 1
+			},
+		},
+		{
+			name: "two 4-byte tests whose bytes fit an immediate big-endian: one 8-byte load, swapped",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 30, Size: 4},
+				jump(bpf.JumpEqual, 0, 0, 3),
+				bpf.LoadAbsolute{Off: 34, Size: 4},
+				jump(bpf.JumpEqual, 1, 0, 1),
+				ret(7),
+				ret(0),
+			},
+			pkts: probe(40, map[int]byte{30: 0, 31: 0, 32: 0, 33: 0, 34: 0, 35: 0, 36: 0, 37: 1}),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.DWord)) == 1 && count(p, loads(asm.Word)) == 0 && count(p, isSwap) == 1
+			},
+		},
+		{
+			name: "IPv4 protocol, then fragment offset: one 4-byte load, masked",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 23, Size: 1},
+				jump(bpf.JumpEqual, 6, 0, 3),
+				bpf.LoadAbsolute{Off: 20, Size: 2},
+				jump(bpf.JumpBitsSet, 0x1fff, 1, 0),
+				ret(7),
+				ret(0),
+			},
+			pkts: probe(30, map[int]byte{20: 0x40, 21: 0, 23: 6}),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.Word)) == 1 && count(p, loads(asm.Byte))+count(p, loads(asm.Half)) == 0 && count(p, isALU(asm.And)) == 1
+			},
+		},
+		{
+			name: "a mask of whole bytes: a narrower load, no mask",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 26, Size: 4},
+				bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xffff0000},
+				jump(bpf.JumpEqual, 0xc0a80000, 0, 1),
+				ret(7),
+				ret(0),
+			},
+			pkts: probe(34, map[int]byte{26: 0xc0, 27: 0xa8}),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.Half)) == 1 && count(p, loads(asm.Word)) == 0 && count(p, isALU(asm.And)) == 0
+			},
+		},
+		{
+			// The first test's bounds check covers 24 bytes, which every
+			// way loads; the second test's bytes lie past them.
+			name: "a test whose bytes lie past those checked stays apart",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 20, Size: 4},
+				jump(bpf.JumpEqual, 0x14151617, 0, 3),
+				bpf.LoadAbsolute{Off: 24, Size: 4},
+				jump(bpf.JumpEqual, 0x18191a1b, 0, 1),
+				ret(0),
+				ret(7),
+			},
+			pkts: probe(32, nil),
+			shape: func(p asm.Instructions) bool {
+				return count(p, loads(asm.Word)) == 2 && count(p, isJump(asm.JGT)) == 2
+			},
+		},
+		{
+			// libpcap's "port 53" for IPv6, then IPv4.
+			name: "the same test at a fixed offset and through X: one copy",
+			filter: []bpf.Instruction{
+				bpf.LoadAbsolute{Off: 12, Size: 2},
+				jump(bpf.JumpEqual, 0x86dd, 0, 2),
+				bpf.LoadAbsolute{Off: 54, Size: 2},
+				jump(bpf.JumpEqual, 53, 4, 5),
+				jump(bpf.JumpEqual, 0x800, 0, 4),
+				bpf.LoadMemShift{Off: 14},
+				bpf.LoadIndirect{Off: 14, Size: 2},
+				jump(bpf.JumpEqual, 53, 0, 1),
+				ret(7),
+				ret(0),
+			},
+			pkts: append(probe(58, map[int]byte{12: 0x86, 13: 0xdd, 54: 0, 55: 53}), probe(38, map[int]byte{12: 8, 13: 0, 14: 0x45, 34: 0, 35: 53})...),
+			shape: func(p asm.Instructions) bool {
+				// The ethertype and one port; the first bounds check
+				// covers the IPv4 way's 15 bytes, since the IPv6 way
+				// loads 56 through X = 40, and X's check is the other.
+				return count(p, loads(asm.Half)) == 2 && count(p, isJump(asm.JGT)) == 2
 			},
 		},
 	} {
