@@ -87,6 +87,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) ./cbpfc
 	$(GO) test -run '^$$' -fuzz '^FuzzEBPF$$' -fuzztime $(FUZZTIME) ./cbpfc
 	$(GO) test -run '^$$' -fuzz '^FuzzC$$' -fuzztime $(FUZZTIME) ./cbpfc
+	$(GO) test -run '^$$' -fuzz '^FuzzTests$$' -fuzztime $(FUZZTIME) ./cbpfc
+	$(GO) test -run '^$$' -fuzz '^FuzzTails$$' -fuzztime $(FUZZTIME) ./cbpfc
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./sflow
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./sflow
 	$(GO) test -run '^$$' -fuzz '^FuzzRuleSet$$' -fuzztime $(FUZZTIME) ./l4drop/build
