@@ -41,6 +41,10 @@ type Report struct {
 	// Auto is the time-to-mitigate table; nil if not measured.
 	Auto  *AutoMitigation
 	Notes []string
+
+	// PerPacket is L4Drop's cost per packet in test runs; nil if not
+	// measured.
+	PerPacket *PerPacket
 }
 
 // row returns the first measured drop-rate row of the attack-only pass of
@@ -99,6 +103,7 @@ func (r *Report) Markdown(plot string) string {
 	r.drops(&b, plot)
 	r.mixed(&b)
 	r.hookCost(&b)
+	r.PerPacket.markdown(&b)
 	r.captures(&b)
 	r.Auto.markdown(&b)
 	if len(r.BuildLoads) > 0 {
