@@ -101,6 +101,12 @@ type compiledRule struct {
 	tableOnly bool
 	// direct: a constant the set's table has is a match (equalMatches).
 	direct bool
+	// merged: the set's table decides every packet, and one table holds
+	// all the set's rules in the program, consecutive or not (Merged sets,
+	// in shapes.go); groupInsns and groupJumps are what the set costs the
+	// program where its first rule is, the others cost nothing.
+	merged                 bool
+	groupInsns, groupJumps int
 }
 
 // maxSetMaps bounds the sets (each a map) of one program: a program uses
@@ -212,14 +218,47 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 			cr.set = fmt.Sprintf("%s/%s/%s", sh.fn, cr.rule.Family, cr.rule.Action)
 		}
 	}
-	// A set is a run of consecutive rules, so that the first match still
+	// A set whose table decides every packet is merged: one table per
+	// program for all its rules there (Merged sets, in shapes.go). Other
+	// sets are runs of consecutive rules, so that the first match still
 	// wins: a run has a table of its own. Short runs go one by one.
+	members := map[string]int{}
+	for _, cr := range rules {
+		if cr.set != "" {
+			members[cr.set]++
+		}
+	}
+	decidesKey := map[string]bool{}
+	for i := range rules {
+		cr := &rules[i]
+		if cr.set == "" || members[cr.set] < minTableSet {
+			continue
+		}
+		m := cr.matchers[0]
+		decides, seen := decidesKey[cr.set]
+		if !seen {
+			decides = m.shape.keyed || tableDecides(m.prog, m.shape.isParam)
+			decidesKey[cr.set] = decides
+		}
+		if !decides {
+			continue
+		}
+		cr.merged, cr.tableOnly = true, true
+		cr.direct = m.shape.keyed || equalMatches(m.prog, m.shape.isParam)
+		n, jumps := countInsns(m.prog)
+		if m.shape.keyed {
+			cr.groupInsns, cr.groupJumps = n+callCost, jumps+1
+		} else {
+			cr.groupInsns, cr.groupJumps = cr.insns*(maxCandidates+1), cr.jumps*(maxCandidates+1)
+		}
+		cr.insns, cr.jumps = 0, 0
+	}
 	for i := 0; i < len(rules); {
 		j := i + 1
 		for j < len(rules) && rules[i].set != "" && rules[j].set == rules[i].set {
 			j++
 		}
-		if rules[i].set == "" {
+		if rules[i].set == "" || rules[i].merged {
 			i = j
 			continue
 		}
@@ -231,28 +270,9 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 			continue
 		}
 		m := rules[i].matchers[0]
-		keyed := m.shape.keyed
-		direct := keyed || equalMatches(m.prog, m.shape.isParam)
-		// A set whose table always decides has no one by one fallback:
-		// its rules are table entries, no code, and the set costs its
-		// few matcher runs (a keyed set's one, inlined, and a lookup).
-		decides := keyed || tableDecides(m.prog, m.shape.isParam)
+		direct := equalMatches(m.prog, m.shape.isParam)
 		for k := i; k < j; k++ {
-			cr := &rules[k]
-			cr.direct = direct
-			if !decides {
-				continue
-			}
-			cr.tableOnly = true
-			switch {
-			case k == i && keyed:
-				n, jumps := countInsns(m.prog)
-				cr.insns, cr.jumps = n+callCost, jumps+1
-			case k == i:
-				cr.insns, cr.jumps = cr.insns*(maxCandidates+1), cr.jumps*(maxCandidates+1)
-			default:
-				cr.insns, cr.jumps = 0, 0
-			}
+			rules[k].direct = direct
 		}
 		i = j
 	}
@@ -268,17 +288,23 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	used, jumps, sets, blocks, blockUsed := 0, 0, 0, 0, 0
 	actMaps, actFns := 0, 0 // maps and functions of the rules' actions
 	fns := map[*shape]bool{}
+	merged := map[string]bool{} // merged sets with a table in the program
+	// What the last item of the program was (print's items): a merged
+	// set's later rules are in the group its first one made, and do not
+	// end a run of a set or a block.
+	lastSet, lastPlain := "", false
 	for i, cr := range rules {
 		if !cr.hashed && !cr.rule.Action.final() {
 			cr.jumps += monitorJumps
 		}
-		prevSet, prevPlain := "", false
-		if len(cur) > 0 {
-			prev := rules[i-1]
-			prevSet, prevPlain = prev.set, !prev.hashed && prev.set == ""
+		newSet := cr.set != "" && lastSet != cr.set
+		newBlock := !cr.hashed && cr.set == "" && (!lastPlain || blockUsed+cr.insns > blockInsns)
+		if cr.merged {
+			newSet = !merged[cr.set]
+			if newSet {
+				cr.insns, cr.jumps = cr.groupInsns, cr.groupJumps
+			}
 		}
-		newSet := cr.set != "" && prevSet != cr.set
-		newBlock := !cr.hashed && cr.set == "" && (!prevPlain || blockUsed+cr.insns > blockInsns)
 		newFns := 0
 		for _, m := range cr.matchers {
 			if m.shape != nil && !fns[m.shape] {
@@ -296,7 +322,12 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 			cur, used, jumps, sets, blocks, blockUsed = nil, 0, 0, 0, 0, 0
 			actMaps, actFns = 0, 0
 			fns = map[*shape]bool{}
+			merged = map[string]bool{}
+			lastSet, lastPlain = "", false
 			newSet, newBlock = cr.set != "", !cr.hashed && cr.set == ""
+			if cr.merged {
+				cr.insns, cr.jumps = cr.groupInsns, cr.groupJumps
+			}
 		}
 		switch {
 		case newSet:
@@ -305,7 +336,17 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 			blocks++
 			blockUsed = 0
 		}
-		blockUsed += cr.insns
+		if cr.merged {
+			// Its first rule in the program is where the group is
+			// tested: an item of its own.
+			if newSet {
+				lastSet, lastPlain = "", false
+			}
+			merged[cr.set] = true
+		} else {
+			blockUsed += cr.insns
+			lastSet, lastPlain = cr.set, !cr.hashed && cr.set == ""
+		}
 		actMaps += newMaps
 		actFns += newActFns
 		for _, m := range cr.matchers {
@@ -465,23 +506,36 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		// Items in order: blocks of ordinary rules, each a function of
 		// its own (clang's time grows faster than linearly with function
 		// size, and eBPF jumps reach only 32767 instructions), runs of a
-		// set, and runs of DNS table rules, each one range check.
+		// set, runs of DNS table rules, each one range check, and merged
+		// sets: a group, one table for all the set's rules in the
+		// program, where its first rule is (Merged sets, in shapes.go).
 		type item struct {
 			rules  []int
 			hashed bool
 			set    string
+			group  bool
 		}
 		var items []item
+		groupOf := map[string]int{}
 		used := 0
 		for _, i := range idx {
 			cr := rules[i]
 			meta.Rules[i].Program = p
+			if cr.merged {
+				if g, ok := groupOf[cr.set]; ok {
+					items[g].rules = append(items[g].rules, i)
+					continue
+				}
+				groupOf[cr.set] = len(items)
+				items = append(items, item{rules: []int{i}, set: cr.set, group: true})
+				continue
+			}
 			last := len(items) - 1
 			switch {
 			case cr.hashed && last >= 0 && items[last].hashed &&
 				rules[items[last].rules[0]].rule.Action == cr.rule.Action:
 				items[last].rules = append(items[last].rules, i)
-			case cr.set != "" && last >= 0 && items[last].set == cr.set:
+			case cr.set != "" && last >= 0 && !items[last].group && items[last].set == cr.set:
 				items[last].rules = append(items[last].rules, i)
 			case !cr.hashed && cr.set == "" && last >= 0 && !items[last].hashed && items[last].set == "" && used+cr.insns <= blockInsns:
 				items[last].rules = append(items[last].rules, i)
@@ -501,11 +555,20 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		if blocks > 1 {
 			inline = "__attribute__((noinline))"
 		}
+		// best is the first rule the groups tested so far matched (rule
+		// << 4 | code), or L4_NONE. A group alone needs none.
+		useBest := len(groupOf) > 1 || len(groupOf) == 1 && len(items) > 1
+		// A block's rules whose test does something (a monitor rule's
+		// count, a ratelimit rule's tokens) must not run past a rule a
+		// group before the block matched: they get best as a limit.
+		limited := make([]bool, len(items))
+		sawGroup := false
 		for b, it := range items {
 			if it.hashed {
 				continue
 			}
 			if it.set != "" {
+				sawGroup = sawGroup || it.group
 				set, err := writeSet(w, &meta, rules, it.rules, p, b, inline)
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", rs.File, err)
@@ -513,14 +576,27 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				meta.Sets = append(meta.Sets, set)
 				continue
 			}
+			for _, i := range it.rules {
+				limited[b] = limited[b] || sawGroup && sideEffects(i, rules[i].rule)
+			}
+			limit := ""
+			if limited[b] {
+				limit = ", __u32 limit"
+			}
 			w.printf("\n/* Returns rule << 4 | action code for the first matching rule, or L4_NONE. */\n")
-			w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
+			w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam%s)\n{\n", inline, p, b, limit)
 			for _, i := range it.rules {
 				cr := rules[i]
 				start := w.next()
 				cond := ruleCondition(i, cr)
 				if opts.spoil == i+1 {
 					cond += " && l4_spoil(ip, end)"
+				}
+				if limited[b] && sideEffects(i, cr.rule) {
+					// Opaque: a test of limit itself would leave each
+					// rule after it knowing another range of it, and the
+					// verifier walking them once per range.
+					cond = fmt.Sprintf("%du < L4_OPAQUE(limit) && %s", i, cond)
 				}
 				if cr.rule.Action.final() {
 					w.printf("\tif (L4_ENABLED(%s) && %s%s)\n\t\treturn %d;\n", enableSymbol(i), cond, actionCond(i, cr.rule), i<<resultShift|cr.rule.Action.code())
@@ -539,19 +615,48 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		w.printf("\t__u32 rule = L4_NRULES, action = XDP_PASS, r;\n")
 		w.printf("\tint fam = l4_parse(data, end, &ip);\n")
 		w.printf("\tif (!fam)\n\t\tgoto out;\n")
+		// A match of an item is the first unless a group matched an
+		// earlier rule: min(r, best).
+		found := "\t\tgoto matched;\n"
+		if useBest {
+			w.printf("\t__u32 best = L4_NONE;\n")
+			found = "\t\tif (best < r)\n\t\t\tr = best;\n\t\tgoto matched;\n"
+		}
 		dnsDone := false
+		sawGroup = false
 		for b, it := range items {
-			if !it.hashed {
-				w.printf("\tr = l4_p%d_b%d(ctx, ip, end, fam);\n\tif (r != L4_NONE)\n\t\tgoto matched;\n", p, b)
-				continue
+			if sawGroup && (!it.hashed || !dnsDone) {
+				// A group's match before this item's first rule is the
+				// first: nothing here or later comes before it.
+				w.printf("\tif (best < %#xu) {\n\t\tr = best;\n\t\tgoto matched;\n\t}\n", it.rules[0]<<resultShift)
 			}
-			if !dnsDone {
-				w.printf("\t__u32 dns_rule = l4_dns_at(ctx, L4_IPOFF(ctx, ip), fam);\n")
-				dnsDone = true
+			switch {
+			case it.group && useBest:
+				w.printf("\tr = l4_p%d_b%d(ctx, ip, end, fam);\n\tif (r < best)\n\t\tbest = r;\n", p, b)
+				if b+1 < len(items) {
+					// Hidden from the verifier, so that the paths
+					// through the group go on equal.
+					w.printf("\tbest = L4_OPAQUE(best);\n")
+				}
+				sawGroup = true
+			case !it.hashed:
+				limit := ""
+				if limited[b] {
+					limit = fmt.Sprintf(", best >> %d", resultShift)
+				}
+				w.printf("\tr = l4_p%d_b%d(ctx, ip, end, fam%s);\n\tif (r != L4_NONE) {\n%s\t}\n", p, b, limit, found)
+			default:
+				if !dnsDone {
+					w.printf("\t__u32 dns_rule = l4_dns_at(ctx, L4_IPOFF(ctx, ip), fam);\n")
+					dnsDone = true
+				}
+				lo, hi := it.rules[0], it.rules[len(it.rules)-1]
+				w.printf("\tif (L4_OPAQUE(dns_rule) - %du <= %du) {\n", lo, hi-lo)
+				w.printf("\t\tr = dns_rule << %d | %d;\n%s\t}\n", resultShift, rules[lo].rule.Action.code(), found)
 			}
-			lo, hi := it.rules[0], it.rules[len(it.rules)-1]
-			w.printf("\tif (L4_OPAQUE(dns_rule) - %du <= %du) {\n", lo, hi-lo)
-			w.printf("\t\tr = dns_rule << %d | %d;\n\t\tgoto matched;\n\t}\n", resultShift, rules[lo].rule.Action.code())
+		}
+		if useBest {
+			w.printf("\tif (best != L4_NONE) {\n\t\tr = best;\n\t\tgoto matched;\n\t}\n")
 		}
 		if p+1 < len(progs) {
 			w.printf("\tbpf_tail_call(ctx, &%s, %d);\n", l4drop.MapChain, p+1)
@@ -605,6 +710,13 @@ func packMeta(js []byte) []byte {
 	zw.Write(js)
 	zw.Close()
 	return base64.StdEncoding.AppendEncode(nil, b.Bytes())
+}
+
+// sideEffects reports whether testing rule i does something besides
+// matching: a monitor rule counts and samples, an action's condition may
+// take tokens (ratelimit).
+func sideEffects(i int, r *Rule) bool {
+	return !r.Action.final() || actionCond(i, r) != ""
 }
 
 func enableSymbol(i int) string { return fmt.Sprintf("RULE_%d_ENABLED", i) }

@@ -40,6 +40,19 @@ const minSet = 16
 // consecutive rules that becomes a set: each run has a map of its own.
 const minTableSet = 4
 
+// Merged sets. A set whose table decides every packet (tableDecides, or
+// keyed) needs no run of consecutive rules to keep the first match first:
+// its table gives the first enabled rule of the set that matches, wherever
+// the set's rules are. So all the set's rules in a program are one group,
+// one table, tested where the first of them is; the program keeps the
+// first rule the groups tested so far matched (best), and an item after
+// that rule is not tested at all, while a match of an item earlier than
+// best wins over it. An operator's rule set is runs of a few shapes in
+// turn (MixedRuleSet): tested run by run, 10,000 rules were about 60
+// lookups a packet, and 11 merged (400 ns against 43). Rules whose test
+// does something (monitor, ratelimit) in a block after a group are
+// tested only before best.
+
 // maxParams keeps calls within eBPF's five argument registers (data and
 // data_end take two).
 const maxParams = 3
@@ -371,7 +384,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	}
 	g.Hash = h
 	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct l4s_bucket);\n} %s SEC(\".maps\");\n", 1<<h.Bits, g.Map)
-	w.printf("\n/* Rules %d to %d, tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1])
+	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
 	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
 	if n := famNumber(first.rule.Family); n != 0 {
 		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", n)
@@ -677,7 +690,7 @@ func writeKeyedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []in
 	}
 	g.Hash = h
 	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct l4s%d_bucket);\n} %s SEC(\".maps\");\n", 1<<h.Bits, n, g.Map)
-	w.printf("\n/* Rules %d to %d, tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1])
+	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
 	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
 	if f := famNumber(first.rule.Family); f != 0 {
 		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", f)
