@@ -222,28 +222,34 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 	// program for all its rules there (Merged sets, in shapes.go). Other
 	// sets are runs of consecutive rules, so that the first match still
 	// wins: a run has a table of its own. Short runs go one by one.
+	// A merged set takes drop and pass rules alike: its key leaves the
+	// action out, and the table's rule gives the action (l4_code).
+	mergedKey := func(cr *compiledRule) string {
+		return fmt.Sprintf("%s/%s/merged", cr.matchers[0].shape.fn, cr.rule.Family)
+	}
 	members := map[string]int{}
-	for _, cr := range rules {
-		if cr.set != "" {
-			members[cr.set]++
+	for i := range rules {
+		if cr := &rules[i]; cr.set != "" {
+			members[mergedKey(cr)]++
 		}
 	}
 	decidesKey := map[string]bool{}
 	for i := range rules {
 		cr := &rules[i]
-		if cr.set == "" || members[cr.set] < minTableSet {
+		if cr.set == "" || members[mergedKey(cr)] < minTableSet {
 			continue
 		}
 		m := cr.matchers[0]
-		decides, seen := decidesKey[cr.set]
+		key := mergedKey(cr)
+		decides, seen := decidesKey[key]
 		if !seen {
 			decides = m.shape.keyed || tableDecides(m.prog, m.shape.isParam)
-			decidesKey[cr.set] = decides
+			decidesKey[key] = decides
 		}
 		if !decides {
 			continue
 		}
-		cr.merged, cr.tableOnly = true, true
+		cr.set, cr.merged, cr.tableOnly = key, true, true
 		cr.direct = m.shape.keyed || equalMatches(m.prog, m.shape.isParam)
 		n, jumps := countInsns(m.prog)
 		if m.shape.keyed {
@@ -448,6 +454,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 	if tsrc != "" {
 		w.printf("%s", candsPrelude)
 		w.printf("%s", keysPrelude)
+		w.printf("%s", codesC(rules))
 		w.printf("\n/* Matchers shared by rules that differ only in constants. */\n%s", tsrc)
 	}
 	funcs := make(map[string]string) // matcher program -> C function
@@ -710,6 +717,45 @@ func packMeta(js []byte) []byte {
 	zw.Write(js)
 	zw.Close()
 	return base64.StdEncoding.AppendEncode(nil, b.Bytes())
+}
+
+// codesC defines l4_code, the action's code of a rule of a merged set
+// whose rules drop and pass both (a bit a rule, set for pass), if there
+// is such a set.
+func codesC(rules []compiledRule) string {
+	actions := map[string]Action{}
+	mixed := false
+	for _, cr := range rules {
+		if !cr.merged {
+			continue
+		}
+		if a, ok := actions[cr.set]; ok && a != cr.rule.Action {
+			mixed = true
+		}
+		actions[cr.set] = cr.rule.Action
+	}
+	if !mixed {
+		return ""
+	}
+	bits := make([]uint64, (len(rules)+63)/64)
+	for i, cr := range rules {
+		if cr.merged && cr.rule.Action == ActionPass {
+			bits[i/64] |= 1 << (i % 64)
+		}
+	}
+	var b strings.Builder
+	b.WriteString("\n/* The rules of merged sets that pass (code 1; drop is 0). */\nstatic const __u64 l4_pass_bits[] = {")
+	for i, w := range bits {
+		if i%4 == 0 {
+			b.WriteString("\n\t")
+		} else {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%#x,", w)
+	}
+	fmt.Fprintf(&b, "\n};\n\nstatic __always_inline __u32 l4_code(__u32 rule)\n{\n\tif (rule >= %d)\n\t\treturn 0;\n"+
+		"\treturn l4_pass_bits[rule >> 6] >> (rule & 63) & 1;\n}\n", len(bits)*64)
+	return b.String()
 }
 
 // sideEffects reports whether testing rule i does something besides
