@@ -57,6 +57,10 @@ const maxProgramJumps = 6000
 // blockInsns is the budget of cBPF instructions of one block function.
 const blockInsns = 1500
 
+// maxInlineItems is the most blocks, sets and groups a program inlines,
+// if they are no bigger together than a block.
+const maxInlineItems = 4
+
 // MaxPrograms bounds the chain: the kernel allows 33 tail calls per packet,
 // and the --next program and the xdpcap hook take one each.
 const MaxPrograms = 30
@@ -552,14 +556,25 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				used = cr.insns
 			}
 		}
-		blocks := 0
+		// A few small items are inlined, saving their calls (1,000 rules
+		// of three shapes, three groups: 2 ns a packet); past that each is
+		// a function, within what one block may be.
+		blocks, size := 0, 0
 		for _, it := range items {
+			switch {
+			case it.group:
+				size += rules[it.rules[0]].groupInsns
+			case !it.hashed:
+				for _, i := range it.rules {
+					size += rules[i].insns
+				}
+			}
 			if !it.hashed {
 				blocks++
 			}
 		}
 		inline := "__always_inline"
-		if blocks > 1 {
+		if blocks > 1 && (blocks > maxInlineItems || size > blockInsns) {
 			inline = "__attribute__((noinline))"
 		}
 		// best is the first rule the groups tested so far matched (rule
