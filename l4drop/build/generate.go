@@ -59,7 +59,7 @@ const blockInsns = 1500
 
 // maxInlineItems is the most blocks, sets and groups a program inlines,
 // if they are no bigger together than a block.
-const maxInlineItems = 4
+const maxInlineItems = 8
 
 // MaxPrograms bounds the chain: the kernel allows 33 tail calls per packet,
 // and the --next program and the xdpcap hook take one each.
