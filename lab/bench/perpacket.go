@@ -35,7 +35,7 @@ const PacketRules = 1000
 
 // packetShapeNames say what each shape's rules are, for the report.
 var packetShapeNames = map[string]string{
-	"dns":       "exact DNS names (`dns: [hostN.attack.example]`)",
+	"dns":       "exact DNS names (`dns: [\"hostN.attack.example\"]`)",
 	"dnswild":   "DNS wildcards (`dns: [\"*.zoneN.example\"]`)",
 	"port":      "ports (`udp dst port N`)",
 	"net":       "hosts, then nets (`src host A`, `src net A/24`)",
@@ -57,7 +57,23 @@ type PacketCase struct {
 
 // Name names the case in the report.
 func (c PacketCase) Name() string {
-	return fmt.Sprintf("%d %s", c.Rules, packetShapeNames[c.Shape])
+	what := packetShapeNames[c.Shape]
+	if what == "" {
+		what = c.Shape
+	}
+	if c.Rules == 1 {
+		return what + ": 1 rule"
+	}
+	return fmt.Sprintf("%s: %s rules", what, thousands(c.Rules))
+}
+
+// thousands writes n with commas between groups of three digits.
+func thousands(n int) string {
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0 && s[i-1] != '-'; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 // legitPacket is every case's miss.
@@ -424,7 +440,7 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 		"machine only ever adds time), and above drop-all the difference of the fastest rounds, with the quartiles of the "+
 		"rounds' differences. Drop-all costs %.1f ns here (%.0f ns by the kernel's figure): the test run's own loop.\n\n",
 		p.Rounds, p.Runs, base.Min(), base.KernelMin())
-	b.WriteString("| rules | matching the last rule, ns | above drop-all (quartiles) | legitimate query, ns | above drop-all (quartiles) | target above drop-all |\n" +
+	b.WriteString("| rule set | matching the last rule, ns | above drop-all (quartiles) | legitimate query, ns | above drop-all (quartiles) | target above drop-all |\n" +
 		"|---|---:|---:|---:|---:|---:|\n")
 	for _, c := range p.Costs {
 		if c.Err != nil {
