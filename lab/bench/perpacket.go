@@ -39,7 +39,7 @@ var packetShapeNames = map[string]string{
 	"dnswild":   "DNS wildcards (`dns: [\"*.zoneN.example\"]`)",
 	"port":      "ports (`udp dst port N`)",
 	"net":       "hosts, then nets (`src host A`, `src net A/24`)",
-	"bpf":       "bytecode (`bpf:`, bpfgen dns of a name)",
+	"bpf":       "bytecode (`bpf:`, bpfgen dns of hostN.bytecode.example: three name lengths)",
 	PacketMixed: "mixed shapes (MixedRuleSet, then an exact DNS name)",
 }
 
