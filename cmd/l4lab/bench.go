@@ -30,6 +30,9 @@ Measures, side by side in one run:
     for L4Drop with 1 and 1,000 DNS rules, iptables, drop-all and no filter,
     next to the ceiling any filter that lets them through has on that mix
     (the stack's cost of a packet, from the no-filter row);
+  - L4Drop's cost per packet in BPF_PROG_TEST_RUN above drop-all, sampling
+    off: each rule shape at 1 and 1,000 rules and 10,000 of mixed shapes,
+    a packet matching the last rule and a legitimate query matching none;
   - xdpcap's hook cost in ns per packet (BPF_PROG_TEST_RUN: no hook, empty
     hook, a filter matching nothing, an empty entry slot);
   - xdpcap's capture rate, every packet to a file, on a minimal program's
@@ -79,6 +82,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&t.BuildTimeout, "build-timeout", 5*time.Minute, "give up on an l4drop build after this long")
 	cbpfcRepeat := fs.Int("cbpfc-repeat", 20000, "test runs per cbpfc timing (0: skip the cbpfc rows)")
 	hookRuns := fs.Int("hook-runs", 100000, "test runs per round of the xdpcap hook cost (0: skip it)")
+	packetRuns := fs.Int("packet-runs", 1<<18, "test runs per round of the per-packet rows (0: skip them)")
 	captures := fs.Bool("capture", true, "measure the capture rates")
 	daemonPPS := fs.Int("daemon-pps", 1000000, "packets a second through L4Drop for the daemon's cost with --sflow and --auto (0: skip it)")
 	actions := fs.Bool("actions", true, "measure actions syncookie and ratelimit against drop-all on a SYN flood")
@@ -123,8 +127,8 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		command = "make bench"
 	}
 	rep, err := bench.Run(ctx, bench.RunOptions{Config: cfg, Tools: t, BuildRules: buildCounts, CBPFCRepeat: *cbpfcRepeat,
-		HookRuns: *hookRuns, Capture: *captures, DaemonPPS: *daemonPPS, Actions: *actions, AutoDuration: *autoD, HeldOutSeed: *heldOut,
-		Command: command}, logf)
+		HookRuns: *hookRuns, PacketRuns: *packetRuns, Capture: *captures, DaemonPPS: *daemonPPS, Actions: *actions, AutoDuration: *autoD,
+		HeldOutSeed: *heldOut, Command: command}, logf)
 	if err != nil {
 		return err
 	}

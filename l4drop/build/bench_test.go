@@ -2,15 +2,11 @@ package build
 
 import (
 	"fmt"
-	"math"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/l4drop/l4drop/l4drop"
-
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 
 	"github.com/l4drop/l4drop/internal/fixture"
 )
@@ -75,87 +71,6 @@ func BenchmarkBuildLoad(b *testing.B) {
 				b.ReportMetric(build.Seconds()/float64(b.N), "build-s")
 				b.ReportMetric(load.Seconds()/float64(b.N), "load-s")
 				b.ReportMetric(float64(progs), "programs")
-			})
-		}
-	}
-}
-
-// BenchmarkPacket measures the cost of one packet matching the last rule,
-// and of one matching none (miss-ns/packet: the cost of legitimate
-// traffic), with BPF_PROG_TEST_RUN, next to an XDP program that drops
-// everything. The runs alternate between them in rounds, and each reports
-// its fastest round: on a shared machine, other work only ever adds time.
-// ns/packet is the rule set's cost, extra-ns how much it adds to the
-// drop-all program's.
-func BenchmarkPacket(b *testing.B) {
-	fixture.RequireRoot(b)
-	runner := fixture.NewXDPRunner(b)
-	dropAll, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type: ebpf.XDP, License: "MIT",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dropAll.Close()
-	type run struct {
-		prog *ebpf.Program
-		pkt  []byte
-	}
-	// measure runs each of runs b.N times, in rounds, and returns the
-	// fastest round of each.
-	measure := func(b *testing.B, runs ...run) []float64 {
-		b.Helper()
-		const rounds = 20
-		per := uint32(max(b.N/rounds, 1))
-		best := make([]float64, len(runs))
-		for i := range best {
-			best[i] = math.Inf(1)
-		}
-		for range rounds {
-			for i, r := range runs {
-				ns, err := runner.Repeat(r.prog, r.pkt, per)
-				if err != nil {
-					b.Fatal(err)
-				}
-				best[i] = min(best[i], ns)
-			}
-		}
-		return best
-	}
-	b.Run("drop-all", func(b *testing.B) {
-		_, pkt := benchRules("port", 1)
-		b.ReportMetric(measure(b, run{dropAll, pkt})[0], "ns/packet")
-	})
-	for _, kind := range []string{"dns", "dnswild", "port"} {
-		for _, n := range []int{1, 10, 100, 1000} {
-			b.Run(fmt.Sprintf("%s/%d", kind, n), func(b *testing.B) {
-				text, pkt := benchRules(kind, n)
-				miss := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 53, fixture.DNSQuery("www.example.org", 1))
-				if kind == "port" {
-					miss = fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 999, make([]byte, 18))
-				}
-				obj := buildYAML(b, text)
-				d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer d.Close()
-				if v, err := d.Run(pkt); err != nil || v.Action != "drop" || v.Rule != uint32(n-1) {
-					b.Fatalf("packet: %+v, %v; want dropped by the last rule", v, err)
-				}
-				if v, err := d.Run(miss); err != nil || v.Rule != l4drop.NoRule {
-					b.Fatalf("packet: %+v, %v; want no rule", v, err)
-				}
-				// Sampling off, as in production at high rates.
-				if err := d.SetSampleRate(0); err != nil {
-					b.Fatal(err)
-				}
-				b.ResetTimer()
-				ns := measure(b, run{d.Program(), pkt}, run{d.Program(), miss}, run{dropAll, pkt})
-				b.ReportMetric(ns[0], "ns/packet")
-				b.ReportMetric(ns[0]-ns[2], "extra-ns")
-				b.ReportMetric(ns[1], "miss-ns/packet")
 			})
 		}
 	}

@@ -271,3 +271,88 @@ func ruleProg(t *testing.T, expr string) []bpf.Instruction {
 	}
 	return ms[0].prog
 }
+
+// TestMergedSets: a set's rules spread among others, drop and pass, are
+// one table per program, tested where the first of them is, and decide
+// every packet as the same rules tried one by one: a group's match comes
+// before a later item's, after an earlier one's, and rules whose test does
+// something (monitor counts, ratelimit tokens) past the group's match are
+// not tested.
+func TestMergedSets(t *testing.T) {
+	fixture.RequireRoot(t)
+	rules := []string{
+		"name: udp-0\n    expr: \"udp dst port 3000\"",
+		"name: tag-a\n    expr: \"udp and udp[8] = 0x41\"",
+		"name: udp-1\n    expr: \"udp dst port 3001\"",
+		"name: count-udp\n    action: monitor\n    expr: \"udp\"",
+		"name: tcp-0\n    expr: \"tcp dst port 80 and src host 10.0.0.1\"",
+		"name: name\n    dns: [\"www.example.org\"]",
+		"name: udp-2\n    expr: \"udp dst port 3002\"",
+		"name: tag-b\n    expr: \"udp and udp[8] = 0x42\"",
+		"name: udp-4\n    expr: \"udp dst port 3004\"",
+		"name: tag-0\n    expr: \"udp and udp[8] = 0\"",
+		"name: limit\n    action: ratelimit\n    rate: 1\n    burst: 2\n    expr: \"udp\"",
+		"name: tcp-1\n    expr: \"tcp dst port 81 and src host 10.0.0.1\"",
+		"name: pass-3006\n    action: pass\n    expr: \"udp dst port 3006\"",
+		"name: udp-dup\n    expr: \"udp dst port 3000\"",
+		"name: udp-5\n    expr: \"udp dst port 3005\"",
+		"name: tcp-2\n    expr: \"tcp dst port 80 and src host 10.0.0.2\"",
+		"name: tcp-3\n    expr: \"tcp dst port 82 and src host 10.0.0.3\"",
+	}
+	text := "rules:\n  - " + strings.Join(rules, "\n  - ") + "\n"
+	rs, err := ParseRuleSet("merged.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, gen, err := Build(rs, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [][]int
+	for _, g := range gen.Meta.Sets {
+		var members []int
+		for _, m := range g.Members {
+			members = append(members, m.Rule)
+		}
+		got = append(got, members)
+	}
+	if want := "[[0 2 6 8 12 13 14] [4 11 15 16]]"; fmt.Sprint(got) != want {
+		t.Fatalf("sets %v, want %s: each shape's rules one table, drop and pass", got, want)
+	}
+	ref, _, err := Build(rs, BuildOptions{NoSets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pkts [][]byte
+	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
+	// Down from 3006: the packets a group matches come before those only
+	// the limit judges, whose tokens they must leave alone.
+	for port := uint16(3006); port >= 2999; port-- {
+		for _, tag := range []byte{0, 0x41, 0x42, 0x43} {
+			for range 2 {
+				pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, []byte{tag}))
+			}
+		}
+	}
+	for _, src := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"} {
+		for port := uint16(79); port <= 83; port++ {
+			pkts = append(pkts, fixture.TCP4SYN(src, s4, 1, port))
+		}
+	}
+	pkts = append(pkts, fixture.UDP4(c4, s4, 3000, 53, fixture.DNSQuery("www.example.org", 1)))
+	for _, opts := range []l4drop.LoadOptions{{}, {Disable: []string{"udp-0", "tcp-0", "tag-a"}}, {Disable: []string{"udp-dup", "count-udp"}}} {
+		d, err := l4drop.NewDryRun(obj, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := l4drop.NewDryRun(ref, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if matched := sameVerdicts(t, fmt.Sprint(opts.Disable), d, r, pkts); matched < len(pkts)/2 {
+			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
+		}
+		d.Close()
+		r.Close()
+	}
+}

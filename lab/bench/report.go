@@ -46,6 +46,9 @@ type Report struct {
 	// measured.
 	HeldOut *HeldOutResult
 	Notes   []string
+	// PerPacket is L4Drop's cost per packet in test runs; nil if not
+	// measured.
+	PerPacket *PerPacket
 }
 
 // row returns the first measured drop-rate row of the attack-only pass of
@@ -104,6 +107,7 @@ func (r *Report) Markdown(plot string) string {
 	r.drops(&b, plot)
 	r.mixed(&b)
 	r.hookCost(&b)
+	r.PerPacket.markdown(&b)
 	r.captures(&b)
 	r.Offline.markdown(&b)
 	r.Auto.markdown(&b)

@@ -26,6 +26,9 @@ type RunOptions struct {
 	// HookRuns is the test runs per round of the xdpcap hook cost (0:
 	// skip it).
 	HookRuns int
+	// PacketRuns is the test runs per round of the per-packet rows
+	// (MeasurePerPacket; 0: skip them).
+	PacketRuns int
 	// Capture measures the capture rates, and xdpcap -r against tcpdump -r
 	// (DefaultOfflineOptions).
 	Capture bool
@@ -137,6 +140,21 @@ func Run(ctx context.Context, o RunOptions, logf func(format string, args ...any
 			rep.HookCost = &h
 		}
 		took("xdpcap hook cost")
+	}
+
+	if o.PacketRuns > 0 {
+		cases, err := PacketCases()
+		if err == nil {
+			rep.PerPacket, err = t.MeasurePerPacket(ctx, dir, cases, PacketRounds, o.PacketRuns, logf)
+		}
+		if ctx.Err() != nil {
+			return nil, lab.ErrInterrupted
+		}
+		if err != nil {
+			rep.Notes = append(rep.Notes, "per-packet rows missing: "+err.Error())
+			logf("per packet: %v", err)
+		}
+		took("per-packet costs")
 	}
 
 	for _, comp := range []string{DaemonSFlow, DaemonAuto} {
