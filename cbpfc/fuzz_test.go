@@ -389,37 +389,15 @@ func FuzzTails(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		prog, pkt, sel := genTails(&byteReader{b: data})
-		ep, err := loadEBPF(t, prog)
-		if err != nil {
-			t.Fatalf("%v\n%s", err, listing(prog))
-		}
-		defer ep.Close()
-		mp, err := loadMatch(t, prog)
-		if err != nil {
-			t.Fatalf("%v\n%s", err, listing(prog))
-		}
-		defer mp.Close()
+		var pkts [][]byte
 		for _, flip := range []byte{0, 1} {
 			p := append([]byte(nil), pkt...)
 			p[sel] ^= flip
 			for n := minRunLen; n <= len(p); n++ {
-				want := interpret(prog, p[:n], extValues{ifindex: 1})
-				got, err := runValue(r, ep, p[:n])
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got != want {
-					t.Fatalf("kernel %#x, want %#x on %d bytes %x\n%s", got, want, n, p[:n], listing(prog))
-				}
-				ret, err := r.Run(mp, p[:n])
-				if err != nil {
-					t.Fatal(err)
-				}
-				if (ret == 2) != (want != 0) {
-					t.Fatalf("minimal XDP program returns %d, filter %#x on %d bytes %x\n%s", ret, want, n, p[:n], listing(prog))
-				}
+				pkts = append(pkts, p[:n])
 			}
 		}
+		checkBoth(t, r, prog, pkts)
 	})
 }
 
@@ -438,16 +416,6 @@ func FuzzTests(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		prog, pkt, base := genTests(&byteReader{b: data})
-		ep, err := loadEBPF(t, prog)
-		if err != nil {
-			t.Fatalf("%v\n%s", err, listing(prog))
-		}
-		defer ep.Close()
-		mp, err := loadMatch(t, prog)
-		if err != nil {
-			t.Fatalf("%v\n%s", err, listing(prog))
-		}
-		defer mp.Close()
 		var pkts [][]byte
 		for n := minRunLen; n <= len(pkt); n++ {
 			pkts = append(pkts, pkt[:n])
@@ -460,24 +428,41 @@ func FuzzTests(f *testing.F) {
 				pkts = append(pkts, p)
 			}
 		}
-		for _, p := range pkts {
-			want := interpret(prog, p, extValues{ifindex: 1})
-			got, err := runValue(r, ep, p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != want {
-				t.Fatalf("kernel %#x, want %#x on %d bytes %x\n%s", got, want, len(p), p, listing(prog))
-			}
-			ret, err := r.Run(mp, p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if (ret == 2) != (want != 0) {
-				t.Fatalf("minimal XDP program returns %d, filter %#x on %d bytes %x\n%s", ret, want, len(p), p, listing(prog))
-			}
-		}
+		checkBoth(t, r, prog, pkts)
 	})
+}
+
+// checkBoth compiles prog to eBPF and to the minimal XDP program, loads
+// both and runs them over pkts against the reference interpreter.
+func checkBoth(t *testing.T, r *fixture.XDPRunner, prog []bpf.Instruction, pkts [][]byte) {
+	t.Helper()
+	ep, err := loadEBPF(t, prog)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, listing(prog))
+	}
+	defer ep.Close()
+	mp, err := loadMatch(t, prog)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, listing(prog))
+	}
+	defer mp.Close()
+	for _, p := range pkts {
+		want := interpret(prog, p, extValues{ifindex: 1})
+		got, err := runValue(r, ep, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("kernel %#x, want %#x on %d bytes %x\n%s", got, want, len(p), p, listing(prog))
+		}
+		ret, err := r.Run(mp, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (ret == 2) != (want != 0) {
+			t.Fatalf("minimal XDP program returns %d, filter %#x on %d bytes %x\n%s", ret, want, len(p), p, listing(prog))
+		}
+	}
 }
 
 // shiftsByX says whether prog shifts A by X, where libpcap and the kernel
