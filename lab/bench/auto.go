@@ -1,9 +1,7 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/lab/scenario"
+	"github.com/l4drop/l4drop/xdpcap"
 )
 
 // AutoRun is one scenario run against l4drop run --auto.
@@ -826,24 +825,10 @@ func judge(ctx context.Context, t Tools, obj, pcap string) (packets, matched int
 	return res.Packets, res.Packets - res.Unmatched - res.Unseen, nil
 }
 
-// writePcap writes Ethernet frames as a classic pcap file.
+// writePcap writes Ethernet frames to a pcap file, a millisecond apart.
 func writePcap(path string, frames [][]byte) error {
-	var b bytes.Buffer
-	hdr := make([]byte, 24)
-	binary.LittleEndian.PutUint32(hdr[0:], 0xa1b2c3d4)
-	binary.LittleEndian.PutUint16(hdr[4:], 2)
-	binary.LittleEndian.PutUint16(hdr[6:], 4)
-	binary.LittleEndian.PutUint32(hdr[16:], 65535)
-	binary.LittleEndian.PutUint32(hdr[20:], 1) // Ethernet
-	b.Write(hdr)
-	rec := make([]byte, 16)
-	for i, f := range frames {
-		binary.LittleEndian.PutUint32(rec[0:], uint32(i/1000))
-		binary.LittleEndian.PutUint32(rec[4:], uint32(i%1000)*1000)
-		binary.LittleEndian.PutUint32(rec[8:], uint32(len(f)))
-		binary.LittleEndian.PutUint32(rec[12:], uint32(len(f)))
-		b.Write(rec)
-		b.Write(f)
-	}
-	return os.WriteFile(path, b.Bytes(), 0o644)
+	_, err := writeCapture(path, len(frames), func(i int) xdpcap.Packet {
+		return xdpcap.Packet{Time: time.UnixMilli(int64(i)), Length: len(frames[i]), Data: frames[i]}
+	})
+	return err
 }

@@ -229,6 +229,15 @@ func sameSize(a, b string) bool {
 // writeFrames writes n packets, frames over and over, to a pcap file at
 // path, and returns its size.
 func writeFrames(path string, frames []fixture.CapturedPacket, n int) (int64, error) {
+	return writeCapture(path, n, func(i int) xdpcap.Packet {
+		p := frames[i%len(frames)]
+		return xdpcap.Packet{Time: p.Time, Length: p.Length, Data: p.Data}
+	})
+}
+
+// writeCapture writes n packets, packet(i) the i-th, to a pcap file of
+// Ethernet frames at path, and returns its size.
+func writeCapture(path string, n int, packet func(i int) xdpcap.Packet) (int64, error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return 0, err
@@ -239,8 +248,7 @@ func writeFrames(path string, frames []fixture.CapturedPacket, n int) (int64, er
 		return 0, err
 	}
 	for i := range n {
-		p := frames[i%len(frames)]
-		if err := w.WritePacket(xdpcap.Packet{Time: p.Time, Length: p.Length, Data: p.Data}); err != nil {
+		if err := w.WritePacket(packet(i)); err != nil {
 			return 0, fmt.Errorf("%s: %w", path, err)
 		}
 	}
