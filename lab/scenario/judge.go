@@ -120,10 +120,10 @@ func (r *runner) judge(attackStart, attackEnd time.Time, attackRes, legitRes lab
 	}
 	if len(r.rules) > 0 {
 		// A legitimate packet the attack's templates could have sent is
-		// one no rule can tell apart: counted, not judged.
-		likeAttack := lab.NewMatcher(r.attackT)
+		// one no rule can tell apart: counted, not judged (the tap counts
+		// it as attack too).
 		lab.SentFrames(r.legitT, r.opts.Seed, legitRes.PerTemplate, func(_ int, f []byte) bool {
-			if likeAttack.Match(f, len(f)) >= 0 {
+			if tp.attack.Match(f, len(f)) >= 0 {
 				res.LegitLikeAttack++
 				return true
 			}
