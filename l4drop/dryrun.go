@@ -64,6 +64,12 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 	// none of: it is the first program again, and the verifier would
 	// check it twice (as long again for large rule sets).
 	delete(spec.Programs, ProgBody)
+	// Nor does it call the hook: the quiet twin is the program that runs
+	// while nobody captures, the one to time.
+	if q := spec.Programs[ProgQuiet]; q != nil && len(meta.Programs) > 0 {
+		spec.Programs[meta.Programs[0]] = q
+		delete(spec.Programs, ProgQuiet)
+	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		return nil, verifierError(err, meta)

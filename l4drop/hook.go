@@ -38,62 +38,85 @@ func reuseHook(path string, spec *ebpf.MapSpec) (*ebpf.Map, error) {
 	return nil, nil
 }
 
-// bodySwap is the program the hook's body slot held before a load put the
-// new rule set's body there, to put it back should the load fail.
-type bodySwap struct {
-	hook *ebpf.Map
-	old  *ebpf.Program // nil: the slot was empty
+// slotSwap is what the hook's program slots (body, quiet twin, loud
+// program) held before a load put the new rule set's there, to put it
+// back should the load fail.
+type slotSwap struct {
+	hook  *ebpf.Map
+	slots []uint32
+	old   []*ebpf.Program // nil: the slot was empty
 }
 
-// setBody puts body, the rule set's ProgBody, in hook's body slot, so
-// that `xdpcap -entry` can capture at the entry of the program that calls
-// xdpcap_entry. A rule set without a body (built before capture at entry)
-// empties the slot instead: a body left there from a newer rule set would
-// make xdpcap believe this one supports it.
-func setBody(hook *ebpf.Map, body *ebpf.Program) (*bodySwap, error) {
-	s := &bodySwap{hook: hook}
-	if hook.MaxEntries() < xdpcap.NumSlots {
-		if body != nil {
-			return nil, fmt.Errorf("%w: program %s, but map %s has %d slots, not %d", ErrIncompatible, ProgBody, MapHook, hook.MaxEntries(), xdpcap.NumSlots)
-		}
-		return s, nil
+// setSlots puts the rule set's programs in hook's program slots: body, the
+// rule set's ProgBody, in the body slot, so that `xdpcap -entry` can
+// capture at the entry of the program that calls xdpcap_entry; quiet, its
+// ProgQuiet, and loud, the program that calls the hook, in the quiet
+// twin's slots, so that xdpcap can swap one for the other. A nil program
+// (a rule set built before either) empties its slot: a program left there
+// from a newer rule set would make xdpcap believe this one supports it.
+func setSlots(hook *ebpf.Map, body, quiet, loud *ebpf.Program) (*slotSwap, error) {
+	s := &slotSwap{hook: hook}
+	want := []struct {
+		slot uint32
+		prog *ebpf.Program
+		name string
+	}{{xdpcap.BodySlot, body, ProgBody}, {xdpcap.QuietSlot, quiet, ProgQuiet}, {xdpcap.LoudSlot, loud, "the first program"}}
+	if quiet == nil {
+		want[2].prog = nil
 	}
-	var id uint32
-	if err := hook.Lookup(uint32(xdpcap.BodySlot), &id); err == nil && id != 0 {
-		old, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
-		if err != nil {
-			return nil, fmt.Errorf("open the body program in the xdpcap hook: %w", err)
+	for _, w := range want {
+		if w.slot >= hook.MaxEntries() {
+			if w.prog != nil {
+				return nil, fmt.Errorf("%w: program %s, but map %s has %d slots, not %d", ErrIncompatible, w.name, MapHook, hook.MaxEntries(), xdpcap.NumSlots)
+			}
+			continue
 		}
-		s.old = old
+		var id uint32
+		var old *ebpf.Program
+		if err := hook.Lookup(w.slot, &id); err == nil && id != 0 {
+			var err error
+			if old, err = ebpf.NewProgramFromID(ebpf.ProgramID(id)); err != nil {
+				s.close()
+				return nil, fmt.Errorf("open the program in slot %d of the xdpcap hook: %w", w.slot, err)
+			}
+		}
+		s.slots, s.old = append(s.slots, w.slot), append(s.old, old)
 	}
 	var err error
 	if body != nil {
 		err = xdpcap.SetBody(hook, body)
-	} else if err = hook.Delete(uint32(xdpcap.BodySlot)); errors.Is(err, ebpf.ErrKeyNotExist) {
-		err = nil
+	} else if hook.MaxEntries() > xdpcap.BodySlot {
+		if err = hook.Delete(uint32(xdpcap.BodySlot)); errors.Is(err, ebpf.ErrKeyNotExist) {
+			err = nil
+		}
+	}
+	if err == nil {
+		err = xdpcap.SetQuiet(hook, want[1].prog, want[2].prog)
 	}
 	if err != nil {
+		s.restore()
 		s.close()
 		return nil, fmt.Errorf("xdpcap hook: %w", err)
 	}
 	return s, nil
 }
 
-// restore puts back what the body slot held before setBody.
-func (s *bodySwap) restore() {
-	if s.hook.MaxEntries() < xdpcap.NumSlots {
-		return
+// restore puts back what the slots held before setSlots.
+func (s *slotSwap) restore() {
+	for i, slot := range s.slots {
+		if s.old[i] != nil {
+			_ = s.hook.Update(slot, s.old[i], ebpf.UpdateAny)
+			continue
+		}
+		_ = s.hook.Delete(slot)
 	}
-	if s.old != nil {
-		_ = s.hook.Update(uint32(xdpcap.BodySlot), s.old, ebpf.UpdateAny)
-		return
-	}
-	_ = s.hook.Delete(uint32(xdpcap.BodySlot))
 }
 
-func (s *bodySwap) close() {
-	if s.old != nil {
-		s.old.Close()
-		s.old = nil
+func (s *slotSwap) close() {
+	for i, p := range s.old {
+		if p != nil {
+			p.Close()
+			s.old[i] = nil
+		}
 	}
 }

@@ -81,12 +81,17 @@ func (tx *pinTx) commit() error {
 	return nil
 }
 
-// restoreProgram makes l run the program that ran before the load.
-func (tx *pinTx) restoreProgram(l link.Link) error {
-	if tx.oldProg == nil {
+// restoreProgram makes l run the program that ran before the load: before,
+// what the link ran (the quiet twin, or the loud program during a
+// capture), or else the pinned program.
+func (tx *pinTx) restoreProgram(l link.Link, before *ebpf.Program) error {
+	if before == nil {
+		before = tx.oldProg
+	}
+	if before == nil {
 		return errors.New("roll back: the program loaded before is not pinned")
 	}
-	if err := l.Update(tx.oldProg); err != nil {
+	if err := l.Update(before); err != nil {
 		return fmt.Errorf("roll back to the rule set loaded before: %w", err)
 	}
 	return nil

@@ -317,6 +317,11 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 			c.progs = append(c.progs, prog)
 			c.installs = append(c.installs, install{hook: i, slot: uint32(a), prog: prog, id: id})
 		}
+		// The filters are in: the links running the hook's quiet twin
+		// run the program that calls them from now on.
+		if err := swapLinks(h, QuietSlot, LoudSlot); err != nil {
+			return nil, fmt.Errorf("hook %d: %w", i, err)
+		}
 	}
 	return c, nil
 }
@@ -416,8 +421,8 @@ func (o Options) Validate() error {
 // checkEntry returns an error wrapping ErrNoEntry unless hook has an entry
 // slot and a body in its body slot.
 func checkEntry(hook *ebpf.Map) error {
-	if hook.MaxEntries() < NumSlots {
-		return fmt.Errorf("%w: the hook has %d slots, not %d (built with an xdpcap.h older than entry capture?)", ErrNoEntry, hook.MaxEntries(), NumSlots)
+	if hook.MaxEntries() <= BodySlot {
+		return fmt.Errorf("%w: the hook has %d slots, not %d (built with an xdpcap.h older than entry capture?)", ErrNoEntry, hook.MaxEntries(), BodySlot+1)
 	}
 	id, _, err := slotProgram(hook, BodySlot)
 	if err != nil {
@@ -532,13 +537,20 @@ func (c *Capture) Detach() error {
 	c.detachMu.Lock()
 	defer c.detachMu.Unlock()
 	var errs []error
+	filled := map[int]bool{}
 	for _, in := range c.installs {
+		filled[in.hook] = true
 		var v uint32
 		if err := c.hooks[in.hook].Lookup(in.slot, &v); err != nil || ebpf.ProgramID(v) != in.id {
 			continue
 		}
 		if err := c.hooks[in.hook].Delete(in.slot); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("hook %d: remove %s filter: %w", in.hook, Action(in.slot), err))
+		}
+	}
+	for i := range filled {
+		if err := quieten(c.hooks[i]); err != nil {
+			errs = append(errs, fmt.Errorf("hook %d: %w", i, err))
 		}
 	}
 	c.installs = nil

@@ -30,6 +30,17 @@
 // body decides the packet's fate; it refuses hooks with no body
 // ([ErrNoEntry]). xdpcap.h spells the contract out in C.
 //
+// # The quiet twin
+//
+// Empty tail calls are cheap, not free: a program that makes none spends
+// about 0.7 ns a packet less. A program may come with a quiet twin, itself
+// built without the hook's calls: the loader puts both in the hook
+// ([SetQuiet]: QuietSlot 7, LoudSlot 8) and attaches the quiet one with a
+// BPF link while nobody captures ([Capturing]). [Start] then makes every
+// XDP link that runs the quiet twin run the loud program once the filters
+// are in, and [Capture.Detach] (or [Clear]) puts the twin back, each swap
+// a compare and exchange on the link.
+//
 // # Capturing
 //
 // [Start] compiles a cBPF filter (from libpcap, see package cbpf) with

@@ -46,9 +46,19 @@ const (
 	// captured the packet. The program's loader puts it there (SetBody);
 	// xdpcap never changes it.
 	BodySlot = 6
-	// NumSlots is the number of slots of a hook that supports capture at
-	// entry; hooks with NumActions slots support exit capture only.
-	NumSlots = 7
+	// QuietSlot holds the program's quiet twin: the same program without
+	// the tail calls into the hook, which the program's loader attaches
+	// while nobody captures (SetQuiet). Empty tail calls are cheap, not
+	// free: a program that makes none spends about 0.7 ns less a packet.
+	QuietSlot = 7
+	// LoudSlot holds the program with its tail calls into the hook: while
+	// a capture runs, xdpcap attaches it in the quiet twin's place, and
+	// puts the twin back when the capture ends.
+	LoudSlot = 8
+	// NumSlots is the number of slots of a hook with every feature: exits,
+	// capture at entry (hooks of BodySlot+1 slots have that much) and the
+	// quiet twin. Hooks with NumActions slots support exit capture only.
+	NumSlots = 9
 )
 
 // numPoints is the number of capture points of a hook: its exits and its
@@ -160,8 +170,8 @@ func SetBody(hook *ebpf.Map, body *ebpf.Program) error {
 	if err := CheckHook(hook); err != nil {
 		return err
 	}
-	if hook.MaxEntries() < NumSlots {
-		return fmt.Errorf("%w: the hook has %d slots, want %d", ErrNoEntry, hook.MaxEntries(), NumSlots)
+	if hook.MaxEntries() <= BodySlot {
+		return fmt.Errorf("%w: the hook has %d slots, want %d", ErrNoEntry, hook.MaxEntries(), BodySlot+1)
 	}
 	if err := hook.Update(uint32(BodySlot), body, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("put the body program in the hook: %w", err)

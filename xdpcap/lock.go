@@ -109,11 +109,9 @@ func slotProgram(hook *ebpf.Map, slot uint32) (id ebpf.ProgramID, name string, e
 // holds, and returns how many it removed. Other programs are left alone.
 func clearStale(hook *ebpf.Map) (int, error) {
 	n := 0
-	for slot := uint32(0); slot < hook.MaxEntries(); slot++ {
-		if slot == BodySlot {
-			// The program's own, whatever its name.
-			continue
-		}
+	// The slots after the entry's are the program's own, whatever their
+	// names.
+	for slot := range min(hook.MaxEntries(), EntrySlot+1) {
 		id, name, err := slotProgram(hook, slot)
 		if err != nil {
 			return n, err
@@ -139,5 +137,9 @@ func Clear(hook *ebpf.Map) (int, error) {
 		return 0, err
 	}
 	defer l.unlock()
-	return clearStale(hook)
+	n, err := clearStale(hook)
+	if err != nil {
+		return n, err
+	}
+	return n, quieten(hook)
 }

@@ -719,7 +719,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			}
 		}
 		w.printf("\t}\n")
-		w.printf("out:\n\treturn l4_finish(ctx, data, end, rule, action);\n}\n")
+		w.printf("out:\n\treturn l4_finish(ctx, data, end, rule, action, l4_hooked);\n}\n")
 		closeProgram(w, p, name)
 	}
 
@@ -1147,26 +1147,29 @@ static __attribute__((noinline)) int l4_monitor(struct xdp_md *ctx, __u32 rule)
 /*
  * l4_finish ends every path: it counts the packet for its rule, samples it,
  * hands passed packets to the --next program if there is one (the loader
- * sets L4_NEXT_ENABLED), and leaves through the xdpcap hook, as
- * xdpcap_exit would.
+ * sets L4_NEXT_ENABLED), and, hooked (a constant), leaves through the
+ * xdpcap hook, as xdpcap_exit would; the quiet twin just returns.
  */
 static __always_inline int l4_finish(struct xdp_md *ctx, const uint8_t *data, const uint8_t *end,
-				     __u32 rule, __u32 action)
+				     __u32 rule, __u32 action, const int hooked)
 {
 	l4_count(end - data, rule);
 	if (l4_sampled())
 		l4_sample(ctx, end - data, rule, action);
 	if (action == XDP_DROP) {
-		L4_TAIL_CALL(ctx, xdpcap_hook, 1); /* XDP_DROP */
+		if (hooked)
+			L4_TAIL_CALL(ctx, xdpcap_hook, 1); /* XDP_DROP */
 		return XDP_DROP;
 	}
 	if (action == XDP_TX) { /* a SYN-ACK of the syncookie action */
-		L4_TAIL_CALL(ctx, xdpcap_hook, 3); /* XDP_TX */
+		if (hooked)
+			L4_TAIL_CALL(ctx, xdpcap_hook, 3); /* XDP_TX */
 		return XDP_TX;
 	}
 	if (L4_ENABLED(L4_NEXT_ENABLED))
 		bpf_tail_call(ctx, &l4drop_chain, L4_NEXT_SLOT);
-	L4_TAIL_CALL(ctx, xdpcap_hook, 2); /* XDP_PASS */
+	if (hooked)
+		L4_TAIL_CALL(ctx, xdpcap_hook, 2); /* XDP_PASS */
 	return XDP_PASS;
 }
 `

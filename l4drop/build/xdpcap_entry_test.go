@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
@@ -23,7 +24,9 @@ import (
 // the dropped ones at the exit too, and the rule set's verdicts do not
 // change. The capture keeps working across a reload, which puts the new
 // rule set's body in the hook. The hook an older l4drop pinned (5 slots)
-// is replaced on load, unless a capture runs on it.
+// is replaced on load, unless a capture runs on it. The interface runs the
+// quiet twin, which makes no tail call into the hook, except while the
+// capture runs, and after a reload the new rule set's.
 func TestXdpcapEntry(t *testing.T) {
 	fixture.RequireRoot(t)
 	obj := buildYAML(t, testRules(t))
@@ -80,6 +83,13 @@ func TestXdpcapEntry(t *testing.T) {
 	if body == 0 {
 		t.Fatal("no body in the hook after load")
 	}
+	runs := func(when string, want uint32) {
+		t.Helper()
+		if got := linkProgram(t, l.Dir); got != slotID(t, hook, want) || got == 0 {
+			t.Fatalf("%s: the link runs program %d; the quiet twin is %d, the loud program %d", when, got, slotID(t, hook, xdpcap.QuietSlot), slotID(t, hook, xdpcap.LoudSlot))
+		}
+	}
+	runs("after load", xdpcap.QuietSlot)
 
 	// The kernel's own packets (IPv6 router solicitations, MLD) reach the
 	// entry too: capture only the test's.
@@ -93,6 +103,7 @@ func TestXdpcapEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	runs("capturing", xdpcap.LoudSlot)
 	syn := fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 80)
 	legit := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 9999, []byte("legitimate"))
 	var want []xdpcap.Packet
@@ -105,6 +116,7 @@ func TestXdpcapEntry(t *testing.T) {
 			if id := bodyID(t, hook); id == 0 || id == body {
 				t.Fatalf("body after reload: program %d, before %d; want a new one", id, body)
 			}
+			runs("reloaded while capturing", xdpcap.LoudSlot)
 		}
 		sendFrames(t, lab.Client, lab.ClientIf, [][]byte{syn, legit})
 		want = append(want,
@@ -119,6 +131,7 @@ func TestXdpcapEntry(t *testing.T) {
 	if err := c.Detach(); err != nil {
 		t.Fatal(err)
 	}
+	runs("after the capture", xdpcap.QuietSlot)
 	var got []xdpcap.Packet
 	for {
 		p, err := c.Read()
@@ -160,11 +173,32 @@ func TestXdpcapEntry(t *testing.T) {
 // bodyID returns the ID of the program in hook's body slot, 0 for none.
 func bodyID(t *testing.T, hook *ebpf.Map) uint32 {
 	t.Helper()
+	return slotID(t, hook, xdpcap.BodySlot)
+}
+
+// slotID returns the ID of the program in hook[slot], 0 for none.
+func slotID(t *testing.T, hook *ebpf.Map, slot uint32) uint32 {
+	t.Helper()
 	var id uint32
-	if err := hook.Lookup(uint32(xdpcap.BodySlot), &id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := hook.Lookup(slot, &id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// linkProgram returns the ID of the program the link pinned in dir runs.
+func linkProgram(t *testing.T, dir string) uint32 {
+	t.Helper()
+	l, err := link.LoadPinnedLink(filepath.Join(dir, l4drop.PinLink), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint32(info.Program)
 }
 
 // waitMatched waits until the capture's filters matched n packets.

@@ -229,7 +229,7 @@ func startDaemon(ctx context.Context, t Tools, l *lab.Lab, rules string, args []
 	if dp.h, err = l4drop.Open(pinDir); err != nil {
 		return nil, err
 	}
-	if dp.prog, err = ebpf.LoadPinnedProgram(filepath.Join(pinDir, l4drop.PinProg), nil); err != nil {
+	if dp.prog, err = l4drop.Running(pinDir); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	ok = true

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"runtime"
 	"time"
 
@@ -60,7 +59,7 @@ func (t Tools) MeasureSourceCost(ctx context.Context, obj string, rounds, runs i
 	} else {
 		defer unload()
 	}
-	rl, err := ebpf.LoadPinnedProgram(filepath.Join(l4drop.Dir("", l.ServerIf, l.Server.Name), l4drop.PinProg), nil)
+	rl, err := l4drop.Running(l4drop.Dir("", l.ServerIf, l.Server.Name))
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit program: %w", err)
 	}
