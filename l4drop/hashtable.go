@@ -33,16 +33,40 @@ const hashMul = 0x9e3779b97f4a7c15
 const maxHashBits = 24
 
 // HashTable says how a table of the program hashes its keys: the bucket of
-// key words w is tableHash(Seed, w) >> (64 - Bits).
+// key words w is their hash's top Bits bits. The hash is the sum of the
+// words times multipliers drawn from Seed (Sum, Multiplier): the program
+// multiplies the words at once, where folding them into the hash one after
+// the other waits for each multiply in turn (3 cycles a word). Rule sets
+// built before Sum fold them (tableHash); the loader hashes as the ELF
+// says.
 type HashTable struct {
 	Seed uint64 `json:"seed"`
 	Bits int    `json:"bits"`
+	Sum  bool   `json:"sum,omitempty"`
+}
+
+// Multiplier returns the odd multiplier of key word i of a Sum table.
+func (t HashTable) Multiplier(i int) uint64 {
+	return splitmix.Mix(t.Seed+uint64(i)) | 1
+}
+
+// hash returns the hash of key words under t.
+func (t HashTable) hash(words []uint64) uint64 {
+	if !t.Sum {
+		return tableHash(t.Seed, words)
+	}
+	var h uint64
+	for i, w := range words {
+		h += w * t.Multiplier(i)
+	}
+	return h
 }
 
 // errHashPlan is returned when no seed spreads the keys well enough.
 var errHashPlan = errors.New("no hash spreads the keys over buckets")
 
-// tableHash folds key words into a hash, as the program's L4_HASH does.
+// tableHash folds key words into a hash, as programs built before
+// HashTable.Sum did.
 func tableHash(seed uint64, words []uint64) uint64 {
 	h := seed
 	for _, w := range words {
@@ -53,7 +77,7 @@ func tableHash(seed uint64, words []uint64) uint64 {
 
 // bucket returns the bucket of key words under t.
 func (t HashTable) bucket(words []uint64) uint32 {
-	return uint32(tableHash(t.Seed, words) >> (64 - t.Bits))
+	return uint32(t.hash(words) >> (64 - t.Bits))
 }
 
 // PlanHash returns a HashTable under which no bucket gets more than
@@ -67,7 +91,7 @@ func PlanHash(keys [][]uint64) (HashTable, error) {
 	for ; b <= maxHashBits; b++ {
 		counts := make([]uint8, 1<<b)
 		for try := uint64(1); try <= 64; try++ {
-			t := HashTable{Seed: splitmix.Mix(try), Bits: b}
+			t := HashTable{Seed: splitmix.Mix(try), Bits: b, Sum: true}
 			clear(counts)
 			ok := true
 			for _, k := range keys {

@@ -367,12 +367,12 @@ func writeMapTable(b *strings.Builder, t *dnsTable) {
 			}
 			fmt.Fprintf(b, "\t\t__u64 w%d = %s;\n", i, val)
 		}
-		fmt.Fprintf(b, "\t\th = 0x%xULL;\n", t.hash.Seed)
-		var conds []string
+		var conds, terms []string
 		for i := 0; i < words; i++ {
-			fmt.Fprintf(b, "\t\th = L4_HASH(h, w%d);\n", i)
+			terms = append(terms, fmt.Sprintf("w%d * %s", i, mulC(t.hash, i)))
 			conds = append(conds, fmt.Sprintf("e->w[%d] == w%d", i, i))
 		}
+		fmt.Fprintf(b, "\t\th = %s;\n", strings.Join(terms, " + "))
 		fmt.Fprintf(b, "\t\tidx = h >> %d;\n", 64-t.hash.Bits)
 		fmt.Fprintf(b, "\t\tbk = bpf_map_lookup_elem(&%s, &idx);\n\t\tif (bk) {\n", t.name)
 		fmt.Fprintf(b, "#pragma unroll\n\t\t\tfor (int s = 0; s < L4_HASH_SLOTS; s++) {\n\t\t\t\tstruct %s_slot *e = &bk->s[s];\n", t.name)

@@ -1239,7 +1239,5 @@ __attribute__((noinline)) __u32 l4_dns_at(struct xdp_md *ctx, __u32 ipoff, int f
 
 // hashC is the C the tables' functions share.
 const hashC = `
-/* L4_HASH folds a key word into a table's hash, as the loader's tableHash. */
-#define L4_HASH(h, w) (((h) ^ (w)) * 0x9e3779b97f4a7c15ULL)
 #define L4_HASH_SLOTS 4
 `

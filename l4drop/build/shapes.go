@@ -201,7 +201,11 @@ func templates(rules []compiledRule) (string, error) {
 			}
 		}
 		sh.set = len(params) == 1 && allJEQ
-		sh.keyed = len(params) > 1 && allJEQ && keyedDecides(first, params)
+		// One parameter whose equal test does not lead straight to a
+		// match (tests follow it) would need a candidate run and then a
+		// second run of the matcher per candidate; keyed, one run
+		// decides.
+		sh.keyed = allJEQ && (len(params) > 1 || !equalMatches(first, sh.isParam)) && keyedDecides(first, params)
 		if len(ms) < minSet && !(sh.set && tableDecides(first, sh.isParam)) && !sh.keyed {
 			continue
 		}
@@ -322,9 +326,9 @@ struct l4s_bucket {
 };
 
 /* l4s_find returns the rule the table gives for v, or L4_NRULES. */
-static __always_inline __u32 l4s_find(void *map, __u32 v, __u64 seed, int shift)
+static __always_inline __u32 l4s_find(void *map, __u32 v, __u64 m0, int shift)
 {
-	__u32 idx = L4_HASH(seed, (__u64)v) >> shift;
+	__u32 idx = ((__u64)v * m0) >> shift;
 	struct l4s_bucket *bk = bpf_map_lookup_elem(map, &idx);
 	if (!bk)
 		return L4_NRULES;
@@ -394,7 +398,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	// run of the matcher.
 	w.printf("\t__u32 best = L4_NRULES;\n#pragma unroll\n\tfor (int i = 0; i < %d; i++) {\n", maxCandidates)
 	w.printf("\t\tif (i >= c.n)\n\t\t\tbreak;\n\t\t__u32 v = c.v[i];\n")
-	w.printf("\t\t__u32 r = l4s_find(&%s, v, 0x%xULL, %d);\n", g.Map, h.Seed, 64-h.Bits)
+	w.printf("\t\t__u32 r = l4s_find(&%s, v, %s, %d);\n", g.Map, mulC(h, 0), 64-h.Bits)
 	if first.direct {
 		// equalMatches: a candidate found is a match.
 		w.printf("\t\tif (r < best)\n\t\t\tbest = r;\n\t}\n")
@@ -636,9 +640,9 @@ struct l4s2_bucket {
 };
 
 /* l4s2_find returns the rule the table gives for k[0], k[1], or L4_NRULES. */
-static __always_inline __u32 l4s2_find(void *map, const struct l4_kv *k, __u64 seed, int shift)
+static __always_inline __u32 l4s2_find(void *map, const struct l4_kv *k, __u64 m0, __u64 m1, int shift)
 {
-	__u32 idx = L4_HASH(L4_HASH(seed, (__u64)k[0].v), (__u64)k[1].v) >> shift;
+	__u32 idx = ((__u64)k[0].v * m0 + (__u64)k[1].v * m1) >> shift;
 	struct l4s2_bucket *bk = bpf_map_lookup_elem(map, &idx);
 	if (!bk)
 		return L4_NRULES;
@@ -657,9 +661,9 @@ struct l4s3_bucket {
 };
 
 /* l4s3_find returns the rule the table gives for k[0] to k[2], or L4_NRULES. */
-static __always_inline __u32 l4s3_find(void *map, const struct l4_kv *k, __u64 seed, int shift)
+static __always_inline __u32 l4s3_find(void *map, const struct l4_kv *k, __u64 m0, __u64 m1, __u64 m2, int shift)
 {
-	__u32 idx = L4_HASH(L4_HASH(L4_HASH(seed, (__u64)k[0].v), (__u64)k[1].v), (__u64)k[2].v) >> shift;
+	__u32 idx = ((__u64)k[0].v * m0 + (__u64)k[1].v * m1 + (__u64)k[2].v * m2) >> shift;
 	struct l4s3_bucket *bk = bpf_map_lookup_elem(map, &idx);
 	if (!bk)
 		return L4_NRULES;
@@ -671,6 +675,11 @@ static __always_inline __u32 l4s3_find(void *map, const struct l4_kv *k, __u64 s
 	return L4_NRULES;
 }
 `
+
+// mulC is the C constant of the multiplier of key word i of table h.
+func mulC(h l4drop.HashTable, i int) string {
+	return fmt.Sprintf("0x%xULL", h.Multiplier(i))
+}
 
 // writeKeyedSet writes the function testing rules idx (one run of a keyed
 // set, in order) at once, as item b of program p, with its map.
@@ -701,7 +710,11 @@ func writeKeyedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []in
 		return g, fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
 	}
 	g.Hash = h
-	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct l4s%d_bucket);\n} %s SEC(\".maps\");\n", 1<<h.Bits, n, g.Map)
+	bucket := fmt.Sprintf("l4s%d_bucket", n)
+	if n == 1 {
+		bucket = "l4s_bucket"
+	}
+	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct %s);\n} %s SEC(\".maps\");\n", 1<<h.Bits, bucket, g.Map)
 	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
 	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
 	if f := famNumber(first.rule.Family); f != 0 {
@@ -712,7 +725,15 @@ func writeKeyedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []in
 		args = append(args, fmt.Sprintf("&k[%d]", k))
 	}
 	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip), end, %s))\n\t\treturn L4_NONE;\n", n, m.fn, strings.Join(args, ", "))
-	w.printf("\t__u32 r = l4s%d_find(&%s, k, 0x%xULL, %d);\n", n, g.Map, h.Seed, 64-h.Bits)
+	var muls []string
+	for k := range n {
+		muls = append(muls, mulC(h, k))
+	}
+	if n == 1 {
+		w.printf("\t__u32 r = l4s_find(&%s, k[0].v, %s, %d);\n", g.Map, muls[0], 64-h.Bits)
+	} else {
+		w.printf("\t__u32 r = l4s%d_find(&%s, k, %s, %d);\n", n, g.Map, strings.Join(muls, ", "), 64-h.Bits)
+	}
 	w.printf("\tif (r == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn r << %d | %s;\n}\n", resultShift, setCode(rules, idx, "r"))
 	// No rule runs one by one: their switches are the table's entries.
 	for _, i := range idx {
