@@ -114,7 +114,8 @@ func PlanHash(keys [][]uint64) (HashTable, error) {
 // numbers.
 // bucketFill builds the contents of a bucket table: buckets of hashSlots
 // slots of slotSize bytes, a slot being free while the uint32 at busyAt in
-// it is 0.
+// it is 0. Slots fill in order, and a table is never changed once loaded:
+// the programs stop at a bucket's first free slot.
 type bucketFill struct {
 	bucketSize, slotSize, busyAt int
 	buckets                      map[uint32][]byte

@@ -325,7 +325,8 @@ struct l4s_bucket {
 	} s[L4_HASH_SLOTS];
 };
 
-/* l4s_find returns the rule the table gives for v, or L4_NRULES. */
+/* l4s_find returns the rule the table gives for v, or L4_NRULES. The
+ * loader fills a bucket's slots in order: the first empty one ends it. */
 static __always_inline __u32 l4s_find(void *map, __u32 v, __u64 m0, int shift)
 {
 	__u32 idx = ((__u64)v * m0) >> shift;
@@ -333,9 +334,12 @@ static __always_inline __u32 l4s_find(void *map, __u32 v, __u64 m0, int shift)
 	if (!bk)
 		return L4_NRULES;
 #pragma unroll
-	for (int s = 0; s < L4_HASH_SLOTS; s++)
-		if (bk->s[s].rule1 && bk->s[s].key == v)
+	for (int s = 0; s < L4_HASH_SLOTS; s++) {
+		if (!bk->s[s].rule1)
+			break;
+		if (bk->s[s].key == v)
 			return bk->s[s].rule1 - 1;
+	}
 	return L4_NRULES;
 }
 
@@ -647,9 +651,12 @@ static __always_inline __u32 l4s2_find(void *map, const struct l4_kv *k, __u64 m
 	if (!bk)
 		return L4_NRULES;
 #pragma unroll
-	for (int s = 0; s < L4_HASH_SLOTS; s++)
-		if (bk->s[s].rule1 && bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v)
+	for (int s = 0; s < L4_HASH_SLOTS; s++) {
+		if (!bk->s[s].rule1)
+			break;
+		if (bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v)
 			return bk->s[s].rule1 - 1;
+	}
 	return L4_NRULES;
 }
 
@@ -668,10 +675,12 @@ static __always_inline __u32 l4s3_find(void *map, const struct l4_kv *k, __u64 m
 	if (!bk)
 		return L4_NRULES;
 #pragma unroll
-	for (int s = 0; s < L4_HASH_SLOTS; s++)
-		if (bk->s[s].rule1 && bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v &&
-		    bk->s[s].key[2] == k[2].v)
+	for (int s = 0; s < L4_HASH_SLOTS; s++) {
+		if (!bk->s[s].rule1)
+			break;
+		if (bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v && bk->s[s].key[2] == k[2].v)
 			return bk->s[s].rule1 - 1;
+	}
 	return L4_NRULES;
 }
 `
