@@ -11,7 +11,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
@@ -189,16 +188,17 @@ func slotID(t *testing.T, hook *ebpf.Map, slot uint32) uint32 {
 // linkProgram returns the ID of the program the link pinned in dir runs.
 func linkProgram(t *testing.T, dir string) uint32 {
 	t.Helper()
-	l, err := link.LoadPinnedLink(filepath.Join(dir, l4drop.PinLink), nil)
+	prog, err := l4drop.Running(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	info, err := l.Info()
+	defer prog.Close()
+	info, err := prog.Info()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return uint32(info.Program)
+	id, _ := info.ID()
+	return uint32(id)
 }
 
 // waitMatched waits until the capture's filters matched n packets.
