@@ -431,7 +431,7 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 		}
 	}
 	fmt.Fprintf(b, "\n## Per packet, in BPF_PROG_TEST_RUN\n\n"+
-		"Each rule set's first program, sampling off (`sample_rate: 0`, as in production at high rates), over a packet that "+
+		"Each rule set's first program as it runs while nobody captures (its quiet twin, without xdpcap's hook: docs/xdpcap.md), sampling off (`sample_rate: 0`, as in production at high rates), over a packet that "+
 		"matches its last rule (every rule before it runs) and over a legitimate DNS query for www.example.org that none "+
 		"matches, next to an XDP program that drops everything, %d rounds of %d test runs, drop-all, the matching packet "+
 		"and the miss in turns. Each program stays attached (generic XDP in a namespace of its own), so the kernel's XDP "+
