@@ -49,15 +49,15 @@ type DNSKey struct {
 func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 	none := uint32(len(m.Rules))
 	for _, t := range DNSTables {
-		ms := spec.Maps[t.Name]
-		if ms == nil {
+		h := m.DNSHash[t.Name]
+		tab, ok, err := findTable(spec, t.Name, h.Bits)
+		if !ok {
 			continue
 		}
-		h, ok := m.DNSHash[t.Name]
-		if !ok || ms.Type != ebpf.Array || ms.ValueSize%hashSlots != 0 || h.Bits < 1 || h.Bits > maxHashBits {
+		if err != nil || h.Bits < 1 || h.Bits > maxHashBits || tab.bucketSize%hashSlots != 0 {
 			return fmt.Errorf("%s: DNS table %s: unknown layout", MetaSection, t.Name)
 		}
-		slotSize := int(ms.ValueSize / hashSlots)
+		slotSize := tab.bucketSize / hashSlots
 		type val struct{ rule4, rule6 uint32 }
 		order := []string{}
 		vals := map[string]*val{}
@@ -102,7 +102,7 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			binary.NativeEndian.PutUint32(slot[8:], v.rule6)
 			copy(slot[16:], wire)
 		}
-		ms.Contents = fill.contents()
+		tab.fill(fill)
 	}
 	return nil
 }
@@ -146,13 +146,13 @@ const maxSetKeys = 3
 // then the rule + 1.
 func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 	for _, g := range m.Sets {
-		ms := spec.Maps[g.Map]
-		if ms == nil {
+		tab, ok, err := findTable(spec, g.Map, g.Hash.Bits)
+		if !ok {
 			return fmt.Errorf("%s: map %s missing from the ELF", MetaSection, g.Map)
 		}
 		n := max(1, g.Keys)
 		slotSize := 4 * (n + 1)
-		if n > maxSetKeys || ms.Type != ebpf.Array || ms.ValueSize != uint32(slotSize*hashSlots) || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
+		if err != nil || n > maxSetKeys || tab.bucketSize != slotSize*hashSlots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
 			return fmt.Errorf("%s: map %s: unknown layout", MetaSection, g.Map)
 		}
 		seen := map[[maxSetKeys]uint32]bool{}
@@ -181,7 +181,7 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			}
 			binary.NativeEndian.PutUint32(slot[4*n:], uint32(mb.Rule)+1)
 		}
-		ms.Contents = fill.contents()
+		tab.fill(fill)
 	}
 	return nil
 }

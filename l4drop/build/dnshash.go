@@ -344,8 +344,8 @@ func writeMapTable(b *strings.Builder, t *dnsTable) {
 	b.WriteString(tableComment(t))
 	fmt.Fprintf(b, "struct %s_slot {\n\t__u32 len;\n\t__u32 rule4;\n\t__u32 rule6;\n\t__u32 pad;\n\t__u64 w[%d];\n};\n", t.name, t.keyLen/8)
 	fmt.Fprintf(b, "struct %s_bucket {\n\tstruct %s_slot s[L4_HASH_SLOTS];\n};\n", t.name, t.name)
-	fmt.Fprintf(b, "struct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct %s_bucket);\n} %s SEC(\".maps\");\n",
-		1<<t.hash.Bits, t.name, t.name)
+	decl, bucket := tableC(t.name, t.name+"_bucket", t.hash.Bits, 4*(16+t.keyLen))
+	b.WriteString(decl)
 	fmt.Fprintf(b, "static __always_inline __u32 %s_find(const uint8_t *p, const uint8_t *end, int fam)\n{\n", t.name)
 	fmt.Fprintf(b, "\t__u32 idx;\n\t__u64 h;\n\tstruct %s_bucket *bk;\n", t.name)
 	for _, n := range t.lengths() {
@@ -374,7 +374,7 @@ func writeMapTable(b *strings.Builder, t *dnsTable) {
 		}
 		fmt.Fprintf(b, "\t\th = %s;\n", strings.Join(terms, " + "))
 		fmt.Fprintf(b, "\t\tidx = h >> %d;\n", 64-t.hash.Bits)
-		fmt.Fprintf(b, "\t\tbk = bpf_map_lookup_elem(&%s, &idx);\n\t\tif (bk) {\n", t.name)
+		fmt.Fprintf(b, "\t\tbk = %s;\n\t\tif (bk) {\n", bucket("idx"))
 		fmt.Fprintf(b, "#pragma unroll\n\t\t\tfor (int s = 0; s < L4_HASH_SLOTS; s++) {\n\t\t\t\tstruct %s_slot *e = &bk->s[s];\n", t.name)
 		fmt.Fprintf(b, "\t\t\t\tif (e->len == %d && %s)\n\t\t\t\t\treturn fam == 4 ? e->rule4 : e->rule6;\n\t\t\t}\n\t\t}\n\t}\n",
 			n, strings.Join(conds, " && "))

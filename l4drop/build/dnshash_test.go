@@ -1,10 +1,13 @@
 package build
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/l4drop/l4drop/l4drop"
 
@@ -306,5 +309,60 @@ func TestDNSTableRandom(t *testing.T) {
 		if matched < len(pkts)/8 {
 			t.Errorf("MaxInlineDNS %d: %d of %d packets matched a rule; want a test that matches", maxInline, matched, len(pkts))
 		}
+	}
+}
+
+// TestTableLayouts: a table of up to l4drop.MaxGlobalTable bytes is a
+// global array in a section of its own, a larger one (6,000 names) an
+// array map, and both find their names and constants, first and last.
+func TestTableLayouts(t *testing.T) {
+	fixture.RequireRoot(t)
+	for _, tt := range []struct {
+		n      int
+		global bool
+	}{{1000, true}, {6000, false}} {
+		t.Run(fmt.Sprint(tt.n), func(t *testing.T) {
+			var b strings.Builder
+			b.WriteString("rules:\n")
+			for i := range tt.n {
+				fmt.Fprintf(&b, "  - name: n%d\n    dns: [\"host%d.layout.example\"]\n  - name: p%d\n    expr: \"udp dst port %d\"\n", i, i, i, 10000+i)
+			}
+			obj := buildYAML(t, b.String())
+			spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The names' buckets are 160 bytes, the ports' 32: the
+			// ports' table stays global.
+			for name, global := range map[string]bool{"l4drop_dns": tt.global, "l4s_0_1": true} {
+				_, isMap := spec.Maps[name]
+				_, isGlobal := spec.Maps[l4drop.TableSection(name)]
+				if isMap == global || isGlobal != global {
+					t.Errorf("table %s: map %v, global %v; want global %v", name, isMap, isGlobal, global)
+				}
+			}
+			d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			for _, i := range []int{0, tt.n - 1} {
+				for _, c := range []struct {
+					frame []byte
+					rule  int
+				}{
+					{fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 53, fixture.DNSQuery(fmt.Sprintf("host%d.layout.example", i), 1)), 2 * i},
+					{fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, uint16(10000+i), nil), 2*i + 1},
+				} {
+					v, err := d.Run(c.frame)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if v.Action != "drop" || v.Rule != uint32(c.rule) {
+						t.Errorf("packet for rule %d: %s by rule %d", c.rule, v.Action, int32(v.Rule))
+					}
+				}
+			}
+		})
 	}
 }

@@ -325,12 +325,10 @@ struct l4s_bucket {
 	} s[L4_HASH_SLOTS];
 };
 
-/* l4s_find returns the rule the table gives for v, or L4_NRULES. The
- * loader fills a bucket's slots in order: the first empty one ends it. */
-static __always_inline __u32 l4s_find(void *map, __u32 v, __u64 m0, int shift)
+/* l4s_find returns the rule bucket bk, v's, gives for v, or L4_NRULES.
+ * The loader fills a bucket's slots in order: the first empty one ends it. */
+static __always_inline __u32 l4s_find(const struct l4s_bucket *bk, __u32 v)
 {
-	__u32 idx = ((__u64)v * m0) >> shift;
-	struct l4s_bucket *bk = bpf_map_lookup_elem(map, &idx);
 	if (!bk)
 		return L4_NRULES;
 #pragma unroll
@@ -391,7 +389,8 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 		return g, fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
 	}
 	g.Hash = h
-	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct l4s_bucket);\n} %s SEC(\".maps\");\n", 1<<h.Bits, g.Map)
+	decl, bucket := tableC(g.Map, "l4s_bucket", h.Bits, 8*4)
+	w.printf("\n%s", decl)
 	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
 	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
 	if n := famNumber(first.rule.Family); n != 0 {
@@ -402,7 +401,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	// run of the matcher.
 	w.printf("\t__u32 best = L4_NRULES;\n#pragma unroll\n\tfor (int i = 0; i < %d; i++) {\n", maxCandidates)
 	w.printf("\t\tif (i >= c.n)\n\t\t\tbreak;\n\t\t__u32 v = c.v[i];\n")
-	w.printf("\t\t__u32 r = l4s_find(&%s, v, %s, %d);\n", g.Map, mulC(h, 0), 64-h.Bits)
+	w.printf("\t\t__u32 r = l4s_find(%s, v);\n", bucket(bucketIndexC(h, "v")))
 	if first.direct {
 		// equalMatches: a candidate found is a match.
 		w.printf("\t\tif (r < best)\n\t\t\tbest = r;\n\t}\n")
@@ -643,11 +642,10 @@ struct l4s2_bucket {
 	} s[L4_HASH_SLOTS];
 };
 
-/* l4s2_find returns the rule the table gives for k[0], k[1], or L4_NRULES. */
-static __always_inline __u32 l4s2_find(void *map, const struct l4_kv *k, __u64 m0, __u64 m1, int shift)
+/* l4s2_find returns the rule bucket bk, the key's, gives for k[0], k[1],
+ * or L4_NRULES. */
+static __always_inline __u32 l4s2_find(const struct l4s2_bucket *bk, const struct l4_kv *k)
 {
-	__u32 idx = ((__u64)k[0].v * m0 + (__u64)k[1].v * m1) >> shift;
-	struct l4s2_bucket *bk = bpf_map_lookup_elem(map, &idx);
 	if (!bk)
 		return L4_NRULES;
 #pragma unroll
@@ -667,11 +665,10 @@ struct l4s3_bucket {
 	} s[L4_HASH_SLOTS];
 };
 
-/* l4s3_find returns the rule the table gives for k[0] to k[2], or L4_NRULES. */
-static __always_inline __u32 l4s3_find(void *map, const struct l4_kv *k, __u64 m0, __u64 m1, __u64 m2, int shift)
+/* l4s3_find returns the rule bucket bk, the key's, gives for k[0] to k[2],
+ * or L4_NRULES. */
+static __always_inline __u32 l4s3_find(const struct l4s3_bucket *bk, const struct l4_kv *k)
 {
-	__u32 idx = ((__u64)k[0].v * m0 + (__u64)k[1].v * m1 + (__u64)k[2].v * m2) >> shift;
-	struct l4s3_bucket *bk = bpf_map_lookup_elem(map, &idx);
 	if (!bk)
 		return L4_NRULES;
 #pragma unroll
@@ -684,6 +681,33 @@ static __always_inline __u32 l4s3_find(void *map, const struct l4_kv *k, __u64 m
 	return L4_NRULES;
 }
 `
+
+// tableC returns the declaration of a bucket table of 1<<bits buckets of
+// type struct bucketType, bucketSize bytes each: a global array in a
+// section of its own (l4drop.TableSection) if it is at most
+// l4drop.MaxGlobalTable bytes, else an array map. The function it returns
+// gives the C of a pointer to the bucket an index expression names
+// (possibly NULL: test it).
+func tableC(name, bucketType string, bits, bucketSize int) (string, func(idx string) string) {
+	n := 1 << bits
+	if n*bucketSize <= l4drop.MaxGlobalTable {
+		decl := fmt.Sprintf("struct %s %s[%d] SEC(\"%s\") = {};\n", bucketType, name, n, l4drop.TableSection(name))
+		return decl, func(idx string) string { return fmt.Sprintf("&%s[(%s) & %#x]", name, idx, n-1) }
+	}
+	decl := fmt.Sprintf("struct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct %s);\n} %s SEC(\".maps\");\n", n, bucketType, name)
+	return decl, func(idx string) string {
+		return fmt.Sprintf("({ __u32 i_ = (%s); (struct %s *)bpf_map_lookup_elem(&%s, &i_); })", idx, bucketType, name)
+	}
+}
+
+// bucketIndexC is the C of the bucket index of key words under h.
+func bucketIndexC(h l4drop.HashTable, words ...string) string {
+	var terms []string
+	for i, w := range words {
+		terms = append(terms, fmt.Sprintf("(__u64)%s * %s", w, mulC(h, i)))
+	}
+	return fmt.Sprintf("(__u32)((%s) >> %d)", strings.Join(terms, " + "), 64-h.Bits)
+}
 
 // mulC is the C constant of the multiplier of key word i of table h.
 func mulC(h l4drop.HashTable, i int) string {
@@ -723,7 +747,8 @@ func writeKeyedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []in
 	if n == 1 {
 		bucket = "l4s_bucket"
 	}
-	w.printf("\nstruct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct %s);\n} %s SEC(\".maps\");\n", 1<<h.Bits, bucket, g.Map)
+	decl, bucketAt := tableC(g.Map, bucket, h.Bits, 4*(n+1)*4)
+	w.printf("\n%s", decl)
 	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
 	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
 	if f := famNumber(first.rule.Family); f != 0 {
@@ -734,14 +759,14 @@ func writeKeyedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []in
 		args = append(args, fmt.Sprintf("&k[%d]", k))
 	}
 	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip), end, %s))\n\t\treturn L4_NONE;\n", n, m.fn, strings.Join(args, ", "))
-	var muls []string
+	var words []string
 	for k := range n {
-		muls = append(muls, mulC(h, k))
+		words = append(words, fmt.Sprintf("k[%d].v", k))
 	}
 	if n == 1 {
-		w.printf("\t__u32 r = l4s_find(&%s, k[0].v, %s, %d);\n", g.Map, muls[0], 64-h.Bits)
+		w.printf("\t__u32 r = l4s_find(%s, k[0].v);\n", bucketAt(bucketIndexC(h, words...)))
 	} else {
-		w.printf("\t__u32 r = l4s%d_find(&%s, k, %s, %d);\n", n, g.Map, strings.Join(muls, ", "), 64-h.Bits)
+		w.printf("\t__u32 r = l4s%d_find(%s, k);\n", n, bucketAt(bucketIndexC(h, words...)))
 	}
 	w.printf("\tif (r == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn r << %d | %s;\n}\n", resultShift, setCode(rules, idx, "r"))
 	// No rule runs one by one: their switches are the table's entries.
