@@ -81,7 +81,7 @@ test: vet
 
 # Short fuzz runs; the seeds that once found bugs run in every `go test`.
 # One package per `go test -fuzz` run, one target each (.ci/fuzz: it
-# repeats, up to twice, a run that only met Go's fuzzing deadline race).
+# repeats, up to four times, a run that only met Go's fuzzing deadline race).
 fuzz:
 	GO=$(GO) .ci/fuzz FuzzParse ./cbpf $(FUZZTIME)
 	GO=$(GO) .ci/fuzz FuzzInterpret ./cbpf $(FUZZTIME)
