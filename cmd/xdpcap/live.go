@@ -107,6 +107,13 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 		return err
 	}
 
+	// Signals are caught before the filters go in: one that arrives while
+	// they are being attached must end the capture cleanly, not kill the
+	// process with the filters left behind.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
+	defer signal.Stop(sigs)
+
 	capture, err := xdpcap.Start(hooks, opts)
 	if err != nil {
 		return err
@@ -114,9 +121,6 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 	markStarted()
 	defer capture.Close()
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
-	defer signal.Stop(sigs)
 	ro := xdpcap.RecordOptions{Count: cfg.count, Flush: cfg.flush, Interval: cfg.interval, Interrupt: sigs,
 		Warn: func(msg string) { fmt.Fprintf(stderr, "xdpcap: %s\n", msg) }}
 	if !cfg.quiet {
