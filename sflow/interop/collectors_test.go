@@ -17,7 +17,7 @@ func TestSfacctdSynthetic(t *testing.T) {
 	s := startSfacctd(t)
 	e := newExporter(t, sflow.Config{Collectors: []string{s.collector()}})
 	stop := runExporter(t, e)
-	sent := feedSynthetic(t, e, traffic)
+	sent := feedSynthetic(t, e, traffic, nil)
 	stop()
 	checkRenormalized(t, s.settled(t), sent, traffic)
 	if st := e.Stats(); st.SamplesLost != 0 || st.DatagramsLost != 0 {
@@ -33,7 +33,7 @@ func TestTsharkSynthetic(t *testing.T) {
 	rec := newRecorder(t)
 	e := newExporter(t, sflow.Config{Collectors: []string{rec.addr()}, Counters: fakeCounters})
 	stop := runExporter(t, e)
-	sent := feedSynthetic(t, e, traffic)
+	sent := feedSynthetic(t, e, traffic, nil)
 	stop()
 	rec.waitFor(t, e.Stats().Datagrams)
 	rec.close()

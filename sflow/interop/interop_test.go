@@ -226,7 +226,10 @@ func udpFrame(dport uint16, i int) []byte {
 
 // feedSynthetic samples perPort packets to each port one in rate, as
 // L4Drop's program does, and hands the samples to e, paced like traffic.
-func feedSynthetic(tb testing.TB, e *sflow.Exporter, dropped map[int]bool) map[int]uint64 {
+// settle, if not nil, is called after every batch with the number of
+// samples handed over so far, to hold the feed until the collector has
+// caught up.
+func feedSynthetic(tb testing.TB, e *sflow.Exporter, dropped map[int]bool, settle func(samples int)) map[int]uint64 {
 	tb.Helper()
 	r := rand.New(rand.NewPCG(1, 2))
 	sent := map[int]uint64{}
@@ -244,7 +247,12 @@ func feedSynthetic(tb testing.TB, e *sflow.Exporter, dropped map[int]bool) map[i
 			if !e.Sample(sflow.Packet{Frame: f, Length: len(f), Dropped: drop}) {
 				tb.Fatal("exporter queue full")
 			}
-			if samples++; samples%50 == 0 {
+			if samples++; samples%50 != 0 {
+				continue
+			}
+			if settle != nil {
+				settle(samples)
+			} else {
 				time.Sleep(20 * time.Millisecond)
 			}
 		}
