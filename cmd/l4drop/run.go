@@ -76,12 +76,14 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := d.Start(ctx); err != nil {
-		return err
-	}
+	// SIGHUP is caught before the program goes in: one sent as soon as the
+	// rule set is seen loaded must reload it, not end the daemon.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-hup:
