@@ -30,7 +30,7 @@ func TestQuietTwin(t *testing.T) {
 	fixture.AttachXDP(t, lab.Server, lab.ServerIndex, quiet)
 	runs := func(when string, want *ebpf.Program) {
 		t.Helper()
-		if got, wantID := linkProgram(t, lab.ServerIndex), programID(t, want); got != wantID {
+		if got, wantID := linkProgram(t, lab.ServerIndex, quiet, loud), programID(t, want); got != wantID {
 			t.Fatalf("%s: the link runs program %d, want %d (quiet %d, loud %d)", when, got, wantID, programID(t, quiet), programID(t, loud))
 		}
 	}
@@ -90,13 +90,20 @@ func TestSetQuietSlots(t *testing.T) {
 }
 
 // linkProgram returns the ID of the program the XDP link on ifindex runs.
-func linkProgram(t *testing.T, ifindex int) ebpf.ProgramID {
+// linkProgram returns the program of the XDP link on ifindex that runs
+// one of progs. Links are matched by their programs too: an ifindex is a
+// namespace's, and other tests' labs have the same ones.
+func linkProgram(t *testing.T, ifindex int, progs ...*ebpf.Program) ebpf.ProgramID {
 	t.Helper()
+	ids := map[ebpf.ProgramID]bool{}
+	for _, p := range progs {
+		ids[programID(t, p)] = true
+	}
 	var it link.Iterator
 	defer it.Close()
 	for it.Next() {
 		info, err := it.Link.Info()
-		if err != nil || info.Type != link.XDPType {
+		if err != nil || info.Type != link.XDPType || !ids[info.Program] {
 			continue
 		}
 		if x := info.XDP(); x != nil && int(x.Ifindex) == ifindex {
@@ -106,7 +113,7 @@ func linkProgram(t *testing.T, ifindex int) ebpf.ProgramID {
 	if err := it.Err(); err != nil {
 		t.Fatal(err)
 	}
-	t.Fatalf("no XDP link on interface %d", ifindex)
+	t.Fatalf("no XDP link on interface %d runs one of the programs", ifindex)
 	return 0
 }
 
