@@ -33,11 +33,8 @@ type Verdict struct {
 }
 
 // DryRun runs a built rule set over packets with BPF_PROG_TEST_RUN,
-// attached to nothing that carries traffic.
-//
-// A test run of an XDP program attached nowhere costs a synchronize_rcu
-// (about 50 ms); DryRun keeps the program attached in generic mode to the
-// loopback of a private network namespace, so a run costs microseconds.
+// attached to nothing that carries traffic: single test runs, which cost
+// microseconds and need no attachment (see internal/xdprun).
 type DryRun struct {
 	Meta    *Meta
 	Enabled []bool
@@ -92,10 +89,6 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 		return nil, fmt.Errorf("dry run samples: %w", err)
 	}
 	if d.runner, err = xdprun.New(); err != nil {
-		d.Close()
-		return nil, fmt.Errorf("dry run: %w", err)
-	}
-	if err := d.runner.Attach(d.prog); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("dry run: %w", err)
 	}

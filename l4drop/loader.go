@@ -701,9 +701,9 @@ func (l *Loaded) Close() error {
 
 // Running opens the program the rule set pinned in dir runs now: the quiet
 // twin (ProgQuiet), or the first program while xdpcap captures on the
-// hook. Test runs of it cost what the interface's packets do; test runs
-// of an XDP program attached nowhere wait for the kernel's XDP dispatcher
-// (tens of ms each).
+// hook. Test runs of it cost what the interface's packets do; repeated
+// test runs of an XDP program attached nowhere wait for the kernel's XDP
+// dispatcher (tens of ms each).
 func Running(dir string) (*ebpf.Program, error) {
 	l, err := link.LoadPinnedLink(filepath.Join(dir, PinLink), nil)
 	if err != nil {

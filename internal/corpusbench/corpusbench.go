@@ -5,8 +5,8 @@
 //
 // Timing. BPF_PROG_TEST_RUN reports the mean duration of its runs in whole
 // nanoseconds, too coarse for filters that cost one or two. And a program
-// run with BPF_PROG_TEST_RUN is added to the kernel's XDP dispatcher for
-// the call unless it is attached somewhere, which costs tens of
+// run repeatedly with BPF_PROG_TEST_RUN is added to the kernel's XDP
+// dispatcher for the call unless it is attached somewhere, which costs tens of
 // milliseconds and disturbs what follows. So Measure keeps three programs
 // attached at once, in generic mode, in a network namespace of its own: the
 // empty program, and one filter's eBPF and C programs. It then times the

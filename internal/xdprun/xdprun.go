@@ -1,25 +1,24 @@
-// Package xdprun runs XDP programs over packets with BPF_PROG_TEST_RUN, fast.
+// Package xdprun runs XDP programs with BPF_PROG_TEST_RUN, fast.
 //
-// A test run of an XDP program that is attached nowhere adds it to the
-// kernel's XDP dispatcher and removes it again, each a synchronize_rcu: about
-// 50 ms a call, during which every other XDP test run on the machine waits.
-// A Runner keeps a program attached, in generic mode, to the loopback of a
-// network namespace of its own, so a run costs microseconds and a pass over
-// a capture file takes a second, not an hour. Attaching is itself such a
-// change, so programs that come and go (a fuzzer's, a test's hundreds) run
-// through an anchor instead: one attached program that tail-calls the
-// program in its only slot. Putting a program in the slot is a map update.
+// A test run that repeats the program (repeat > 1) of an XDP program that
+// is attached nowhere adds it to the kernel's XDP dispatcher and removes it
+// again, each a synchronize_rcu: 18-23 ms a call here, during which every
+// other such run on the machine waits. A Runner keeps a program it runs
+// repeatedly attached, in generic mode, to the loopback of a network
+// namespace of its own (made when first needed), so that each call costs
+// the runs alone. A single run (repeat 0 or 1) does not touch the
+// dispatcher (since Linux 5.18; 2-30 µs a call here): Run makes it
+// directly, with no namespace and no attachment, which is what a pass over
+// a capture file or a fuzzer's short-lived programs need.
 package xdprun
 
 import (
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -36,111 +35,38 @@ const MinPacketLen = 14
 var ErrPacketSize = errors.New("packet of a size XDP never handles")
 
 // Runner runs XDP programs with BPF_PROG_TEST_RUN. It is safe for
-// concurrent use; runs of different programs take turns.
+// concurrent use; repeated runs (Benchmark, Run with Repeat > 1) take
+// turns, single runs run at once.
 type Runner struct {
-	ns       *netns.NS
 	mu       sync.Mutex
+	closed   bool
+	ns       *netns.NS // made by the first attach
 	attached *ebpf.Program
 	link     link.Link
-
-	// One anchor per expected attach type: a program array takes only
-	// programs like its first user.
-	anchors    [2]*anchor
-	anchorDevs bool // the veth pair the anchors attach to exists
 }
 
-// anchor is a program that tail-calls slots[0], which holds inSlot. It
-// stays attached to an interface of its own (one end of a veth pair in the
-// namespace), so that anchors and the program attached to lo never
-// displace one another.
-type anchor struct {
-	prog   *ebpf.Program
-	slots  *ebpf.Map
-	link   link.Link
-	inSlot *ebpf.Program
-}
-
-// anchorTypes are the expected attach types of the anchors: none, as
-// programs built in Go have, and XDP, as ELF loaders give SEC("xdp").
-var anchorTypes = [2]ebpf.AttachType{ebpf.AttachNone, ebpf.AttachXDP}
-
-func (r *Runner) newAnchor(i int) (*anchor, error) {
-	at := anchorTypes[i]
-	slots, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-	if err != nil {
-		return nil, err
-	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "xdprun_anchor", Type: ebpf.XDP, AttachType: at, License: "GPL",
-		Instructions: asm.Instructions{
-			// R1 is still the context the tail-called program gets.
-			asm.LoadMapPtr(asm.R2, slots.FD()),
-			asm.Mov.Imm(asm.R3, 0),
-			asm.FnTailCall.Call(),
-			asm.Mov.Imm32(asm.R0, anchorMissed),
-			asm.Return(),
-		},
-	})
-	if err != nil {
-		slots.Close()
-		return nil, err
-	}
-	a := &anchor{prog: prog, slots: slots}
-	if !r.anchorDevs {
-		// Not a dummy device: not every kernel has the module.
-		if err := r.ns.IP("link", "add", "xdprun0", "type", "veth", "peer", "name", "xdprun1"); err != nil {
-			a.close()
-			return nil, err
-		}
-		r.anchorDevs = true
-	}
-	dev := fmt.Sprintf("xdprun%d", i)
-	err = r.ns.Do(func() error {
-		ifi, err := net.InterfaceByName(dev)
-		if err != nil {
-			return err
-		}
-		a.link, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifi.Index, Flags: link.XDPGenericMode})
-		return err
-	})
-	if err != nil {
-		a.close()
-		return nil, fmt.Errorf("attach the test-run anchor: %w", err)
-	}
-	return a, nil
-}
-
-func (a *anchor) close() {
-	if a.link != nil {
-		a.link.Close()
-	}
-	a.prog.Close()
-	a.slots.Close()
-}
-
-// anchorMissed is what the anchor returns when its tail call fails, which
-// it should never do. A program in the slot may return it too: then the
-// run is repeated with the program attached itself.
-const anchorMissed = 0x7ffedcba
-
-// New returns a Runner with a network namespace of its own, a private one:
-// Close removes it, and so does the end of the process, however it ends (a
-// fuzzer kills its workers).
+// New returns a Runner. The network namespace it attaches programs in is
+// made by the first Attach or Benchmark, a private one: Close removes it,
+// and so does the end of the process, however it ends (a fuzzer kills its
+// workers).
 func New() (*Runner, error) {
-	ns, err := netns.NewPrivate()
-	if err != nil {
-		return nil, fmt.Errorf("namespace for test runs: %w", err)
-	}
-	return &Runner{ns: ns}, nil
+	return &Runner{}, nil
 }
 
 // attach keeps prog attached to the namespace's loopback; r.mu is held.
 func (r *Runner) attach(prog *ebpf.Program) error {
-	if r.ns == nil {
-		return errors.New("test run: runner closed")
+	if r.closed {
+		return errRunnerClosed
 	}
 	if r.attached == prog {
 		return nil
+	}
+	if r.ns == nil {
+		ns, err := netns.NewPrivate()
+		if err != nil {
+			return fmt.Errorf("namespace for test runs: %w", err)
+		}
+		r.ns = ns
 	}
 	r.detach()
 	return r.ns.Do(func() error {
@@ -171,60 +97,29 @@ func (r *Runner) Attach(prog *ebpf.Program) error {
 	return r.attach(prog)
 }
 
-// viaAnchor puts prog in the slot of an anchor that takes it, attaches
-// that anchor, and returns it; or false if no anchor takes prog (a
-// multi-buffer program, say).
-func (r *Runner) viaAnchor(prog *ebpf.Program) (*ebpf.Program, bool) {
-	for i := range anchorTypes {
-		a := r.anchors[i]
-		if a == nil {
-			var err error
-			if a, err = r.newAnchor(i); err != nil {
-				continue
-			}
-			r.anchors[i] = a
-		}
-		if a.inSlot != prog {
-			if err := a.slots.Put(uint32(0), prog); err != nil {
-				continue
-			}
-			a.inSlot = prog
-		}
-		return a.prog, true
-	}
-	return nil, false
-}
-
-// Run runs prog once with opts and returns its return value. Packets of a
-// size XDP never sees give an error wrapping ErrPacketSize.
-//
-// Unless prog is the program attached last (Attach, Benchmark), it runs
-// through the anchor when it can: a program run by tail call sees the same
-// context and packet, and its return value is the anchor's.
+// Run runs prog with opts (once, unless opts.Repeat says otherwise) and
+// returns its return value. Packets of a size XDP never sees give an error
+// wrapping ErrPacketSize.
 func (r *Runner) Run(prog *ebpf.Program, opts *ebpf.RunOptions) (uint32, error) {
 	if len(opts.Data) < MinPacketLen {
 		return 0, fmt.Errorf("%d bytes: %w", len(opts.Data), ErrPacketSize)
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ns == nil {
-		return 0, errors.New("test run: runner closed")
+	if r.closed {
+		r.mu.Unlock()
+		return 0, errRunnerClosed
 	}
-	run := prog
-	if r.attached != prog {
-		if a, ok := r.viaAnchor(prog); ok {
-			run = a
-		} else if err := r.attach(prog); err != nil {
-			return 0, err
-		}
-	}
-	ret, err := run.Run(opts)
-	if err == nil && run != prog && ret == anchorMissed {
+	if opts.Repeat > 1 {
+		// Runs of the attached program must not interleave with a
+		// change of it.
+		defer r.mu.Unlock()
 		if err := r.attach(prog); err != nil {
 			return 0, err
 		}
-		ret, err = prog.Run(opts)
+	} else {
+		r.mu.Unlock()
 	}
+	ret, err := prog.Run(opts)
 	// The kernel refuses what does not fit a multi-buffer packet with one
 	// of these, depending on how far it got.
 	if err != nil && len(opts.Data) > 4096 && (errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.E2BIG)) {
@@ -251,21 +146,21 @@ func (r *Runner) Benchmark(prog *ebpf.Program, pkt []byte, n int) (time.Duration
 	return d, nil
 }
 
+// errRunnerClosed is returned by runs after Close.
+var errRunnerClosed = errors.New("test run: runner closed")
+
 // Close detaches the program it ran last and removes the namespace.
 func (r *Runner) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.ns == nil {
+	if r.closed {
 		return nil
 	}
+	r.closed = true
 	err := r.detach()
-	for i, a := range r.anchors {
-		if a != nil {
-			a.close()
-			r.anchors[i] = nil
-		}
+	if r.ns != nil {
+		err = errors.Join(err, r.ns.Close())
+		r.ns = nil
 	}
-	err = errors.Join(err, r.ns.Close())
-	r.ns = nil
 	return err
 }

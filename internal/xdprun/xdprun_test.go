@@ -52,11 +52,16 @@ func TestRunner(t *testing.T) {
 			t.Errorf("mixed run %d: %d, %v; want %d", i, got, err, tt.want)
 		}
 	}
-	// A program that returns what the anchor returns when its tail call
-	// fails still has its own value reported.
-	const missed = 0x7ffedcba
-	if got, err := r.Run(fixture.ReturnProgram(t, missed), &ebpf.RunOptions{Data: pkt}); err != nil || got != missed {
-		t.Errorf("program returning %#x: %#x, %v", missed, got, err)
+	// Repeated runs go through an attachment, single runs do not: mixed,
+	// each must still run the program it names.
+	for i, tt := range []struct {
+		prog   *ebpf.Program
+		repeat uint32
+		want   uint32
+	}{{a, 3, 1}, {b, 1, 2}, {elf, 5, 3}, {a, 1, 1}, {b, 2, 2}, {elf, 0, 3}} {
+		if got, err := r.Run(tt.prog, &ebpf.RunOptions{Data: pkt, Repeat: tt.repeat}); err != nil || got != tt.want {
+			t.Errorf("run %d (repeat %d): %d, %v; want %d", i, tt.repeat, got, err, tt.want)
+		}
 	}
 	for _, n := range []int{xdprun.MinPacketLen - 1, 1 << 20} {
 		if _, err := r.Run(a, &ebpf.RunOptions{Data: make([]byte, n)}); !errors.Is(err, xdprun.ErrPacketSize) {
