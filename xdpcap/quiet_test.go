@@ -89,7 +89,6 @@ func TestSetQuietSlots(t *testing.T) {
 	}
 }
 
-// linkProgram returns the ID of the program the XDP link on ifindex runs.
 // linkProgram returns the program of the XDP link on ifindex that runs
 // one of progs. Links are matched by their programs too: an ifindex is a
 // namespace's, and other tests' labs have the same ones.

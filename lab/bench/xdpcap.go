@@ -100,8 +100,8 @@ const NoMatchFilter = "udp port 53 and host 192.0.2.1"
 // empty hook, over a 60-byte UDP frame, rounds
 // times perRound test runs each, in turns so that drift hits all three
 // alike. Each variant stays attached (generic XDP on the loopback of a
-// namespace of its own) for the whole run: a test run of a program attached
-// nowhere costs a dispatcher update, milliseconds.
+// namespace of its own) for the whole run: a repeated test run of a
+// program attached nowhere costs a dispatcher update, milliseconds.
 func MeasureHookCost(rounds, perRound int) (res HookCost, err error) {
 	res = HookCost{Filter: NoMatchFilter, Rounds: rounds, PerRound: perRound}
 	tpl, err := lab.ParseTemplate("udp,port=5000")
