@@ -41,6 +41,7 @@ var packetShapeNames = map[string]string{
 	"net":       "hosts, then nets (`src host A`, `src net A/24`)",
 	"bpf":       "bytecode (`bpf:`, bpfgen dns of hostN.bytecode.example: three name lengths)",
 	PacketMixed: "mixed shapes (MixedRuleSet, then an exact DNS name)",
+	PacketFloor: "for reference, not L4Drop: a port rule written by hand with a per-rule counter and the sampling test (floorC in lab/bench/floor.go)",
 }
 
 // PacketCase is a rule set of one shape and the packets timed through it.
@@ -347,6 +348,19 @@ func (t Tools) MeasurePerPacket(ctx context.Context, dir string, cases []PacketC
 		defer d.Close()
 		progs = append(progs, PacketProgram{Case: c, Prog: d.Program()})
 	}
+	// The floor last: a reference row, measured in the same rounds.
+	fc, err := floorCase()
+	if err != nil {
+		return nil, err
+	}
+	cases = append(slices.Clip(cases), fc)
+	if coll, err := newFloor(ctx); err != nil {
+		logf("per packet: %v", err)
+		failed[len(cases)-1] = err
+	} else {
+		defer coll.Close()
+		progs = append(progs, PacketProgram{Case: fc, Prog: coll.Programs["floor_port"]})
+	}
 	measured, err := TimePackets(ctx, progs, rounds, runs, logf)
 	if err != nil {
 		return nil, err
@@ -448,8 +462,12 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 			continue
 		}
 		hs, ms := c.HitSpread(), c.MissSpread()
-		fmt.Fprintf(b, "| %s | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | ≤ %.0f ns |\n",
+		target := "-"
+		if c.Case.Shape != PacketFloor {
+			target = fmt.Sprintf("≤ %.0f ns", packetTarget(c.Case))
+		}
+		fmt.Fprintf(b, "| %s | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %s |\n",
 			c.Case.Name(), c.Hit.Min(), c.Hit.KernelMin(), c.HitExtra(), hs[0], hs[1],
-			c.Miss.Min(), c.Miss.KernelMin(), c.MissExtra(), ms[0], ms[1], packetTarget(c.Case))
+			c.Miss.Min(), c.Miss.KernelMin(), c.MissExtra(), ms[0], ms[1], target)
 	}
 }
