@@ -650,7 +650,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			if it.hashed {
 				dnsInline = true
 				for _, later := range items[b:] {
-					dnsInline = dnsInline && later.hashed
+					dnsInline = dnsInline && (later.hashed || later.set != "")
 				}
 				break
 			}
@@ -1216,9 +1216,15 @@ static __always_inline const uint8_t *l4_fresh(const uint8_t *p)
 // the verifier does not know. L4_OPAQUE keeps the rules' tests of it
 // from narrowing it, so that the paths after them stay equal; the
 // config's pad is always 0 (the loader never writes it). A program whose
-// items from the first DNS one on are all DNS ones has no later rule to
-// walk: it inlines the tables (l4_dns_in, on a fresh pointer), without the
-// call (1 ns a packet).
+// items from the first DNS one on are all tables (DNS names, sets, merged
+// sets) has no later rule to walk: a set's matcher runs on a fresh pointer
+// of its own and its result is hidden as the names' is (10,000 rules of
+// mixed shapes, four seeds: 30,000 to 36,000 instructions processed,
+// against 24,000 to 28,000 with the call). It inlines the tables
+// (l4_dns_in, on a fresh pointer), without the call: a call's return is
+// dear where the kernel sends returns through a return thunk (SRSO's Safe
+// RET: 4 ns a packet of the matching one, 9 of a miss, on 10,000 mixed
+// rules).
 const opaqueC = `
 static __always_inline __u32 l4_dns_in(const uint8_t *ip, const uint8_t *end, int fam)
 {

@@ -356,3 +356,65 @@ func TestMergedSets(t *testing.T) {
 		r.Close()
 	}
 }
+
+// The DNS tables are inlined where only tables (DNS names, sets, merged
+// sets) follow them, and called as a global function where single rules
+// do (each of which the verifier would otherwise walk once per way out of
+// the tables); both forms give the same verdicts.
+func TestDNSTablesInline(t *testing.T) {
+	fixture.RequireRoot(t)
+	ports := func(from, n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "  - name: port-%d\n    expr: \"udp dst port %d\"\n", from+i, from+i)
+		}
+		return b.String()
+	}
+	const names = "  - name: exact\n    dns: [\"www.attack.example\"]\n  - name: wild\n    dns: [\"*.zone.example\"]\n"
+	for _, tt := range []struct {
+		name, rules string
+		inline      bool
+	}{
+		{"names alone", names, true},
+		{"names, then a set", names + ports(1000, 20), true},
+		{"a set, names, a set", ports(2000, 20) + names + ports(1000, 20), true},
+		{"names, then single rules", names + "  - name: tag\n    expr: \"udp and udp[8] = 0x41\"\n  - name: syn\n    expr: \"tcp[13] = 2\"\n", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rs, err := ParseRuleSet("dns.yaml", []byte("rules:\n"+tt.rules))
+			if err != nil {
+				t.Fatal(err)
+			}
+			obj, gen, err := Build(rs, BuildOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(gen.C, "dns_rule = l4_dns_in("); got != tt.inline {
+				t.Errorf("tables inlined: %v, want %v", got, tt.inline)
+			}
+			if got := strings.Contains(gen.C, "dns_rule = l4_dns_at("); got == tt.inline {
+				t.Errorf("tables called: %v, want %v", got, !tt.inline)
+			}
+			d, err := l4drop.NewDryRun(obj, l4drop.LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			for _, c := range []struct {
+				qname, want string
+			}{{"www.attack.example", "exact"}, {"x1.zone.example", "wild"}, {"www.example.org", ""}} {
+				v, err := d.Run(fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 53, fixture.DNSQuery(c.qname, 1)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := ""
+				if v.Rule != l4drop.NoRule {
+					got = rs.Rules[v.Rule].Name
+				}
+				if got != c.want {
+					t.Errorf("%s: rule %q, want %q", c.qname, got, c.want)
+				}
+			}
+		})
+	}
+}
