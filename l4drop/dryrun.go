@@ -42,6 +42,7 @@ type DryRun struct {
 	coll    *ebpf.Collection
 	prog    *ebpf.Program
 	rd      *perf.Reader
+	seed    uint64 // keys the sampling hash
 }
 
 // ErrPacketSize is returned by DryRun.Run for packets of a size XDP never
@@ -80,7 +81,8 @@ func NewDryRun(obj []byte, opts LoadOptions) (*DryRun, error) {
 	d.prog = progs[0]
 	// Every packet sampled, with no packet bytes: the sample says which
 	// rule decided.
-	if err := coll.Maps[MapConfig].Put(uint32(0), config{Threshold: SampleThreshold(1)}); err != nil {
+	d.seed = newSeed()
+	if err := writeConfig(coll.Maps[MapConfig], config{Threshold: SampleThreshold(1), Seed: d.seed}); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("dry run config: %w", err)
 	}
@@ -266,7 +268,7 @@ func (d *DryRun) Program() *ebpf.Program { return d.prog }
 // Run needs every packet sampled to name the rule: it is for benchmarks
 // that time the program with sampling as in production.
 func (d *DryRun) SetSampleRate(rate uint32) error {
-	if err := d.coll.Maps[MapConfig].Put(uint32(0), config{Threshold: SampleThreshold(rate)}); err != nil {
+	if err := writeConfig(d.coll.Maps[MapConfig], config{Threshold: SampleThreshold(rate), Seed: d.seed}); err != nil {
 		return fmt.Errorf("dry run config: %w", err)
 	}
 	return nil

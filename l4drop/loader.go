@@ -2,6 +2,7 @@ package l4drop
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -287,7 +288,7 @@ func patchSymbol(spec *ebpf.CollectionSpec, sym string, on bool) {
 }
 
 // SampleThreshold converts a sample rate (one in rate; 0 off) to the
-// program's threshold for bpf_get_prandom_u32().
+// program's threshold for 32 random bits.
 func SampleThreshold(rate uint32) uint64 {
 	if rate == 0 {
 		return 0
@@ -295,10 +296,50 @@ func SampleThreshold(rate uint32) uint64 {
 	return (uint64(1) << 32) / uint64(rate)
 }
 
+// config is the program's l4drop_cfg. Pad is always 0: the programs use
+// it as a zero the verifier cannot see. Seed keys the sampling hash.
 type config struct {
 	Threshold uint64
 	Snaplen   uint32
 	Pad       uint32
+	Seed      uint64
+}
+
+// legacyConfig is l4drop_cfg in rule sets built before the seed: their
+// programs draw from bpf_get_prandom_u32.
+type legacyConfig struct {
+	Threshold uint64
+	Snaplen   uint32
+	Pad       uint32
+}
+
+const legacyConfigSize = 16
+
+// readConfig reads m, an l4drop_cfg map of either layout.
+func readConfig(m *ebpf.Map) (config, error) {
+	if m.ValueSize() == legacyConfigSize {
+		var old legacyConfig
+		err := m.Lookup(uint32(0), &old)
+		return config{Threshold: old.Threshold, Snaplen: old.Snaplen, Pad: old.Pad}, err
+	}
+	var cfg config
+	err := m.Lookup(uint32(0), &cfg)
+	return cfg, err
+}
+
+// writeConfig writes cfg to m, an l4drop_cfg map of either layout.
+func writeConfig(m *ebpf.Map, cfg config) error {
+	if m.ValueSize() == legacyConfigSize {
+		return m.Put(uint32(0), legacyConfig{Threshold: cfg.Threshold, Snaplen: cfg.Snaplen, Pad: cfg.Pad})
+	}
+	return m.Put(uint32(0), cfg)
+}
+
+// newSeed draws a seed for the sampling hash.
+func newSeed() uint64 {
+	var b [8]byte
+	rand.Read(b[:]) // never fails (crypto/rand)
+	return binary.LittleEndian.Uint64(b[:])
 }
 
 // Loaded is a rule set loaded by Load.
@@ -528,14 +569,18 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 	var cfg config
 	if _, reused := repl[MapConfig]; reused && opts.SampleRate == nil {
 		// Keep a rate set at run time, and take the new snaplen.
-		if err := cfgMap.Lookup(uint32(0), &cfg); err != nil {
+		var err error
+		if cfg, err = readConfig(cfgMap); err != nil {
 			return nil, fmt.Errorf("read sample config: %w", err)
 		}
 	} else {
 		cfg.Threshold = SampleThreshold(rate)
 	}
+	if cfg.Seed == 0 {
+		cfg.Seed = newSeed()
+	}
 	cfg.Snaplen = meta.Snaplen
-	if err := cfgMap.Put(uint32(0), cfg); err != nil {
+	if err := writeConfig(cfgMap, cfg); err != nil {
 		return nil, fmt.Errorf("set sample config: %w", err)
 	}
 

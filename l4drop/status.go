@@ -174,12 +174,12 @@ func (h *Handle) SampleStats() (samples, lost uint64, err error) {
 // SetSampleRate changes the sample rate (one in rate; 0 off) at once,
 // without reloading.
 func (h *Handle) SetSampleRate(rate uint32) error {
-	var cfg config
-	if err := h.Config.Lookup(uint32(0), &cfg); err != nil {
+	cfg, err := readConfig(h.Config)
+	if err != nil {
 		return fmt.Errorf("read sample config: %w", err)
 	}
 	cfg.Threshold = SampleThreshold(rate)
-	if err := h.Config.Put(uint32(0), cfg); err != nil {
+	if err := writeConfig(h.Config, cfg); err != nil {
 		return fmt.Errorf("set sample rate: %w", err)
 	}
 	return nil
@@ -203,8 +203,8 @@ func (h *Handle) Status(interval time.Duration) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cfg config
-	if err := h.Config.Lookup(uint32(0), &cfg); err != nil {
+	cfg, err := readConfig(h.Config)
+	if err != nil {
 		return nil, fmt.Errorf("read sample config: %w", err)
 	}
 	st := &Status{

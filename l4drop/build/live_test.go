@@ -146,6 +146,40 @@ func TestSamplingRate(t *testing.T) {
 			t.Errorf("rate 1, %d packets, a one-page reader that never reads: no sample lost", tt.runs)
 		}
 	}
+	// Packet by packet: the draws are independent, no pattern (a
+	// counter-driven sampler with a poor mix would take every Nth).
+	const rate, runs = 4, 4000
+	if err := h.SetSampleRate(rate); err != nil {
+		t.Fatal(err)
+	}
+	var sampled, pairs, both int
+	prev := false
+	for i := range runs {
+		s0, l0 := stats()
+		if _, err := l.Programs[0].Run(&ebpf.RunOptions{Data: frame}); err != nil {
+			t.Fatal(err)
+		}
+		s1, l1 := stats()
+		cur := s1+l1 > s0+l0
+		if cur {
+			sampled++
+		}
+		if i > 0 && prev {
+			pairs++
+			if cur {
+				both++
+			}
+		}
+		prev = cur
+	}
+	p := 1.0 / rate
+	if sd := math.Sqrt(runs * p * (1 - p)); math.Abs(float64(sampled)-runs*p) > 6*sd {
+		t.Errorf("rate %d, packet by packet: %d of %d sampled, want %.0f ± %.0f", rate, sampled, runs, runs*p, 6*sd)
+	}
+	// After a sampled packet the next is sampled one time in rate too.
+	if sd := math.Sqrt(float64(pairs) * p * (1 - p)); math.Abs(float64(both)-float64(pairs)*p) > 6*sd {
+		t.Errorf("rate %d: %d of the %d packets after a sampled one sampled, want %.0f ± %.0f", rate, both, pairs, float64(pairs)*p, 6*sd)
+	}
 }
 
 // TestReloadUnderFlood: replacing the rule set while attack and legitimate
