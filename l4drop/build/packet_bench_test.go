@@ -13,7 +13,8 @@ import (
 
 // BenchmarkPacket measures what a packet costs the rule sets of
 // bench.PacketCases (each shape at 1 and 1,000 rules, 10,000 of mixed
-// shapes), sampling off as in production, with BPF_PROG_TEST_RUN next to
+// shapes), sampling off as in production at high rates (and one port rule
+// with sampling on, as with --auto or --sflow), with BPF_PROG_TEST_RUN next to
 // an XDP program that drops everything: the packet matching the last rule
 // (every rule before it runs) and a legitimate query no rule matches, in
 // 20 rounds, drop-all and the two in turns (bench.TimePackets). Each
@@ -31,7 +32,7 @@ func BenchmarkPacket(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, c := range cases {
-		b.Run(fmt.Sprintf("%s/%d", c.Shape, c.Rules), func(b *testing.B) {
+		b.Run(fmt.Sprintf("%s/%d/sample-%d", c.Shape, c.Rules, c.SampleRate), func(b *testing.B) {
 			rs, err := build.ParseRuleSet("packet.yaml", []byte(c.YAML))
 			if err != nil {
 				b.Fatal(err)
@@ -48,7 +49,7 @@ func BenchmarkPacket(b *testing.B) {
 			if err := bench.CheckPacketCase(d, c); err != nil {
 				b.Fatal(err)
 			}
-			if err := d.SetSampleRate(0); err != nil {
+			if err := d.SetSampleRate(c.SampleRate); err != nil {
 				b.Fatal(err)
 			}
 			const rounds = 20

@@ -50,6 +50,9 @@ type PacketCase struct {
 	Rules int
 	// YAML is the rule set, sampling off.
 	YAML string
+	// SampleRate is the sampling the program runs with (one in it; 0
+	// off, as at high rates without --auto or --sflow).
+	SampleRate uint32
 	// Hit matches the last rule and no other: it runs through every
 	// rule before it. Miss, a DNS query for www.example.org from the lab's
 	// client, matches none: the cost of legitimate traffic.
@@ -61,6 +64,9 @@ func (c PacketCase) Name() string {
 	what := packetShapeNames[c.Shape]
 	if what == "" {
 		what = c.Shape
+	}
+	if c.SampleRate > 0 {
+		what += fmt.Sprintf(", sampling one packet in %d", c.SampleRate)
 	}
 	if c.Rules == 1 {
 		return what + ": 1 rule"
@@ -179,8 +185,18 @@ func PacketCases() ([]PacketCase, error) {
 	if err != nil {
 		return nil, err
 	}
+	cs = append(cs, c)
+	// Sampling on, as the daemon runs with --auto or --sflow: the draw's
+	// cost on every packet.
+	if c, err = NewPacketCase("port", 1); err != nil {
+		return nil, err
+	}
+	c.SampleRate = PacketSampleRate
 	return append(cs, c), nil
 }
+
+// PacketSampleRate is the sampling of the per-packet row with sampling on.
+const PacketSampleRate = 1000
 
 // PacketTiming is one program's cost for one packet, per round, in ns per
 // packet: CPU is the thread's CPU time over a test run of many packets
@@ -379,7 +395,7 @@ func (t Tools) MeasurePerPacket(ctx context.Context, dir string, cases []PacketC
 
 // loadPacketCase builds and loads c, sampling off, and checks its packets.
 func (t Tools) loadPacketCase(ctx context.Context, dir string, c PacketCase) (*l4drop.DryRun, error) {
-	name := fmt.Sprintf("packet-%s-%d", c.Shape, c.Rules)
+	name := fmt.Sprintf("packet-%s-%d-%d", c.Shape, c.Rules, c.SampleRate)
 	obj, _, err := t.BuildRules(ctx, dir, name, c.YAML)
 	if err != nil {
 		return nil, err
@@ -396,7 +412,7 @@ func (t Tools) loadPacketCase(ctx context.Context, dir string, c PacketCase) (*l
 		d.Close()
 		return nil, err
 	}
-	if err := d.SetSampleRate(0); err != nil {
+	if err := d.SetSampleRate(c.SampleRate); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -445,7 +461,7 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 		}
 	}
 	fmt.Fprintf(b, "\n## Per packet, in BPF_PROG_TEST_RUN\n\n"+
-		"Each rule set's first program as it runs while nobody captures (its quiet twin, without xdpcap's hook: docs/xdpcap.md), sampling off (`sample_rate: 0`, as in production at high rates), over a packet that "+
+		"Each rule set's first program as it runs while nobody captures (its quiet twin, without xdpcap's hook: docs/xdpcap.md), sampling off (`sample_rate: 0`, as in production at high rates; one row with sampling on, as the daemon runs with --auto or --sflow), over a packet that "+
 		"matches its last rule (every rule before it runs) and over a legitimate DNS query for www.example.org that none "+
 		"matches, next to an XDP program that drops everything, %d rounds of %d test runs, drop-all, the matching packet "+
 		"and the miss in turns. Each program stays attached (generic XDP in a namespace of its own), so the kernel's XDP "+

@@ -21,12 +21,16 @@ func TestPacketCases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := len(PacketShapes)*2 + 1
+	// Each shape at two sizes, the mixed set, one with sampling on.
+	want := len(PacketShapes)*2 + 2
 	if len(cases) != want {
 		t.Fatalf("%d cases, want %d", len(cases), want)
 	}
+	if last := cases[len(cases)-1]; last.SampleRate == 0 || !strings.Contains(last.Name(), "sampling one packet in") {
+		t.Errorf("last case %q: sampling off, want on", last.Name())
+	}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("%s/%d", c.Shape, c.Rules), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/%d/sample-%d", c.Shape, c.Rules, c.SampleRate), func(t *testing.T) {
 			rs, err := build.ParseRuleSet("packet.yaml", []byte(c.YAML))
 			if err != nil {
 				t.Fatal(err)
