@@ -274,6 +274,32 @@ func (d *DryRun) SetSampleRate(rate uint32) error {
 	return nil
 }
 
+// SetAutoRules puts rules in the dry run's auto rule slots, from the
+// first, as l4drop run --auto deploys them, for tests and benchmarks of
+// the auto rules' path.
+func (d *DryRun) SetAutoRules(rules []AutoRule) error {
+	auto, count := d.coll.Maps[MapAuto], d.coll.Maps[MapAutoCount]
+	if auto == nil || count == nil {
+		return ErrNoAuto
+	}
+	if len(rules) > AutoSlots {
+		return fmt.Errorf("%w: %d rules, %d slots", ErrAutoRule, len(rules), AutoSlots)
+	}
+	for i, r := range rules {
+		b, err := r.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if err := auto.Put(uint32(i), b); err != nil {
+			return fmt.Errorf("auto rule slot %d: %w", i, err)
+		}
+	}
+	if err := count.Put(uint32(0), uint32(len(rules))); err != nil {
+		return fmt.Errorf("set auto rule count: %w", err)
+	}
+	return nil
+}
+
 // Close detaches and unloads.
 func (d *DryRun) Close() error {
 	var err error
