@@ -46,10 +46,7 @@ func BenchmarkPacket(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer d.Close()
-			if err := bench.CheckPacketCase(d, c); err != nil {
-				b.Fatal(err)
-			}
-			if err := d.SetSampleRate(c.SampleRate); err != nil {
+			if err := bench.PreparePacketCase(d, c); err != nil {
 				b.Fatal(err)
 			}
 			const rounds = 20

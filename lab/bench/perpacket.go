@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -41,6 +42,7 @@ var packetShapeNames = map[string]string{
 	"net":       "hosts, then nets (`src host A`, `src net A/24`)",
 	"bpf":       "bytecode (`bpf:`, bpfgen dns of hostN.bytecode.example: three name lengths)",
 	PacketMixed: "mixed shapes (MixedRuleSet, then an exact DNS name)",
+	PacketAuto:  "an auto rule of 8 conditions (`l4drop run --auto`'s shape of a DNS flood's fingerprint), after a port rule the packets do not match",
 	PacketFloor: "for reference, not L4Drop: a port rule written by hand with a per-rule counter and the sampling test (floorC in lab/bench/floor.go)",
 }
 
@@ -53,6 +55,10 @@ type PacketCase struct {
 	// SampleRate is the sampling the program runs with (one in it; 0
 	// off, as at high rates without --auto or --sflow).
 	SampleRate uint32
+	// Auto are auto rules deployed in the program's slots, as l4drop run
+	// --auto deploys them; with them, Hit is dropped by the first, after
+	// the file's rules, which it does not match.
+	Auto []l4drop.AutoRule
 	// Hit matches the last rule and no other: it runs through every
 	// rule before it. Miss, a DNS query for www.example.org from the lab's
 	// client, matches none: the cost of legitimate traffic.
@@ -192,11 +198,44 @@ func PacketCases() ([]PacketCase, error) {
 		return nil, err
 	}
 	c.SampleRate = PacketSampleRate
+	cs = append(cs, c)
+	if c, err = NewAutoPacketCase(); err != nil {
+		return nil, err
+	}
 	return append(cs, c), nil
 }
 
 // PacketSampleRate is the sampling of the per-packet row with sampling on.
 const PacketSampleRate = 1000
+
+// PacketAuto is the shape name of the auto rule row (NewAutoPacketCase).
+const PacketAuto = "auto"
+
+// NewAutoPacketCase returns the auto rule row's case: a rule set of one
+// port rule that neither packet matches, and an auto rule of 8 conditions
+// as the fingerprint engine writes one for a DNS flood (destination port,
+// length, TTL, five words of the query), which the matching packet meets
+// and the legitimate query fails at its second.
+func NewAutoPacketCase() (PacketCase, error) {
+	c, err := NewPacketCase("port", 1)
+	if err != nil {
+		return c, err
+	}
+	c.Shape = PacketAuto
+	c.Hit = dnsPacket("host1.attack.example")
+	query := c.Hit[14+20+8:]
+	conds := []l4drop.AutoCond{
+		{Base: l4drop.BaseL4, Size: 2, Off: 2, Mask: 0xffff, Min: 53, Max: 53},
+		{Base: l4drop.BaseLen, Min: uint32(len(c.Hit) - 14), Max: uint32(len(c.Hit) - 14)},
+		{Base: l4drop.BaseIP, Size: 1, Off: 8, Mask: 0xff, Min: uint32(c.Hit[14+8]), Max: uint32(c.Hit[14+8])},
+	}
+	for off := 12; len(conds) < l4drop.AutoConds; off += 4 {
+		w := binary.BigEndian.Uint32(query[off:])
+		conds = append(conds, l4drop.AutoCond{Base: l4drop.BasePayload, Size: 4, Off: uint16(off), Mask: 0xffffffff, Min: w, Max: w})
+	}
+	c.Auto = []l4drop.AutoRule{{State: l4drop.AutoDrop, Family: 4, Proto: 17, Conds: conds}}
+	return c, nil
+}
 
 // PacketTiming is one program's cost for one packet, per round, in ns per
 // packet: CPU is the thread's CPU time over a test run of many packets
@@ -408,15 +447,29 @@ func (t Tools) loadPacketCase(ctx context.Context, dir string, c PacketCase) (*l
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	if err := CheckPacketCase(d, c); err != nil {
-		d.Close()
-		return nil, err
-	}
-	if err := d.SetSampleRate(c.SampleRate); err != nil {
+	if err := PreparePacketCase(d, c); err != nil {
 		d.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// PreparePacketCase readies d, c's rule set loaded, for timing: it deploys
+// c's auto rules, checks c's packets (CheckPacketCase) and sets c's
+// sampling.
+func PreparePacketCase(d *l4drop.DryRun, c PacketCase) error {
+	if len(c.Auto) > 0 {
+		if err := d.SetAutoRules(c.Auto); err != nil {
+			return fmt.Errorf("%s: %w", c.Name(), err)
+		}
+	}
+	if err := CheckPacketCase(d, c); err != nil {
+		return err
+	}
+	if err := d.SetSampleRate(c.SampleRate); err != nil {
+		return fmt.Errorf("%s: %w", c.Name(), err)
+	}
+	return nil
 }
 
 // CheckPacketCase checks that d, c's rule set loaded, drops c.Hit by the
@@ -426,8 +479,12 @@ func CheckPacketCase(d *l4drop.DryRun, c PacketCase) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.Name(), err)
 	}
-	if v.Action != "drop" || v.Rule != uint32(c.Rules-1) {
-		return fmt.Errorf("%s: the matching packet: %s by rule %d, want drop by the last, %d", c.Name(), v.Action, int32(v.Rule), c.Rules-1)
+	want := uint32(c.Rules - 1)
+	if len(c.Auto) > 0 {
+		want = l4drop.AutoRuleBase(c.Rules) // the first slot's
+	}
+	if v.Action != "drop" || v.Rule != want {
+		return fmt.Errorf("%s: the matching packet: %s by rule %d, want drop by %d", c.Name(), v.Action, int32(v.Rule), want)
 	}
 	if v, err = d.Run(c.Miss); err != nil {
 		return fmt.Errorf("%s: %w", c.Name(), err)
@@ -487,7 +544,7 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 		}
 		hs, ms := c.HitSpread(), c.MissSpread()
 		target := "-"
-		if c.Case.Shape != PacketFloor {
+		if c.Case.Shape != PacketFloor && c.Case.Shape != PacketAuto {
 			target = fmt.Sprintf("≤ %.0f ns", packetTarget(c.Case))
 		}
 		fmt.Fprintf(b, "| %s | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %s |\n",

@@ -21,13 +21,17 @@ func TestPacketCases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Each shape at two sizes, the mixed set, one with sampling on.
-	want := len(PacketShapes)*2 + 2
+	// Each shape at two sizes, the mixed set, one with sampling on, one
+	// with an auto rule.
+	want := len(PacketShapes)*2 + 3
 	if len(cases) != want {
 		t.Fatalf("%d cases, want %d", len(cases), want)
 	}
-	if last := cases[len(cases)-1]; last.SampleRate == 0 || !strings.Contains(last.Name(), "sampling one packet in") {
-		t.Errorf("last case %q: sampling off, want on", last.Name())
+	if c := cases[len(cases)-2]; c.SampleRate == 0 || !strings.Contains(c.Name(), "sampling one packet in") {
+		t.Errorf("case %q: sampling off, want on", c.Name())
+	}
+	if c := cases[len(cases)-1]; c.Shape != PacketAuto || len(c.Auto) != 1 || len(c.Auto[0].Conds) != l4drop.AutoConds {
+		t.Errorf("last case %q: %d auto rules, want one of %d conditions", c.Name(), len(c.Auto), l4drop.AutoConds)
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("%s/%d/sample-%d", c.Shape, c.Rules, c.SampleRate), func(t *testing.T) {
@@ -47,7 +51,7 @@ func TestPacketCases(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			if err := CheckPacketCase(d, c); err != nil {
+			if err := PreparePacketCase(d, c); err != nil {
 				t.Fatal(err)
 			}
 			// The check itself must fail when the packets are swapped.
