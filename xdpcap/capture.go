@@ -223,7 +223,7 @@ func Start(hooks []*ebpf.Map, opts Options) (_ *Capture, err error) {
 		} else if !owned {
 			return nil, fmt.Errorf("hook %d: %w", i, ErrNoProgram)
 		}
-		l, err := lockHook(h)
+		l, err := lockHook(h, lockWait)
 		if err != nil {
 			return nil, fmt.Errorf("hook %d: %w", i, err)
 		}

@@ -214,6 +214,12 @@ func TestCaptureLocks(t *testing.T) {
 	if _, err := Clear(hook); !errors.Is(err, ErrHookBusy) {
 		t.Errorf("Clear during a capture: err = %v, want ErrHookBusy", err)
 	}
+	if n, err := ClearStale(hook); n != 0 || err != nil {
+		t.Errorf("ClearStale during a capture: %d, %v; want 0, nil", n, err)
+	}
+	if busy, err := Capturing(hook); !busy || err != nil {
+		t.Errorf("after ClearStale during a capture: capturing %v, %v", busy, err)
+	}
 
 	// A capture that dies without cleaning up leaves its filters and
 	// releases its lock; simulate it by dropping the lock only.
@@ -226,6 +232,19 @@ func TestCaptureLocks(t *testing.T) {
 		t.Errorf("Clear removed %d filters (%v), want %d", n, err, NumActions)
 	}
 	hookEmpty(t, hook)
+	c.Close()
+
+	// A lock held for a moment, as l4drop run's ClearStale holds it, is
+	// waited for.
+	l, err := lockHook(hook, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(lockWait/4, l.unlock)
+	c, err = Start([]*ebpf.Map{hook}, Options{})
+	if err != nil {
+		t.Fatalf("capture while the lock is held for %v: %v", lockWait/4, err)
+	}
 	c.Close()
 
 	// A foreign program in a slot is not ours to remove.

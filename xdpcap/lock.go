@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -26,7 +27,13 @@ type hookLock struct {
 	path string
 }
 
-func lockHook(hook *ebpf.Map) (*hookLock, error) {
+// lockWait is how long a capture or Clear waits for a hook lock another
+// process holds: l4drop run holds it for a moment when it checks for
+// filters a killed capture left (ClearStale).
+const lockWait = 200 * time.Millisecond
+
+// lockHook locks hook, waiting up to wait for a lock another process holds.
+func lockHook(hook *ebpf.Map, wait time.Duration) (*hookLock, error) {
 	info, err := hook.Info()
 	if err != nil {
 		return nil, fmt.Errorf("hook info: %w", err)
@@ -41,7 +48,8 @@ func lockHook(hook *ebpf.Map) (*hookLock, error) {
 	path := filepath.Join(LockDir, fmt.Sprintf("hook-%d.lock", id))
 	// The holder removes the file when it lets go, so a locker may end up
 	// holding a file no longer at path; it then tries again.
-	for range 10 {
+	deadline := time.Now().Add(wait)
+	for changes := 0; changes < 10; {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("lock hook: %w", err)
@@ -49,6 +57,10 @@ func lockHook(hook *ebpf.Map) (*hookLock, error) {
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			owner, _ := os.ReadFile(path)
 			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) && time.Now().Before(deadline) {
+				time.Sleep(wait / 10)
+				continue
+			}
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				if pid := strings.TrimSpace(string(owner)); pid != "" {
 					return nil, fmt.Errorf("%w (pid %s)", ErrHookBusy, pid)
@@ -60,6 +72,7 @@ func lockHook(hook *ebpf.Map) (*hookLock, error) {
 		var held, atPath unix.Stat_t
 		if unix.Fstat(int(f.Fd()), &held) != nil || unix.Stat(path, &atPath) != nil || held.Ino != atPath.Ino || held.Dev != atPath.Dev {
 			f.Close()
+			changes++
 			continue
 		}
 		// Who holds it, for the message above; the lock itself is the flock.
@@ -132,7 +145,22 @@ func clearStale(hook *ebpf.Map) (int, error) {
 // ErrHookBusy while a capture runs on the hook. Starting a capture clears
 // the hook the same way.
 func Clear(hook *ebpf.Map) (int, error) {
-	l, err := lockHook(hook)
+	return clearHook(hook, lockWait)
+}
+
+// ClearStale is Clear for a process that watches the hook, such as l4drop
+// run: it does not wait for the lock, and while a capture runs it removes
+// nothing and returns 0, not ErrHookBusy.
+func ClearStale(hook *ebpf.Map) (int, error) {
+	n, err := clearHook(hook, 0)
+	if errors.Is(err, ErrHookBusy) {
+		return 0, nil
+	}
+	return n, err
+}
+
+func clearHook(hook *ebpf.Map, wait time.Duration) (int, error) {
+	l, err := lockHook(hook, wait)
 	if err != nil {
 		return 0, err
 	}
