@@ -55,7 +55,7 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 		cfg.Components = append(cfg.Components, pd)
 	}
-	cfg.Components = append(cfg.Components, daemon.NewExpiry())
+	cfg.Components = append(cfg.Components, daemon.NewExpiry(), daemon.NewCaptureWatch())
 	if *sflowTo != "" {
 		sf, err := daemon.NewSFlow(strings.Split(*sflowTo, ","), *sflowAgent)
 		if err != nil {
