@@ -9,6 +9,14 @@ package build
 // header of IPv4 is at IHL*4 in first fragments only, the payload after
 // UDP's 8 bytes or TCP's data offset.
 const autoEvalC = `
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define L4_LOAD_BE16(p) ((__u32)*(const uint16_t *)(p))
+#define L4_LOAD_BE32(p) (*(const __u32 *)(p))
+#else
+#define L4_LOAD_BE16(p) ((__u32)__builtin_bswap16(*(const uint16_t *)(p)))
+#define L4_LOAD_BE32(p) __builtin_bswap32(*(const __u32 *)(p))
+#endif
+
 /* l4_auto_load loads the big-endian field of size bytes at ip + o into *v;
  * 0 when it lies beyond the packet. */
 static __always_inline int l4_auto_load(const uint8_t *ip, const uint8_t *end, __u32 o, __u32 size, __u32 *v)
@@ -24,15 +32,16 @@ static __always_inline int l4_auto_load(const uint8_t *ip, const uint8_t *end, _
 		*v = p[0];
 		return 1;
 	}
+	/* One load, swapped: packet loads need no alignment here. */
 	if (size == 2) {
 		if (p + 2 > end)
 			return 0;
-		*v = (__u32)p[0] << 8 | p[1];
+		*v = L4_LOAD_BE16(p);
 		return 1;
 	}
 	if (p + 4 > end)
 		return 0;
-	*v = (__u32)p[0] << 24 | (__u32)p[1] << 16 | (__u32)p[2] << 8 | p[3];
+	*v = L4_LOAD_BE32(p);
 	return 1;
 }
 
