@@ -42,7 +42,7 @@ var packetShapeNames = map[string]string{
 	"net":       "hosts, then nets (`src host A`, `src net A/24`)",
 	"bpf":       "bytecode (`bpf:`, bpfgen dns of hostN.bytecode.example: three name lengths)",
 	PacketMixed: "mixed shapes (MixedRuleSet, then an exact DNS name)",
-	PacketAuto:  "an auto rule of 8 conditions (`l4drop run --auto`'s shape of a DNS flood's fingerprint), after a port rule the packets do not match",
+	PacketAuto:  "an auto rule of 8 conditions (`l4drop run --auto`'s shape of a DNS flood's fingerprint), after a port rule neither packet matches",
 	PacketFloor: "for reference, not L4Drop: a port rule written by hand with a per-rule counter and the sampling test (floorC in lab/bench/floor.go)",
 }
 
@@ -73,6 +73,9 @@ func (c PacketCase) Name() string {
 	}
 	if c.SampleRate > 0 {
 		what += fmt.Sprintf(", sampling one packet in %d", c.SampleRate)
+	}
+	if len(c.Auto) > 0 || c.Shape == PacketFloor {
+		return what // its rule count says nothing
 	}
 	if c.Rules == 1 {
 		return what + ": 1 rule"
