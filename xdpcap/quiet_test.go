@@ -30,8 +30,8 @@ func TestQuietTwin(t *testing.T) {
 	fixture.AttachXDP(t, lab.Server, lab.ServerIndex, quiet)
 	runs := func(when string, want *ebpf.Program) {
 		t.Helper()
-		if got, wantID := linkProgram(t, lab.ServerIndex, quiet, loud), programID(t, want); got != wantID {
-			t.Fatalf("%s: the link runs program %d, want %d (quiet %d, loud %d)", when, got, wantID, programID(t, quiet), programID(t, loud))
+		if got, wantID := linkProgram(t, lab.ServerIndex, quiet, loud), fixture.ProgramID(t, want); got != wantID {
+			t.Fatalf("%s: the link runs program %d, want %d (quiet %d, loud %d)", when, got, wantID, fixture.ProgramID(t, quiet), fixture.ProgramID(t, loud))
 		}
 	}
 	runs("attached", quiet)
@@ -96,7 +96,7 @@ func linkProgram(t *testing.T, ifindex int, progs ...*ebpf.Program) ebpf.Program
 	t.Helper()
 	ids := map[ebpf.ProgramID]bool{}
 	for _, p := range progs {
-		ids[programID(t, p)] = true
+		ids[fixture.ProgramID(t, p)] = true
 	}
 	var it link.Iterator
 	defer it.Close()
@@ -114,14 +114,4 @@ func linkProgram(t *testing.T, ifindex int, progs ...*ebpf.Program) ebpf.Program
 	}
 	t.Fatalf("no XDP link on interface %d runs one of the programs", ifindex)
 	return 0
-}
-
-func programID(t *testing.T, p *ebpf.Program) ebpf.ProgramID {
-	t.Helper()
-	info, err := p.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return id
 }

@@ -193,12 +193,7 @@ func linkProgram(t *testing.T, dir string) uint32 {
 		t.Fatal(err)
 	}
 	defer prog.Close()
-	info, err := prog.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := info.ID()
-	return uint32(id)
+	return uint32(fixture.ProgramID(t, prog))
 }
 
 // waitMatched waits until the capture's filters matched n packets.

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,26 +16,9 @@ import (
 	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/l4drop"
 	"github.com/l4drop/l4drop/l4drop/daemon"
+	"github.com/l4drop/l4drop/lab"
 	"github.com/l4drop/l4drop/xdpcap"
 )
-
-// lockedBuffer is a log the daemon's goroutines write while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestCaptureWatch: a running capture is left alone; the filters of one
 // killed with SIGKILL are removed within a few ticks, and the link runs the
@@ -44,13 +26,13 @@ func (l *lockedBuffer) String() string {
 func TestCaptureWatch(t *testing.T) {
 	fixture.RequireRoot(t)
 	xdpcapBin := filepath.Join(fixture.BuildCommands(t, "./cmd/xdpcap"), "xdpcap")
-	lab := fixture.Lab(t)
+	pair := fixture.Lab(t)
 	root := fixture.BPFFS(t)
 	obj := buildYAML(t, rules)
-	log := &lockedBuffer{}
+	log := &lab.Output{}
 	d, err := daemon.New(daemon.Config{
 		Object: func(context.Context) ([]byte, error) { return obj, nil },
-		Load:   l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root},
+		Load:   l4drop.LoadOptions{Iface: pair.ServerIf, Netns: pair.Server.Name, Root: root},
 		Tick:   20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(log, nil)),
 		Components: []daemon.Component{daemon.NewCaptureWatch()},
 	})
@@ -63,7 +45,7 @@ func TestCaptureWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Stop()
-	dir := l4drop.Dir(root, lab.ServerIf, lab.Server.Name)
+	dir := l4drop.Dir(root, pair.ServerIf, pair.Server.Name)
 	defer l4drop.Unload(dir)
 	hookPath := filepath.Join(dir, l4drop.PinHook)
 	hook, err := ebpf.LoadPinnedMap(hookPath, nil)
@@ -84,11 +66,7 @@ func TestCaptureWatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer prog.Close()
-		info, err := prog.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := info.ID()
+		id := fixture.ProgramID(t, prog)
 		var loudID uint32
 		if err := hook.Lookup(uint32(xdpcap.LoudSlot), &loudID); err != nil {
 			t.Fatal(err)
