@@ -236,6 +236,9 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 			cond = "A > " + src
 		case jmpJGE:
 			cond = "A >= " + src
+			if _, ok := g.opts.Params[i]; ok && g.opts.ParamTest != "" {
+				cond = g.opts.ParamTest + "(" + src + ", A)"
+			}
 		case jmpJSET:
 			cond = "A & " + src
 		}

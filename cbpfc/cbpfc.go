@@ -114,9 +114,10 @@ type COpts struct {
 	// ParamType is the C type of the parameters; "uint32_t" if empty.
 	ParamType string
 	// ParamTest, when set, names a C function or macro called as
-	// ParamTest(param, A) in place of each equality test (jeq) of a
-	// parameter; its result is the test's. With a pointer ParamType it
-	// lets a caller watch the values A is compared with.
+	// ParamTest(param, A) in place of each equality test (jeq) and each
+	// lower bound (jge) of a parameter; its result is the test's. With a
+	// pointer ParamType it lets a caller watch the values A is compared
+	// with.
 	ParamTest string
 }
 

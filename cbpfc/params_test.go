@@ -1,0 +1,32 @@
+package cbpfc
+
+import (
+	"strings"
+	"testing"
+
+	"golang.org/x/net/bpf"
+)
+
+// ParamTest stands for a parameter's equality tests and lower bounds, so
+// that a caller can watch the values a range starts at; other tests of
+// parameters stay comparisons.
+func TestParamTest(t *testing.T) {
+	prog := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: 0, Size: 2},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 7, SkipTrue: 3},              // 1: port 7 matches
+		bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: 1000, SkipFalse: 3}, // 2: lower bound
+		bpf.JumpIf{Cond: bpf.JumpGreaterThan, Val: 1010, SkipTrue: 2},     // 3: upper bound
+		bpf.RetConstant{Val: 1},
+		bpf.RetConstant{Val: 1},
+		bpf.RetConstant{Val: 0},
+	}
+	src, err := ToC(prog, COpts{FunctionName: "f", Params: map[int]string{1: "eq", 2: "lo", 3: "hi"}, ParamTest: "watch"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"watch(eq, A)", "watch(lo, A)", "A > hi"} {
+		if !strings.Contains(src, want) {
+			t.Errorf("the C lacks %q:\n%s", want, src)
+		}
+	}
+}
