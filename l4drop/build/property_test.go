@@ -86,6 +86,15 @@ var propShapes = []func(r *rand.Rand) (string, [][]byte){
 		}
 		return fmt.Sprintf("dns: [\"%s\"]%s", pat, ci), [][]byte{fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 53, q), fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, 53, q)}
 	},
+	func(r *rand.Rand) (string, [][]byte) { // port ranges, one direction or either
+		lo := propPort(r)
+		hi := lo + uint16(r.IntN(8))
+		dir := []string{"dst ", "src ", ""}[r.IntN(3)]
+		in, out := lo+uint16(r.IntN(int(hi-lo)+1)), hi+1
+		return fmt.Sprintf("expr: \"udp %sportrange %d-%d\"", dir, lo, hi), [][]byte{
+			fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, in, in, nil), fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, out, lo-1, nil),
+			fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 9, in, nil)}
+	},
 	func(r *rand.Rand) (string, [][]byte) { // combined
 		name := fmt.Sprintf("c%d.example", r.IntN(20))
 		q := fixture.DNSQuery(name, 1)

@@ -64,10 +64,117 @@ type shape struct {
 	params [][]int
 	// isParam marks those instructions.
 	isParam []bool
-	set     bool // one parameter, tested for equality only
+	set     bool // one parameter, tested for equality only, or ranges
 	// keyed: several parameters, and a run that takes every test of them
 	// as equal finds the only constants that can match (keyedDecides).
 	keyed bool
+	// ranges: a set of two parameters, a range (rangeShape): the table
+	// holds every value of each rule's range.
+	ranges bool
+}
+
+// maxRangeValues bounds the values all the ranges of a set hold: a set's
+// table has one entry a value (port ranges of a few dozen ports each).
+// Wider ranges share a function, called once a rule.
+const maxRangeValues = 1 << 16
+
+// rangeShape reports whether prog tests a range of one value A with its
+// two parameters, A >= params[0] and not A > params[1], as pcap's
+// portrange does: every test of params[0] is a jge whose true branch is a
+// test of params[1], a jgt whose false branch matches and whose true
+// branch goes where the jge's false branch goes (the next direction of
+// `portrange`, or no match); and a test of params[1] follows nothing
+// else. A run that takes every jge as false then meets each value a range
+// is tested on, and a value in a rule's range is a match of that rule.
+func rangeShape(prog []bpf.Instruction, params [][]int) bool {
+	if len(params) != 2 {
+		return false
+	}
+	op := func(pc int) (bpf.RawInstruction, bool) {
+		raw, err := prog[pc].Assemble()
+		return raw, err == nil
+	}
+	// land follows unconditional jumps from pc.
+	land := func(pc int) int {
+		for pc < len(prog) {
+			raw, ok := op(pc)
+			if !ok || raw.Op != 0x05 {
+				break
+			}
+			pc += 1 + int(raw.K)
+		}
+		return pc
+	}
+	ret := func(pc int) (match, ok bool) {
+		if pc >= len(prog) {
+			return false, false
+		}
+		raw, good := op(pc)
+		if !good || raw.Op != 0x06 {
+			return false, false
+		}
+		return raw.K != 0, true
+	}
+	upper := map[int]int{} // jgt -> where its true branch lands
+	for _, pc := range params[1] {
+		raw, ok := op(pc)
+		if !ok || raw.Op != 0x25 { // jgt #k
+			return false
+		}
+		if m, ok := ret(land(pc + 1 + int(raw.Jf))); !ok || !m {
+			return false
+		}
+		upper[pc] = land(pc + 1 + int(raw.Jt))
+	}
+	lower := map[int]bool{}
+	for _, pc := range params[0] {
+		raw, ok := op(pc)
+		if !ok || raw.Op != 0x35 { // jge #k
+			return false
+		}
+		above, ok := upper[pc+1+int(raw.Jt)]
+		below := pc + 1 + int(raw.Jf)
+		if _, bad := upper[below]; !ok || bad || above != land(below) {
+			return false
+		}
+		lower[pc] = true
+	}
+	// Nothing else leads to an upper bound's test.
+	for pc := range prog {
+		raw, ok := op(pc)
+		if !ok {
+			return false
+		}
+		var next []int
+		switch {
+		case raw.Op&0x07 == 0x06: // ret
+		case raw.Op == 0x05:
+			next = []int{pc + 1 + int(raw.K)}
+		case raw.Op&0x07 == 0x05:
+			next = []int{pc + 1 + int(raw.Jt), pc + 1 + int(raw.Jf)}
+			if lower[pc] {
+				next = next[1:] // its true branch is the one allowed
+			}
+		default:
+			next = []int{pc + 1}
+		}
+		for _, n := range next {
+			if _, ok := upper[n]; ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// rangeWidth is how many values the range of a matcher of a range shape
+// holds, or 0 for an empty one.
+func rangeWidth(prog []bpf.Instruction, params [][]int) int {
+	lo, hi := jumpK(prog, params[0][0]), jumpK(prog, params[1][0])
+	if hi < lo {
+		return 0
+	}
+	return int(hi-lo) + 1
 }
 
 // shapeKey is prog's instructions with the constants of conditional jumps
@@ -201,6 +308,13 @@ func templates(rules []compiledRule) (string, error) {
 			}
 		}
 		sh.set = len(params) == 1 && allJEQ
+		if !allJEQ && rangeShape(first, params) {
+			values := 0
+			for _, mb := range ms {
+				values += rangeWidth(mb.m.prog, params)
+			}
+			sh.set, sh.ranges = values <= maxRangeValues, values <= maxRangeValues
+		}
 		// One parameter whose equal test does not lead straight to a
 		// match (tests follow it) would need a candidate run and then a
 		// second run of the matcher per candidate; keyed, one run
@@ -374,7 +488,16 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	}
 	g := l4drop.SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b)}
 	for _, i := range idx {
-		g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: rules[i].matchers[0].args[0]})
+		args := rules[i].matchers[0].args
+		if !m.shape.ranges {
+			g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: args[0]})
+			continue
+		}
+		// Every value of the range: the table finds the first rule
+		// whose range holds the value tested.
+		for v := uint64(args[0]); v <= uint64(args[1]); v++ {
+			g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: uint32(v)})
+		}
 	}
 	var keys [][]uint64
 	seen := map[uint32]bool{}
@@ -420,7 +543,11 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	}
 	for _, i := range idx {
 		start := w.next()
-		w.printf("\tif (L4_ENABLED(%s) && %s(ctx, L4_IPOFF(ctx, ip), %#xu))\n\t\treturn %d;\n", enableSymbol(i), m.fn, rules[i].matchers[0].args[0], i<<resultShift|first.rule.Action.code())
+		var args []string
+		for _, a := range rules[i].matchers[0].args {
+			args = append(args, fmt.Sprintf("%#xu", a))
+		}
+		w.printf("\tif (L4_ENABLED(%s) && %s(ctx, L4_IPOFF(ctx, ip), %s))\n\t\treturn %d;\n", enableSymbol(i), m.fn, strings.Join(args, ", "), i<<resultShift|first.rule.Action.code())
 		meta.Rules[i].CLines = append(meta.Rules[i].CLines, [2]int{start, w.line})
 	}
 	w.printf("\treturn L4_NONE;\n}\n")

@@ -418,3 +418,112 @@ func TestDNSTablesInline(t *testing.T) {
 		})
 	}
 }
+
+// TestRangeSets: port ranges of one shape are a set whose table holds
+// every value of every range, and decide every packet as the same rules
+// tried one by one: overlaps (the first rule wins), drop and pass, either
+// direction (two values a packet), both families, later fragments,
+// malformed packets, switches. Ranges too wide for a table are not a set.
+func TestRangeSets(t *testing.T) {
+	fixture.RequireRoot(t)
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i := 0; i < 40; i++ {
+		lo := 3000 + 7*i
+		action := "drop"
+		if i%9 == 4 {
+			action = "pass"
+		}
+		fmt.Fprintf(&b, "  - name: dst-%d\n    action: %s\n    expr: \"udp dst portrange %d-%d\"\n", i, action, lo, lo+9) // overlapping
+	}
+	for i := 0; i < 20; i++ {
+		fmt.Fprintf(&b, "  - name: either-%d\n    expr: \"tcp portrange %d-%d\"\n", i, 5000+4*i, 5000+4*i+2)
+	}
+	for i := 0; i < 12; i++ {
+		fmt.Fprintf(&b, "  - name: src4-%d\n    family: ipv4\n    expr: \"udp src portrange %d-%d\"\n", i, 100*i, 100*i+50)
+	}
+	rs, err := ParseRuleSet("ranges.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, gen, err := Build(rs, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gen.Meta.Sets) != 3 {
+		t.Fatalf("%d sets; want the dst, either and src ranges each tested at once", len(gen.Meta.Sets))
+	}
+	ref, _, err := Build(rs, BuildOptions{NoSets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c4, s4, c6, s6 := fixture.ClientIPv4, fixture.ServerIPv4, fixture.ClientIPv6, fixture.ServerIPv6
+	var pkts [][]byte
+	for port := uint16(2995); port < 3300; port += 2 {
+		pkts = append(pkts, fixture.UDP4(c4, s4, 40000, port, nil), fixture.UDP6(c6, s6, 40000, port, nil))
+	}
+	for port := uint16(4995); port < 5085; port++ {
+		pkts = append(pkts, fixture.TCP4SYN(c4, s4, port, 80), fixture.TCP4SYN(c4, s4, 80, port), fixture.TCP6SYN(c6, s6, 9, port))
+	}
+	for port := uint16(0); port < 1300; port += 37 {
+		pkts = append(pkts, fixture.UDP4(c4, s4, port, 9, nil), fixture.UDP6(c6, s6, port, 9, nil))
+	}
+	for _, p := range pkts[:40] {
+		pkts = append(pkts, malformed(p)...)
+	}
+	for _, opts := range []l4drop.LoadOptions{{}, {Disable: []string{"dst-3", "dst-4", "either-0", "src4-1"}}} {
+		d, err := l4drop.NewDryRun(obj, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := l4drop.NewDryRun(ref, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if matched := sameVerdicts(t, fmt.Sprint(opts.Disable), d, r, pkts); matched < 100 {
+			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
+		}
+		d.Close()
+		r.Close()
+	}
+
+	// 20 ranges of 4,000 ports hold more than a table takes.
+	b.Reset()
+	b.WriteString("rules:\n")
+	for i := 0; i < 20; i++ {
+		fmt.Fprintf(&b, "  - name: wide-%d\n    expr: \"udp dst portrange %d-%d\"\n", i, 1000+i, 5000+i)
+	}
+	rs, err = ParseRuleSet("wide.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, gen, err = Build(rs, BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if len(gen.Meta.Sets) != 0 {
+		t.Errorf("ranges of 80,000 ports in all: %d sets, want none", len(gen.Meta.Sets))
+	}
+}
+
+func TestRangeShape(t *testing.T) {
+	for _, tt := range []struct {
+		expr string // with %[1]d and %[2]d for the two constants
+		want bool
+	}{
+		{"udp dst portrange %[1]d-%[2]d", true},
+		{"tcp portrange %[1]d-%[2]d", true},
+		{"ip[8] = 64 and udp src portrange %[1]d-%[2]d", true},
+		{"udp src portrange %[1]d-%[2]d and ip[8] = 64", false},         // in range is no match yet
+		{"udp[2:2] > %[1]d and udp[2:2] < %[2]d", false},                // jgt then jge: not pcap's range
+		{"len >= %[1]d and len <= %[2]d", true},                         // a range (readsLen keeps it from sharing)
+		{"udp dst portrange %[1]d-%[2]d or udp dst port 7", true},       // out of range goes on as below it does
+		{"udp dst portrange %[1]d-%[2]d and not udp src port 7", false}, // in range is no match yet
+	} {
+		a, b := ruleProg(t, fmt.Sprintf(tt.expr, 1000, 1010)), ruleProg(t, fmt.Sprintf(tt.expr, 2000, 2020))
+		_, jumps, _ := shapeKey(a)
+		params := shapeParams([][]bpf.Instruction{a, b}, jumps)
+		if got := rangeShape(a, params); got != tt.want {
+			t.Errorf("%q: rangeShape = %v, want %v (params %v)", tt.expr, got, tt.want, params)
+		}
+	}
+}
