@@ -22,7 +22,7 @@ import (
 
 // PacketShapes are the rule shapes of the per-packet rows, each measured
 // at 1 and PacketRules rules, then PacketMixed at MixedRules.
-var PacketShapes = []string{"dns", "dnswild", "port", "net", "bpf"}
+var PacketShapes = []string{"dns", "dnswild", "port", "range", "net", "bpf"}
 
 // PacketMixed is the shape name of the mixed row (MixedRuleSet).
 const PacketMixed = "mixed"
@@ -39,6 +39,7 @@ var packetShapeNames = map[string]string{
 	"dns":       "exact DNS names (`dns: [\"hostN.attack.example\"]`)",
 	"dnswild":   "DNS wildcards (`dns: [\"*.zoneN.example\"]`)",
 	"port":      "ports (`udp dst port N`)",
+	"range":     "port ranges (`udp dst portrange N-N+5`)",
 	"net":       "hosts, then nets (`src host A`, `src net A/24`)",
 	"bpf":       "bytecode (`bpf:`, bpfgen dns of hostN.bytecode.example: three name lengths)",
 	PacketMixed: "mixed shapes (MixedRuleSet, then an exact DNS name)",
@@ -138,6 +139,8 @@ func NewPacketCase(shape string, n int) (PacketCase, error) {
 			fmt.Fprintf(&b, "  - name: zone-%d\n    dns: [\"*.zone%04d.example\"]\n", i, i)
 		case "port":
 			fmt.Fprintf(&b, "  - name: port-%d\n    expr: \"udp dst port %d\"\n", i, 1000+i)
+		case "range":
+			fmt.Fprintf(&b, "  - name: range-%d\n    expr: \"udp dst portrange %d-%d\"\n", i, 1000+7*i, 1000+7*i+5)
 		case "net":
 			// Hosts in the first half, /24 nets in the second: one run
 			// of each shape, the packet matching the last net.
@@ -169,6 +172,8 @@ func NewPacketCase(shape string, n int) (PacketCase, error) {
 		c.Hit = dnsPacket(fmt.Sprintf("x7f3k2.zone%04d.example", last))
 	case "port":
 		c.Hit = fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, uint16(1000+last), make([]byte, 18))
+	case "range":
+		c.Hit = fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, uint16(1000+7*last+3), make([]byte, 18))
 	case "net":
 		c.Hit = fixture.UDP4(netAddr(last, 77), fixture.ServerIPv4, 40000, 53, fixture.DNSQuery("www.example.org", 1))
 	case "bpf":
