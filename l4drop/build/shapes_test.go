@@ -37,20 +37,9 @@ func TestSets(t *testing.T) {
 	for i := 0; i < 6; i++ {
 		fmt.Fprintf(&b, "  - name: sport1-%d\n    expr: \"udp dst port %d and udp[1] = 1\"\n", i, 7000+i)
 	}
-	rs, err := ParseRuleSet("sets.yaml", []byte(b.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj, gen, err := Build(rs, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	obj, ref, gen := buildSets(t, "sets.yaml", b.String())
 	if len(gen.Meta.Sets) < 3 {
 		t.Fatalf("%d sets; want the udp, the tcp6 and the sport1 rules tested at once", len(gen.Meta.Sets))
-	}
-	ref, _, err := Build(rs, BuildOptions{NoSets: true})
-	if err != nil {
-		t.Fatal(err)
 	}
 	var pkts [][]byte
 	c4, s4, c6, s6 := fixture.ClientIPv4, fixture.ServerIPv4, fixture.ClientIPv6, fixture.ServerIPv6
@@ -66,22 +55,7 @@ func TestSets(t *testing.T) {
 	for port := uint16(6999); port < 7007; port++ {
 		pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, nil), fixture.UDP4(c4, s4, 2, port, nil))
 	}
-	for _, opts := range []l4drop.LoadOptions{{}, {Disable: []string{"udp-3", "udp-10", "tcp6-0"}}, {Disable: []string{"udp-5"}}} {
-		d, err := l4drop.NewDryRun(obj, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := l4drop.NewDryRun(ref, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		matched := sameVerdicts(t, fmt.Sprint(opts.Disable), d, r, pkts)
-		if matched < len(pkts)/2 {
-			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
-		}
-		d.Close()
-		r.Close()
-	}
+	oneByOne(t, obj, ref, pkts, len(pkts)/2, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"udp-3", "udp-10", "tcp6-0"}}, l4drop.LoadOptions{Disable: []string{"udp-5"}})
 }
 
 func TestTableDecides(t *testing.T) {
@@ -146,6 +120,45 @@ func sameVerdicts(t *testing.T, what string, d, ref *l4drop.DryRun, pkts [][]byt
 	return matched
 }
 
+// buildSets builds the rule set text as it is and with no sets (every rule
+// one by one), for comparing the two.
+func buildSets(t *testing.T, name, text string) (obj, ref []byte, gen *Generated) {
+	t.Helper()
+	rs, err := ParseRuleSet(name, []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obj, gen, err = Build(rs, BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ref, _, err = Build(rs, BuildOptions{NoSets: true}); err != nil {
+		t.Fatal(err)
+	}
+	return obj, ref, gen
+}
+
+// oneByOne checks that obj and ref (buildSets) judge pkts alike with each
+// of the switches in optss, and that a rule matched at least minMatched.
+func oneByOne(t *testing.T, obj, ref []byte, pkts [][]byte, minMatched int, optss ...l4drop.LoadOptions) {
+	t.Helper()
+	for _, opts := range optss {
+		d, err := l4drop.NewDryRun(obj, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := l4drop.NewDryRun(ref, opts)
+		if err != nil {
+			d.Close()
+			t.Fatal(err)
+		}
+		if matched := sameVerdicts(t, fmt.Sprint(opts.Disable), d, r, pkts); matched < minMatched {
+			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
+		}
+		d.Close()
+		r.Close()
+	}
+}
+
 // TestKeyedSets: rules that differ in two constants, tested at once as one
 // table keyed by both, decide every packet as the same rules tried one by
 // one: order, duplicates, switches, families and actions.
@@ -166,14 +179,7 @@ func TestKeyedSets(t *testing.T) {
 	for i := 0; i < 6; i++ {
 		fmt.Fprintf(&b, "  - name: net-%d\n    family: ipv4\n    expr: \"dst net 10.1.%d.0/24 and ip proto %d\"\n", i, i, []int{6, 17}[i%2])
 	}
-	rs, err := ParseRuleSet("keyed.yaml", []byte(b.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj, gen, err := Build(rs, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	obj, ref, gen := buildSets(t, "keyed.yaml", b.String())
 	keyed := 0
 	for _, g := range gen.Meta.Sets {
 		if g.Keys == 2 {
@@ -182,10 +188,6 @@ func TestKeyedSets(t *testing.T) {
 	}
 	if keyed != 3 {
 		t.Fatalf("%d sets keyed by two constants (%+v); want the ttl, src and net rules tested at once", keyed, gen.Meta.Sets)
-	}
-	ref, _, err := Build(rs, BuildOptions{NoSets: true})
-	if err != nil {
-		t.Fatal(err)
 	}
 	var pkts [][]byte
 	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
@@ -206,22 +208,7 @@ func TestKeyedSets(t *testing.T) {
 		pkts = append(pkts, fixture.UDP4(c4, dst, 1, 53, nil), fixture.TCP4SYN(c4, dst, 1, 80))
 	}
 	pkts = append(pkts, fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, 4000, nil))
-	for _, opts := range []l4drop.LoadOptions{{}, {Disable: []string{"ttl-2", "ttl-5", "src-0", "net-3"}}, {Disable: []string{"ttl-7"}}} {
-		d, err := l4drop.NewDryRun(obj, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := l4drop.NewDryRun(ref, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		matched := sameVerdicts(t, fmt.Sprint(opts.Disable), d, r, pkts)
-		if matched < 20 {
-			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
-		}
-		d.Close()
-		r.Close()
-	}
+	oneByOne(t, obj, ref, pkts, 20, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"ttl-2", "ttl-5", "src-0", "net-3"}}, l4drop.LoadOptions{Disable: []string{"ttl-7"}})
 }
 
 func TestKeyedDecides(t *testing.T) {
@@ -442,20 +429,9 @@ func TestRangeSets(t *testing.T) {
 	for i := 0; i < 12; i++ {
 		fmt.Fprintf(&b, "  - name: src4-%d\n    family: ipv4\n    expr: \"udp src portrange %d-%d\"\n", i, 100*i, 100*i+50)
 	}
-	rs, err := ParseRuleSet("ranges.yaml", []byte(b.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj, gen, err := Build(rs, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	obj, ref, gen := buildSets(t, "ranges.yaml", b.String())
 	if len(gen.Meta.Sets) != 3 {
 		t.Fatalf("%d sets; want the dst, either and src ranges each tested at once", len(gen.Meta.Sets))
-	}
-	ref, _, err := Build(rs, BuildOptions{NoSets: true})
-	if err != nil {
-		t.Fatal(err)
 	}
 	c4, s4, c6, s6 := fixture.ClientIPv4, fixture.ServerIPv4, fixture.ClientIPv6, fixture.ServerIPv6
 	var pkts [][]byte
@@ -471,21 +447,7 @@ func TestRangeSets(t *testing.T) {
 	for _, p := range pkts[:40] {
 		pkts = append(pkts, malformed(p)...)
 	}
-	for _, opts := range []l4drop.LoadOptions{{}, {Disable: []string{"dst-3", "dst-4", "either-0", "src4-1"}}} {
-		d, err := l4drop.NewDryRun(obj, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := l4drop.NewDryRun(ref, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if matched := sameVerdicts(t, fmt.Sprint(opts.Disable), d, r, pkts); matched < 100 {
-			t.Errorf("%v: only %d of %d packets matched a rule", opts.Disable, matched, len(pkts))
-		}
-		d.Close()
-		r.Close()
-	}
+	oneByOne(t, obj, ref, pkts, 100, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"dst-3", "dst-4", "either-0", "src4-1"}})
 
 	// 20 ranges of 4,000 ports hold more than a table takes.
 	b.Reset()
@@ -493,7 +455,7 @@ func TestRangeSets(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		fmt.Fprintf(&b, "  - name: wide-%d\n    expr: \"udp dst portrange %d-%d\"\n", i, 1000+i, 5000+i)
 	}
-	rs, err = ParseRuleSet("wide.yaml", []byte(b.String()))
+	rs, err := ParseRuleSet("wide.yaml", []byte(b.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
