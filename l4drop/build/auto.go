@@ -107,8 +107,11 @@ static __always_inline int l4_auto_rule_matches(const struct l4_auto_rule *a, co
  * l4_auto_match for the others. Where returns go through a return thunk
  * (SRSO's Safe RET) a call costs a packet about 10 ns: a function a
  * condition, as there was, cost 129 ns for a rule of 8 conditions (now
- * 38); one function for all would cost the verifier its 16 slots times 8
- * conditions (290,000 instructions processed, 0.4 s a load).
+ * 33); one function for all would cost the verifier its 16 slots times 8
+ * conditions (290,000 instructions processed, 0.4 s a load). The first
+ * slot is written out before the loop: tested in the loop (k == 0 ? here :
+ * call), clang derives the packet pointer again from a 32-bit spill of
+ * ipoff, and the verifier refuses the loads.
  */
 
 /* l4_auto_match reports whether auto rule slot matches the packet whose IP
