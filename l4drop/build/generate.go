@@ -254,7 +254,7 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 			continue
 		}
 		cr.set, cr.merged, cr.tableOnly = key, true, true
-		cr.direct = m.shape.keyed || m.shape.ranges || equalMatches(m.prog, m.shape.isParam)
+		cr.direct = directMatch(m)
 		n, jumps := countInsns(m.prog)
 		if m.shape.keyed {
 			cr.groupInsns, cr.groupJumps = n+callCost, jumps+1
@@ -280,7 +280,7 @@ func group(rules []compiledRule, noSets bool) (string, error) {
 			continue
 		}
 		m := rules[i].matchers[0]
-		direct := m.shape.ranges || equalMatches(m.prog, m.shape.isParam)
+		direct := directMatch(m)
 		for k := i; k < j; k++ {
 			rules[k].direct = direct
 		}

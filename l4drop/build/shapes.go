@@ -623,6 +623,13 @@ func tableDecides(first []bpf.Instruction, isParam []bool) bool {
 	return !match && tests <= maxCandidates
 }
 
+// directMatch reports whether a value m's set table holds is a match of
+// the rule the table gives, with no second run of the matcher: keyed sets
+// (keyedDecides), ranges (rangeShape) and equalMatches.
+func directMatch(m matcher) bool {
+	return m.shape.keyed || m.shape.ranges || equalMatches(m.prog, m.shape.isParam)
+}
+
 // equalMatches reports whether every test of a set's parameter, when
 // equal, leads straight to a match. Then a candidate the table has is a
 // match: with the constant set to it, the run meets the test that recorded
