@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // Pin names of the auto rule table, its length and when each slot was set.
@@ -50,20 +52,31 @@ func (h *Handle) autoCount() (int, error) {
 	return int(min(n, AutoSlots)), nil
 }
 
-func (h *Handle) setAutoCount(n int) error {
-	if err := h.AutoCount.Put(uint32(0), uint32(n)); err != nil {
+func (h *Handle) setAutoCount(n int) error { return writeAutoCount(h.AutoCount, n) }
+
+// writeAutoCount sets the count of auto rule slots in use (MapAutoCount).
+func writeAutoCount(m *ebpf.Map, n int) error {
+	if err := m.Put(uint32(0), uint32(n)); err != nil {
 		return fmt.Errorf("set auto rule count: %w", err)
 	}
 	return nil
 }
 
-func (h *Handle) putAuto(slot int, r AutoRule, since time.Time) error {
+// writeAutoRule puts r in slot of the auto rule table (MapAuto).
+func writeAutoRule(m *ebpf.Map, slot int, r AutoRule) error {
 	b, err := r.MarshalBinary()
 	if err != nil {
 		return err
 	}
-	if err := h.Auto.Put(uint32(slot), b); err != nil {
+	if err := m.Put(uint32(slot), b); err != nil {
 		return fmt.Errorf("auto rule slot %d: %w", slot, err)
+	}
+	return nil
+}
+
+func (h *Handle) putAuto(slot int, r AutoRule, since time.Time) error {
+	if err := writeAutoRule(h.Auto, slot, r); err != nil {
+		return err
 	}
 	if h.AutoSince != nil {
 		if err := h.AutoSince.Put(uint32(slot), uint64(since.UnixNano())); err != nil {

@@ -286,18 +286,11 @@ func (d *DryRun) SetAutoRules(rules []AutoRule) error {
 		return fmt.Errorf("%w: %d rules, %d slots", ErrAutoRule, len(rules), AutoSlots)
 	}
 	for i, r := range rules {
-		b, err := r.MarshalBinary()
-		if err != nil {
+		if err := writeAutoRule(auto, i, r); err != nil {
 			return err
 		}
-		if err := auto.Put(uint32(i), b); err != nil {
-			return fmt.Errorf("auto rule slot %d: %w", i, err)
-		}
 	}
-	if err := count.Put(uint32(0), uint32(len(rules))); err != nil {
-		return fmt.Errorf("set auto rule count: %w", err)
-	}
-	return nil
+	return writeAutoCount(count, len(rules))
 }
 
 // Close detaches and unloads.
