@@ -149,9 +149,13 @@ func Clear(hook *ebpf.Map) (int, error) {
 }
 
 // ClearStale is Clear for a process that watches the hook, such as l4drop
-// run: it does not wait for the lock, and while a capture runs it removes
-// nothing and returns 0, not ErrHookBusy.
+// run: with no filter in the hook it takes no lock, it does not wait for
+// the lock, and while a capture runs it removes nothing and returns 0, not
+// ErrHookBusy.
 func ClearStale(hook *ebpf.Map) (int, error) {
+	if busy, err := Capturing(hook); err != nil || !busy {
+		return 0, err
+	}
 	n, err := clearHook(hook, 0)
 	if errors.Is(err, ErrHookBusy) {
 		return 0, nil

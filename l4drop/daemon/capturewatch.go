@@ -60,10 +60,5 @@ func clearLeftFilters(path string) (int, error) {
 		return 0, err
 	}
 	defer hook.Close()
-	// Without filters there is nothing to own: no lock to take.
-	busy, err := xdpcap.Capturing(hook)
-	if err != nil || !busy {
-		return 0, err
-	}
 	return xdpcap.ClearStale(hook)
 }
