@@ -94,37 +94,16 @@ func rangeShape(prog []bpf.Instruction, params [][]int) bool {
 		raw, err := prog[pc].Assemble()
 		return raw, err == nil
 	}
-	// land follows unconditional jumps from pc.
-	land := func(pc int) int {
-		for pc < len(prog) {
-			raw, ok := op(pc)
-			if !ok || raw.Op != 0x05 {
-				break
-			}
-			pc += 1 + int(raw.K)
-		}
-		return pc
-	}
-	ret := func(pc int) (match, ok bool) {
-		if pc >= len(prog) {
-			return false, false
-		}
-		raw, good := op(pc)
-		if !good || raw.Op != 0x06 {
-			return false, false
-		}
-		return raw.K != 0, true
-	}
 	upper := map[int]int{} // jgt -> where its true branch lands
 	for _, pc := range params[1] {
 		raw, ok := op(pc)
 		if !ok || raw.Op != 0x25 { // jgt #k
 			return false
 		}
-		if m, ok := ret(land(pc + 1 + int(raw.Jf))); !ok || !m {
+		if m, ok := retAt(prog, landing(prog, pc+1+int(raw.Jf))); !ok || !m {
 			return false
 		}
-		upper[pc] = land(pc + 1 + int(raw.Jt))
+		upper[pc] = landing(prog, pc+1+int(raw.Jt))
 	}
 	lower := map[int]bool{}
 	for _, pc := range params[0] {
@@ -134,7 +113,7 @@ func rangeShape(prog []bpf.Instruction, params [][]int) bool {
 		}
 		above, ok := upper[pc+1+int(raw.Jt)]
 		below := pc + 1 + int(raw.Jf)
-		if _, bad := upper[below]; !ok || bad || above != land(below) {
+		if _, bad := upper[below]; !ok || bad || above != landing(prog, below) {
 			return false
 		}
 		lower[pc] = true
@@ -644,22 +623,36 @@ func equalMatches(prog []bpf.Instruction, isParam []bool) bool {
 			continue
 		}
 		raw, _ := prog[pc].Assemble()
-		to := pc + 1 + int(raw.Jt)
-		for to < len(prog) {
-			j, err := prog[to].Assemble()
-			if err != nil || j.Op != 0x05 {
-				break
-			}
-			to += 1 + int(j.K)
-		}
-		if to >= len(prog) {
-			return false
-		}
-		if r, err := prog[to].Assemble(); err != nil || r.Op != 0x06 || r.K == 0 {
+		if match, ok := retAt(prog, landing(prog, pc+1+int(raw.Jt))); !ok || !match {
 			return false
 		}
 	}
 	return true
+}
+
+// landing is where a jump to pc lands: pc, past any unconditional jumps.
+func landing(prog []bpf.Instruction, pc int) int {
+	for pc < len(prog) {
+		raw, err := prog[pc].Assemble()
+		if err != nil || raw.Op != 0x05 { // ja
+			break
+		}
+		pc += 1 + int(raw.K)
+	}
+	return pc
+}
+
+// retAt reports whether the instruction at pc returns a constant (ok), and
+// whether that is a match (non-zero).
+func retAt(prog []bpf.Instruction, pc int) (match, ok bool) {
+	if pc >= len(prog) {
+		return false, false
+	}
+	raw, err := prog[pc].Assemble()
+	if err != nil || raw.Op != 0x06 { // ret #k
+		return false, false
+	}
+	return raw.K != 0, true
 }
 
 // A shape with several parameters, all tested for equality only, lets a
