@@ -297,7 +297,8 @@ func SampleThreshold(rate uint32) uint64 {
 }
 
 // config is the program's l4drop_cfg. Pad is always 0: the programs use
-// it as a zero the verifier cannot see. Seed keys the sampling hash.
+// it as a zero the verifier cannot see. Seed keys the sampling hash and
+// the per-source ratelimit tables' hash.
 type config struct {
 	Threshold uint64
 	Snaplen   uint32
@@ -335,7 +336,7 @@ func writeConfig(m *ebpf.Map, cfg config) error {
 	return m.Put(uint32(0), cfg)
 }
 
-// newSeed draws a seed for the sampling hash.
+// newSeed draws a seed for the programs' keyed hashes.
 func newSeed() uint64 {
 	var b [8]byte
 	rand.Read(b[:]) // never fails (crypto/rand)

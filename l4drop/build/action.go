@@ -141,7 +141,7 @@ func (rs *RuleSet) checkAction(r *Rule) error {
 	return nil
 }
 
-// maxMaxSources bounds a per-source table: 2^24 entries are 1.5 GiB.
+// maxMaxSources bounds a per-source table: 2^24 sources are 512 MiB.
 const maxMaxSources = 1 << 24
 
 // actionCountC is the per-action counters' map (l4drop.MapActions) and

@@ -1016,7 +1016,8 @@ struct l4_config {
 	__u64 sample_threshold;
 	__u32 snaplen;
 	__u32 pad;
-	/* seed keys l4_sampled's hash: the loader draws it at random. */
+	/* seed keys l4_sampled's hash and the per-source ratelimit tables'
+	 * (l4_rl_source): the loader draws it at random. */
 	__u64 seed;
 };
 

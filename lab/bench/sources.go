@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -104,14 +106,16 @@ func (t Tools) MeasureSourceCost(ctx context.Context, obj string, rounds, runs i
 			logf("round %d  %-60s %6.1f ns a packet", round+1, rows[i].Name, float64(d))
 		}
 	}
-	if rows[1].Entries, err = lruEntries(rl); err != nil {
+	if rows[1].Entries, err = sourceEntries(rl); err != nil {
 		return nil, err
 	}
 	return rows, nil
 }
 
-// lruEntries counts the entries of prog's LRU hash maps.
-func lruEntries(prog *ebpf.Program) (int, error) {
+// sourceEntries counts the sources prog's per-source ratelimit tables
+// (arrays of sets of four 16-byte ways: tag, arrival time) hold: the ways
+// with an arrival time.
+func sourceEntries(prog *ebpf.Program) (int, error) {
 	info, err := prog.Info()
 	if err != nil {
 		return 0, fmt.Errorf("program info: %w", err)
@@ -123,10 +127,16 @@ func lruEntries(prog *ebpf.Program) (int, error) {
 		if err != nil {
 			return 0, fmt.Errorf("map %d: %w", id, err)
 		}
-		if m.Type() == ebpf.LRUHash {
-			var k, v []byte
+		mi, err := m.Info()
+		if err == nil && m.Type() == ebpf.Array && m.ValueSize() == 64 && strings.HasPrefix(mi.Name, "l4drop_rl_") {
+			var k uint32
+			var v []byte
 			for it := m.Iterate(); it.Next(&k, &v); {
-				n++
+				for w := 0; w < 4; w++ {
+					if binary.NativeEndian.Uint64(v[16*w+8:]) != 0 {
+						n++
+					}
+				}
 			}
 		}
 		m.Close()
