@@ -93,6 +93,9 @@ fuzz:
 	GO=$(GO) .ci/fuzz FuzzRoundTrip ./sflow $(FUZZTIME)
 	GO=$(GO) .ci/fuzz FuzzDecode ./sflow $(FUZZTIME)
 	GO=$(GO) .ci/fuzz FuzzRuleSet ./l4drop/build $(FUZZTIME)
+	GO=$(GO) .ci/fuzz FuzzReader ./internal/pcapfile $(FUZZTIME)
+	GO=$(GO) .ci/fuzz FuzzGenerate ./bpfgen $(FUZZTIME)
+	GO=$(GO) .ci/fuzz FuzzDNS ./bpfgen $(FUZZTIME)
 
 demo: build
 	./bin/l4lab demo
