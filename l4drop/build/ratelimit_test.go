@@ -3,6 +3,7 @@ package build
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"runtime"
 	"sync"
 	"testing"
@@ -155,6 +156,96 @@ func TestRatelimitHolds(t *testing.T) {
 				checkBucket(t, b, passed[b], times[b], rate, burst)
 			}
 		})
+	}
+}
+
+// rlMix is l4_rl_mix, splitmix64's output function.
+func rlMix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// rlSet4 is the set of the per-source table (sets of them) an IPv4
+// source falls in with the seed of a program loaded without the loader
+// (0): the hash is of the address in network order, as the program loads
+// it on a little-endian machine.
+func rlSet4(addr netip.Addr, sets int) uint32 {
+	a := addr.As4()
+	word := uint64(a[0]) | uint64(a[1])<<8 | uint64(a[2])<<16 | uint64(a[3])<<24
+	return uint32(rlMix(word)>>32) & uint32(sets-1)
+}
+
+// TestRatelimitSetEviction fills one set of the per-source table with four
+// sources, one of them over its limit, and sends a fifth: it takes the way
+// of the source with the fullest bucket, so the one over its limit stays
+// over it, and the source displaced starts again with a full burst.
+func TestRatelimitSetEviction(t *testing.T) {
+	r := fixture.NewXDPRunner(t)
+	rl, err := ParseRateLimit(1, 5, "source")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets := rl.sets()
+	// Five sources of one set, found by the program's own hash.
+	base := netip.MustParseAddr("198.18.0.1")
+	var srcs []netip.Addr
+	want := rlSet4(base, sets)
+	for a := base; len(srcs) < 5; a = a.Next() {
+		if rlSet4(a, sets) == want {
+			srcs = append(srcs, a)
+		}
+	}
+	prog := ratelimitProgram(t, rl)
+	send := func(src netip.Addr) bool {
+		t.Helper()
+		ret, err := r.Run(prog, fixture.UDP4(src.String(), fixture.ServerIPv4, 1000, 53, []byte("x")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ret == 2 // XDP_PASS: within the limit
+	}
+	// srcs[0] spends its burst and goes over its limit; the three others
+	// take one token each (in the 5 s its burst lasts at 1 a second, none
+	// of this can refill a bucket).
+	for i := range 5 {
+		if !send(srcs[0]) {
+			t.Fatalf("packet %d of %s dropped within its burst", i, srcs[0])
+		}
+	}
+	if send(srcs[0]) {
+		t.Fatalf("%s passed over its limit", srcs[0])
+	}
+	for _, s := range srcs[1:4] {
+		if !send(s) {
+			t.Fatalf("%s's first packet dropped", s)
+		}
+	}
+	// The fifth source takes a way: not srcs[0]'s, whose bucket is emptiest.
+	if !send(srcs[4]) {
+		t.Fatalf("%s's first packet dropped", srcs[4])
+	}
+	if send(srcs[0]) {
+		t.Errorf("%s, over its limit, passed after a fifth source came to its set: its bucket was taken", srcs[0])
+	}
+	// srcs[1], whose token is the oldest, lost its way: it has a full
+	// burst again (5 of 6 packets pass). srcs[3] kept its bucket (4 of 6).
+	// srcs[3] first: srcs[1], new again, takes another's way.
+	for _, c := range []struct {
+		src  netip.Addr
+		want int
+	}{{srcs[3], 4}, {srcs[1], 5}} {
+		n := 0
+		for range 6 {
+			if send(c.src) {
+				n++
+			}
+		}
+		if n != c.want {
+			t.Errorf("%s: %d of 6 packets passed, want %d", c.src, n, c.want)
+		}
 	}
 }
 
