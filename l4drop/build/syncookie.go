@@ -311,25 +311,28 @@ static __always_inline void l4_sc_options(struct xdp_md *ctx, __u32 off, __u32 o
 
 /*
  * l4_sc_armed reports whether this SYN goes to the stack, one a second per
- * destination slot, and marks the slot if so.
+ * destination slot, and marks the slot if so; now_ns is bpf_ktime_get_ns().
  */
-static __always_inline int l4_sc_armed(__u32 h)
+static __always_inline int l4_sc_armed(__u32 h, __u64 now_ns)
 {
 	__u32 key = (h * 0x9e3779b1u) >> 16;
 	__u32 *last = bpf_map_lookup_elem(&l4drop_sc_armed, &key);
 	if (!last)
 		return 0;
-	__u32 now = (__u32)(bpf_ktime_get_ns() >> 20);
+	__u32 now = (__u32)(now_ns >> 20);
 	if (now - *last < 1000)
 		return 0;
 	*last = now;
 	return 1;
 }
 
-/* l4_sc_tsval is the kernel's cookie TSval: the TCP clock in ms with the options in its 6 low bits. */
-static __always_inline __u32 l4_sc_tsval(const struct l4_sc_syn *o)
+/*
+ * l4_sc_tsval is the kernel's cookie TSval: the TCP clock in ms (the
+ * kernel's is CLOCK_MONOTONIC too) with the options in its 6 low bits.
+ */
+static __always_inline __u32 l4_sc_tsval(const struct l4_sc_syn *o, __u64 now_ns)
 {
-	__u32 now = (__u32)(bpf_ktime_get_ns() / 1000000);
+	__u32 now = (__u32)(now_ns / 1000000);
 	__u32 opts = o->ws ? o->wscale : 0xf;
 	if (o->sack)
 		opts |= 0x10;
@@ -345,7 +348,7 @@ static __always_inline __u32 l4_sc_tsval(const struct l4_sc_syn *o)
  * without the pseudo header.
  */
 static __always_inline void l4_sc_tcp(uint8_t *th, uint16_t sport, uint16_t dport, __u32 cookie, __u32 ack,
-				       int tlen, uint16_t mss, const struct l4_sc_syn *o)
+				       int tlen, uint16_t mss, const struct l4_sc_syn *o, __u64 now_ns)
 {
 	*(uint16_t *)(th + 0) = sport;
 	*(uint16_t *)(th + 2) = dport;
@@ -366,7 +369,7 @@ static __always_inline void l4_sc_tcp(uint8_t *th, uint16_t sport, uint16_t dpor
 		th[25] = o->sack ? 2 : 1;
 		th[26] = 8;
 		th[27] = 10;
-		*(__u32 *)(th + 28) = l4_be32(l4_sc_tsval(o));
+		*(__u32 *)(th + 28) = l4_be32(l4_sc_tsval(o, now_ns));
 		*(__u32 *)(th + 32) = l4_be32(o->tsval);
 		th[36] = 1;
 		th[37] = o->ws ? 3 : 1;
@@ -461,7 +464,12 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 	/* A SYN. */
 	__u32 h = fam == 4 ? t.saddr[1] : t.daddr[0] ^ t.daddr[1] ^ t.daddr[2] ^ t.daddr[3];
 	h ^= (__u32)*(uint16_t *)(th + 2) << 16 | (__u32)fam;
-	if (l4_sc_armed(h))
+	/*
+	 * One clock read for the armed check and the TSval: a helper call
+	 * is dear where every return goes through a thunk.
+	 */
+	__u64 now = bpf_ktime_get_ns();
+	if (l4_sc_armed(h, now))
 		return L4_SC_ARMED;
 	if (fam == 4 && iplen != 20)
 		return L4_SC_ERR;
@@ -553,10 +561,10 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 	if (tlen == 40) {
 		if (th + 40 > end)
 			return L4_SC_ERR;
-		l4_sc_tcp(th, dport, sport, cookie, seq + 1, 40, mss, &o);
+		l4_sc_tcp(th, dport, sport, cookie, seq + 1, 40, mss, &o, now);
 		sum += l4_sc_sum(th, 40);
 	} else {
-		l4_sc_tcp(th, dport, sport, cookie, seq + 1, 24, mss, &o);
+		l4_sc_tcp(th, dport, sport, cookie, seq + 1, 24, mss, &o, now);
 		sum += l4_sc_sum(th, 24);
 	}
 	*(uint16_t *)(th + 16) = l4_sc_fold(sum);
