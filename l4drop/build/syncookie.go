@@ -472,13 +472,18 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 	uint8_t *ip = data + ip_off;
 	uint8_t *th;
 	__u32 iplen;
-	struct l4_sc_tuple t = {};
+	/*
+	 * Copies from the packet are written as loads of 4 or 8 bytes: clang
+	 * copies a memcpy from a pointer of unknown alignment byte by byte.
+	 * Each family writes the tsize bytes the lookup reads.
+	 */
+	struct l4_sc_tuple t __attribute__((aligned(8)));
 	__u32 tsize;
 	if (fam == 4) {
 		if (ip + 20 > end || ip[9] != 6)
 			return L4_SC_DROP;
 		/* Fragments other than the first carry no TCP header. */
-		if ((ip[6] & 0x1f) | ip[7])
+		if (*(uint16_t *)(ip + 6) & l4_be16(0x1fff))
 			return L4_SC_DROP;
 		iplen = (ip[0] & 15) * 4;
 		if (iplen < 20)
@@ -497,7 +502,9 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 		th = ip + 40;
 		if (th + 20 > end)
 			return L4_SC_DROP;
-		__builtin_memcpy(&t, ip + 8, 32);
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			((__u64 *)&t)[i] = *(const __u64 *)(ip + 8 + 8 * i);
 		t.sport = *(uint16_t *)th;
 		t.dport = *(uint16_t *)(th + 2);
 		tsize = 36;
@@ -560,16 +567,14 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 
 	/*
 	 * The cookie encodes the addresses, ports, sequence number and MSS:
-	 * a header made of the SYN's first 20 bytes and its MSS alone gives
-	 * the helper a constant length to read.
+	 * a header of the SYN's ports and sequence number, the MSS alone and
+	 * zeros (the helper reads nothing else but the data offset) gives it
+	 * a constant length to read.
 	 */
-	uint8_t syn[24];
-	__builtin_memcpy(syn, th, 20);
-	syn[12] = 6 << 4;
-	syn[20] = 2;
-	syn[21] = 4;
-	syn[22] = (uint8_t)(o.mss >> 8);
-	syn[23] = (uint8_t)o.mss;
+	__u64 syn[3];
+	syn[0] = *(const __u64 *)th;
+	syn[1] = l4_be64(6 << 28); /* data offset: 24 bytes */
+	syn[2] = l4_be64(0x02040000 | (__u32)o.mss);
 	long long c;
 	asm volatile("" : "+r"(ip)); /* as for the check above */
 	if (fam == 4) {
@@ -585,7 +590,7 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 		return L4_SC_ERR;
 	__u32 cookie = (__u32)c;
 	uint16_t sport = *(uint16_t *)th, dport = *(uint16_t *)(th + 2);
-	__u32 seq = (__u32)th[4] << 24 | (__u32)th[5] << 16 | (__u32)th[6] << 8 | th[7];
+	__u32 seq = l4_be32(*(const __u32 *)(th + 4));
 	__u32 tlen = o.ts ? 40 : 24;
 
 	long delta = (long)(ip_off + iplen + tlen) - (long)(end - data);
@@ -600,10 +605,12 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 		return L4_SC_ERR;
 
 	/* Back where it came from: swap the MAC addresses, keep VLAN tags. */
-	uint8_t mac[6];
-	__builtin_memcpy(mac, data, 6);
-	__builtin_memcpy(data, data + 6, 6);
-	__builtin_memcpy(data + 6, mac, 6);
+	__u32 mac0 = *(__u32 *)data;
+	uint16_t mac1 = *(uint16_t *)(data + 4);
+	*(__u32 *)data = *(__u32 *)(data + 6);
+	*(uint16_t *)(data + 4) = *(uint16_t *)(data + 10);
+	*(__u32 *)(data + 6) = mac0;
+	*(uint16_t *)(data + 10) = mac1;
 
 	__u64 sum;
 	if (fam == 4) {
@@ -624,10 +631,12 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 	} else {
 		if (ip + 64 > end)
 			return L4_SC_ERR;
-		__u32 a[4];
-		__builtin_memcpy(a, ip + 8, 16);
-		__builtin_memcpy(ip + 8, ip + 24, 16);
-		__builtin_memcpy(ip + 24, a, 16);
+#pragma unroll
+		for (int i = 8; i < 24; i += 8) {
+			__u64 a = *(__u64 *)(ip + i);
+			*(__u64 *)(ip + i) = *(__u64 *)(ip + i + 16);
+			*(__u64 *)(ip + i + 16) = a;
+		}
 		*(__u32 *)ip = l4_be32(0x60000000);
 		*(uint16_t *)(ip + 4) = l4_be16((uint16_t)tlen);
 		ip[7] = 64;
