@@ -234,14 +234,16 @@ static __always_inline uint16_t l4_sc_fold(__u64 s)
 	return (uint16_t)~s;
 }
 
-/* l4_sc_sum adds n bytes (n even, a constant) at p as 16-bit words. */
-static __always_inline __u64 l4_sc_sum(const uint8_t *p, int n)
+/*
+ * l4_sc_put writes the 32-bit word v at p and adds it to the checksum sum
+ * *s: folded, 32-bit words sum to what their 16-bit halves do, and a
+ * header summed as it is written is not read back, which costs a stall
+ * where the loads span smaller stores just made.
+ */
+static __always_inline void l4_sc_put(uint8_t *p, __u32 v, __u64 *s)
 {
-	__u64 s = 0;
-#pragma unroll
-	for (int i = 0; i < n; i += 2)
-		s += *(const uint16_t *)(p + i);
-	return s;
+	*(__u32 *)p = v;
+	*s += v;
 }
 
 /* The state of an option walk: the options copied from the packet, where the walk is, what it found. */
@@ -418,38 +420,29 @@ static __always_inline __u32 l4_sc_tsval(const struct l4_sc_syn *o, __u64 now_ns
 
 /*
  * l4_sc_tcp writes the SYN-ACK's TCP header at th (tlen bytes, 24 or 40,
- * checked against the packet's end by the caller) and returns its sum
- * without the pseudo header.
+ * checked against the packet's end by the caller), its checksum 0, and
+ * returns its sum without the pseudo header. ports is the SYN's source
+ * and destination port as the packet has them.
  */
-static __always_inline void l4_sc_tcp(uint8_t *th, uint16_t sport, uint16_t dport, __u32 cookie, __u32 ack,
-				       int tlen, uint16_t mss, const struct l4_sc_syn *o, __u64 now_ns)
+static __always_inline __u64 l4_sc_tcp(uint8_t *th, __u32 ports, __u32 cookie, __u32 ack, int tlen, uint16_t mss,
+				       const struct l4_sc_syn *o, __u64 now_ns)
 {
-	*(uint16_t *)(th + 0) = sport;
-	*(uint16_t *)(th + 2) = dport;
-	*(__u32 *)(th + 4) = l4_be32(cookie);
-	*(__u32 *)(th + 8) = l4_be32(ack);
-	th[12] = (uint8_t)((tlen / 4) << 4);
-	th[13] = L4_TCP_SYN | L4_TCP_ACK;
-	*(uint16_t *)(th + 14) = l4_be16(L4_SC_WINDOW);
-	*(uint16_t *)(th + 16) = 0;
-	*(uint16_t *)(th + 18) = 0;
-	th[20] = 2;
-	th[21] = 4;
-	th[22] = (uint8_t)(mss >> 8);
-	th[23] = (uint8_t)mss;
+	__u64 s = 0;
+	/* The ports swapped: the word's halves, in either byte order. */
+	l4_sc_put(th, ports >> 16 | ports << 16, &s);
+	l4_sc_put(th + 4, l4_be32(cookie), &s);
+	l4_sc_put(th + 8, l4_be32(ack), &s);
+	l4_sc_put(th + 12, l4_be32((__u32)(tlen / 4) << 28 | (L4_TCP_SYN | L4_TCP_ACK) << 16 | L4_SC_WINDOW), &s);
+	l4_sc_put(th + 16, 0, &s); /* checksum, urgent pointer */
+	l4_sc_put(th + 20, l4_be32(0x02040000 | (__u32)mss), &s);
 	if (tlen == 40) {
 		/* SACK permitted or two NOPs, the timestamp, NOP and window scale or NOPs. */
-		th[24] = o->sack ? 4 : 1;
-		th[25] = o->sack ? 2 : 1;
-		th[26] = 8;
-		th[27] = 10;
-		*(__u32 *)(th + 28) = l4_be32(l4_sc_tsval(o, now_ns));
-		*(__u32 *)(th + 32) = l4_be32(o->tsval);
-		th[36] = 1;
-		th[37] = o->ws ? 3 : 1;
-		th[38] = o->ws ? 3 : 1;
-		th[39] = o->ws ? L4_SC_WSCALE : 1;
+		l4_sc_put(th + 24, l4_be32(o->sack ? 0x0402080a : 0x0101080a), &s);
+		l4_sc_put(th + 28, l4_be32(l4_sc_tsval(o, now_ns)), &s);
+		l4_sc_put(th + 32, l4_be32(o->tsval), &s);
+		l4_sc_put(th + 36, l4_be32(o->ws ? 0x01030300 | (__u32)L4_SC_WSCALE : 0x01010101), &s);
 	}
+	return s;
 }
 
 /* l4_sc_known reports whether the kernel has a socket, not a listener, for the packet's connection. */
@@ -589,7 +582,7 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 	if (c < 0)
 		return L4_SC_ERR;
 	__u32 cookie = (__u32)c;
-	uint16_t sport = *(uint16_t *)th, dport = *(uint16_t *)(th + 2);
+	__u32 ports = *(const __u32 *)th;
 	__u32 seq = l4_be32(*(const __u32 *)(th + 4));
 	__u32 tlen = o.ts ? 40 : 24;
 
@@ -612,47 +605,47 @@ static __always_inline __u32 l4_syncookie(struct xdp_md *ctx, __u64 ip_off, int 
 	*(__u32 *)(data + 6) = mac0;
 	*(uint16_t *)(data + 10) = mac1;
 
-	__u64 sum;
+	/*
+	 * The headers are written in 32-bit words, their checksums summed
+	 * from them; the pseudo header's is the addresses', the protocol and
+	 * the length.
+	 */
+	__u64 sum = l4_be16(6) + l4_be16((uint16_t)tlen);
 	if (fam == 4) {
 		if (ip + 44 > end)
 			return L4_SC_ERR;
-		__u32 a = *(__u32 *)(ip + 12);
-		*(__u32 *)(ip + 12) = *(__u32 *)(ip + 16);
-		*(__u32 *)(ip + 16) = a;
-		ip[1] = 0;
-		*(uint16_t *)(ip + 2) = l4_be16((uint16_t)(20 + tlen));
-		*(uint16_t *)(ip + 4) = 0;
-		*(uint16_t *)(ip + 6) = l4_be16(0x4000); /* DF */
-		ip[8] = 64;
-		*(uint16_t *)(ip + 10) = 0;
-		*(uint16_t *)(ip + 10) = l4_sc_fold(l4_sc_sum(ip, 20));
+		/* Version and header length as they were; TCP, as checked. */
+		__u32 src = *(__u32 *)(ip + 16), dst = *(__u32 *)(ip + 12);
+		__u64 ipsum = 0;
+		l4_sc_put(ip, l4_be32((__u32)ip[0] << 24 | (20 + tlen)), &ipsum);
+		l4_sc_put(ip + 4, l4_be32(0x4000), &ipsum); /* DF */
+		l4_sc_put(ip + 8, l4_be32(64 << 24 | 6 << 16), &ipsum);
+		l4_sc_put(ip + 12, src, &ipsum);
+		l4_sc_put(ip + 16, dst, &ipsum);
+		*(uint16_t *)(ip + 10) = l4_sc_fold(ipsum);
+		sum += (__u64)src + dst;
 		th = ip + 20;
-		sum = l4_sc_sum(ip + 12, 8) + l4_be16(6) + l4_be16((uint16_t)tlen);
 	} else {
 		if (ip + 64 > end)
 			return L4_SC_ERR;
-#pragma unroll
-		for (int i = 8; i < 24; i += 8) {
-			__u64 a = *(__u64 *)(ip + i);
-			*(__u64 *)(ip + i) = *(__u64 *)(ip + i + 16);
-			*(__u64 *)(ip + i + 16) = a;
-		}
 		*(__u32 *)ip = l4_be32(0x60000000);
-		*(uint16_t *)(ip + 4) = l4_be16((uint16_t)tlen);
-		ip[7] = 64;
+		*(__u32 *)(ip + 4) = l4_be32(tlen << 16 | 6 << 8 | 64);
+#pragma unroll
+		for (int i = 8; i < 24; i += 4) {
+			__u32 a = *(__u32 *)(ip + i), b = *(__u32 *)(ip + i + 16);
+			*(__u32 *)(ip + i) = b;
+			*(__u32 *)(ip + i + 16) = a;
+			sum += (__u64)a + b;
+		}
 		th = ip + 40;
-		sum = l4_sc_sum(ip + 8, 32) + l4_be16(6) + l4_be16((uint16_t)tlen);
 	}
 	uint16_t mss = fam == 4 ? L4_SC_MSS4 : L4_SC_MSS6;
 	if (tlen == 40) {
 		if (th + 40 > end)
 			return L4_SC_ERR;
-		l4_sc_tcp(th, dport, sport, cookie, seq + 1, 40, mss, &o, now);
-		sum += l4_sc_sum(th, 40);
-	} else {
-		l4_sc_tcp(th, dport, sport, cookie, seq + 1, 24, mss, &o, now);
-		sum += l4_sc_sum(th, 24);
-	}
+		sum += l4_sc_tcp(th, ports, cookie, seq + 1, 40, mss, &o, now);
+	} else
+		sum += l4_sc_tcp(th, ports, cookie, seq + 1, 24, mss, &o, now);
 	*(uint16_t *)(th + 16) = l4_sc_fold(sum);
 	return L4_SC_SENT;
 }
