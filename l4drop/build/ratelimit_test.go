@@ -295,35 +295,23 @@ struct {
 	__type(value, struct l4_rl_bucket);
 } l4t_lru_src SEC(".maps");
 
-/* The shared per-source buckets as they were before the set table: an LRU hash. */
-static __always_inline int l4t_lru_source(const uint8_t *ip, __u64 t, __u64 tau)
+/*
+ * Per-source buckets in an LRU hash: shared (CAS), as they were before the
+ * set table, or per CPU.
+ */
+static __always_inline int l4t_lru_source(void *map, int shared, const uint8_t *ip, __u64 t, __u64 tau)
 {
 	struct l4_rl_key k = {};
 	k.addr[2] = l4_rl_be32(0xffff);
 	k.addr[3] = *(const __u32 *)(ip + 12);
 	__u64 now = bpf_ktime_get_ns() << 4;
-	struct l4_rl_bucket *b = bpf_map_lookup_elem(&l4t_lru_src, &k);
+	struct l4_rl_bucket *b = bpf_map_lookup_elem(map, &k);
 	if (!b) {
 		struct l4_rl_bucket nb = { .tat = now + t };
-		bpf_map_update_elem(&l4t_lru_src, &k, &nb, 1);
+		bpf_map_update_elem(map, &k, &nb, 1 /* BPF_NOEXIST */);
 		return 1;
 	}
-	return l4_rl_take(&b->tat, now, t, tau);
-}
-
-static __always_inline int l4t_pcpu_source(const uint8_t *ip, __u64 t, __u64 tau)
-{
-	struct l4_rl_key k = {};
-	k.addr[2] = l4_rl_be32(0xffff);
-	k.addr[3] = *(const __u32 *)(ip + 12);
-	__u64 now = bpf_ktime_get_ns() << 4;
-	struct l4_rl_bucket *b = bpf_map_lookup_elem(&l4t_pcpu_src, &k);
-	if (!b) {
-		struct l4_rl_bucket nb = { .tat = now + t };
-		bpf_map_update_elem(&l4t_pcpu_src, &k, &nb, 0);
-		return 1;
-	}
-	return l4t_take_local(&b->tat, now, t, tau);
+	return shared ? l4_rl_take(&b->tat, now, t, tau) : l4t_take_local(&b->tat, now, t, tau);
 }
 
 /* Variants by L4T_MODE: 0 parse and drop, 1 shared rule bucket, 2 per-CPU
@@ -357,13 +345,13 @@ int l4t_cost(struct xdp_md *ctx)
 	} else if (L4T_MODE == 3)
 		ok = l4_rl_source(&l4drop_rl_1, %[4]du, ip, end, 4, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, %[2]dULL, %[3]dULL);
 	else if (L4T_MODE == 4 && ip + 20 <= end)
-		ok = l4t_pcpu_source(ip, %[2]dULL, %[3]dULL);
+		ok = l4t_lru_source(&l4t_pcpu_src, 0, ip, %[2]dULL, %[3]dULL);
 	else if (L4T_MODE == 5 && ip + 20 <= end) {
 		__u32 h = (*(const __u32 *)(ip + 12) * 0x9e3779b1u) >> 11;
 		struct l4_rl_bucket *b = bpf_map_lookup_elem(&l4t_slots, &h);
 		ok = b ? l4_rl_take(&b->tat, bpf_ktime_get_ns() << 4, %[2]dULL, %[3]dULL) : 1;
 	} else if (L4T_MODE == 6 && ip + 20 <= end)
-		ok = l4t_lru_source(ip, %[2]dULL, %[3]dULL);
+		ok = l4t_lru_source(&l4t_lru_src, 1, ip, %[2]dULL, %[3]dULL);
 	return ok ? XDP_DROP : XDP_ABORTED;
 }
 `
