@@ -82,7 +82,7 @@ type Rule struct {
 	Expires string `yaml:"expires"`
 	Until   string `yaml:"until"`
 	// Rate (packets a second), Burst, Per (rule, source, source/24,
-	// source/64) and MaxSources (entries of the per-source table) are
+	// source/64) and MaxSources (the sources the per-source table holds) are
 	// action ratelimit's: see RateLimit.
 	Rate       uint64 `yaml:"rate"`
 	Burst      uint64 `yaml:"burst"`
