@@ -993,6 +993,17 @@ static __always_inline int l4_later_fragment(const uint8_t *ip, const uint8_t *e
 		return ip + 8 <= end && ((ip[6] << 8 | ip[7]) & 0x1fff);
 	return ip + 44 <= end && ip[6] == 44 && ((ip[42] << 8 | ip[43]) & 0xfff8);
 }
+
+/* l4_mix64 is splitmix64's output function, a bijection of 64 bits whose
+ * every output bit depends on every input bit: the programs' keyed hashes
+ * (the sampling draw, the per-source rate limits' table) end with it.
+ * It is internal/splitmix's Mix without its step. */
+static __always_inline __u64 l4_mix64(__u64 x)
+{
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
 `
 
 // mapsTemplate takes the counter entries (rules + 1) and chain slots
@@ -1146,10 +1157,7 @@ static __always_inline int l4_sampled(const struct l4_counter *c, __u32 rule)
 	__u64 z = cfg->seed + rule;
 	if (c)
 		z += c->packets * 0x9e3779b97f4a7c15ULL + c->bytes * 0xd1b54a32d192ed03ULL;
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	z ^= z >> 31;
-	return (z >> 32) < threshold;
+	return (l4_mix64(z) >> 32) < threshold;
 }
 
 static __always_inline void l4_count_sample(struct xdp_md *ctx, __u64 len, __u32 rule, __u32 action)

@@ -181,16 +181,6 @@ static __always_inline int l4_rl_rule(void *map, __u64 t, __u64 tau)
 	return l4_rl_take(&b->tat, bpf_ktime_get_ns() << 4, t, tau);
 }
 
-/* l4_rl_mix is splitmix64's output function: a bijection of 64 bits. */
-static __always_inline __u64 l4_rl_mix(__u64 x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ULL;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
-}
-
 /*
  * l4_rl_source finds the bucket of the packet's source address masked with
  * m4 (IPv4) or m6a-d (IPv6, 32 bits each, network order) in map, an array
@@ -211,13 +201,13 @@ static __always_inline int l4_rl_source(void *map, __u32 mask, const uint8_t *ip
 	if (fam == 4) {
 		if (ip + 20 > end)
 			return 1;
-		h = l4_rl_mix((__u64)(*(const __u32 *)(ip + 12) & m4) ^ seed);
+		h = l4_mix64((__u64)(*(const __u32 *)(ip + 12) & m4) ^ seed);
 	} else {
 		if (ip + 40 > end)
 			return 1;
 		__u64 hi = (__u64)(*(const __u32 *)(ip + 8) & m6a) << 32 | (*(const __u32 *)(ip + 12) & m6b);
 		__u64 lo = (__u64)(*(const __u32 *)(ip + 16) & m6c) << 32 | (*(const __u32 *)(ip + 20) & m6d);
-		h = l4_rl_mix(l4_rl_mix(hi ^ ~seed) ^ lo);
+		h = l4_mix64(l4_mix64(hi ^ ~seed) ^ lo);
 	}
 	__u32 i = (__u32)(h >> 32) & mask;
 	struct l4_rl_set *s = bpf_map_lookup_elem(map, &i);

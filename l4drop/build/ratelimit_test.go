@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/internal/splitmix"
 )
 
 func TestRatelimitParse(t *testing.T) {
@@ -159,15 +160,6 @@ func TestRatelimitHolds(t *testing.T) {
 	}
 }
 
-// rlMix is l4_rl_mix, splitmix64's output function.
-func rlMix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	return x ^ x>>31
-}
-
 // rlSet4 is the set of the per-source table (sets of them) an IPv4
 // source falls in with the seed of a program loaded without the loader
 // (0): the hash is of the address in network order, as the program loads
@@ -175,7 +167,8 @@ func rlMix(x uint64) uint64 {
 func rlSet4(addr netip.Addr, sets int) uint32 {
 	a := addr.As4()
 	word := uint64(a[0]) | uint64(a[1])<<8 | uint64(a[2])<<16 | uint64(a[3])<<24
-	return uint32(rlMix(word)>>32) & uint32(sets-1)
+	// l4_mix64 is splitmix.Mix without its step.
+	return uint32(splitmix.Mix(word-0x9e3779b97f4a7c15)>>32) & uint32(sets-1)
 }
 
 // TestRatelimitSetEviction fills one set of the per-source table with four
