@@ -2,7 +2,6 @@ package daemon_test
 
 import (
 	"bytes"
-	"context"
 	"log/slog"
 	"os/exec"
 	"path/filepath"
@@ -30,23 +29,10 @@ func TestCaptureWatch(t *testing.T) {
 	root := fixture.BPFFS(t)
 	obj := buildYAML(t, rules)
 	log := &lab.Output{}
-	d, err := daemon.New(daemon.Config{
-		Object: func(context.Context) ([]byte, error) { return obj, nil },
-		Load:   l4drop.LoadOptions{Iface: pair.ServerIf, Netns: pair.Server.Name, Root: root},
-		Tick:   20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(log, nil)),
+	_, dir := startDaemon(t, pair, root, obj, daemon.Config{
+		Tick: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(log, nil)),
 		Components: []daemon.Component{daemon.NewCaptureWatch()},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := d.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Stop()
-	dir := l4drop.Dir(root, pair.ServerIf, pair.Server.Name)
-	defer l4drop.Unload(dir)
 	hookPath := filepath.Join(dir, l4drop.PinHook)
 	hook, err := ebpf.LoadPinnedMap(hookPath, nil)
 	if err != nil {

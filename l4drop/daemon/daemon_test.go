@@ -42,6 +42,28 @@ func buildYAML(t *testing.T, text string) []byte {
 	return obj
 }
 
+// startDaemon starts a daemon that loads obj on lab's server interface
+// under root, with cfg's other settings, and returns it and the rule set's
+// directory; when the test ends the set is unloaded and the daemon stops.
+func startDaemon(t *testing.T, lab *fixture.LabPair, root string, obj []byte, cfg daemon.Config) (*daemon.Daemon, string) {
+	t.Helper()
+	cfg.Object = func(context.Context) ([]byte, error) { return obj, nil }
+	cfg.Load = l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root}
+	d, err := daemon.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop() })
+	dir := l4drop.Dir(root, lab.ServerIf, lab.Server.Name)
+	t.Cleanup(func() { l4drop.Unload(dir) })
+	return d, dir
+}
+
 func send(t *testing.T, lab *fixture.LabPair, n int, port uint16) {
 	t.Helper()
 	frame := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, port, nil)
@@ -244,19 +266,7 @@ func TestSFlowMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := daemon.New(daemon.Config{
-		Object:  func(context.Context) ([]byte, error) { return obj, nil },
-		Load:    l4drop.LoadOptions{Iface: lab.ServerIf, Netns: lab.Server.Name, Root: root},
-		Metrics: "127.0.0.1:0", Components: []daemon.Component{sf},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer l4drop.Unload(l4drop.Dir(root, lab.ServerIf, lab.Server.Name))
-	defer d.Stop()
+	d, _ := startDaemon(t, lab, root, obj, daemon.Config{Metrics: "127.0.0.1:0", Components: []daemon.Component{sf}})
 	send(t, lab, 20, 5353)
 	// Datagrams go out at the latest a second after their first sample.
 	datagrams := 0
