@@ -85,7 +85,7 @@ func live(hookList, output string, exprArgs []string, cfg config, stdout, stderr
 		out = stdout
 		cfg.quiet, cfg.flush = true, true
 	} else {
-		f, err := os.Create(output)
+		f, err := xdpcap.CreateOutput(output)
 		if err != nil {
 			return err
 		}

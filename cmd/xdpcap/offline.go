@@ -41,7 +41,7 @@ func offline(in, out string, exprArgs []string, cfg config, stdout, stderr io.Wr
 	if out != "" {
 		var dst io.Writer = stdout
 		if out != "-" {
-			f, err := os.Create(out)
+			f, err := xdpcap.CreateOutput(out)
 			if err != nil {
 				return err
 			}
