@@ -1,7 +1,9 @@
 package build
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -342,6 +344,53 @@ func TestMergedSets(t *testing.T) {
 		d.Close()
 		r.Close()
 	}
+}
+
+// TestManyGroupsInline: a block list of nets of 14 prefix lengths is 14
+// groups, one a length; they are inlined however many there are (a call
+// each cost more than the group), and judge as the rules one by one do:
+// nested prefixes of every length, drop and pass, in the list's order.
+func TestManyGroupsInline(t *testing.T) {
+	fixture.RequireRoot(t)
+	lengths := []int{12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 32}
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	var bases []netip.Addr
+	for k := range minTableSet + 2 {
+		bases = append(bases, netip.AddrFrom4([4]byte{byte(10 + 16*k), byte(k), 77, 200}))
+	}
+	for k, base := range bases {
+		for _, l := range lengths {
+			action := "drop"
+			if (k+l)%3 == 0 {
+				action = "pass"
+			}
+			fmt.Fprintf(&b, "  - name: net-%d-%d\n    action: %s\n    expr: \"src net %s\"\n", k, l, action, netip.PrefixFrom(base, l).Masked())
+		}
+	}
+	obj, ref, gen := buildSets(t, "blocklist.yaml", b.String())
+	if n := len(gen.Meta.Sets); n != len(lengths) {
+		t.Fatalf("%d sets, want one a prefix length (%d)", n, len(lengths))
+	}
+	if strings.Contains(gen.C, "noinline)) __u32 l4_p0_b") {
+		t.Error("a group is a function of its own: want every group inlined")
+	}
+	// Each base, and each with one bit of it flipped: inside the prefixes
+	// shorter than the bit's position, outside the longer ones.
+	var pkts [][]byte
+	for _, base := range bases {
+		a := base.As4()
+		v := binary.BigEndian.Uint32(a[:])
+		for bit := -1; bit < 32; bit++ {
+			w := v
+			if bit >= 0 {
+				w ^= 1 << bit
+			}
+			binary.BigEndian.PutUint32(a[:], w)
+			pkts = append(pkts, fixture.UDP4(netip.AddrFrom4(a).String(), fixture.ServerIPv4, 1, 53, nil))
+		}
+	}
+	oneByOne(t, obj, ref, pkts, len(pkts)/2, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"net-0-32", "net-1-12", "net-2-24"}})
 }
 
 // The DNS tables are inlined where only tables (DNS names, sets, merged
