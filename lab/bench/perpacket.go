@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"runtime"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/l4drop/l4drop/bpfgen"
 	"github.com/l4drop/l4drop/cbpf"
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/internal/splitmix"
 	"github.com/l4drop/l4drop/internal/xdprun"
 	"github.com/l4drop/l4drop/l4drop"
 )
@@ -27,6 +29,27 @@ var PacketShapes = []string{"dns", "dnswild", "port", "range", "net", "bpf"}
 // PacketMixed is the shape name of the mixed row (MixedRuleSet).
 const PacketMixed = "mixed"
 
+// PacketPrefixes is the shape name of the block list row: nets of many
+// prefix lengths, one set a length, as a list of an attack's sources is.
+const PacketPrefixes = "prefixes"
+
+// prefixLengths are the block list row's prefix lengths, in turns.
+var prefixLengths = []int{12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 32}
+
+// prefixRule is rule i of the block list row. The j-th length has first
+// octets of its own (from 20+12j, a new one every 16 of its rules) and no
+// two of its rules share the first 12 bits, so no prefix holds another's
+// address, nor the lab's 198.18.0.0/15, up to maxPrefixRules.
+func prefixRule(i int) netip.Prefix {
+	j, k := i%len(prefixLengths), i/len(prefixLengths)
+	a := uint32(20+12*j+k/16)<<24 | uint32(k%16)<<20 | uint32(splitmix.Mix(uint64(i)))&0xfffff
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}), prefixLengths[j]).Masked()
+}
+
+// maxPrefixRules is the most rules prefixRule keeps apart: 16 a first
+// octet, 12 first octets a length.
+const maxPrefixRules = 16 * 12 * 14
+
 // PacketRounds is the rounds of the per-packet rows: the issue's targets
 // are of the fastest of 20.
 const PacketRounds = 20
@@ -36,15 +59,16 @@ const PacketRules = 1000
 
 // packetShapeNames say what each shape's rules are, for the report.
 var packetShapeNames = map[string]string{
-	"dns":       "exact DNS names (`dns: [\"hostN.attack.example\"]`)",
-	"dnswild":   "DNS wildcards (`dns: [\"*.zoneN.example\"]`)",
-	"port":      "ports (`udp dst port N`)",
-	"range":     "port ranges (`udp dst portrange N-N+5`)",
-	"net":       "hosts, then nets (`src host A`, `src net A/24`)",
-	"bpf":       "bytecode (`bpf:`, bpfgen dns of hostN.bytecode.example: three name lengths)",
-	PacketMixed: "mixed shapes (MixedRuleSet, then an exact DNS name)",
-	PacketAuto:  "an auto rule of 8 conditions (`l4drop run --auto`'s shape of a DNS flood's fingerprint), after a port rule neither packet matches",
-	PacketFloor: "for reference, not L4Drop: a port rule written by hand with a per-rule counter and the sampling test (floorC in lab/bench/floor.go)",
+	"dns":          "exact DNS names (`dns: [\"hostN.attack.example\"]`)",
+	"dnswild":      "DNS wildcards (`dns: [\"*.zoneN.example\"]`)",
+	"port":         "ports (`udp dst port N`)",
+	"range":        "port ranges (`udp dst portrange N-N+5`)",
+	"net":          "hosts, then nets (`src host A`, `src net A/24`)",
+	"bpf":          "bytecode (`bpf:`, bpfgen dns of hostN.bytecode.example: three name lengths)",
+	PacketMixed:    "mixed shapes (MixedRuleSet, then an exact DNS name)",
+	PacketPrefixes: "a block list of nets of 14 prefix lengths (`src net A/L`, L = 12 to 24 and 32 in turns)",
+	PacketAuto:     "an auto rule of 8 conditions (`l4drop run --auto`'s shape of a DNS flood's fingerprint), after a port rule neither packet matches",
+	PacketFloor:    "for reference, not L4Drop: a port rule written by hand with a per-rule counter and the sampling test (floorC in lab/bench/floor.go)",
 }
 
 // PacketCase is a rule set of one shape and the packets timed through it.
@@ -111,7 +135,7 @@ func netAddr(i, last int) string {
 // NewPacketCase returns n rules of shape (one of PacketShapes, or
 // PacketMixed) and their packets.
 func NewPacketCase(shape string, n int) (PacketCase, error) {
-	if n < 1 {
+	if n < 1 || shape == PacketPrefixes && n > maxPrefixRules {
 		return PacketCase{}, fmt.Errorf("per-packet case %s: %d rules", shape, n)
 	}
 	c := PacketCase{Shape: shape, Rules: n, Miss: legitPacket()}
@@ -149,6 +173,8 @@ func NewPacketCase(shape string, n int) (PacketCase, error) {
 			} else {
 				fmt.Fprintf(&b, "  - name: net-%d\n    expr: \"src net %s/24\"\n", i, netAddr(i, 0))
 			}
+		case PacketPrefixes:
+			fmt.Fprintf(&b, "  - name: prefix-%d\n    expr: \"src net %s\"\n", i, prefixRule(i))
 		case "bpf":
 			p, err := bpfgen.Generate(bpfgen.Options{}, "dns", []string{fmt.Sprintf("host%d.bytecode.example", i)})
 			if err != nil {
@@ -178,12 +204,15 @@ func NewPacketCase(shape string, n int) (PacketCase, error) {
 		c.Hit = fixture.UDP4(netAddr(last, 77), fixture.ServerIPv4, 40000, 53, fixture.DNSQuery("www.example.org", 1))
 	case "bpf":
 		c.Hit = dnsPacket(fmt.Sprintf("host%d.bytecode.example", last))
+	case PacketPrefixes:
+		c.Hit = fixture.UDP4(prefixRule(last).Addr().String(), fixture.ServerIPv4, 40000, 53, fixture.DNSQuery("www.example.org", 1))
 	}
 	return c, nil
 }
 
 // PacketCases are the per-packet rows' cases: every shape of
-// PacketShapes at 1 and PacketRules rules, then PacketMixed at MixedRules.
+// PacketShapes at 1 and PacketRules rules, PacketPrefixes at PacketRules,
+// then PacketMixed at MixedRules.
 func PacketCases() ([]PacketCase, error) {
 	var cs []PacketCase
 	for _, shape := range PacketShapes {
@@ -195,8 +224,12 @@ func PacketCases() ([]PacketCase, error) {
 			cs = append(cs, c)
 		}
 	}
-	c, err := NewPacketCase(PacketMixed, MixedRules)
+	c, err := NewPacketCase(PacketPrefixes, PacketRules)
 	if err != nil {
+		return nil, err
+	}
+	cs = append(cs, c)
+	if c, err = NewPacketCase(PacketMixed, MixedRules); err != nil {
 		return nil, err
 	}
 	cs = append(cs, c)
@@ -552,7 +585,7 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 		}
 		hs, ms := c.HitSpread(), c.MissSpread()
 		target := "-"
-		if c.Case.Shape != PacketFloor && c.Case.Shape != PacketAuto {
+		if c.Case.Shape != PacketFloor && c.Case.Shape != PacketAuto && c.Case.Shape != PacketPrefixes {
 			target = fmt.Sprintf("≤ %.0f ns", packetTarget(c.Case))
 		}
 		fmt.Fprintf(b, "| %s | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %s |\n",

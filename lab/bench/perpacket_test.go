@@ -21,9 +21,9 @@ func TestPacketCases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Each shape at two sizes, the mixed set, one with sampling on, one
-	// with an auto rule.
-	want := len(PacketShapes)*2 + 3
+	// Each shape at two sizes, the block list, the mixed set, one with
+	// sampling on, one with an auto rule.
+	want := len(PacketShapes)*2 + 4
 	if len(cases) != want {
 		t.Fatalf("%d cases, want %d", len(cases), want)
 	}
@@ -68,7 +68,7 @@ func TestNewPacketCaseErrors(t *testing.T) {
 	for _, tt := range []struct {
 		shape string
 		n     int
-	}{{"nosuch", 1}, {"dns", 0}, {PacketMixed, -1}} {
+	}{{"nosuch", 1}, {"dns", 0}, {PacketMixed, -1}, {PacketPrefixes, maxPrefixRules + 1}} {
 		if _, err := NewPacketCase(tt.shape, tt.n); err == nil {
 			t.Errorf("NewPacketCase(%q, %d): no error", tt.shape, tt.n)
 		}
