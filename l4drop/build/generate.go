@@ -196,7 +196,33 @@ const loopWeight = 2 * (cbpfc.MaxBackwardJumps + 1)
 
 // group finds the matchers that share functions (shapes) and the runs of
 // rules tested at once (sets), and returns the C of the shared functions.
+// Prefix tests are folded first (prefixes.go), if that holds.
 func group(rules []compiledRule, noSets bool) (string, error) {
+	if noSets {
+		return groupAs(rules, true)
+	}
+	saved := make([]compiledRule, len(rules))
+	for i, cr := range rules {
+		saved[i] = cr
+		saved[i].matchers = slices.Clone(cr.matchers)
+		for j := range saved[i].matchers {
+			saved[i].matchers[j].args = slices.Clone(cr.matchers[j].args)
+		}
+	}
+	folded := foldPrefixes(rules)
+	if len(folded) == 0 {
+		return groupAs(rules, false)
+	}
+	src, err := groupAs(rules, false)
+	if err == nil && prefixesHeld(rules, folded) {
+		return src, nil
+	}
+	copy(rules, saved)
+	return groupAs(rules, false)
+}
+
+// groupAs is group without the folding of prefixes.
+func groupAs(rules []compiledRule, noSets bool) (string, error) {
 	tsrc, err := templates(rules)
 	if err != nil {
 		return "", err

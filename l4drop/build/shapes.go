@@ -468,6 +468,12 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	g := l4drop.SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b)}
 	for _, i := range idx {
 		args := rules[i].matchers[0].args
+		if vs := rules[i].matchers[0].values; vs != nil {
+			for _, v := range vs {
+				g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: v})
+			}
+			continue
+		}
 		if !m.shape.ranges {
 			g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: args[0]})
 			continue

@@ -1,9 +1,7 @@
 package build
 
 import (
-	"encoding/binary"
 	"fmt"
-	"net/netip"
 	"strings"
 	"testing"
 
@@ -346,51 +344,37 @@ func TestMergedSets(t *testing.T) {
 	}
 }
 
-// TestManyGroupsInline: a block list of nets of 14 prefix lengths is 14
-// groups, one a length; they are inlined however many there are (a call
-// each cost more than the group), and judge as the rules one by one do:
-// nested prefixes of every length, drop and pass, in the list's order.
+// TestManyGroupsInline: twelve shapes of six rules each are ten groups;
+// they are inlined however many there are (a call each cost more than the
+// group), and judge as the rules one by one do.
 func TestManyGroupsInline(t *testing.T) {
 	fixture.RequireRoot(t)
-	lengths := []int{12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 32}
+	shapes := []string{"udp dst port %d", "udp src port %d", "tcp dst port %d", "tcp src port %d", "ip[8] = %d",
+		"ip[1] = %d", "src host 10.1.0.%d", "dst host 10.2.0.%d", "ip[4:2] = %d", "ip[6] = %d", "ip[7] = %d", "ip[5] = %d"}
 	var b strings.Builder
 	b.WriteString("rules:\n")
-	var bases []netip.Addr
-	for k := range minTableSet + 2 {
-		bases = append(bases, netip.AddrFrom4([4]byte{byte(10 + 16*k), byte(k), 77, 200}))
-	}
-	for k, base := range bases {
-		for _, l := range lengths {
+	for k := range 6 {
+		for j, shape := range shapes {
 			action := "drop"
-			if (k+l)%3 == 0 {
+			if (j+k)%4 == 0 {
 				action = "pass"
 			}
-			fmt.Fprintf(&b, "  - name: net-%d-%d\n    action: %s\n    expr: \"src net %s\"\n", k, l, action, netip.PrefixFrom(base, l).Masked())
+			fmt.Fprintf(&b, "  - name: s%d-%d\n    action: %s\n    expr: %q\n", j, k, action, fmt.Sprintf(shape, 1+k+j))
 		}
 	}
-	obj, ref, gen := buildSets(t, "blocklist.yaml", b.String())
-	if n := len(gen.Meta.Sets); n != len(lengths) {
-		t.Fatalf("%d sets, want one a prefix length (%d)", n, len(lengths))
+	obj, ref, gen := buildSets(t, "groups.yaml", b.String())
+	if n := len(gen.Meta.Sets); n != len(shapes)-2 || n <= maxInlineItems {
+		t.Fatalf("%d sets, want %d: one a shape, udp and tcp dst ports one keyed by protocol and port, as are src ports", n, len(shapes)-2)
 	}
 	if strings.Contains(gen.C, "noinline)) __u32 l4_p0_b") {
 		t.Error("a group is a function of its own: want every group inlined")
 	}
-	// Each base, and each with one bit of it flipped: inside the prefixes
-	// shorter than the bit's position, outside the longer ones.
 	var pkts [][]byte
-	for _, base := range bases {
-		a := base.As4()
-		v := binary.BigEndian.Uint32(a[:])
-		for bit := -1; bit < 32; bit++ {
-			w := v
-			if bit >= 0 {
-				w ^= 1 << bit
-			}
-			binary.BigEndian.PutUint32(a[:], w)
-			pkts = append(pkts, fixture.UDP4(netip.AddrFrom4(a).String(), fixture.ServerIPv4, 1, 53, nil))
-		}
+	for v := uint16(0); v < 18; v++ {
+		src, dst := fmt.Sprintf("10.1.0.%d", v), fmt.Sprintf("10.2.0.%d", 17-v)
+		pkts = append(pkts, fixture.UDP4(src, dst, v, 17-v, nil), fixture.TCP4SYN(dst, src, 17-v, v))
 	}
-	oneByOne(t, obj, ref, pkts, len(pkts)/2, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"net-0-32", "net-1-12", "net-2-24"}})
+	oneByOne(t, obj, ref, pkts, len(pkts)/4, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"s0-0", "s6-1", "s2-3"}})
 }
 
 // The DNS tables are inlined where only tables (DNS names, sets, merged
