@@ -65,7 +65,7 @@ type matcher struct {
 	prog   []bpf.Instruction
 	fn     string   // C function, set by Generate
 	args   []uint32 // its constant arguments, for shared functions
-	// values are a folded prefix test's set members (prefixes.go), where
+	// values are a folded matcher's set members (fold.go), where
 	// args[0] would be one.
 	values []uint32
 	// shape is the shared function's class, nil if the matcher has a

@@ -196,32 +196,53 @@ const loopWeight = 2 * (cbpfc.MaxBackwardJumps + 1)
 
 // group finds the matchers that share functions (shapes) and the runs of
 // rules tested at once (sets), and returns the C of the shared functions.
-// Prefix tests are folded first (prefixes.go), if that holds.
+// Matchers are folded into sets' forms first (fold.go), if that holds.
 func group(rules []compiledRule, noSets bool) (string, error) {
 	if noSets {
 		return groupAs(rules, true)
 	}
-	saved := make([]compiledRule, len(rules))
-	for i, cr := range rules {
-		saved[i] = cr
-		saved[i].matchers = slices.Clone(cr.matchers)
-		for j := range saved[i].matchers {
-			saved[i].matchers[j].args = slices.Clone(cr.matchers[j].args)
+	saved := cloneRules(rules)
+	// A family whose folding does not hold is left out, and the others
+	// folded again: a few rounds at most, one per family kind that fails.
+	skip := map[string]bool{}
+	for range maxFoldRounds {
+		folded := fold(rules, skip)
+		if len(folded) == 0 {
+			break
+		}
+		src, err := groupAs(rules, false)
+		failed := foldsFailed(rules, folded)
+		if err == nil && len(failed) == 0 {
+			return src, nil
+		}
+		copy(rules, cloneRules(saved))
+		if err != nil {
+			break
+		}
+		for _, f := range failed {
+			skip[f] = true
 		}
 	}
-	folded := foldPrefixes(rules)
-	if len(folded) == 0 {
-		return groupAs(rules, false)
-	}
-	src, err := groupAs(rules, false)
-	if err == nil && prefixesHeld(rules, folded) {
-		return src, nil
-	}
-	copy(rules, saved)
 	return groupAs(rules, false)
 }
 
-// groupAs is group without the folding of prefixes.
+// maxFoldRounds bounds the builds group tries folding in.
+const maxFoldRounds = 3
+
+// cloneRules copies rules deep enough that grouping the copy leaves rules
+// as they are.
+func cloneRules(rules []compiledRule) []compiledRule {
+	c := slices.Clone(rules)
+	for i := range c {
+		c[i].matchers = slices.Clone(c[i].matchers)
+		for j := range c[i].matchers {
+			c[i].matchers[j].args = slices.Clone(c[i].matchers[j].args)
+		}
+	}
+	return c
+}
+
+// groupAs is group without folding.
 func groupAs(rules []compiledRule, noSets bool) (string, error) {
 	tsrc, err := templates(rules)
 	if err != nil {

@@ -95,13 +95,23 @@ var propShapes = []func(r *rand.Rand) (string, [][]byte){
 			fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, in, in, nil), fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, out, lo-1, nil),
 			fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 9, in, nil)}
 	},
-	func(r *rand.Rand) (string, [][]byte) { // prefixes of many lengths, nested: folded (prefixes.go)
+	func(r *rand.Rand) (string, [][]byte) { // prefixes of many lengths, nested: folded (fold.go)
 		a := netip.MustParseAddr(propAddr4(r)).As4()
 		l := 10 + r.IntN(22)
 		out := a
 		out[(l-1)/8] ^= 0x80 >> ((l - 1) % 8) // the prefix's last bit flipped
 		return fmt.Sprintf("expr: \"src net %s\"", netip.PrefixFrom(netip.AddrFrom4(a), l).Masked()),
 			[][]byte{fixture.UDP4(netip.AddrFrom4(a).String(), fixture.ServerIPv4, 1, 53, nil), fixture.UDP4(netip.AddrFrom4(out).String(), fixture.ServerIPv4, 1, 53, nil)}
+	},
+	func(r *rand.Rand) (string, [][]byte) { // a few hosts: a chain folded into one set (fold.go)
+		var hosts []string
+		var pkts [][]byte
+		for range 2 + r.IntN(2) {
+			a := propAddr4(r)
+			hosts = append(hosts, "src host "+a)
+			pkts = append(pkts, fixture.UDP4(a, fixture.ServerIPv4, 1, 53, nil))
+		}
+		return fmt.Sprintf("expr: \"%s\"", strings.Join(hosts, " or ")), pkts
 	},
 	func(r *rand.Rand) (string, [][]byte) { // combined
 		name := fmt.Sprintf("c%d.example", r.IntN(20))

@@ -214,3 +214,52 @@ func TestFoldedPrefixes(t *testing.T) {
 	oneByOne(t, obj, ref, pkts, 2, l4drop.LoadOptions{})
 	oneByOne(t, obj, ref, pkts, 1, l4drop.LoadOptions{Disable: []string{"same-0", "same-1", "same-2", "same-3"}})
 }
+
+func TestUnionChain(t *testing.T) {
+	for _, tt := range []struct {
+		expr  string
+		chain int // jeqs in the chain; 0: none
+	}{
+		{"src host 10.0.0.1 or src host 10.0.0.2", 2},
+		{"src host 10.0.0.1 or src host 10.0.0.2 or src host 10.0.0.3", 3},
+		{"udp dst port 53 or udp dst port 853", 0}, // two families' paths: two chains
+		{"ip proto 17 and (ip[8] = 1 or ip[8] = 2)", 2},
+		{"src host 10.0.0.1 or dst host 10.0.0.2", 0}, // another value
+		{"src host 10.0.0.1", 0},
+		{"(src host 10.0.0.1 or src host 10.0.0.2) and udp", 0}, // a match needs more
+	} {
+		t.Run(tt.expr, func(t *testing.T) {
+			pcs, ok := unionChain(ruleProg(t, tt.expr))
+			if len(pcs) != tt.chain || ok != (tt.chain > 0) {
+				t.Fatalf("chain %v (%v), want %d jeqs", pcs, ok, tt.chain)
+			}
+		})
+	}
+}
+
+// TestFoldedUnions: rules of a few hosts each, the same host in several
+// rules, drop and pass, folded to one table whose entries are every host
+// of every rule, judge every packet as the rules one by one do.
+func TestFoldedUnions(t *testing.T) {
+	fixture.RequireRoot(t)
+	host := func(i int) string { return fmt.Sprintf("10.9.%d.%d", i/200, i%200) }
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i := range 150 {
+		action := "drop"
+		if i%7 == 3 {
+			action = "pass"
+		}
+		// Hosts 2i, 2i+1 and 2i+3: the last is also the next rule's second.
+		fmt.Fprintf(&b, "  - name: or-%d\n    action: %s\n    expr: \"src host %s or src host %s or src host %s\"\n", i, action, host(2*i), host(2*i+1), host(2*i+3))
+	}
+	obj, ref, gen := buildSets(t, "unions.yaml", b.String())
+	if len(gen.Meta.Sets) != 1 || len(gen.Meta.Sets[0].Members) != 3*150 {
+		t.Fatalf("%d sets, want one of 450 entries (three hosts a rule)", len(gen.Meta.Sets))
+	}
+	var pkts [][]byte
+	for i := range 320 {
+		pkts = append(pkts, fixture.UDP4(host(i), fixture.ServerIPv4, 1, 53, nil), fixture.TCP4SYN(fixture.ServerIPv4, host(i), 1, 80))
+	}
+	oneByOne(t, obj, ref, pkts, 250, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"or-0", "or-1", "or-3", "or-4", "or-10"}})
+}
