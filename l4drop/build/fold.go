@@ -168,6 +168,29 @@ func fold(rules []compiledRule, skip map[string]bool) []foldedRule {
 	return append(foldPrefixes(rules, skip), foldUnions(rules, skip)...)
 }
 
+// families collects values by family, in the order families first come.
+type families[T any] struct {
+	order []string
+	of    map[string][]T
+}
+
+func (f *families[T]) add(key string, v T) {
+	if f.of == nil {
+		f.of = map[string][]T{}
+	}
+	if _, ok := f.of[key]; !ok {
+		f.order = append(f.order, key)
+	}
+	f.of[key] = append(f.of[key], v)
+}
+
+// familyKey is the key of the family of kind that rule cr is in, p being
+// its matcher with what varies in the family made the same.
+func familyKey(kind string, cr *compiledRule, p []bpf.Instruction) (string, bool) {
+	key, _, ok := shapeKey(p)
+	return kind + "/" + string(cr.rule.Family) + "/" + key, ok
+}
+
 // foldable reports whether rule cr could be in a set: one matcher, a
 // simple action, not in the DNS table, not folded already.
 func foldable(cr *compiledRule) bool {
@@ -181,8 +204,7 @@ func foldPrefixes(rules []compiledRule, skip map[string]bool) []foldedRule {
 	type member struct {
 		rule, pc, length int
 	}
-	families := map[string][]member{}
-	var order []string
+	var fams families[member]
 	for i := range rules {
 		cr := &rules[i]
 		if !foldable(cr) {
@@ -195,22 +217,13 @@ func foldPrefixes(rules []compiledRule, skip map[string]bool) []foldedRule {
 		}
 		p := slices.Clone(prog)
 		p[pc] = bpf.ALUOpConstant{Op: bpf.ALUOpAnd}
-		key, _, ok := shapeKey(p)
-		if !ok {
-			continue
+		if key, ok := familyKey("prefix", cr, p); ok && !skip[key] {
+			fams.add(key, member{i, pc, l})
 		}
-		key = "prefix/" + string(cr.rule.Family) + "/" + key
-		if skip[key] {
-			continue
-		}
-		if _, ok := families[key]; !ok {
-			order = append(order, key)
-		}
-		families[key] = append(families[key], member{i, pc, l})
 	}
 	var folded []foldedRule
-	for _, key := range order {
-		ms := families[key]
+	for _, key := range fams.order {
+		ms := fams.of[key]
 		count := map[int]int{}
 		for _, m := range ms {
 			count[m.length]++
@@ -335,8 +348,7 @@ func unionChain(prog []bpf.Instruction) (pcs []int, ok bool) {
 // family by family, families of minTableSet rules or more, and returns
 // the rules it folded.
 func foldUnions(rules []compiledRule, skip map[string]bool) []foldedRule {
-	families := map[string][]foldedRule{}
-	var order []string
+	var fams families[foldedRule]
 	for i := range rules {
 		cr := &rules[i]
 		if !foldable(cr) {
@@ -346,22 +358,13 @@ func foldUnions(rules []compiledRule, skip map[string]bool) []foldedRule {
 		if !ok {
 			continue
 		}
-		key, _, ok := shapeKey(cr.matchers[0].prog)
-		if !ok {
-			continue
+		if key, ok := familyKey("union", cr, cr.matchers[0].prog); ok && !skip[key] {
+			fams.add(key, foldedRule{i, key, pcs})
 		}
-		key = "union/" + string(cr.rule.Family) + "/" + key
-		if skip[key] {
-			continue
-		}
-		if _, ok := families[key]; !ok {
-			order = append(order, key)
-		}
-		families[key] = append(families[key], foldedRule{i, key, pcs})
 	}
 	var folded []foldedRule
-	for _, key := range order {
-		fs := families[key]
+	for _, key := range fams.order {
+		fs := fams.of[key]
 		if len(fs) < minTableSet {
 			continue
 		}
