@@ -117,8 +117,13 @@ func TestMeasurePerPacket(t *testing.T) {
 				t.Errorf("%s %s: %d and %d rounds, want %d", c.Case.Name(), name, len(tm.CPU), len(tm.Kernel), rounds)
 			}
 			// The kernel's figure is of the time inside the test run,
-			// which the thread's CPU time covers.
-			if !(tm.Min() > 0 && tm.KernelMin() <= tm.Min()+1) {
+			// which the thread's CPU time covers but for interrupts
+			// taken meanwhile and time the VM's host kept the CPU:
+			// the kernel's clock counts them, the thread is not
+			// charged. On a busy machine they add ns a run over 2,000
+			// runs (a CI run: 49.9 ns, kernel 52), so within a
+			// quarter; a figure of another unit is far off.
+			if !(tm.Min() > 0 && tm.KernelMin() <= 1.25*tm.Min()+1) {
 				t.Errorf("%s %s: %v ns (kernel %v)", c.Case.Name(), name, tm.Min(), tm.KernelMin())
 			}
 		}
