@@ -278,11 +278,15 @@ func foldsFailed(rules []compiledRule, folded []foldedRule) []string {
 	return failed
 }
 
-// unionChain finds a chain of two or more jeq #k in prog comparing one
-// value: each jeq's true branch lands on a match, its false branch is the
-// next jeq, which nothing else jumps to, and the last one's lands on a
-// miss. It returns the chain's pcs; ok is false if prog has none, or more
-// than one.
+// unionChain finds the tests of one value against a few constants in
+// prog: jeq #k whose true branch lands on a match and whose false branch
+// is another of them or lands on a miss, each reached, but for the first
+// of a chain, only from the false branches of others (so they compare one
+// value, which nothing changes between them). A chain may start on
+// several paths (the IPv4 and the IPv6 port of `udp dst port 53 or udp
+// dst port 853` meet at the second test); each path's chain must hold the
+// same constants, two or more. It returns the tests' pcs, ascending; ok
+// is false if prog has none, or any that breaks these rules.
 func unionChain(prog []bpf.Instruction) (pcs []int, ok bool) {
 	ways := make([]int, len(prog)+1)
 	in := func(pc int) {
@@ -307,41 +311,64 @@ func unionChain(prog []bpf.Instruction) (pcs []int, ok bool) {
 			in(i + 1)
 		}
 	}
-	inChain := make([]bool, len(prog))
-	for i := range prog {
-		if inChain[i] || !isJEQ(prog, i) {
+	// Jumps go forward: a test's false branch is decided before it.
+	inSet := make([]bool, len(prog))
+	next := make([]int, len(prog)) // the false branch's test, or -1
+	fromSet := make([]int, len(prog)+1)
+	for pc := len(prog) - 1; pc >= 0; pc-- {
+		if !isJEQ(prog, pc) {
 			continue
 		}
-		chain := []int{i}
-		for {
-			pc := chain[len(chain)-1]
-			raw, _ := prog[pc].Assemble()
-			if match, ok := retAt(prog, landing(prog, pc+1+int(raw.Jt))); !ok || !match {
-				chain = nil
-				break
-			}
-			next := pc + 1 + int(raw.Jf)
-			if next < len(prog) && isJEQ(prog, next) && ways[next] == 1 {
-				chain = append(chain, next)
+		raw, _ := prog[pc].Assemble()
+		if match, ok := retAt(prog, landing(prog, pc+1+int(raw.Jt))); !ok || !match {
+			continue
+		}
+		f := pc + 1 + int(raw.Jf)
+		switch {
+		case f < len(prog) && inSet[f]:
+			next[pc] = f
+		default:
+			if match, ok := retAt(prog, landing(prog, f)); !ok || match {
 				continue
 			}
-			if match, ok := retAt(prog, landing(prog, next)); !ok || match {
-				chain = nil
-			}
-			break
+			next[pc] = -1
 		}
-		if len(chain) < 2 {
-			continue
-		}
-		if pcs != nil {
-			return nil, false
-		}
-		pcs = chain
-		for _, pc := range chain {
-			inChain[pc] = true
+		inSet[pc] = true
+	}
+	for pc := range prog {
+		if inSet[pc] && next[pc] >= 0 {
+			fromSet[next[pc]]++
 		}
 	}
-	return pcs, pcs != nil
+	var want []uint32
+	for pc := range prog {
+		if !inSet[pc] {
+			continue
+		}
+		pcs = append(pcs, pc)
+		if fromSet[pc] > 0 {
+			if fromSet[pc] != ways[pc] {
+				return nil, false // reached from elsewhere too
+			}
+			continue
+		}
+		// A chain's first test: the constants down its chain.
+		var ks []uint32
+		for t := pc; t >= 0; t = next[t] {
+			ks = append(ks, jumpK(prog, t))
+		}
+		slices.Sort(ks)
+		ks = slices.Compact(ks)
+		if want == nil {
+			want = ks
+		} else if !slices.Equal(ks, want) {
+			return nil, false
+		}
+	}
+	if len(want) < 2 {
+		return nil, false
+	}
+	return pcs, true
 }
 
 // foldUnions folds the chains of rules that could be sets (unionChain)

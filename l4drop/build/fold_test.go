@@ -222,7 +222,8 @@ func TestUnionChain(t *testing.T) {
 	}{
 		{"src host 10.0.0.1 or src host 10.0.0.2", 2},
 		{"src host 10.0.0.1 or src host 10.0.0.2 or src host 10.0.0.3", 3},
-		{"udp dst port 53 or udp dst port 853", 0}, // two families' paths: two chains
+		{"udp dst port 53 or udp dst port 853", 3},                    // the IPv4 and IPv6 ports meet at 853
+		{"(ip and udp dst port 53) or (ip6 and udp dst port 853)", 0}, // paths of other constants
 		{"ip proto 17 and (ip[8] = 1 or ip[8] = 2)", 2},
 		{"src host 10.0.0.1 or dst host 10.0.0.2", 0}, // another value
 		{"src host 10.0.0.1", 0},
@@ -262,4 +263,20 @@ func TestFoldedUnions(t *testing.T) {
 		pkts = append(pkts, fixture.UDP4(host(i), fixture.ServerIPv4, 1, 53, nil), fixture.TCP4SYN(fixture.ServerIPv4, host(i), 1, 80))
 	}
 	oneByOne(t, obj, ref, pkts, 250, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"or-0", "or-1", "or-3", "or-4", "or-10"}})
+
+	// Port lists: the chain starts on the IPv4 and the IPv6 path.
+	b.Reset()
+	b.WriteString("rules:\n")
+	for i := range 40 {
+		fmt.Fprintf(&b, "  - name: ports-%d\n    expr: \"udp dst port %d or udp dst port %d\"\n", i, 2000+2*i, 2000+2*i+3)
+	}
+	obj, ref, gen = buildSets(t, "ports.yaml", b.String())
+	if len(gen.Meta.Sets) != 1 || len(gen.Meta.Sets[0].Members) != 2*40 {
+		t.Fatalf("%d sets, want one of 80 entries (two ports a rule)", len(gen.Meta.Sets))
+	}
+	pkts = pkts[:0]
+	for port := uint16(1995); port < 2090; port++ {
+		pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, port, nil), fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, port, nil))
+	}
+	oneByOne(t, obj, ref, pkts, 100, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"ports-0", "ports-2", "ports-39"}})
 }

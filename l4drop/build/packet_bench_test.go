@@ -87,6 +87,7 @@ var ruleShapes = []struct {
 	{"host-list", func(i int) string {
 		return fmt.Sprintf("src host 10.1.%d.%d or src host 10.2.%d.%d", i>>8, i&255, i>>8, i&255)
 	}},
+	{"port-list", func(i int) string { return fmt.Sprintf("udp dst port %d or udp dst port %d", 1000+i, 3000+i) }},
 	{"prefixes", func(i int) string { // 13 lengths, 12 to 24
 		a := netip.AddrFrom4([4]byte{10, byte(i * 37), byte(i * 11), byte(i)})
 		return "src net " + netip.PrefixFrom(a, 12+i%13).Masked().String()

@@ -113,6 +113,16 @@ var propShapes = []func(r *rand.Rand) (string, [][]byte){
 		}
 		return fmt.Sprintf("expr: \"%s\"", strings.Join(hosts, " or ")), pkts
 	},
+	func(r *rand.Rand) (string, [][]byte) { // a few ports: chains on both paths folded into one set (fold.go)
+		var ports []string
+		var pkts [][]byte
+		for range 2 + r.IntN(2) {
+			p := propPort(r)
+			ports = append(ports, fmt.Sprintf("udp dst port %d", p))
+			pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, p, nil), fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, p, nil))
+		}
+		return fmt.Sprintf("expr: \"%s\"", strings.Join(ports, " or ")), pkts
+	},
 	func(r *rand.Rand) (string, [][]byte) { // combined
 		name := fmt.Sprintf("c%d.example", r.IntN(20))
 		q := fixture.DNSQuery(name, 1)
