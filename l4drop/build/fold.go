@@ -1,8 +1,8 @@
 package build
 
 import (
-	"encoding/binary"
 	"math"
+	"math/bits"
 	"slices"
 
 	"golang.org/x/net/bpf"
@@ -75,16 +75,15 @@ func prefixTest(prog []bpf.Instruction) (pc, length int, ok bool) {
 
 // prefixLen is the length of the prefix mask m, or -1 if m is none.
 func prefixLen(m uint32) int {
-	for l := 0; l <= 32; l++ {
-		if m == mask32(l) {
-			return l
-		}
+	if l := bits.OnesCount32(m); m == mask32(l) {
+		return l
 	}
 	return -1
 }
 
-// mask32 is the mask of an IPv4 prefix of l bits.
-func mask32(l int) uint32 { return binary.BigEndian.Uint32(prefixMask(l, 32)) }
+// mask32 is the mask of an IPv4 prefix of l bits (0 to 32; a shift of 32
+// is 0 in Go).
+func mask32(l int) uint32 { return ^uint32(0) << (32 - l) }
 
 // prefixLevels folds prefix lengths lens (ascending, counts[i] rules of
 // lens[i]) to levels: it returns each length's level, the fewest levels
@@ -201,10 +200,11 @@ func foldable(cr *compiledRule) bool {
 // (prefixTest; one matcher, a simple action) family by family, and
 // returns the rules it folded.
 func foldPrefixes(rules []compiledRule, skip map[string]bool) []foldedRule {
-	type member struct {
+	// prefix is a rule's prefix test: the and's pc, the length.
+	type prefix struct {
 		rule, pc, length int
 	}
-	var fams families[member]
+	var fams families[prefix]
 	for i := range rules {
 		cr := &rules[i]
 		if !foldable(cr) {
@@ -218,7 +218,7 @@ func foldPrefixes(rules []compiledRule, skip map[string]bool) []foldedRule {
 		p := slices.Clone(prog)
 		p[pc] = bpf.ALUOpConstant{Op: bpf.ALUOpAnd}
 		if key, ok := familyKey("prefix", cr, p); ok && !skip[key] {
-			fams.add(key, member{i, pc, l})
+			fams.add(key, prefix{i, pc, l})
 		}
 	}
 	var folded []foldedRule

@@ -287,7 +287,6 @@ func templates(rules []compiledRule) (string, error) {
 	for _, key := range order {
 		work = append(work, classes[key])
 	}
-	chunked := map[*matcher]bool{}
 	for len(work) > 0 {
 		ms := work[0]
 		work = work[1:]
@@ -322,11 +321,10 @@ func templates(rules []compiledRule) (string, error) {
 				values += rangeWidth(mb.m.prog, params)
 			}
 			sh.set, sh.ranges = values <= maxRangeValues, values <= maxRangeValues
-			if !sh.set && !chunked[ms[0].m] {
+			// A run of two or more fits by construction: only a class
+			// is split, once.
+			if !sh.set && len(ms) > 1 {
 				work = append(work, rangeChunks(ms, params)...)
-				for _, mb := range ms {
-					chunked[mb.m] = true
-				}
 				continue
 			}
 		}
