@@ -30,7 +30,8 @@ var PacketShapes = []string{"dns", "dnswild", "port", "range", "net", "bpf"}
 const PacketMixed = "mixed"
 
 // PacketPrefixes is the shape name of the block list row: nets of many
-// prefix lengths, one set a length, as a list of an attack's sources is.
+// prefix lengths, as a list of an attack's sources has (each length was a
+// table of its own until l4drop/build folded them to a few).
 const PacketPrefixes = "prefixes"
 
 // prefixLengths are the block list row's prefix lengths, in turns.
@@ -132,8 +133,8 @@ func netAddr(i, last int) string {
 	return fmt.Sprintf("100.%d.%d.%d", 64+i>>8&0x3f, i&0xff, last)
 }
 
-// NewPacketCase returns n rules of shape (one of PacketShapes, or
-// PacketMixed) and their packets.
+// NewPacketCase returns n rules of shape (one of PacketShapes,
+// PacketPrefixes or PacketMixed) and their packets.
 func NewPacketCase(shape string, n int) (PacketCase, error) {
 	if n < 1 || shape == PacketPrefixes && n > maxPrefixRules {
 		return PacketCase{}, fmt.Errorf("per-packet case %s: %d rules", shape, n)
