@@ -35,7 +35,10 @@ type Sample struct {
 	Packet []byte
 	// Len is the packet's length on the wire from the IP header on (0:
 	// len(Packet)).
-	Len      int
+	Len int
+	// Family is the family the link layer gives the packet, as in
+	// Packet.Family (0: the IP header's version field).
+	Family   uint8
 	Decision Decision
 	// Slot is the auto rule's slot when Decision is Auto.
 	Slot int
@@ -341,7 +344,7 @@ func (e *Engine) Tick() {
 
 	b := batch{t: now, inWin: true}
 	for _, s := range in {
-		p, ok := newPkt(s.Packet, s.Len)
+		p, ok := newPkt(s.Packet, s.Len, s.Family)
 		if !ok {
 			continue
 		}
@@ -473,7 +476,7 @@ func (e *Engine) age(now time.Time) {
 // attack detected while r waited.
 func (e *Engine) admit(r *rec, t time.Time) {
 	for _, sl := range e.slots {
-		if sl != nil && Match(&sl.rule.AutoRule, r.p.data, r.p.wire) {
+		if sl != nil && r.p.matches(&sl.rule.AutoRule) {
 			return
 		}
 	}
@@ -552,7 +555,7 @@ func (e *Engine) maintain(now time.Time) {
 		k := groupKey{sl.rule.Family, sl.rule.Proto}
 		legit := 0
 		for _, p := range e.baseRing {
-			if Match(&sl.rule.AutoRule, p.data, p.wire) {
+			if p.matches(&sl.rule.AutoRule) {
 				legit++
 			}
 		}
@@ -596,7 +599,7 @@ func (e *Engine) baselineOf(k groupKey) []pkt {
 func packets(ps []pkt) []Packet {
 	out := make([]Packet, len(ps))
 	for i, p := range ps {
-		out[i] = Packet{Data: p.data, Len: p.wire}
+		out[i] = Packet{Data: p.data, Len: p.wire, Family: p.h.family}
 	}
 	return out
 }
@@ -703,14 +706,14 @@ func (e *Engine) detect(now time.Time) {
 	for _, r := range rules {
 		n := 0
 		for _, p := range A {
-			if Match(&r.AutoRule, p.data, p.wire) {
+			if p.matches(&r.AutoRule) {
 				n++
 			}
 		}
 		pps := e.pps(n, now)
 		bm := 0
 		for _, p := range e.baseRing {
-			if Match(&r.AutoRule, p.data, p.wire) {
+			if p.matches(&r.AutoRule) {
 				bm++
 			}
 		}
@@ -727,7 +730,7 @@ func (e *Engine) detect(now time.Time) {
 
 func (e *Engine) matchedByActive(p *pkt) bool {
 	for _, sl := range e.slots {
-		if sl != nil && Match(&sl.rule.AutoRule, p.data, p.wire) {
+		if sl != nil && p.matches(&sl.rule.AutoRule) {
 			return true
 		}
 	}
@@ -831,7 +834,7 @@ func (e *Engine) standing(now time.Time) {
 	}
 	n := 0
 	for _, p := range W {
-		if Match(&r.AutoRule, p.data, p.wire) {
+		if p.matches(&r.AutoRule) {
 			n++
 		}
 	}
@@ -853,7 +856,7 @@ func (e *Engine) unlearn(r *l4drop.AutoRule) {
 	// The ring's order from its oldest sample on.
 	ring := append(append([]pkt(nil), e.baseRing[e.baseNext:]...), e.baseRing[:e.baseNext]...)
 	for _, p := range ring {
-		if !Match(r, p.data, p.wire) {
+		if !p.matches(r) {
 			kept = append(kept, p)
 		}
 	}

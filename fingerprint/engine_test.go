@@ -50,7 +50,7 @@ func (tb *table) Remove(slot int) error {
 // judge returns the slot that matches pkt, or -1.
 func (tb *table) judge(pkt []byte) int {
 	for i, r := range tb.rules {
-		if r != nil && r.State != l4drop.AutoOff && Match(r, pkt, len(pkt)) {
+		if r != nil && r.State != l4drop.AutoOff && Match(r, Packet{Data: pkt}) {
 			return i
 		}
 	}
@@ -313,7 +313,7 @@ func TestEngineRefine(t *testing.T) {
 	t.Logf("refined to %s", ev.rule.Expr())
 	_, legitP := attackT, scenarioPackets(t, legitT, 99, 5000)
 	for _, p := range legitP {
-		if Match(ev.rule, p.Data, len(p.Data)) {
+		if Match(ev.rule, p) {
 			t.Fatalf("refined rule %s matches legitimate % x", ev.rule.Expr(), p.Data)
 		}
 	}

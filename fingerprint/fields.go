@@ -118,10 +118,12 @@ type pkt struct {
 	h    headers
 }
 
-func newPkt(data []byte, wire int) (pkt, bool) {
+// newPkt parses data, an IP packet of family fam (0: the version
+// field's), wire bytes long on the wire; false if it is not well-formed.
+func newPkt(data []byte, wire int, fam byte) (pkt, bool) {
 	if wire < len(data) {
 		wire = len(data)
 	}
-	h, ok := parse(data)
-	return pkt{data: data, wire: wire, h: h}, ok
+	h := parse(data, fam)
+	return pkt{data: data, wire: wire, h: h}, wellFormed(data, h)
 }

@@ -7,17 +7,32 @@ import (
 	"github.com/l4drop/l4drop/l4drop"
 )
 
-// FromFrames returns the IP packets of Ethernet frames (up to two VLAN
-// tags), as l4drop.ReadFrames returns a capture's; frames without one are
+// FromFrames returns the IP packets of Ethernet frames, as FromFrame
+// does, as l4drop.ReadFrames returns a capture's; frames without one are
 // left out.
 func FromFrames(frames [][]byte) []Packet {
 	out := make([]Packet, 0, len(frames))
 	for _, f := range frames {
-		if off, ok := l4drop.IPOffset(f); ok {
-			out = append(out, Packet{Data: f[off:]})
+		if p, ok := FromFrame(f); ok {
+			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// FromFrame returns the IP packet of an Ethernet frame (after up to two
+// VLAN tags), its family the ethertype's, as the program takes it; false
+// if the frame carries neither IPv4 nor IPv6.
+func FromFrame(frame []byte) (Packet, bool) {
+	off, ok := l4drop.IPOffset(frame)
+	if !ok {
+		return Packet{}, false
+	}
+	p := Packet{Data: frame[off:], Family: 4}
+	if frame[off-2] == 0x86 && frame[off-1] == 0xdd {
+		p.Family = 6
+	}
+	return p, true
 }
 
 // RulesFile renders rules as an L4Drop rules file: a drop rule each, named

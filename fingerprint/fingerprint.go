@@ -17,6 +17,10 @@ type Packet struct {
 	// Len is the packet's length on the wire from the IP header on; 0
 	// means len(Data).
 	Len int
+	// Family is the family the link layer gives the packet (4 for
+	// ethertype 0x0800, 6 for 0x86dd), which is what the program's auto
+	// table goes by; 0 means the IP header's version field.
+	Family uint8
 }
 
 // Options tune fingerprinting. The zero value is usable.
@@ -97,7 +101,7 @@ func Fingerprint(attack, baseline []Packet, opts Options) ([]Rule, error) {
 func parseAll(ps []Packet) []pkt {
 	out := make([]pkt, 0, len(ps))
 	for _, p := range ps {
-		if q, ok := newPkt(p.Data, p.Len); ok {
+		if q, ok := newPkt(p.Data, p.Len, p.Family); ok {
 			out = append(out, q)
 		}
 	}
@@ -139,7 +143,7 @@ func fitNext(A, B []pkt, opts Options) (Rule, []pkt, bool) {
 			if r, ok := fit(sub, B, k, opts); ok {
 				rest := A[:0:0]
 				for _, p := range A {
-					if !Match(&r.AutoRule, p.data, p.wire) {
+					if !p.matches(&r.AutoRule) {
 						rest = append(rest, p)
 					}
 				}
@@ -445,12 +449,12 @@ func fit(A, B []pkt, k groupKey, opts Options) (Rule, bool) {
 	}
 	// Verify with the evaluator, as the table will run it.
 	for _, p := range Bk {
-		if Match(&r.AutoRule, p.data, p.wire) {
+		if p.matches(&r.AutoRule) {
 			return Rule{}, false
 		}
 	}
 	for _, p := range A {
-		if Match(&r.AutoRule, p.data, p.wire) {
+		if p.matches(&r.AutoRule) {
 			r.Matched++
 		}
 	}

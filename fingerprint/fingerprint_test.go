@@ -13,11 +13,11 @@ func scenarioPackets(tb testing.TB, ts []lab.Template, seed uint64, n int) []Pac
 	tb.Helper()
 	var out []Packet
 	for _, f := range lab.Frames(ts, seed, n) {
-		ip := lab.IPPacket(f)
-		if ip == nil {
+		p, ok := FromFrame(f)
+		if !ok {
 			tb.Fatalf("frame without an IP packet: % x", f)
 		}
-		out = append(out, Packet{Data: ip})
+		out = append(out, p)
 	}
 	return out
 }
@@ -81,7 +81,7 @@ func TestFingerprintScenarios(t *testing.T) {
 				}
 				judge := func(ps []Packet) (matched int) {
 					for _, p := range ps {
-						m := Match(&r.AutoRule, p.Data, len(p.Data))
+						m := Match(&r.AutoRule, p)
 						if pm := filter.Run(p.Data, len(p.Data)) != 0; pm != m {
 							t.Fatalf("evaluator says %v, libpcap %v, for %q on % x", m, pm, r.Expr(), p.Data)
 						}
@@ -130,7 +130,7 @@ func TestFingerprintImpostor(t *testing.T) {
 	}
 	for _, r := range rules {
 		t.Logf("%s", r.Expr())
-		if Match(&r.AutoRule, imp, len(imp)) {
+		if Match(&r.AutoRule, Packet{Data: imp}) {
 			t.Errorf("%s matches the legitimate datagram", r.Expr())
 		}
 	}
@@ -168,7 +168,7 @@ func TestFingerprintFewLegit(t *testing.T) {
 				for _, r := range rules {
 					n := 0
 					for _, p := range held {
-						if Match(&r.AutoRule, p.Data, len(p.Data)) {
+						if Match(&r.AutoRule, p) {
 							n++
 						}
 					}
@@ -212,13 +212,13 @@ func TestFingerprintSharedHeader(t *testing.T) {
 	r := rs[0]
 	t.Logf("%s", r.Expr())
 	for _, p := range scenarioPackets(t, legit, 4, 20000) {
-		if Match(&r.AutoRule, p.Data, len(p.Data)) {
+		if Match(&r.AutoRule, p) {
 			t.Fatalf("rule %s matches legitimate % x", r.Expr(), p.Data)
 		}
 	}
 	n := 0
 	for _, p := range scenarioPackets(t, attack, 5, 5000) {
-		if Match(&r.AutoRule, p.Data, len(p.Data)) {
+		if Match(&r.AutoRule, p) {
 			n++
 		}
 	}
@@ -276,7 +276,7 @@ func TestFingerprintExactAtTheEdge(t *testing.T) {
 		r := rules[0]
 		held := 0
 		for _, p := range scenarioPackets(t, same, 5, 50000) {
-			if Match(&r.AutoRule, p.Data, len(p.Data)) {
+			if Match(&r.AutoRule, p) {
 				held++
 			}
 		}

@@ -13,21 +13,36 @@ import (
 	"github.com/l4drop/l4drop/l4drop"
 )
 
-// Match reports whether rule r matches pkt, the captured bytes of an IP
-// packet whose length on the wire (from the IP header on) was wireLen,
-// with the semantics of the program's auto table: family and protocol
-// first, then every condition; a field beyond the captured bytes, or in a
-// header the packet lacks, is no match. The rule's State is ignored.
-func Match(r *l4drop.AutoRule, pkt []byte, wireLen int) bool {
-	h, ok := parse(pkt)
-	if !ok || h.family != r.Family {
+// Match reports whether rule r matches p with the semantics of the
+// program's auto table: family and protocol first, then every condition;
+// a field beyond the captured bytes, or in a header the packet lacks, is
+// no match. The family is p.Family, as the program takes it from the link
+// layer, whatever the IP header's version field says; headers shorter
+// than their fixed part are read as far as they go, as the program and
+// libpcap read them. The rule's State is ignored.
+func Match(r *l4drop.AutoRule, p Packet) bool {
+	wire := p.Len
+	if wire < len(p.Data) {
+		wire = len(p.Data)
+	}
+	h := parse(p.Data, p.Family)
+	return matchHeaders(r, &h, p.Data, wire)
+}
+
+// matches is Match for a parsed packet.
+func (p *pkt) matches(r *l4drop.AutoRule) bool {
+	return matchHeaders(r, &p.h, p.data, p.wire)
+}
+
+func matchHeaders(r *l4drop.AutoRule, h *headers, data []byte, wire int) bool {
+	if h.family != r.Family {
 		return false
 	}
-	if r.Proto != 0 && h.proto != r.Proto {
+	if r.Proto != 0 && (!h.hasProto || h.proto != r.Proto) {
 		return false
 	}
 	for i := range r.Conds {
-		if !condMatch(&r.Conds[i], r, &h, pkt, wireLen) {
+		if !condMatch(&r.Conds[i], r, h, data, wire) {
 			return false
 		}
 	}
@@ -38,35 +53,37 @@ func Match(r *l4drop.AutoRule, pkt []byte, wireLen int) bool {
 // the packet has none the auto table would load from.
 type headers struct {
 	family, proto byte
+	hasProto      bool // the packet is long enough to hold its protocol
 	l4, payload   int
 }
 
-// parse finds the headers as the auto table does: IPv4 transport header at
-// IHL*4 unless the packet is a non-first fragment, IPv6 at 40 whatever the
-// next header; the payload after an 8-byte UDP or a data-offset TCP header.
-func parse(pkt []byte) (headers, bool) {
+// parse finds the headers as the auto table does, for a packet of family
+// fam (0: the version field's): IPv4 transport header at IHL*4 unless the
+// packet is a non-first fragment, IPv6 at 40 whatever the next header; the
+// payload after an 8-byte UDP or a data-offset TCP header.
+func parse(pkt []byte, fam byte) headers {
 	h := headers{l4: -1, payload: -1}
-	if len(pkt) < 1 {
-		return h, false
+	if fam == 0 && len(pkt) > 0 {
+		fam = pkt[0] >> 4
 	}
-	switch pkt[0] >> 4 {
+	switch fam {
 	case 4:
-		if len(pkt) < 20 {
-			return h, false
+		h.family = 4
+		if len(pkt) > 9 {
+			h.proto, h.hasProto = pkt[9], true
 		}
-		h.family, h.proto = 4, pkt[9]
-		if binary.BigEndian.Uint16(pkt[6:])&0x1fff == 0 {
+		if len(pkt) >= 8 && binary.BigEndian.Uint16(pkt[6:])&0x1fff == 0 {
 			h.l4 = int(pkt[0]&0xf) * 4
 		}
 	case 6:
-		if len(pkt) < 40 {
-			return h, false
+		h.family, h.l4 = 6, 40
+		if len(pkt) > 6 {
+			h.proto, h.hasProto = pkt[6], true
 		}
-		h.family, h.proto, h.l4 = 6, pkt[6], 40
 	default:
-		return h, false
+		return h
 	}
-	if h.l4 >= 0 {
+	if h.l4 >= 0 && h.hasProto {
 		switch h.proto {
 		case 17:
 			h.payload = h.l4 + 8
@@ -76,7 +93,20 @@ func parse(pkt []byte) (headers, bool) {
 			}
 		}
 	}
-	return h, true
+	return h
+}
+
+// wellFormed reports whether pkt, whose headers are h, has the fixed IP
+// header of its family whole, with the version field saying the family:
+// the packets fingerprints are learnt from.
+func wellFormed(pkt []byte, h headers) bool {
+	switch h.family {
+	case 4:
+		return len(pkt) >= 20 && pkt[0]>>4 == 4
+	case 6:
+		return len(pkt) >= 40 && pkt[0]>>4 == 6
+	}
+	return false
 }
 
 func condMatch(c *l4drop.AutoCond, r *l4drop.AutoRule, h *headers, pkt []byte, wireLen int) bool {

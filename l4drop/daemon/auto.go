@@ -101,13 +101,12 @@ func (a *Auto) Remove(slot int) error {
 
 // Sample implements SampleSink.
 func (a *Auto) Sample(s l4drop.Sample) {
-	off, ok := l4drop.IPOffset(s.Data)
+	p, ok := fingerprint.FromFrame(s.Data)
 	if !ok {
 		return
 	}
-	ip := s.Data[off:]
 	n := a.nrules.Load()
-	fs := fingerprint.Sample{Packet: ip, Len: s.Len - off}
+	fs := fingerprint.Sample{Packet: p.Data, Family: p.Family, Len: s.Len - (len(s.Data) - len(p.Data))}
 	switch {
 	case s.Rule == l4drop.NoRule || int64(s.Rule) == n:
 		fs.Decision = fingerprint.NoRule

@@ -108,10 +108,10 @@ func (r *runner) judge(attackStart, attackEnd time.Time, attackRes, legitRes lab
 	}
 
 	// Every legitimate packet sent, against every auto rule.
-	autoMatches := func(ip []byte, count func(k int)) bool {
+	autoMatches := func(p fingerprint.Packet, count func(k int)) bool {
 		any := false
 		for k, rl := range r.rules {
-			if rl.rule.State == l4drop.AutoDrop && fingerprint.Match(&rl.rule, ip, len(ip)) {
+			if rl.rule.State == l4drop.AutoDrop && fingerprint.Match(&rl.rule, p) {
 				count(k)
 				any = true
 			}
@@ -127,15 +127,15 @@ func (r *runner) judge(attackStart, attackEnd time.Time, attackRes, legitRes lab
 				res.LegitLikeAttack++
 				return true
 			}
-			if ip := lab.IPPacket(f); ip != nil && autoMatches(ip, func(k int) { r.rules[k].LegitMatched++ }) {
+			if p, ok := fingerprint.FromFrame(f); ok && autoMatches(p, func(k int) { r.rules[k].LegitMatched++ }) {
 				res.LegitDropped++
 			}
 			return true
 		})
 		matched := make([]uint64, len(r.rules))
 		lab.SentFrames(r.attackT, r.opts.Seed+1, attackRes.PerTemplate, func(_ int, f []byte) bool {
-			if ip := lab.IPPacket(f); ip != nil {
-				autoMatches(ip, func(k int) { matched[k]++ })
+			if p, ok := fingerprint.FromFrame(f); ok {
+				autoMatches(p, func(k int) { matched[k]++ })
 			}
 			return true
 		})
