@@ -49,6 +49,14 @@ func fields(fam, proto byte) []field {
 	}
 	fs = append(fs, field{name: "length", base: l4drop.BaseLen, size: 4, mask: 0xffffffff, rng: true})
 	switch proto {
+	case 0:
+		// A rule's protocol 0 is any protocol: protocol 0 itself (IPv6
+		// hop-by-hop options, say) is a condition.
+		off := uint16(9)
+		if fam == 6 {
+			off = 6
+		}
+		fs = append(fs, field{name: "protocol", base: l4drop.BaseIP, off: off, size: 1, mask: 0xff})
 	case 17:
 		fs = append(fs,
 			field{name: "source port", base: l4drop.BaseL4, off: 0, size: 2, mask: 0xffff, rng: true},

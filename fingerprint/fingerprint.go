@@ -81,8 +81,10 @@ var ErrNoFingerprint = errors.New("no fingerprint")
 // it finds no rule at all.
 func Fingerprint(attack, baseline []Packet, opts Options) ([]Rule, error) {
 	opts = opts.withDefaults()
-	A := parseAll(attack)
-	B := parseAll(baseline)
+	A := parseAll(attack, false)
+	// The baseline keeps its malformed packets: a rule must miss them
+	// too, as the program reads them.
+	B := parseAll(baseline, true)
 	var rules []Rule
 	for len(rules) < opts.MaxRules && len(A) >= opts.MinSamples {
 		r, rest, ok := fitNext(A, B, opts)
@@ -98,10 +100,12 @@ func Fingerprint(attack, baseline []Packet, opts Options) ([]Rule, error) {
 	return rules, nil
 }
 
-func parseAll(ps []Packet) []pkt {
+// parseAll parses ps, leaving out packets that are not well-formed, or
+// with malformed those of neither family.
+func parseAll(ps []Packet, malformed bool) []pkt {
 	out := make([]pkt, 0, len(ps))
 	for _, p := range ps {
-		if q, ok := newPkt(p.Data, p.Len, p.Family); ok {
+		if q, ok := newPkt(p.Data, p.Len, p.Family); ok || malformed && q.h.family != 0 {
 			out = append(out, q)
 		}
 	}
@@ -338,9 +342,12 @@ func fit(A, B []pkt, k groupKey, opts Options) (Rule, bool) {
 	if len(A) < opts.MinSamples {
 		return Rule{}, false
 	}
+	// The baseline packets a rule for k could match: a rule of protocol
+	// 0 matches every protocol (fields(k.fam, 0) holds the protocol
+	// field for that).
 	var Bk []pkt
 	for _, p := range B {
-		if p.h.family == k.fam && p.h.proto == k.proto {
+		if p.h.family == k.fam && (k.proto == 0 || p.h.hasProto && p.h.proto == k.proto) {
 			Bk = append(Bk, p)
 		}
 	}
@@ -355,6 +362,16 @@ func fit(A, B []pkt, k groupKey, opts Options) (Rule, bool) {
 	cover := full(len(A))
 	left := full(len(Bk))
 	var chosen []*cand
+	if k.proto == 0 {
+		// The table reads protocol 0 as any: the rule says 0 itself.
+		i := slices.IndexFunc(cands, func(c *cand) bool { return c.f.name == "protocol" && c.kind == 0 && c.cond.Max == 0 })
+		if i < 0 {
+			return Rule{}, false
+		}
+		chosen = append(chosen, cands[i])
+		cover.and(cands[i].cover)
+		left.and(cands[i].bmatch)
+	}
 	for left.count() > 0 {
 		var best *cand
 		bestKill, bestCov := 0, 0
@@ -447,8 +464,9 @@ func fit(A, B []pkt, k groupKey, opts Options) (Rule, bool) {
 		r.Conds = append(r.Conds, c.cond)
 		r.Fields = append(r.Fields, c.name)
 	}
-	// Verify with the evaluator, as the table will run it.
-	for _, p := range Bk {
+	// Verify with the evaluator, as the table will run it, on the whole
+	// baseline.
+	for _, p := range B {
 		if p.matches(&r.AutoRule) {
 			return Rule{}, false
 		}

@@ -1,6 +1,9 @@
 package fingerprint
 
 import (
+	"encoding/binary"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/l4drop/l4drop/cbpf"
@@ -285,6 +288,58 @@ func TestFingerprintExactAtTheEdge(t *testing.T) {
 		}
 		if r.Matched < n {
 			t.Errorf("%d attack samples: %s matches %d of them", n, r.Expr(), r.Matched)
+		}
+	}
+}
+
+// TestFingerprintProtocolZero: an IPv6 flood whose next header is 0
+// (hop-by-hop options) makes a rule of protocol 0, which the table reads
+// as any protocol: the rule must say protocol 0 itself, or it matches the
+// users' UDP datagrams of the same length and hop limit. Before the
+// protocol field, the rule was checked only against baseline packets of
+// protocol 0, and there were none.
+func TestFingerprintProtocolZero(t *testing.T) {
+	udp, err := lab.ParseTemplate("udp,port=53,size=64,ttl=64,randsrc,v6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var A []Packet
+	for _, p := range scenarioPackets(t, []lab.Template{udp}, 1, 1000) {
+		// A hop-by-hop header (next: UDP, PadN) before the datagram.
+		d := append(append(append([]byte(nil), p.Data[:40]...), 17, 0, 1, 4, 0, 0, 0, 0), p.Data[40:]...)
+		d[6] = 0
+		binary.BigEndian.PutUint16(d[4:], binary.BigEndian.Uint16(d[4:])+8)
+		A = append(A, Packet{Data: d, Family: 6})
+	}
+	var B []Packet
+	for size := 64; size < 90 && len(B) == 0; size++ {
+		legit, err := lab.ParseTemplate(fmt.Sprintf("udp,port=53,size=%d,ttl=64,randsrc,v6", size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ps := scenarioPackets(t, []lab.Template{legit}, 2, 2000); len(ps[0].Data) == len(A[0].Data) {
+			B = ps
+		}
+	}
+	if len(B) == 0 {
+		t.Fatal("no legitimate datagram of the attack's length")
+	}
+	rules, err := Fingerprint(A, B, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		t.Logf("%s", r.Expr())
+		if r.Proto == 0 && !strings.Contains(r.Expr(), "ip6[6:1] = 0") {
+			t.Errorf("%s: a rule of protocol 0 without a condition on it", r.Expr())
+		}
+		for _, p := range B {
+			if Match(&r.AutoRule, p) {
+				t.Fatalf("%s matches the legitimate datagram % x", r.Expr(), p.Data)
+			}
+		}
+		if r.Coverage < 0.99 {
+			t.Errorf("%s: coverage %.3f", r.Expr(), r.Coverage)
 		}
 	}
 }

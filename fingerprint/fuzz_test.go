@@ -1,0 +1,118 @@
+package fingerprint
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"golang.org/x/net/bpf"
+
+	"github.com/l4drop/l4drop/cbpf"
+	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/lab"
+)
+
+// FuzzFingerprint fingerprints an attack made of one packet's variants
+// against a baseline made of another's, from arbitrary bytes: samples are
+// what attackers send, so none may make Fingerprint panic or return a rule
+// that matches a baseline packet. Every rule must be one the program can
+// hold, and its pcap-filter rendering must match, by libpcap, exactly the
+// packets Match matches.
+func FuzzFingerprint(f *testing.F) {
+	for _, s := range lab.Scenarios() {
+		attack, legit, err := s.Templates()
+		if err != nil {
+			f.Fatal(err)
+		}
+		a, okA := FromFrame(lab.Frames(attack, 1, 1)[0])
+		b, okB := FromFrame(lab.Frames(legit, 2, 1)[0])
+		if !okA || !okB {
+			f.Fatalf("%s: a frame without an IP packet", s.Name)
+		}
+		f.Add(a.Data, b.Data, uint64(1), a.Family, b.Family)
+	}
+	// Malformed: a short IPv4 header, a version field at odds with the
+	// link layer's family.
+	f.Add([]byte{0x45, 0, 0, 12, 0, 0, 0, 0, 64, 17, 0, 0}, []byte{0x60, 0, 0, 0, 0, 8, 17, 64}, uint64(2), uint8(4), uint8(6))
+	f.Add([]byte{0x65, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 53, 0, 8, 0, 0}, []byte{0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2}, uint64(3), uint8(4), uint8(0))
+	f.Fuzz(func(t *testing.T, a, b []byte, seed uint64, famA, famB uint8) {
+		if len(a) > 512 || len(b) > 512 {
+			return
+		}
+		r := rand.New(rand.NewPCG(seed, seed>>32|1))
+		attack := variants(r, a, famA, 60)
+		baseline := variants(r, b, famB, 60)
+		rules, err := Fingerprint(attack, baseline, Options{MinSamples: 10})
+		if err != nil {
+			return
+		}
+		for _, rule := range rules {
+			if err := rule.Validate(); err != nil {
+				t.Fatalf("rule %q: %v", rule.Expr(), err)
+			}
+			ref := libpcapFilter(t, &rule.AutoRule)
+			for _, p := range append(attack, baseline...) {
+				m := Match(&rule.AutoRule, p)
+				if pm := familyOf(p) == rule.Family && ref.Run(p.Data, max(p.Len, len(p.Data))) != 0; pm != m {
+					t.Fatalf("rule %q on % x (family %d): Match says %v, libpcap %v", rule.Expr(), p.Data, p.Family, m, pm)
+				}
+			}
+			for _, p := range baseline {
+				if Match(&rule.AutoRule, p) {
+					t.Fatalf("rule %q matches baseline packet % x (family %d)", rule.Expr(), p.Data, p.Family)
+				}
+			}
+		}
+	})
+}
+
+// variants returns n copies of pkt, most with a few bytes changed at
+// random, some cut short, of family fam (taken modulo 7: 0, 4 and 6 are
+// meant, the others are no family at all).
+func variants(r *rand.Rand, pkt []byte, fam uint8, n int) []Packet {
+	out := make([]Packet, n)
+	for i := range out {
+		p := append([]byte(nil), pkt...)
+		for range r.IntN(4) {
+			if len(p) > 0 {
+				p[r.IntN(len(p))] = byte(r.Uint32())
+			}
+		}
+		if len(p) > 0 && r.IntN(8) == 0 {
+			p = p[:r.IntN(len(p))]
+		}
+		out[i] = Packet{Data: p, Family: fam % 7}
+	}
+	return out
+}
+
+// familyOf is the family the program would give p.
+func familyOf(p Packet) uint8 {
+	if p.Family != 0 || len(p.Data) == 0 {
+		return p.Family
+	}
+	return p.Data[0] >> 4
+}
+
+// libpcapFilter compiles r's rendering for r's family with libpcap; a
+// rendering libpcap finds can match nothing is a filter that matches
+// nothing.
+func libpcapFilter(tb testing.TB, r *l4drop.AutoRule) *cbpf.Filter {
+	tb.Helper()
+	lt := cbpf.LinkTypeIPv4
+	if r.Family == 6 {
+		lt = cbpf.LinkTypeIPv6
+	}
+	prog, err := cbpf.Compile(r.Expr(), lt, 0)
+	if err != nil && strings.Contains(err.Error(), "rejects all packets") {
+		prog, err = []bpf.Instruction{bpf.RetConstant{Val: 0}}, nil
+	}
+	if err != nil {
+		tb.Fatalf("rule %q: %v", r.Expr(), err)
+	}
+	ref, err := cbpf.NewFilter(prog)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ref
+}
