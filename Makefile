@@ -93,6 +93,7 @@ fuzz:
 	GO=$(GO) .ci/fuzz FuzzRoundTrip ./sflow $(FUZZTIME)
 	GO=$(GO) .ci/fuzz FuzzDecode ./sflow $(FUZZTIME)
 	GO=$(GO) .ci/fuzz FuzzFingerprint ./fingerprint $(FUZZTIME)
+	GO=$(GO) .ci/fuzz FuzzEngine ./fingerprint $(FUZZTIME)
 	GO=$(GO) .ci/fuzz FuzzRuleSet ./l4drop/build $(FUZZTIME)
 	GO=$(GO) .ci/fuzz FuzzReader ./internal/pcapfile $(FUZZTIME)
 	GO=$(GO) .ci/fuzz FuzzGenerate ./bpfgen $(FUZZTIME)

@@ -47,10 +47,10 @@ func (tb *table) Remove(slot int) error {
 	return nil
 }
 
-// judge returns the slot that matches pkt, or -1.
-func (tb *table) judge(pkt []byte) int {
+// judge returns the slot that matches p, or -1.
+func (tb *table) judge(p Packet) int {
 	for i, r := range tb.rules {
-		if r != nil && r.State != l4drop.AutoOff && Match(r, Packet{Data: pkt}) {
+		if r != nil && r.State != l4drop.AutoOff && Match(r, p) {
 			return i
 		}
 	}
@@ -122,7 +122,7 @@ func (s *sim) run(until time.Duration) {
 			for ; src.carry >= 1; src.carry-- {
 				p := src.pkts[src.next%len(src.pkts)]
 				src.next++
-				slot := s.tab.judge(p)
+				slot := s.tab.judge(Packet{Data: p})
 				if slot >= 0 && src.legit {
 					s.legitMatched++
 					if s.legitMatched == 1 {
@@ -385,7 +385,7 @@ func BenchmarkEngine(b *testing.B) {
 			for i := range b.N {
 				p := pkts[i%len(pkts)]
 				s := Sample{Packet: p}
-				if slot := tab.judge(p); slot >= 0 {
+				if slot := tab.judge(Packet{Data: p}); slot >= 0 {
 					s.Decision, s.Slot = Auto, slot
 				}
 				e.Sample(s)

@@ -1,9 +1,11 @@
 package fingerprint
 
 import (
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/net/bpf"
 
@@ -115,4 +117,70 @@ func libpcapFilter(tb testing.TB, r *l4drop.AutoRule) *cbpf.Filter {
 		tb.Fatal(err)
 	}
 	return ref
+}
+
+// FuzzEngine runs the engine on simulated time over a baseline of one
+// packet's variants and then a flood of another's, from arbitrary bytes:
+// whatever the samples hold, the engine must not panic (a daemon under
+// attack would lose its defence with it), and what it deploys must be a
+// rule the program can hold.
+func FuzzEngine(f *testing.F) {
+	for _, name := range []string{"dns-random-subdomain", "ntp-reflection-v6", "syn-flood"} {
+		s, err := lab.LookupScenario(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		attack, legit, err := s.Templates()
+		if err != nil {
+			f.Fatal(err)
+		}
+		a, _ := FromFrame(lab.Frames(attack, 1, 1)[0])
+		b, _ := FromFrame(lab.Frames(legit, 2, 1)[0])
+		f.Add(a.Data, b.Data, uint64(1), a.Family, b.Family)
+	}
+	f.Add([]byte{0x60, 0, 0, 0, 0, 8, 0, 64}, []byte{0x45, 0, 0, 12, 0, 0, 0, 0, 64, 0}, uint64(2), uint8(6), uint8(0))
+	f.Fuzz(func(t *testing.T, a, b []byte, seed uint64, famA, famB uint8) {
+		if len(a) > 512 || len(b) > 512 {
+			return
+		}
+		r := rand.New(rand.NewPCG(seed, seed>>32|1))
+		attack := variants(r, a, famA, 256)
+		legit := variants(r, b, famB, 256)
+		start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		now := start
+		tab := &table{now: func() time.Time { return now }}
+		e, err := NewEngine(Config{
+			SampleRate: 64, Threshold: 1000, Deployer: tab,
+			Learn: time.Second, Quarantine: time.Second, Expire: time.Second,
+			Now:    func() time.Time { return now },
+			Logger: slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// 100 ms ticks: 5 legitimate samples a tick throughout (32 kpps),
+		// 100 of the flood's (640 kpps) from 3 s to 6 s, then 2 s of
+		// quiet for the rules to expire.
+		for tick := range 80 {
+			for i := range 5 {
+				p := legit[(tick*5+i)%len(legit)]
+				e.Sample(Sample{Packet: p.Data, Len: p.Len, Family: p.Family})
+			}
+			if tick >= 30 && tick < 60 {
+				for i := range 100 {
+					p := attack[(tick*100+i)%len(attack)]
+					smp := Sample{Packet: p.Data, Len: p.Len, Family: p.Family}
+					if slot := tab.judge(p); slot >= 0 {
+						smp.Decision, smp.Slot = Auto, slot
+					}
+					e.Sample(smp)
+				}
+			}
+			now = now.Add(100 * time.Millisecond)
+			e.Tick()
+		}
+		if m := e.Metrics(); m.Active > l4drop.AutoSlots || m.Deployed < m.Removed {
+			t.Fatalf("metrics %+v", m)
+		}
+	})
 }
