@@ -267,7 +267,7 @@ func TestDNSTableRandom(t *testing.T) {
 	}
 	defer refRun.Close()
 	// Names of the rules, with a label more or less, some letters upper
-	// case, some cut short.
+	// case, some cut short, some with a byte changed.
 	bases := []string{"bad.example.com", "worse.example.com", "good.example.com", "x.example.org", "mixed.example.net",
 		"ams.example.com", "zone1.example", "zone2.example", "zone3.example", "example.com", longName}
 	extra := []string{"a", "www", label63, "zone1", "example", "b-c"}
@@ -292,6 +292,13 @@ func TestDNSTableRandom(t *testing.T) {
 		q := fixture.DNSQuery(string(b), 1)
 		if rng.IntN(8) == 0 {
 			q = q[:12+rng.IntN(len(q)-12)] // cut anywhere in the question
+		}
+		// A byte of the name changed: a length byte, a compression
+		// pointer, a label too long, an end too early, anything.
+		for range rng.IntN(2) {
+			if len(q) > 13 {
+				q[12+rng.IntN(len(q)-12)] = []byte{0, 1, 0x3f, 0x40, 0x7f, 0xc0, 0xff, byte(rng.Uint32())}[rng.IntN(8)]
+			}
 		}
 		pkts = append(pkts, dnsPacket(rng.IntN(2) == 0, 53, q))
 	}
