@@ -234,6 +234,9 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 			}
 		case jmpJGT:
 			cond = "A > " + src
+			if _, ok := g.opts.Params[i]; ok && g.opts.ParamTest != "" {
+				cond = g.opts.ParamTest + "(" + src + ", A)"
+			}
 		case jmpJGE:
 			cond = "A >= " + src
 			if _, ok := g.opts.Params[i]; ok && g.opts.ParamTest != "" {

@@ -115,7 +115,7 @@ type COpts struct {
 	ParamType string
 	// ParamTest, when set, names a C function or macro called as
 	// ParamTest(param, A) in place of each equality test (jeq) and each
-	// lower bound (jge) of a parameter; its result is the test's. With a
+	// bound (jge, jgt) of a parameter; its result is the test's. With a
 	// pointer ParamType it lets a caller watch the values A is compared
 	// with.
 	ParamTest string
