@@ -23,7 +23,10 @@ import (
 // more keys than it has slots; the loader places the keys of the enabled
 // rules, a subset, with the same hash.
 
-// hashSlots is the number of slots of a bucket.
+// HashSlots is the number of slots of a bucket (the programs'
+// L4_HASH_SLOTS).
+const HashSlots = hashSlots
+
 const hashSlots = 4
 
 // hashMul is the multiplier of tableHash (2^64 divided by the golden ratio).

@@ -128,14 +128,21 @@ type SetGroup struct {
 	// Keys is the number of constants of a member when the table is
 	// keyed by several (a keyed set); 0 means one.
 	Keys int `json:"keys,omitempty"`
+	// Bounded: a member matches values from its Bound up (a bounded
+	// set); a slot holds the key, the bound, then the rule + 1, and a
+	// key has a slot for each enabled member whose bound is below those
+	// of the key's enabled members before it.
+	Bounded bool `json:"bounded,omitempty"`
 }
 
 // SetMember is a rule of a SetGroup and its constant; Rest are the
-// constants after the first of a keyed set's member.
+// constants after the first of a keyed set's member; Bound the least
+// value a bounded set's member matches.
 type SetMember struct {
 	Rule  int      `json:"rule"`
 	Value uint32   `json:"value"`
 	Rest  []uint32 `json:"rest,omitempty"`
+	Bound uint32   `json:"bound,omitempty"`
 }
 
 // maxSetKeys is the most constants a set's table is keyed by.
@@ -151,19 +158,35 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			return fmt.Errorf("%s: map %s missing from the ELF", MetaSection, g.Map)
 		}
 		n := max(1, g.Keys)
-		slotSize := 4 * (n + 1)
+		slotWords := n + 1 // the key, then the rule + 1
+		if g.Bounded {
+			slotWords++ // the bound before the rule
+		}
+		slotSize := 4 * slotWords
 		if err != nil || n > maxSetKeys || tab.bucketSize != slotSize*hashSlots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
 			return fmt.Errorf("%s: map %s: unknown layout", MetaSection, g.Map)
 		}
 		seen := map[[maxSetKeys]uint32]bool{}
-		fill := newBucketFill(slotSize, 4*n)
+		// Per key of a bounded set, the lowest bound of its members
+		// placed so far: a member whose bound is not below it is never
+		// the first match.
+		low := map[[maxSetKeys]uint32]uint32{}
+		fill := newBucketFill(slotSize, slotSize-4)
 		for _, mb := range g.Members {
 			if len(mb.Rest) != n-1 {
 				return fmt.Errorf("%s: map %s: rule %d has %d constants, want %d", MetaSection, g.Map, mb.Rule, 1+len(mb.Rest), n)
 			}
 			key := [maxSetKeys]uint32{mb.Value}
 			copy(key[1:], mb.Rest)
-			if mb.Rule < 0 || mb.Rule >= len(on) || !on[mb.Rule] || seen[key] {
+			if mb.Rule < 0 || mb.Rule >= len(on) || !on[mb.Rule] {
+				continue
+			}
+			if g.Bounded {
+				if l, ok := low[key]; ok && mb.Bound >= l {
+					continue
+				}
+				low[key] = mb.Bound
+			} else if seen[key] {
 				continue
 			}
 			seen[key] = true
@@ -179,7 +202,10 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			for k := range n {
 				binary.NativeEndian.PutUint32(slot[4*k:], key[k])
 			}
-			binary.NativeEndian.PutUint32(slot[4*n:], uint32(mb.Rule)+1)
+			if g.Bounded {
+				binary.NativeEndian.PutUint32(slot[4*n:], mb.Bound)
+			}
+			binary.NativeEndian.PutUint32(slot[slotSize-4:], uint32(mb.Rule)+1)
 		}
 		tab.fill(fill)
 	}
