@@ -242,12 +242,44 @@ func cloneRules(rules []compiledRule) []compiledRule {
 	return c
 }
 
+// mergedKey names the merged set of a rule's shape and family.
+func mergedKey(cr *compiledRule) string {
+	return fmt.Sprintf("%s/%s/merged", cr.matchers[0].shape.fn, cr.rule.Family)
+}
+
+// unshare gives the matchers of a shape without a shared function
+// (shape.noCall) that no table will test their own: they compile alone.
+// A keyed set's table tests the rules of one matcher and a simple action
+// whose merged set has minTableSet of them, as groupAs decides.
+func unshare(rules []compiledRule, noSets bool) {
+	tested := func(cr *compiledRule) bool {
+		return !noSets && len(cr.matchers) == 1 && cr.rule.Action.simple() && cr.matchers[0].shape != nil && cr.matchers[0].shape.keyed
+	}
+	members := map[string]int{}
+	for i := range rules {
+		if cr := &rules[i]; tested(cr) && cr.matchers[0].shape.noCall {
+			members[mergedKey(cr)]++
+		}
+	}
+	for i := range rules {
+		cr := &rules[i]
+		for j := range cr.matchers {
+			m := &cr.matchers[j]
+			if m.shape == nil || !m.shape.noCall || j == 0 && tested(cr) && members[mergedKey(cr)] >= minTableSet {
+				continue
+			}
+			m.fn, m.shape, m.args = "", nil, nil
+		}
+	}
+}
+
 // groupAs is group without folding.
 func groupAs(rules []compiledRule, noSets bool) (string, error) {
 	tsrc, err := templates(rules)
 	if err != nil {
 		return "", err
 	}
+	unshare(rules, noSets)
 	// A shared function is a global one: the verifier checks it once, and
 	// a rule calling it costs a call.
 	for i := range rules {
@@ -275,9 +307,6 @@ func groupAs(rules []compiledRule, noSets bool) (string, error) {
 	// wins: a run has a table of its own. Short runs go one by one.
 	// A merged set takes drop and pass rules alike: its key leaves the
 	// action out, and the table's rule gives the action (l4_code).
-	mergedKey := func(cr *compiledRule) string {
-		return fmt.Sprintf("%s/%s/merged", cr.matchers[0].shape.fn, cr.rule.Family)
-	}
 	members := map[string]int{}
 	for i := range rules {
 		if cr := &rules[i]; cr.set != "" {
@@ -505,6 +534,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 	if tsrc != "" {
 		w.printf("%s", candsPrelude)
 		w.printf("%s", keysPrelude)
+		w.printf("%s", boundsPrelude)
 		w.printf("%s", codesC(rules))
 		w.printf("\n/* Matchers shared by rules that differ only in constants. */\n%s", tsrc)
 	}

@@ -71,6 +71,16 @@ type shape struct {
 	// ranges: a set of two parameters, a range (rangeShape): the table
 	// holds every value of each rule's range.
 	ranges bool
+	// bounded: a keyed set one of whose parameters, bound, is a lower
+	// bound (boundParam): the table, keyed by the others, gives each
+	// key's rules whose bound the value A had at the bound's test passes.
+	bounded bool
+	bound   int
+	boundGE bool // every test of the bound is a jge (A >= k); else a jgt
+	// noCall: the matchers read the packet's length, which a shared
+	// function cannot (readsLen). Such a shape is only ever a keyed set,
+	// and its rules that no table tests compile alone (unshare).
+	noCall bool
 }
 
 // maxRangeValues bounds the values all the ranges of a set hold: a set's
@@ -266,7 +276,7 @@ func templates(rules []compiledRule) (string, error) {
 			}
 			can, seen := shareable[key]
 			if !seen {
-				can = !cbpfc.UsesContext(m.prog) && !cbpfc.UsesHelpers(m.prog) && !readsLen(m.prog)
+				can = !cbpfc.UsesContext(m.prog) && !cbpfc.UsesHelpers(m.prog)
 				shareable[key] = can
 			}
 			if !can {
@@ -333,6 +343,21 @@ func templates(rules []compiledRule) (string, error) {
 		// second run of the matcher per candidate; keyed, one run
 		// decides.
 		sh.keyed = allJEQ && (len(params) > 1 || !equalMatches(first, sh.isParam)) && keyedDecides(first, params)
+		if !sh.set && !sh.keyed {
+			if kb, ge, ok := boundParam(first, params); ok && keyedDecides(first, params) && boundOnce(first, params[kb]) {
+				// The rules of keys with more falling bounds than a
+				// bucket holds go one by one; the others are a shape
+				// again, whose parameters may be fewer.
+				if fit := boundsFit(ms, params, kb, ge); len(fit) < len(ms) {
+					work = append(work, fit)
+					continue
+				}
+				sh.keyed, sh.bounded, sh.bound, sh.boundGE = true, true, kb, ge
+			}
+		}
+		if sh.noCall = readsLen(first); sh.noCall && !sh.keyed {
+			continue
+		}
 		if len(ms) < minSet && !(sh.set && tableDecides(first, sh.isParam)) && !sh.keyed {
 			continue
 		}
@@ -357,9 +382,10 @@ func templates(rules []compiledRule) (string, error) {
 }
 
 // readsLen reports whether prog reads the packet's length. Such a matcher
-// shares no function: clang computes the length in the shared function,
-// from the packet pointer plus an offset, in 32 bits, which the verifier
-// refuses on pointers (5,000 "len > N" rules).
+// calls no shared function: clang computes the length in the shared
+// function, from the packet pointer plus an offset, in 32 bits, which the
+// verifier refuses on pointers (5,000 "len > N" rules). Its shape is a
+// keyed set, whose run is inlined, or none (shape.noCall).
 func readsLen(prog []bpf.Instruction) bool {
 	for _, ins := range prog {
 		if ext, ok := ins.(bpf.LoadExtension); ok && ext.Num == bpf.ExtLen {
@@ -384,19 +410,22 @@ func shapeC(sh *shape, prog []bpf.Instruction) (string, error) {
 		decl = append(decl, "const uint32_t "+p)
 		call = append(call, p)
 	}
-	inner, err := cbpfc.ToC(prog, cbpfc.COpts{FunctionName: sh.fn + "_i", Params: names})
-	if err != nil {
-		return "", err
-	}
 	var b strings.Builder
-	b.WriteString(inner)
-	// A global function: the verifier checks it once, not at every call
-	// as it does static ones, so a rule of a shape costs it a call. It
-	// cannot take packet pointers: it finds the packet in ctx.
-	fmt.Fprintf(&b, "\n__attribute__((noinline)) uint32_t %s(struct xdp_md *ctx, __u32 ipoff, %s)\n{\n", sh.fn, strings.Join(decl, ", "))
-	b.WriteString("\tconst uint8_t *data = (const uint8_t *)(long)ctx->data;\n\tconst uint8_t *data_end = (const uint8_t *)(long)ctx->data_end;\n")
-	b.WriteString("\tif (ipoff > L4_MAX_IPOFF)\n\t\treturn 0;\n")
-	fmt.Fprintf(&b, "\treturn %s_i(data + ipoff, data_end, %s);\n}\n", sh.fn, strings.Join(call, ", "))
+	if !sh.noCall {
+		inner, err := cbpfc.ToC(prog, cbpfc.COpts{FunctionName: sh.fn + "_i", Params: names})
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(inner)
+		// A global function: the verifier checks it once, not at every
+		// call as it does static ones, so a rule of a shape costs it a
+		// call. It cannot take packet pointers: it finds the packet in
+		// ctx.
+		fmt.Fprintf(&b, "\n__attribute__((noinline)) uint32_t %s(struct xdp_md *ctx, __u32 ipoff, %s)\n{\n", sh.fn, strings.Join(decl, ", "))
+		b.WriteString("\tconst uint8_t *data = (const uint8_t *)(long)ctx->data;\n\tconst uint8_t *data_end = (const uint8_t *)(long)ctx->data_end;\n")
+		b.WriteString("\tif (ipoff > L4_MAX_IPOFF)\n\t\treturn 0;\n")
+		fmt.Fprintf(&b, "\treturn %s_i(data + ipoff, data_end, %s);\n}\n", sh.fn, strings.Join(call, ", "))
+	}
 	if sh.set {
 		cands := map[int]string{}
 		for _, pc := range sh.params[0] {
@@ -886,6 +915,9 @@ func mulC(h l4drop.HashTable, i int) string {
 func writeKeyedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p, b int, inline string) (l4drop.SetGroup, error) {
 	first := rules[idx[0]]
 	m := first.matchers[0]
+	if m.shape.bounded {
+		return writeBoundedSet(w, meta, rules, idx, p, b, inline)
+	}
 	n := len(m.shape.params)
 	g := l4drop.SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b), Keys: n}
 	var keys [][]uint64

@@ -530,3 +530,65 @@ func TestRangeShape(t *testing.T) {
 		}
 	}
 }
+
+// TestBoundedSets: rules alike but for a key and a lower bound (`udp dst
+// port P and len > N`, `len >= N`, a TTL above T from a host) are tested
+// at once, one table keyed by the rest, and decide every packet as the
+// same rules one by one: several rules a key with bounds that rise and
+// fall, drop and pass, IPv4 and IPv6, with switches that change which of
+// a key's rules can come first. A key with more falling bounds than a
+// bucket has slots leaves its class one by one.
+func TestBoundedSets(t *testing.T) {
+	fixture.RequireRoot(t)
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i, n := range []int{300, 120, 250, 400, 100, 90, 50, 600, 500, 270, 220, 160} {
+		action := []string{"drop", "pass"}[i%3/2]
+		fmt.Fprintf(&b, "  - name: gt-%d\n    action: %s\n    expr: \"udp dst port %d and len > %d\"\n", i, action, 5000+i%4, n)
+	}
+	for i, n := range []int{200, 100, 150, 80, 300, 120} {
+		fmt.Fprintf(&b, "  - name: ge-%d\n    expr: \"udp src port %d and len >= %d\"\n", i, 7000+i%2, n)
+	}
+	for i := range 8 {
+		fmt.Fprintf(&b, "  - name: ttl-%d\n    expr: \"ip[8] > %d and src host 10.0.0.%d\"\n", i, 60+i%3, 1+i%4)
+	}
+	// Five falling bounds for one port: more than a bucket holds.
+	for i, n := range []int{500, 400, 300, 200, 100} {
+		fmt.Fprintf(&b, "  - name: five-%d\n    expr: \"tcp dst port 9000 and len > %d\"\n", i, n)
+	}
+	obj, ref, gen := buildSets(t, "bounded.yaml", b.String())
+	bounded := 0
+	for _, g := range gen.Meta.Sets {
+		if g.Bounded {
+			bounded++
+		}
+	}
+	if bounded != 3 {
+		t.Fatalf("%d bounded sets (%+v); want the gt, ge and ttl rules tested at once, and the five one by one", bounded, gen.Meta.Sets)
+	}
+	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
+	var pkts [][]byte
+	for _, size := range []int{0, 20, 40, 60, 62, 63, 100, 150, 200, 230, 240, 260, 300, 400, 560, 600} {
+		payload := make([]byte, size)
+		for port := uint16(4999); port <= 5004; port++ {
+			pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, payload), fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, port, payload))
+		}
+		for sport := uint16(6999); sport <= 7001; sport++ {
+			pkts = append(pkts, fixture.UDP4(c4, s4, sport, 53, payload))
+		}
+	}
+	for ttl := 59; ttl <= 64; ttl++ {
+		for src := 0; src <= 5; src++ {
+			pkt := fixture.UDP4(fmt.Sprintf("10.0.0.%d", src), s4, 1, 53, nil)
+			pkt[14+8] = byte(ttl)
+			pkts = append(pkts, pkt)
+		}
+	}
+	for _, pad := range []int{0, 60, 160, 260, 460} {
+		syn := append(fixture.TCP4SYN(c4, s4, 1, 9000), make([]byte, pad)...)
+		pkts = append(pkts, syn)
+	}
+	oneByOne(t, obj, ref, pkts, 100, l4drop.LoadOptions{},
+		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0"}},
+		l4drop.LoadOptions{Disable: []string{"gt-1", "gt-5", "gt-6", "ge-0", "ge-2", "ttl-0", "ttl-4"}})
+}
