@@ -21,18 +21,7 @@ import (
 // hold, and its pcap-filter rendering must match, by libpcap, exactly the
 // packets Match matches.
 func FuzzFingerprint(f *testing.F) {
-	for _, s := range lab.Scenarios() {
-		attack, legit, err := s.Templates()
-		if err != nil {
-			f.Fatal(err)
-		}
-		a, okA := FromFrame(lab.Frames(attack, 1, 1)[0])
-		b, okB := FromFrame(lab.Frames(legit, 2, 1)[0])
-		if !okA || !okB {
-			f.Fatalf("%s: a frame without an IP packet", s.Name)
-		}
-		f.Add(a.Data, b.Data, uint64(1), a.Family, b.Family)
-	}
+	addScenarios(f, lab.Scenarios()...)
 	// Malformed: a short IPv4 header, a version field at odds with the
 	// link layer's family.
 	f.Add([]byte{0x45, 0, 0, 12, 0, 0, 0, 0, 64, 17, 0, 0}, []byte{0x60, 0, 0, 0, 0, 8, 17, 64}, uint64(2), uint8(4), uint8(6))
@@ -66,6 +55,25 @@ func FuzzFingerprint(f *testing.F) {
 			}
 		}
 	})
+}
+
+// addScenarios seeds a fuzz target of two packets, a seed and two
+// families with a packet of each scenario's attack and one of its
+// legitimate traffic.
+func addScenarios(f *testing.F, scs ...lab.Scenario) {
+	f.Helper()
+	for _, s := range scs {
+		attack, legit, err := s.Templates()
+		if err != nil {
+			f.Fatal(err)
+		}
+		a, okA := FromFrame(lab.Frames(attack, 1, 1)[0])
+		b, okB := FromFrame(lab.Frames(legit, 2, 1)[0])
+		if !okA || !okB {
+			f.Fatalf("%s: a frame without an IP packet", s.Name)
+		}
+		f.Add(a.Data, b.Data, uint64(1), a.Family, b.Family)
+	}
 }
 
 // variants returns n copies of pkt, most with a few bytes changed at
@@ -130,13 +138,7 @@ func FuzzEngine(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		attack, legit, err := s.Templates()
-		if err != nil {
-			f.Fatal(err)
-		}
-		a, _ := FromFrame(lab.Frames(attack, 1, 1)[0])
-		b, _ := FromFrame(lab.Frames(legit, 2, 1)[0])
-		f.Add(a.Data, b.Data, uint64(1), a.Family, b.Family)
+		addScenarios(f, s)
 	}
 	f.Add([]byte{0x60, 0, 0, 0, 0, 8, 0, 64}, []byte{0x45, 0, 0, 12, 0, 0, 0, 0, 64, 0}, uint64(2), uint8(6), uint8(0))
 	f.Fuzz(func(t *testing.T, a, b []byte, seed uint64, famA, famB uint8) {

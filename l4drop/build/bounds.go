@@ -180,20 +180,31 @@ func boundsFit(ms []member, params [][]int, kb int, ge bool) []member {
 }
 
 // boundsPrelude is what bounded sets need: buckets of one or two key
-// words, each slot with the least value passing its rule's bound.
-const boundsPrelude = `
-struct l4sb1_bucket {
+// words, each slot with the least value passing its rule's bound, and
+// their lookups.
+var boundsPrelude = boundedBucketC(1) + boundedBucketC(2)
+
+// boundedBucketC is the C of the buckets of a bounded set of n key words
+// (struct l4sbN_bucket) and their lookup, l4sbN_find(bk, k0..., a): the
+// first rule bucket bk, the key's, holds for the key whose bound a
+// passes, or L4_NRULES. A key's rules are in rule order, their bounds
+// falling: the first a passes is the first that matches.
+func boundedBucketC(n int) string {
+	var params, eq []string
+	for k := range n {
+		params = append(params, fmt.Sprintf("__u32 k%d", k))
+		eq = append(eq, fmt.Sprintf("bk->s[s].key[%d] == k%d", k, k))
+	}
+	return fmt.Sprintf(`
+struct l4sb%[1]d_bucket {
 	struct {
-		__u32 key;
+		__u32 key[%[1]d];
 		__u32 low;
 		__u32 rule1;
 	} s[L4_HASH_SLOTS];
 };
 
-/* l4sb1_find returns the first rule bucket bk, k0's, holds for k0 whose
- * bound a passes, or L4_NRULES. A key's rules are in rule order, their
- * bounds falling: the first a passes is the first that matches. */
-static __always_inline __u32 l4sb1_find(const struct l4sb1_bucket *bk, __u32 k0, __u32 a)
+static __always_inline __u32 l4sb%[1]d_find(const struct l4sb%[1]d_bucket *bk, %[2]s, __u32 a)
 {
 	if (!bk)
 		return L4_NRULES;
@@ -201,35 +212,13 @@ static __always_inline __u32 l4sb1_find(const struct l4sb1_bucket *bk, __u32 k0,
 	for (int s = 0; s < L4_HASH_SLOTS; s++) {
 		if (!bk->s[s].rule1)
 			break;
-		if (bk->s[s].key == k0 && a >= bk->s[s].low)
+		if (%[3]s && a >= bk->s[s].low)
 			return bk->s[s].rule1 - 1;
 	}
 	return L4_NRULES;
 }
-
-struct l4sb2_bucket {
-	struct {
-		__u32 key[2];
-		__u32 low;
-		__u32 rule1;
-	} s[L4_HASH_SLOTS];
-};
-
-/* l4sb2_find is l4sb1_find for keys of two words. */
-static __always_inline __u32 l4sb2_find(const struct l4sb2_bucket *bk, __u32 k0, __u32 k1, __u32 a)
-{
-	if (!bk)
-		return L4_NRULES;
-#pragma unroll
-	for (int s = 0; s < L4_HASH_SLOTS; s++) {
-		if (!bk->s[s].rule1)
-			break;
-		if (bk->s[s].key[0] == k0 && bk->s[s].key[1] == k1 && a >= bk->s[s].low)
-			return bk->s[s].rule1 - 1;
-	}
-	return L4_NRULES;
+`, n, strings.Join(params, ", "), strings.Join(eq, " && "))
 }
-`
 
 // writeBoundedSet is writeKeyedSet for a bounded set.
 func writeBoundedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p, b int, inline string) (l4drop.SetGroup, error) {
