@@ -87,8 +87,17 @@ func checkMitigated(t *testing.T, res Result, o Options, whole bool) {
 	if res.TimeToMitigate == nil || *res.TimeToMitigate > 2 {
 		t.Errorf("time to mitigate %v s, want within 2 s", res.TimeToMitigate)
 	}
-	if res.AttackDroppedPct < 99 {
-		t.Errorf("%.2f%% of the attack dropped after mitigation, want 99%%", res.AttackDroppedPct)
+	// What the rule let through is what reached the server after it
+	// (or may have, where the counting socket missed frames): at most 1%
+	// of what it dropped. The program's drops fall short of what was
+	// sent by what the lab loses before the program on a busy machine
+	// (legitimate packets too, LegitOK): that shortfall is no leak, but
+	// a rule that drops little of the attack is.
+	if through := res.AttackAtServer - res.AllowedAtServer + res.TapLost; through*100 > res.AttackDropped {
+		t.Errorf("%d attack packets reached the server after the rule (%d missed by the counting socket), %d dropped: want at most 1%%", res.AttackAtServer-res.AllowedAtServer, res.TapLost, res.AttackDropped)
+	}
+	if res.AttackDroppedPct < 95 {
+		t.Errorf("%.2f%% of the attack dropped after mitigation, want 95%%", res.AttackDroppedPct)
 	}
 }
 
