@@ -537,7 +537,8 @@ func TestRangeShape(t *testing.T) {
 // same rules one by one: several rules a key with bounds that rise and
 // fall, drop and pass, IPv4 and IPv6, with switches that change which of
 // a key's rules can come first. A key with more falling bounds than a
-// bucket has slots leaves its class one by one.
+// bucket has slots leaves its class one by one. Rules testing the length
+// for equality, which no shared function can read, are a keyed set.
 func TestBoundedSets(t *testing.T) {
 	fixture.RequireRoot(t)
 	var b strings.Builder
@@ -552,19 +553,26 @@ func TestBoundedSets(t *testing.T) {
 	for i := range 8 {
 		fmt.Fprintf(&b, "  - name: ttl-%d\n    expr: \"ip[8] > %d and src host 10.0.0.%d\"\n", i, 60+i%3, 1+i%4)
 	}
+	// The length tested for equality: a keyed set that reads the length,
+	// which no shared function can.
+	for i := range 6 {
+		fmt.Fprintf(&b, "  - name: len-%d\n    expr: \"udp dst port %d and len = %d\"\n", i, 8000+i%2, 100+10*i)
+	}
 	// Five falling bounds for one port: more than a bucket holds.
 	for i, n := range []int{500, 400, 300, 200, 100} {
 		fmt.Fprintf(&b, "  - name: five-%d\n    expr: \"tcp dst port 9000 and len > %d\"\n", i, n)
 	}
 	obj, ref, gen := buildSets(t, "bounded.yaml", b.String())
-	bounded := 0
+	bounded, keyed := 0, 0
 	for _, g := range gen.Meta.Sets {
 		if g.Bounded {
 			bounded++
+		} else if g.Keys == 2 {
+			keyed++
 		}
 	}
-	if bounded != 3 {
-		t.Fatalf("%d bounded sets (%+v); want the gt, ge and ttl rules tested at once, and the five one by one", bounded, gen.Meta.Sets)
+	if bounded != 3 || keyed != 1 {
+		t.Fatalf("%d bounded sets, %d keyed (%+v); want the gt, ge and ttl rules bounded, the len rules keyed, and the five one by one", bounded, keyed, gen.Meta.Sets)
 	}
 	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
 	var pkts [][]byte
@@ -584,11 +592,16 @@ func TestBoundedSets(t *testing.T) {
 			pkts = append(pkts, pkt)
 		}
 	}
+	for i := range 7 {
+		for port := uint16(8000); port <= 8002; port++ {
+			pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, make([]byte, 100+10*i-28)))
+		}
+	}
 	for _, pad := range []int{0, 60, 160, 260, 460} {
 		syn := append(fixture.TCP4SYN(c4, s4, 1, 9000), make([]byte, pad)...)
 		pkts = append(pkts, syn)
 	}
 	oneByOne(t, obj, ref, pkts, 100, l4drop.LoadOptions{},
-		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0"}},
+		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0", "len-2"}},
 		l4drop.LoadOptions{Disable: []string{"gt-1", "gt-5", "gt-6", "ge-0", "ge-2", "ttl-0", "ttl-4"}})
 }
