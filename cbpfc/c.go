@@ -117,7 +117,10 @@ func (g *cGen) insn(b *strings.Builder, i int, in insn, s flowState) {
 	case kLdMem:
 		w("%s = M%d;", reg(in.dst), in.k)
 	case kLdLen:
-		w("%s = (uint32_t)(data_end - data);", reg(in.dst))
+		// The difference in 64 bits, then truncated: clang may
+		// otherwise subtract the pointers' low halves in 32 bits, which
+		// the verifier refuses on pointers.
+		w("{ long len_ = data_end - data; asm volatile(\"\" : \"+r\"(len_)); %s = (uint32_t)len_; }", reg(in.dst))
 	case kLdAbs:
 		if f.guardAt(i, s) {
 			w("if (data + %d > data_end) return 0;", f.needAbs[i])
