@@ -27,39 +27,100 @@ import (
 // rule. The loader places them from the enabled rules; the build makes
 // room for the most any choice of switches can place, the longest run of
 // falling bounds (boundsFit).
+//
+// An upper bound (`len < N`, `less N`: a test whose true branch never
+// matches) is a lower bound on the value's complement, ^A >= ^N': the run
+// is compiled from the program with the bound's branches swapped, so that
+// it goes on where the test passes, and the table compares ^A.
 
-// boundParam returns the parameter of params that is a lower bound, every
-// test of it a jgt or every one a jge (ge), when every other parameter is
-// tested for equality only.
-func boundParam(prog []bpf.Instruction, params [][]int) (kb int, ge, ok bool) {
+// bound says which parameter of a bounded shape is the bound, and how it
+// is tested: every test a jge (ge) or every one a jgt, the value passing
+// going on (a lower bound) or, upper, failing going on.
+type bound struct {
+	param     int
+	ge, upper bool
+}
+
+// boundParam returns the bound of params, when one parameter is tested
+// only with jgt or only with jge, every test going on the same way, and
+// every other parameter is tested for equality only; and the program the
+// keyed run is compiled from: prog, or for an upper bound prog with the
+// bound's branches swapped.
+func boundParam(prog []bpf.Instruction, params [][]int) (bound, []bpf.Instruction, bool) {
+	b := bound{param: -1}
 	if len(params) < 2 {
-		return 0, false, false
+		return b, nil, false
 	}
-	kb = -1
 	for k, pcs := range params {
 		op := uint16(0)
 		for _, pc := range pcs {
 			raw, err := prog[pc].Assemble()
-			if err != nil {
-				return 0, false, false
-			}
-			if op != 0 && raw.Op != op {
-				return 0, false, false
+			if err != nil || op != 0 && raw.Op != op {
+				return b, nil, false
 			}
 			op = raw.Op
 		}
 		switch op {
 		case 0x15: // jeq #k
 		case 0x25, 0x35: // jgt #k, jge #k
-			if kb >= 0 {
-				return 0, false, false
+			if b.param >= 0 {
+				return b, nil, false
 			}
-			kb, ge = k, op == 0x35
+			b.param, b.ge = k, op == 0x35
 		default:
-			return 0, false, false
+			return b, nil, false
 		}
 	}
-	return kb, ge, kb >= 0
+	if b.param < 0 {
+		return b, nil, false
+	}
+	m := matchable(prog)
+	lower, upper := true, true
+	for _, pc := range params[b.param] {
+		raw, _ := prog[pc].Assemble()
+		lower = lower && !m[pc+1+int(raw.Jf)]
+		upper = upper && !m[pc+1+int(raw.Jt)]
+	}
+	switch {
+	case lower:
+		return b, prog, true
+	case upper:
+		b.upper = true
+		run := slices.Clone(prog)
+		for _, pc := range params[b.param] {
+			raw, _ := prog[pc].Assemble()
+			raw.Jt, raw.Jf = raw.Jf, raw.Jt
+			run[pc] = raw.Disassemble()
+		}
+		return b, run, true
+	}
+	return b, nil, false
+}
+
+// matchable reports for each instruction of prog whether a path from it
+// may match (past the end: as if it may).
+func matchable(prog []bpf.Instruction) []bool {
+	m := make([]bool, len(prog)+1)
+	m[len(prog)] = true
+	at := func(pc int) bool { return pc < 0 || pc >= len(prog) || m[pc] }
+	for pc := len(prog) - 1; pc >= 0; pc-- {
+		raw, err := prog[pc].Assemble()
+		switch {
+		case err != nil:
+			m[pc] = true
+		case raw.Op == 0x06: // ret #k
+			m[pc] = raw.K != 0
+		case raw.Op&0x07 == 0x06: // ret a
+			m[pc] = true
+		case raw.Op == 0x05: // ja
+			m[pc] = at(pc + 1 + int(raw.K))
+		case raw.Op&0x07 == 0x05:
+			m[pc] = at(pc+1+int(raw.Jt)) || at(pc+1+int(raw.Jf))
+		default:
+			m[pc] = at(pc + 1)
+		}
+	}
+	return m[:len(prog)]
 }
 
 // boundOnce reports whether no path of prog to a match meets more than one
@@ -110,10 +171,17 @@ func boundOnce(prog []bpf.Instruction, sites []int) bool {
 	return n != math.MaxInt32 && n <= 1
 }
 
-// boundLow is the least value A passing a bound of constant k: k for a
-// jge, k+1 for a jgt; false for a jgt no value passes.
-func boundLow(k uint32, ge bool) (uint32, bool) {
-	if ge {
+// boundLow is the least value the table compares that passes a bound
+// of constant k: for a lower bound A itself, k for a jge, k+1 for a jgt;
+// for an upper bound ^A, ^(k-1) for a jge (A < k), ^k for a jgt (A <= k).
+// False for a bound no value passes.
+func boundLow(k uint32, b bound) (uint32, bool) {
+	switch {
+	case b.upper && b.ge:
+		return ^(k - 1), k != 0
+	case b.upper:
+		return ^k, true
+	case b.ge:
 		return k, true
 	}
 	return k + 1, k != math.MaxUint32
@@ -122,18 +190,19 @@ func boundLow(k uint32, ge bool) (uint32, bool) {
 // boundKey is a bounded set member's key: its constants but the bound.
 type boundKey [maxParams]uint32
 
-// memberBound returns the key and lowest passing value of a bounded
-// set's member whose constants are args; false if no value passes.
-func memberBound(args []uint32, kb int, ge bool) (boundKey, uint32, bool) {
+// memberBound returns the key and least passing value (boundLow) of a
+// bounded set's member whose constants are args; false if no value
+// passes.
+func memberBound(args []uint32, b bound) (boundKey, uint32, bool) {
 	var key boundKey
 	j := 0
 	for k, a := range args {
-		if k != kb {
+		if k != b.param {
 			key[j] = a
 			j++
 		}
 	}
-	low, ok := boundLow(args[kb], ge)
+	low, ok := boundLow(args[b.param], b)
 	return key, low, ok
 }
 
@@ -156,7 +225,7 @@ func fallingRun(lows []uint32) int {
 // boundsFit returns the members of a class of bounded rules whose keys
 // fit tables whose buckets hold l4drop.HashSlots entries: no longer
 // falling run of bounds. A run of the class has no longer one.
-func boundsFit(ms []member, params [][]int, kb int, ge bool) []member {
+func boundsFit(ms []member, params [][]int, b bound) []member {
 	keys := make([]boundKey, len(ms))
 	lows := map[boundKey][]uint32{}
 	for i, mb := range ms {
@@ -164,7 +233,7 @@ func boundsFit(ms []member, params [][]int, kb int, ge bool) []member {
 		for k, pcs := range params {
 			args[k] = jumpK(mb.m.prog, pcs[0])
 		}
-		key, low, ok := memberBound(args, kb, ge)
+		key, low, ok := memberBound(args, b)
 		keys[i] = key
 		if ok {
 			lows[key] = append(lows[key], low)
@@ -230,7 +299,7 @@ func writeBoundedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []
 	lows := map[boundKey][]uint32{}
 	var order []boundKey
 	for _, i := range idx {
-		key, low, ok := memberBound(rules[i].matchers[0].args, sh.bound, sh.boundGE)
+		key, low, ok := memberBound(rules[i].matchers[0].args, sh.bound)
 		if !ok {
 			continue // a bound no value passes: the rule never matches
 		}
@@ -271,12 +340,16 @@ func writeBoundedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []
 	var args, words []string
 	for k := range sh.params {
 		args = append(args, fmt.Sprintf("&k[%d]", k))
-		if k != sh.bound {
+		if k != sh.bound.param {
 			words = append(words, fmt.Sprintf("k[%d].v", k))
 		}
 	}
+	value := fmt.Sprintf("k[%d].v", sh.bound.param)
+	if sh.bound.upper {
+		value = "~" + value
+	}
 	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip), end, %s))\n\t\treturn L4_NONE;\n", len(sh.params), m.fn, strings.Join(args, ", "))
-	w.printf("\t__u32 r = l4sb%d_find(%s, %s, k[%d].v);\n", n, bucketAt(bucketIndexC(h, words...)), strings.Join(words, ", "), sh.bound)
+	w.printf("\t__u32 r = l4sb%d_find(%s, %s, %s);\n", n, bucketAt(bucketIndexC(h, words...)), strings.Join(words, ", "), value)
 	w.printf("\tif (r == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn r << %d | %s;\n}\n", resultShift, setCode(rules, idx, "r"))
 	// No rule runs one by one: their switches are the table's entries.
 	for _, i := range idx {

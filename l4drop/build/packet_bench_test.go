@@ -108,6 +108,7 @@ var ruleShapes = []struct {
 	{"ip6-host", func(i int) string { return fmt.Sprintf("src host 2001:db8::%x", i+1) }},
 	{"port-and-len", func(i int) string { return fmt.Sprintf("udp dst port %d and len > %d", 1000+i%10, 100+i) }},
 	{"host-and-ttl", func(i int) string { return fmt.Sprintf("src host 10.%d.%d.1 and ip[8] >= %d", i>>8, i&255, 1+i%200) }},
+	{"port-and-len-below", func(i int) string { return fmt.Sprintf("udp dst port %d and len < %d", 1000+i%10, 1500-i) }},
 }
 
 // BenchmarkRuleShapes measures what a packet costs 1,000 rules of each of

@@ -123,16 +123,16 @@ var propShapes = []func(r *rand.Rand) (string, [][]byte){
 		}
 		return fmt.Sprintf("expr: \"%s\"", strings.Join(ports, " or ")), pkts
 	},
-	func(r *rand.Rand) (string, [][]byte) { // a port and a lower bound on the length: bounded sets (bounds.go)
+	func(r *rand.Rand) (string, [][]byte) { // a port and a bound on the length: bounded sets (bounds.go)
 		p, n := propPort(r), 40+r.IntN(80)
-		op := []string{">", ">="}[r.IntN(2)]
+		op := []string{">", ">=", "<", "<="}[r.IntN(4)]
 		var pkts [][]byte
 		for _, size := range []int{n - 29, n - 28, n - 27, n + 3} {
 			pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, p, make([]byte, max(0, size))))
 		}
 		return fmt.Sprintf("expr: \"udp dst port %d and len %s %d\"", p, op, n), append(pkts, fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, p, make([]byte, n)))
 	},
-	func(r *rand.Rand) (string, [][]byte) { // a host and a lower bound on the TTL: bounded sets
+	func(r *rand.Rand) (string, [][]byte) { // a host and a bound on the TTL: bounded sets
 		a, ttl := propAddr4(r), 60+r.IntN(6)
 		var pkts [][]byte
 		for _, t := range []int{ttl - 1, ttl, ttl + 1} {
@@ -140,7 +140,7 @@ var propShapes = []func(r *rand.Rand) (string, [][]byte){
 			pkt[14+8] = byte(t)
 			pkts = append(pkts, pkt)
 		}
-		return fmt.Sprintf("expr: \"src host %s and ip[8] > %d\"", a, ttl), pkts
+		return fmt.Sprintf("expr: \"src host %s and ip[8] %s %d\"", a, []string{">", "<="}[r.IntN(2)], ttl), pkts
 	},
 	func(r *rand.Rand) (string, [][]byte) { // combined
 		name := fmt.Sprintf("c%d.example", r.IntN(20))

@@ -71,12 +71,15 @@ type shape struct {
 	// ranges: a set of two parameters, a range (rangeShape): the table
 	// holds every value of each rule's range.
 	ranges bool
-	// bounded: a keyed set one of whose parameters, bound, is a lower
-	// bound (boundParam): the table, keyed by the others, gives each
-	// key's rules whose bound the value A had at the bound's test passes.
+	// bounded: a keyed set one of whose parameters, bound, is a lower or
+	// an upper bound (boundParam): the table, keyed by the others, gives
+	// each key's rules whose bound the value A had at the bound's test
+	// passes.
 	bounded bool
-	bound   int
-	boundGE bool // every test of the bound is a jge (A >= k); else a jgt
+	bound   bound
+	// run is the program the keyed run is compiled from when it is not
+	// the matchers' (an upper bound's: boundParam).
+	run []bpf.Instruction
 	// noCall: the matchers read the packet's length, which a shared
 	// function cannot (readsLen). Such a shape is only ever a keyed set,
 	// and its rules that no table tests compile alone (unshare).
@@ -344,15 +347,18 @@ func templates(rules []compiledRule) (string, error) {
 		// decides.
 		sh.keyed = allJEQ && (len(params) > 1 || !equalMatches(first, sh.isParam)) && keyedDecides(first, params)
 		if !sh.set && !sh.keyed {
-			if kb, ge, ok := boundParam(first, params); ok && keyedDecides(first, params) && boundOnce(first, params[kb]) {
+			if b, run, ok := boundParam(first, params); ok && keyedDecides(run, params) && boundOnce(run, params[b.param]) {
 				// The rules of keys with more falling bounds than a
 				// bucket holds go one by one; the others are a shape
 				// again, whose parameters may be fewer.
-				if fit := boundsFit(ms, params, kb, ge); len(fit) < len(ms) {
+				if fit := boundsFit(ms, params, b); len(fit) < len(ms) {
 					work = append(work, fit)
 					continue
 				}
-				sh.keyed, sh.bounded, sh.bound, sh.boundGE = true, true, kb, ge
+				sh.keyed, sh.bounded, sh.bound = true, true, b
+				if b.upper {
+					sh.run = run
+				}
 			}
 		}
 		if sh.noCall = readsLen(first); sh.noCall && !sh.keyed {
@@ -445,7 +451,11 @@ func shapeC(sh *shape, prog []bpf.Instruction) (string, error) {
 				keys[pc] = fmt.Sprintf("k%d", k)
 			}
 		}
-		c, err := cbpfc.ToC(prog, cbpfc.COpts{FunctionName: sh.fn + "_k", Params: keys,
+		run := prog
+		if sh.run != nil {
+			run = sh.run
+		}
+		c, err := cbpfc.ToC(run, cbpfc.COpts{FunctionName: sh.fn + "_k", Params: keys,
 			ParamType: "struct l4_kv *", ParamTest: "l4_key"})
 		if err != nil {
 			return "", err

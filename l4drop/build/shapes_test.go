@@ -531,8 +531,8 @@ func TestRangeShape(t *testing.T) {
 	}
 }
 
-// TestBoundedSets: rules alike but for a key and a lower bound (`udp dst
-// port P and len > N`, `len >= N`, a TTL above T from a host) are tested
+// TestBoundedSets: rules alike but for a key and a bound (`udp dst port P
+// and len > N`, `len >= N`, `len < N`, a TTL above or up to T from a host) are tested
 // at once, one table keyed by the rest, and decide every packet as the
 // same rules one by one: several rules a key with bounds that rise and
 // fall, drop and pass, IPv4 and IPv6, with switches that change which of
@@ -553,6 +553,14 @@ func TestBoundedSets(t *testing.T) {
 	for i := range 8 {
 		fmt.Fprintf(&b, "  - name: ttl-%d\n    expr: \"ip[8] > %d and src host 10.0.0.%d\"\n", i, 60+i%3, 1+i%4)
 	}
+	// Upper bounds: a jge (len < N) and a jgt (ip[8] <= T) whose true
+	// branch never matches.
+	for i, n := range []int{100, 300, 200, 60, 250, 90} {
+		fmt.Fprintf(&b, "  - name: lt-%d\n    expr: \"udp dst port %d and len < %d\"\n", i, 6000+i%3, n)
+	}
+	for i := range 6 {
+		fmt.Fprintf(&b, "  - name: le-%d\n    action: pass\n    expr: \"ip[8] <= %d and src host 10.0.1.%d\"\n", i, 60+(i*7)%5, 1+i%3)
+	}
 	// The length tested for equality: a keyed set that reads the length,
 	// which no shared function can.
 	for i := range 6 {
@@ -571,8 +579,8 @@ func TestBoundedSets(t *testing.T) {
 			keyed++
 		}
 	}
-	if bounded != 3 || keyed != 1 {
-		t.Fatalf("%d bounded sets, %d keyed (%+v); want the gt, ge and ttl rules bounded, the len rules keyed, and the five one by one", bounded, keyed, gen.Meta.Sets)
+	if bounded != 5 || keyed != 1 {
+		t.Fatalf("%d bounded sets, %d keyed (%+v); want the gt, ge, ttl, lt and le rules bounded, the len rules keyed, and the five one by one", bounded, keyed, gen.Meta.Sets)
 	}
 	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
 	var pkts [][]byte
@@ -581,15 +589,20 @@ func TestBoundedSets(t *testing.T) {
 		for port := uint16(4999); port <= 5004; port++ {
 			pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, payload), fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, port, payload))
 		}
+		for port := uint16(5999); port <= 6003; port++ {
+			pkts = append(pkts, fixture.UDP4(c4, s4, 1, port, payload), fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, port, payload))
+		}
 		for sport := uint16(6999); sport <= 7001; sport++ {
 			pkts = append(pkts, fixture.UDP4(c4, s4, sport, 53, payload))
 		}
 	}
-	for ttl := 59; ttl <= 64; ttl++ {
+	for ttl := 58; ttl <= 65; ttl++ {
 		for src := 0; src <= 5; src++ {
-			pkt := fixture.UDP4(fmt.Sprintf("10.0.0.%d", src), s4, 1, 53, nil)
-			pkt[14+8] = byte(ttl)
-			pkts = append(pkts, pkt)
+			for _, net := range []int{0, 1} {
+				pkt := fixture.UDP4(fmt.Sprintf("10.0.%d.%d", net, src), s4, 1, 53, nil)
+				pkt[14+8] = byte(ttl)
+				pkts = append(pkts, pkt)
+			}
 		}
 	}
 	for i := range 7 {
@@ -602,6 +615,6 @@ func TestBoundedSets(t *testing.T) {
 		pkts = append(pkts, syn)
 	}
 	oneByOne(t, obj, ref, pkts, 100, l4drop.LoadOptions{},
-		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0", "len-2"}},
-		l4drop.LoadOptions{Disable: []string{"gt-1", "gt-5", "gt-6", "ge-0", "ge-2", "ttl-0", "ttl-4"}})
+		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0", "len-2", "lt-1", "le-0"}},
+		l4drop.LoadOptions{Disable: []string{"gt-1", "gt-5", "gt-6", "ge-0", "ge-2", "ttl-0", "ttl-4", "lt-0", "lt-3", "le-2"}})
 }
