@@ -27,12 +27,10 @@ func FuzzFingerprint(f *testing.F) {
 	f.Add([]byte{0x45, 0, 0, 12, 0, 0, 0, 0, 64, 17, 0, 0}, []byte{0x60, 0, 0, 0, 0, 8, 17, 64}, uint64(2), uint8(4), uint8(6))
 	f.Add([]byte{0x65, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 53, 0, 8, 0, 0}, []byte{0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2}, uint64(3), uint8(4), uint8(0))
 	f.Fuzz(func(t *testing.T, a, b []byte, seed uint64, famA, famB uint8) {
-		if len(a) > 512 || len(b) > 512 {
+		attack, baseline, ok := fuzzPackets(a, b, seed, famA, famB, 60)
+		if !ok {
 			return
 		}
-		r := rand.New(rand.NewPCG(seed, seed>>32|1))
-		attack := variants(r, a, famA, 60)
-		baseline := variants(r, b, famB, 60)
 		rules, err := Fingerprint(attack, baseline, Options{MinSamples: 10})
 		if err != nil {
 			return
@@ -74,6 +72,16 @@ func addScenarios(f *testing.F, scs ...lab.Scenario) {
 		}
 		f.Add(a.Data, b.Data, uint64(1), a.Family, b.Family)
 	}
+}
+
+// fuzzPackets makes n variants each of the fuzzer's packets a and b of
+// families famA and famB, from seed; false for packets over 512 bytes.
+func fuzzPackets(a, b []byte, seed uint64, famA, famB uint8, n int) (as, bs []Packet, ok bool) {
+	if len(a) > 512 || len(b) > 512 {
+		return nil, nil, false
+	}
+	r := rand.New(rand.NewPCG(seed, seed>>32|1))
+	return variants(r, a, famA, n), variants(r, b, famB, n), true
 }
 
 // variants returns n copies of pkt, most with a few bytes changed at
@@ -142,12 +150,10 @@ func FuzzEngine(f *testing.F) {
 	}
 	f.Add([]byte{0x60, 0, 0, 0, 0, 8, 0, 64}, []byte{0x45, 0, 0, 12, 0, 0, 0, 0, 64, 0}, uint64(2), uint8(6), uint8(0))
 	f.Fuzz(func(t *testing.T, a, b []byte, seed uint64, famA, famB uint8) {
-		if len(a) > 512 || len(b) > 512 {
+		attack, legit, ok := fuzzPackets(a, b, seed, famA, famB, 256)
+		if !ok {
 			return
 		}
-		r := rand.New(rand.NewPCG(seed, seed>>32|1))
-		attack := variants(r, a, famA, 256)
-		legit := variants(r, b, famB, 256)
 		start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 		now := start
 		tab := &table{now: func() time.Time { return now }}
