@@ -247,39 +247,12 @@ func mergedKey(cr *compiledRule) string {
 	return fmt.Sprintf("%s/%s/merged", cr.matchers[0].shape.fn, cr.rule.Family)
 }
 
-// unshare gives the matchers of a shape without a shared function
-// (shape.noCall) that no table will test their own: they compile alone.
-// A keyed set's table tests the rules of one matcher and a simple action
-// whose merged set has minTableSet of them, as groupAs decides.
-func unshare(rules []compiledRule, noSets bool) {
-	tested := func(cr *compiledRule) bool {
-		return !noSets && len(cr.matchers) == 1 && cr.rule.Action.simple() && cr.matchers[0].shape != nil && cr.matchers[0].shape.keyed
-	}
-	members := map[string]int{}
-	for i := range rules {
-		if cr := &rules[i]; tested(cr) && cr.matchers[0].shape.noCall {
-			members[mergedKey(cr)]++
-		}
-	}
-	for i := range rules {
-		cr := &rules[i]
-		for j := range cr.matchers {
-			m := &cr.matchers[j]
-			if m.shape == nil || !m.shape.noCall || j == 0 && tested(cr) && members[mergedKey(cr)] >= minTableSet {
-				continue
-			}
-			m.fn, m.shape, m.args = "", nil, nil
-		}
-	}
-}
-
 // groupAs is group without folding.
 func groupAs(rules []compiledRule, noSets bool) (string, error) {
 	tsrc, err := templates(rules)
 	if err != nil {
 		return "", err
 	}
-	unshare(rules, noSets)
 	// A shared function is a global one: the verifier checks it once, and
 	// a rule calling it costs a call.
 	for i := range rules {
@@ -361,6 +334,23 @@ func groupAs(rules []compiledRule, noSets bool) (string, error) {
 			rules[k].direct = direct
 		}
 		i = j
+	}
+	// A shape without a shared function (shape.noCall) is tested by its
+	// merged table alone: the matchers of it no table tests compile on
+	// their own, at their whole cost.
+	for i := range rules {
+		cr := &rules[i]
+		if cr.merged {
+			continue
+		}
+		for j := range cr.matchers {
+			if m := &cr.matchers[j]; m.shape != nil && m.shape.noCall {
+				n, jumps := countInsns(m.prog)
+				cr.insns += n - callCost
+				cr.jumps += jumps - 1
+				m.fn, m.shape, m.args = "", nil, nil
+			}
+		}
 	}
 	return tsrc, nil
 }

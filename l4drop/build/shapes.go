@@ -82,7 +82,7 @@ type shape struct {
 	run []bpf.Instruction
 	// noCall: the matchers read the packet's length, which a shared
 	// function cannot (readsLen). Such a shape is only ever a keyed set,
-	// and its rules that no table tests compile alone (unshare).
+	// and its rules that no table tests compile alone (groupAs).
 	noCall bool
 }
 
