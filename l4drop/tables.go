@@ -186,10 +186,12 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 					continue
 				}
 				low[key] = mb.Bound
-			} else if seen[key] {
-				continue
+			} else {
+				if seen[key] {
+					continue
+				}
+				seen[key] = true
 			}
-			seen[key] = true
 			words := make([]uint64, n)
 			for k := range words {
 				words[k] = uint64(key[k])
