@@ -292,9 +292,7 @@ static __always_inline __u32 l4sb%[1]d_find(const struct l4sb%[1]d_bucket *bk, %
 
 // writeBoundedSet is writeKeyedSet for a bounded set.
 func writeBoundedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p, b int, inline string) (l4drop.SetGroup, error) {
-	first := rules[idx[0]]
-	m := first.matchers[0]
-	sh := m.shape
+	sh := rules[idx[0]].matchers[0].shape
 	n := len(sh.params) - 1 // key words
 	g := l4drop.SetGroup{Map: fmt.Sprintf("l4s_%d_%d", p, b), Keys: n, Bounded: true}
 	lows := map[boundKey][]uint32{}
@@ -325,36 +323,12 @@ func writeBoundedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []
 	if len(keys) == 0 {
 		keys = append(keys, make([]uint64, n)) // no rule can match: an empty table
 	}
-	h, err := l4drop.PlanHash(keys)
-	if err != nil {
-		return g, fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
-	}
-	g.Hash = h
-	bucket := fmt.Sprintf("l4sb%d_bucket", n)
-	decl, bucketAt := tableC(g.Map, bucket, h.Bits, 4*(n+2)*l4drop.HashSlots)
-	w.printf("\n%s", decl)
-	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
-	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
-	if f := famNumber(first.rule.Family); f != 0 {
-		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", f)
-	}
-	var args, words []string
-	for k := range sh.params {
-		args = append(args, fmt.Sprintf("&k[%d]", k))
-		if k != sh.bound.param {
-			words = append(words, fmt.Sprintf("k[%d].v", k))
-		}
-	}
 	value := fmt.Sprintf("k[%d].v", sh.bound.param)
 	if sh.bound.upper {
 		value = "~" + value
 	}
-	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip), end, %s))\n\t\treturn L4_NONE;\n", len(sh.params), m.fn, strings.Join(args, ", "))
-	w.printf("\t__u32 r = l4sb%d_find(%s, %s, %s);\n", n, bucketAt(bucketIndexC(h, words...)), strings.Join(words, ", "), value)
-	w.printf("\tif (r == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn r << %d | %s;\n}\n", resultShift, setCode(rules, idx, "r"))
-	// No rule runs one by one: their switches are the table's entries.
-	for _, i := range idx {
-		meta.Rules[i].Symbol = ""
-	}
-	return g, nil
+	err := writeKeyedGroup(w, meta, rules, idx, p, b, inline, &g, keys, fmt.Sprintf("l4sb%d_bucket", n), n+2, func(bk string, words []string) string {
+		return fmt.Sprintf("l4sb%d_find(%s, %s, %s)", n, bk, strings.Join(words, ", "), value)
+	})
+	return g, err
 }

@@ -947,40 +947,56 @@ func writeKeyedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []in
 		}
 		keys = append(keys, words)
 	}
-	h, err := l4drop.PlanHash(keys)
-	if err != nil {
-		return g, fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
-	}
-	g.Hash = h
 	bucket := fmt.Sprintf("l4s%d_bucket", n)
 	if n == 1 {
 		bucket = "l4s_bucket"
 	}
-	decl, bucketAt := tableC(g.Map, bucket, h.Bits, 4*(n+1)*4)
+	err := writeKeyedGroup(w, meta, rules, idx, p, b, inline, &g, keys, bucket, n+1, func(bk string, words []string) string {
+		if n == 1 {
+			return fmt.Sprintf("l4s_find(%s, %s)", bk, words[0])
+		}
+		return fmt.Sprintf("l4s%d_find(%s, k)", n, bk)
+	})
+	return g, err
+}
+
+// writeKeyedGroup writes the table of keyed set g, planned for keys (a
+// key's words once for each slot it may take), of buckets of type
+// bucket whose slots are slotWords words, and the function testing rules
+// idx (item b of program p) through it: the keyed run, then the lookup
+// lookup returns the C of, given the C of the key's bucket pointer and of
+// its words. It sets g.Hash.
+func writeKeyedGroup(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p, b int, inline string,
+	g *l4drop.SetGroup, keys [][]uint64, bucket string, slotWords int, lookup func(bucket string, words []string) string) error {
+	first := rules[idx[0]]
+	m := first.matchers[0]
+	h, err := l4drop.PlanHash(keys)
+	if err != nil {
+		return fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
+	}
+	g.Hash = h
+	decl, bucketAt := tableC(g.Map, bucket, h.Bits, 4*slotWords*l4drop.HashSlots)
 	w.printf("\n%s", decl)
 	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
 	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
 	if f := famNumber(first.rule.Family); f != 0 {
 		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", f)
 	}
-	var args []string
-	for k := 0; k < n; k++ {
+	// The run records every parameter; the table is keyed by all of
+	// them but a bounded set's bound.
+	var args, words []string
+	for k := range m.shape.params {
 		args = append(args, fmt.Sprintf("&k[%d]", k))
+		if !m.shape.bounded || k != m.shape.bound.param {
+			words = append(words, fmt.Sprintf("k[%d].v", k))
+		}
 	}
-	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip), end, %s))\n\t\treturn L4_NONE;\n", n, m.fn, strings.Join(args, ", "))
-	var words []string
-	for k := range n {
-		words = append(words, fmt.Sprintf("k[%d].v", k))
-	}
-	if n == 1 {
-		w.printf("\t__u32 r = l4s_find(%s, k[0].v);\n", bucketAt(bucketIndexC(h, words...)))
-	} else {
-		w.printf("\t__u32 r = l4s%d_find(%s, k);\n", n, bucketAt(bucketIndexC(h, words...)))
-	}
+	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip), end, %s))\n\t\treturn L4_NONE;\n", len(args), m.fn, strings.Join(args, ", "))
+	w.printf("\t__u32 r = %s;\n", lookup(bucketAt(bucketIndexC(h, words...)), words))
 	w.printf("\tif (r == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn r << %d | %s;\n}\n", resultShift, setCode(rules, idx, "r"))
 	// No rule runs one by one: their switches are the table's entries.
 	for _, i := range idx {
 		meta.Rules[i].Symbol = ""
 	}
-	return g, nil
+	return nil
 }
