@@ -21,28 +21,20 @@ import (
 // than their fixed part are read as far as they go, as the program and
 // libpcap read them. The rule's State is ignored.
 func Match(r *l4drop.AutoRule, p Packet) bool {
-	wire := p.Len
-	if wire < len(p.Data) {
-		wire = len(p.Data)
-	}
-	h := parse(p.Data, p.Family)
-	return matchHeaders(r, &h, p.Data, wire)
+	q, _ := newPkt(p.Data, p.Len, p.Family) // malformed or not, as the program reads it
+	return q.matches(r)
 }
 
 // matches is Match for a parsed packet.
 func (p *pkt) matches(r *l4drop.AutoRule) bool {
-	return matchHeaders(r, &p.h, p.data, p.wire)
-}
-
-func matchHeaders(r *l4drop.AutoRule, h *headers, data []byte, wire int) bool {
-	if h.family != r.Family {
+	if p.h.family != r.Family {
 		return false
 	}
-	if r.Proto != 0 && (!h.hasProto || h.proto != r.Proto) {
+	if r.Proto != 0 && (!p.h.hasProto || p.h.proto != r.Proto) {
 		return false
 	}
 	for i := range r.Conds {
-		if !condMatch(&r.Conds[i], r, h, data, wire) {
+		if !condMatch(&r.Conds[i], r, &p.h, p.data, p.wire) {
 			return false
 		}
 	}
