@@ -35,7 +35,9 @@ func tableName(pattern string) (wire []byte, wild, ok bool) {
 // name, and false for patterns with wildcards or escapes, which go through
 // the DNS generator.
 func exactName(pattern string) ([]byte, bool) {
-	if strings.ContainsAny(pattern, "*?%{}\\ ") {
+	// A NUL would break the tables' test of where a name ends
+	// (writeMapTable): such names go through the generator.
+	if strings.ContainsAny(pattern, "*?%{}\\ \x00") {
 		return nil, false
 	}
 	name := strings.Trim(pattern, ".")
@@ -93,7 +95,8 @@ const DefaultMaxInlineDNS = 8
 // bytes of the packet's name are a name of the table, L bytes long, the
 // packet's name is that name, however its labels read. A table is tried
 // once per length its names have, shortest first, and a lookup happens
-// only where the byte that ends such a name is zero. Tables with few names
+// only where the byte that ends such a name is zero and the one before it
+// is not (no byte of a name but its last is zero). Tables with few names
 // compare them inline, without a map, each guarded by its rule's switch.
 
 // dnsEntry is a name of a table with the rule and family it belongs to.
@@ -349,7 +352,11 @@ func writeMapTable(b *strings.Builder, t *dnsTable) {
 	fmt.Fprintf(b, "static __always_inline __u32 %s_find(const uint8_t *p, const uint8_t *end, int fam)\n{\n", t.name)
 	fmt.Fprintf(b, "\t__u32 idx;\n\t__u64 h;\n\tstruct %s_bucket *bk;\n", t.name)
 	for _, n := range t.lengths() {
-		fmt.Fprintf(b, "\tif (p + %d <= end && p[%d] == 0) {\n", n, n-1)
+		// A name of n bytes ends in a zero after a byte that is not
+		// (the two bytes read as one, 1 to 255): the zero that is a
+		// query type's high byte, after a name one byte shorter,
+		// would cost a packet a hash and a bucket (4 ns) for nothing.
+		fmt.Fprintf(b, "\tif (p + %d <= end && (__u32)L4_LD16(p, %d) - 1 < 0xff) {\n", n, n-2)
 		words := (n + 7) / 8
 		for i := 0; i < words; i++ {
 			var val string
