@@ -726,7 +726,10 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		// earlier rule: min(r, best).
 		found := "\t\tgoto matched;\n"
 		if useBest {
-			w.printf("\t__u32 best = L4_NONE;\n")
+			// best is hidden from the verifier with the config's pad
+			// (always 0) loaded once: a volatile load at each group
+			// cost a match 0.8 ns over 6 groups.
+			w.printf("\t__u32 best = L4_NONE, pad = L4_OPAQUE(0);\n")
 			found = "\t\tif (best < r)\n\t\t\tr = best;\n\t\tgoto matched;\n"
 		}
 		dnsDone := false
@@ -767,7 +770,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				if testsAfter(b) {
 					// Hidden from the verifier, so that the paths
 					// through the group go on equal.
-					w.printf("\tbest = L4_OPAQUE(best);\n")
+					w.printf("\tbest ^= pad;\n")
 				}
 				sawGroup = true
 			case !it.hashed:
@@ -795,7 +798,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 						w.printf("\tif (dns_rule < L4_NRULES) {\n\t\tr = dns_rule << %d | %s;\n\t\tif (r < best)\n\t\t\tbest = r;\n\t}\n",
 							resultShift, hashedCode(rules))
 						if testsAfter(b) {
-							w.printf("\tbest = L4_OPAQUE(best);\n")
+							w.printf("\tbest ^= pad;\n")
 						}
 						sawGroup = true
 					}
