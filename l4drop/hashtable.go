@@ -87,6 +87,19 @@ func (t HashTable) bucket(words []uint64) uint32 {
 // hashSlots of keys, which must be distinct. Seeds are tried in a fixed
 // order, so that a rule set always builds the same program.
 func PlanHash(keys [][]uint64) (HashTable, error) {
+	return PlanHashSlots(keys, hashSlots)
+}
+
+// MaxBucketSlots is the most slots a bucket of a table may have.
+const MaxBucketSlots = 16
+
+// PlanHashSlots is PlanHash for buckets of slots slots (at most
+// MaxBucketSlots), with as many buckets: a key may be given more than
+// once, to take as many slots of its bucket.
+func PlanHashSlots(keys [][]uint64, slots int) (HashTable, error) {
+	if slots < 1 || slots > MaxBucketSlots {
+		return HashTable{}, fmt.Errorf("%w: %d slots a bucket", errHashPlan, slots)
+	}
 	// From one to two buckets a key (the memory is buckets times slots
 	// times the key size): below, a bucket overflows too often for any
 	// seed to avoid it; above, few seeds fail.
@@ -99,7 +112,7 @@ func PlanHash(keys [][]uint64) (HashTable, error) {
 			ok := true
 			for _, k := range keys {
 				i := t.bucket(k)
-				if counts[i] == hashSlots {
+				if int(counts[i]) == slots {
 					ok = false
 					break
 				}
@@ -113,20 +126,18 @@ func PlanHash(keys [][]uint64) (HashTable, error) {
 	return HashTable{}, fmt.Errorf("%w (%d keys)", errHashPlan, len(keys))
 }
 
-// splitmix is the SplitMix64 output function: well-spread seeds from small
-// numbers.
-// bucketFill builds the contents of a bucket table: buckets of hashSlots
+// bucketFill builds the contents of a bucket table: buckets of slots
 // slots of slotSize bytes, a slot being free while the uint32 at busyAt in
 // it is 0. Slots fill in order, and a table is never changed once loaded:
 // the programs stop at a bucket's first free slot.
 type bucketFill struct {
-	bucketSize, slotSize, busyAt int
-	buckets                      map[uint32][]byte
-	used                         []uint32 // in the order first used
+	slots, bucketSize, slotSize, busyAt int
+	buckets                             map[uint32][]byte
+	used                                []uint32 // in the order first used
 }
 
-func newBucketFill(slotSize, busyAt int) *bucketFill {
-	return &bucketFill{bucketSize: hashSlots * slotSize, slotSize: slotSize, busyAt: busyAt, buckets: map[uint32][]byte{}}
+func newBucketFill(slots, slotSize, busyAt int) *bucketFill {
+	return &bucketFill{slots: slots, bucketSize: slots * slotSize, slotSize: slotSize, busyAt: busyAt, buckets: map[uint32][]byte{}}
 }
 
 // slot returns the first free slot of bucket i, or nil if it is full.
@@ -137,7 +148,7 @@ func (f *bucketFill) slot(i uint32) []byte {
 		f.buckets[i] = bk
 		f.used = append(f.used, i)
 	}
-	for s := 0; s < hashSlots; s++ {
+	for s := 0; s < f.slots; s++ {
 		slot := bk[s*f.slotSize : (s+1)*f.slotSize]
 		if binary.NativeEndian.Uint32(slot[f.busyAt:]) == 0 {
 			return slot

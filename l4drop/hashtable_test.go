@@ -41,3 +41,42 @@ func TestPlanHash(t *testing.T) {
 		t.Errorf("equal keys: %v, want errHashPlan", err)
 	}
 }
+
+// TestPlanHashSlots: a key given as many times as it takes slots fits
+// buckets of that many slots, and not fewer.
+func TestPlanHashSlots(t *testing.T) {
+	var keys [][]uint64
+	for i := range 200 {
+		for range 1 + i%3 {
+			keys = append(keys, []uint64{uint64(i)})
+		}
+	}
+	for range 10 {
+		keys = append(keys, []uint64{1000})
+	}
+	tests := []struct {
+		slots int
+		ok    bool
+	}{{4, false}, {8, false}, {10, true}, {16, true}, {0, false}, {MaxBucketSlots + 1, false}}
+	for _, tt := range tests {
+		h, err := PlanHashSlots(keys, tt.slots)
+		if ok := err == nil; ok != tt.ok {
+			t.Errorf("%d slots: %v, want ok %v", tt.slots, err, tt.ok)
+			continue
+		}
+		if err != nil {
+			if !errors.Is(err, errHashPlan) {
+				t.Errorf("%d slots: %v, want errHashPlan", tt.slots, err)
+			}
+			continue
+		}
+		f := newBucketFill(tt.slots, 8, 0)
+		for _, k := range keys {
+			slot := f.slot(h.bucket(k))
+			if slot == nil {
+				t.Fatalf("%d slots: bucket %d overflows", tt.slots, h.bucket(k))
+			}
+			slot[0] = 1
+		}
+	}
+}

@@ -82,7 +82,7 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 				v.rule6 = uint32(k.Rule)
 			}
 		}
-		fill := newBucketFill(slotSize, 0) // a name's length is never 0
+		fill := newBucketFill(hashSlots, slotSize, 0) // a name's length is never 0
 		for _, name := range order {
 			v := vals[name]
 			if v.rule4 == none && v.rule6 == none {
@@ -133,6 +133,18 @@ type SetGroup struct {
 	// key has a slot for each enabled member whose bound is below those
 	// of the key's enabled members before it.
 	Bounded bool `json:"bounded,omitempty"`
+	// Slots is the number of slots of a bucket of the table, when not
+	// HashSlots: a bounded set's key with more rules that can be first
+	// than HashSlots takes as many slots of its bucket.
+	Slots int `json:"slots,omitempty"`
+}
+
+// slots returns the number of slots of a bucket of g's table.
+func (g SetGroup) slots() int {
+	if g.Slots == 0 {
+		return hashSlots
+	}
+	return g.Slots
 }
 
 // SetMember is a rule of a SetGroup and its constant; Rest are the
@@ -163,7 +175,8 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			slotWords++ // the bound before the rule
 		}
 		slotSize := 4 * slotWords
-		if err != nil || n > maxSetKeys || tab.bucketSize != slotSize*hashSlots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
+		slots := g.slots()
+		if err != nil || n > maxSetKeys || slots > MaxBucketSlots || tab.bucketSize != slotSize*slots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
 			return fmt.Errorf("%s: map %s: unknown layout", MetaSection, g.Map)
 		}
 		seen := map[[maxSetKeys]uint32]bool{}
@@ -171,7 +184,7 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 		// placed so far: a member whose bound is not below it is never
 		// the first match.
 		low := map[[maxSetKeys]uint32]uint32{}
-		fill := newBucketFill(slotSize, slotSize-4)
+		fill := newBucketFill(slots, slotSize, slotSize-4)
 		for _, mb := range g.Members {
 			if len(mb.Rest) != n-1 {
 				return fmt.Errorf("%s: map %s: rule %d has %d constants, want %d", MetaSection, g.Map, mb.Rule, 1+len(mb.Rest), n)

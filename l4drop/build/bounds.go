@@ -26,7 +26,8 @@ import (
 // above is never first). The first of those whose bound A passes is the
 // rule. The loader places them from the enabled rules; the build makes
 // room for the most any choice of switches can place, the longest run of
-// falling bounds (boundsFit).
+// falling bounds, in buckets of 4, 8 or 16 slots (boundsFit; a key with a
+// longer run goes one by one).
 //
 // An upper bound (`len < N`, `less N`: a test whose true branch never
 // matches) is a lower bound on the value's complement, ^A >= ^M for M the
@@ -224,7 +225,7 @@ func fallingRun(lows []uint32) int {
 }
 
 // boundsFit returns the members of a class of bounded rules whose keys
-// fit tables whose buckets hold l4drop.HashSlots entries: no longer
+// fit tables whose buckets hold l4drop.MaxBucketSlots entries: no longer
 // falling run of bounds. A run of the class has no longer one.
 func boundsFit(ms []member, params [][]int, b bound) []member {
 	keys := make([]boundKey, len(ms))
@@ -242,44 +243,66 @@ func boundsFit(ms []member, params [][]int, b bound) []member {
 	}
 	fit := make([]member, 0, len(ms))
 	for i, mb := range ms {
-		if fallingRun(lows[keys[i]]) <= l4drop.HashSlots {
+		if fallingRun(lows[keys[i]]) <= l4drop.MaxBucketSlots {
 			fit = append(fit, mb)
 		}
 	}
 	return fit
 }
 
+// boundedSlots are the sizes of a bounded set's buckets: the first that
+// holds the longest falling run of the set's keys.
+var boundedSlots = []int{l4drop.HashSlots, 8, l4drop.MaxBucketSlots}
+
 // boundsPrelude is what bounded sets need: buckets of one or two key
 // words, each slot with the least value passing its rule's bound, and
 // their lookups.
-var boundsPrelude = boundedBucketC(1) + boundedBucketC(2)
+var boundsPrelude = func() string {
+	var b strings.Builder
+	for _, n := range []int{1, 2} {
+		for _, slots := range boundedSlots {
+			b.WriteString(boundedBucketC(n, slots))
+		}
+	}
+	return b.String()
+}()
+
+// boundedBucket names the bucket type and lookup of a bounded set of n
+// key words and buckets of slots slots.
+func boundedBucket(n, slots int) string {
+	if slots == l4drop.HashSlots {
+		return fmt.Sprintf("l4sb%d", n)
+	}
+	return fmt.Sprintf("l4sb%d_%d", n, slots)
+}
 
 // boundedBucketC is the C of the buckets of a bounded set of n key words
-// (struct l4sbN_bucket) and their lookup, l4sbN_find(bk, k0..., a): the
-// first rule bucket bk, the key's, holds for the key whose bound a
-// passes, or L4_NRULES. A key's rules are in rule order, their bounds
-// falling: the first a passes is the first that matches.
-func boundedBucketC(n int) string {
+// (struct l4sbN_bucket, or l4sbN_S_bucket for buckets of S slots) and
+// their lookup, l4sbN_find(bk, k0..., a): the first rule bucket bk, the
+// key's, holds for the key whose bound a passes, or L4_NRULES. A key's
+// rules are in rule order, their bounds falling: the first a passes is
+// the first that matches.
+func boundedBucketC(n, slots int) string {
 	var params, eq []string
 	for k := range n {
 		params = append(params, fmt.Sprintf("__u32 k%d", k))
 		eq = append(eq, fmt.Sprintf("bk->s[s].key[%d] == k%d", k, k))
 	}
 	return fmt.Sprintf(`
-struct l4sb%[1]d_bucket {
+struct %[4]s_bucket {
 	struct {
 		__u32 key[%[1]d];
 		__u32 low;
 		__u32 rule1;
-	} s[L4_HASH_SLOTS];
+	} s[%[5]d];
 };
 
-static __always_inline __u32 l4sb%[1]d_find(const struct l4sb%[1]d_bucket *bk, %[2]s, __u32 a)
+static __always_inline __u32 %[4]s_find(const struct %[4]s_bucket *bk, %[2]s, __u32 a)
 {
 	if (!bk)
 		return L4_NRULES;
 #pragma unroll
-	for (int s = 0; s < L4_HASH_SLOTS; s++) {
+	for (int s = 0; s < %[5]d; s++) {
 		if (!bk->s[s].rule1)
 			break;
 		if (%[3]s && a >= bk->s[s].low)
@@ -287,7 +310,7 @@ static __always_inline __u32 l4sb%[1]d_find(const struct l4sb%[1]d_bucket *bk, %
 	}
 	return L4_NRULES;
 }
-`, n, strings.Join(params, ", "), strings.Join(eq, " && "))
+`, n, strings.Join(params, ", "), strings.Join(eq, " && "), boundedBucket(n, slots), slots)
 }
 
 // writeBoundedSet is writeKeyedSet for a bounded set.
@@ -309,16 +332,32 @@ func writeBoundedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []
 		lows[key] = append(lows[key], low)
 	}
 	// A key takes as many slots of its bucket as rules of it a choice of
-	// switches can place.
+	// switches can place; buckets have as many as the most a key takes.
 	var keys [][]uint64
+	most := 0
 	for _, key := range order {
 		words := make([]uint64, n)
 		for k := range words {
 			words[k] = uint64(key[k])
 		}
-		for range fallingRun(lows[key]) {
+		run := fallingRun(lows[key])
+		most = max(most, run)
+		for range run {
 			keys = append(keys, words)
 		}
+	}
+	slots := 0
+	for _, s := range boundedSlots {
+		if s >= most {
+			slots = s
+			break
+		}
+	}
+	if slots == 0 {
+		return g, fmt.Errorf("rules %q to %q: a key with %d falling bounds, more than a bucket's %d slots", rules[idx[0]].rule.Name, rules[idx[len(idx)-1]].rule.Name, most, l4drop.MaxBucketSlots)
+	}
+	if slots != l4drop.HashSlots {
+		g.Slots = slots
 	}
 	if len(keys) == 0 {
 		keys = append(keys, make([]uint64, n)) // no rule can match: an empty table
@@ -327,8 +366,9 @@ func writeBoundedSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []
 	if sh.bound.upper {
 		value = "~" + value
 	}
-	err := writeKeyedGroup(w, meta, rules, idx, p, b, inline, &g, keys, fmt.Sprintf("l4sb%d_bucket", n), n+2, func(bk string, words []string) string {
-		return fmt.Sprintf("l4sb%d_find(%s, %s, %s)", n, bk, strings.Join(words, ", "), value)
+	name := boundedBucket(n, slots)
+	err := writeKeyedGroup(w, meta, rules, idx, p, b, inline, &g, keys, name+"_bucket", n+2, func(bk string, words []string) string {
+		return fmt.Sprintf("%s_find(%s, %s, %s)", name, bk, strings.Join(words, ", "), value)
 	})
 	return g, err
 }

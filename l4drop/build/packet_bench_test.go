@@ -109,6 +109,8 @@ var ruleShapes = []struct {
 	{"port-and-len", func(i int) string { return fmt.Sprintf("udp dst port %d and len > %d", 1000+i%10, 100+i) }},
 	{"host-and-ttl", func(i int) string { return fmt.Sprintf("src host 10.%d.%d.1 and ip[8] >= %d", i>>8, i&255, 1+i%200) }},
 	{"port-and-len-below", func(i int) string { return fmt.Sprintf("udp dst port %d and len < %d", 1000+i%10, 1500-i) }},
+	// Ten falling bounds a port: more than a bucket of 4 holds.
+	{"port-and-falling-len", func(i int) string { return fmt.Sprintf("udp dst port %d and len > %d", 1000+i%100, 1500-10*(i/100)) }},
 }
 
 // BenchmarkRuleShapes measures what a packet costs 1,000 rules of each of

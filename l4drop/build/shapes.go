@@ -970,12 +970,16 @@ func writeKeyedGroup(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []
 	g *l4drop.SetGroup, keys [][]uint64, bucket string, slotWords int, lookup func(bucket string, words []string) string) error {
 	first := rules[idx[0]]
 	m := first.matchers[0]
-	h, err := l4drop.PlanHash(keys)
+	slots := l4drop.HashSlots
+	if g.Slots != 0 {
+		slots = g.Slots
+	}
+	h, err := l4drop.PlanHashSlots(keys, slots)
 	if err != nil {
 		return fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
 	}
 	g.Hash = h
-	decl, bucketAt := tableC(g.Map, bucket, h.Bits, 4*slotWords*l4drop.HashSlots)
+	decl, bucketAt := tableC(g.Map, bucket, h.Bits, 4*slotWords*slots)
 	w.printf("\n%s", decl)
 	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
 	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
