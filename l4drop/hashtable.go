@@ -91,7 +91,7 @@ func PlanHash(keys [][]uint64) (HashTable, error) {
 }
 
 // MaxBucketSlots is the most slots a bucket of a table may have.
-const MaxBucketSlots = 16
+const MaxBucketSlots = 64
 
 // PlanHashSlots is PlanHash for buckets of slots slots (at most
 // MaxBucketSlots), with as many buckets: a key may be given more than

@@ -26,8 +26,12 @@ import (
 // above is never first). The first of those whose bound A passes is the
 // rule. The loader places them from the enabled rules; the build makes
 // room for the most any choice of switches can place, the longest run of
-// falling bounds, in buckets of 4, 8 or 16 slots (boundsFit; a key with a
-// longer run goes one by one).
+// falling bounds, in buckets of 4 to 64 slots (boundsFit; a key with a
+// longer run goes one by one). A bucket's lookup stops at its first free
+// slot: the rules the loader places, not the room made for them, are what
+// a packet walks (with every rule on, the records of a key's bounds in
+// rule order: about ln n of n bounds in random order, where the room is
+// for about 2 sqrt n).
 //
 // An upper bound (`len < N`, `less N`: a test whose true branch never
 // matches) is a lower bound on the value's complement, ^A >= ^M for M the
@@ -252,7 +256,7 @@ func boundsFit(ms []member, params [][]int, b bound) []member {
 
 // boundedSlots are the sizes of a bounded set's buckets: the first that
 // holds the longest falling run of the set's keys.
-var boundedSlots = []int{l4drop.HashSlots, 8, l4drop.MaxBucketSlots}
+var boundedSlots = []int{l4drop.HashSlots, 8, 16, 32, l4drop.MaxBucketSlots}
 
 // boundsPrelude is what bounded sets need: buckets of one or two key
 // words, each slot with the least value passing its rule's bound, and

@@ -111,6 +111,8 @@ var ruleShapes = []struct {
 	{"port-and-len-below", func(i int) string { return fmt.Sprintf("udp dst port %d and len < %d", 1000+i%10, 1500-i) }},
 	// Ten falling bounds a port: more than a bucket of 4 holds.
 	{"port-and-falling-len", func(i int) string { return fmt.Sprintf("udp dst port %d and len > %d", 1000+i%100, 1500-10*(i/100)) }},
+	// A hundred scattered bounds a port, about twenty of them falling.
+	{"port-and-scattered-len", func(i int) string { return fmt.Sprintf("udp dst port %d and len > %d", 1000+i%10, 100+i*7919%1000) }},
 }
 
 // BenchmarkRuleShapes measures what a packet costs 1,000 rules of each of

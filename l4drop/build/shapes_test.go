@@ -569,19 +569,19 @@ func TestBoundedSets(t *testing.T) {
 	}
 	// Keys with more falling bounds than a bucket of 4 holds: five for
 	// one port, ten in another order for another (buckets of 16 slots),
-	// and seventeen for a third, more than any bucket holds: one by one.
+	// and 65 for a third, more than any bucket holds: one by one.
 	for i, n := range []int{500, 400, 300, 200, 100} {
 		fmt.Fprintf(&b, "  - name: five-%d\n    expr: \"tcp dst port 9000 and len > %d\"\n", i, n)
 	}
 	for i, n := range []int{900, 950, 800, 700, 720, 600, 500, 400, 450, 300, 200, 250, 100, 90} {
 		fmt.Fprintf(&b, "  - name: ten-%d\n    expr: \"tcp dst port 9001 and len > %d\"\n", i, n)
 	}
-	for i := range 17 {
-		fmt.Fprintf(&b, "  - name: seventeen-%d\n    expr: \"tcp dst port 9002 and len > %d\"\n", i, 1000-50*i)
+	for i := range l4drop.MaxBucketSlots + 1 {
+		fmt.Fprintf(&b, "  - name: many-%d\n    expr: \"tcp dst port 9002 and len > %d\"\n", i, 1000-10*i)
 	}
 	obj, ref, gen := buildSets(t, "bounded.yaml", b.String())
 	// The gt rules and the five and ten share a table (the protocol is a
-	// key), of 16 slots a bucket.
+	// key), of 16 slots a bucket; the many go one by one.
 	bounded, keyed := 0, 0
 	slots := map[string]int{} // a rule's name's prefix: its table's slots
 	for _, g := range gen.Meta.Sets {
@@ -598,7 +598,7 @@ func TestBoundedSets(t *testing.T) {
 	}
 	want := map[string]int{"gt": 16, "five": 16, "ten": 16, "ge": 4, "ttl": 4, "lt": 4, "le": 4, "len": 4}
 	if bounded != 5 || keyed != 1 || !maps.Equal(slots, want) {
-		t.Fatalf("%d bounded sets, %d keyed, tables' slots by rule %v (%+v); want 5 bounded, the len rules keyed, %v, and the seventeen one by one",
+		t.Fatalf("%d bounded sets, %d keyed, tables' slots by rule %v (%+v); want 5 bounded, the len rules keyed, %v, and the many one by one",
 			bounded, keyed, slots, gen.Meta.Sets, want)
 	}
 	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
@@ -635,6 +635,6 @@ func TestBoundedSets(t *testing.T) {
 		}
 	}
 	oneByOne(t, obj, ref, pkts, 100, l4drop.LoadOptions{},
-		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0", "ten-2", "ten-5", "seventeen-3", "len-2", "lt-1", "le-0"}},
+		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0", "ten-2", "ten-5", "many-3", "len-2", "lt-1", "le-0"}},
 		l4drop.LoadOptions{Disable: []string{"gt-1", "gt-5", "gt-6", "ge-0", "ge-2", "ttl-0", "ttl-4", "ten-0", "ten-1", "ten-12", "lt-0", "lt-3", "le-2"}})
 }
