@@ -579,9 +579,18 @@ func TestBoundedSets(t *testing.T) {
 	for i := range l4drop.MaxBucketSlots + 1 {
 		fmt.Fprintf(&b, "  - name: many-%d\n    expr: \"tcp dst port 9002 and len > %d\"\n", i, 1000-10*i)
 	}
+	// Forty falling bounds on each of two keys of a shape of their own:
+	// buckets of 64 slots; then three that only switches can make first.
+	for i := range 80 {
+		fmt.Fprintf(&b, "  - name: src-%d\n    expr: \"udp src port %d and len > %d\"\n", i, 9003+i%2, 1000-20*(i/2))
+	}
+	for i, n := range []int{500, 990, 230} {
+		fmt.Fprintf(&b, "  - name: src-%d\n    expr: \"udp src port 9003 and len > %d\"\n", 80+i, n)
+	}
 	obj, ref, gen := buildSets(t, "bounded.yaml", b.String())
 	// The gt rules and the five and ten share a table (the protocol is a
-	// key), of 16 slots a bucket; the many go one by one.
+	// key), of 16 slots a bucket; the src rules one of 64; the many go
+	// one by one.
 	bounded, keyed := 0, 0
 	slots := map[string]int{} // a rule's name's prefix: its table's slots
 	for _, g := range gen.Meta.Sets {
@@ -596,9 +605,9 @@ func TestBoundedSets(t *testing.T) {
 			slots[prefix] = max(g.Slots, l4drop.HashSlots)
 		}
 	}
-	want := map[string]int{"gt": 16, "five": 16, "ten": 16, "ge": 4, "ttl": 4, "lt": 4, "le": 4, "len": 4}
-	if bounded != 5 || keyed != 1 || !maps.Equal(slots, want) {
-		t.Fatalf("%d bounded sets, %d keyed, tables' slots by rule %v (%+v); want 5 bounded, the len rules keyed, %v, and the many one by one",
+	want := map[string]int{"gt": 16, "five": 16, "ten": 16, "ge": 4, "ttl": 4, "lt": 4, "le": 4, "len": 4, "src": 64}
+	if bounded != 6 || keyed != 1 || !maps.Equal(slots, want) {
+		t.Fatalf("%d bounded sets, %d keyed, tables' slots by rule %v (%+v); want 6 bounded, the len rules keyed, %v, and the many one by one",
 			bounded, keyed, slots, gen.Meta.Sets, want)
 	}
 	c4, s4 := fixture.ClientIPv4, fixture.ServerIPv4
@@ -634,7 +643,12 @@ func TestBoundedSets(t *testing.T) {
 			pkts = append(pkts, append(fixture.TCP4SYN(c4, s4, 1, port), make([]byte, pad)...))
 		}
 	}
+	for size := 170; size <= 1000; size += 5 {
+		for sport := uint16(9002); sport <= 9005; sport++ {
+			pkts = append(pkts, fixture.UDP4(c4, s4, sport, 1, make([]byte, size)))
+		}
+	}
 	oneByOne(t, obj, ref, pkts, 100, l4drop.LoadOptions{},
-		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0", "ten-2", "ten-5", "many-3", "len-2", "lt-1", "le-0"}},
-		l4drop.LoadOptions{Disable: []string{"gt-1", "gt-5", "gt-6", "ge-0", "ge-2", "ttl-0", "ttl-4", "ten-0", "ten-1", "ten-12", "lt-0", "lt-3", "le-2"}})
+		l4drop.LoadOptions{Disable: []string{"gt-0", "gt-4", "gt-9", "ge-3", "ttl-1", "five-0", "ten-2", "ten-5", "many-3", "src-0", "src-7", "src-78", "src-79", "len-2", "lt-1", "le-0"}},
+		l4drop.LoadOptions{Disable: []string{"gt-1", "gt-5", "gt-6", "ge-0", "ge-2", "ttl-0", "ttl-4", "ten-0", "ten-1", "ten-12", "src-0", "src-2", "src-4", "src-41", "lt-0", "lt-3", "le-2"}})
 }
