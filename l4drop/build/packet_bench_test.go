@@ -3,6 +3,7 @@ package build_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -124,19 +125,42 @@ var ruleShapes = []struct {
 //	go test -run '^$' -bench RuleShapes -benchtime 2000000x ./l4drop/build/
 func BenchmarkRuleShapes(b *testing.B) {
 	fixture.RequireRoot(b)
-	const n = 1000
 	for _, sh := range ruleShapes {
 		b.Run(sh.name, func(b *testing.B) {
-			var y strings.Builder
-			y.WriteString("sample_rate: 0\nrules:\n")
-			for i := range n {
-				fmt.Fprintf(&y, "  - name: r%d\n    expr: %q\n", i, sh.expr(i))
-			}
-			y.WriteString("  - name: last\n    expr: \"udp dst port 53\"\n")
-			c := bench.PacketCase{Shape: sh.name, Rules: n + 1, YAML: y.String(),
-				Hit:  fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 53, fixture.DNSQuery("www.example.org", 1)),
-				Miss: fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 80)}
-			timeCase(b, c, 10)
+			timeCase(b, ruleShapeCase(sh.name, 1000, sh.expr), 10)
 		})
 	}
+}
+
+// BenchmarkRandomBounds is BenchmarkRuleShapes for 10,000 rules of ten
+// ports, each port's thousand length bounds in random order (about 60 of
+// them falling, which take buckets of 64 slots). docs/rules.md has the
+// figure.
+//
+//	go test -run '^$' -bench RandomBounds -benchtime 2000000x ./l4drop/build/
+func BenchmarkRandomBounds(b *testing.B) {
+	fixture.RequireRoot(b)
+	r := rand.New(rand.NewPCG(1, 2))
+	var perms [10][]int
+	for p := range perms {
+		perms[p] = r.Perm(1000)
+	}
+	c := ruleShapeCase("ten-ports-random-len", 10000, func(i int) string {
+		return fmt.Sprintf("udp dst port %d and len > %d", 1000+i%10, 100+perms[i%10][i/10])
+	})
+	timeCase(b, c, 10)
+}
+
+// ruleShapeCase is n rules, rule i expr(i), then "udp dst port 53": a
+// DNS query matches the last, a TCP SYN to port 80 none.
+func ruleShapeCase(name string, n int, expr func(int) string) bench.PacketCase {
+	var y strings.Builder
+	y.WriteString("sample_rate: 0\nrules:\n")
+	for i := range n {
+		fmt.Fprintf(&y, "  - name: r%d\n    expr: %q\n", i, expr(i))
+	}
+	y.WriteString("  - name: last\n    expr: \"udp dst port 53\"\n")
+	return bench.PacketCase{Shape: name, Rules: n + 1, YAML: y.String(),
+		Hit:  fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 53, fixture.DNSQuery("www.example.org", 1)),
+		Miss: fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 80)}
 }
