@@ -783,7 +783,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				first := !dnsDone
 				switch {
 				case !dnsDone && dnsInline:
-					w.printf("\t__u32 dns_rule = l4_dns_in(L4_FRESH(ip), end, fam);\n")
+					w.printf("\t__u32 dns_rule = l4_dns_in(L4_FRESH(ip, end), end, fam);\n")
 				case !dnsDone:
 					w.printf("\t__u32 dns_rule = l4_dns_at(ctx, L4_IPOFF(ctx, ip), fam);\n")
 				}
@@ -959,9 +959,9 @@ func ruleCondition(i int, cr compiledRule) string {
 			}
 			return m.fn + "(ctx, L4_IPOFF(ctx, ip), " + strings.Join(args, ", ") + ")"
 		case cbpfc.UsesContext(m.prog):
-			return m.fn + "(L4_FRESH(ip), end, ctx)"
+			return m.fn + "(L4_FRESH(ip, end), end, ctx)"
 		}
-		return m.fn + "(L4_FRESH(ip), end)"
+		return m.fn + "(L4_FRESH(ip, end), end)"
 	}
 	var v4, v6 []string
 	for j, m := range cr.matchers {
@@ -1368,21 +1368,24 @@ static __always_inline int l4_spoil(const uint8_t *ip, const uint8_t *end)
 // another known length, and the verifier, which merges paths only where
 // one knows no more than another it walked, would walk later rules once
 // per length (100 rules of a few lengths: 170 instructions processed per
-// cBPF instruction). L4_FRESH gives each rule a pointer of its own,
-// equal at run time (the config's pad is always 0: the loader never
-// writes it) but unknown to the verifier, whose checks reach no further
-// than the rule.
+// cBPF instruction). L4_FRESH gives each rule a pointer of its own, equal
+// at run time but unknown to the verifier, whose checks reach no further
+// than the rule: ip plus the sign bit of end - ip, which is 0 (l4_parse
+// never leaves ip past end), where the verifier, which knows nothing of a
+// difference of two pointers, sees 0 or 1. It takes registers alone: the
+// load of a zero the verifier cannot see (the config's pad, as L4_OPAQUE
+// has) cost a packet a few tenths of a ns a rule group.
 const freshC = `
 #define L4_OPAQUE(x) ((__u32)(x) ^ ((volatile struct l4_config *)&l4drop_cfg)->pad)
-/* The add in asm: clang would do it in 32 bits, which the verifier
- * refuses on pointers. */
-static __always_inline const uint8_t *l4_fresh(const uint8_t *p)
+/* In asm: clang would fold the difference's sign away, or add in 32 bits,
+ * which the verifier refuses on pointers. */
+static __always_inline const uint8_t *l4_fresh(const uint8_t *p, const uint8_t *end)
 {
-	__u64 z = ((volatile struct l4_config *)&l4drop_cfg)->pad & 1;
-	asm volatile("%0 += %1" : "+r"(p) : "r"(z));
+	__u64 z;
+	asm volatile("%0 = %2\n\t%0 -= %1\n\t%0 >>= 63\n\t%1 += %0" : "=&r"(z), "+r"(p) : "r"(end));
 	return p;
 }
-#define L4_FRESH(p) l4_fresh(p)
+#define L4_FRESH(p, end) l4_fresh(p, end)
 `
 
 // opaqueC calls the DNS tables and hides their result from the verifier.

@@ -577,7 +577,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	if n := famNumber(first.rule.Family); n != 0 {
 		w.printf("\tif (fam != %d)\n\t\treturn L4_NONE;\n", n)
 	}
-	w.printf("\tstruct l4_cands c = {};\n\tif (%s_c(L4_FRESH(ip), end, &c) || c.n > %d)\n\t\tgoto one_by_one;\n", m.fn, maxCandidates)
+	w.printf("\tstruct l4_cands c = {};\n\tif (%s_c(L4_FRESH(ip, end), end, &c) || c.n > %d)\n\t\tgoto one_by_one;\n", m.fn, maxCandidates)
 	// The table first: a candidate no enabled rule has costs no second
 	// run of the matcher.
 	w.printf("\t__u32 best = L4_NRULES;\n#pragma unroll\n\tfor (int i = 0; i < %d; i++) {\n", maxCandidates)
@@ -995,7 +995,7 @@ func writeKeyedGroup(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []
 			words = append(words, fmt.Sprintf("k[%d].v", k))
 		}
 	}
-	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip), end, %s))\n\t\treturn L4_NONE;\n", len(args), m.fn, strings.Join(args, ", "))
+	w.printf("\tstruct l4_kv k[%d] = {};\n\tif (!%s_k(L4_FRESH(ip, end), end, %s))\n\t\treturn L4_NONE;\n", len(args), m.fn, strings.Join(args, ", "))
 	w.printf("\t__u32 r = %s;\n", lookup(bucketAt(bucketIndexC(h, words...)), words))
 	w.printf("\tif (r == L4_NRULES)\n\t\treturn L4_NONE;\n\treturn r << %d | %s;\n}\n", resultShift, setCode(rules, idx, "r"))
 	// No rule runs one by one: their switches are the table's entries.
