@@ -3,6 +3,7 @@ package build
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strings"
 
@@ -898,12 +899,30 @@ func tableC(name, bucketType string, bits, bucketSize int) (string, func(idx str
 	n := 1 << bits
 	if n*bucketSize <= l4drop.MaxGlobalTable {
 		decl := fmt.Sprintf("struct %s %s[%d] SEC(\"%s\") = {};\n", bucketType, name, n, l4drop.TableSection(name))
+		if hi, lo, ok := twoBits(bucketSize); ok {
+			// The bucket's offset in two shifts and an add, in asm: clang
+			// would multiply, a cycle longer (3 against 2 on x86) on the
+			// chain from the packet's key to its rule (a DNS name's
+			// lookup: 0.4 ns a packet).
+			return decl, func(idx string) string {
+				return fmt.Sprintf("({ __u64 o_ = (%s) & %#x, t_; asm volatile(\"%%1 = %%0\\n\\t%%0 <<= %d\\n\\t%%1 <<= %d\\n\\t%%0 += %%1\\n\" : \"+r\"(o_), \"=&r\"(t_)); "+
+					"(struct %s *)((char *)%s + o_); })", idx, n-1, hi, lo, bucketType, name)
+			}
+		}
 		return decl, func(idx string) string { return fmt.Sprintf("&%s[(%s) & %#x]", name, idx, n-1) }
 	}
 	decl := fmt.Sprintf("struct {\n\t__uint(type, BPF_MAP_TYPE_ARRAY);\n\t__uint(max_entries, %d);\n\t__type(key, __u32);\n\t__type(value, struct %s);\n} %s SEC(\".maps\");\n", n, bucketType, name)
 	return decl, func(idx string) string {
 		return fmt.Sprintf("({ __u32 i_ = (%s); (struct %s *)bpf_map_lookup_elem(&%s, &i_); })", idx, bucketType, name)
 	}
+}
+
+// twoBits returns the two bits set in n, high then low, if n has two set.
+func twoBits(n int) (hi, lo int, ok bool) {
+	if n <= 0 || bits.OnesCount(uint(n)) != 2 {
+		return 0, 0, false
+	}
+	return bits.Len(uint(n)) - 1, bits.TrailingZeros(uint(n)), true
 }
 
 // bucketIndexC is the C of the bucket index of key words under h.
