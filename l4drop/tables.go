@@ -137,6 +137,11 @@ type SetGroup struct {
 	// HashSlots: a bounded set's key with more rules that can be first
 	// than HashSlots takes as many slots of its bucket.
 	Slots int `json:"slots,omitempty"`
+	// IndexMask, when not 0, makes the set masked: a member matches the
+	// values that are its Value under its Mask, a slot holds the value,
+	// the mask, then the rule + 1, and a value's bucket is the bucket of
+	// the value under IndexMask (which every Mask holds).
+	IndexMask uint32 `json:"index_mask,omitempty"`
 }
 
 // slots returns the number of slots of a bucket of g's table.
@@ -155,6 +160,7 @@ type SetMember struct {
 	Value uint32   `json:"value"`
 	Rest  []uint32 `json:"rest,omitempty"`
 	Bound uint32   `json:"bound,omitempty"`
+	Mask  uint32   `json:"mask,omitempty"`
 }
 
 // maxSetKeys is the most constants a set's table is keyed by.
@@ -171,15 +177,17 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 		}
 		n := max(1, g.Keys)
 		slotWords := n + 1 // the key, then the rule + 1
-		if g.Bounded {
-			slotWords++ // the bound before the rule
+		masked := g.IndexMask != 0
+		if g.Bounded || masked {
+			slotWords++ // the bound, or the mask, before the rule
 		}
 		slotSize := 4 * slotWords
 		slots := g.slots()
-		if err != nil || n > maxSetKeys || slots > MaxBucketSlots || tab.bucketSize != slotSize*slots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits {
+		if err != nil || n > maxSetKeys || slots > MaxBucketSlots || tab.bucketSize != slotSize*slots || g.Hash.Bits < 1 || g.Hash.Bits > maxHashBits ||
+			masked && (g.Bounded || n != 1) {
 			return fmt.Errorf("%s: map %s: unknown layout", MetaSection, g.Map)
 		}
-		seen := map[[maxSetKeys]uint32]bool{}
+		seen := map[[maxSetKeys + 1]uint32]bool{}
 		// Per key of a bounded set, the lowest bound of its members
 		// placed so far: a member whose bound is not below it is never
 		// the first match.
@@ -200,14 +208,23 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 				}
 				low[key] = mb.Bound
 			} else {
-				if seen[key] {
+				// A masked set's key is its value and mask: a later
+				// member with both is never the first match.
+				k := [maxSetKeys + 1]uint32{key[0], key[1], key[2], mb.Mask}
+				if seen[k] {
 					continue
 				}
-				seen[key] = true
+				seen[k] = true
 			}
 			words := make([]uint64, n)
 			for k := range words {
 				words[k] = uint64(key[k])
+			}
+			if masked {
+				if mb.Mask&g.IndexMask != g.IndexMask || mb.Value&^mb.Mask != 0 {
+					return fmt.Errorf("%s: map %s: rule %d: value %#x under mask %#x, not within the index mask %#x", MetaSection, g.Map, mb.Rule, mb.Value, mb.Mask, g.IndexMask)
+				}
+				words[0] &= uint64(g.IndexMask)
 			}
 			i := g.Hash.bucket(words)
 			slot := fill.slot(i)
@@ -219,6 +236,9 @@ func fillSets(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			}
 			if g.Bounded {
 				binary.NativeEndian.PutUint32(slot[4*n:], mb.Bound)
+			}
+			if masked {
+				binary.NativeEndian.PutUint32(slot[4*n:], mb.Mask)
 			}
 			binary.NativeEndian.PutUint32(slot[slotSize-4:], uint32(mb.Rule)+1)
 		}

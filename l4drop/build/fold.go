@@ -37,6 +37,21 @@ import (
 // table entries are all the chain's constants, and a value the table has
 // is a match, as one of the chain's tests is equal.
 
+// Mask folding. `src host A` and `src net A/L` are two shapes, the net's
+// test an and and a jeq where the host's is the jeq alone: two tables, two
+// lookups a packet, and prefix folding cannot join them (a /24 is 256 /32
+// entries). Where a family has both, the nets' and is dropped, so that
+// every rule is the host's test of its own constant, and the set's table,
+// whose bucket the value under the family's shortest mask picks, gives
+// each constant its rule's mask: a slot matches where the value under its
+// mask is its constant. A net's test alone would then compare the whole
+// value, so it too is right only through its set's table (foldsFailed).
+
+// maxMaskShare bounds the rules of a mask-folded family whose constants
+// are one under the family's shortest mask (a net and the hosts in it):
+// they take slots of one bucket, MaxBucketSlots at most.
+const maxMaskShare = 8
+
 // maxFoldValues bounds the table entries of one family's folded rules.
 const maxFoldValues = 1 << 16
 
@@ -164,7 +179,129 @@ type foldedRule struct {
 // families in skip: prefix tests of many lengths (foldPrefixes) and chains
 // of equal tests (foldUnions). It returns the rules it folded.
 func fold(rules []compiledRule, skip map[string]bool) []foldedRule {
-	return append(foldPrefixes(rules, skip), foldUnions(rules, skip)...)
+	folded := foldMasks(rules, skip)
+	folded = append(folded, foldPrefixes(rules, skip)...)
+	return append(folded, foldUnions(rules, skip)...)
+}
+
+// prefixRule is a rule's prefix test: the and's pc, the prefix length.
+type prefixRule struct {
+	rule, pc, length int
+}
+
+// foldMasks folds the prefix tests of rules that could be sets into the
+// tests of the same shape without the and, family by family, where a
+// family has such tests of the whole value too (mask folding), and
+// returns the nets it folded.
+func foldMasks(rules []compiledRule, skip map[string]bool) []foldedRule {
+	type member = prefixRule // pc -1: no and, the whole value
+	var fams families[member]
+	for i := range rules {
+		cr := &rules[i]
+		if !foldable(cr) {
+			continue
+		}
+		prog := cr.matchers[0].prog
+		m := member{i, -1, 32}
+		if pc, l, ok := prefixTest(prog); ok {
+			if prog = removeInsn(prog, pc); prog == nil {
+				continue
+			}
+			m.pc, m.length = pc, l
+		}
+		if key, ok := familyKey("mask", cr, prog); ok && !skip[key] {
+			fams.add(key, m)
+		}
+	}
+	var folded []foldedRule
+	for _, key := range fams.order {
+		ms := fams.of[key]
+		jeq, shortest := -1, 32
+		for _, m := range ms {
+			if m.pc < 0 {
+				continue
+			}
+			if jeq >= 0 && m.pc != jeq {
+				jeq = -2
+				break
+			}
+			jeq, shortest = m.pc, min(shortest, m.length)
+		}
+		hosts := slices.IndexFunc(ms, func(m member) bool { return m.pc < 0 }) >= 0
+		if jeq < 0 || !hosts || len(ms) < minTableSet {
+			continue
+		}
+		// After the and's removal, the nets' jeq is at its pc: the hosts',
+		// of the same shape, must be there too.
+		share := map[uint32]int{}
+		ok := true
+		for _, m := range ms {
+			p := rules[m.rule].matchers[0].prog
+			if m.pc < 0 && !isJEQ(p, jeq) {
+				ok = false
+				break
+			}
+			at := jeq
+			if m.pc >= 0 {
+				at = m.pc + 1
+			}
+			share[jumpK(p, at)&mask32(shortest)]++
+		}
+		if !ok || maxValue(share) > maxMaskShare {
+			continue
+		}
+		for _, mb := range ms {
+			m := &rules[mb.rule].matchers[0]
+			if mb.pc < 0 {
+				m.values, m.masks = []uint32{jumpK(m.prog, jeq)}, []uint32{mask32(32)}
+				continue
+			}
+			m.values, m.masks = []uint32{jumpK(m.prog, mb.pc+1)}, []uint32{mask32(mb.length)}
+			m.prog = removeInsn(m.prog, mb.pc)
+			folded = append(folded, foldedRule{mb.rule, key, []int{jeq}})
+		}
+	}
+	return folded
+}
+
+// maxValue is the largest value of m, 0 if it has none.
+func maxValue[K comparable](m map[K]int) int {
+	most := 0
+	for _, n := range m {
+		most = max(most, n)
+	}
+	return most
+}
+
+// removeInsn returns prog without instruction pc, the jumps over it one
+// shorter, or nil if prog does not assemble.
+func removeInsn(prog []bpf.Instruction, pc int) []bpf.Instruction {
+	out := make([]bpf.Instruction, 0, len(prog)-1)
+	for i, ins := range prog {
+		if i == pc {
+			continue
+		}
+		raw, err := ins.Assemble()
+		if err != nil {
+			return nil
+		}
+		if i < pc && raw.Op&0x07 == 0x05 { // jmp: forward only
+			if raw.Op == 0x05 { // ja
+				if i+1+int(raw.K) > pc {
+					raw.K--
+				}
+			} else {
+				if i+1+int(raw.Jt) > pc {
+					raw.Jt--
+				}
+				if i+1+int(raw.Jf) > pc {
+					raw.Jf--
+				}
+			}
+		}
+		out = append(out, raw.Disassemble())
+	}
+	return out
 }
 
 // families collects values by family, in the order families first come.
@@ -200,10 +337,7 @@ func foldable(cr *compiledRule) bool {
 // (prefixTest; one matcher, a simple action) family by family, and
 // returns the rules it folded.
 func foldPrefixes(rules []compiledRule, skip map[string]bool) []foldedRule {
-	// prefix is a rule's prefix test: the and's pc, the length.
-	type prefix struct {
-		rule, pc, length int
-	}
+	type prefix = prefixRule
 	var fams families[prefix]
 	for i := range rules {
 		cr := &rules[i]

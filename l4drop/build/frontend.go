@@ -68,6 +68,9 @@ type matcher struct {
 	// values are a folded matcher's set members (fold.go), where
 	// args[0] would be one.
 	values []uint32
+	// masks are a mask-folded matcher's prefix masks, one a value
+	// (fold.go): a value matches under its mask. nil: all 32 bits.
+	masks []uint32
 	// shape is the shared function's class, nil if the matcher has a
 	// function of its own.
 	shape *shape

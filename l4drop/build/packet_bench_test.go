@@ -93,6 +93,13 @@ var ruleShapes = []struct {
 		a := netip.AddrFrom4([4]byte{10, byte(i * 37), byte(i * 11), byte(i)})
 		return "src net " + netip.PrefixFrom(a, 12+i%13).Masked().String()
 	}},
+	// Hosts and /24 nets in turns: one table, its slots masked.
+	{"hosts-and-nets", func(i int) string {
+		if i%2 == 0 {
+			return fmt.Sprintf("src host 10.%d.%d.1", i>>8, i&255)
+		}
+		return fmt.Sprintf("src net 10.%d.%d.0/24", 100+i>>8, i&255)
+	}},
 	{"portrange-wide", func(i int) string {
 		return fmt.Sprintf("udp dst portrange %d-%d", 1000+(i*500)%60000, 1000+(i*500)%60000+499)
 	}},

@@ -543,8 +543,13 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	for _, i := range idx {
 		args := rules[i].matchers[0].args
 		if vs := rules[i].matchers[0].values; vs != nil {
-			for _, v := range vs {
-				g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: v})
+			masks := rules[i].matchers[0].masks
+			for k, v := range vs {
+				mb := l4drop.SetMember{Rule: i, Value: v, Mask: mask32(32)}
+				if masks != nil {
+					mb.Mask = masks[k]
+				}
+				g.Members = append(g.Members, mb)
 			}
 			continue
 		}
@@ -558,20 +563,36 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 			g.Members = append(g.Members, l4drop.SetMember{Rule: i, Value: uint32(v)})
 		}
 	}
-	var keys [][]uint64
-	seen := map[uint32]bool{}
-	for _, mb := range g.Members {
-		if !seen[mb.Value] {
-			seen[mb.Value] = true
-			keys = append(keys, []uint64{uint64(mb.Value)})
+	find, index := "l4s_find", "v"
+	var (
+		h    l4drop.HashTable
+		decl string
+		at   func(string) string
+		err  error
+	)
+	if slices.ContainsFunc(g.Members, func(mb l4drop.SetMember) bool { return mb.Mask != 0 && mb.Mask != mask32(32) }) {
+		h, decl, at, err = maskedTable(&g)
+		find, index = g.Map+"_find", fmt.Sprintf("(v & %#xu)", g.IndexMask)
+	} else {
+		for i := range g.Members {
+			g.Members[i].Mask = 0
+		}
+		var keys [][]uint64
+		seen := map[uint32]bool{}
+		for _, mb := range g.Members {
+			if !seen[mb.Value] {
+				seen[mb.Value] = true
+				keys = append(keys, []uint64{uint64(mb.Value)})
+			}
+		}
+		if h, err = l4drop.PlanHash(keys); err == nil {
+			decl, at = tableC(g.Map, "l4s_bucket", h.Bits, 8*4)
 		}
 	}
-	h, err := l4drop.PlanHash(keys)
 	if err != nil {
 		return g, fmt.Errorf("rules %q to %q: %w", first.rule.Name, rules[idx[len(idx)-1]].rule.Name, err)
 	}
 	g.Hash = h
-	decl, bucket := tableC(g.Map, "l4s_bucket", h.Bits, 8*4)
 	w.printf("\n%s", decl)
 	w.printf("\n/* Rules %d to %d (%d of them), tested at once; returns rule << 4 | action code, or L4_NONE. */\n", idx[0], idx[len(idx)-1], len(idx))
 	w.printf("static %s __u32 l4_p%d_b%d(struct xdp_md *ctx, const uint8_t *ip, const uint8_t *end, int fam)\n{\n", inline, p, b)
@@ -583,7 +604,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	// run of the matcher.
 	w.printf("\t__u32 best = L4_NRULES;\n#pragma unroll\n\tfor (int i = 0; i < %d; i++) {\n", maxCandidates)
 	w.printf("\t\tif (i >= c.n)\n\t\t\tbreak;\n\t\t__u32 v = c.v[i];\n")
-	w.printf("\t\t__u32 r = l4s_find(%s, v);\n", bucket(bucketIndexC(h, "v")))
+	w.printf("\t\t__u32 r = %s(%s, v);\n", find, at(bucketIndexC(h, index)))
 	if first.direct {
 		// equalMatches: a candidate found is a match.
 		w.printf("\t\tif (r < best)\n\t\t\tbest = r;\n\t}\n")
@@ -611,6 +632,74 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 	}
 	w.printf("\treturn L4_NONE;\n}\n")
 	return g, nil
+}
+
+// maskedTable plans the table of masked set g (fold.go's mask folding),
+// sets its index mask, the one every member's mask holds, and slots, and
+// returns its hash, the C of its bucket type, lookup (g.Map + "_find",
+// the first rule whose value v is under its mask) and table, and the
+// table's bucket of an index.
+func maskedTable(g *l4drop.SetGroup) (l4drop.HashTable, string, func(string) string, error) {
+	g.IndexMask = mask32(32)
+	for i := range g.Members {
+		if g.Members[i].Mask == 0 { // a member not folded: the whole value
+			g.Members[i].Mask = mask32(32)
+		}
+		g.IndexMask &= g.Members[i].Mask
+	}
+	// A member takes a slot of its value's bucket under the index mask:
+	// a net and the hosts in it take one bucket.
+	var keys [][]uint64
+	share := map[uint32]int{}
+	seen := map[[2]uint32]bool{}
+	for _, mb := range g.Members {
+		if k := [2]uint32{mb.Value, mb.Mask}; !seen[k] {
+			seen[k] = true
+			share[mb.Value&g.IndexMask]++
+			keys = append(keys, []uint64{uint64(mb.Value & g.IndexMask)})
+		}
+	}
+	var err error
+	for _, slots := range boundedSlots {
+		if slots < maxValue(share) {
+			continue
+		}
+		var h l4drop.HashTable
+		if h, err = l4drop.PlanHashSlots(keys, slots); err != nil {
+			continue
+		}
+		if slots != l4drop.HashSlots {
+			g.Slots = slots
+		}
+		bucket := g.Map + "_bucket"
+		decl, at := tableC(g.Map, bucket, h.Bits, 12*slots)
+		return h, fmt.Sprintf(`struct %[1]s {
+	struct {
+		__u32 key;
+		__u32 mask;
+		__u32 rule1;
+	} s[%[2]d];
+};
+%[3]s
+static __always_inline __u32 %[4]s_find(const struct %[1]s *bk, __u32 v)
+{
+	if (!bk)
+		return L4_NRULES;
+#pragma unroll
+	for (int s = 0; s < %[2]d; s++) {
+		if (!bk->s[s].rule1)
+			break;
+		if ((v & bk->s[s].mask) == bk->s[s].key)
+			return bk->s[s].rule1 - 1;
+	}
+	return L4_NRULES;
+}
+`, bucket, slots, decl, g.Map), at, nil
+	}
+	if err == nil {
+		err = fmt.Errorf("%d values under one mask, more than a bucket's %d slots", maxValue(share), l4drop.MaxBucketSlots)
+	}
+	return l4drop.HashTable{}, "", nil, err
 }
 
 // setCode is the C of the action's code of rule v of the set of rules idx:

@@ -532,6 +532,67 @@ func TestRangeShape(t *testing.T) {
 	}
 }
 
+// TestMaskedSets: `src host A` and `src net A/L` rules, interleaved, of
+// three lengths, drop and pass, hosts in nets before and after them, are
+// one table whose slots carry their masks (mask folding), and decide every
+// packet as the same rules one by one, with switches that change which of
+// the overlapping rules comes first. A family with more rules under its
+// shortest prefix than a bucket takes is left as it was.
+func TestMaskedSets(t *testing.T) {
+	fixture.RequireRoot(t)
+	rules := []struct{ name, action, expr string }{
+		{"n16", "drop", "src net 10.1.0.0/16"},
+		{"h-in-n16", "pass", "src host 10.1.2.3"}, // after the net that holds it
+		{"h-before-n24", "pass", "src host 10.2.0.5"},
+		{"n24", "drop", "src net 10.2.0.0/24"},
+		{"n28", "drop", "src net 10.3.0.0/28"},
+		{"h-out-n28", "pass", "src host 10.3.0.20"},
+		{"h-in-n28", "pass", "src host 10.3.0.7"},
+	}
+	for i := range 6 {
+		rules = append(rules,
+			struct{ name, action, expr string }{fmt.Sprintf("h4-%d", i), []string{"drop", "pass"}[i%2], fmt.Sprintf("src host 10.4.0.%d", 1+i)},
+			struct{ name, action, expr string }{fmt.Sprintf("n5-%d", i), "drop", fmt.Sprintf("src net 10.5.%d.0/24", i)})
+	}
+	// Thirteen under one /12: more than a bucket takes.
+	rules = append(rules, struct{ name, action, expr string }{"d12", "drop", "dst net 172.16.0.0/12"})
+	for i := range 12 {
+		rules = append(rules, struct{ name, action, expr string }{fmt.Sprintf("d-%d", i), "pass", fmt.Sprintf("dst host 172.16.0.%d", 1+i)})
+	}
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for _, r := range rules {
+		fmt.Fprintf(&b, "  - name: %s\n    action: %s\n    expr: %q\n", r.name, r.action, r.expr)
+	}
+	obj, ref, gen := buildSets(t, "masked.yaml", b.String())
+	var masked []l4drop.SetGroup
+	for _, g := range gen.Meta.Sets {
+		if g.IndexMask != 0 {
+			masked = append(masked, g)
+		}
+	}
+	if len(masked) != 1 || masked[0].IndexMask != 0xffff0000 || len(masked[0].Members) != 19 {
+		t.Fatalf("masked sets %+v; want one, of the 19 src rules, indexed by /16", masked)
+	}
+	var pkts [][]byte
+	srcs := []string{"10.1.2.3", "10.1.9.9", "10.2.0.5", "10.2.0.6", "10.2.1.5", "10.3.0.7", "10.3.0.15", "10.3.0.16", "10.3.0.20", "10.6.0.1", "192.0.2.1"}
+	for i := range 8 {
+		srcs = append(srcs, fmt.Sprintf("10.4.0.%d", i), fmt.Sprintf("10.5.%d.%d", i, 1+i*30))
+	}
+	for _, src := range srcs {
+		pkt := fixture.UDP4(src, fixture.ServerIPv4, 1, 53, nil)
+		// Cut short in the source address: no rule may match.
+		pkts = append(pkts, pkt, pkt[:14+14])
+	}
+	for i := range 14 {
+		pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, fmt.Sprintf("172.16.0.%d", i), 1, 53, nil))
+	}
+	pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, "172.31.1.1", 1, 53, nil), fixture.UDP4(fixture.ClientIPv4, "172.32.0.1", 1, 53, nil))
+	oneByOne(t, obj, ref, pkts, 20, l4drop.LoadOptions{},
+		l4drop.LoadOptions{Disable: []string{"n16", "h-before-n24", "n28", "h4-2", "n5-3", "d12"}},
+		l4drop.LoadOptions{Disable: []string{"h-in-n16", "n24", "h-out-n28", "h4-0", "n5-0", "d-3"}})
+}
+
 // TestBoundedSets: rules alike but for a key and a bound (`udp dst port P
 // and len > N`, `len >= N`, `len < N`, a TTL above or up to T from a host) are tested
 // at once, one table keyed by the rest, and decide every packet as the
