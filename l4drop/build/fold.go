@@ -196,6 +196,7 @@ type prefixRule struct {
 func foldMasks(rules []compiledRule, skip map[string]bool) []foldedRule {
 	type member = prefixRule // pc -1: no and, the whole value
 	var fams families[member]
+	without := map[int][]bpf.Instruction{} // a net's program without its and
 	for i := range rules {
 		cr := &rules[i]
 		if !foldable(cr) {
@@ -208,6 +209,7 @@ func foldMasks(rules []compiledRule, skip map[string]bool) []foldedRule {
 				continue
 			}
 			m.pc, m.length = pc, l
+			without[i] = prog
 		}
 		if key, ok := familyKey("mask", cr, prog); ok && !skip[key] {
 			fams.add(key, m)
@@ -257,7 +259,7 @@ func foldMasks(rules []compiledRule, skip map[string]bool) []foldedRule {
 				continue
 			}
 			m.values, m.masks = []uint32{jumpK(m.prog, mb.pc+1)}, []uint32{mask32(mb.length)}
-			m.prog = removeInsn(m.prog, mb.pc)
+			m.prog = without[mb.rule]
 			folded = append(folded, foldedRule{mb.rule, key, []int{jeq}})
 		}
 	}

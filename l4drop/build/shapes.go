@@ -545,9 +545,9 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 		if vs := rules[i].matchers[0].values; vs != nil {
 			masks := rules[i].matchers[0].masks
 			for k, v := range vs {
-				mb := l4drop.SetMember{Rule: i, Value: v, Mask: mask32(32)}
-				if masks != nil {
-					mb.Mask = masks[k]
+				mb := l4drop.SetMember{Rule: i, Value: v}
+				if masks != nil && masks[k] != mask32(32) {
+					mb.Mask = masks[k] // 0: the whole value
 				}
 				g.Members = append(g.Members, mb)
 			}
@@ -570,13 +570,10 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 		at   func(string) string
 		err  error
 	)
-	if slices.ContainsFunc(g.Members, func(mb l4drop.SetMember) bool { return mb.Mask != 0 && mb.Mask != mask32(32) }) {
+	if slices.ContainsFunc(g.Members, func(mb l4drop.SetMember) bool { return mb.Mask != 0 }) {
 		h, decl, at, err = maskedTable(&g)
 		find, index = g.Map+"_find", fmt.Sprintf("(v & %#xu)", g.IndexMask)
 	} else {
-		for i := range g.Members {
-			g.Members[i].Mask = 0
-		}
 		var keys [][]uint64
 		seen := map[uint32]bool{}
 		for _, mb := range g.Members {
@@ -660,8 +657,9 @@ func maskedTable(g *l4drop.SetGroup) (l4drop.HashTable, string, func(string) str
 		}
 	}
 	var err error
+	most := maxValue(share)
 	for _, slots := range boundedSlots {
-		if slots < maxValue(share) {
+		if slots < most {
 			continue
 		}
 		var h l4drop.HashTable
@@ -697,7 +695,7 @@ static __always_inline __u32 %[4]s_find(const struct %[1]s *bk, __u32 v)
 `, bucket, slots, decl, g.Map), at, nil
 	}
 	if err == nil {
-		err = fmt.Errorf("%d values under one mask, more than a bucket's %d slots", maxValue(share), l4drop.MaxBucketSlots)
+		err = fmt.Errorf("%d values under one mask, more than a bucket's %d slots", most, l4drop.MaxBucketSlots)
 	}
 	return l4drop.HashTable{}, "", nil, err
 }
