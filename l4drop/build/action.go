@@ -260,10 +260,10 @@ func fragmentsMapC(rs *RuleSet, ruleLimits bool) string {
 func fragmentsC(rs *RuleSet) string {
 	switch rs.Fragments {
 	case ActionDrop:
-		return "\tif (l4_later_fragment(ip, end, fam)) {\n\t\taction = XDP_DROP;\n\t\tgoto out;\n\t}\n"
+		return fmt.Sprintf("\tif (l4_later_fragment(ip, end, fam))\n\t\t%s\n", finishC("L4_NRULES", "XDP_DROP"))
 	case ActionRatelimit:
-		return fmt.Sprintf("\tif (l4_later_fragment(ip, end, fam) && !%s) {\n\t\taction = XDP_DROP;\n\t\tl4_action_count(L4_COUNT_RATELIMITED);\n\t\tgoto out;\n\t}\n",
-			ratelimitCall(fragmentsMapIndex, rs.fragmentsLimit, "ip", "end", "fam"))
+		return fmt.Sprintf("\tif (l4_later_fragment(ip, end, fam) && !%s) {\n\t\tl4_action_count(L4_COUNT_RATELIMITED);\n\t\t%s\n\t}\n",
+			ratelimitCall(fragmentsMapIndex, rs.fragmentsLimit, "ip", "end", "fam"), finishC("L4_NRULES", "XDP_DROP"))
 	}
 	return ""
 }

@@ -719,9 +719,9 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		w.printf("\tconst uint8_t *data = (const uint8_t *)(long)ctx->data;\n")
 		w.printf("\tconst uint8_t *end = (const uint8_t *)(long)ctx->data_end;\n")
 		w.printf("\tconst uint8_t *ip = data;\n")
-		w.printf("\t__u32 rule = L4_NRULES, action = XDP_PASS, r;\n")
+		w.printf("\t__u32 rule, action = XDP_PASS, r;\n")
 		w.printf("\tint fam = l4_parse(data, end, &ip);\n")
-		w.printf("\tif (!fam)\n\t\tgoto out;\n")
+		w.printf("\tif (!fam)\n\t\t%s\n", finishC("L4_NRULES", "XDP_PASS"))
 		// A match of an item is the first unless a group matched an
 		// earlier rule: min(r, best).
 		found := "\t\tgoto matched;\n"
@@ -814,13 +814,13 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		}
 		if p+1 < len(progs) {
 			w.printf("\tbpf_tail_call(ctx, &%s, %d);\n", l4drop.MapChain, p+1)
-			w.printf("\tgoto out;\n")
+			w.printf("\t%s\n", finishC("L4_NRULES", "XDP_PASS"))
 		} else {
 			// The end of the rules: later fragments no rule matched,
 			// then the auto rules.
 			w.printf("%s", fragmentsC(rs))
-			w.printf("\tr = l4_auto(ctx, data, ip, fam);\n\tif (r != L4_AUTO_NONE) {\n\t\trule = L4_NRULES + 1 + r;\n\t\taction = XDP_DROP;\n\t}\n")
-			w.printf("\tgoto out;\n")
+			w.printf("\tr = l4_auto(ctx, data, ip, fam);\n\tif (r != L4_AUTO_NONE)\n\t\t%s\n\t%s\n",
+				finishC("L4_NRULES + 1 + r", "XDP_DROP"), finishC("L4_NRULES", "XDP_PASS"))
 		}
 		w.printf("matched:\n\trule = r >> %d;\n\tswitch (r & 15) {\n", resultShift)
 		var finals []Action
@@ -838,7 +838,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			}
 		}
 		w.printf("\t}\n")
-		w.printf("out:\n\treturn l4_finish(ctx, data, end, rule, action, l4_hooked);\n}\n")
+		w.printf("\t%s\n}\n", finishC("rule", "action"))
 		closeProgram(w, p, name)
 	}
 
@@ -850,6 +850,16 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 	w.printf("\n/* Rule names, order, families and locations, for the loader. */\n")
 	w.printf("static const char l4drop_rules[] SEC(\"%s\") = %s;\n", l4drop.MetaSection, cString(js))
 	return &Generated{C: w.buf.String(), Meta: meta}, nil
+}
+
+// finishC is the C of a program's end: each path that knows its rule and
+// action calls l4_finish with them, rather than all paths meeting at one
+// call. Met at one call, rule and action are set before the rules run
+// and held across them, in callee-saved registers the rules then lack:
+// the rules' values went to the stack, and one port rule cost a packet
+// 0.5 ns more.
+func finishC(rule, action string) string {
+	return fmt.Sprintf("return l4_finish(ctx, data, end, %s, %s, l4_hooked);", rule, action)
 }
 
 // packMeta gzips metadata past 64 KiB, in base64 (printable: no escapes
