@@ -130,6 +130,22 @@ func (t *dnsTable) lengths() []int {
 	return ls
 }
 
+// probeOrder returns the lengths of the table's names in the order a
+// packet tries them: those of more names first (of as many, shorter
+// first). A name matches at its length only, so the order does not
+// change what matches, only how many lengths a packet tries before it:
+// one in ten at 1,000 names of 22 to 24 bytes (host0 to host999), where
+// shortest first took 0.7 ns a packet more for the longest.
+func (t *dnsTable) probeOrder() []int {
+	count := map[int]int{}
+	for _, e := range t.entries {
+		count[len(e.wire)]++
+	}
+	ls := t.lengths()
+	slices.SortStableFunc(ls, func(a, b int) int { return count[b] - count[a] })
+	return ls
+}
+
 // chunk is a piece of a name loaded at once.
 type chunk struct{ off, size int }
 
@@ -367,7 +383,7 @@ func writeMapTable(b *strings.Builder, t *dnsTable) {
 			break
 		}
 	}
-	for _, n := range t.lengths() {
+	for _, n := range t.probeOrder() {
 		// A name of n bytes ends in a zero after a byte that is not
 		// (the two bytes read as one, 1 to 255): the zero that is a
 		// query type's high byte, after a name one byte shorter,
