@@ -665,6 +665,18 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		// best is the first rule the groups tested so far matched (rule
 		// << 4 | code), or L4_NONE. A group alone needs none.
 		useBest := len(groupOf) > 1 || len(groupOf) == 1 && len(items) > 1
+		// Groups no packet can match two of are tested largest first,
+		// and the first found ends the test (disjoint.go).
+		var disjointOrder []int
+		if len(groupOf) == len(items) && len(items) > 1 {
+			groups := make([][]int, len(items))
+			for b, it := range items {
+				groups[b] = it.rules
+			}
+			if disjointOrder = disjointGroups(rules, groups); disjointOrder != nil {
+				useBest = false
+			}
+		}
 		// A block's rules whose test does something (a monitor rule's
 		// count, a ratelimit rule's tokens) must not run past a rule a
 		// group before the block matched: they get best as a limit.
@@ -756,6 +768,12 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				}
 			}
 			return false
+		}
+		for _, b := range disjointOrder {
+			w.printf("\tr = l4_p%d_b%d(ctx, ip, end, fam);\n\tif (r != L4_NONE)\n\t\tgoto matched;\n", p, b)
+		}
+		if disjointOrder != nil {
+			items = nil
 		}
 		sawGroup = false
 		for b, it := range items {

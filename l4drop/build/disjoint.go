@@ -1,0 +1,222 @@
+package build
+
+import (
+	"fmt"
+	"slices"
+
+	"golang.org/x/net/bpf"
+)
+
+// Disjoint groups. A program whose items are all merged groups tests them
+// in rule order and keeps the first rule any of them found (best): a
+// packet for the last group's rules pays for every group's lookup. Where
+// no packet can match rules of two of the groups, because their matchers
+// require different constants at one place of the packet (bytecode for
+// DNS names of different lengths: "\x05hos" and "\x07hos" at the same
+// offset), the first group that finds a rule has found the only one. Such
+// groups are tested largest first, and the first found ends the test: one
+// lookup for a packet of the largest group's rules, whatever the order of
+// the rules.
+
+// maxMatchPaths bounds the paths to a match a matcher may have for the
+// analysis; a matcher with more is taken to overlap every other.
+const maxMatchPaths = 256
+
+// loadLoc is where a cBPF load reads, as far as the analysis follows it:
+// at a constant offset of the packet, or at one from X where X was loaded
+// as 4 * (the low nibble of a byte) (ldx msh), as for an IPv4 header.
+type loadLoc struct {
+	ind  bool   // from X
+	msh  uint32 // X's byte, when ind
+	off  uint32
+	size int
+}
+
+// eqTest is a test a path to a match passes: the bytes at loc, masked,
+// equal val.
+type eqTest struct {
+	loc  loadLoc
+	mask uint32
+	val  uint32
+}
+
+// matchTests returns the equality tests on each path of prog to a match,
+// jumps of isParam (a shape's parameters, different from rule to rule)
+// taken both ways without a test; ok is false where prog has more than
+// maxMatchPaths such paths or an instruction the analysis cannot follow.
+// A path's tests are ones a packet taking it passes; others may be left
+// out (a test after arithmetic it does not follow), which only ever makes
+// matchers seem to overlap.
+func matchTests(prog []bpf.Instruction, isParam []bool) (paths [][]eqTest, ok bool) {
+	type aState struct {
+		known bool
+		loc   loadLoc
+		mask  uint32
+	}
+	type xState struct {
+		known bool
+		abs   bool   // a constant, k
+		msh   uint32 // else 4 * (byte msh & 0xf)
+		k     uint32
+	}
+	var walk func(pc int, a aState, x xState, tests []eqTest) bool
+	steps := 0
+	walk = func(pc int, a aState, x xState, tests []eqTest) bool {
+		for ; pc < len(prog); pc++ {
+			if steps++; steps > 1<<16 {
+				return false
+			}
+			switch in := prog[pc].(type) {
+			case bpf.LoadAbsolute:
+				a = aState{known: true, loc: loadLoc{off: in.Off, size: in.Size}, mask: sizeMask(in.Size)}
+			case bpf.LoadIndirect:
+				switch {
+				case !x.known:
+					a = aState{}
+				case x.abs:
+					a = aState{known: true, loc: loadLoc{off: x.k + in.Off, size: in.Size}, mask: sizeMask(in.Size)}
+				default:
+					a = aState{known: true, loc: loadLoc{ind: true, msh: x.msh, off: in.Off, size: in.Size}, mask: sizeMask(in.Size)}
+				}
+			case bpf.LoadMemShift:
+				x = xState{known: true, msh: in.Off}
+			case bpf.LoadConstant:
+				if in.Dst == bpf.RegX {
+					x = xState{known: true, abs: true, k: in.Val}
+				} else {
+					a = aState{}
+				}
+			case bpf.ALUOpConstant:
+				if in.Op == bpf.ALUOpAnd && a.known {
+					a.mask &= in.Val
+				} else {
+					a = aState{}
+				}
+			case bpf.Jump:
+				pc += int(in.Skip)
+			case bpf.JumpIf:
+				t, f := pc+1+int(in.SkipTrue), pc+1+int(in.SkipFalse)
+				eq := in.Cond == bpf.JumpEqual
+				if in.Cond == bpf.JumpNotEqual {
+					eq, t, f = true, f, t
+				}
+				if pc < len(isParam) && isParam[pc] || !eq || !a.known {
+					return walk(t, a, x, tests) && walk(f, a, x, tests)
+				}
+				if in.Val&^a.mask == 0 { // else the equal branch is never taken
+					test := eqTest{loc: a.loc, mask: a.mask, val: in.Val}
+					if !walk(t, a, x, append(slices.Clip(tests), test)) {
+						return false
+					}
+				}
+				return walk(f, a, x, tests)
+			case bpf.RetConstant:
+				if in.Val != 0 {
+					if paths = append(paths, tests); len(paths) > maxMatchPaths {
+						return false
+					}
+				}
+				return true
+			case bpf.RetA:
+				if paths = append(paths, tests); len(paths) > maxMatchPaths {
+					return false
+				}
+				return true
+			case bpf.TAX:
+				x = xState{}
+			case bpf.StoreScratch, bpf.NegateA, bpf.TXA, bpf.LoadScratch, bpf.LoadExtension, bpf.ALUOpX:
+				if in, ok := in.(bpf.LoadScratch); ok && in.Dst == bpf.RegX {
+					x = xState{}
+					continue
+				}
+				if _, ok := in.(bpf.StoreScratch); !ok {
+					a = aState{}
+				}
+			default:
+				return false // a jump on X, or an instruction not decoded
+			}
+		}
+		return false // ran off the end: not a program the kernel takes
+	}
+	if !walk(0, aState{}, xState{}, nil) {
+		return nil, false
+	}
+	return paths, true
+}
+
+func sizeMask(size int) uint32 {
+	if size >= 4 {
+		return ^uint32(0)
+	}
+	return 1<<(8*size) - 1
+}
+
+// disjoint reports whether no packet takes a path of p and one of q: each
+// pair of paths tests one place for different constants.
+func disjoint(p, q [][]eqTest) bool {
+	for _, a := range p {
+		for _, b := range q {
+			if !conflict(a, b) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func conflict(a, b []eqTest) bool {
+	for _, s := range a {
+		for _, t := range b {
+			if s.loc == t.loc && (s.val^t.val)&s.mask&t.mask != 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// disjointGroups returns the order to test a program's groups in (the
+// rules of each, merged sets: tables that decide every packet) when no
+// packet can match rules of two of them: largest first, of as large, in
+// rule order. It returns nil when two may overlap, or a group's rules are
+// folded (a member's value under a mask, or a union of values: their
+// programs are not the rule's whole test).
+func disjointGroups(rules []compiledRule, groups [][]int) []int {
+	tests := make([][][]eqTest, len(groups))
+	for g, idx := range groups {
+		seen := map[string]bool{} // paths: a shape's rules mostly share them
+		for _, i := range idx {
+			cr := &rules[i]
+			if !cr.merged || len(cr.matchers) != 1 {
+				return nil
+			}
+			m := cr.matchers[0]
+			if m.shape == nil || m.values != nil || m.masks != nil {
+				return nil
+			}
+			paths, ok := matchTests(m.prog, m.shape.isParam)
+			if !ok {
+				return nil
+			}
+			for _, p := range paths {
+				if key := fmt.Sprint(p); !seen[key] {
+					seen[key] = true
+					tests[g] = append(tests[g], p)
+				}
+			}
+		}
+	}
+	for g := range tests {
+		for h := range g {
+			if !disjoint(tests[g], tests[h]) {
+				return nil
+			}
+		}
+	}
+	order := make([]int, len(groups))
+	for g := range order {
+		order[g] = g
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return len(groups[b]) - len(groups[a]) })
+	return order
+}
