@@ -823,7 +823,17 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 					continue
 				}
 				lo, hi := it.rules[0], it.rules[len(it.rules)-1]
-				w.printf("\tif (L4_OPAQUE(dns_rule) - %du <= %du) {\n", lo, hi-lo)
+				// Hidden from the verifier for the rules after it
+				// (opaqueC); with none, clang sees the tables'
+				// constant for no match and skips the test on those
+				// paths: 0.4-0.8 ns a packet at 1,000 names.
+				dnsRule := "dns_rule"
+				for _, later := range items[b+1:] {
+					if !later.hashed {
+						dnsRule = "L4_OPAQUE(dns_rule)"
+					}
+				}
+				w.printf("\tif (%s - %du <= %du) {\n", dnsRule, lo, hi-lo)
 				w.printf("\t\tr = dns_rule << %d | %d;\n%s\t}\n", resultShift, rules[lo].rule.Action.code(), found)
 			}
 		}
