@@ -2,6 +2,7 @@ package build
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -63,6 +64,99 @@ func TestMatchTestsDisjoint(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDisjointSound: no packet matches two matchers the analysis calls
+// disjoint, over packets made to match the pool's matchers and copies of
+// them with bytes changed, judged by x/net/bpf's interpreter.
+func TestDisjointSound(t *testing.T) {
+	var progs [][]bpf.Instruction
+	var names []string
+	for _, expr := range []string{"udp dst port 53", "udp dst port 54", "tcp dst port 53", "udp port 53",
+		"ip[8] = 64", "ip[8] = 64 and udp dst port 53", "udp dst portrange 50-60", "src host 10.0.0.1",
+		"src host 10.0.0.2", "src net 10.0.0.0/24", "ip6 and tcp dst port 80", "tcp dst port 80", "icmp",
+		"ip proto 17", "len > 100 and udp dst port 53", "not udp dst port 53", "udp[8:4] = 0x0a0b0c0d",
+		"ip[2:2] = 60 and ip proto 17", "ip6 and udp", "ip and udp"} {
+		p, err := cbpf.Compile(expr, cbpf.LinkTypeRaw, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		progs, names = append(progs, p), append(names, expr)
+	}
+	for _, name := range []string{"host1.example", "host10.example", "host1.example.com", "a.b", "ab.c"} {
+		for _, v6 := range []bool{false, true} {
+			p, err := bpfgen.Generate(bpfgen.Options{IPv6: v6}, "dns", []string{name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			progs, names = append(progs, p.Insns), append(names, fmt.Sprintf("dns %s (v6 %v)", name, v6))
+		}
+	}
+	tests := make([][][]eqTest, len(progs))
+	vms := make([]*bpf.VM, len(progs))
+	for i, p := range progs {
+		var ok bool
+		if tests[i], ok = matchTests(p, nil); !ok {
+			t.Fatalf("%s: matchTests gave up", names[i])
+		}
+		vm, err := bpf.NewVM(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vms[i] = vm
+	}
+	var pkts [][]byte
+	for _, src := range []string{"10.0.0.1", "10.0.0.2", "192.0.2.1"} {
+		for _, port := range []uint16{53, 54, 55, 80} {
+			pkts = append(pkts, fixture.UDP4(src, fixture.ServerIPv4, 1, port, []byte{10, 11, 12, 13, 0, 0, 0, 0, 10, 11, 12, 13}),
+				fixture.TCP4SYN(src, fixture.ServerIPv4, 1, port),
+				fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, port, nil),
+				fixture.TCP6SYN(fixture.ClientIPv6, fixture.ServerIPv6, 1, port))
+		}
+	}
+	for _, name := range []string{"host1.example", "host10.example", "host1.example.com", "a.b", "ab.c", "host1.example.org"} {
+		q := fixture.DNSQuery(name, 1)
+		pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, 53, q), fixture.UDP6(fixture.ClientIPv6, fixture.ServerIPv6, 1, 53, q))
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, pkt := range pkts[:len(pkts):len(pkts)] {
+		for range 40 {
+			c := append([]byte(nil), pkt...)
+			for range 1 + rng.IntN(3) {
+				c[14+rng.IntN(len(c)-14)] = []byte{0, 0x40, 0x45, 0x60, 6, 17, 53, 64, byte(rng.Uint32())}[rng.IntN(9)]
+			}
+			pkts = append(pkts, c)
+		}
+	}
+	claimed, both := 0, 0
+	for i := range progs {
+		for j := range i {
+			if disjoint(tests[i], tests[j]) {
+				claimed++
+			}
+		}
+	}
+	for _, pkt := range pkts {
+		ip := pkt[14:] // the matchers see the packet from the IP header on
+		var matched []int
+		for i, vm := range vms {
+			if n, err := vm.Run(ip); err == nil && n > 0 {
+				matched = append(matched, i)
+			}
+		}
+		for a, i := range matched {
+			for _, j := range matched[:a] {
+				both++
+				if disjoint(tests[i], tests[j]) {
+					t.Errorf("%q and %q called disjoint; both match % x", names[i], names[j], ip)
+				}
+			}
+		}
+	}
+	if claimed == 0 || both == 0 {
+		t.Errorf("%d pairs called disjoint, %d matched one packet together: a test that cannot fail", claimed, both)
+	}
+	t.Logf("%d matchers, %d pairs called disjoint, %d packets, %d matches of two matchers at once", len(progs), claimed, len(pkts), both)
 }
 
 // TestDisjointGroups: groups no packet can match two of are tested largest
