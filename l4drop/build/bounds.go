@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"golang.org/x/net/bpf"
@@ -292,29 +293,18 @@ func boundedBucketC(n, slots int) string {
 		params = append(params, fmt.Sprintf("__u32 k%d", k))
 		eq = append(eq, fmt.Sprintf("bk->s[s].key[%d] == k%d", k, k))
 	}
+	name := boundedBucket(n, slots)
 	return fmt.Sprintf(`
-struct %[4]s_bucket {
+struct %[2]s_bucket {
 	struct {
 		__u32 key[%[1]d];
 		__u32 low;
 		__u32 rule1;
-	} s[%[5]d];
+	} s[%[3]d];
 };
 
-static __always_inline __u32 %[4]s_find(const struct %[4]s_bucket *bk, %[2]s, __u32 a)
-{
-	if (!bk)
-		return L4_NRULES;
-#pragma unroll
-	for (int s = 0; s < %[5]d; s++) {
-		if (!bk->s[s].rule1)
-			break;
-		if (%[3]s && a >= bk->s[s].low)
-			return bk->s[s].rule1 - 1;
-	}
-	return L4_NRULES;
-}
-`, n, strings.Join(params, ", "), strings.Join(eq, " && "), boundedBucket(n, slots), slots)
+`, n, name, slots) + slotFindC(name+"_find", name+"_bucket", strings.Join(append(params, "__u32 a"), ", "),
+		strconv.Itoa(slots), strings.Join(eq, " && ")+" && a >= bk->s[s].low")
 }
 
 // writeBoundedSet is writeKeyedSet for a bounded set.

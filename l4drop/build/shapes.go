@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/l4drop/l4drop/l4drop"
@@ -483,7 +484,7 @@ func shapeC(sh *shape, prog []bpf.Instruction) (string, error) {
 const maxCandidates = 4
 
 // candsPrelude is what collecting variants and sets need.
-const candsPrelude = `
+var candsPrelude = `
 /* A bucket of a set's table: constants and their rules + 1 (0: empty). */
 struct l4s_bucket {
 	struct {
@@ -494,20 +495,7 @@ struct l4s_bucket {
 
 /* l4s_find returns the rule bucket bk, v's, gives for v, or L4_NRULES.
  * The loader fills a bucket's slots in order: the first empty one ends it. */
-static __always_inline __u32 l4s_find(const struct l4s_bucket *bk, __u32 v)
-{
-	if (!bk)
-		return L4_NRULES;
-#pragma unroll
-	for (int s = 0; s < L4_HASH_SLOTS; s++) {
-		if (!bk->s[s].rule1)
-			break;
-		if (bk->s[s].key == v)
-			return bk->s[s].rule1 - 1;
-	}
-	return L4_NRULES;
-}
-
+` + slotFindC("l4s_find", "l4s_bucket", "__u32 v", "L4_HASH_SLOTS", "bk->s[s].key == v") + `
 struct l4_cands {
 	__u32 v[4];
 	__u32 n;
@@ -679,20 +667,7 @@ func maskedTable(g *l4drop.SetGroup) (l4drop.HashTable, string, func(string) str
 	} s[%[2]d];
 };
 %[3]s
-static __always_inline __u32 %[4]s_find(const struct %[1]s *bk, __u32 v)
-{
-	if (!bk)
-		return L4_NRULES;
-#pragma unroll
-	for (int s = 0; s < %[2]d; s++) {
-		if (!bk->s[s].rule1)
-			break;
-		if ((v & bk->s[s].mask) == bk->s[s].key)
-			return bk->s[s].rule1 - 1;
-	}
-	return L4_NRULES;
-}
-`, bucket, slots, decl, g.Map), at, nil
+%[4]s`, bucket, slots, decl, slotFindC(g.Map+"_find", bucket, "__u32 v", strconv.Itoa(slots), "(v & bk->s[s].mask) == bk->s[s].key")), at, nil
 	}
 	if err == nil {
 		err = fmt.Errorf("%d values under one mask, more than a bucket's %d slots", most, l4drop.MaxBucketSlots)
@@ -911,7 +886,7 @@ func keyedDecides(prog []bpf.Instruction, params [][]int) bool {
 
 // keysPrelude is what keyed sets need: the key a run records, and per
 // number of parameters the buckets of a table and their lookup.
-const keysPrelude = `
+var keysPrelude = `
 struct l4_kv {
 	__u32 v;
 	__u32 set;
@@ -938,20 +913,7 @@ struct l4s2_bucket {
 
 /* l4s2_find returns the rule bucket bk, the key's, gives for k[0], k[1],
  * or L4_NRULES. */
-static __always_inline __u32 l4s2_find(const struct l4s2_bucket *bk, const struct l4_kv *k)
-{
-	if (!bk)
-		return L4_NRULES;
-#pragma unroll
-	for (int s = 0; s < L4_HASH_SLOTS; s++) {
-		if (!bk->s[s].rule1)
-			break;
-		if (bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v)
-			return bk->s[s].rule1 - 1;
-	}
-	return L4_NRULES;
-}
-
+` + slotFindC("l4s2_find", "l4s2_bucket", "const struct l4_kv *k", "L4_HASH_SLOTS", "bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v") + `
 struct l4s3_bucket {
 	struct {
 		__u32 key[3];
@@ -961,20 +923,28 @@ struct l4s3_bucket {
 
 /* l4s3_find returns the rule bucket bk, the key's, gives for k[0] to k[2],
  * or L4_NRULES. */
-static __always_inline __u32 l4s3_find(const struct l4s3_bucket *bk, const struct l4_kv *k)
+` + slotFindC("l4s3_find", "l4s3_bucket", "const struct l4_kv *k", "L4_HASH_SLOTS", "bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v && bk->s[s].key[2] == k[2].v") + ``
+
+// slotFindC is the C of fn(bk, params): the rule of the first slot of
+// struct bucket *bk (of slots slots) whose test cond, on bk->s[s], holds,
+// or L4_NRULES. A slot holds its rule + 1 in rule1, and the loader fills
+// a bucket's slots in order: the first empty one (rule1 0) ends it.
+func slotFindC(fn, bucket, params, slots, cond string) string {
+	return fmt.Sprintf(`static __always_inline __u32 %s(const struct %s *bk, %s)
 {
 	if (!bk)
 		return L4_NRULES;
 #pragma unroll
-	for (int s = 0; s < L4_HASH_SLOTS; s++) {
+	for (int s = 0; s < %s; s++) {
 		if (!bk->s[s].rule1)
 			break;
-		if (bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v && bk->s[s].key[2] == k[2].v)
+		if (%s)
 			return bk->s[s].rule1 - 1;
 	}
 	return L4_NRULES;
 }
-`
+`, fn, bucket, params, slots, cond)
+}
 
 // tableC returns the declaration of a bucket table of 1<<bits buckets of
 // type struct bucketType, bucketSize bytes each: a global array in a
