@@ -110,28 +110,23 @@ func matchTests(prog []bpf.Instruction, isParam []bool) (paths [][]eqTest, ok bo
 					}
 				}
 				return walk(f, a, x, tests)
-			case bpf.RetConstant:
-				if in.Val != 0 {
-					if paths = append(paths, tests); len(paths) > maxMatchPaths {
-						return false
-					}
+			case bpf.RetConstant, bpf.RetA: // A may be a match
+				if r, ok := in.(bpf.RetConstant); ok && r.Val == 0 {
+					return true
 				}
-				return true
-			case bpf.RetA:
-				if paths = append(paths, tests); len(paths) > maxMatchPaths {
-					return false
-				}
-				return true
+				paths = append(paths, tests)
+				return len(paths) <= maxMatchPaths
 			case bpf.TAX:
 				x = xState{}
-			case bpf.StoreScratch, bpf.NegateA, bpf.TXA, bpf.LoadScratch, bpf.LoadExtension, bpf.ALUOpX:
-				if in, ok := in.(bpf.LoadScratch); ok && in.Dst == bpf.RegX {
+			case bpf.LoadScratch:
+				if in.Dst == bpf.RegX {
 					x = xState{}
-					continue
-				}
-				if _, ok := in.(bpf.StoreScratch); !ok {
+				} else {
 					a = aState{}
 				}
+			case bpf.StoreScratch: // neither register changes
+			case bpf.NegateA, bpf.TXA, bpf.LoadExtension, bpf.ALUOpX:
+				a = aState{}
 			default:
 				return false // a jump on X, or an instruction not decoded
 			}
