@@ -215,3 +215,126 @@ func disjointGroups(rules []compiledRule, groups [][]int) []int {
 	slices.SortStableFunc(order, func(a, b int) int { return len(groups[b]) - len(groups[a]) })
 	return order
 }
+
+// DNS-first. The DNS name tables find a rule only for a packet that passes
+// l4_dns_name's checks, the ones bpfgen's cBPF for the rules makes too:
+// IPv4 or IPv6, UDP, destination port 53. Where the tables found a rule,
+// an item whose every rule requires something else at one of those places
+// (a TCP group, a group of ports without 53) cannot find one too, and is
+// not tested.
+
+// dnsPaths are those checks as the paths to a match of the tables' rules
+// of families fams (4, 6), in the places a shape's cBPF names them:
+// version in the high nibble of byte 0, protocol at 9 (IPv4) or next
+// header at 6 (IPv6), the port 2 bytes into the UDP header, after the
+// IPv4 header's length (ldx msh) or at 40 + 2.
+func dnsPaths(fams []int) [][]eqTest {
+	var paths [][]eqTest
+	for _, fam := range fams {
+		switch fam {
+		case 4:
+			paths = append(paths, []eqTest{
+				{loc: loadLoc{off: 0, size: 1}, mask: 0xf0, val: 0x40},
+				{loc: loadLoc{off: 9, size: 1}, mask: 0xff, val: 17},
+				{loc: loadLoc{ind: true, msh: 0, off: 2, size: 2}, mask: 0xffff, val: 53},
+			})
+		case 6:
+			paths = append(paths, []eqTest{
+				{loc: loadLoc{off: 0, size: 1}, mask: 0xf0, val: 0x60},
+				{loc: loadLoc{off: 6, size: 1}, mask: 0xff, val: 17},
+				{loc: loadLoc{off: 42, size: 2}, mask: 0xffff, val: 53},
+			})
+		}
+	}
+	return paths
+}
+
+// dnsFamilies returns the families (4, 6) of the rules of idx the DNS
+// tables hold.
+func dnsFamilies(rules []compiledRule, idx []int) []int {
+	var v4, v6 bool
+	for _, i := range idx {
+		if cr := rules[i]; cr.hashed {
+			n := famNumber(cr.rule.Family)
+			v4 = v4 || n != 6
+			v6 = v6 || n != 4
+		}
+	}
+	var fams []int
+	if v4 {
+		fams = append(fams, 4)
+	}
+	if v6 {
+		fams = append(fams, 6)
+	}
+	return fams
+}
+
+// dnsDisjoint reports whether no packet the DNS tables find a rule of
+// families fams for matches a rule of idx: each rule's paths, its own
+// constants tests too, conflict with the tables' (dnsPaths).
+func dnsDisjoint(rules []compiledRule, idx []int, fams []int) bool {
+	paths, ok := rulePaths(rules, idx)
+	if !ok {
+		return false
+	}
+	dns := dnsPaths(fams)
+	return disjoint(project(dns, paths), project(paths, dns))
+}
+
+// rulePaths returns the paths to a match of the rules of idx, each
+// rule's own constants tests of them, without repeats; ok is false where
+// a rule is not one the analysis follows: a DNS table's, one of more than
+// one matcher or of a folded one (a set of values, not the program's
+// constant), one matchTests cannot follow.
+func rulePaths(rules []compiledRule, idx []int) (paths [][]eqTest, ok bool) {
+	seen := map[string]bool{}
+	for _, i := range idx {
+		cr := &rules[i]
+		if cr.hashed || len(cr.matchers) != 1 {
+			return nil, false
+		}
+		m := cr.matchers[0]
+		if m.values != nil || m.masks != nil {
+			return nil, false
+		}
+		ps, ok := matchTests(m.prog, nil)
+		if !ok {
+			return nil, false
+		}
+		for _, p := range ps {
+			if key := fmt.Sprint(p); !seen[key] {
+				seen[key] = true
+				paths = append(paths, p)
+			}
+		}
+	}
+	return paths, true
+}
+
+// project returns the paths of p with only the tests of places some path
+// of q tests, without repeats: only there can a test of p conflict with
+// one of q, and many paths of p (a group's, one a rule) are alike there.
+func project(p, q [][]eqTest) [][]eqTest {
+	locs := map[loadLoc]bool{}
+	for _, path := range q {
+		for _, t := range path {
+			locs[t.loc] = true
+		}
+	}
+	var out [][]eqTest
+	seen := map[string]bool{}
+	for _, path := range p {
+		var cut []eqTest
+		for _, t := range path {
+			if locs[t.loc] {
+				cut = append(cut, t)
+			}
+		}
+		if key := fmt.Sprint(cut); !seen[key] {
+			seen[key] = true
+			out = append(out, cut)
+		}
+	}
+	return out
+}

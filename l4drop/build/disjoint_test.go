@@ -3,6 +3,7 @@ package build
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -235,4 +236,109 @@ func TestDisjointGroups(t *testing.T) {
 		}
 		oneByOne(t, obj, ref, pkts, 20, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"ttl-2"}})
 	})
+}
+
+// TestDNSPaths checks dnsPaths against bpfgen's cBPF for DNS rules, which
+// the tables agree with: each path to a match of a rule's program passes
+// the tests dnsPaths gives its family, but the IPv4 version, which
+// l4_dns_name checks besides (the family's program runs on IPv4 packets).
+func TestDNSPaths(t *testing.T) {
+	version4 := eqTest{loc: loadLoc{off: 0, size: 1}, mask: 0xf0, val: 0x40}
+	for _, v6 := range []bool{false, true} {
+		fam := 4
+		if v6 {
+			fam = 6
+		}
+		want := dnsPaths([]int{fam})
+		if len(want) != 1 {
+			t.Fatalf("family %d: %d paths", fam, len(want))
+		}
+		for _, name := range []string{"host1.example", "*.example.com", "a.b", "*.x"} {
+			p, err := bpfgen.Generate(bpfgen.Options{IPv6: v6}, "dns", []string{name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			paths, ok := matchTests(p.Insns, nil)
+			if !ok || len(paths) == 0 {
+				t.Fatalf("%s (v6 %v): matchTests: %d paths, ok %v", name, v6, len(paths), ok)
+			}
+			for _, path := range paths {
+				for _, test := range want[0] {
+					if !slices.Contains(path, test) && test != version4 {
+						t.Errorf("%s (v6 %v): a path without %+v: %+v", name, v6, test, path)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestDNSFirst: with groups, the DNS tables are looked up first, and a
+// packet they find a rule for goes through the groups that may match it
+// too. Rules of names, ports with and without 53, TCP, TTLs, nets, IPv6
+// and a monitor rule, in an order where the tables' rule wins some
+// packets and loses others, decide every packet as the same rules
+// without sets do.
+func TestDNSFirst(t *testing.T) {
+	fixture.RequireRoot(t)
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	rule := func(name, action, body string) {
+		fmt.Fprintf(&b, "  - name: %s\n    action: %s\n    %s\n", name, action, body)
+	}
+	for i := range 8 {
+		rule(fmt.Sprintf("port-%d", i), "drop", fmt.Sprintf("expr: \"udp dst port %d\"", 1000+i))
+	}
+	rule("a0", "drop", `dns: ["a0.example"]`)
+	for i := range 8 {
+		rule(fmt.Sprintf("ttl-%d", i), []string{"pass", "drop"}[i%2], fmt.Sprintf("expr: \"ip[8] = %d and udp dst port %d\"", 63+i%2, 50+i))
+	}
+	rule("wild", "pass", `dns: ["*.wild.example"]`)
+	for i := range 8 {
+		rule(fmt.Sprintf("tcp-%d", i), "drop", fmt.Sprintf("expr: \"tcp dst port %d\"", 50+i))
+	}
+	rule("mon", "monitor", `expr: "udp dst port 53 and ip[8] = 62"`)
+	rule("b1", "drop", "family: ipv4\n    dns: [\"b1.example\"]")
+	rule("b2", "drop", "family: ipv6\n    dns: [\"b2.example\"]")
+	for i := range 8 {
+		rule(fmt.Sprintf("net-%d", i), "drop", fmt.Sprintf("expr: \"dst net 198.18.%d.0/24 and ip proto %d\"", i, []int{17, 6}[i%2]))
+	}
+	for i := 8; i < 16; i++ {
+		rule(fmt.Sprintf("port-%d", i), "drop", fmt.Sprintf("expr: \"udp dst port %d\"", 1000+i))
+	}
+	for i := range 8 {
+		rule(fmt.Sprintf("v6-%d", i), "drop", fmt.Sprintf("expr: \"ip6 and udp dst port %d\"", 50+i))
+	}
+	rule("c3", "drop", `dns: ["c3.example", "a0.example"]`)
+	obj, ref, gen := buildSets(t, "dnsfirst.yaml", b.String())
+	main, found, ok := strings.Cut(gen.C, "\ndns_found:\n")
+	if !ok {
+		t.Fatal("no dns_found: the tables are not looked up first")
+	}
+	// The ports without 53 and TCP's: not tested after a name.
+	if got, all := strings.Count(found, "= l4_p0_b"), strings.Count(main, "= l4_p0_b"); got == 0 || got >= all {
+		t.Errorf("%d items tested after the tables found a rule, %d else", got, all)
+	}
+	var pkts [][]byte
+	for _, name := range []string{"a0.example", "x.wild.example", "b1.example", "b2.example", "c3.example", "d4.example", "wild.example"} {
+		q := fixture.DNSQuery(name, 1)
+		for _, v6 := range []bool{false, true} {
+			for _, port := range []uint16{53, 54} {
+				pkts = append(pkts, dnsPacket(v6, port, q), dnsPacket(v6, port, q[:len(q)-5]))
+			}
+		}
+		for ttl := byte(61); ttl <= 64; ttl++ {
+			pkt := dnsPacket(false, 53, q)
+			pkt[14+8] = ttl
+			pkts = append(pkts, pkt)
+		}
+		tcp := fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 53)
+		later := dnsPacket(false, 53, q)
+		later[14+7] = 1 // a later fragment
+		pkts = append(pkts, tcp, later)
+	}
+	for port := uint16(1000); port < 1016; port += 3 {
+		pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, port, nil))
+	}
+	oneByOne(t, obj, ref, pkts, 40, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"a0", "ttl-3", "net-0"}})
 }
