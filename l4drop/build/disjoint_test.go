@@ -273,72 +273,141 @@ func TestDNSPaths(t *testing.T) {
 	}
 }
 
-// TestDNSFirst: with groups, the DNS tables are looked up first, and a
-// packet they find a rule for goes through the groups that may match it
-// too. Rules of names, ports with and without 53, TCP, TTLs, nets, IPv6
-// and a monitor rule, in an order where the tables' rule wins some
-// packets and loses others, decide every packet as the same rules
-// without sets do.
+// TestDNSFirst: with groups and no blocks, the DNS tables are looked up
+// first, and a packet they find a rule for goes through the groups that
+// may match it too; with a block, the tables' rule joins best in rule
+// order. Rules of names, ports with and without 53, TCP, TTLs, nets and
+// IPv6, in an order where the tables' rule wins some packets and loses
+// others, decide every packet as the same rules without sets do.
 func TestDNSFirst(t *testing.T) {
 	fixture.RequireRoot(t)
-	var b strings.Builder
-	b.WriteString("rules:\n")
-	rule := func(name, action, body string) {
-		fmt.Fprintf(&b, "  - name: %s\n    action: %s\n    %s\n", name, action, body)
-	}
-	for i := range 8 {
-		rule(fmt.Sprintf("port-%d", i), "drop", fmt.Sprintf("expr: \"udp dst port %d\"", 1000+i))
-	}
-	rule("a0", "drop", `dns: ["a0.example"]`)
-	for i := range 8 {
-		rule(fmt.Sprintf("ttl-%d", i), []string{"pass", "drop"}[i%2], fmt.Sprintf("expr: \"ip[8] = %d and udp dst port %d\"", 63+i%2, 50+i))
-	}
-	rule("wild", "pass", `dns: ["*.wild.example"]`)
-	for i := range 8 {
-		rule(fmt.Sprintf("tcp-%d", i), "drop", fmt.Sprintf("expr: \"tcp dst port %d\"", 50+i))
-	}
-	rule("mon", "monitor", `expr: "udp dst port 53 and ip[8] = 62"`)
-	rule("b1", "drop", "family: ipv4\n    dns: [\"b1.example\"]")
-	rule("b2", "drop", "family: ipv6\n    dns: [\"b2.example\"]")
-	for i := range 8 {
-		rule(fmt.Sprintf("net-%d", i), "drop", fmt.Sprintf("expr: \"dst net 198.18.%d.0/24 and ip proto %d\"", i, []int{17, 6}[i%2]))
-	}
-	for i := 8; i < 16; i++ {
-		rule(fmt.Sprintf("port-%d", i), "drop", fmt.Sprintf("expr: \"udp dst port %d\"", 1000+i))
-	}
-	for i := range 8 {
-		rule(fmt.Sprintf("v6-%d", i), "drop", fmt.Sprintf("expr: \"ip6 and udp dst port %d\"", 50+i))
-	}
-	rule("c3", "drop", `dns: ["c3.example", "a0.example"]`)
-	obj, ref, gen := buildSets(t, "dnsfirst.yaml", b.String())
-	main, found, ok := strings.Cut(gen.C, "\ndns_found:\n")
-	if !ok {
-		t.Fatal("no dns_found: the tables are not looked up first")
-	}
-	// The ports without 53 and TCP's: not tested after a name.
-	if got, all := strings.Count(found, "= l4_p0_b"), strings.Count(main, "= l4_p0_b"); got == 0 || got >= all {
-		t.Errorf("%d items tested after the tables found a rule, %d else", got, all)
-	}
-	var pkts [][]byte
-	for _, name := range []string{"a0.example", "x.wild.example", "b1.example", "b2.example", "c3.example", "d4.example", "wild.example"} {
-		q := fixture.DNSQuery(name, 1)
-		for _, v6 := range []bool{false, true} {
-			for _, port := range []uint16{53, 54} {
-				pkts = append(pkts, dnsPacket(v6, port, q), dnsPacket(v6, port, q[:len(q)-5]))
+	for _, tt := range []struct {
+		name    string
+		monitor bool // a monitor rule: a block
+	}{{"groups", false}, {"groups and a block", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			var b strings.Builder
+			b.WriteString("rules:\n")
+			rule := func(name, action, body string) {
+				fmt.Fprintf(&b, "  - name: %s\n    action: %s\n    %s\n", name, action, body)
 			}
-		}
-		for ttl := byte(61); ttl <= 64; ttl++ {
-			pkt := dnsPacket(false, 53, q)
-			pkt[14+8] = ttl
-			pkts = append(pkts, pkt)
-		}
-		tcp := fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 53)
-		later := dnsPacket(false, 53, q)
-		later[14+7] = 1 // a later fragment
-		pkts = append(pkts, tcp, later)
+			for i := range 8 {
+				rule(fmt.Sprintf("port-%d", i), "drop", fmt.Sprintf("expr: \"udp dst port %d\"", 1000+i))
+			}
+			rule("a0", "drop", `dns: ["a0.example"]`)
+			for i := range 8 {
+				rule(fmt.Sprintf("ttl-%d", i), []string{"pass", "drop"}[i%2], fmt.Sprintf("expr: \"ip[8] = %d and udp dst port %d\"", 63+i%2, 50+i))
+			}
+			rule("wild", "pass", `dns: ["*.wild.example"]`)
+			for i := range 8 {
+				rule(fmt.Sprintf("tcp-%d", i), "drop", fmt.Sprintf("expr: \"tcp dst port %d\"", 50+i))
+			}
+			if tt.monitor {
+				rule("mon", "monitor", `expr: "udp dst port 53 and ip[8] = 62"`)
+			}
+			rule("b1", "drop", "family: ipv4\n    dns: [\"b1.example\"]")
+			rule("b2", "drop", "family: ipv6\n    dns: [\"b2.example\"]")
+			for i := range 8 {
+				rule(fmt.Sprintf("net-%d", i), "drop", fmt.Sprintf("expr: \"dst net 198.18.%d.0/24 and ip proto %d\"", i, []int{17, 6}[i%2]))
+			}
+			for i := 8; i < 16; i++ {
+				rule(fmt.Sprintf("port-%d", i), "drop", fmt.Sprintf("expr: \"udp dst port %d\"", 1000+i))
+			}
+			for i := range 8 {
+				rule(fmt.Sprintf("v6-%d", i), "drop", fmt.Sprintf("expr: \"ip6 and udp dst port %d\"", 50+i))
+			}
+			rule("c3", "drop", `dns: ["c3.example", "a0.example"]`)
+			obj, ref, gen := buildSets(t, "dnsfirst.yaml", b.String())
+			main, found, ok := strings.Cut(gen.C, "\ndns_found:\n")
+			switch {
+			case ok == tt.monitor:
+				t.Fatalf("dns_found in the C: %v, want %v", ok, !tt.monitor)
+			case ok:
+				// The ports without 53 and TCP's: not tested after a name.
+				if got, all := strings.Count(found, "= l4_p0_b"), strings.Count(main, "= l4_p0_b"); got == 0 || got >= all {
+					t.Errorf("%d items tested after the tables found a rule, %d else", got, all)
+				}
+			}
+			var pkts [][]byte
+			for _, name := range []string{"a0.example", "x.wild.example", "b1.example", "b2.example", "c3.example", "d4.example", "wild.example"} {
+				q := fixture.DNSQuery(name, 1)
+				for _, v6 := range []bool{false, true} {
+					for _, port := range []uint16{53, 54} {
+						pkts = append(pkts, dnsPacket(v6, port, q), dnsPacket(v6, port, q[:len(q)-5]))
+					}
+				}
+				for ttl := byte(61); ttl <= 64; ttl++ {
+					pkt := dnsPacket(false, 53, q)
+					pkt[14+8] = ttl
+					pkts = append(pkts, pkt)
+				}
+				tcp := fixture.TCP4SYN(fixture.ClientIPv4, fixture.ServerIPv4, 40000, 53)
+				later := dnsPacket(false, 53, q)
+				later[14+7] = 1 // a later fragment
+				pkts = append(pkts, tcp, later)
+			}
+			for port := uint16(1000); port < 1016; port += 3 {
+				pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, port, nil))
+			}
+			oneByOne(t, obj, ref, pkts, 40, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"a0", "ttl-3", "net-0"}})
+		})
 	}
-	for port := uint16(1000); port < 1016; port += 3 {
-		pkts = append(pkts, fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, port, nil))
+}
+
+// TestDNSFirstPrograms: the name tables hold every program's names, and a
+// program takes only its own rules from them. Rules of ports, TTLs on
+// port 53 and names split over programs, with and without a block:
+// a packet of a TTL rule in the second program and a name in the third is
+// the TTL rule's (the first program once took the name's, a later rule).
+func TestDNSFirstPrograms(t *testing.T) {
+	fixture.RequireRoot(t)
+	for _, monitor := range []bool{false, true} {
+		t.Run(fmt.Sprintf("monitor %v", monitor), func(t *testing.T) {
+			var b strings.Builder
+			b.WriteString("rules:\n")
+			for i := range 40 {
+				fmt.Fprintf(&b, "  - name: p%d\n    expr: \"udp dst port %d\"\n", i, 1000+i)
+			}
+			budget := 30
+			if monitor {
+				// A block where the first names are: their rule
+				// joins best in rule order there.
+				b.WriteString("  - name: mon\n    action: monitor\n    expr: \"udp dst port 53 and ip[8] = 99\"\n")
+				budget = 80
+			}
+			b.WriteString("  - name: early\n    dns: [\"early.example\"]\n")
+			for i := range 40 {
+				fmt.Fprintf(&b, "  - name: t%d\n    action: %s\n    expr: \"ip[8] = %d and udp dst port 53\"\n", i, []string{"drop", "pass"}[i%2], 100+i)
+			}
+			for i := range 40 {
+				fmt.Fprintf(&b, "  - name: q%d\n    expr: \"udp dst port %d\"\n", i, 2000+i)
+			}
+			b.WriteString("  - name: late\n    dns: [\"late.example\", \"early.example\"]\n")
+			rs, err := ParseRuleSet("programs.yaml", []byte(b.String()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			obj, gen, err := Build(rs, BuildOptions{MaxProgramInsns: budget})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(gen.Meta.Programs) < 2 || strings.Count(gen.C, "dns_rule = ") < 2 {
+				t.Fatalf("%d programs, %d looking names up; want names in two programs or more", len(gen.Meta.Programs), strings.Count(gen.C, "dns_rule = "))
+			}
+			ref, _, err := Build(rs, BuildOptions{NoSets: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pkts [][]byte
+			for _, name := range []string{"late.example", "early.example", "other.example"} {
+				q := fixture.DNSQuery(name, 1)
+				for ttl := byte(98); ttl < 145; ttl += 3 {
+					pkt := dnsPacket(false, 53, q)
+					pkt[14+8] = ttl
+					pkts = append(pkts, pkt)
+				}
+			}
+			oneByOne(t, obj, ref, pkts, 30, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"early", "t3"}})
+		})
 	}
-	oneByOne(t, obj, ref, pkts, 40, l4drop.LoadOptions{}, l4drop.LoadOptions{Disable: []string{"a0", "ttl-3", "net-0"}})
 }

@@ -373,6 +373,7 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 	for i, cr := range rules {
 		if !cr.hashed && !cr.rule.Action.final() {
 			cr.jumps += monitorJumps
+			cr.insns += monitorInsns
 		}
 		newSet := cr.set != "" && lastSet != cr.set
 		newBlock := !cr.hashed && cr.set == "" && (!lastPlain || blockUsed+cr.insns > blockInsns)
@@ -448,6 +449,14 @@ func layout(rs *RuleSet, rules []compiledRule, budget int) ([][]int, error) {
 // through every later rule, each leaving branches to walk (1,700 monitor
 // rules in one program were over the 8,192 it allows).
 const monitorJumps = 8
+
+// monitorInsns is what a monitor rule adds to the verifier's walk, in the
+// budget's cBPF instructions: its call, and the paths of its test going on
+// past it, each walking the rules after it. 66 monitor rules of a port and
+// a length in one block were 174,000 instructions processed, 2,600 each,
+// where the budget (12,000 instructions for the verifier's 1,000,000) had
+// counted 20.
+const monitorInsns = 32
 
 // maxSubprogs bounds the functions of one program (blocks, sets, shared
 // functions) below the kernel's 256; fixedSubprogs are those every program
@@ -765,8 +774,47 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		if disjointOrder != nil {
 			items = nil // all tested above, in their order
 		}
-		// writeItems writes the tests of items order, in that order:
-		// sawGroup when best may hold a match before the first.
+		// The tables hold the names of every program's rules; this
+		// program takes its own only, up to dnsHi: a later program's rule
+		// is not the first, its rules before it judge first. An earlier
+		// program's is never found here: that program took it.
+		dnsHi := -1
+		for _, it := range items {
+			if it.hashed {
+				dnsHi = it.rules[len(it.rules)-1]
+			}
+		}
+		// With groups and no blocks, the DNS tables are looked up first.
+		// A packet they find a rule for goes on through the groups that
+		// may match it too and no others (dnsDisjoint: a group of ports
+		// without 53, or of TCP): a name of the last of 10,000 mixed
+		// rules, 18.2 -> 10.5 ns a packet. Other packets go through the
+		// groups in rule order. Blocks are left in rule order: the
+		// verifier would walk them on both ways.
+		dnsFirst := useBest && dnsHi >= 0 && !slices.ContainsFunc(items, func(it item) bool { return !it.hashed && it.set == "" })
+		var rest, may []int
+		for b, it := range items {
+			if !dnsFirst || !it.hashed {
+				rest = append(rest, b)
+			}
+		}
+		if dnsFirst {
+			fams := dnsFamilies(rules, idx)
+			for _, b := range rest {
+				if !dnsDisjoint(rules, items[b].rules, fams) {
+					may = append(may, b)
+				}
+			}
+			w.printf("\t__u32 dns_rule = %s;\n\tif (dns_rule <= %du)\n\t\tgoto dns_found;\n", dnsLookup, dnsHi)
+			dnsDone = true
+		}
+		// testsAfter reports whether an item of order after its k-th
+		// tests best: all but the DNS items after the tables' lookup.
+		testsAfter := func(order []int, k int) bool {
+			return slices.ContainsFunc(order[k+1:], func(l int) bool { return !items[l].hashed || !dnsDone })
+		}
+		// writeItems writes the tests of the items of order, in that
+		// order; sawGroup when best may hold a match before the first.
 		writeItems := func(order []int, sawGroup bool) {
 			for k, b := range order {
 				it := items[b]
@@ -778,7 +826,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				switch {
 				case it.group && useBest:
 					w.printf("\tr = l4_p%d_b%d(ctx, ip, end, fam);\n\tif (r < best)\n\t\tbest = r;\n", p, b)
-					if k+1 < len(order) {
+					if testsAfter(order, k) {
 						// Hidden from the verifier, so that the paths
 						// through the group go on equal.
 						w.printf("\tbest ^= pad;\n")
@@ -790,6 +838,23 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 						limit = fmt.Sprintf(", best >> %d", resultShift)
 					}
 					w.printf("\tr = l4_p%d_b%d(ctx, ip, end, fam%s);\n\tif (r != L4_NONE) {\n%s\t}\n", p, b, limit, found)
+				case useBest:
+					if dnsDone {
+						continue
+					}
+					// The tables' rule joins best as a group's would,
+					// once: the tests of best before the items after
+					// it keep the first match first. A test of
+					// dns_rule at each item of DNS rules instead cost
+					// a packet 0.5 ns an item.
+					w.printf("\t__u32 dns_rule = %s;\n", dnsLookup)
+					dnsDone = true
+					w.printf("\tif (dns_rule <= %du) {\n\t\tr = dns_rule << %d | %s;\n\t\tif (r < best)\n\t\t\tbest = r;\n\t}\n",
+						dnsHi, resultShift, hashedCode(rules))
+					if testsAfter(order, k) {
+						w.printf("\tbest ^= pad;\n")
+					}
+					sawGroup = true
 				default:
 					if !dnsDone {
 						w.printf("\t__u32 dns_rule = %s;\n", dnsLookup)
@@ -808,33 +873,6 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 					w.printf("\t\tr = dns_rule << %d | %d;\n%s\t}\n", resultShift, rules[lo].rule.Action.code(), found)
 				}
 			}
-		}
-		// With groups (best), the DNS tables are looked up first, once.
-		// A packet they find a rule for goes on through the items that
-		// may match it too and no others (dnsDisjoint: a group of ports
-		// without 53, or of TCP): a name of the last of 10,000 mixed
-		// rules, 18.2 -> 10.5 ns a packet. Other packets go through the
-		// other items in rule order. Without groups, each run of DNS
-		// rules tests the tables' rule where it is in rule order.
-		var rest, may []int
-		dnsFirst := false
-		for b, it := range items {
-			switch {
-			case !it.hashed || !useBest:
-				rest = append(rest, b)
-			default:
-				dnsFirst = true
-			}
-		}
-		if dnsFirst {
-			fams := dnsFamilies(rules, idx)
-			for _, b := range rest {
-				if !dnsDisjoint(rules, items[b].rules, fams) {
-					may = append(may, b)
-				}
-			}
-			w.printf("\t__u32 dns_rule = %s;\n\tif (dns_rule < L4_NRULES)\n\t\tgoto dns_found;\n", dnsLookup)
-			dnsDone = true
 		}
 		writeItems(rest, false)
 		if useBest {
@@ -1364,7 +1402,7 @@ static __always_inline void l4_count_sample(struct xdp_md *ctx, __u64 len, __u32
 
 /* l4_monitor counts and samples a match of a monitor rule (or auto rule),
  * which lets the next rules judge the packet. */
-static __attribute__((noinline)) int l4_monitor(struct xdp_md *ctx, __u32 rule)
+__attribute__((noinline)) int l4_monitor(struct xdp_md *ctx, __u32 rule)
 {
 	l4_action_count(L4_COUNT_MONITORED);
 	l4_count_sample(ctx, ctx->data_end - ctx->data, rule, XDP_PASS);
