@@ -149,7 +149,14 @@ var propShapes = []func(r *rand.Rand) (string, [][]byte){
 	},
 }
 
-func propPort(r *rand.Rand) uint16 { return uint16(1000 + r.IntN(64)) }
+// propPort is mostly one of 64 ports, and sometimes 53, DNS's: a rule of
+// it may match the names' packets too.
+func propPort(r *rand.Rand) uint16 {
+	if r.IntN(16) == 0 {
+		return 53
+	}
+	return uint16(1000 + r.IntN(64))
+}
 
 func propAddr4(r *rand.Rand) string {
 	return fmt.Sprintf("198.18.%d.%d", r.IntN(3), 1+r.IntN(4))
