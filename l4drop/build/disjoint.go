@@ -179,26 +179,9 @@ func conflict(a, b []eqTest) bool {
 func disjointGroups(rules []compiledRule, groups [][]int) []int {
 	tests := make([][][]eqTest, len(groups))
 	for g, idx := range groups {
-		seen := map[string]bool{} // paths: a shape's rules mostly share them
-		for _, i := range idx {
-			cr := &rules[i]
-			if !cr.merged || len(cr.matchers) != 1 {
-				return nil
-			}
-			m := cr.matchers[0]
-			if m.shape == nil || m.values != nil || m.masks != nil {
-				return nil
-			}
-			paths, ok := matchTests(m.prog, m.shape.isParam)
-			if !ok {
-				return nil
-			}
-			for _, p := range paths {
-				if key := fmt.Sprint(p); !seen[key] {
-					seen[key] = true
-					tests[g] = append(tests[g], p)
-				}
-			}
+		var ok bool
+		if tests[g], ok = rulePaths(rules, idx, true); !ok {
+			return nil
 		}
 	}
 	for g := range tests {
@@ -274,7 +257,7 @@ func dnsFamilies(rules []compiledRule, idx []int) []int {
 // families fams for matches a rule of idx: each rule's paths, its own
 // constants tests too, conflict with the tables' (dnsPaths).
 func dnsDisjoint(rules []compiledRule, idx []int, fams []int) bool {
-	paths, ok := rulePaths(rules, idx)
+	paths, ok := rulePaths(rules, idx, false)
 	if !ok {
 		return false
 	}
@@ -282,23 +265,29 @@ func dnsDisjoint(rules []compiledRule, idx []int, fams []int) bool {
 	return disjoint(project(dns, paths), project(paths, dns))
 }
 
-// rulePaths returns the paths to a match of the rules of idx, each
-// rule's own constants tests of them, without repeats; ok is false where
-// a rule is not one the analysis follows: a DNS table's, one of more than
-// one matcher or of a folded one (a set of values, not the program's
-// constant), one matchTests cannot follow.
-func rulePaths(rules []compiledRule, idx []int) (paths [][]eqTest, ok bool) {
+// rulePaths returns the paths to a match of the rules of idx, without
+// repeats: with each rule's own constants tests of them, or, shapes, with
+// the jumps of a shape's parameters taken both ways (a merged group's
+// rules then share their paths). ok is false where a rule is not one the
+// analysis follows: a DNS table's, one of more than one matcher or of a
+// folded one (a set of values, not the program's constant), with shapes
+// one not of a merged group, one matchTests cannot follow.
+func rulePaths(rules []compiledRule, idx []int, shapes bool) (paths [][]eqTest, ok bool) {
 	seen := map[string]bool{}
 	for _, i := range idx {
 		cr := &rules[i]
-		if cr.hashed || len(cr.matchers) != 1 {
+		if cr.hashed || len(cr.matchers) != 1 || shapes && !cr.merged {
 			return nil, false
 		}
 		m := cr.matchers[0]
-		if m.values != nil || m.masks != nil {
+		if m.values != nil || m.masks != nil || shapes && m.shape == nil {
 			return nil, false
 		}
-		ps, ok := matchTests(m.prog, nil)
+		var isParam []bool
+		if shapes {
+			isParam = m.shape.isParam
+		}
+		ps, ok := matchTests(m.prog, isParam)
 		if !ok {
 			return nil, false
 		}
