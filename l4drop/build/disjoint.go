@@ -207,61 +207,53 @@ func disjointGroups(rules []compiledRule, groups [][]int) []int {
 // not tested.
 
 // dnsPaths are those checks as the paths to a match of the tables' rules
-// of families fams (4, 6), in the places a shape's cBPF names them:
-// version in the high nibble of byte 0, protocol at 9 (IPv4) or next
-// header at 6 (IPv6), the port 2 bytes into the UDP header, after the
-// IPv4 header's length (ldx msh) or at 40 + 2.
-func dnsPaths(fams []int) [][]eqTest {
-	var paths [][]eqTest
-	for _, fam := range fams {
-		switch fam {
-		case 4:
-			paths = append(paths, []eqTest{
-				{loc: loadLoc{off: 0, size: 1}, mask: 0xf0, val: 0x40},
-				{loc: loadLoc{off: 9, size: 1}, mask: 0xff, val: 17},
-				{loc: loadLoc{ind: true, msh: 0, off: 2, size: 2}, mask: 0xffff, val: 53},
-			})
-		case 6:
-			paths = append(paths, []eqTest{
-				{loc: loadLoc{off: 0, size: 1}, mask: 0xf0, val: 0x60},
-				{loc: loadLoc{off: 6, size: 1}, mask: 0xff, val: 17},
-				{loc: loadLoc{off: 42, size: 2}, mask: 0xffff, val: 53},
-			})
-		}
-	}
-	return paths
-}
-
-// dnsFamilies returns the families (4, 6) of the rules of idx the DNS
-// tables hold.
-func dnsFamilies(rules []compiledRule, idx []int) []int {
+// of idx, one a family of theirs (familyDNSPath).
+func dnsPaths(rules []compiledRule, idx []int) [][]eqTest {
 	var v4, v6 bool
 	for _, i := range idx {
-		if cr := rules[i]; cr.hashed {
-			n := famNumber(cr.rule.Family)
+		if rules[i].hashed {
+			n := famNumber(rules[i].rule.Family)
 			v4 = v4 || n != 6
 			v6 = v6 || n != 4
 		}
 	}
-	var fams []int
+	var paths [][]eqTest
 	if v4 {
-		fams = append(fams, 4)
+		paths = append(paths, familyDNSPath(4))
 	}
 	if v6 {
-		fams = append(fams, 6)
+		paths = append(paths, familyDNSPath(6))
 	}
-	return fams
+	return paths
 }
 
-// dnsDisjoint reports whether no packet the DNS tables find a rule of
-// families fams for matches a rule of idx: each rule's paths, its own
-// constants tests too, conflict with the tables' (dnsPaths).
-func dnsDisjoint(rules []compiledRule, idx []int, fams []int) bool {
+// familyDNSPath is the tables' checks for family fam (4, 6) in the places
+// a shape's cBPF names them: version in the high nibble of byte 0,
+// protocol at 9 (IPv4) or next header at 6 (IPv6), the port 2 bytes into
+// the UDP header, after the IPv4 header's length (ldx msh) or at 40 + 2.
+func familyDNSPath(fam int) []eqTest {
+	if fam == 4 {
+		return []eqTest{
+			{loc: loadLoc{off: 0, size: 1}, mask: 0xf0, val: 0x40},
+			{loc: loadLoc{off: 9, size: 1}, mask: 0xff, val: 17},
+			{loc: loadLoc{ind: true, msh: 0, off: 2, size: 2}, mask: 0xffff, val: 53},
+		}
+	}
+	return []eqTest{
+		{loc: loadLoc{off: 0, size: 1}, mask: 0xf0, val: 0x60},
+		{loc: loadLoc{off: 6, size: 1}, mask: 0xff, val: 17},
+		{loc: loadLoc{off: 42, size: 2}, mask: 0xffff, val: 53},
+	}
+}
+
+// dnsDisjoint reports whether no packet the DNS tables find a rule for
+// (dns, dnsPaths) matches a rule of idx: each rule's paths, its own
+// constants tests too, conflict with the tables'.
+func dnsDisjoint(rules []compiledRule, idx []int, dns [][]eqTest) bool {
 	paths, ok := rulePaths(rules, idx, false)
 	if !ok {
 		return false
 	}
-	dns := dnsPaths(fams)
 	return disjoint(project(dns, paths), project(paths, dns))
 }
 
@@ -273,7 +265,6 @@ func dnsDisjoint(rules []compiledRule, idx []int, fams []int) bool {
 // folded one (a set of values, not the program's constant), with shapes
 // one not of a merged group, one matchTests cannot follow.
 func rulePaths(rules []compiledRule, idx []int, shapes bool) (paths [][]eqTest, ok bool) {
-	seen := map[string]bool{}
 	for _, i := range idx {
 		cr := &rules[i]
 		if cr.hashed || len(cr.matchers) != 1 || shapes && !cr.merged {
@@ -291,14 +282,9 @@ func rulePaths(rules []compiledRule, idx []int, shapes bool) (paths [][]eqTest, 
 		if !ok {
 			return nil, false
 		}
-		for _, p := range ps {
-			if key := fmt.Sprint(p); !seen[key] {
-				seen[key] = true
-				paths = append(paths, p)
-			}
-		}
+		paths = append(paths, ps...)
 	}
-	return paths, true
+	return unique(paths), true
 }
 
 // project returns the paths of p with only the tests of places some path
@@ -311,18 +297,25 @@ func project(p, q [][]eqTest) [][]eqTest {
 			locs[t.loc] = true
 		}
 	}
-	var out [][]eqTest
-	seen := map[string]bool{}
-	for _, path := range p {
-		var cut []eqTest
+	out := make([][]eqTest, len(p))
+	for i, path := range p {
 		for _, t := range path {
 			if locs[t.loc] {
-				cut = append(cut, t)
+				out[i] = append(out[i], t)
 			}
 		}
-		if key := fmt.Sprint(cut); !seen[key] {
+	}
+	return unique(out)
+}
+
+// unique returns paths without repeats, in order.
+func unique(paths [][]eqTest) [][]eqTest {
+	var out [][]eqTest
+	seen := map[string]bool{}
+	for _, p := range paths {
+		if key := fmt.Sprint(p); !seen[key] {
 			seen[key] = true
-			out = append(out, cut)
+			out = append(out, p)
 		}
 	}
 	return out

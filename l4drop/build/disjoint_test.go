@@ -244,14 +244,17 @@ func TestDisjointGroups(t *testing.T) {
 // l4_dns_name checks besides (the family's program runs on IPv4 packets).
 func TestDNSPaths(t *testing.T) {
 	version4 := eqTest{loc: loadLoc{off: 0, size: 1}, mask: 0xf0, val: 0x40}
+	if got := dnsPaths([]compiledRule{{hashed: true, rule: &Rule{Family: FamilyAny}}}, []int{0}); len(got) != 2 {
+		t.Fatalf("a rule of both families: %d paths, want 2", len(got))
+	}
 	for _, v6 := range []bool{false, true} {
-		fam := 4
+		fam := FamilyIPv4
 		if v6 {
-			fam = 6
+			fam = FamilyIPv6
 		}
-		want := dnsPaths([]int{fam})
+		want := dnsPaths([]compiledRule{{hashed: true, rule: &Rule{Family: fam}}}, []int{0})
 		if len(want) != 1 {
-			t.Fatalf("family %d: %d paths", fam, len(want))
+			t.Fatalf("family %s: %d paths", fam, len(want))
 		}
 		for _, name := range []string{"host1.example", "*.example.com", "a.b", "*.x"} {
 			p, err := bpfgen.Generate(bpfgen.Options{IPv6: v6}, "dns", []string{name})
@@ -383,20 +386,9 @@ func TestDNSFirstPrograms(t *testing.T) {
 				fmt.Fprintf(&b, "  - name: q%d\n    expr: \"udp dst port %d\"\n", i, 2000+i)
 			}
 			b.WriteString("  - name: late\n    dns: [\"late.example\", \"early.example\"]\n")
-			rs, err := ParseRuleSet("programs.yaml", []byte(b.String()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			obj, gen, err := Build(rs, BuildOptions{MaxProgramInsns: budget})
-			if err != nil {
-				t.Fatal(err)
-			}
+			obj, ref, gen := buildSetsWith(t, "programs.yaml", b.String(), BuildOptions{MaxProgramInsns: budget})
 			if len(gen.Meta.Programs) < 2 || strings.Count(gen.C, "dns_rule = ") < 2 {
 				t.Fatalf("%d programs, %d looking names up; want names in two programs or more", len(gen.Meta.Programs), strings.Count(gen.C, "dns_rule = "))
-			}
-			ref, _, err := Build(rs, BuildOptions{NoSets: true})
-			if err != nil {
-				t.Fatal(err)
 			}
 			var pkts [][]byte
 			for _, name := range []string{"late.example", "early.example", "other.example"} {

@@ -923,7 +923,7 @@ struct l4s3_bucket {
 
 /* l4s3_find returns the rule bucket bk, the key's, gives for k[0] to k[2],
  * or L4_NRULES. */
-` + slotFindC("l4s3_find", "l4s3_bucket", "const struct l4_kv *k", "L4_HASH_SLOTS", "bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v && bk->s[s].key[2] == k[2].v") + ``
+` + slotFindC("l4s3_find", "l4s3_bucket", "const struct l4_kv *k", "L4_HASH_SLOTS", "bk->s[s].key[0] == k[0].v && bk->s[s].key[1] == k[1].v && bk->s[s].key[2] == k[2].v")
 
 // slotFindC is the C of fn(bk, params): the rule of the first slot of
 // struct bucket *bk (of slots slots) whose test cond, on bk->s[s], holds,

@@ -125,11 +125,17 @@ func sameVerdicts(t *testing.T, what string, d, ref *l4drop.DryRun, pkts [][]byt
 // one by one), for comparing the two.
 func buildSets(t *testing.T, name, text string) (obj, ref []byte, gen *Generated) {
 	t.Helper()
+	return buildSetsWith(t, name, text, BuildOptions{})
+}
+
+// buildSetsWith is buildSets, obj built with opts.
+func buildSetsWith(t *testing.T, name, text string, opts BuildOptions) (obj, ref []byte, gen *Generated) {
+	t.Helper()
 	rs, err := ParseRuleSet(name, []byte(text))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if obj, gen, err = Build(rs, BuildOptions{}); err != nil {
+	if obj, gen, err = Build(rs, opts); err != nil {
 		t.Fatal(err)
 	}
 	if ref, _, err = Build(rs, BuildOptions{NoSets: true}); err != nil {
