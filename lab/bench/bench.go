@@ -139,6 +139,7 @@ const (
 	KindL4Drop          // L4Drop's DNS-rule series (Rules set)
 	KindL4DropPort      // L4Drop with xdp-filter's port rule
 	KindXDPFilter
+	KindFloor // floorC's port rule, a reference (Floor)
 	KindIPTables
 	KindNoFilter
 	KindCeiling // computed by Ceiling, not measured

@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/l4drop/l4drop/internal/clang"
+	"github.com/l4drop/l4drop/lab"
 )
 
 // PacketFloor is the shape name of the per-packet section's reference
@@ -21,6 +22,7 @@ const PacketFloor = "floor"
 // sampling test (a threshold in a global, 0: off). No VLAN tags, no
 // IPv6, no judging of malformed headers as libpcap does, no hook, no
 // other rule: a floor under L4Drop's one-rule rows, which do all of that.
+// FLOOR_PORT is the rule's port (floorSource).
 const floorC = `
 #include <linux/bpf.h>
 
@@ -58,7 +60,7 @@ int floor_port(struct xdp_md *ctx)
 	if (ip + 20 <= end && *(const u16 *)(data + 12) == __builtin_bswap16(0x0800) && ip[9] == 17 &&
 	    !((ip[6] << 8 | ip[7]) & 0x1fff)) {
 		const u8 *udp = ip + (ip[0] & 15) * 4;
-		if (udp + 4 <= end && (udp[2] << 8 | udp[3]) == 1000)
+		if (udp + 4 <= end && (udp[2] << 8 | udp[3]) == FLOOR_PORT)
 			rule = 0;
 	}
 	struct counter *c = bpf_map_lookup_elem(&counters, &rule);
@@ -75,8 +77,17 @@ int floor_port(struct xdp_md *ctx)
 char LICENSE[] SEC("license") = "GPL";
 `
 
+// floorPort is the port of the per-packet section's floor: the port rows'
+// matching packet's.
+const floorPort = 1000
+
+// floorSource is floorC with its rule's port.
+func floorSource(port int) string {
+	return fmt.Sprintf("#define FLOOR_PORT %d\n", port) + floorC
+}
+
 // floorCase is the reference row's case: the port rows' packets (the
-// matching one to UDP port 1000, as floorC's rule).
+// matching one to UDP port floorPort, as the floor's rule).
 func floorCase() (PacketCase, error) {
 	c, err := NewPacketCase("port", 1)
 	if err != nil {
@@ -86,9 +97,9 @@ func floorCase() (PacketCase, error) {
 	return c, nil
 }
 
-// newFloor builds and loads floorC.
-func newFloor(ctx context.Context) (*ebpf.Collection, error) {
-	obj, err := clang.Compile(ctx, floorC, "-mcpu=v3")
+// newFloor builds and loads floorC with its rule for UDP port port.
+func newFloor(ctx context.Context, port int) (*ebpf.Collection, error) {
+	obj, err := clang.Compile(ctx, floorSource(port), "-mcpu=v3")
 	if err != nil {
 		return nil, fmt.Errorf("floor: %w", err)
 	}
@@ -101,4 +112,23 @@ func newFloor(ctx context.Context) (*ebpf.Collection, error) {
 		return nil, fmt.Errorf("floor: %w", err)
 	}
 	return coll, nil
+}
+
+// Floor is the drop-rate row of floorC with its rule for UDP port port
+// (the flood's 53): what a filter that counts per rule costs at the least,
+// measured in the same rounds as L4Drop's port rule, the same rule.
+func Floor(port int) Filter {
+	return Filter{Name: fmt.Sprintf("for reference, not L4Drop: udp dst port %d by hand (floorC)", port), Kind: KindFloor,
+		Setup: func(l *lab.Lab) (func(), error) {
+			coll, err := newFloor(context.Background(), port)
+			if err != nil {
+				return nil, err
+			}
+			lk, err := l.AttachServer(coll.Programs["floor_port"])
+			if err != nil {
+				coll.Close()
+				return nil, fmt.Errorf("floor: %w", err)
+			}
+			return func() { lk.Close(); coll.Close() }, nil
+		}}
 }

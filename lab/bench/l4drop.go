@@ -78,6 +78,9 @@ func (t Tools) Build(ctx context.Context, dir string, n int) (string, time.Durat
 	return t.BuildRules(ctx, dir, fmt.Sprintf("rules-%d", n), t.RuleSet(n))
 }
 
+// PortRulePort is the port of PortRule, the flood's destination port.
+const PortRulePort = 53
+
 // PortRule is xdp-filter's port rule (`xdp-filter port 53 -p udp -m dst`)
 // as an L4Drop rule: a tcpdump expression.
 const PortRule = "udp dst port 53"

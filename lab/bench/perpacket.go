@@ -451,7 +451,7 @@ func (t Tools) MeasurePerPacket(ctx context.Context, dir string, cases []PacketC
 		return nil, err
 	}
 	cases = append(slices.Clip(cases), fc)
-	if coll, err := newFloor(ctx); err != nil {
+	if coll, err := newFloor(ctx, floorPort); err != nil {
 		logf("per packet: %v", err)
 		failed[len(cases)-1] = err
 	} else {

@@ -178,12 +178,12 @@ func Run(ctx context.Context, o RunOptions, logf func(format string, args ...any
 		logf("build port rule: %v", portErr)
 		port.Setup = func(*lab.Lab) (func(), error) { return nil, portErr }
 	}
-	filters := []Filter{DropAll(), port}
+	filters := []Filter{DropAll(), port, Floor(PortRulePort)}
 	// The mixed pass: the ends of L4Drop's series, iptables, and the two
 	// rows the ceiling is computed from.
 	mixed := []Filter{DropAll()}
 	if Have("xdp-filter") {
-		filters = append(filters, XDPFilter(53, "udp"))
+		filters = append(filters, XDPFilter(PortRulePort, "udp"))
 	} else {
 		rep.Notes = append(rep.Notes, "xdp-filter (xdp-tools) not installed: its row is missing.")
 	}
