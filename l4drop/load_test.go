@@ -3,6 +3,7 @@ package l4drop_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,7 +90,7 @@ func TestLoadFailsCleanly(t *testing.T) {
 	defer l4drop.Unload(dir)
 	pins := pinNames(t, dir)
 
-	oldVersion := bytes.Replace(other, []byte(`{"version":1,`), []byte(`{"version":0,`), 1)
+	oldVersion := bytes.Replace(other, fmt.Appendf(nil, `{"version":%d,`, l4drop.MetaVersion), []byte(`{"version":0,`), 1)
 	if bytes.Equal(oldVersion, other) {
 		t.Fatal("metadata version not found in the ELF")
 	}

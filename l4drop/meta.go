@@ -14,7 +14,7 @@ import (
 
 // MetaVersion is the version of the metadata format; the loader refuses
 // objects built with another.
-const MetaVersion = 1
+const MetaVersion = 2
 
 // Names of the objects in a built ELF. The loader and the commands find
 // them by these names.

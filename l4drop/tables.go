@@ -45,9 +45,92 @@ type DNSKey struct {
 	Wild bool `json:"wild,omitempty"`
 }
 
-// fillDNS fills the DNS name maps with the names of the enabled rules.
+// dnsKind is one kind of name table: case-insensitive or not, whole names
+// or "*.rest" rests. Short and long maps of a kind share it.
+type dnsKind struct{ ci, wild bool }
+
+// dnsRules is the first enabled rule a name has, per family (none: no
+// rule).
+type dnsRules struct{ rule4, rule6 uint32 }
+
+// firstOf lowers r to the rules of o where those come first.
+func (r *dnsRules) firstOf(o dnsRules) {
+	r.rule4 = min(r.rule4, o.rule4)
+	r.rule6 = min(r.rule6, o.rule6)
+}
+
+// dnsFirsts returns, per kind, each name's first enabled rules (keyed by
+// the name as Meta has it, hex), and the names of each kind in the order
+// they first appear.
+func dnsFirsts(m *Meta, on []bool, none uint32) (map[dnsKind]map[string]*dnsRules, map[dnsKind][]string) {
+	firsts := map[dnsKind]map[string]*dnsRules{}
+	order := map[dnsKind][]string{}
+	for _, k := range m.DNS {
+		kind := dnsKind{k.CI, k.Wild}
+		if firsts[kind] == nil {
+			firsts[kind] = map[string]*dnsRules{}
+		}
+		v := firsts[kind][k.Name]
+		if v == nil {
+			v = &dnsRules{none, none}
+			firsts[kind][k.Name] = v
+			order[kind] = append(order[kind], k.Name)
+		}
+		if k.Rule < 0 || k.Rule >= len(on) || !on[k.Rule] {
+			continue
+		}
+		// Entries are in rule order: the first enabled rule wins.
+		if (k.Family == 0 || k.Family == 4) && v.rule4 == none {
+			v.rule4 = uint32(k.Rule)
+		}
+		if (k.Family == 0 || k.Family == 6) && v.rule6 == none {
+			v.rule6 = uint32(k.Rule)
+		}
+	}
+	return firsts, order
+}
+
+// withOthers returns the rules an exact, case-sensitive name (wire
+// format) has in all the tables: the first of its own, of its lower-cased
+// self, of its rest after the first label, and of that lower-cased. A
+// packet whose name is that name matches exactly these, so the program,
+// having found it there, looks no further (l4_dns): a wildcard rule before
+// the name's own still wins. The lookups are the program's: lower-casing
+// is ASCII's (l4_lower), the rest starts after the first label's length
+// byte and label.
+func withOthers(firsts map[dnsKind]map[string]*dnsRules, wire []byte, own dnsRules) dnsRules {
+	add := func(kind dnsKind, name []byte) {
+		if v := firsts[kind][hex.EncodeToString(name)]; v != nil {
+			own.firstOf(*v)
+		}
+	}
+	add(dnsKind{ci: true}, asciiLower(wire))
+	if n := int(wire[0]); n >= 1 && n <= 63 && 1+n < len(wire) {
+		rest := wire[1+n:]
+		add(dnsKind{wild: true}, rest)
+		add(dnsKind{ci: true, wild: true}, asciiLower(rest))
+	}
+	return own
+}
+
+// asciiLower lower-cases the ASCII letters of b, as l4_lower does.
+func asciiLower(b []byte) []byte {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		out[i] = c
+	}
+	return out
+}
+
+// fillDNS fills the DNS name maps with the names of the enabled rules. A
+// slot of the maps of exact, case-sensitive names holds the first rule
+// the name has in any table (withOthers).
 func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 	none := uint32(len(m.Rules))
+	firsts, order := dnsFirsts(m, on, none)
 	for _, t := range DNSTables {
 		h := m.DNSHash[t.Name]
 		tab, ok, err := findTable(spec, t.Name, h.Bits)
@@ -58,39 +141,22 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			return fmt.Errorf("%s: DNS table %s: unknown layout", MetaSection, t.Name)
 		}
 		slotSize := tab.bucketSize / hashSlots
-		type val struct{ rule4, rule6 uint32 }
-		order := []string{}
-		vals := map[string]*val{}
-		for _, k := range m.DNS {
-			if k.CI != t.CI || k.Wild != t.Wild || len(k.Name)/2 > MaxShortName != t.Long {
-				continue
-			}
-			v := vals[k.Name]
-			if v == nil {
-				v = &val{none, none}
-				vals[k.Name] = v
-				order = append(order, k.Name)
-			}
-			if k.Rule < 0 || k.Rule >= len(on) || !on[k.Rule] {
-				continue
-			}
-			// Entries are in rule order: the first enabled rule wins.
-			if (k.Family == 0 || k.Family == 4) && v.rule4 == none {
-				v.rule4 = uint32(k.Rule)
-			}
-			if (k.Family == 0 || k.Family == 6) && v.rule6 == none {
-				v.rule6 = uint32(k.Rule)
-			}
-		}
+		kind := dnsKind{t.CI, t.Wild}
 		fill := newBucketFill(hashSlots, slotSize, 0) // a name's length is never 0
-		for _, name := range order {
-			v := vals[name]
-			if v.rule4 == none && v.rule6 == none {
+		for _, name := range order[kind] {
+			if len(name)/2 > MaxShortName != t.Long {
 				continue
 			}
 			wire, err := hex.DecodeString(name)
 			if err != nil || len(wire) == 0 || 16+len(wire) > slotSize {
 				return fmt.Errorf("%s: bad DNS name %q", MetaSection, name)
+			}
+			v := *firsts[kind][name]
+			if kind == (dnsKind{}) {
+				v = withOthers(firsts, wire, v)
+			}
+			if v.rule4 == none && v.rule6 == none {
+				continue
 			}
 			i := h.bucket(NameWords(wire))
 			slot := fill.slot(i)

@@ -272,7 +272,9 @@ func dnsC(keys []l4drop.DNSKey, maxInline int) (string, map[int]bool, map[string
  * name of a DNS query, at name, or L4_NRULES. Names compare in wire format,
  * up to and with their terminating zero: whole, and after their first
  * label for "*.rest" patterns. A compression pointer or a name running
- * past the packet matches nothing.
+ * past the packet matches nothing. A map of exact names (as given) holds
+ * the first rule of every table for each of its names: found there, a
+ * name needs no other lookup.
  */
 static __always_inline __u32 l4_dns(const uint8_t *name, const uint8_t *end, int fam)
 {
@@ -284,7 +286,14 @@ static __always_inline __u32 l4_dns(const uint8_t *name, const uint8_t *end, int
 			wild = true
 			continue
 		}
-		fmt.Fprintf(&b, "\tc = %s_find(name, end, fam);\n\tif (c < r)\n\t\tr = c;\n", t.name)
+		fmt.Fprintf(&b, "\tc = %s_find(name, end, fam);\n", t.name)
+		if !t.ci && !t.inline {
+			// The loader gives the slot the name's first rule in every
+			// table (l4drop's withOthers): nothing else can come first.
+			b.WriteString("\tif (c < L4_NRULES)\n\t\treturn c;\n")
+			continue
+		}
+		b.WriteString("\tif (c < r)\n\t\tr = c;\n")
 	}
 	if wild {
 		b.WriteString("\tif (name + 1 > end)\n\t\treturn r;\n")

@@ -45,6 +45,17 @@ rules:
     family: ipv6
     dns: ["*.Zone2.Example"]
     dns_case_insensitive: true
+  - name: early-wild-v6
+    family: ipv6
+    dns: ["*.early.example"]
+  - name: early-wild-ci
+    dns: ["*.Caps.Example"]
+    dns_case_insensitive: true
+  - name: early-ci
+    dns: ["Q.example.net"]
+    dns_case_insensitive: true
+  - name: late-exact
+    dns: ["a.early.example", "x.caps.example", "q.example.net", "y.CAPS.example", "plain.example.net"]
 `
 )
 
@@ -94,8 +105,8 @@ func TestDNSTable(t *testing.T) {
 	}{
 		{"maps", -1, 5}, // the 255-byte name in a map of its own
 		{"inline", 100, 0},
-		{"default", 0, 0},
-		{"mixed", 2, 3}, // the tables of more than 2 names in maps, the long name apart
+		{"default", 0, 2}, // 10 exact names: more than DefaultMaxInlineDNS
+		{"mixed", 2, 3},   // the tables of more than 2 names in maps, the long name apart
 	} {
 		t.Run(tt.name, func(t *testing.T) { testDNSTable(t, tt.maxInline, tt.maps) })
 	}
@@ -162,6 +173,17 @@ func testDNSTable(t *testing.T, maxInline, maps int) {
 		{"exact before wild", dnsPacket(true, 53, q("bad.example.com")), "", "bad-any"},
 		{"wild after exact", dnsPacket(false, 53, q("other.example.com")), "", "wild-com"},
 		{"wild truncated", dnsPacket(false, 53, q("a.zone1.example")[:12+10]), "", ""},
+		// Names of an exact rule that an earlier wildcard or
+		// case-insensitive rule matches too: the earlier rule wins,
+		// though the exact name is found first.
+		{"wild before exact v6", dnsPacket(true, 53, q("a.early.example")), "", "early-wild-v6"},
+		{"exact after wild v4", dnsPacket(false, 53, q("a.early.example")), "", "late-exact"},
+		{"ci wild before exact", dnsPacket(false, 53, q("x.caps.example")), "", "early-wild-ci"},
+		{"ci wild before exact, upper", dnsPacket(false, 53, q("y.CAPS.example")), "", "early-wild-ci"},
+		{"ci wild, no exact", dnsPacket(true, 53, q("Z.cApS.example")), "", "early-wild-ci"},
+		{"ci before exact", dnsPacket(false, 53, q("q.example.net")), "", "early-ci"},
+		{"ci, not the exact", dnsPacket(false, 53, q("Q.EXAMPLE.net")), "", "early-ci"},
+		{"exact alone", dnsPacket(true, 53, q("plain.example.net")), "", "late-exact"},
 	}
 	frag := dnsPacket(false, 53, q("bad.example.com"))
 	frag[14+6] |= 0x01 // fragment offset 256 bytes
@@ -234,6 +256,17 @@ func testDNSTable(t *testing.T, maxInline, maps int) {
 	if v, err := d.Run(dnsPacket(false, 53, q("worse.example.com"))); err != nil || v.Name != "wild-com" {
 		t.Errorf("bad-v4 disabled: %+v, %v; want wild-com", v, err)
 	}
+	// With the earlier rules off, the exact names are the late rule's.
+	d, err = l4drop.NewDryRun(obj, l4drop.LoadOptions{Disable: []string{"early-wild-v6", "early-wild-ci", "early-ci"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, name := range []string{"a.early.example", "x.caps.example", "q.example.net", "y.CAPS.example"} {
+		if v, err := d.Run(dnsPacket(true, 53, q(name))); err != nil || v.Name != "late-exact" {
+			t.Errorf("earlier rules disabled: %s: %+v, %v; want late-exact", name, v, err)
+		}
+	}
 }
 
 // withIPv4Options inserts 4 bytes of IPv4 options (NOPs) into an Ethernet
@@ -269,7 +302,8 @@ func TestDNSTableRandom(t *testing.T) {
 	// Names of the rules, with a label more or less, some letters upper
 	// case, some cut short, some with a byte changed.
 	bases := []string{"bad.example.com", "worse.example.com", "good.example.com", "x.example.org", "mixed.example.net",
-		"ams.example.com", "zone1.example", "zone2.example", "zone3.example", "example.com", longName}
+		"ams.example.com", "zone1.example", "zone2.example", "zone3.example", "example.com", longName,
+		"a.early.example", "x.caps.example", "q.example.net", "y.caps.example", "plain.example.net"}
 	extra := []string{"a", "www", label63, "zone1", "example", "b-c"}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var pkts [][]byte
