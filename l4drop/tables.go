@@ -43,14 +43,24 @@ type DNSKey struct {
 	// Wild keys are the rest of "*.rest" patterns: they match names with
 	// one more label of any length in front.
 	Wild bool `json:"wild,omitempty"`
+	// Code is the rule's action code: a slot holds the rule as
+	// Rule<<ResultShift | Code, what a test of the programs returns.
+	Code int `json:"code,omitempty"`
 }
+
+// ResultShift is how far the programs shift a rule's index in what a test
+// returns, to make room for the code of the rule's action.
+const ResultShift = 4
+
+// resultNone is a test's result for no rule (L4_NONE).
+const resultNone = 0xffffffff
 
 // dnsKind is one kind of name table: case-insensitive or not, whole names
 // or "*.rest" rests. Short and long maps of a kind share it.
 type dnsKind struct{ ci, wild bool }
 
-// dnsRules is the first enabled rule a name has, per family (none: no
-// rule).
+// dnsRules is the first enabled rule a name has, per family, with its
+// code (DNSKey.Code), or resultNone.
 type dnsRules struct{ rule4, rule6 uint32 }
 
 // firstOf lowers r to the rules of o where those come first.
@@ -62,7 +72,8 @@ func (r *dnsRules) firstOf(o dnsRules) {
 // dnsFirsts returns, per kind, each name's first enabled rules (keyed by
 // the name as Meta has it, hex), and the names of each kind in the order
 // they first appear.
-func dnsFirsts(m *Meta, on []bool, none uint32) (map[dnsKind]map[string]*dnsRules, map[dnsKind][]string) {
+func dnsFirsts(m *Meta, on []bool) (map[dnsKind]map[string]*dnsRules, map[dnsKind][]string) {
+	const none = resultNone
 	firsts := map[dnsKind]map[string]*dnsRules{}
 	order := map[dnsKind][]string{}
 	for _, k := range m.DNS {
@@ -79,12 +90,13 @@ func dnsFirsts(m *Meta, on []bool, none uint32) (map[dnsKind]map[string]*dnsRule
 		if k.Rule < 0 || k.Rule >= len(on) || !on[k.Rule] {
 			continue
 		}
+		r := uint32(k.Rule)<<ResultShift | uint32(k.Code)
 		// Entries are in rule order: the first enabled rule wins.
 		if (k.Family == 0 || k.Family == 4) && v.rule4 == none {
-			v.rule4 = uint32(k.Rule)
+			v.rule4 = r
 		}
 		if (k.Family == 0 || k.Family == 6) && v.rule6 == none {
-			v.rule6 = uint32(k.Rule)
+			v.rule6 = r
 		}
 	}
 	return firsts, order
@@ -129,8 +141,12 @@ func asciiLower(b []byte) []byte {
 // slot of the maps of exact, case-sensitive names holds the first rule
 // the name has in any table (withOthers).
 func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
-	none := uint32(len(m.Rules))
-	firsts, order := dnsFirsts(m, on, none)
+	for _, k := range m.DNS {
+		if k.Rule < 0 || k.Rule >= len(m.Rules) || k.Code < 0 || k.Code >= 1<<ResultShift {
+			return fmt.Errorf("%s: DNS name %q: rule %d, code %d", MetaSection, k.Name, k.Rule, k.Code)
+		}
+	}
+	firsts, order := dnsFirsts(m, on)
 	for _, t := range DNSTables {
 		h := m.DNSHash[t.Name]
 		tab, ok, err := findTable(spec, t.Name, h.Bits)
@@ -155,7 +171,7 @@ func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 			if kind == (dnsKind{}) {
 				v = withOthers(firsts, wire, v)
 			}
-			if v.rule4 == none && v.rule6 == none {
+			if v.rule4 == resultNone && v.rule6 == resultNone {
 				continue
 			}
 			i := h.bucket(NameWords(wire))

@@ -54,7 +54,7 @@ type actionKind struct {
 
 // resultShift is how far a rule's index is shifted in a test's result, to
 // make room for the action's code.
-const resultShift = 4
+const resultShift = l4drop.ResultShift
 
 // actionKinds are the actions rules may take.
 var actionKinds = map[Action]*actionKind{

@@ -81,7 +81,8 @@ func dnsKeys(i int, r *Rule) []l4drop.DNSKey {
 		if r.DNSCaseInsensitive {
 			wire = []byte(strings.ToLower(string(wire)))
 		}
-		keys = append(keys, l4drop.DNSKey{Name: hex.EncodeToString(wire), Rule: i, Family: famNumber(r.Family), CI: r.DNSCaseInsensitive, Wild: wild})
+		keys = append(keys, l4drop.DNSKey{Name: hex.EncodeToString(wire), Rule: i, Family: famNumber(r.Family), CI: r.DNSCaseInsensitive, Wild: wild,
+			Code: r.Action.code()})
 	}
 	return keys
 }
@@ -103,8 +104,13 @@ const DefaultMaxInlineDNS = 8
 type dnsEntry struct {
 	wire   []byte
 	rule   int
+	code   int // the rule's action's
 	family int
 }
+
+// result is what the tables return for e: its rule and code, as every
+// test returns them.
+func (e dnsEntry) result() string { return fmt.Sprintf("%#x", e.rule<<resultShift|e.code) }
 
 // dnsTable is one of l4drop.DNSTables with its names.
 type dnsTable struct {
@@ -195,7 +201,7 @@ func dnsPlan(keys []l4drop.DNSKey, maxInline int) ([]dnsTable, error) {
 			if err != nil || len(wire) == 0 || len(wire) > 255 {
 				return nil, fmt.Errorf("bad DNS name %q", k.Name)
 			}
-			all = append(all, dnsEntry{wire: wire, rule: k.Rule, family: k.Family})
+			all = append(all, dnsEntry{wire: wire, rule: k.Rule, code: k.Code, family: k.Family})
 			names[k.Name] = true
 		}
 		if len(all) == 0 {
@@ -245,7 +251,8 @@ func dnsMapName(ci, wild, long bool) string {
 }
 
 // dnsC returns the C of l4_dns(name, end, fam), which returns the first
-// rule whose names the query name at name matches, or L4_NRULES, the
+// rule whose names the query name at name matches (rule << 4 | its
+// action's code, as the other tests return it), or L4_NONE, the
 // rules whose switches it uses (those with names compared inline), and
 // the hashes of the tables that are maps.
 func dnsC(keys []l4drop.DNSKey, maxInline int) (string, map[int]bool, map[string]l4drop.HashTable, error) {
@@ -269,7 +276,8 @@ func dnsC(keys []l4drop.DNSKey, maxInline int) (string, map[int]bool, map[string
 	b.WriteString(`
 /*
  * l4_dns returns the first rule the name tables give for the first question
- * name of a DNS query, at name, or L4_NRULES. Names compare in wire format,
+ * name of a DNS query, at name, as rule << 4 | its action's code, or
+ * L4_NONE. Names compare in wire format,
  * up to and with their terminating zero: whole, and after their first
  * label for "*.rest" patterns. A compression pointer or a name running
  * past the packet matches nothing. A map of exact names (as given) holds
@@ -278,7 +286,7 @@ func dnsC(keys []l4drop.DNSKey, maxInline int) (string, map[int]bool, map[string
  */
 static __always_inline __u32 l4_dns(const uint8_t *name, const uint8_t *end, int fam)
 {
-	__u32 r = L4_NRULES, c;
+	__u32 r = L4_NONE, c;
 `)
 	wild := false
 	for _, t := range tabs {
@@ -290,7 +298,7 @@ static __always_inline __u32 l4_dns(const uint8_t *name, const uint8_t *end, int
 		if !t.ci && !t.inline {
 			// The loader gives the slot the name's first rule in every
 			// table (l4drop's withOthers): nothing else can come first.
-			b.WriteString("\tif (c < L4_NRULES)\n\t\treturn c;\n")
+			b.WriteString("\tif (c != L4_NONE)\n\t\treturn c;\n")
 			continue
 		}
 		b.WriteString("\tif (c < r)\n\t\tr = c;\n")
@@ -356,12 +364,12 @@ func writeInlineTable(b *strings.Builder, t *dnsTable, switches map[int]bool) {
 			for i, c := range cs {
 				conds = append(conds, fmt.Sprintf("w%d == %s", i, leConst(e.wire[c.off:c.off+c.size])))
 			}
-			fmt.Fprintf(b, "\t\tif (%sL4_ENABLED(%s) &&\n\t\t    %s)\n\t\t\treturn %d;\n",
-				famCond(e.family), enableSymbol(e.rule), strings.Join(conds, " && "), e.rule)
+			fmt.Fprintf(b, "\t\tif (%sL4_ENABLED(%s) &&\n\t\t    %s)\n\t\t\treturn %s;\n",
+				famCond(e.family), enableSymbol(e.rule), strings.Join(conds, " && "), e.result())
 		}
 		b.WriteString("\t}\n")
 	}
-	b.WriteString("\treturn L4_NRULES;\n}\n")
+	b.WriteString("\treturn L4_NONE;\n}\n")
 }
 
 // writeMapTable writes a table's map, filled by the loader, and its
@@ -427,7 +435,7 @@ func writeMapTable(b *strings.Builder, t *dnsTable) {
 		fmt.Fprintf(b, "\t\t\t\tif (%s)\n\t\t\t\t\treturn %s;\n\t\t\t}\n\t\t}\n\t}\n",
 			strings.Join(conds, " && "), rule)
 	}
-	b.WriteString("\treturn L4_NRULES;\n}\n")
+	b.WriteString("\treturn L4_NONE;\n}\n")
 }
 
 // shortWord is the C of a key word holding a name of n < 8 bytes at p.

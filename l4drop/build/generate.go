@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/l4drop/l4drop/l4drop"
@@ -620,8 +619,8 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			}
 			last := len(items) - 1
 			switch {
-			case cr.hashed && last >= 0 && items[last].hashed &&
-				rules[items[last].rules[0]].rule.Action == cr.rule.Action:
+			case cr.hashed && last >= 0 && items[last].hashed:
+				// The tables give each rule with its action's code.
 				items[last].rules = append(items[last].rules, i)
 			case cr.set != "" && last >= 0 && !items[last].group && items[last].set == cr.set:
 				items[last].rules = append(items[last].rules, i)
@@ -775,13 +774,14 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			items = nil // all tested above, in their order
 		}
 		// The tables hold the names of every program's rules; this
-		// program takes its own only, up to dnsHi: a later program's rule
-		// is not the first, its rules before it judge first. An earlier
-		// program's is never found here: that program took it.
+		// program takes its own only, up to dnsHi (its last rule's
+		// result, with any code): a later program's rule is not the
+		// first, its rules before it judge first. An earlier program's
+		// is never found here: that program took it.
 		dnsHi := -1
 		for _, it := range items {
 			if it.hashed {
-				dnsHi = it.rules[len(it.rules)-1]
+				dnsHi = it.rules[len(it.rules)-1]<<resultShift | (1<<resultShift - 1)
 			}
 		}
 		// With groups and no blocks, the DNS tables are looked up first.
@@ -805,7 +805,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 					may = append(may, b)
 				}
 			}
-			w.printf("\t__u32 dns_rule = %s;\n\tif (dns_rule <= %du)\n\t\tgoto dns_found;\n", dnsLookup, dnsHi)
+			w.printf("\t__u32 dns_rule = %s;\n\tif (dns_rule <= %#xu)\n\t\tgoto dns_found;\n", dnsLookup, dnsHi)
 			dnsDone = true
 		}
 		// testsAfter reports whether an item of order after its k-th
@@ -849,8 +849,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 					// a packet 0.5 ns an item.
 					w.printf("\t__u32 dns_rule = %s;\n", dnsLookup)
 					dnsDone = true
-					w.printf("\tif (dns_rule <= %du) {\n\t\tr = dns_rule << %d | %s;\n\t\tif (r < best)\n\t\t\tbest = r;\n\t}\n",
-						dnsHi, resultShift, hashedCode(rules))
+					w.printf("\tif (dns_rule <= %#xu && dns_rule < best)\n\t\tbest = dns_rule;\n", dnsHi)
 					if testsAfter(order, k) {
 						w.printf("\tbest ^= pad;\n")
 					}
@@ -869,8 +868,9 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 					if slices.ContainsFunc(order[k+1:], func(later int) bool { return !items[later].hashed }) {
 						dnsRule = "L4_OPAQUE(dns_rule)"
 					}
-					w.printf("\tif (%s - %du <= %du) {\n", dnsRule, lo, hi-lo)
-					w.printf("\t\tr = dns_rule << %d | %d;\n%s\t}\n", resultShift, rules[lo].rule.Action.code(), found)
+					first, last := lo<<resultShift, hi<<resultShift|(1<<resultShift-1)
+					w.printf("\tif (%s - %#xu <= %#xu) {\n", dnsRule, first, last-first)
+					w.printf("\t\tr = %s;\n%s\t}\n", dnsResult(rules, it.rules), found)
 				}
 			}
 		}
@@ -891,7 +891,13 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		if dnsFirst {
 			// The tables found a rule: best, and the items that may
 			// find an earlier one.
-			w.printf("dns_found:\n\tbest = dns_rule << %d | %s;\n", resultShift, hashedCode(rules))
+			var hashed []int
+			for _, it := range items {
+				if it.hashed {
+					hashed = append(hashed, it.rules...)
+				}
+			}
+			w.printf("dns_found:\n\tbest = %s;\n", dnsResult(rules, hashed))
 			if len(may) > 0 {
 				w.printf("\tbest ^= pad;\n")
 			}
@@ -952,56 +958,40 @@ func packMeta(js []byte) []byte {
 	return base64.StdEncoding.AppendEncode(nil, b.Bytes())
 }
 
-// coded reports whether l4_code gives the action of rule cr: a rule of a
-// merged set, or of the DNS tables. key is what its rules share.
-func coded(cr compiledRule) (key string, ok bool) {
-	switch {
-	case cr.merged:
-		return cr.set, true
-	case cr.hashed:
-		return "dns tables", true
+// dnsResult is the C of dns_rule, one of the rules idx of the DNS tables,
+// as a test's result: with the code written out when they all act alike,
+// so that clang knows the action (1,000 names: 0.5 ns a packet less).
+func dnsResult(rules []compiledRule, idx []int) string {
+	code := rules[idx[0]].rule.Action.code()
+	for _, i := range idx {
+		if rules[i].rule.Action.code() != code {
+			return "dns_rule"
+		}
 	}
-	return "", false
+	return fmt.Sprintf("(dns_rule & ~%#xu) | %d", 1<<resultShift-1, code)
 }
 
-// hashedCode is the C of the action's code of dns_rule, a rule the DNS
-// tables gave: a constant if they all act alike.
-func hashedCode(rules []compiledRule) string {
-	code := -1
-	for _, cr := range rules {
-		if !cr.hashed {
-			continue
-		}
-		if code >= 0 && code != cr.rule.Action.code() {
-			return "l4_code(dns_rule)"
-		}
-		code = cr.rule.Action.code()
-	}
-	return strconv.Itoa(max(code, 0))
-}
-
-// codesC defines l4_code, the action's code of a rule of a merged set or
-// of the DNS tables whose rules drop and pass both (a bit a rule, set for
-// pass), if there is such a set.
+// codesC defines l4_code, the action's code of a rule of a merged set
+// whose rules drop and pass both (a bit a rule, set for pass), if there is
+// such a set. The DNS tables hold their rules' codes themselves.
 func codesC(rules []compiledRule) string {
 	actions := map[string]Action{}
 	mixed := false
 	for _, cr := range rules {
-		key, ok := coded(cr)
-		if !ok {
+		if !cr.merged {
 			continue
 		}
-		if a, ok := actions[key]; ok && a != cr.rule.Action {
+		if a, ok := actions[cr.set]; ok && a != cr.rule.Action {
 			mixed = true
 		}
-		actions[key] = cr.rule.Action
+		actions[cr.set] = cr.rule.Action
 	}
 	if !mixed {
 		return ""
 	}
 	bits := make([]uint64, (len(rules)+63)/64)
 	for i, cr := range rules {
-		if _, ok := coded(cr); ok && cr.rule.Action == ActionPass {
+		if cr.merged && cr.rule.Action == ActionPass {
 			bits[i/64] |= 1 << (i % 64)
 		}
 	}
@@ -1498,7 +1488,7 @@ const opaqueC = `
 static __always_inline __u32 l4_dns_in(const uint8_t *ip, const uint8_t *end, int fam)
 {
 	const uint8_t *name = l4_dns_name(ip, end, fam);
-	return name ? l4_dns(name, end, fam) : L4_NRULES;
+	return name ? l4_dns(name, end, fam) : L4_NONE;
 }
 
 __attribute__((noinline)) __u32 l4_dns_at(struct xdp_md *ctx, __u32 ipoff, int fam)
@@ -1506,9 +1496,9 @@ __attribute__((noinline)) __u32 l4_dns_at(struct xdp_md *ctx, __u32 ipoff, int f
 	const uint8_t *data = (const uint8_t *)(long)ctx->data;
 	const uint8_t *end = (const uint8_t *)(long)ctx->data_end;
 	if (ipoff > L4_MAX_IPOFF)
-		return L4_NRULES;
+		return L4_NONE;
 	const uint8_t *name = l4_dns_name(data + ipoff, end, fam);
-	return name ? l4_dns(name, end, fam) : L4_NRULES;
+	return name ? l4_dns(name, end, fam) : L4_NONE;
 }
 `
 
