@@ -73,7 +73,6 @@ func (r *dnsRules) firstOf(o dnsRules) {
 // the name as Meta has it, hex), and the names of each kind in the order
 // they first appear.
 func dnsFirsts(m *Meta, on []bool) (map[dnsKind]map[string]*dnsRules, map[dnsKind][]string) {
-	const none = resultNone
 	firsts := map[dnsKind]map[string]*dnsRules{}
 	order := map[dnsKind][]string{}
 	for _, k := range m.DNS {
@@ -83,7 +82,7 @@ func dnsFirsts(m *Meta, on []bool) (map[dnsKind]map[string]*dnsRules, map[dnsKin
 		}
 		v := firsts[kind][k.Name]
 		if v == nil {
-			v = &dnsRules{none, none}
+			v = &dnsRules{resultNone, resultNone}
 			firsts[kind][k.Name] = v
 			order[kind] = append(order[kind], k.Name)
 		}
@@ -92,10 +91,10 @@ func dnsFirsts(m *Meta, on []bool) (map[dnsKind]map[string]*dnsRules, map[dnsKin
 		}
 		r := uint32(k.Rule)<<ResultShift | uint32(k.Code)
 		// Entries are in rule order: the first enabled rule wins.
-		if (k.Family == 0 || k.Family == 4) && v.rule4 == none {
+		if (k.Family == 0 || k.Family == 4) && v.rule4 == resultNone {
 			v.rule4 = r
 		}
-		if (k.Family == 0 || k.Family == 6) && v.rule6 == none {
+		if (k.Family == 0 || k.Family == 6) && v.rule6 == resultNone {
 			v.rule6 = r
 		}
 	}
@@ -143,7 +142,7 @@ func asciiLower(b []byte) []byte {
 func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
 	for _, k := range m.DNS {
 		if k.Rule < 0 || k.Rule >= len(m.Rules) || k.Code < 0 || k.Code >= 1<<ResultShift {
-			return fmt.Errorf("%s: DNS name %q: rule %d, code %d", MetaSection, k.Name, k.Rule, k.Code)
+			return fmt.Errorf("%s: DNS name %q: bad rule %d or code %d", MetaSection, k.Name, k.Rule, k.Code)
 		}
 	}
 	firsts, order := dnsFirsts(m, on)

@@ -326,9 +326,12 @@ func TestDNSFirst(t *testing.T) {
 			case ok == tt.monitor:
 				t.Fatalf("dns_found in the C: %v, want %v", ok, !tt.monitor)
 			case ok:
-				// The ports without 53 and TCP's: not tested after a name.
-				if got, all := strings.Count(found, "= l4_p0_b"), strings.Count(main, "= l4_p0_b"); got == 0 || got >= all {
-					t.Errorf("%d items tested after the tables found a rule, %d else", got, all)
+				// The ports without 53 and TCP's: not tested after a name,
+				// nor for a DNS query no name matched.
+				found, other, _ := strings.Cut(found, "\ndns_other:\n")
+				got, all, others := strings.Count(found, "= l4_p0_b"), strings.Count(main, "= l4_p0_b"), strings.Count(other, "= l4_p0_b")
+				if got == 0 || got >= all || others != got {
+					t.Errorf("%d items tested after the tables found a rule, %d for other DNS queries, %d else", got, others, all)
 				}
 			}
 			var pkts [][]byte

@@ -252,7 +252,7 @@ func dnsMapName(ci, wild, long bool) string {
 
 // dnsC returns the C of l4_dns(name, end, fam), which returns the first
 // rule whose names the query name at name matches (rule << 4 | its
-// action's code, as the other tests return it), or L4_NONE, the
+// action's code, as the other tests return it), or L4_DNS_MISS, the
 // rules whose switches it uses (those with names compared inline), and
 // the hashes of the tables that are maps.
 func dnsC(keys []l4drop.DNSKey, maxInline int) (string, map[int]bool, map[string]l4drop.HashTable, error) {
@@ -277,7 +277,7 @@ func dnsC(keys []l4drop.DNSKey, maxInline int) (string, map[int]bool, map[string
 /*
  * l4_dns returns the first rule the name tables give for the first question
  * name of a DNS query, at name, as rule << 4 | its action's code, or
- * L4_NONE. Names compare in wire format,
+ * L4_DNS_MISS. Names compare in wire format,
  * up to and with their terminating zero: whole, and after their first
  * label for "*.rest" patterns. A compression pointer or a name running
  * past the packet matches nothing. A map of exact names (as given) holds
@@ -286,7 +286,7 @@ func dnsC(keys []l4drop.DNSKey, maxInline int) (string, map[int]bool, map[string
  */
 static __always_inline __u32 l4_dns(const uint8_t *name, const uint8_t *end, int fam)
 {
-	__u32 r = L4_NONE, c;
+	__u32 r = L4_DNS_MISS, c;
 `)
 	wild := false
 	for _, t := range tabs {
@@ -453,6 +453,10 @@ func shortWord(n int) string {
 
 // dnsPrelude is what the table functions need.
 const dnsPrelude = `
+/* What l4_dns returns for a DNS query none of whose names match; for a
+ * packet that is no DNS query, l4_dns_in returns L4_NONE. */
+#define L4_DNS_MISS 0xfffffffeu
+
 struct l4_dns_val {
 	__u32 rule4;
 	__u32 rule6;

@@ -806,6 +806,11 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				}
 			}
 			w.printf("\t__u32 dns_rule = %s;\n\tif (dns_rule <= %#xu)\n\t\tgoto dns_found;\n", dnsLookup, dnsHi)
+			if len(may) < len(rest) {
+				// A DNS query no name of this program's matched is one
+				// too: only the items that may match one can.
+				w.printf("\tif (dns_rule != L4_NONE)\n\t\tgoto dns_other;\n")
+			}
 			dnsDone = true
 		}
 		// testsAfter reports whether an item of order after its k-th
@@ -876,7 +881,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		}
 		writeItems(rest, false)
 		if useBest {
-			w.printf("\tif (best != L4_NONE) {\n\t\tr = best;\n\t\tgoto matched;\n\t}\n")
+			w.printf("rules_done:\n\tif (best != L4_NONE) {\n\t\tr = best;\n\t\tgoto matched;\n\t}\n")
 		}
 		if p+1 < len(progs) {
 			w.printf("\tbpf_tail_call(ctx, &%s, %d);\n", l4drop.MapChain, p+1)
@@ -903,6 +908,16 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 			}
 			writeItems(may, true)
 			w.printf("\tr = best;\n\tgoto matched;\n")
+			if len(may) < len(rest) {
+				// A DNS query the tables found no rule of this
+				// program's for (l4_dns: L4_DNS_MISS, or a later
+				// program's rule): the items that may match it, then
+				// the rules' end as for any other packet. Legitimate
+				// queries to 10,000 mixed rules: +12.3 to +6.7 ns a packet.
+				w.printf("dns_other:\n")
+				writeItems(may, false)
+				w.printf("\tgoto rules_done;\n")
+			}
 		}
 		w.printf("matched:\n\trule = r >> %d;\n\tswitch (r & 15) {\n", resultShift)
 		var finals []Action
