@@ -23,13 +23,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/bpffs"
+	"github.com/l4drop/l4drop/internal/l4pins"
 	"github.com/l4drop/l4drop/xdpcap"
 )
 
 // Pin names under the interface's directory (DefaultRoot/l4drop/IF/).
 const (
 	PinProg     = "prog"
-	PinLink     = "link"
+	PinLink     = l4pins.Link
 	PinCounters = "counters"
 	PinStats    = "stats"
 	PinConfig   = "config"
@@ -105,16 +106,7 @@ type State struct {
 }
 
 // Dir returns the pin directory for an interface (and namespace).
-func Dir(root, iface, ns string) string {
-	if root == "" {
-		root = bpffs.DefaultRoot
-	}
-	name := iface
-	if ns != "" {
-		name = iface + "@" + ns
-	}
-	return filepath.Join(root, "l4drop", name)
-}
+func Dir(root, iface, ns string) string { return l4pins.Dir(root, iface, ns) }
 
 // Locate returns the bpffs root and namespace name that pins of this
 // process's interfaces go under, mounting bpffs at root if it is missing.

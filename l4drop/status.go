@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
+
+	"github.com/l4drop/l4drop/internal/l4pins"
 )
 
 // RuleStatus is one rule's line in Status.
@@ -265,10 +266,6 @@ func Unload(dir string) error {
 		}
 		return err
 	}
-	l, err := link.LoadPinnedLink(filepath.Join(dir, PinLink), nil)
-	if err != nil {
-		return fmt.Errorf("open link: %w", err)
-	}
 	// The sysctls a syncookie rule changed go back once it is detached.
 	var saved map[string]string
 	var netns string
@@ -278,16 +275,9 @@ func Unload(dir string) error {
 		}
 		sm.Close()
 	}
-	// Detach explicitly: the program stays attached while any reference
-	// to the link lives, and a running reader may hold one.
-	if err := l.Unpin(); err != nil {
-		l.Close()
-		return fmt.Errorf("unpin link: %w", err)
+	if err := l4pins.Detach(dir); err != nil {
+		return err
 	}
-	if d, ok := l.(interface{ Detach() error }); ok {
-		_ = d.Detach()
-	}
-	l.Close()
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove pins: %w", err)
 	}

@@ -33,6 +33,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/bpffs"
+	"github.com/l4drop/l4drop/internal/l4pins"
 	"github.com/l4drop/l4drop/internal/netns"
 )
 
@@ -169,14 +170,54 @@ func (l *Lab) PinDir() (string, error) {
 
 func pinDir(id string) string { return filepath.Join(bpffs.DefaultRoot, Prefix+id) }
 
+// l4dropPins returns where l4drop pins a rule set loaded on each of the
+// lab's interfaces.
+func (l *Lab) l4dropPins() []string {
+	var dirs []string
+	for _, end := range []struct {
+		iface string
+		ns    *netns.NS
+	}{{l.ServerIf, l.Server}, {l.InetIf, l.Inet}} {
+		if end.ns != nil {
+			dirs = append(dirs, l4pins.Dir("", end.iface, end.ns.Name))
+		}
+	}
+	return dirs
+}
+
+// unloadL4Drop detaches the rule set pinned at dir, if there is one, and
+// removes its pins. Unlike l4drop unload, it leaves the namespace's sysctls
+// as they are: the namespace goes next.
+func unloadL4Drop(dir string) error {
+	if !dirExists(dir) {
+		return nil
+	}
+	var err error
+	if _, serr := os.Stat(filepath.Join(dir, l4pins.Link)); serr == nil {
+		err = l4pins.Detach(dir)
+	}
+	if err := errors.Join(err, os.RemoveAll(dir)); err != nil {
+		return fmt.Errorf("lab: unload %s: %w", dir, err)
+	}
+	return nil
+}
+
 // Close removes the lab's namespaces (and with them the veth pair), its pin
-// directory and its marker. It is safe to call more than once.
+// directory and its marker. A rule set l4drop loaded on one of its
+// interfaces is unloaded first: l4drop load and l4drop run leave it loaded,
+// pinned on the host's BPF file system, which the namespaces' removal
+// does not touch. It is safe to call more than once.
 func (l *Lab) Close() error {
 	if l == nil || l.closed {
 		return nil
 	}
 	l.closed = true
 	var errs []error
+	for _, dir := range l.l4dropPins() {
+		if err := unloadL4Drop(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, ns := range []*netns.NS{l.Inet, l.Server} {
 		if ns != nil {
 			if err := ns.Close(); err != nil {
@@ -260,6 +301,38 @@ func Clean() ([]string, error) {
 		if err := os.Remove(path); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	stale, err := cleanL4DropPins()
+	removed = append(removed, stale...)
+	return removed, errors.Join(append(errs, err)...)
+}
+
+// cleanL4DropPins removes l4drop's pins of rule sets loaded on the
+// interfaces of labs whose namespace is gone, and returns their
+// directories. Their interfaces went with the namespace: nothing is
+// attached any more, the pins only hold the programs and maps.
+func cleanL4DropPins() ([]string, error) {
+	root := filepath.Dir(l4pins.Dir("", "if", ""))
+	entries, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lab: clean: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		iface, ns, ok := strings.Cut(e.Name(), "@")
+		if !ok || !strings.HasPrefix(ns, Prefix) || !strings.HasPrefix(iface, "l4") || netns.Exists(ns) {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("lab: clean: %w", err))
+			continue
+		}
+		removed = append(removed, dir)
 	}
 	return removed, errors.Join(errs...)
 }

@@ -23,7 +23,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4drop/l4drop/internal/fixture"
+	"github.com/l4drop/l4drop/internal/l4pins"
 	"github.com/l4drop/l4drop/internal/netns"
+	"github.com/l4drop/l4drop/l4drop"
+	"github.com/l4drop/l4drop/l4drop/build"
 )
 
 func newLab(tb testing.TB) *Lab {
@@ -470,6 +473,15 @@ func TestCleanRemovesDeadLabsOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// l4drop's pins of a rule set left loaded on each lab's server side:
+	// the dead lab's go with its namespace, the live lab's stay.
+	deadL4Drop, liveL4Drop := l4pins.Dir("", "l4s"+id, names[1]), l4pins.Dir("", live.ServerIf, live.Server.Name)
+	for _, dir := range []string{deadL4Drop, liveL4Drop} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+	}
 	removed, err := Clean()
 	if err != nil {
 		t.Fatal(err)
@@ -477,17 +489,64 @@ func TestCleanRemovesDeadLabsOnly(t *testing.T) {
 	// Other dead labs may go too; ours must.
 	removed = slices.DeleteFunc(removed, func(n string) bool { return !strings.Contains(n, id) })
 	slices.Sort(removed)
-	if want := append([]string{deadPins}, names...); !slices.Equal(removed, want) {
+	want := append([]string{deadPins, deadL4Drop}, names...)
+	slices.Sort(want)
+	if !slices.Equal(removed, want) {
 		t.Errorf("Clean removed %v, want %v", removed, want)
 	}
 	if left := labLeft(id); len(left) > 0 {
 		t.Errorf("left after Clean: %v", left)
 	}
-	if dirExists(deadPins) {
-		t.Errorf("Clean left %s", deadPins)
+	if dirExists(deadPins) || dirExists(deadL4Drop) {
+		t.Errorf("Clean left %s or %s", deadPins, deadL4Drop)
 	}
-	if !netns.Exists(live.Inet.Name) || !netns.Exists(live.Server.Name) || !dirExists(livePins) {
+	if !netns.Exists(live.Inet.Name) || !netns.Exists(live.Server.Name) || !dirExists(livePins) || !dirExists(liveL4Drop) {
 		t.Error("Clean removed a live lab")
+	}
+}
+
+// TestCloseUnloadsL4Drop: a rule set loaded on the lab's interface, left
+// loaded as l4drop load and l4drop run leave it, is unloaded with the lab,
+// pins and all.
+func TestCloseUnloadsL4Drop(t *testing.T) {
+	fixture.RequireRoot(t)
+	rs, err := build.ParseRuleSet("lab.yaml", []byte("rules:\n  - name: udp-53\n    expr: \"udp dst port 53\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, _, err := build.Build(rs, build.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLab(t)
+	loaded, err := l4drop.Load(obj, l4drop.LoadOptions{Iface: l.ServerIf, Netns: l.Server.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]ebpf.ProgramID, 0, len(loaded.Programs))
+	for _, p := range loaded.Programs {
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		ids = append(ids, id)
+		p.Close()
+	}
+	if !dirExists(loaded.Dir) {
+		t.Fatalf("no pins at %s after Load", loaded.Dir)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if dirExists(loaded.Dir) {
+		t.Errorf("the lab's Close left %s", loaded.Dir)
+	}
+	for _, id := range ids {
+		if p, err := ebpf.NewProgramFromID(id); err == nil {
+			p.Close()
+			t.Errorf("program %d still loaded after the lab's Close", id)
+		}
 	}
 }
 
