@@ -71,11 +71,14 @@ func (r *dnsRules) firstOf(o dnsRules) {
 
 // dnsFirsts returns, per kind, each name's first enabled rules (keyed by
 // the name as Meta has it, hex), and the names of each kind in the order
-// they first appear.
-func dnsFirsts(m *Meta, on []bool) (map[dnsKind]map[string]*dnsRules, map[dnsKind][]string) {
+// they first appear. It refuses an entry whose rule or code is out of range.
+func dnsFirsts(m *Meta, on []bool) (map[dnsKind]map[string]*dnsRules, map[dnsKind][]string, error) {
 	firsts := map[dnsKind]map[string]*dnsRules{}
 	order := map[dnsKind][]string{}
 	for _, k := range m.DNS {
+		if k.Rule < 0 || k.Rule >= len(m.Rules) || k.Code < 0 || k.Code >= 1<<ResultShift {
+			return nil, nil, fmt.Errorf("%s: DNS name %q: bad rule %d or code %d", MetaSection, k.Name, k.Rule, k.Code)
+		}
 		kind := dnsKind{k.CI, k.Wild}
 		if firsts[kind] == nil {
 			firsts[kind] = map[string]*dnsRules{}
@@ -86,7 +89,7 @@ func dnsFirsts(m *Meta, on []bool) (map[dnsKind]map[string]*dnsRules, map[dnsKin
 			firsts[kind][k.Name] = v
 			order[kind] = append(order[kind], k.Name)
 		}
-		if k.Rule < 0 || k.Rule >= len(on) || !on[k.Rule] {
+		if k.Rule >= len(on) || !on[k.Rule] {
 			continue
 		}
 		r := uint32(k.Rule)<<ResultShift | uint32(k.Code)
@@ -98,7 +101,7 @@ func dnsFirsts(m *Meta, on []bool) (map[dnsKind]map[string]*dnsRules, map[dnsKin
 			v.rule6 = r
 		}
 	}
-	return firsts, order
+	return firsts, order, nil
 }
 
 // withOthers returns the rules an exact, case-sensitive name (wire
@@ -140,12 +143,10 @@ func asciiLower(b []byte) []byte {
 // slot of the maps of exact, case-sensitive names holds the first rule
 // the name has in any table (withOthers).
 func fillDNS(spec *ebpf.CollectionSpec, m *Meta, on []bool) error {
-	for _, k := range m.DNS {
-		if k.Rule < 0 || k.Rule >= len(m.Rules) || k.Code < 0 || k.Code >= 1<<ResultShift {
-			return fmt.Errorf("%s: DNS name %q: bad rule %d or code %d", MetaSection, k.Name, k.Rule, k.Code)
-		}
+	firsts, order, err := dnsFirsts(m, on)
+	if err != nil {
+		return err
 	}
-	firsts, order := dnsFirsts(m, on)
 	for _, t := range DNSTables {
 		h := m.DNSHash[t.Name]
 		tab, ok, err := findTable(spec, t.Name, h.Bits)

@@ -248,12 +248,9 @@ func (l *Lab) Close() error {
 // Namespaces are removed only if a marker names them and they carry the lab
 // prefix.
 func Clean() ([]string, error) {
-	entries, err := os.ReadDir(MarkerDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	entries, err := readDirIfAny(MarkerDir)
 	if err != nil {
-		return nil, fmt.Errorf("lab: clean: %w", err)
+		return nil, err
 	}
 	var removed []string
 	var errs []error
@@ -312,13 +309,10 @@ func Clean() ([]string, error) {
 // directories. Their interfaces went with the namespace: nothing is
 // attached any more, the pins only hold the programs and maps.
 func cleanL4DropPins() ([]string, error) {
-	root := filepath.Dir(l4pins.Dir("", "if", ""))
-	entries, err := os.ReadDir(root)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	root := l4pins.Root("")
+	entries, err := readDirIfAny(root)
 	if err != nil {
-		return nil, fmt.Errorf("lab: clean: %w", err)
+		return nil, err
 	}
 	var removed []string
 	var errs []error
@@ -335,6 +329,18 @@ func cleanL4DropPins() ([]string, error) {
 		removed = append(removed, dir)
 	}
 	return removed, errors.Join(errs...)
+}
+
+// readDirIfAny returns dir's entries, none if there is no dir.
+func readDirIfAny(dir string) ([]os.DirEntry, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lab: clean: %w", err)
+	}
+	return entries, nil
 }
 
 func dirExists(dir string) bool {

@@ -15,18 +15,23 @@ import (
 // Link is the name of the pinned BPF link that attaches the rule set.
 const Link = "link"
 
-// Dir returns the pin directory of a rule set loaded on an interface (in
-// a namespace, if ns is not ""), under the bpffs root (bpffs.DefaultRoot
-// if "").
-func Dir(root, iface, ns string) string {
+// Root returns the directory that holds the pin directories of every
+// interface, under the bpffs root (bpffs.DefaultRoot if "").
+func Root(root string) string {
 	if root == "" {
 		root = bpffs.DefaultRoot
 	}
+	return filepath.Join(root, "l4drop")
+}
+
+// Dir returns the pin directory of a rule set loaded on an interface (in
+// a namespace, if ns is not ""), in Root(root).
+func Dir(root, iface, ns string) string {
 	name := iface
 	if ns != "" {
 		name = iface + "@" + ns
 	}
-	return filepath.Join(root, "l4drop", name)
+	return filepath.Join(Root(root), name)
 }
 
 // Detach unpins the BPF link pinned in dir and detaches it: the program

@@ -778,11 +778,15 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		// result, with any code): a later program's rule is not the
 		// first, its rules before it judge first. An earlier program's
 		// is never found here: that program took it.
-		dnsHi := -1
+		var hashed []int // the program's DNS rules, in order
 		for _, it := range items {
 			if it.hashed {
-				dnsHi = it.rules[len(it.rules)-1]<<resultShift | (1<<resultShift - 1)
+				hashed = append(hashed, it.rules...)
 			}
+		}
+		dnsHi := -1
+		if len(hashed) > 0 {
+			dnsHi = hashed[len(hashed)-1]<<resultShift | (1<<resultShift - 1)
 		}
 		// With groups and no blocks, the DNS tables are looked up first.
 		// A packet they find a rule for goes on through the groups that
@@ -896,12 +900,6 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		if dnsFirst {
 			// The tables found a rule: best, and the items that may
 			// find an earlier one.
-			var hashed []int
-			for _, it := range items {
-				if it.hashed {
-					hashed = append(hashed, it.rules...)
-				}
-			}
 			w.printf("dns_found:\n\tbest = %s;\n", dnsResult(rules, hashed))
 			if len(may) > 0 {
 				w.printf("\tbest ^= pad;\n")

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -162,15 +163,12 @@ func (r *Report) targets(b *strings.Builder) {
 	ipt, haveIPT := r.row(KindIPTables, 0)
 	// The floor (floorC, by hand) says what any filter that counts per
 	// rule reaches in this run: how fast the machine runs moves it.
-	floor := ""
+	var floor []string
 	if f, ok := r.row(KindFloor, 0); ok && haveBase {
-		floor = fmt.Sprintf("the port rule by hand, this run: %s", f.RatiosTo(base).format(2, ""))
+		floor = []string{fmt.Sprintf("the port rule by hand, this run: %s", f.RatiosTo(base).format(2, ""))}
 	}
 	if port, ok := r.row(KindL4DropPort, 0); ok && haveBase {
-		var refs []string
-		if floor != "" {
-			refs = append(refs, floor)
-		}
+		refs := slices.Clip(floor)
 		if xf, ok := r.row(KindXDPFilter, 0); ok {
 			refs = append(refs, fmt.Sprintf("xdp-filter's port rule: %.2f", xf.RatioTo(base)))
 		}
@@ -183,11 +181,7 @@ func (r *Report) targets(b *strings.Builder) {
 		}
 	}
 	if d, ok := r.row(KindL4Drop, maxRules); ok && maxRules > 1 && haveBase {
-		var refs []string
-		if floor != "" {
-			refs = append(refs, floor)
-		}
-		lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rules, vs XDP drop-all", maxRules), d.RatiosTo(base).format(2, ""), "≥ 0.95" + parenthesized(refs)})
+		lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rules, vs XDP drop-all", maxRules), d.RatiosTo(base).format(2, ""), "≥ 0.95" + parenthesized(floor)})
 	}
 	if haveIPT {
 		ns := []int{1}
