@@ -170,30 +170,24 @@ func (h *Handle) ClearAutoRules() error {
 }
 
 func (h *Handle) resetCounter(i int) error {
-	if uint32(i) >= h.Counters.MaxEntries() {
-		return nil
+	t, err := newCounterTable(h.Counters)
+	if err != nil {
+		return err
 	}
-	var per []Counter
-	if err := h.Counters.Lookup(uint32(i), &per); err != nil {
-		return fmt.Errorf("counter %d: %w", i, err)
-	}
-	clear(per)
-	if err := h.Counters.Put(uint32(i), per); err != nil {
-		return fmt.Errorf("counter %d: %w", i, err)
-	}
-	return nil
+	return t.set(map[int][]Counter{i: nil})
 }
 
 func (h *Handle) copyCounter(from, to int) error {
-	if uint32(from) >= h.Counters.MaxEntries() || uint32(to) >= h.Counters.MaxEntries() {
+	t, err := newCounterTable(h.Counters)
+	if err != nil {
+		return err
+	}
+	if from >= t.len() {
 		return nil
 	}
-	var per []Counter
-	if err := h.Counters.Lookup(uint32(from), &per); err != nil {
-		return fmt.Errorf("counter %d: %w", from, err)
+	per, err := t.get(from)
+	if err != nil {
+		return err
 	}
-	if err := h.Counters.Put(uint32(to), per); err != nil {
-		return fmt.Errorf("counter %d: %w", to, err)
-	}
-	return nil
+	return t.set(map[int][]Counter{to: per})
 }

@@ -80,65 +80,89 @@ func (p *previous) close() {
 // carried are counters copied from the previous rule set: new index, old
 // index, and the per-CPU values copied.
 type carried struct {
-	old   *ebpf.Map
-	pairs [][2]uint32
-	at    [][]Counter
+	old, to *counterTable
+	pairs   [][2]int
+	at      [][]Counter
 }
 
 // carry copies the counters of the rules the new set keeps (same name,
 // same matchers), the no-rule counter and the auto rules' into the new
-// counters map, so that counters only ever grow across reloads.
+// counters map, so that counters only ever grow across reloads. Counters
+// it cannot read or write start from zero.
 func (p *previous) carry(meta *Meta, to *ebpf.Map) *carried {
-	c := &carried{old: p.counters}
+	c := &carried{}
 	if p.state == nil || p.counters == nil || to == nil {
 		return c
 	}
+	ot, err := newCounterTable(p.counters)
+	if err != nil {
+		return c
+	}
+	nt, err := newCounterTable(to)
+	if err != nil {
+		return c
+	}
+	old, err := ot.all()
+	if err != nil {
+		return c
+	}
 	om := &p.state.Meta
+	var pairs [][2]int
 	for i, r := range meta.Rules {
 		j := slices.IndexFunc(om.Rules, func(o MetaRule) bool { return sameRule(&o, &r) })
 		if j >= 0 {
-			c.pairs = append(c.pairs, [2]uint32{uint32(i), uint32(j)})
+			pairs = append(pairs, [2]int{i, j})
 		}
 	}
 	for k := 0; k <= AutoSlots; k++ { // no-rule, then the auto rules
-		c.pairs = append(c.pairs, [2]uint32{uint32(len(meta.Rules) + k), uint32(len(om.Rules) + k)})
+		pairs = append(pairs, [2]int{len(meta.Rules) + k, len(om.Rules) + k})
 	}
-	kept := c.pairs[:0]
-	for _, pr := range c.pairs {
-		if pr[0] >= to.MaxEntries() || pr[1] >= p.counters.MaxEntries() {
+	vals := map[int][]Counter{}
+	for _, pr := range pairs {
+		if pr[0] >= nt.len() || pr[1] >= len(old) {
 			continue
 		}
-		var per []Counter
-		if p.counters.Lookup(pr[1], &per) != nil || to.Put(pr[0], per) != nil {
-			continue
-		}
-		kept = append(kept, pr)
-		c.at = append(c.at, per)
+		vals[pr[0]] = old[pr[1]]
+		c.pairs = append(c.pairs, pr)
+		c.at = append(c.at, old[pr[1]])
 	}
-	c.pairs = kept
+	if nt.set(vals) != nil {
+		return &carried{}
+	}
+	c.old, c.to = ot, nt
 	return c
 }
 
 // delta adds what the old program counted since carry, once it is
 // replaced.
-func (c *carried) delta(to *ebpf.Map) {
+func (c *carried) delta() {
+	if len(c.pairs) == 0 {
+		return
+	}
+	now, err := c.old.all()
+	if err != nil {
+		return
+	}
+	cur, err := c.to.all()
+	if err != nil {
+		return
+	}
+	vals := map[int][]Counter{}
 	for n, pr := range c.pairs {
-		var now, cur []Counter
-		if c.old.Lookup(pr[1], &now) != nil || to.Lookup(pr[0], &cur) != nil || len(now) != len(cur) {
-			continue
-		}
+		nw, cu := now[pr[1]], cur[pr[0]]
 		changed := false
-		for cpu := range cur {
-			if cpu < len(c.at[n]) && now[cpu] != c.at[n][cpu] {
-				cur[cpu].Packets += now[cpu].Packets - c.at[n][cpu].Packets
-				cur[cpu].Bytes += now[cpu].Bytes - c.at[n][cpu].Bytes
+		for cpu := range cu {
+			if cpu < len(nw) && cpu < len(c.at[n]) && nw[cpu] != c.at[n][cpu] {
+				cu[cpu].Packets += nw[cpu].Packets - c.at[n][cpu].Packets
+				cu[cpu].Bytes += nw[cpu].Bytes - c.at[n][cpu].Bytes
 				changed = true
 			}
 		}
 		if changed {
-			_ = to.Put(pr[0], cur)
+			vals[pr[0]] = cu
 		}
 	}
+	_ = c.to.set(vals)
 }
 
 // sameRule reports whether a rule of a new set is the one of the loaded

@@ -655,7 +655,7 @@ func Load(obj []byte, opts LoadOptions) (*Loaded, error) {
 		}
 		l, replaced = oldLink, true
 		// Counts the old program made since the copy.
-		carried.delta(coll.Maps[MapCounters])
+		carried.delta()
 	} else {
 		err := onNetns(opts.Netns, func() error {
 			var err error

@@ -13,8 +13,10 @@ import (
 )
 
 // MetaVersion is the version of the metadata format; the loader refuses
-// objects built with another.
-const MetaVersion = 2
+// objects built with another. Version 3 may hold many counters in an
+// element of MapCounters (CounterChunk), which loaders of version 2 read
+// as one.
+const MetaVersion = 3
 
 // Names of the objects in a built ELF. The loader and the commands find
 // them by these names.

@@ -137,26 +137,18 @@ func (h *Handle) Close() error {
 	return nil
 }
 
-// Counter is a packet and byte count.
-type Counter struct{ Packets, Bytes uint64 }
-
-// ReadCounters returns packets and bytes per rule, summed over CPUs; the last
-// entry counts packets no rule matched.
-func (h *Handle) ReadCounters() ([]Counter, error) { return readCounters(h.Counters) }
-
-func readCounters(m *ebpf.Map) ([]Counter, error) {
-	out := make([]Counter, m.MaxEntries())
-	var per []Counter
-	for i := range out {
-		if err := m.Lookup(uint32(i), &per); err != nil {
-			return nil, fmt.Errorf("read counters: %w", err)
-		}
-		for _, c := range per {
-			out[i].Packets += c.Packets
-			out[i].Bytes += c.Bytes
-		}
+// ReadCounters returns packets and bytes per rule, summed over CPUs, then
+// those of packets no rule matched, then the auto rules'.
+func (h *Handle) ReadCounters() ([]Counter, error) {
+	cs, err := ReadCounterMap(h.Counters)
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	// The last element's counters past the auto rules' are none.
+	if n := len(h.State.Meta.Rules) + 1 + h.State.Meta.AutoSlots; n < len(cs) {
+		cs = cs[:n]
+	}
+	return cs, nil
 }
 
 // SampleStats returns samples written and lost, summed over CPUs.

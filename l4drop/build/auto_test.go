@@ -392,15 +392,11 @@ func counterOf(t *testing.T, prog *ebpf.Program, i int) uint64 {
 		if mi, err := m.Info(); err != nil || mi.Name != l4drop.MapCounters {
 			continue
 		}
-		var per []struct{ Packets, Bytes uint64 }
-		if err := m.Lookup(uint32(i), &per); err != nil {
+		cs, err := l4drop.ReadCounterMap(m)
+		if err != nil {
 			t.Fatal(err)
 		}
-		var n uint64
-		for _, c := range per {
-			n += c.Packets
-		}
-		return n
+		return cs[i].Packets
 	}
 	t.Fatal("no counters map")
 	return 0

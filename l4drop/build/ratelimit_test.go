@@ -85,7 +85,7 @@ int l4t_ratelimit(struct xdp_md *ctx)
 // ratelimitTestPrelude is what a generated program has before the actions'
 // C: the per-source buckets read the seed in l4drop_cfg (0 here).
 func ratelimitTestPrelude() string {
-	return prelude + embeddedXdpcapHeader() + "\n" + fmt.Sprintf(mapsTemplate, 1, 1)
+	return prelude + embeddedXdpcapHeader() + "\n" + fmt.Sprintf(mapsTemplate, 1, 1, 1)
 }
 
 func ratelimitProgram(tb testing.TB, rl RateLimit) *ebpf.Program {
