@@ -18,10 +18,11 @@ const PacketFloor = "floor"
 // floorC is the least a filter that counts per rule, as L4Drop does, can
 // do for one port rule, written by hand: untagged Ethernet and IPv4 only,
 // the protocol, the fragment offset, the header length and the port; the
-// rule's counter (packets and bytes, per CPU, in a map as L4Drop's); the
-// sampling test (a threshold in a global, 0: off). No VLAN tags, no
-// IPv6, no judging of malformed headers as libpcap does, no hook, no
-// other rule: a floor under L4Drop's one-rule rows, which do all of that.
+// rule's counter (packets and bytes, per CPU, in a map as L4Drop's, whose
+// element is looked up as the program starts, as L4Drop's is); the
+// sampling test (a threshold in a global, 0: off). No VLAN tags, no IPv6,
+// no judging of malformed headers as libpcap does, no hook, no other
+// rule: a floor under L4Drop's one-rule rows, which do all of that.
 // FLOOR_PORT is the rule's port (floorSource).
 const floorC = `
 #include <linux/bpf.h>
@@ -42,11 +43,15 @@ struct counter {
 	u64 packets, bytes;
 };
 
+struct counters {
+	struct counter c[2];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 1);
 	__type(key, u32);
-	__type(value, struct counter);
+	__type(value, struct counters);
 } counters SEC(".maps");
 
 volatile u64 sample_threshold SEC(".data.cfg") = 0;
@@ -56,15 +61,16 @@ int floor_port(struct xdp_md *ctx)
 {
 	const u8 *data = (const u8 *)(long)ctx->data, *end = (const u8 *)(long)ctx->data_end;
 	const u8 *ip = data + 14;
-	u32 rule = 1;
+	u32 rule = 1, zero = 0;
+	struct counters *cs = bpf_map_lookup_elem(&counters, &zero);
 	if (ip + 20 <= end && *(const u16 *)(data + 12) == __builtin_bswap16(0x0800) && ip[9] == 17 &&
 	    !((ip[6] << 8 | ip[7]) & 0x1fff)) {
 		const u8 *udp = ip + (ip[0] & 15) * 4;
 		if (udp + 4 <= end && (udp[2] << 8 | udp[3]) == FLOOR_PORT)
 			rule = 0;
 	}
-	struct counter *c = bpf_map_lookup_elem(&counters, &rule);
-	if (c) {
+	if (cs) {
+		struct counter *c = &cs->c[rule];
 		c->packets++;
 		c->bytes += end - data;
 	}

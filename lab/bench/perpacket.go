@@ -572,7 +572,7 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 	for _, c := range p.Costs {
 		if c.Case.Shape == PacketFloor && c.Err == nil {
 			fmt.Fprintf(b, "The last row is not L4Drop but a floor under its one-rule rows: the port rule written by hand as the least a filter "+
-				"that counts per rule can do (untagged IPv4 only, the rule's counter in a per-CPU map, the sampling test; no VLAN tags, "+
+				"that counts per rule can do (untagged IPv4 only, the rule's counter in a per-CPU map looked up as the program starts, the sampling test; no VLAN tags, "+
 				"no IPv6, no hook, no judging of malformed headers as libpcap does): %+.1f ns above drop-all, against %s for L4Drop's "+
 				"one port rule and a target of 2 ns.\n\n", c.HitExtra(), p.extraOf("port", 1))
 		}
