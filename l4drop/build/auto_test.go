@@ -375,33 +375,6 @@ func TestAutoMonitor(t *testing.T) {
 	}
 }
 
-// counterOf sums the packets counter entry i of prog counted on all CPUs.
-func counterOf(t *testing.T, prog *ebpf.Program, i int) uint64 {
-	t.Helper()
-	info, err := prog.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, _ := info.MapIDs()
-	for _, id := range ids {
-		m, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
-		if mi, err := m.Info(); err != nil || mi.Name != l4drop.MapCounters {
-			continue
-		}
-		cs, err := l4drop.ReadCounterMap(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cs[i].Packets
-	}
-	t.Fatal("no counters map")
-	return 0
-}
-
 func mustCompile(t *testing.T, expr string, lt cbpf.LinkType) []bpf.Instruction {
 	t.Helper()
 	p, err := cbpf.Compile(expr, lt, 0)
