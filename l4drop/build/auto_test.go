@@ -18,29 +18,7 @@ import (
 // autoMaps finds the auto rule table and its length in a loaded program.
 func autoMaps(t *testing.T, prog *ebpf.Program) (table, count *ebpf.Map) {
 	t.Helper()
-	info, err := prog.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, _ := info.MapIDs()
-	for _, id := range ids {
-		m, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mi, err := m.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch mi.Name {
-		case l4drop.MapAuto:
-			table = m
-		case l4drop.MapAutoCount:
-			count = m
-		default:
-			m.Close()
-		}
-	}
+	table, count = progMap(t, prog, l4drop.MapAuto), progMap(t, prog, l4drop.MapAutoCount)
 	if table == nil || count == nil {
 		t.Fatalf("program without %s and %s", l4drop.MapAuto, l4drop.MapAutoCount)
 	}

@@ -11,9 +11,8 @@ import (
 	"github.com/l4drop/l4drop/l4drop"
 )
 
-// countersOf reads prog's counters (l4drop.ReadCounterMap), summed over
-// CPUs.
-func countersOf(t *testing.T, prog *ebpf.Program) []l4drop.Counter {
+// progMap opens the map of a loaded program by name; nil if it has none.
+func progMap(t *testing.T, prog *ebpf.Program, name string) *ebpf.Map {
 	t.Helper()
 	info, err := prog.Info()
 	if err != nil {
@@ -25,18 +24,28 @@ func countersOf(t *testing.T, prog *ebpf.Program) []l4drop.Counter {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer m.Close()
-		if mi, err := m.Info(); err != nil || mi.Name != l4drop.MapCounters {
-			continue
+		if mi, err := m.Info(); err == nil && mi.Name == name {
+			return m
 		}
-		cs, err := l4drop.ReadCounterMap(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cs
+		m.Close()
 	}
-	t.Fatal("no counters map")
 	return nil
+}
+
+// countersOf reads prog's counters (l4drop.ReadCounterMap), summed over
+// CPUs.
+func countersOf(t *testing.T, prog *ebpf.Program) []l4drop.Counter {
+	t.Helper()
+	m := progMap(t, prog, l4drop.MapCounters)
+	if m == nil {
+		t.Fatal("no counters map")
+	}
+	defer m.Close()
+	cs, err := l4drop.ReadCounterMap(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
 }
 
 // counterOf sums the packets counter entry i of prog counted on all CPUs.
