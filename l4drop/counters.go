@@ -10,10 +10,11 @@ import (
 // CounterChunk is the most counters one element of MapCounters holds: a
 // per-CPU element is at most 32 KiB. A rule set with as many counters or
 // fewer has them all in one element, which a program looks up once, as it
-// starts, counting a packet with one add where it ends: a lookup there, a
-// chain of dependent loads after the rules, was about half of what 1,000
-// DNS rules cost a packet in a flood. A larger set has its counters one to
-// an element, looked up as the packet is counted.
+// starts, where the lookup's chain of dependent loads overlaps the
+// parsing, and counts a packet with one add where it ends (1,000 DNS
+// wildcards in BPF_PROG_TEST_RUN: 5.0 to 4.3 ns above drop-all). A larger
+// set has its counters one to an element, looked up as the packet is
+// counted.
 const CounterChunk = 2048
 
 // Counter is a packet and byte count.
