@@ -53,8 +53,15 @@ type actionKind struct {
 }
 
 // resultShift is how far a rule's index is shifted in a test's result, to
-// make room for the action's code.
-const resultShift = l4drop.ResultShift
+// make room for the action's code; codeMask keeps the code.
+const (
+	resultShift = l4drop.ResultShift
+	codeMask    = 1<<resultShift - 1
+)
+
+// testResult is what a test returns for rule i, whose action has code:
+// the C after matched: takes them apart again.
+func testResult(i, code int) int { return i<<resultShift | code }
 
 // actionKinds are the actions rules may take.
 var actionKinds = map[Action]*actionKind{

@@ -110,7 +110,7 @@ type dnsEntry struct {
 
 // result is what the tables return for e: its rule and code, as every
 // test returns them.
-func (e dnsEntry) result() string { return fmt.Sprintf("%#x", e.rule<<resultShift|e.code) }
+func (e dnsEntry) result() string { return fmt.Sprintf("%#x", testResult(e.rule, e.code)) }
 
 // dnsTable is one of l4drop.DNSTables with its names.
 type dnsTable struct {

@@ -727,7 +727,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 					cond = fmt.Sprintf("%du < L4_OPAQUE(limit) && %s", i, cond)
 				}
 				if cr.rule.Action.final() {
-					w.printf("\tif (L4_ENABLED(%s) && %s%s)\n\t\treturn %d;\n", enableSymbol(i), cond, actionCond(i, cr.rule), i<<resultShift|cr.rule.Action.code())
+					w.printf("\tif (L4_ENABLED(%s) && %s%s)\n\t\treturn %d;\n", enableSymbol(i), cond, actionCond(i, cr.rule), testResult(i, cr.rule.Action.code()))
 				} else {
 					w.printf("\tif (L4_ENABLED(%s) && %s)\n\t\tl4_monitor(ctx, %d);\n", enableSymbol(i), cond, i)
 				}
@@ -788,7 +788,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 		}
 		dnsHi := -1
 		if len(hashed) > 0 {
-			dnsHi = hashed[len(hashed)-1]<<resultShift | (1<<resultShift - 1)
+			dnsHi = testResult(hashed[len(hashed)-1], codeMask)
 		}
 		// With groups and no blocks, the DNS tables are looked up first.
 		// A packet they find a rule for goes on through the groups that
@@ -832,7 +832,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				if sawGroup && (!it.hashed || !dnsDone) {
 					// A group's match before this item's first rule is the
 					// first: nothing here or later comes before it.
-					w.printf("\tif (best < %#xu) {\n\t\tr = best;\n\t\tgoto matched;\n\t}\n", it.rules[0]<<resultShift)
+					w.printf("\tif (best < %#xu) {\n\t\tr = best;\n\t\tgoto matched;\n\t}\n", testResult(it.rules[0], 0))
 				}
 				switch {
 				case it.group && useBest:
@@ -879,7 +879,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 					if slices.ContainsFunc(order[k+1:], func(later int) bool { return !items[later].hashed }) {
 						dnsRule = "L4_OPAQUE(dns_rule)"
 					}
-					first, last := lo<<resultShift, hi<<resultShift|(1<<resultShift-1)
+					first, last := testResult(lo, 0), testResult(hi, codeMask)
 					w.printf("\tif (%s - %#xu <= %#xu) {\n", dnsRule, first, last-first)
 					w.printf("\t\tr = %s;\n%s\t}\n", dnsResult(rules, it.rules), found)
 				}
@@ -919,7 +919,7 @@ func print(rs *RuleSet, opts BuildOptions, rules []compiledRule, dns []l4drop.DN
 				w.printf("\tgoto rules_done;\n")
 			}
 		}
-		w.printf("matched:\n\trule = r >> %d;\n\tswitch (r & 15) {\n", resultShift)
+		w.printf("matched:\n\trule = r >> %d;\n\tswitch (r & %d) {\n", resultShift, codeMask)
 		var finals []Action
 		for a := range actionKinds {
 			if a.final() {
@@ -1001,7 +1001,7 @@ func dnsResult(rules []compiledRule, idx []int) string {
 			return "dns_rule"
 		}
 	}
-	return fmt.Sprintf("(dns_rule & ~%#xu) | %d", 1<<resultShift-1, code)
+	return fmt.Sprintf("(dns_rule & ~%#xu) | %d", codeMask, code)
 }
 
 // codesC defines l4_code, the action's code of a rule of a merged set

@@ -612,7 +612,7 @@ func writeSet(w *cWriter, meta *l4drop.Meta, rules []compiledRule, idx []int, p,
 		for _, a := range rules[i].matchers[0].args {
 			args = append(args, fmt.Sprintf("%#xu", a))
 		}
-		w.printf("\tif (L4_ENABLED(%s) && %s(ctx, L4_IPOFF(ctx, ip), %s))\n\t\treturn %d;\n", enableSymbol(i), m.fn, strings.Join(args, ", "), i<<resultShift|first.rule.Action.code())
+		w.printf("\tif (L4_ENABLED(%s) && %s(ctx, L4_IPOFF(ctx, ip), %s))\n\t\treturn %d;\n", enableSymbol(i), m.fn, strings.Join(args, ", "), testResult(i, first.rule.Action.code()))
 		meta.Rules[i].CLines = append(meta.Rules[i].CLines, [2]int{start, w.line})
 	}
 	w.printf("\treturn L4_NONE;\n}\n")
