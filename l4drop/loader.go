@@ -53,6 +53,12 @@ const ProgBody = ProgPrefix + "body"
 // and loud slots, and xdpcap swaps one for the other while it captures.
 const ProgQuiet = ProgPrefix + "quiet"
 
+// ProgQuietNext is ProgQuiet with the tail call to the --next program
+// (LoadOptions.Next). The loader keeps one of the two, as ProgQuiet: a
+// program with a tail call anywhere, even one switched off, has the JIT
+// set up the tail-call counter as it starts, about 1 ns a packet.
+const ProgQuietNext = ProgPrefix + "quiet_next"
+
 // Errors callers branch on.
 var (
 	// ErrNotLoaded means no rule set is loaded on the interface.
@@ -279,6 +285,21 @@ func patchSymbol(spec *ebpf.CollectionSpec, sym string, on bool) {
 	}
 }
 
+// keepQuiet keeps, as ProgQuiet, the quiet twin that calls the --next
+// program if next, the one without any tail call otherwise.
+func keepQuiet(spec *ebpf.CollectionSpec, next bool) {
+	qn := spec.Programs[ProgQuietNext]
+	if qn == nil {
+		return
+	}
+	delete(spec.Programs, ProgQuietNext)
+	if next {
+		// Named as the twin it stands for, in bpftool's listing too.
+		qn.Name = ProgQuiet
+		spec.Programs[ProgQuiet] = qn
+	}
+}
+
 // SampleThreshold converts a sample rate (one in rate; 0 off) to the
 // program's threshold for 32 random bits.
 func SampleThreshold(rate uint32) uint64 {
@@ -368,6 +389,7 @@ func prepare(obj []byte, opts LoadOptions) (*Meta, []bool, *ebpf.CollectionSpec,
 		return nil, nil, nil, err
 	}
 	patchSymbol(spec, nextSymbol, opts.Next != "")
+	keepQuiet(spec, opts.Next != "")
 	if err := patchSyncookie(spec, opts.Iface, opts.Netns); err != nil {
 		return nil, nil, nil, err
 	}

@@ -15,8 +15,10 @@ import (
 // MetaVersion is the version of the metadata format; the loader refuses
 // objects built with another. Version 3 may hold many counters in an
 // element of MapCounters (CounterChunk), which loaders of version 2 read
-// as one.
-const MetaVersion = 3
+// as one. In version 4, ProgQuiet makes no tail call to the --next
+// program, ProgQuietNext does: a loader of version 3 would attach the
+// first with --next.
+const MetaVersion = 4
 
 // Names of the objects in a built ELF. The loader and the commands find
 // them by these names.

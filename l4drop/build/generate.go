@@ -974,7 +974,7 @@ func counterLayout(n int) (chunk, elems int) {
 // the rules' values went to the stack, and one port rule cost a packet
 // 0.5 ns more.
 func finishC(rule, action string) string {
-	return fmt.Sprintf("return l4_finish(ctx, cnt, data, end, %s, %s, l4_hooked);", rule, action)
+	return fmt.Sprintf("return l4_finish(ctx, cnt, data, end, %s, %s, l4_exits);", rule, action)
 }
 
 // packMeta gzips metadata past 64 KiB, in base64 (printable: no escapes
@@ -1457,14 +1457,22 @@ __attribute__((noinline)) int l4_monitor(struct xdp_md *ctx, __u32 rule)
 	return 0;
 }
 
+/* A program's ways out besides returning (l4_finish's exits, a constant
+ * of each program): L4_EXIT_HOOK through the xdpcap hook, as xdpcap_exit
+ * does; L4_EXIT_NEXT to the --next program, where the loader switches it
+ * on (L4_NEXT_ENABLED). The quiet twin has neither: a tail call anywhere
+ * in a program, even one switched off, makes the JIT set up the tail-call
+ * counter as the program starts, about 1 ns a packet. */
+#define L4_EXIT_HOOK 1
+#define L4_EXIT_NEXT 2
+
 /*
  * l4_finish ends every path: it counts the packet for its rule, samples it,
- * hands passed packets to the --next program if there is one (the loader
- * sets L4_NEXT_ENABLED), and, hooked (a constant), leaves through the
- * xdpcap hook, as xdpcap_exit would; the quiet twin just returns.
+ * and leaves by the exits the program has: passed packets to the --next
+ * program, and every packet through the xdpcap hook.
  */
 static __always_inline int l4_finish(struct xdp_md *ctx, struct l4_counters *cnt, const uint8_t *data,
-				     const uint8_t *end, __u32 rule, __u32 action, const int hooked)
+				     const uint8_t *end, __u32 rule, __u32 action, const int exits)
 {
 	struct l4_counter *c;
 	/* So that clang tests rule itself: it would test the value rule was
@@ -1481,18 +1489,18 @@ static __always_inline int l4_finish(struct xdp_md *ctx, struct l4_counters *cnt
 	if (l4_sampled(c, rule))
 		l4_sample(ctx, end - data, rule, action);
 	if (action == XDP_DROP) {
-		if (hooked)
+		if (exits & L4_EXIT_HOOK)
 			L4_TAIL_CALL(ctx, xdpcap_hook, 1); /* XDP_DROP */
 		return XDP_DROP;
 	}
 	if (action == XDP_TX) { /* a SYN-ACK of the syncookie action */
-		if (hooked)
+		if (exits & L4_EXIT_HOOK)
 			L4_TAIL_CALL(ctx, xdpcap_hook, 3); /* XDP_TX */
 		return XDP_TX;
 	}
-	if (L4_ENABLED(L4_NEXT_ENABLED))
+	if ((exits & L4_EXIT_NEXT) && L4_ENABLED(L4_NEXT_ENABLED))
 		bpf_tail_call(ctx, &l4drop_chain, L4_NEXT_SLOT);
-	if (hooked)
+	if (exits & L4_EXIT_HOOK)
 		L4_TAIL_CALL(ctx, xdpcap_hook, 2); /* XDP_PASS */
 	return XDP_PASS;
 }

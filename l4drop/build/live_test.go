@@ -331,7 +331,9 @@ func TestXdpcapSeesDrops(t *testing.T) {
 }
 
 // TestSplitAndNext: a rule set split over chained programs matches rules in
-// every program, and --next gets the packets the rule set passes.
+// every program, and --next gets the packets the rule set passes, from the
+// program attached while nobody captures (the quiet twin that keeps the
+// tail call to --next) as from the first program, split or not.
 func TestSplitAndNext(t *testing.T) {
 	fixture.RequireRoot(t)
 	var b bytes.Buffer
@@ -344,18 +346,6 @@ func TestSplitAndNext(t *testing.T) {
 	rs, err := ParseRuleSet("split.yaml", b.Bytes())
 	if err != nil {
 		t.Fatal(err)
-	}
-	// One by one: as a set, the rules would be one table.
-	// Rules of one shape call a shared function: a few instructions each.
-	obj, gen, err := Build(rs, BuildOptions{MaxProgramInsns: 30, NoSets: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(gen.Meta.Programs) < 5 {
-		t.Fatalf("%d programs; want the rules split", len(gen.Meta.Programs))
-	}
-	if last := gen.Meta.Rules[n-1].Program; last != len(gen.Meta.Programs)-1 {
-		t.Errorf("last rule in program %d of %d", last, len(gen.Meta.Programs))
 	}
 
 	// The next program answers XDP_TX, which nothing else here does.
@@ -372,30 +362,63 @@ func TestSplitAndNext(t *testing.T) {
 		t.Fatal(err)
 	}
 	lab := fixture.Lab(t)
-	l := loadOnServer(t, lab, root, obj, l4drop.LoadOptions{Next: root + "/next"})
-	defer l4drop.Unload(l.Dir)
-	for _, tt := range []struct {
-		port uint16
-		want uint32
-	}{{2000, 1}, {2000 + n/2, 1}, {2000 + n - 1, 1}, {3000, 3}, {4000, 3}} {
-		frame := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, tt.port, nil)
-		ret, _, err := l.Programs[0].Test(frame)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ret != tt.want {
-			t.Errorf("port %d: action %d, want %d", tt.port, ret, tt.want)
-		}
-	}
-	h := openLoaded(t, l)
-	st, err := h.Status(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, want := range map[int]uint64{0: 1, n / 2: 1, n - 1: 1, n: 1, 1: 0} {
-		if got := st.Rules[i].Packets; got != want {
-			t.Errorf("rule %s: %d packets, want %d", st.Rules[i].Name, got, want)
-		}
+	for _, tc := range []struct {
+		name string
+		opts BuildOptions
+	}{
+		// One by one: as a set, the rules would be one table. Rules of
+		// one shape call a shared function: a few instructions each.
+		{"split", BuildOptions{MaxProgramInsns: 30, NoSets: true}},
+		{"whole", BuildOptions{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obj, gen, err := Build(rs, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			progs := len(gen.Meta.Programs)
+			if split := tc.opts.MaxProgramInsns != 0; split && progs < 5 || !split && progs != 1 {
+				t.Fatalf("%d programs", progs)
+			}
+			if last := gen.Meta.Rules[n-1].Program; last != progs-1 {
+				t.Errorf("last rule in program %d of %d", last, progs)
+			}
+			l := loadOnServer(t, lab, root, obj, l4drop.LoadOptions{Next: root + "/next"})
+			defer l4drop.Unload(l.Dir)
+			running, err := l4drop.Running(l.Dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer running.Close()
+			for _, prog := range []struct {
+				name string
+				p    *ebpf.Program
+			}{{"first program", l.Programs[0]}, {"attached program", running}} {
+				for _, tt := range []struct {
+					port uint16
+					want uint32
+				}{{2000, 1}, {2000 + n/2, 1}, {2000 + n - 1, 1}, {3000, 3}, {4000, 3}} {
+					frame := fixture.UDP4(fixture.ClientIPv4, fixture.ServerIPv4, 1, tt.port, nil)
+					ret, _, err := prog.p.Test(frame)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if ret != tt.want {
+						t.Errorf("%s, port %d: action %d, want %d", prog.name, tt.port, ret, tt.want)
+					}
+				}
+			}
+			h := openLoaded(t, l)
+			st, err := h.Status(0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, want := range map[int]uint64{0: 2, n / 2: 2, n - 1: 2, n: 2, 1: 0} {
+				if got := st.Rules[i].Packets; got != want {
+					t.Errorf("rule %s: %d packets, want %d", st.Rules[i].Name, got, want)
+				}
+			}
+		})
 	}
 }
 
