@@ -139,7 +139,8 @@ const (
 	KindL4Drop          // L4Drop's DNS-rule series (Rules set)
 	KindL4DropPort      // L4Drop with xdp-filter's port rule
 	KindXDPFilter
-	KindFloor // floorC's port rule, a reference (Floor)
+	KindFloor    // floorC's port rule, a reference (Floor)
+	KindFloorDNS // floorC's DNS wildcard rule, a reference (FloorDNS)
 	KindIPTables
 	KindNoFilter
 	KindCeiling // computed by Ceiling, not measured

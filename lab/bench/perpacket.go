@@ -70,6 +70,7 @@ var packetShapeNames = map[string]string{
 	PacketPrefixes: "a block list of nets of 14 prefix lengths (`src net A/L`, L = 12 to 24 and 32 in turns)",
 	PacketAuto:     "an auto rule of 8 conditions (`l4drop run --auto`'s shape of a DNS flood's fingerprint), after a port rule neither packet matches",
 	PacketFloor:    "for reference, not L4Drop: a port rule written by hand with a per-rule counter and the sampling test (floorC in lab/bench/floor.go)",
+	PacketFloorDNS: "for reference, not L4Drop: a DNS wildcard rule (`*." + floorZone + "`) written by hand with a per-rule counter and the sampling test (floorC in lab/bench/floor.go)",
 }
 
 // PacketCase is a rule set of one shape and the packets timed through it.
@@ -100,7 +101,7 @@ func (c PacketCase) Name() string {
 	if c.SampleRate > 0 {
 		what += fmt.Sprintf(", sampling one packet in %d", c.SampleRate)
 	}
-	if len(c.Auto) > 0 || c.Shape == PacketFloor {
+	if len(c.Auto) > 0 || c.Shape == PacketFloor || c.Shape == PacketFloorDNS {
 		return what // its rule count says nothing
 	}
 	if c.Rules == 1 {
@@ -445,18 +446,23 @@ func (t Tools) MeasurePerPacket(ctx context.Context, dir string, cases []PacketC
 		defer d.Close()
 		progs = append(progs, PacketProgram{Case: c, Prog: d.Program()})
 	}
-	// The floor last: a reference row, measured in the same rounds.
+	// The floors last: reference rows, measured in the same rounds.
 	fc, err := floorCase()
 	if err != nil {
 		return nil, err
 	}
-	cases = append(slices.Clip(cases), fc)
-	if coll, err := newFloor(ctx, floorPort); err != nil {
+	fdc, err := floorDNSCase()
+	if err != nil {
+		return nil, err
+	}
+	cases = append(slices.Clip(cases), fc, fdc)
+	if coll, err := newFloor(ctx, floorPort, floorZone); err != nil {
 		logf("per packet: %v", err)
-		failed[len(cases)-1] = err
+		failed[len(cases)-2], failed[len(cases)-1] = err, err
 	} else {
 		defer coll.Close()
-		progs = append(progs, PacketProgram{Case: fc, Prog: coll.Programs["floor_port"]})
+		progs = append(progs, PacketProgram{Case: fc, Prog: coll.Programs["floor_port"]},
+			PacketProgram{Case: fdc, Prog: coll.Programs["floor_name"]})
 	}
 	measured, err := TimePackets(ctx, progs, rounds, runs, logf)
 	if err != nil {
@@ -569,13 +575,13 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 		"machine only ever adds time), and above drop-all the difference of the fastest rounds, with the quartiles of the "+
 		"rounds' differences. Drop-all costs %.1f ns here (%.0f ns by the kernel's figure): the test run's own loop.\n\n",
 		p.Rounds, p.Runs, base.Min(), base.KernelMin())
-	for _, c := range p.Costs {
-		if c.Case.Shape == PacketFloor && c.Err == nil {
-			fmt.Fprintf(b, "The last row is not L4Drop but a floor under its one-rule rows: the port rule written by hand as the least a filter "+
-				"that counts per rule can do (untagged IPv4 only, the rule's counter in a per-CPU map looked up as the program starts, the sampling test; no VLAN tags, "+
-				"no IPv6, no hook, no judging of malformed headers as libpcap does): %+.1f ns above drop-all, against %s for L4Drop's "+
-				"one port rule and a target of 2 ns.\n\n", c.HitExtra(), p.extraOf("port", 1))
-		}
+	if port, name := p.extraOf(PacketFloor, 1), p.extraOf(PacketFloorDNS, 1); port != notMeasured || name != notMeasured {
+		fmt.Fprintf(b, "The last two rows are not L4Drop but floors under its one-rule rows: a port rule and a DNS wildcard rule written "+
+			"by hand as the least a filter that counts per rule can do (untagged IPv4 only, the rule's counter in a per-CPU map looked "+
+			"up as the program starts, the sampling test; no VLAN tags, no IPv6, no hook, no judging of malformed headers as libpcap "+
+			"does): the port rule %s above drop-all, against %s for L4Drop's one port rule; the wildcard %s, against %s for "+
+			"L4Drop's one wildcard and %s for its one exact name; the target is 2 ns.\n\n",
+			port, p.extraOf("port", 1), name, p.extraOf("dnswild", 1), p.extraOf("dns", 1))
 	}
 	b.WriteString("| rule set | matching the last rule, ns | above drop-all (quartiles) | legitimate query, ns | above drop-all (quartiles) | target above drop-all |\n" +
 		"|---|---:|---:|---:|---:|---:|\n")
@@ -586,7 +592,9 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 		}
 		hs, ms := c.HitSpread(), c.MissSpread()
 		target := "-"
-		if c.Case.Shape != PacketFloor && c.Case.Shape != PacketAuto && c.Case.Shape != PacketPrefixes {
+		switch c.Case.Shape {
+		case PacketFloor, PacketFloorDNS, PacketAuto, PacketPrefixes:
+		default:
 			target = fmt.Sprintf("≤ %.0f ns", packetTarget(c.Case))
 		}
 		fmt.Fprintf(b, "| %s | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %.1f (%.0f) | %+.1f (%+.1f to %+.1f) | %s |\n",
@@ -595,13 +603,16 @@ func (p *PerPacket) markdown(b *strings.Builder) {
 	}
 }
 
+// notMeasured is what extraOf says of a case that has no figure.
+const notMeasured = "not measured"
+
 // extraOf is the matching packet's cost above drop-all of the case of
-// shape and rules, as the table shows it, or "not measured".
+// shape and rules, as the table shows it, or notMeasured.
 func (p *PerPacket) extraOf(shape string, rules int) string {
 	for _, c := range p.Costs {
 		if c.Case.Shape == shape && c.Case.Rules == rules && c.Err == nil {
 			return fmt.Sprintf("%+.1f ns", c.HitExtra())
 		}
 	}
-	return "not measured"
+	return notMeasured
 }

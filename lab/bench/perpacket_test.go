@@ -97,17 +97,17 @@ func TestMeasurePerPacket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The three cases, then the hand-written floor.
-	if len(pp.Costs) != 4 || pp.Rounds != rounds || pp.Runs != runs {
-		t.Fatalf("%d costs, %d rounds of %d runs; want 4, %d of %d", len(pp.Costs), pp.Rounds, pp.Runs, rounds, runs)
+	// The three cases, then the hand-written floors.
+	if len(pp.Costs) != 5 || pp.Rounds != rounds || pp.Runs != runs {
+		t.Fatalf("%d costs, %d rounds of %d runs; want 5, %d of %d", len(pp.Costs), pp.Rounds, pp.Runs, rounds, runs)
 	}
-	if s := pp.Costs[3].Case.Shape; s != PacketFloor {
-		t.Errorf("last row %q, want the floor", s)
+	if s, s2 := pp.Costs[3].Case.Shape, pp.Costs[4].Case.Shape; s != PacketFloor || s2 != PacketFloorDNS {
+		t.Errorf("last rows %q, %q, want the floors", s, s2)
 	}
 	if pp.Costs[1].Err == nil {
 		t.Error("a rule set that does not build: no error")
 	}
-	for _, i := range []int{0, 2, 3} {
+	for _, i := range []int{0, 2, 3, 4} {
 		c := pp.Costs[i]
 		if c.Err != nil {
 			t.Fatalf("%s: %v", c.Case.Name(), c.Err)
@@ -130,7 +130,7 @@ func TestMeasurePerPacket(t *testing.T) {
 	}
 	md := new(strings.Builder)
 	pp.markdown(md)
-	for _, want := range []string{"## Per packet", "| ports (`udp dst port N`): 3 rules |", "| exact DNS names (`dns: [\"hostN.attack.example\"]`): 1 rule |", "| bad: 3 rules | failed:", "≤ 2 ns", "≤ 5 ns", "(floorC in lab/bench/floor.go) |", "The last row is not L4Drop"} {
+	for _, want := range []string{"## Per packet", "| ports (`udp dst port N`): 3 rules |", "| exact DNS names (`dns: [\"hostN.attack.example\"]`): 1 rule |", "| bad: 3 rules | failed:", "≤ 2 ns", "≤ 5 ns", "(floorC in lab/bench/floor.go) |", "The last two rows are not L4Drop", "a DNS wildcard rule (`*.zone0000.example`) written by hand"} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}

@@ -181,7 +181,11 @@ func (r *Report) targets(b *strings.Builder) {
 		}
 	}
 	if d, ok := r.row(KindL4Drop, maxRules); ok && maxRules > 1 && haveBase {
-		lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rules, vs XDP drop-all", maxRules), d.RatiosTo(base).format(2, ""), "≥ 0.95" + parenthesized(floor)})
+		refs := slices.Clip(floor)
+		if f, ok := r.row(KindFloorDNS, 0); ok {
+			refs = append(refs, fmt.Sprintf("the flood's wildcard rule by hand: %s", f.RatiosTo(base).format(2, "")))
+		}
+		lines = append(lines, line{fmt.Sprintf("L4Drop, %d DNS rules, vs XDP drop-all", maxRules), d.RatiosTo(base).format(2, ""), "≥ 0.95" + parenthesized(refs)})
 	}
 	if haveIPT {
 		ns := []int{1}
@@ -262,8 +266,9 @@ func (r *Report) drops(b *strings.Builder, plot string) {
 	}
 	fmt.Fprintf(b, "## Drop rate\n\nThe flood: %s alone. The DNS rules match the first question name (`%s` for the flood's rule, "+
 		"`*.zoneNNNN.example` for the others, which nothing matches); the port rule and xdp-filter's match every packet of the "+
-		"flood as well, and so does the row for reference: floorC, the per-packet section's port rule by hand (lab/bench/floor.go), "+
-		"for port 53. What it reaches is what any filter that reads the headers and counts per rule can reach in this run.\n\n", strings.Join(quote(attackOnly(r.Config.Traffic)), " + "), attackPattern)
+		"flood as well, and so do the rows for reference: floorC's port rule and DNS wildcard rule by hand (lab/bench/floor.go, "+
+		"as in the per-packet section), for port 53 and for `%s`. What they reach is what any filter that reads the headers, or "+
+		"the first question name, and counts per rule can reach in this run.\n\n", strings.Join(quote(attackOnly(r.Config.Traffic)), " + "), attackPattern, attackPattern)
 	fmt.Fprintf(b, "Mpps per CPU-second is what the server took in per second the flood had its CPU (the sending thread, with the "+
 		"receiving NAPI run in its context, and the CPU's ksoftirqd): the inverse of what a packet costs the generator and the "+
 		"filter together, whatever else the machine ran meanwhile. The ratios are of that figure. Mpps per second of wall "+

@@ -178,7 +178,7 @@ func Run(ctx context.Context, o RunOptions, logf func(format string, args ...any
 		logf("build port rule: %v", portErr)
 		port.Setup = func(*lab.Lab) (func(), error) { return nil, portErr }
 	}
-	filters := []Filter{DropAll(), port, Floor(PortRulePort)}
+	filters := []Filter{DropAll(), port, Floor(PortRulePort), FloorDNS()}
 	// The mixed pass: the ends of L4Drop's series, iptables, and the two
 	// rows the ceiling is computed from.
 	mixed := []Filter{DropAll()}
