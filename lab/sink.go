@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"sync/atomic"
+
+	"github.com/l4drop/l4drop/internal/fixture"
 )
 
 // DNSSink is a UDP socket on the server side that counts the DNS queries it
@@ -21,12 +22,7 @@ type DNSSink struct {
 // ListenDNS opens a DNSSink on the server's port, counting queries for name
 // apart from the others.
 func (l *Lab) ListenDNS(port int, name string) (*DNSSink, error) {
-	s := &DNSSink{done: make(chan struct{})}
-	for _, label := range strings.Split(strings.Trim(name, "."), ".") {
-		s.name = append(s.name, byte(len(label)))
-		s.name = append(s.name, label...)
-	}
-	s.name = append(s.name, 0)
+	s := &DNSSink{done: make(chan struct{}), name: fixture.DNSName(name)}
 	err := l.Server.Do(func() error {
 		c, err := net.ListenUDP("udp", &net.UDPAddr{Port: port})
 		if err != nil {

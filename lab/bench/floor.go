@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/l4drop/l4drop/internal/clang"
+	"github.com/l4drop/l4drop/internal/fixture"
 	"github.com/l4drop/l4drop/lab"
 )
 
@@ -141,11 +142,7 @@ const floorZone = "zone0000.example"
 // in loads of 8 bytes: the last one overlapping the one before, so that
 // one bounds check covers them.
 func floorSource(port int, zone string) (string, error) {
-	var wire []byte
-	for label := range strings.SplitSeq(zone, ".") {
-		wire = append(append(wire, byte(len(label))), label...)
-	}
-	wire = append(wire, 0)
+	wire := fixture.DNSName(zone)
 	if len(wire) < 8 || len(wire) > 255 {
 		return "", fmt.Errorf("floor: zone %q: %d bytes in wire format, want 8 to 255", zone, len(wire))
 	}
